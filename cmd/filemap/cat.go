@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"unsafe"
+
+	"github.com/filemap/filemap"
+)
+
+func cat(args []string) error {
+	fs := newFlags("cat", "[flags] URI", "Writes the object's bytes to stdout, read through a mapping: every page\n"+
+		"arrives by a real page fault served by the handler. A page that cannot be\n"+
+		"read is an error naming its offset, and the exit status is 1.")
+	var offset, length byteSize
+	fs.Var(&offset, "offset", "first byte to write")
+	fs.Var(&length, "length", "bytes to write (0: to the end)")
+	socket := fs.String("socket", "", "daemon socket (default $FILEMAP_SOCKET, else a private handler)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fmt.Errorf("want exactly one URI, got %d arguments", fs.NArg())
+	}
+	uri := fs.Arg(0)
+	m, err := filemap.Open(context.Background(), uri, filemap.WithSocket(*socket), filemap.WithAdvice(filemap.Sequential))
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	b := m.Bytes()
+	start := int64(offset)
+	if start > int64(len(b)) {
+		return fmt.Errorf("%s: offset %d is past the end (size %d)", uri, start, len(b))
+	}
+	end := int64(len(b))
+	if length > 0 {
+		end = min(end, start+int64(length))
+	}
+	w := bufio.NewWriterSize(os.Stdout, 1<<20)
+	if err := copyThrough(w, b, start, end); err != nil {
+		w.Flush()
+		return fmt.Errorf("%s: %w", uri, err)
+	}
+	return w.Flush()
+}
+
+// copyThrough writes b[start:end] to w by user-mode loads from the mapping,
+// so that a page which cannot be read raises SIGBUS here, where it becomes
+// an error that names its offset.
+func copyThrough(w *bufio.Writer, b []byte, start, end int64) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			e, ok := r.(interface{ Addr() uintptr })
+			if !ok {
+				panic(r)
+			}
+			off := int64(e.Addr() - uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+			err = fmt.Errorf("SIGBUS: cannot read the page at offset %d (byte %d)", off&^4095, off)
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	for off := start; off < end; {
+		n := copy(buf, b[off:end])
+		if _, err := w.Write(buf[:n]); err != nil {
+			return err
+		}
+		off += int64(n)
+	}
+	return nil
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/filemap/filemap/pagecache"
+	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/server"
+)
+
+func serve(args []string) error {
+	fs := newFlags("serve", "[flags]", "Runs the handler daemon: clients of this user that open the same object\n"+
+		"share one page cache, and their page faults are served from it.\n\n"+
+		"The socket is $FILEMAP_SOCKET, else $XDG_RUNTIME_DIR/filemap/filemap.sock,\n"+
+		"else /run/filemap/filemap.sock.")
+	socket := fs.String("socket", proto.DefaultSocket(), "Unix socket to listen on")
+	mode := fs.String("socket-mode", "0600", "permissions of the socket (0600: this user only)")
+	ra := byteSize(128 << 10)
+	fs.Var(&ra, "readahead", "read-around window of a miss, in bytes (128K like the kernel)")
+	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
+	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	perm, err := strconv.ParseUint(*mode, 8, 32)
+	if err != nil || perm > 0o777 {
+		return fmt.Errorf("--socket-mode %q: want an octal mode such as 0600", *mode)
+	}
+	if ra < pagecache.PageSize {
+		return fmt.Errorf("--readahead %d: at least one page (%d bytes)", ra, pagecache.PageSize)
+	}
+	if *retries < 0 {
+		return fmt.Errorf("--retries %d: must be 0 or more", *retries)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	cfg := server.Config{
+		ReadaheadPages: int64(ra) / pagecache.PageSize,
+		Retries:        *retries,
+		RetryBackoff:   *backoff,
+		Log:            log,
+	}
+	if *retries == 0 {
+		cfg.Retries = -1
+	}
+	s, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	l, err := server.Listen(*socket, os.FileMode(perm))
+	if err != nil {
+		return err
+	}
+	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
+		"readahead", int64(ra), "retries", *retries)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s2 := <-sig
+		log.Info("filemap serve: shutting down", "signal", s2.String())
+		s.Close()
+	}()
+	err = s.Serve(l)
+	s.Close()
+	os.Remove(*socket)
+	return err
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/proto"
+)
+
+func stat(args []string) error {
+	fs := newFlags("stat", "[flags]", "Prints the daemon's counters.")
+	asJSON := fs.Bool("json", false, "print JSON for machines")
+	socket := fs.String("socket", proto.DefaultSocket(), "daemon socket")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	st, err := filemap.Stat(context.Background(), filemap.WithSocket(*socket))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(st)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', tabwriter.AlignRight)
+	rows := []struct {
+		name string
+		v    any
+	}{
+		{"major faults (store I/O)", st.MajorFaults},
+		{"minor faults (from cache)", st.MinorFaults},
+		{"SIGBUS (pages poisoned)", st.SIGBUS},
+		{"store reads", st.StoreReads},
+		{"store bytes", st.StoreBytes},
+		{"store errors", st.StoreErrors},
+		{"store reads in flight", st.FillsInFlight},
+		{"cache bytes", st.CacheBytes},
+		{"page-state bytes", st.MetadataBytes},
+		{"objects", st.Objects},
+		{"clients", st.Clients},
+		{"regions", st.Regions},
+		{"connections closed for bad input", st.ProtocolErrors},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%v\t\n", r.name, r.v)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,370 @@
+// Package filemap maps objects — local files now; HTTP URLs, S3 objects and
+// VM snapshots later — into memory whose pages are read in on first touch by
+// a handler process, through a page cache shared by every process of the
+// same user: the kernel's filemap_fault, done in user space with
+// userfaultfd(2).
+//
+//	m, err := filemap.Open(ctx, "/data/model.bin")
+//	if err != nil { ... }
+//	defer m.Close()
+//	b := m.Bytes() // read-only; pages arrive as they are touched
+//
+// The handler is the daemon `filemap serve` when FILEMAP_SOCKET (or
+// WithSocket) names its socket; otherwise the first Open starts a private
+// handler by running the current executable again, recognised by this
+// package's init function, and that handler exits with its parent. A
+// process never serves its own faults: a goroutine blocked in a page fault
+// cannot be preempted, and an in-process handler can deadlock.
+//
+// The contract is the kernel's. Concurrent faults on a page cause one read.
+// An access past the end of the object gets SIGBUS. A page whose read fails
+// after retries gets SIGBUS at its address and its neighbours keep working;
+// ReadAt turns that into an error naming the offset. A page already in the
+// cache costs no I/O and no message.
+//
+// Mappings are not inherited by fork(2) (they are MADV_DONTFORK): a child
+// sees no mapping there rather than one that could plant zero pages in the
+// cache shared by others.
+package filemap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/filemap/filemap/pagecache"
+	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/readahead"
+	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/uffd"
+	"golang.org/x/sys/unix"
+)
+
+const ps = pagecache.PageSize
+
+// Advice describes how a mapping will be read, as madvise(2) does.
+type Advice = readahead.Advice
+
+// The advice Advise takes.
+const (
+	Normal     = readahead.Normal     // read-around: the pages around a miss
+	Random     = readahead.Random     // the faulting page alone
+	Sequential = readahead.Sequential // a large window ahead of a miss
+	WillNeed   = readahead.WillNeed   // read the range now, in the background
+	DontNeed   = readahead.DontNeed   // drop the range from this mapping
+)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	socket   string
+	advice   Advice
+	features uint64 // extra userfaultfd features, for tests of the daemon's event handling
+	fork     bool   // leave the mapping inheritable by fork(2)
+	extra    int64  // bytes mapped past the object's last page, for tests of EOF
+}
+
+// WithSocket connects to the daemon listening at path instead of
+// FILEMAP_SOCKET or a private handler.
+func WithSocket(path string) Option { return func(o *options) { o.socket = path } }
+
+// WithAdvice sets the mapping's initial access advice.
+func WithAdvice(a Advice) Option { return func(o *options) { o.advice = a } }
+
+// Mapping is an object mapped read-only into memory.
+type Mapping struct {
+	uri     string
+	size    int64
+	version string
+	mem     []byte // the whole mapping, including pages past the object's end
+	memfd   *os.File
+	u       *uffd.UFFD
+	c       *client
+	handle  uint64
+	region  uint64
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// Open maps the object named by uri: a path or a file:// URI. Everything
+// that can be checked before the first fault is checked here: a bad URI, a
+// missing or unreadable file, a directory are errors from Open, never
+// SIGBUS later. The file is opened with the caller's own credentials and
+// handed to the handler, which never opens it with its own.
+func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
+	o := options{advice: Normal}
+	for _, f := range opts {
+		f(&o)
+	}
+	u, err := store.ParseURI(uri)
+	if err != nil {
+		return nil, fmt.Errorf("filemap: %w", err)
+	}
+	f, err := store.OpenLocal(u.Path)
+	if err != nil {
+		return nil, fmt.Errorf("filemap: %w", err)
+	}
+	defer f.Close()
+	c, err := connect(ctx, o.socket)
+	if err != nil {
+		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
+	}
+	m, err := c.mapObject(ctx, uri, f, o)
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
+	}
+	return m, nil
+}
+
+func (c *client) mapObject(ctx context.Context, uri string, f *os.File, o options) (*Mapping, error) {
+	var or proto.OpenReply
+	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: uri}, []*os.File{f}, &or)
+	if err != nil {
+		return nil, err
+	}
+	if len(fds) != 1 {
+		closeFiles(fds)
+		return nil, fmt.Errorf("daemon sent %d descriptors with the cache, want 1", len(fds))
+	}
+	m := &Mapping{uri: uri, size: or.Size, version: or.Version, memfd: fds[0], c: c, handle: or.Handle}
+	if err := m.setup(ctx, o); err != nil {
+		m.teardown()
+		return nil, err
+	}
+	return m, nil
+}
+
+// setup maps the cache, registers the mapping with a new userfaultfd and
+// hands a copy of that uffd to the handler.
+func (m *Mapping) setup(ctx context.Context, o options) error {
+	length := max((m.size+ps-1)/ps*ps, ps) + (o.extra+ps-1)/ps*ps
+	// The daemon sends the cache read-only, so no client can write into the
+	// pages others share. userfaultfd registers only mappings that may be
+	// written (VM_MAYWRITE), which a shared mapping of a read-only fd is not;
+	// a private one is, and its reads still map the shared cache's pages.
+	mem, err := unix.Mmap(int(m.memfd.Fd()), 0, int(length), unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("mmap %d bytes of the cache: %w", length, err)
+	}
+	m.mem = mem
+	if !o.fork {
+		if err := unix.Madvise(mem, unix.MADV_DONTFORK); err != nil {
+			return fmt.Errorf("madvise(MADV_DONTFORK): %w", err)
+		}
+	}
+	// Kernel-mode accesses (a write(2) from the mapping) must fault too, so
+	// no UserModeOnly.
+	m.u, err = uffd.New(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	if err != nil {
+		return err
+	}
+	features, err := m.u.API(o.features, o.features)
+	if err != nil {
+		return err
+	}
+	addr := uintptr(unsafe.Pointer(&mem[0]))
+	if _, err := m.u.Register(addr, uintptr(len(mem)), uffd.ModeMissing); err != nil {
+		return err
+	}
+	// The handler gets a copy; ours stays open, so if the handler dies our
+	// faults stall instead of reading zeros.
+	dup, err := unix.FcntlInt(uintptr(m.u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("dup uffd: %w", err)
+	}
+	uf := os.NewFile(uintptr(dup), "uffd")
+	defer uf.Close()
+	var ar proto.AttachReply
+	_, err = m.c.call(ctx, proto.TAttach, proto.Attach{
+		Handle: m.handle, Addr: uint64(addr), Len: uint64(len(mem)), Features: features, Advice: o.advice.String(),
+	}, []*os.File{uf}, &ar)
+	if err != nil {
+		return err
+	}
+	m.region = ar.Region
+	return nil
+}
+
+// Bytes is the object's bytes, read-only. Touching a page the cache does
+// not hold blocks until the handler has read it; a page that cannot be read
+// raises SIGBUS (see runtime/debug.SetPanicOnFault to recover from it).
+func (m *Mapping) Bytes() []byte { return m.mem[:m.size:m.size] }
+
+// Size is the object's length in bytes.
+func (m *Mapping) Size() int64 { return m.size }
+
+// Version names the bytes the mapping shows (for a file, its size and mtime
+// when the cache was made).
+func (m *Mapping) Version() string { return m.version }
+
+// ReadAt copies bytes from the mapping, so a Mapping is an io.ReaderAt. It
+// first populates the range with MADV_POPULATE_READ: a goroutine waiting for
+// a slow store then waits in a system call, where the garbage collector and
+// the scheduler need nothing from it. A page that cannot be read is an error
+// naming its offset, and the next ReadAt of it reads it again.
+func (m *Mapping) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("filemap: %s: ReadAt at negative offset %d", m.uri, off)
+	}
+	if off >= m.size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), m.size-off))
+	if n > 0 {
+		if bad, err := m.populate(off, int64(n)); err != nil {
+			got := copy(p, m.mem[off:bad])
+			return got, err
+		}
+		if err := m.copyOut(p[:n], off); err != nil {
+			return 0, err
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// populate faults in [off, off+n). On failure it finds the first page that
+// cannot be read, clears its poison so that the next access retries, and
+// returns its offset.
+func (m *Mapping) populate(off, n int64) (int64, error) {
+	start, end := off&^(ps-1), (off+n+ps-1)&^(ps-1)
+	if err := populateRead(m.mem[start:end]); err == nil {
+		return 0, nil
+	}
+	for p := start; p < end; p += ps {
+		if err := populateRead(m.mem[p : p+ps]); err != nil {
+			unix.Madvise(m.mem[p:p+ps], unix.MADV_DONTNEED) // drop the poison marker: errors are not sticky
+			return max(p, off), fmt.Errorf("filemap: %s: cannot read the page at offset %d: %w", m.uri, p, err)
+		}
+	}
+	return 0, nil // it failed, then worked: a transient error
+}
+
+func populateRead(b []byte) error {
+	for {
+		err := unix.Madvise(b, unix.MADV_POPULATE_READ)
+		if err != unix.EINTR && err != unix.EAGAIN {
+			return err
+		}
+	}
+}
+
+// copyOut copies from the mapping. The range was just populated; a page
+// evicted and failing in between raises a fault, which becomes an error.
+func (m *Mapping) copyOut(p []byte, off int64) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			addr, ok := faultAddr(r)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("filemap: %s: SIGBUS reading offset %d", m.uri, int64(addr-uintptr(unsafe.Pointer(&m.mem[0]))))
+		}
+	}()
+	copy(p, m.mem[off:])
+	return nil
+}
+
+// faultAddr recognises the panic SetPanicOnFault makes of a memory fault.
+func faultAddr(r any) (uintptr, bool) {
+	if e, ok := r.(interface{ Addr() uintptr }); ok {
+		return e.Addr(), true
+	}
+	return 0, false
+}
+
+// Advise tells the handler how [off, off+length) will be read; length 0
+// means to the end. Normal, Random and Sequential apply to the whole
+// mapping's future misses. WillNeed reads the range in the background.
+// DontNeed drops the range's pages from this mapping (not from the shared
+// cache): the next access maps them again, with no I/O if still cached.
+func (m *Mapping) Advise(a Advice, off, length int64) error {
+	if off < 0 || length < 0 || off > m.size {
+		return fmt.Errorf("filemap: %s: advise %v: bad range offset %d length %d (size %d)", m.uri, a, off, length, m.size)
+	}
+	if length == 0 || off+length > m.size {
+		length = m.size - off
+	}
+	if a == DontNeed && length > 0 {
+		start, end := off&^(ps-1), min((off+length+ps-1)&^(ps-1), int64(len(m.mem)))
+		if err := unix.Madvise(m.mem[start:end], unix.MADV_DONTNEED); err != nil {
+			return fmt.Errorf("filemap: %s: madvise(MADV_DONTNEED) [%d, %d): %w", m.uri, start, end, err)
+		}
+	}
+	_, err := m.c.call(context.Background(), proto.TAdvise, proto.Advise{Region: m.region, Advice: a.String(), Offset: off, Length: length}, nil, nil)
+	if err != nil {
+		return fmt.Errorf("filemap: %s: advise %v: %w", m.uri, a, err)
+	}
+	return nil
+}
+
+// Close unmaps the object. Bytes must not be used after it.
+func (m *Mapping) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	var err error
+	if m.region != 0 {
+		_, err = m.c.call(context.Background(), proto.TDetach, proto.Detach{Region: m.region}, nil, nil)
+	}
+	m.teardown()
+	if err != nil && !errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("filemap: close %s: %w", m.uri, err)
+	}
+	return nil
+}
+
+func (m *Mapping) teardown() {
+	if m.mem != nil {
+		unix.Munmap(m.mem)
+		m.mem = nil
+	}
+	if m.u != nil {
+		m.u.Close()
+	}
+	m.memfd.Close()
+	m.c.close()
+}
+
+// Stats are a handler's counters.
+type Stats = proto.Stats
+
+// Stat returns the counters of the handler that Open would use with the
+// same options.
+func Stat(ctx context.Context, opts ...Option) (Stats, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	c, err := connect(ctx, o.socket)
+	if err != nil {
+		return Stats{}, fmt.Errorf("filemap: stat: %w", err)
+	}
+	defer c.close()
+	var st Stats
+	if _, err := c.call(ctx, proto.TStat, proto.Empty{}, nil, &st); err != nil {
+		return Stats{}, fmt.Errorf("filemap: stat: %w", err)
+	}
+	return st, nil
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}

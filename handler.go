@@ -1,0 +1,108 @@
+package filemap
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/filemap/filemap/server"
+	"golang.org/x/sys/unix"
+)
+
+// The private handler is this executable run again with these variables
+// set. Its lifeline is fd 3: the other end is held by the parent only, so
+// EOF there means the parent is gone and the handler exits.
+const (
+	envHandler = "FILEMAP_PRIVATE_HANDLER" // the socket path to serve
+	lifelineFd = 3
+)
+
+func init() {
+	if path := os.Getenv(envHandler); path != "" {
+		os.Exit(runPrivateHandler(path))
+	}
+}
+
+// runPrivateHandler serves this process's parent, and exits when it does.
+func runPrivateHandler(path string) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
+		With("handler", "private", "parent", os.Getppid())
+	lifeline := os.NewFile(lifelineFd, "lifeline")
+	s, err := server.New(server.Config{Log: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "filemap private handler:", err)
+		return 1
+	}
+	l, err := server.Listen(path, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "filemap private handler:", err)
+		return 1
+	}
+	lifeline.Write([]byte{1}) // ready
+	go s.Serve(l)
+	io.Copy(io.Discard, lifeline) // returns when the parent has exited
+	os.RemoveAll(filepath.Dir(path))
+	return 0
+}
+
+// The private handler is what a process truly has one of. lifeline is the
+// parent's end of the handler's lifeline, kept reachable so that the garbage
+// collector never closes it: only this process's exit does.
+var private struct {
+	once     sync.Once
+	socket   string
+	err      error
+	lifeline *os.File
+}
+
+// privateHandler starts this process's handler on first use and returns
+// its socket.
+func privateHandler() (string, error) {
+	private.once.Do(func() { private.socket, private.err = startPrivateHandler() })
+	return private.socket, private.err
+}
+
+func startPrivateHandler() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("start a private handler: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "filemap-handler-")
+	if err != nil {
+		return "", fmt.Errorf("start a private handler: %w", err)
+	}
+	socket := filepath.Join(dir, "handler.sock")
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("start a private handler: socketpair: %w", err)
+	}
+	unix.SetNonblock(fds[0], true) // so that the wait below can time out
+	ours, theirs := os.NewFile(uintptr(fds[0]), "lifeline"), os.NewFile(uintptr(fds[1]), "lifeline")
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envHandler+"="+socket)
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		ours.Close()
+		theirs.Close()
+		return "", fmt.Errorf("start a private handler (%s): %w", exe, err)
+	}
+	theirs.Close()
+	go cmd.Wait()
+	private.lifeline = ours
+	ours.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var ready [1]byte
+	if _, err := io.ReadFull(ours, ready[:]); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", fmt.Errorf("private handler %s did not start within 30s", exe)
+		}
+		return "", fmt.Errorf("private handler %s failed to start (see its message above): %w", exe, err)
+	}
+	return socket, nil
+}

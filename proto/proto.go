@@ -1,0 +1,239 @@
+// Package proto is filemap's control protocol: how a client asks the handler
+// daemon to open an object and to serve the faults of a region. It stands
+// where the kernel has the mmap(2) system call and the vm_operations table.
+//
+// Frames are length-prefixed on a Unix stream socket. File descriptors travel
+// with a frame as SCM_RIGHTS: the object's fd the client opened itself (so the
+// kernel checks the client's permission), the cache's memfd, the client's
+// userfaultfd. The header is 16 bytes, little-endian:
+//
+//	0  magic    "FM"
+//	2  version  1
+//	3  type     one of the Type constants
+//	4  nfds     descriptors that travel with this frame
+//	5  flags    0
+//	6  reserved 0
+//	8  id       request id; a reply carries the id of its request
+//	12 length   payload bytes, at most MaxPayload
+//
+// The payload is a JSON object. Everything a client needs to re-attach to a
+// restarted daemon is in its own hands: the object's URI and pinned version
+// (Open.Version), its uffd, and the regions it attached.
+package proto
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// HeaderSize is the length of a frame header.
+const HeaderSize = 16
+
+// MaxPayload bounds a frame's payload: a larger length is a corrupt or
+// hostile frame, and nothing that large is ever needed.
+const MaxPayload = 64 << 10
+
+// MaxFds bounds the descriptors one frame may carry.
+const MaxFds = 4
+
+var magic = [2]byte{'F', 'M'}
+
+// Type is a frame's kind.
+type Type uint8
+
+const (
+	THello  Type = 1 // Hello → HelloReply
+	TOpen   Type = 2 // Open + [object fd] → OpenReply + memfd
+	TAttach Type = 3 // Attach + uffd → AttachReply
+	TAdvise Type = 4 // Advise → Empty
+	TDetach Type = 5 // Detach → Empty
+	TClose  Type = 6 // Close → Empty
+	TStat   Type = 7 // Empty → Stats
+
+	TReply Type = 0x80 // the request succeeded; payload is its reply
+	TError Type = 0x81 // the request failed; payload is an Error
+)
+
+var typeNames = map[Type]string{
+	THello: "hello", TOpen: "open", TAttach: "attach", TAdvise: "advise", TDetach: "detach",
+	TClose: "close", TStat: "stat", TReply: "reply", TError: "error",
+}
+
+func (t Type) String() string {
+	if n, ok := typeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type(%#x)", uint8(t))
+}
+
+// Header is a decoded frame header.
+type Header struct {
+	Type   Type
+	NFds   int
+	ID     uint32
+	Length int
+}
+
+// Errors a peer's bad frame produces. The connection is closed after any of
+// them: framing is lost.
+var (
+	ErrMagic     = errors.New("bad magic")
+	ErrVersion   = errors.New("unsupported protocol version")
+	ErrTooLarge  = errors.New("payload too large")
+	ErrTruncated = errors.New("truncated frame")
+	ErrFds       = errors.New("wrong number of file descriptors")
+	ErrHeader    = errors.New("bad header")
+)
+
+// DecodeHeader parses and checks a frame header.
+func DecodeHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		return Header{}, fmt.Errorf("%w: header of %d bytes", ErrTruncated, len(b))
+	}
+	if b[0] != magic[0] || b[1] != magic[1] {
+		return Header{}, fmt.Errorf("%w %q", ErrMagic, b[:2])
+	}
+	if b[2] != Version {
+		return Header{}, fmt.Errorf("%w %d (this side speaks %d)", ErrVersion, b[2], Version)
+	}
+	h := Header{
+		Type:   Type(b[3]),
+		NFds:   int(b[4]),
+		ID:     binary.LittleEndian.Uint32(b[8:]),
+		Length: int(binary.LittleEndian.Uint32(b[12:])),
+	}
+	if b[5] != 0 || binary.LittleEndian.Uint16(b[6:]) != 0 {
+		return Header{}, fmt.Errorf("%w: flags %#x reserved %#x", ErrHeader, b[5], binary.LittleEndian.Uint16(b[6:]))
+	}
+	if h.NFds > MaxFds {
+		return Header{}, fmt.Errorf("%w: header announces %d, at most %d", ErrFds, h.NFds, MaxFds)
+	}
+	if h.Length > MaxPayload {
+		return Header{}, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, h.Length, MaxPayload)
+	}
+	return h, nil
+}
+
+// EncodeHeader writes h into b[:HeaderSize].
+func EncodeHeader(b []byte, h Header) {
+	b[0], b[1], b[2], b[3] = magic[0], magic[1], Version, byte(h.Type)
+	b[4], b[5] = byte(h.NFds), 0
+	binary.LittleEndian.PutUint16(b[6:], 0)
+	binary.LittleEndian.PutUint32(b[8:], h.ID)
+	binary.LittleEndian.PutUint32(b[12:], uint32(h.Length))
+}
+
+// Hello opens a session.
+type Hello struct {
+	PID     int    `json:"pid"`
+	Program string `json:"program,omitempty"`
+}
+
+// HelloReply answers Hello.
+type HelloReply struct {
+	Daemon   string `json:"daemon"`
+	PageSize int    `json:"page_size"`
+}
+
+// Open asks for an object's cache. For a local file the client sends the fd
+// it opened; URI names the object in messages and logs. A non-empty Version
+// pins the object: Open fails if it now has another version.
+type Open struct {
+	URI     string `json:"uri"`
+	Version string `json:"version,omitempty"`
+}
+
+// OpenReply carries the object's handle, size and version; the cache's memfd,
+// opened read-only, travels with it.
+type OpenReply struct {
+	Handle  uint64 `json:"handle"`
+	Size    int64  `json:"size"`
+	Version string `json:"version"`
+}
+
+// Attach asks the daemon to serve the faults of [Addr, Addr+Len) of the
+// client's memory, which maps the object from byte Offset; the client's
+// userfaultfd, with the range registered MISSING, travels with it. Features
+// are the ones the client negotiated in UFFDIO_API.
+type Attach struct {
+	Handle   uint64 `json:"handle"`
+	Addr     uint64 `json:"addr"`
+	Len      uint64 `json:"len"`
+	Offset   int64  `json:"offset"`
+	Features uint64 `json:"features"`
+	Advice   string `json:"advice,omitempty"`
+}
+
+// AttachReply names the attached region.
+type AttachReply struct {
+	Region uint64 `json:"region"`
+}
+
+// Advise passes madvise-style advice for a region or a byte range of it.
+type Advise struct {
+	Region uint64 `json:"region"`
+	Advice string `json:"advice"`
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+}
+
+// Detach stops serving a region; the client unmaps it after the reply.
+type Detach struct {
+	Region uint64 `json:"region"`
+}
+
+// Close drops a handle from Open.
+type Close struct {
+	Handle uint64 `json:"handle"`
+}
+
+// Empty is the payload of requests and replies that carry nothing.
+type Empty struct{}
+
+// Error is the payload of a TError frame.
+type Error struct {
+	Op      string `json:"op"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Op + ": " + e.Message }
+
+// Stats are the daemon's counters.
+type Stats struct {
+	MajorFaults    uint64 `json:"major_faults"`    // faults that needed store I/O
+	MinorFaults    uint64 `json:"minor_faults"`    // faults served from the cache or by another fault's read
+	SIGBUS         uint64 `json:"sigbus"`          // pages poisoned after a failed read
+	StoreReads     uint64 `json:"store_reads"`     // ReadAt calls on stores
+	StoreBytes     uint64 `json:"store_bytes"`     // bytes those reads returned
+	StoreErrors    uint64 `json:"store_errors"`    // reads that failed
+	CacheBytes     int64  `json:"cache_bytes"`     // bytes resident in all memfds
+	MetadataBytes  int64  `json:"metadata_bytes"`  // page-state tables
+	Objects        int    `json:"objects"`         // caches held
+	Clients        int    `json:"clients"`         // connected sessions
+	Regions        int    `json:"regions"`         // attached regions
+	FillsInFlight  int64  `json:"fills_in_flight"` // store reads running now
+	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames
+}
+
+// Marshal encodes a payload.
+func Marshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("proto: marshal %T: %v", v, err)) // our own types always encode
+	}
+	return b
+}
+
+// Unmarshal decodes a payload. Unknown fields are ignored, so a newer peer
+// may add some within one protocol version.
+func Unmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("decode %T: %w", v, err)
+	}
+	return nil
+}

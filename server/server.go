@@ -1,0 +1,288 @@
+// Package server is filemap's handler daemon, `filemap serve`: the kernel's
+// memory-management side of mmap(2). It keeps one page cache per object,
+// shared by every client of one uid that opens the same version of it, and
+// serves the page faults of the regions clients attach, each through the
+// client's own userfaultfd.
+//
+// A client that misbehaves loses its own connection and nothing else: a bad
+// frame closes that session, a dead client's regions are torn down when its
+// socket closes, and one slow store read holds up only the faults that wait
+// for those pages.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/pagecache"
+	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/store"
+	"golang.org/x/sys/unix"
+)
+
+// Config tunes a Server. The zero value is the kernel's defaults.
+type Config struct {
+	ReadaheadPages int64         // read-around window; readahead.DefaultPages if 0
+	Retries        int           // re-reads of a failing page before SIGBUS; 3 if 0, none if negative
+	RetryBackoff   time.Duration // delay before the first retry, doubled after each; 10ms if 0
+	Log            *slog.Logger  // slog.Default() if nil
+
+	// WrapStore, if set, wraps every store the server opens: tests inject
+	// faults with it.
+	WrapStore func(store.Store) store.Store
+
+	// THPSysfs is where transparent huge page settings are read;
+	// pagecache.THPSysfs if empty.
+	THPSysfs string
+}
+
+// Server is the daemon's state. It is safe for concurrent use.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	faults   *fault.Handler
+	counters fault.Counters
+	badConns atomic.Uint64
+	nextID   atomic.Uint64
+
+	mu        sync.Mutex
+	objects   map[objectKey]*object
+	sessions  map[*session]struct{}
+	listeners []net.Listener
+	closed    bool
+	conns     sync.WaitGroup
+}
+
+// objectKey names a cache: an object's bytes for one trust domain (uid).
+type objectKey struct {
+	uid     uint32
+	key     string
+	version string
+}
+
+// object is an object's cache and store, shared by the sessions that opened it.
+type object struct {
+	key  objectKey
+	fo   fault.Object
+	refs int
+}
+
+// New makes a server. It refuses a kernel whose shmem huge page settings
+// would make the cache serve zeros.
+func New(cfg Config) (*Server, error) {
+	if cfg.THPSysfs == "" {
+		cfg.THPSysfs = pagecache.THPSysfs
+	}
+	if err := pagecache.CheckTHP(cfg.THPSysfs); err != nil {
+		return nil, err
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = 3
+	} else if cfg.Retries < 0 {
+		cfg.Retries = 0
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = 10 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Log,
+		objects:  make(map[objectKey]*object),
+		sessions: make(map[*session]struct{}),
+	}
+	s.faults = fault.NewHandler(fault.Config{
+		RaPages:      cfg.ReadaheadPages,
+		Retries:      cfg.Retries,
+		RetryBackoff: cfg.RetryBackoff,
+		Log:          cfg.Log,
+	}, &s.counters)
+	return s, nil
+}
+
+// Listen makes the daemon's socket at path, readable and writable only as
+// mode allows (0600 keeps it to the daemon's own uid). A stale socket left
+// by a dead daemon is replaced; a live one is an error.
+func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("listen %s: a daemon is already serving this socket", path)
+	}
+	os.Remove(path)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve accepts clients on l until l is closed or the server is.
+func (s *Server) Serve(l *net.UnixListener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				s.log.Error("accept: out of file descriptors; retrying", "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+		}
+		go s.ServeConn(c)
+	}
+}
+
+// ServeConn serves one client connection until it closes or breaks the
+// protocol.
+func (s *Server) ServeConn(c *net.UnixConn) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.conns.Add(1)
+	defer s.conns.Done()
+	ss, err := newSession(s, c)
+	if err != nil {
+		s.mu.Unlock()
+		s.log.Warn("rejecting connection", "err", err)
+		c.Close()
+		return
+	}
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	ss.serve()
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
+// Close stops accepting, ends every session and drops every cache.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	for ss := range s.sessions {
+		ss.conn.Close()
+	}
+	s.mu.Unlock()
+	s.conns.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, o := range s.objects {
+		o.fo.Cache.Close()
+		o.fo.Store.Close()
+		delete(s.objects, k)
+	}
+	return nil
+}
+
+// acquire returns the cache for st's object and version in uid's domain,
+// making it if needed. It takes ownership of st.
+func (s *Server) acquire(uid uint32, name string, st store.Store) (*object, error) {
+	if s.cfg.WrapStore != nil {
+		st = s.cfg.WrapStore(st)
+	}
+	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o, ok := s.objects[k]; ok {
+		st.Close() // the cache has a store of these very bytes already
+		o.refs++
+		return o, nil
+	}
+	cache, err := pagecache.New(name, st.Size())
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	s.objects[k] = o
+	return o, nil
+}
+
+// release drops a reference. The cache stays: a later Open of the same
+// bytes finds it warm. (Issue: the memory budget decides when it goes.)
+func (s *Server) release(o *object) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o.refs--
+}
+
+// Stats returns the daemon's counters.
+func (s *Server) Stats() proto.Stats {
+	c := &s.counters
+	st := proto.Stats{
+		MajorFaults:    c.Major.Load(),
+		MinorFaults:    c.Minor.Load(),
+		SIGBUS:         c.Sigbus.Load(),
+		StoreReads:     c.StoreReads.Load(),
+		StoreBytes:     c.StoreBytes.Load(),
+		StoreErrors:    c.StoreErrors.Load(),
+		FillsInFlight:  c.FillsInFlight.Load(),
+		ProtocolErrors: s.badConns.Load(),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.Objects = len(s.objects)
+	st.Clients = len(s.sessions)
+	for _, o := range s.objects {
+		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
+		st.MetadataBytes += o.fo.Cache.MetadataBytes()
+	}
+	for ss := range s.sessions {
+		st.Regions += ss.regionCount()
+	}
+	return st
+}
+
+// errBadFrame marks an error that ends the connection: after it the peer
+// and the daemon no longer agree on what was said.
+type errBadFrame struct{ error }
+
+func badFrame(format string, args ...any) error {
+	return errBadFrame{fmt.Errorf(format, args...)}
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, unix.ECONNRESET)
+}

@@ -1,0 +1,324 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/filemap/filemap/pagecache"
+	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/readahead"
+	"github.com/filemap/filemap/store"
+	"golang.org/x/sys/unix"
+)
+
+// session is one client connection: the handles it opened and the regions
+// it attached.
+type session struct {
+	s    *Server
+	conn *proto.Conn
+	cred *unix.Ucred
+	log  *slog.Logger
+
+	mu          sync.Mutex
+	closed      bool
+	handles     map[uint64]*object
+	attachments map[uint64]*attachment
+}
+
+func newSession(s *Server, c *net.UnixConn) (*session, error) {
+	cred, err := peerCred(c)
+	if err != nil {
+		return nil, err
+	}
+	return &session{
+		s:           s,
+		conn:        proto.NewConn(c),
+		cred:        cred,
+		log:         s.log.With("pid", cred.Pid, "uid", cred.Uid),
+		handles:     make(map[uint64]*object),
+		attachments: make(map[uint64]*attachment),
+	}, nil
+}
+
+// peerCred is the client's pid and uid as the kernel saw them at connect.
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	return cred, nil
+}
+
+func (ss *session) serve() {
+	defer ss.close()
+	for {
+		f, err := ss.conn.ReadFrame()
+		if err != nil {
+			if !isEOF(err) {
+				ss.s.badConns.Add(1)
+				ss.log.Warn("closing connection: bad frame", "err", err)
+			}
+			return
+		}
+		reply, fds, err := ss.handle(f)
+		if bad := (errBadFrame{}); errors.As(err, &bad) {
+			ss.s.badConns.Add(1)
+			ss.log.Warn("closing connection: bad request", "type", f.Type, "err", err)
+			closeAll(fds)
+			return
+		}
+		out := proto.Frame{Type: proto.TReply, ID: f.ID, Payload: proto.Marshal(reply), Fds: fds}
+		if err != nil {
+			ss.log.Info("request failed", "type", f.Type, "err", err)
+			out = proto.Frame{Type: proto.TError, ID: f.ID, Payload: proto.Marshal(proto.Error{Op: f.Type.String(), Message: err.Error()})}
+		}
+		werr := ss.conn.WriteFrame(out)
+		closeAll(fds)
+		if werr != nil {
+			if !isEOF(werr) {
+				ss.log.Warn("closing connection: cannot reply", "err", werr)
+			}
+			return
+		}
+	}
+}
+
+// handle runs one request. An errBadFrame ends the session; another error
+// is sent back to the client.
+func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
+	want := map[proto.Type]int{proto.TOpen: -1, proto.TAttach: 1}[f.Type]
+	if want >= 0 && len(f.Fds) != want {
+		f.CloseFds()
+		return nil, nil, badFrame("%v takes %d file descriptors, got %d", f.Type, want, len(f.Fds))
+	}
+	switch f.Type {
+	case proto.THello:
+		var req proto.Hello
+		if err := proto.Unmarshal(f.Payload, &req); err != nil {
+			return nil, nil, errBadFrame{err}
+		}
+		return proto.HelloReply{Daemon: "filemap", PageSize: pagecache.PageSize}, nil, nil
+	case proto.TOpen:
+		return ss.open(f)
+	case proto.TAttach:
+		return ss.attach(f)
+	case proto.TAdvise:
+		var req proto.Advise
+		if err := proto.Unmarshal(f.Payload, &req); err != nil {
+			return nil, nil, errBadFrame{err}
+		}
+		return proto.Empty{}, nil, ss.advise(req)
+	case proto.TDetach:
+		var req proto.Detach
+		if err := proto.Unmarshal(f.Payload, &req); err != nil {
+			return nil, nil, errBadFrame{err}
+		}
+		return proto.Empty{}, nil, ss.detach(req.Region)
+	case proto.TClose:
+		var req proto.Close
+		if err := proto.Unmarshal(f.Payload, &req); err != nil {
+			return nil, nil, errBadFrame{err}
+		}
+		return proto.Empty{}, nil, ss.closeHandle(req.Handle)
+	case proto.TStat:
+		return ss.s.Stats(), nil, nil
+	default:
+		f.CloseFds()
+		return nil, nil, badFrame("unknown request type %v", f.Type)
+	}
+}
+
+// open finds or makes the cache of an object. A local file arrives as the
+// fd the client opened itself, so the kernel has checked the client's right
+// to read it; the daemon never opens a client's path with its own rights.
+func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
+	var req proto.Open
+	if err := proto.Unmarshal(f.Payload, &req); err != nil {
+		f.CloseFds()
+		return nil, nil, errBadFrame{err}
+	}
+	uri, err := store.ParseURI(req.URI)
+	if err != nil {
+		f.CloseFds()
+		return nil, nil, err
+	}
+	if uri.Scheme != "file" {
+		f.CloseFds()
+		return nil, nil, fmt.Errorf("%s: scheme %s is not served", req.URI, uri.Scheme)
+	}
+	if len(f.Fds) != 1 {
+		f.CloseFds()
+		return nil, nil, badFrame("open of local file %s takes the fd the client opened, got %d descriptors", uri.Path, len(f.Fds))
+	}
+	st, err := store.NewFile(f.Fds[0], uri.Path)
+	if err != nil {
+		f.Fds[0].Close()
+		return nil, nil, err
+	}
+	if req.Version != "" && req.Version != st.Version() {
+		st.Close()
+		return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", uri.Path, store.ErrChanged, req.Version, st.Version())
+	}
+	o, err := ss.s.acquire(ss.cred.Uid, uri.Path, st)
+	if err != nil {
+		return nil, nil, err
+	}
+	ro, err := o.fo.Cache.ReadOnlyFile()
+	if err != nil {
+		ss.s.release(o)
+		return nil, nil, err
+	}
+	h := ss.s.nextID.Add(1)
+	ss.mu.Lock()
+	ss.handles[h] = o
+	ss.mu.Unlock()
+	return proto.OpenReply{Handle: h, Size: o.fo.Cache.Size(), Version: o.key.version}, []*os.File{ro}, nil
+}
+
+func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
+	var req proto.Attach
+	if err := proto.Unmarshal(f.Payload, &req); err != nil {
+		f.CloseFds()
+		return nil, nil, errBadFrame{err}
+	}
+	ss.mu.Lock()
+	o := ss.handles[req.Handle]
+	ss.mu.Unlock()
+	if o == nil {
+		f.CloseFds()
+		return nil, nil, fmt.Errorf("attach: no open handle %d", req.Handle)
+	}
+	advice := readahead.Normal
+	if req.Advice != "" {
+		a, err := readahead.ParseAdvice(req.Advice)
+		if err != nil {
+			f.CloseFds()
+			return nil, nil, err
+		}
+		advice = a
+	}
+	const ps = pagecache.PageSize
+	if req.Addr%ps != 0 || req.Len%ps != 0 || req.Offset%ps != 0 || req.Len == 0 || req.Offset < 0 {
+		f.CloseFds()
+		return nil, nil, fmt.Errorf("attach %s: region addr %#x len %d offset %d is not page-aligned and non-empty",
+			o.fo.Cache.Name(), req.Addr, req.Len, req.Offset)
+	}
+	a, err := newAttachment(ss, f.Fds[0], req.Features)
+	if err != nil {
+		return nil, nil, fmt.Errorf("attach %s: %w", o.fo.Cache.Name(), err)
+	}
+	a.add(&o.fo, uintptr(req.Addr), req.Offset/ps, int64(req.Len/ps), advice)
+	ss.mu.Lock()
+	ss.attachments[a.id] = a
+	ss.mu.Unlock()
+	go a.serve()
+	return proto.AttachReply{Region: a.id}, nil, nil
+}
+
+func (ss *session) advise(req proto.Advise) error {
+	a := ss.attachment(req.Region)
+	if a == nil {
+		return fmt.Errorf("advise: no region %d", req.Region)
+	}
+	advice, err := readahead.ParseAdvice(req.Advice)
+	if err != nil {
+		return err
+	}
+	switch advice {
+	case readahead.Normal, readahead.Random, readahead.Sequential:
+		a.setAdvice(advice)
+	case readahead.WillNeed, readahead.DontNeed:
+		// The client drops its own page table entries for dontneed; the
+		// readahead engine honours willneed.
+	}
+	return nil
+}
+
+func (ss *session) attachment(id uint64) *attachment {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.attachments[id]
+}
+
+func (ss *session) detach(id uint64) error {
+	ss.mu.Lock()
+	a := ss.attachments[id]
+	delete(ss.attachments, id)
+	ss.mu.Unlock()
+	if a == nil {
+		return fmt.Errorf("detach: no region %d", id)
+	}
+	a.close()
+	return nil
+}
+
+func (ss *session) closeHandle(h uint64) error {
+	ss.mu.Lock()
+	o := ss.handles[h]
+	delete(ss.handles, h)
+	ss.mu.Unlock()
+	if o == nil {
+		return fmt.Errorf("close: no open handle %d", h)
+	}
+	ss.s.release(o)
+	return nil
+}
+
+func (ss *session) regionCount() int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	n := 0
+	for _, a := range ss.attachments {
+		n += a.regionCount()
+	}
+	return n
+}
+
+// close tears the session down: every region stops being served (its
+// faulters, if any are left, stall on the client's own uffd copy) and every
+// handle is released.
+func (ss *session) close() {
+	ss.conn.Close()
+	ss.mu.Lock()
+	ss.closed = true
+	as, hs := ss.attachments, ss.handles
+	ss.attachments, ss.handles = map[uint64]*attachment{}, map[uint64]*object{}
+	ss.mu.Unlock()
+	for _, a := range as {
+		a.close()
+	}
+	for _, o := range hs {
+		ss.s.release(o)
+	}
+}
+
+// addAttachment registers an attachment made by a FORK event.
+func (ss *session) addAttachment(a *attachment) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
+		return false
+	}
+	ss.attachments[a.id] = a
+	return true
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}

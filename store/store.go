@@ -1,0 +1,63 @@
+// Package store is filemap's address_space_operations.read_folio: the place an
+// object's bytes come from when a page is not in the cache.
+//
+// A Store is read with ReadAt like an io.ReaderAt, has a fixed Size, and names
+// the exact bytes it serves with a Version (a file's size and mtime, an HTTP
+// ETag, an S3 VersionId), so that one mapping never mixes two versions.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Store is one object's backing bytes.
+type Store interface {
+	io.ReaderAt
+	io.Closer
+
+	// Size is the object's length in bytes, fixed when the store was opened.
+	Size() int64
+
+	// Key names the object independently of its version: clients whose
+	// stores have equal Key and Version share one page cache.
+	Key() string
+
+	// Version names the bytes this store serves. It is pinned when the
+	// store is opened; a store that finds its object changed must fail
+	// reads rather than return bytes of another version.
+	Version() string
+}
+
+// ErrChanged reports that an object no longer has the version pinned at Open.
+var ErrChanged = errors.New("object changed since it was opened")
+
+// ReadFull reads exactly len(p) bytes at off, or fewer only when the read
+// reaches the store's Size. Any other short read is an error: a store that
+// returns less than it promised must never become zero-filled pages.
+func ReadFull(s Store, p []byte, off int64) (int, error) {
+	want := len(p)
+	if end := s.Size(); off+int64(want) > end {
+		want = int(max(end-off, 0))
+	}
+	n := 0
+	for n < want {
+		m, err := s.ReadAt(p[n:want], off+int64(n))
+		n += m
+		if n >= want {
+			break
+		}
+		if errors.Is(err, io.EOF) {
+			return n, fmt.Errorf("%s: short read at offset %d: got %d of %d bytes before EOF (size %d): %w",
+				s.Key(), off, n, want, s.Size(), io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, fmt.Errorf("%s: read at offset %d made no progress: %w", s.Key(), off+int64(n), io.ErrNoProgress)
+		}
+	}
+	return n, nil
+}
