@@ -257,12 +257,34 @@ func (h *Handler) poison(r *Region, page int64, cause error) {
 	h.cfg.Log.Warn("read failed: SIGBUS for the faulting page", "object", r.Obj.Cache.Name(),
 		"offset", page*ps, "addr", fmt.Sprintf("%#x", addr), "err", cause)
 	_, err := r.Target.Poison(addr, ps, 0)
+	for try := 0; errors.Is(err, unix.EAGAIN) && try < 100; try++ {
+		// A non-cooperative event (REMOVE, UNMAP, REMAP, FORK) is unread;
+		// the reader drains it and the ioctl works again.
+		time.Sleep(time.Millisecond)
+		_, err = r.Target.Poison(addr, ps, 0)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, unix.EEXIST):
 		h.wake(r, page, page+1) // poisoned already: a duplicate message; wake it onto the marker
 	case !gone(err):
 		h.cfg.Log.Error("UFFDIO_POISON failed", "object", r.Obj.Cache.Name(), "addr", fmt.Sprintf("%#x", addr), "err", err)
+	}
+}
+
+// WillNeed starts reads of the absent pages of [start, end) in the
+// background, a read-around window at a time, as MADV_WILLNEED does. Faults
+// on those pages meanwhile wait for these reads.
+func (h *Handler) WillNeed(o *Object, start, end int64, spawn func(func())) {
+	start, end = max(start, 0), min(end, o.Cache.NPages())
+	for p := start; p < end; {
+		s, f := o.Cache.Begin(p, p, min(p+h.cfg.RaPages, end))
+		if s != pagecache.Absent {
+			p++
+			continue
+		}
+		spawn(func() { h.fill(o, f) })
+		p = f.End
 	}
 }
 

@@ -108,6 +108,20 @@ func (a *attachment) setAdvice(adv readahead.Advice) {
 	}
 }
 
+// willNeed reads the object's bytes [off, off+n) in the background.
+func (a *attachment) willNeed(off, n int64) {
+	a.mu.Lock()
+	var r *fault.Region
+	if len(a.regions) > 0 {
+		r = a.regions[0]
+	}
+	a.mu.Unlock()
+	if r == nil || n <= 0 {
+		return
+	}
+	a.ss.s.faults.WillNeed(r.Obj, off/ps, (off+n+ps-1)/ps, a.ops.Go)
+}
+
 func (a *attachment) regionAt(addr uintptr) *fault.Region {
 	a.mu.Lock()
 	defer a.mu.Unlock()

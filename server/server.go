@@ -248,6 +248,25 @@ func (s *Server) release(o *object) {
 	o.refs--
 }
 
+// DropCaches punches every page out of every cache, as writing 3 to
+// /proc/sys/vm/drop_caches does for the kernel's: each client's next access
+// to a page faults again and reads the store. Pages being read are kept.
+func (s *Server) DropCaches() error {
+	s.mu.Lock()
+	objs := make([]*object, 0, len(s.objects))
+	for _, o := range s.objects {
+		objs = append(objs, o)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, o := range objs {
+		if _, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Stats returns the daemon's counters.
 func (s *Server) Stats() proto.Stats {
 	c := &s.counters

@@ -241,9 +241,11 @@ func (ss *session) advise(req proto.Advise) error {
 	switch advice {
 	case readahead.Normal, readahead.Random, readahead.Sequential:
 		a.setAdvice(advice)
-	case readahead.WillNeed, readahead.DontNeed:
-		// The client drops its own page table entries for dontneed; the
-		// readahead engine honours willneed.
+	case readahead.WillNeed:
+		a.willNeed(req.Offset, req.Length)
+	case readahead.DontNeed:
+		// The client has dropped its own page table entries; the shared
+		// cache keeps the pages for everyone else.
 	}
 	return nil
 }
