@@ -1,0 +1,196 @@
+package filemap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/filemap/filemap/server"
+)
+
+// Eight threads read random 4 KiB pieces of a 256 MiB object for a few
+// seconds, every byte checked; the store is never read more often than
+// pages were touched.
+func TestRandomReads8Threads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a 256 MiB object")
+	}
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 256<<20)
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	var touched, reads int
+	fmt.Sscan(a.ok("rand 8 3000"), &touched, &reads)
+	st := d.s.Stats()
+	t.Logf("%d reads of %d distinct pages; daemon: %d major, %d minor faults, %d store reads",
+		reads, touched, st.MajorFaults, st.MinorFaults, st.StoreReads)
+	if touched == 0 {
+		t.Fatal("no page was read")
+	}
+	if int(st.StoreReads) > touched {
+		t.Fatalf("%d store reads for %d pages touched", st.StoreReads, touched)
+	}
+}
+
+// A second process mapping the same object does no store I/O.
+func TestSecondProcessNoStoreIO(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 8<<20+5)
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	a.ok("read 0 %d", 8<<20+5)
+	a.ok("close")
+	reads := d.spy.count()
+	b := startDriver(t, d.sock)
+	b.open(path, "")
+	b.ok("read 0 %d", 8<<20+5)
+	if got := d.spy.count(); got != reads {
+		t.Fatalf("the second process made %d store reads", got-reads)
+	}
+	if st := d.s.Stats(); st.Objects != 1 {
+		t.Fatalf("%d caches for one object", st.Objects)
+	}
+}
+
+// A changed file gets a fresh cache: a new Open never sees the old bytes.
+func TestChangedFileFreshCache(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 1<<20)
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	a.ok("read 0 %d", 1<<20)
+	writePattern(t, path+".new", 1<<20+ps)
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	b := startDriver(t, d.sock)
+	b.open(path, "")
+	b.ok("read 0 %d", 1<<20+ps) // checked against the new file
+	if st := d.s.Stats(); st.Objects != 2 {
+		t.Fatalf("%d caches after the file changed, want 2", st.Objects)
+	}
+}
+
+// A client SIGKILLed while its fault is in flight: the daemon keeps serving
+// the others, and its descriptors and goroutines return to where they were.
+func TestClientKilledDuringFault(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 16<<20)
+	other := startDriver(t, d.sock)
+	other.open(path, "")
+	other.ok("read 0 %d", ps)
+	fds, gs := openFds(t), goroutines()
+
+	began := make(chan span, 16)
+	d.spy.set(func(s *spy) { s.delay, s.began = 500*time.Millisecond, began })
+	victim := startDriver(t, d.sock)
+	victim.open(path, "")
+	victim.send("read %d %d", 2000*ps, ps)
+	select {
+	case <-began:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the victim's fault never reached the store")
+	}
+	victim.cmd.Process.Signal(syscall.SIGKILL)
+	victim.cmd.Wait()
+	d.spy.set(func(s *spy) { s.delay, s.began = 0, nil })
+
+	other.ok("read %d %d", 1000*ps, 64*ps)
+	waitFor(t, "the victim's session to end", func() bool { return d.s.Stats().Clients == 1 })
+	waitFor(t, "descriptors and goroutines to return to their count", func() bool {
+		return openFds(t) == fds && goroutines() <= gs
+	})
+	other.ok("read %d %d", 2000*ps, ps)
+}
+
+// The default handler is a private process started from this executable.
+func TestPrivateHandler(t *testing.T) {
+	t.Setenv("FILEMAP_SOCKET", "")
+	path := patternFile(t, 3<<20+77)
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.Size() != int64(len(want)) || len(m.Bytes()) != len(want) {
+		t.Fatalf("Size %d, len(Bytes) %d, want %d", m.Size(), len(m.Bytes()), len(want))
+	}
+	got := make([]byte, len(want))
+	if n, err := m.ReadAt(got, 0); n != len(want) || err != nil {
+		t.Fatalf("ReadAt = %d, %v", n, err)
+	}
+	if i := firstDiff(got, want); i >= 0 {
+		t.Fatalf("ReadAt differs at %d", i)
+	}
+	if i := firstDiff(m.Bytes(), want); i >= 0 {
+		t.Fatalf("Bytes differ at %d", i)
+	}
+	// io.ReaderAt at the end.
+	n, err := m.ReadAt(got[:100], m.Size()-10)
+	if n != 10 || err != io.EOF {
+		t.Fatalf("ReadAt across the end = %d, %v; want 10, EOF", n, err)
+	}
+	if _, err := m.ReadAt(got, -1); err == nil {
+		t.Fatal("ReadAt at a negative offset succeeded")
+	}
+	// A kernel-mode access from the mapping: write(2) of a cold page.
+	m2, err := Open(context.Background(), path, WithAdvice(Random))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	r, w, _ := os.Pipe()
+	go func() { w.Write(m2.Bytes()[2<<20 : 2<<20+ps]); w.Close() }()
+	page, _ := io.ReadAll(r)
+	if i := firstDiff(page, want[2<<20:2<<20+ps]); i >= 0 {
+		t.Fatalf("write(2) from the mapping differs at %d", i)
+	}
+	st, err := Stat(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Clients < 2 || st.MajorFaults == 0 {
+		t.Fatalf("private handler stats: %+v", st)
+	}
+}
+
+// Everything that can be known at Open is an error from Open.
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ uri, want string }{
+		{filepath.Join(dir, "missing"), "no such file"},
+		{dir, "is a directory"},
+		{"", "empty object name"},
+		{"ftp://host/x", `unknown scheme "ftp"`},
+		{"http://example.com/x", "not supported yet"},
+		{"file://otherhost/x", "only local files"},
+		{"/dev/null", "not a regular file"},
+	}
+	for _, c := range cases {
+		m, err := Open(context.Background(), c.uri, WithSocket(filepath.Join(dir, "no-daemon.sock")))
+		if err == nil {
+			m.Close()
+			t.Errorf("Open(%q) succeeded", c.uri)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open(%q) = %v, want an error containing %q", c.uri, err, c.want)
+		}
+	}
+	path := patternFile(t, 10)
+	_, err := Open(context.Background(), path, WithSocket(filepath.Join(dir, "no-daemon.sock")))
+	if err == nil || !strings.Contains(err.Error(), "no-daemon.sock") || !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("Open with no daemon = %v, want an error naming the socket", err)
+	}
+}

@@ -1,0 +1,336 @@
+package filemap
+
+// The test harness: the daemon runs in the test process (or in a child of
+// it, when a test must kill it), and every client is a child process — the
+// test binary run again as a "driver" that takes commands on stdin and
+// answers one line each on stdout. Faults therefore happen in one process
+// and are served by another, as in production.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/filemap/filemap/server"
+	"github.com/filemap/filemap/store"
+)
+
+const (
+	envRole   = "FILEMAP_TEST_ROLE"
+	envSocket = "FILEMAP_TEST_SOCKET"
+)
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(envRole) {
+	case "driver":
+		os.Exit(runDriver(os.Stdin, os.Stdout))
+	case "serve":
+		os.Exit(runServe(os.Getenv(envSocket)))
+	}
+	os.Exit(m.Run())
+}
+
+// runServe is a daemon in its own process, for tests that kill it.
+func runServe(socket string) int {
+	s, err := server.New(server.Config{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	l, err := server.Listen(socket, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	s.Serve(l)
+	return 0
+}
+
+// pattern is the content of test files: every 8-byte word holds a mix of its
+// offset, so a page served at the wrong place is caught.
+func pattern(off int64) uint64 {
+	x := uint64(off/8) * 0x9E3779B97F4A7C15
+	return x ^ x>>29 | 1
+}
+
+func writePattern(t testing.TB, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 1<<20)
+	var b [8]byte
+	for off := int64(0); off < size; off += 8 {
+		binary.LittleEndian.PutUint64(b[:], pattern(off))
+		n := min(8, size-off)
+		w.Write(b[:n])
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer is a log sink shared by goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// spyStore wraps a store: it records every read and injects failures and
+// delays. Only failures are fake; the bytes come from the real file.
+type spyStore struct {
+	store.Store
+	h *spy
+}
+
+type span struct{ off, n int64 }
+
+type spy struct {
+	mu    sync.Mutex
+	reads []span
+	// fail, if set, returns the first offset in [off, off+n) that fails,
+	// or -1.
+	fail  func(off, n int64) int64
+	delay time.Duration
+	began chan span // if set, gets every read as it starts
+}
+
+func (s *spyStore) ReadAt(p []byte, off int64) (int, error) {
+	s.h.mu.Lock()
+	s.h.reads = append(s.h.reads, span{off, int64(len(p))})
+	fail, delay, began := s.h.fail, s.h.delay, s.h.began
+	s.h.mu.Unlock()
+	if began != nil {
+		select {
+		case began <- span{off, int64(len(p))}:
+		default:
+		}
+	}
+	time.Sleep(delay)
+	if fail != nil {
+		if bad := fail(off, int64(len(p))); bad >= 0 {
+			n, _ := s.Store.ReadAt(p[:bad-off], off)
+			return n, fmt.Errorf("injected I/O error at offset %d", bad)
+		}
+	}
+	return s.Store.ReadAt(p, off)
+}
+
+func (h *spy) set(f func(*spy)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f(h)
+}
+
+// readsOf counts the store reads that covered byte off.
+func (h *spy) readsOf(off int64) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, r := range h.reads {
+		if r.off <= off && off < r.off+r.n {
+			n++
+		}
+	}
+	return n
+}
+
+func (h *spy) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.reads)
+}
+
+// failPages makes reads covering any of the given pages fail at that page.
+func failPages(pages ...int64) func(off, n int64) int64 {
+	return func(off, n int64) int64 {
+		for _, p := range pages {
+			if p*ps >= off && p*ps < off+n {
+				return p * ps
+			}
+		}
+		return -1
+	}
+}
+
+type daemon struct {
+	s    *server.Server
+	sock string
+	log  *syncBuffer
+	spy  *spy
+}
+
+func startDaemon(t *testing.T, cfg server.Config) *daemon {
+	t.Helper()
+	d := &daemon{sock: filepath.Join(t.TempDir(), "filemap.sock"), log: new(syncBuffer), spy: new(spy)}
+	cfg.Log = slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.WrapStore = func(s store.Store) store.Store { return &spyStore{Store: s, h: d.spy} }
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = time.Millisecond
+	}
+	s, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := server.Listen(d.sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.s = s
+	go s.Serve(l)
+	t.Cleanup(func() {
+		s.Close()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.log.String())
+		}
+	})
+	return d
+}
+
+// driver is a client process.
+type driver struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	lines  chan string
+	stderr *syncBuffer
+}
+
+func startDriver(t *testing.T, socket string) *driver {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envRole+"=driver")
+	if socket != "" {
+		cmd.Env = append(cmd.Env, "FILEMAP_SOCKET="+socket)
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &driver{t: t, cmd: cmd, in: in, lines: make(chan string, 16), stderr: new(syncBuffer)}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			d.lines <- sc.Text()
+		}
+		close(d.lines)
+	}()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+		if t.Failed() {
+			t.Logf("driver %d stderr:\n%s", d.cmd.Process.Pid, d.stderr.String())
+		}
+	})
+	return d
+}
+
+// send writes a command without waiting for its answer.
+func (d *driver) send(format string, args ...any) {
+	d.t.Helper()
+	if _, err := fmt.Fprintf(d.in, format+"\n", args...); err != nil {
+		d.t.Fatalf("driver: send %q: %v", fmt.Sprintf(format, args...), err)
+	}
+}
+
+// reply waits for the next answer line.
+func (d *driver) reply(timeout time.Duration) (string, bool) {
+	select {
+	case l, ok := <-d.lines:
+		return l, ok
+	case <-time.After(timeout):
+		return "", false
+	}
+}
+
+// do sends a command and returns its answer.
+func (d *driver) do(format string, args ...any) string {
+	d.t.Helper()
+	d.send(format, args...)
+	l, ok := d.reply(60 * time.Second)
+	if !ok {
+		d.t.Fatalf("driver: no answer to %q (exited or stuck); stderr:\n%s", fmt.Sprintf(format, args...), d.stderr.String())
+	}
+	return l
+}
+
+// ok sends a command that must succeed and returns the rest of its answer.
+func (d *driver) ok(format string, args ...any) string {
+	d.t.Helper()
+	l := d.do(format, args...)
+	if l != "ok" && !strings.HasPrefix(l, "ok ") {
+		d.t.Fatalf("%q: %s", fmt.Sprintf(format, args...), l)
+	}
+	return strings.TrimPrefix(strings.TrimPrefix(l, "ok"), " ")
+}
+
+// open maps path in the driver and returns the mapping's base address.
+func (d *driver) open(path string, opts string) uintptr {
+	d.t.Helper()
+	var size int64
+	var base uintptr
+	if _, err := fmt.Sscan(d.ok("open %s %s", path, opts), &size, &base); err != nil {
+		d.t.Fatal(err)
+	}
+	return base
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func goroutines() int {
+	runtime.GC()
+	return runtime.NumGoroutine()
+}
