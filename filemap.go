@@ -347,20 +347,34 @@ type Stats = proto.Stats
 // Stat returns the counters of the handler that Open would use with the
 // same options.
 func Stat(ctx context.Context, opts ...Option) (Stats, error) {
+	var st Stats
+	err := handlerCall(ctx, proto.TStat, opts, &st)
+	return st, err
+}
+
+// DropCaches empties the caches of the handler that Open would use with the
+// same options, as writing 3 to /proc/sys/vm/drop_caches does for the
+// kernel's: every mapping's next access to a page reads the store again.
+func DropCaches(ctx context.Context, opts ...Option) error {
+	return handlerCall(ctx, proto.TDrop, opts, nil)
+}
+
+// handlerCall makes one request that takes no arguments on a connection of
+// its own.
+func handlerCall(ctx context.Context, t proto.Type, opts []Option, reply any) error {
 	var o options
 	for _, f := range opts {
 		f(&o)
 	}
 	c, err := connect(ctx, o.socket)
 	if err != nil {
-		return Stats{}, fmt.Errorf("filemap: stat: %w", err)
+		return fmt.Errorf("filemap: %v: %w", t, err)
 	}
 	defer c.close()
-	var st Stats
-	if _, err := c.call(ctx, proto.TStat, proto.Empty{}, nil, &st); err != nil {
-		return Stats{}, fmt.Errorf("filemap: stat: %w", err)
+	if _, err := c.call(ctx, t, proto.Empty{}, nil, reply); err != nil {
+		return fmt.Errorf("filemap: %v: %w", t, err)
 	}
-	return st, nil
+	return nil
 }
 
 func closeFiles(fs []*os.File) {

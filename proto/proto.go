@@ -54,6 +54,7 @@ const (
 	TDetach Type = 5 // Detach → Empty
 	TClose  Type = 6 // Close → Empty
 	TStat   Type = 7 // Empty → Stats
+	TDrop   Type = 8 // Empty → Empty: punch every cache's pages out (drop_caches)
 
 	TReply Type = 0x80 // the request succeeded; payload is its reply
 	TError Type = 0x81 // the request failed; payload is an Error
@@ -61,7 +62,7 @@ const (
 
 var typeNames = map[Type]string{
 	THello: "hello", TOpen: "open", TAttach: "attach", TAdvise: "advise", TDetach: "detach",
-	TClose: "close", TStat: "stat", TReply: "reply", TError: "error",
+	TClose: "close", TStat: "stat", TDrop: "drop-caches", TReply: "reply", TError: "error",
 }
 
 func (t Type) String() string {

@@ -136,6 +136,8 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 		return proto.Empty{}, nil, ss.closeHandle(req.Handle)
 	case proto.TStat:
 		return ss.s.Stats(), nil, nil
+	case proto.TDrop:
+		return proto.Empty{}, nil, ss.s.DropCaches()
 	default:
 		f.CloseFds()
 		return nil, nil, badFrame("unknown request type %v", f.Type)
