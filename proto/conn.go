@@ -106,6 +106,9 @@ func (c *Conn) ReadFrame() (Frame, error) {
 	}
 	payload := make([]byte, h.Length)
 	if err := c.readFull(payload, &fds); err != nil {
+		if errors.Is(err, io.EOF) { // the header was read: a close now cuts a frame
+			err = fmt.Errorf("%w: %v frame announces %d payload bytes, connection closed before them", ErrTruncated, h.Type, h.Length)
+		}
 		return fail(err)
 	}
 	if len(fds) != h.NFds {
