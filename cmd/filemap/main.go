@@ -25,8 +25,8 @@ Usage:
   filemap serve [flags]       run the handler daemon on a Unix socket
   filemap cat [flags] URI     write an object to stdout, read through a mapping
   filemap stat [flags]        print the daemon's counters
-  filemap demo [flags]        map a generated 256 MiB file, check every byte,
-                              and compare with the kernel's own mmap
+  filemap demo [flags]        map generated 256 MiB files, check every byte
+                              read, and compare with the kernel's own mmap
 
 URI is a path or a file:// URI. Clients find the daemon at --socket, else
 $FILEMAP_SOCKET; with neither, cat and demo start a private handler.

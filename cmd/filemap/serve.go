@@ -23,11 +23,17 @@ func serve(args []string) error {
 	mode := fs.String("socket-mode", "0600", "permissions of the socket (0600: this user only)")
 	ra := byteSize(128 << 10)
 	fs.Var(&ra, "readahead", "read-around window of a miss, in bytes (128K like the kernel)")
+	raMax := byteSize(8 << 20)
+	fs.Var(&raMax, "readahead-max", "largest window a sequential reader's readahead ramps up to, in bytes")
 	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
 	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -40,12 +46,16 @@ func serve(args []string) error {
 	if ra < pagecache.PageSize {
 		return fmt.Errorf("--readahead %d: at least one page (%d bytes)", ra, pagecache.PageSize)
 	}
+	if raMax < ra {
+		return fmt.Errorf("--readahead-max %d is smaller than --readahead %d", raMax, ra)
+	}
 	if *retries < 0 {
 		return fmt.Errorf("--retries %d: must be 0 or more", *retries)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 	cfg := server.Config{
 		ReadaheadPages: int64(ra) / pagecache.PageSize,
+		MaxReadahead:   int64(raMax) / pagecache.PageSize,
 		Retries:        *retries,
 		RetryBackoff:   *backoff,
 		Log:            log,
@@ -62,7 +72,7 @@ func serve(args []string) error {
 		return err
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
-		"readahead", int64(ra), "retries", *retries)
+		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {

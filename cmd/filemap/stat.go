@@ -17,6 +17,10 @@ func stat(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
 	st, err := filemap.Stat(context.Background(), filemap.WithSocket(*socket))
 	if err != nil {
 		return err

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/filemap/filemap"
+)
+
+// daemon is a `filemap serve` child.
+type daemon struct {
+	cmd    *exec.Cmd
+	socket string
+	stderr bytes.Buffer // read only after done
+	done   chan struct{}
+	err    error // of Wait, after done
+	cancel context.CancelFunc
+}
+
+// startDaemon runs `filemap serve --socket S` and waits until it accepts
+// connections.
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	// A short directory: socket paths are limited to 107 bytes.
+	dir, err := os.MkdirTemp("", "fm-serve-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &daemon{socket: filepath.Join(dir, "s.sock"), done: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
+	d.cancel = cancel
+	d.cmd = exec.CommandContext(ctx, cliBinary(t), append([]string{"serve", "--socket", d.socket}, args...)...)
+	d.cmd.Env = cliEnv()
+	d.cmd.Stderr = &d.stderr
+	d.cmd.WaitDelay = 10 * time.Second
+	if err := d.cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.cancel() // kills it if still running
+		<-d.done
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case <-d.done:
+			t.Fatalf("filemap serve exited before listening: %v; stderr:\n%s", d.err, d.stderr.Bytes())
+		default:
+		}
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
+			return d
+		}
+		if time.Now().After(deadline) {
+			d.cancel()
+			<-d.done
+			t.Fatalf("filemap serve did not listen on %s within 20s; stderr:\n%s", d.socket, d.stderr.Bytes())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and checks that the daemon exits 0 and removes its
+// socket.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		d.cancel()
+		<-d.done
+		t.Fatalf("filemap serve did not exit within 20s of SIGTERM; stderr:\n%s", d.stderr.Bytes())
+	}
+	if d.err != nil {
+		t.Fatalf("filemap serve after SIGTERM: %v; stderr:\n%s", d.err, d.stderr.Bytes())
+	}
+	if _, err := os.Stat(d.socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("filemap serve left its socket %s behind (stat: %v)", d.socket, err)
+	}
+}
+
+func statJSON(t *testing.T, socket string) filemap.Stats {
+	t.Helper()
+	r := filemapCLI(t, "stat", "--socket", socket, "--json")
+	r.wantCode(t, 0)
+	var st filemap.Stats
+	dec := json.NewDecoder(bytes.NewReader(r.stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		t.Fatalf("filemap stat --json: %v; stdout:\n%s", err, r.stdout)
+	}
+	return st
+}
+
+func TestServeCatStat(t *testing.T) {
+	d := startDaemon(t)
+	path, data := randomFile(t, t.TempDir(), 8<<20+77, 3)
+
+	st0 := statJSON(t, d.socket)
+	for i := range 2 {
+		r := filemapCLI(t, "cat", "--socket", d.socket, path)
+		r.wantCode(t, 0)
+		if !bytes.Equal(r.stdout, data) {
+			t.Fatalf("cat #%d through the daemon: wrote %d bytes that differ from the file's %d", i+1, len(r.stdout), len(data))
+		}
+		st := statJSON(t, d.socket)
+		t.Logf("after cat #%d: %+v", i+1, st)
+		if i == 0 {
+			if st.StoreReads == st0.StoreReads || st.StoreBytes-st0.StoreBytes < uint64(len(data)) {
+				t.Errorf("first cat: store reads %d → %d, bytes %d → %d; want the whole file read",
+					st0.StoreReads, st.StoreReads, st0.StoreBytes, st.StoreBytes)
+			}
+			if st.MajorFaults == st0.MajorFaults {
+				t.Errorf("first cat: no major faults counted")
+			}
+			if st.Objects != 1 {
+				t.Errorf("after the first cat: %d objects cached, want 1", st.Objects)
+			}
+			st0 = st
+			continue
+		}
+		if st.StoreReads != st0.StoreReads || st.StoreBytes != st0.StoreBytes {
+			t.Errorf("second cat read the store: store reads %d → %d, bytes %d → %d; want the cache to serve it",
+				st0.StoreReads, st.StoreReads, st0.StoreBytes, st.StoreBytes)
+		}
+		if st.MajorFaults != st0.MajorFaults {
+			t.Errorf("second cat: major faults %d → %d, want none", st0.MajorFaults, st.MajorFaults)
+		}
+	}
+
+	r := filemapCLI(t, "stat", "--socket", d.socket)
+	r.wantCode(t, 0)
+	for _, row := range []string{"major faults", "minor faults", "store reads"} {
+		if !bytes.Contains(r.stdout, []byte(row)) {
+			t.Errorf("filemap stat printed no %q row:\n%s", row, r.stdout)
+		}
+	}
+
+	// The demo through the daemon.
+	r = filemapCLI(t, "demo", "--socket", d.socket, "--size", "2M", "--dir", t.TempDir())
+	r.wantCode(t, 0)
+	if !bytes.Contains(r.stdout, []byte("handler: daemon at "+d.socket)) {
+		t.Errorf("filemap demo --socket did not use the daemon:\n%s", r.stdout)
+	}
+
+	d.stop(t)
+}
+
+// TestStatNoDaemon checks that stat without a daemon says where it looked.
+func TestStatNoDaemon(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "nobody.sock")
+	r := filemapCLI(t, "stat", "--socket", socket)
+	r.wantCode(t, 1)
+	r.wantStderr(t, socket, "filemap serve")
+}
+
+func TestServeFlags(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "s.sock")
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--socket-mode", "abc"}, []string{`--socket-mode "abc"`, "octal"}},
+		{[]string{"--socket-mode", "0999"}, []string{`--socket-mode "0999"`}},
+		{[]string{"--socket-mode", "01777"}, []string{`--socket-mode "01777"`}},
+		{[]string{"--readahead", "100"}, []string{"--readahead 100", "at least one page"}},
+		{[]string{"--readahead", "lots"}, []string{`invalid value "lots" for flag -readahead`, "bad size"}},
+		{[]string{"--retries", "-1"}, []string{"--retries -1"}},
+		{[]string{"--log-level", "chatty"}, []string{"--log-level"}},
+		{[]string{"extra"}, []string{"extra"}},
+	} {
+		r := filemapCLI(t, append([]string{"serve", "--socket", socket}, c.args...)...)
+		r.wantCode(t, 1)
+		r.wantStderr(t, append(c.want, "filemap serve:")...)
+		if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("filemap %q made its socket", r.args)
+		}
+	}
+
+	r := filemapCLI(t, "serve", "-h")
+	r.wantCode(t, 0)
+	r.wantStderr(t, "Usage: filemap serve", "-socket", "-socket-mode", "-readahead", "-retries", "-log-level")
+}
