@@ -49,6 +49,8 @@ type Region struct {
 	Target Target
 
 	advice atomic.Uint32 // readahead.Advice
+	raMu   sync.Mutex
+	ra     readahead.State // file_ra_state: the mapping's last window
 }
 
 // Advice is the region's current access advice.
@@ -89,6 +91,7 @@ type Counters struct {
 // Config tunes the fault path.
 type Config struct {
 	RaPages      int64         // read-around window in pages (readahead.DefaultPages if 0)
+	MaxRaPages   int64         // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
 	Retries      int           // extra reads of a failing faulting page before SIGBUS
 	RetryBackoff time.Duration // first retry's delay, doubled each time
 	Log          *slog.Logger
@@ -97,22 +100,28 @@ type Config struct {
 // Handler resolves faults. It is safe for concurrent use.
 type Handler struct {
 	cfg  Config
+	ra   readahead.Config
 	c    *Counters
-	bufs sync.Pool
+	bufs bufPool
 }
+
+// chunkPages bounds one store read: a large readahead window is read as
+// several fills, so the faults waiting at its start are woken before its
+// end has arrived.
+const chunkPages = 256
 
 // NewHandler makes a fault path that counts into c.
 func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.RaPages <= 0 {
 		cfg.RaPages = readahead.DefaultPages
 	}
+	if cfg.MaxRaPages <= 0 {
+		cfg.MaxRaPages = max(cfg.RaPages, readahead.DefaultMaxPages)
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	h := &Handler{cfg: cfg, c: c}
-	size := int(2*cfg.RaPages) * ps // a sequential window is twice read-around
-	h.bufs.New = func() any { b := make([]byte, size); return &b }
-	return h
+	return &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c}
 }
 
 // Fault handles one fault message at addr in region r. It never blocks on
@@ -147,8 +156,13 @@ func (h *Handler) resolve(r *Region, page int64) {
 		}
 	}()
 	for {
-		w := readahead.Around(page, h.cfg.RaPages, cache.NPages(), r.Advice())
-		s, f := cache.Begin(page, w.Start, w.End)
+		var w readahead.Window
+		s, f := cache.Begin(page, func() (int64, int64) {
+			r.raMu.Lock()
+			defer r.raMu.Unlock()
+			w = r.ra.Miss(h.ra, page, cache.NPages(), r.Advice())
+			return w.Start, w.End
+		})
 		switch s {
 		case pagecache.Uptodate:
 			h.wake(r, page, page+1)
@@ -164,10 +178,14 @@ func (h *Handler) resolve(r *Region, page int64) {
 				h.poison(r, page, f.Err())
 				return
 			}
-			// Our page was only readahead for a fill that failed: read it ourselves.
+			// Our page was only readahead for a fill that failed, or it is
+			// now a marker: look again.
+		case pagecache.Marker:
+			h.markerHit(r, f)
+			return
 		default:
 			major = true
-			h.fill(r.Obj, f)
+			h.fill(r.Obj, f, w.Marker)
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -178,25 +196,58 @@ func (h *Handler) resolve(r *Region, page int64) {
 	}
 }
 
-// fill reads the pages f claimed and ends it. The faulting page decides the
+// markerHit serves a marker from its held bytes, wakes the faulter, and
+// reads the next window in the background: the faulter does not wait for
+// that I/O.
+func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
+	cache := r.Obj.Cache
+	if err := cache.WritePages(f.Page, f.Held()); err != nil {
+		h.cfg.Log.Error("cannot fill the cache", "object", cache.Name(), "err", err)
+		cache.End(f, 0, 0, err)
+		h.poison(r, f.Page, err)
+		return
+	}
+	cache.End(f, f.Page, f.Page+1, nil)
+	h.wake(r, f.Page, f.Page+1)
+	r.raMu.Lock()
+	w, ok := r.ra.MarkerHit(h.ra, f.Page, cache.NPages())
+	r.raMu.Unlock()
+	if ok {
+		h.readAhead(r.Obj, w)
+	}
+}
+
+// readAhead reads the absent pages of w in the background, a chunk per
+// fill, holding back w's marker.
+func (h *Handler) readAhead(o *Object, w readahead.Window) {
+	for lo := w.Start; lo < w.End; lo += chunkPages {
+		for _, f := range o.Cache.Claim(lo, min(lo+chunkPages, w.End)) {
+			go h.fill(o, f, w.Marker)
+		}
+	}
+}
+
+// fill reads the pages f claimed, holds back marker if it is among them,
+// and ends the fill. For a fault's fill the faulting page decides the
 // outcome: if the window read fails, the pages read before the failure are
-// kept only when they include the faulting page; otherwise the faulting page
-// is read alone, with retries.
-func (h *Handler) fill(o *Object, f *pagecache.Fill) {
+// kept only when they include the faulting page; otherwise the faulting
+// page is read alone, with retries. A readahead fill keeps what it read.
+func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64) {
 	h.c.FillsInFlight.Add(1)
 	defer h.c.FillsInFlight.Add(-1)
-	bp := h.bufs.Get().(*[]byte)
-	defer h.bufs.Put(bp)
 	n := f.End - f.Start
+	bp := h.bufs.get(n)
+	defer h.bufs.put(bp)
 	buf := (*bp)[:n*ps]
 	got, err := h.read(o, buf, f.Start)
 	if err == nil {
-		h.write(o, f, f.Start, f.End, buf)
+		h.write(o, f, f.Start, f.End, buf, marker)
 		return
 	}
-	if k := int64(got / ps); f.Page < f.Start+k {
-		h.cfg.Log.Debug("readahead failed after the faulting page", "object", o.Cache.Name(), "err", err)
-		h.write(o, f, f.Start, f.Start+k, buf)
+	k := int64(got / ps)
+	if f.Page < 0 || f.Page < f.Start+k {
+		h.cfg.Log.Debug("readahead failed", "object", o.Cache.Name(), "err", err)
+		h.write(o, f, f.Start, f.Start+k, buf, marker)
 		return
 	}
 	one := buf[(f.Page-f.Start)*ps:][:ps]
@@ -205,7 +256,7 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill) {
 		if n > 1 || try > 0 {
 			_, err = h.read(o, one, f.Page)
 			if err == nil {
-				h.write(o, f, f.Page, f.Page+1, one)
+				h.write(o, f, f.Page, f.Page+1, one, -1)
 				return
 			}
 		}
@@ -233,9 +284,18 @@ func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
 }
 
 // write puts pages [start, end) of buf (which begins at start) into the
-// memfd and ends the fill with them uptodate.
-func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []byte) {
-	if err := o.Cache.WritePages(start, buf[:(end-start)*ps]); err != nil {
+// memfd, except marker, which the cache holds back, and ends the fill.
+func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []byte, marker int64) {
+	err := error(nil)
+	if start <= marker && marker < end && marker != f.Page && o.Cache.Hold(f, marker, buf[(marker-start)*ps:][:ps]) {
+		err = o.Cache.WritePages(start, buf[:(marker-start)*ps])
+		if err == nil {
+			err = o.Cache.WritePages(marker+1, buf[(marker+1-start)*ps:(end-start)*ps])
+		}
+	} else {
+		err = o.Cache.WritePages(start, buf[:(end-start)*ps])
+	}
+	if err != nil {
 		h.cfg.Log.Error("cannot fill the cache", "object", o.Cache.Name(), "err", err)
 		o.Cache.End(f, 0, 0, err)
 		return
@@ -272,20 +332,11 @@ func (h *Handler) poison(r *Region, page int64, cause error) {
 	}
 }
 
-// WillNeed starts reads of the absent pages of [start, end) in the
-// background, a read-around window at a time, as MADV_WILLNEED does. Faults
-// on those pages meanwhile wait for these reads.
-func (h *Handler) WillNeed(o *Object, start, end int64, spawn func(func())) {
-	start, end = max(start, 0), min(end, o.Cache.NPages())
-	for p := start; p < end; {
-		s, f := o.Cache.Begin(p, p, min(p+h.cfg.RaPages, end))
-		if s != pagecache.Absent {
-			p++
-			continue
-		}
-		spawn(func() { h.fill(o, f) })
-		p = f.End
-	}
+// WillNeed reads the absent pages of [start, end) in the background, as
+// MADV_WILLNEED does, with no marker. Faults on those pages meanwhile wait
+// for these reads.
+func (h *Handler) WillNeed(o *Object, start, end int64) {
+	h.readAhead(o, readahead.Window{Start: start, End: end, Marker: -1})
 }
 
 // gone reports an error that means the client's memory no longer exists.

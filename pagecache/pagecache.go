@@ -30,7 +30,16 @@ const (
 	InFlight              // claimed by a fill that has not finished
 	Uptodate              // in the memfd, whole
 	Error                 // the last read failed; the next fault reads again
+
+	// Marker is a page held back from the memfd: its bytes wait in memory
+	// and its touch faults, which tells readahead the reader got there.
+	// The table stores it as Absent; the markers map holds its bytes.
+	Marker
 )
+
+// MaxMarkers bounds the pages an object holds back: one per sequential
+// stream is enough, and each costs a page of memory.
+const MaxMarkers = 256
 
 func (s State) String() string {
 	switch s {
@@ -42,6 +51,8 @@ func (s State) String() string {
 		return "uptodate"
 	case Error:
 		return "error"
+	case Marker:
+		return "marker"
 	}
 	return fmt.Sprintf("State(%d)", uint8(s))
 }
@@ -55,7 +66,8 @@ type Object struct {
 
 	mu       sync.Mutex
 	states   table
-	fills    []*Fill // in flight; few at a time, so a slice is enough
+	fills    []*Fill          // in flight; few at a time, so a slice is enough
+	markers  map[int64][]byte // pages held back, with their bytes
 	resident atomic.Int64
 }
 
@@ -80,7 +92,8 @@ func New(name string, size int64) (*Object, error) {
 		memfd.Close()
 		return nil, fmt.Errorf("pagecache %s: seal memfd: %w", name, err)
 	}
-	return &Object{name: name, size: size, npages: npages, memfd: memfd, states: newTable(npages)}, nil
+	return &Object{name: name, size: size, npages: npages, memfd: memfd, states: newTable(npages),
+		markers: make(map[int64][]byte)}, nil
 }
 
 // Name is the object's name in errors and logs.
@@ -99,7 +112,7 @@ func (o *Object) Resident() int64 { return o.resident.Load() }
 func (o *Object) MetadataBytes() int64 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.states.bytes() + int64(len(o.fills))*64
+	return o.states.bytes() + int64(len(o.fills))*64 + int64(len(o.markers))*(PageSize+32)
 }
 
 // ReadOnlyFile opens the memfd again for reading only, through /proc, so a
@@ -121,6 +134,9 @@ func (o *Object) Lookup(page int64) (State, *Fill) {
 	if s == InFlight {
 		return s, o.fillOf(page)
 	}
+	if _, ok := o.markers[page]; ok {
+		return Marker, nil
+	}
 	return s, nil
 }
 
@@ -135,14 +151,16 @@ func (o *Object) fillOf(page int64) *Fill {
 
 // Begin is the lookup of the fault path. For an uptodate page it returns
 // (Uptodate, nil). For a page some fill is reading it returns (InFlight, that
-// fill): wait for it. Otherwise it claims the run of absent pages around page
-// inside the window [lo, hi), marks them in flight and returns (Absent, the
-// new fill): the caller now owns the read and must call End.
-func (o *Object) Begin(page, lo, hi int64) (State, *Fill) {
+// fill): wait for it. For a marker it returns (Marker, a one-page fill
+// holding its bytes): the caller writes them and calls End. Otherwise it
+// asks window for the pages the miss should read, claims the run of absent
+// pages around page inside them, marks them in flight and returns (Absent,
+// the new fill): the caller now owns the read and must call End. window
+// runs under the cache's lock, only for a miss.
+func (o *Object) Begin(page int64, window func() (lo, hi int64)) (State, *Fill) {
 	if page < 0 || page >= o.npages {
 		panic(fmt.Sprintf("pagecache %s: page %d outside [0, %d)", o.name, page, o.npages))
 	}
-	lo, hi = max(lo, 0), min(hi, o.npages)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch s := o.states.get(page); s {
@@ -151,6 +169,37 @@ func (o *Object) Begin(page, lo, hi int64) (State, *Fill) {
 	case InFlight:
 		return s, o.fillOf(page)
 	}
+	if held, ok := o.markers[page]; ok {
+		delete(o.markers, page)
+		o.states.set(page, InFlight)
+		f := o.newFill(page, page+1, page)
+		f.held = held
+		return Marker, f
+	}
+	lo, hi := window()
+	return Absent, o.claim(page, max(lo, 0), min(hi, o.npages))
+}
+
+// Claim claims every run of absent pages in [lo, hi) for reading ahead:
+// fills with no faulting page, whose failure poisons nothing.
+func (o *Object) Claim(lo, hi int64) []*Fill {
+	lo, hi = max(lo, 0), min(hi, o.npages)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var fs []*Fill
+	for p := lo; p < hi; p++ {
+		if o.claimable(p) {
+			f := o.claim(p, p, hi)
+			f.Page = -1
+			fs = append(fs, f)
+			p = f.End
+		}
+	}
+	return fs
+}
+
+// claim marks the claimable run around page inside [lo, hi) in flight.
+func (o *Object) claim(page, lo, hi int64) *Fill {
 	start, end := page, page+1
 	for start > lo && o.claimable(start-1) {
 		start--
@@ -161,16 +210,41 @@ func (o *Object) Begin(page, lo, hi int64) (State, *Fill) {
 	for p := start; p < end; p++ {
 		o.states.set(p, InFlight)
 	}
-	f := &Fill{Start: start, End: end, Page: page, done: make(chan struct{})}
+	return o.newFill(start, end, page)
+}
+
+func (o *Object) newFill(start, end, page int64) *Fill {
+	f := &Fill{Start: start, End: end, Page: page, marker: -1, done: make(chan struct{})}
 	o.fills = append(o.fills, f)
-	return Absent, f
+	return f
 }
 
 // claimable reports whether a fill may read the page: errors are not sticky,
-// so an errored page is read again like an absent one.
+// so an errored page is read again like an absent one. A marker is not: its
+// bytes are here already.
 func (o *Object) claimable(page int64) bool {
 	s := o.states.get(page)
-	return s == Absent || s == Error
+	if s != Absent && s != Error {
+		return false
+	}
+	_, held := o.markers[page]
+	return !held
+}
+
+// Hold keeps page of the fill f out of the memfd as a marker, with its
+// bytes (which it copies). It reports false, and the caller writes the page
+// as usual, when the object holds MaxMarkers already.
+func (o *Object) Hold(f *Fill, page int64, b []byte) bool {
+	if page < f.Start || page >= f.End || len(b) != PageSize {
+		panic(fmt.Sprintf("pagecache %s: hold page %d of fill [%d, %d)", o.name, page, f.Start, f.End))
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.markers) >= MaxMarkers {
+		return false
+	}
+	f.marker, f.held = page, append([]byte(nil), b...)
+	return true
 }
 
 // WritePages copies whole pages into the memfd at page. A whole-page write is
@@ -202,6 +276,9 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 	var n int64
 	for p := f.Start; p < f.End; p++ {
 		switch {
+		case p == f.marker && okStart <= p && p < okEnd:
+			o.states.set(p, Absent)
+			o.markers[p] = f.held
 		case okStart <= p && p < okEnd:
 			o.states.set(p, Uptodate)
 			n++
@@ -220,6 +297,9 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 	o.mu.Unlock()
 	o.resident.Add(n)
 	f.okStart, f.okEnd, f.err = okStart, okEnd, err
+	if f.marker >= 0 {
+		f.held = nil
+	}
 	close(f.done)
 }
 
@@ -230,6 +310,11 @@ func (o *Object) Punch(start, end int64) (int64, error) {
 	start, end = max(start, 0), min(end, o.npages)
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	for p := range o.markers {
+		if start <= p && p < end {
+			delete(o.markers, p)
+		}
+	}
 	var dropped int64
 	for p := start; p < end; {
 		if o.states.get(p) != Uptodate {
@@ -262,19 +347,26 @@ func (o *Object) Close() error {
 // Fill is one read in flight: the page lock of pages [Start, End).
 type Fill struct {
 	Start, End int64 // pages claimed
-	Page       int64 // the page whose fault started it
+	Page       int64 // the page whose fault started it; -1 for readahead
+
+	marker int64  // the page held back, or -1
+	held   []byte // its bytes; for a marker's own fill, what to write
 
 	done           chan struct{}
 	okStart, okEnd int64
 	err            error
 }
 
+// Held is, for the fill Begin returns for a marker, the marker's bytes.
+func (f *Fill) Held() []byte { return f.held }
+
 // Done is closed when the fill has ended.
 func (f *Fill) Done() <-chan struct{} { return f.done }
 
-// Uptodate reports, once the fill has ended, whether page was filled.
+// Uptodate reports, once the fill has ended, whether page was filled into
+// the memfd (a page held back as a marker was not).
 func (f *Fill) Uptodate(page int64) bool {
-	return f.okStart <= page && page < f.okEnd
+	return f.okStart <= page && page < f.okEnd && page != f.marker
 }
 
 // Err is the read error of the fill's faulting page, once it has ended.

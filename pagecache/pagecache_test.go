@@ -14,19 +14,19 @@ import (
 
 func TestBeginClaimsAbsentRunInsideWindow(t *testing.T) {
 	o := mustNew(t, 100*PageSize)
-	s, f := o.Begin(50, 40, 60)
+	s, f := o.Begin(50, win(40, 60))
 	if s != Absent || f.Start != 40 || f.End != 60 || f.Page != 50 {
 		t.Fatalf("Begin(50, 40, 60) = %v, [%d, %d) page %d; want absent [40, 60) page 50", s, f.Start, f.End, f.Page)
 	}
 	// Any page of the window is now locked by that fill.
 	for _, p := range []int64{40, 50, 59} {
-		s, g := o.Begin(p, p-16, p+16)
+		s, g := o.Begin(p, win(p-16, p+16))
 		if s != InFlight || g != f {
 			t.Fatalf("Begin(%d) during the fill = %v, %p; want in flight, %p", p, s, g, f)
 		}
 	}
 	// A neighbouring window stops at the in-flight pages.
-	s, g := o.Begin(61, 50, 70)
+	s, g := o.Begin(61, win(50, 70))
 	if s != Absent || g.Start != 60 || g.End != 70 {
 		t.Fatalf("Begin(61, 50, 70) = %v, [%d, %d); want absent [60, 70)", s, g.Start, g.End)
 	}
@@ -45,7 +45,7 @@ func TestWindowClippedToObject(t *testing.T) {
 	if o.NPages() != 11 {
 		t.Fatalf("NPages = %d, want 11", o.NPages())
 	}
-	_, f := o.Begin(10, 2, 26)
+	_, f := o.Begin(10, win(2, 26))
 	if f.Start != 2 || f.End != 11 {
 		t.Fatalf("window [%d, %d), want [2, 11)", f.Start, f.End)
 	}
@@ -54,7 +54,7 @@ func TestWindowClippedToObject(t *testing.T) {
 
 func TestEndWithErrorMarksOnlyFaultingPage(t *testing.T) {
 	o := mustNew(t, 64*PageSize)
-	_, f := o.Begin(20, 10, 30)
+	_, f := o.Begin(20, win(10, 30))
 	ioErr := errors.New("injected")
 	o.End(f, 10, 15, ioErr)
 	<-f.Done()
@@ -67,7 +67,7 @@ func TestEndWithErrorMarksOnlyFaultingPage(t *testing.T) {
 		t.Errorf("fill result: Uptodate(12)=%v Uptodate(20)=%v Err=%v", f.Uptodate(12), f.Uptodate(20), f.Err())
 	}
 	// Errors are not sticky: the next fault claims the page again.
-	s, g := o.Begin(20, 20, 21)
+	s, g := o.Begin(20, win(20, 21))
 	if s != Absent || g.Start != 20 {
 		t.Fatalf("Begin on an errored page = %v; want a new fill", s)
 	}
@@ -77,7 +77,7 @@ func TestEndWithErrorMarksOnlyFaultingPage(t *testing.T) {
 func TestWritePagesAndPunch(t *testing.T) {
 	o := mustNew(t, 8*PageSize)
 	data := bytes.Repeat([]byte{0xab}, 2*PageSize)
-	_, f := o.Begin(3, 3, 5)
+	_, f := o.Begin(3, win(3, 5))
 	if err := o.WritePages(3, data); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestSparseTiBMetadata(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	o := mustNew(t, 1<<40)
 	for p := int64(0); p < o.NPages(); p += o.NPages() / 64 {
-		_, f := o.Begin(p, p-16, p+16)
+		_, f := o.Begin(p, win(p-16, p+16))
 		o.End(f, f.Start, f.End, nil)
 	}
 	runtime.GC()
@@ -177,6 +177,72 @@ func TestCheckTHP(t *testing.T) {
 	}
 	if err := CheckTHP(THPSysfs); err != nil {
 		t.Logf("this machine would be refused: %v", err)
+	}
+}
+
+// win is a fixed readahead window.
+func win(lo, hi int64) func() (int64, int64) { return func() (int64, int64) { return lo, hi } }
+
+// A marker page is held back from the memfd: a hole a fault will find,
+// whose bytes are served without a store read.
+func TestMarkerHeldBack(t *testing.T) {
+	o := mustNew(t, 64*PageSize)
+	_, f := o.Begin(10, win(0, 32))
+	page := bytes.Repeat([]byte{7}, PageSize)
+	if !o.Hold(f, 24, page) {
+		t.Fatal("Hold refused the first marker")
+	}
+	o.End(f, 0, 32, nil)
+	if f.Uptodate(24) || !f.Uptodate(23) {
+		t.Fatalf("after End: Uptodate(24)=%v Uptodate(23)=%v", f.Uptodate(24), f.Uptodate(23))
+	}
+	if s, _ := o.Lookup(24); s != Marker {
+		t.Fatalf("page 24 = %v, want marker", s)
+	}
+	if o.Resident() != 31 {
+		t.Fatalf("Resident = %d, want 31 (the marker is not in the memfd)", o.Resident())
+	}
+	// Readahead does not read a marker again.
+	if fs := o.Claim(20, 40); len(fs) != 1 || fs[0].Start != 32 || fs[0].Page != -1 {
+		t.Fatalf("Claim(20, 40) = %v", fs)
+	} else {
+		o.End(fs[0], 0, 0, errors.New("readahead failed"))
+		if s, _ := o.Lookup(32); s != Absent {
+			t.Fatalf("a failed readahead page is %v, want absent", s)
+		}
+	}
+	s, g := o.Begin(24, win(0, 64))
+	if s != Marker || !bytes.Equal(g.Held(), page) || g.Start != 24 || g.End != 25 {
+		t.Fatalf("Begin on the marker = %v %v", s, g)
+	}
+	if err := o.WritePages(24, g.Held()); err != nil {
+		t.Fatal(err)
+	}
+	o.End(g, 24, 25, nil)
+	if s, _ := o.Lookup(24); s != Uptodate {
+		t.Fatalf("served marker = %v", s)
+	}
+}
+
+func TestMarkersBounded(t *testing.T) {
+	o := mustNew(t, (MaxMarkers+1)*PageSize)
+	page := make([]byte, PageSize)
+	for p := int64(0); p <= MaxMarkers; p++ {
+		_, f := o.Begin(p, win(p, p+1))
+		held := o.Hold(f, p, page)
+		if held != (p < MaxMarkers) {
+			t.Fatalf("Hold of marker %d = %v", p, held)
+		}
+		o.End(f, p, p+1, nil)
+	}
+	if md := o.MetadataBytes(); md < MaxMarkers*PageSize {
+		t.Fatalf("MetadataBytes %d does not count the held markers", md)
+	}
+	if n, _ := o.Punch(0, MaxMarkers+1); n != 1 {
+		t.Fatalf("Punch dropped %d pages, want 1", n)
+	}
+	if s, _ := o.Lookup(0); s != Absent {
+		t.Fatalf("a punched marker is %v", s)
 	}
 }
 

@@ -1,11 +1,26 @@
 // Package readahead is filemap's file_ra_state and mm/readahead.c: it decides
-// which pages a fault reads besides the one it needs. It does no I/O.
+// which pages a fault reads besides the one it needs, and when to read ahead
+// of a sequential reader. It does no I/O, so its windows are tested exactly.
+//
+// A miss reads the read-around window [N − ra/2, N + ra/2) and marks a page
+// near its end (start + size − async_size) as the marker. The handler keeps
+// the marker page out of the cache, holding its bytes, so the reader's touch
+// of it arrives as a fault even though every other page of the window is
+// mapped by the kernel without a message. That fault starts the next window
+// asynchronously, larger each time (get_next_ra_size) up to the maximum,
+// with its own marker on its first page: the I/O stays a window ahead of a
+// sequential reader, who never waits for it.
 package readahead
 
 import "fmt"
 
-// DefaultPages is the kernel's VM_READAHEAD_PAGES: 128 KiB of 4 KiB pages.
+// DefaultPages is the kernel's VM_READAHEAD_PAGES: 128 KiB of 4 KiB pages,
+// the read-around window of a miss.
 const DefaultPages = 32
+
+// DefaultMaxPages bounds the windows a sequential stream ramps up to: 8 MiB,
+// what this machine's disk has as read_ahead_kb.
+const DefaultMaxPages = 2048
 
 // Advice is what madvise(2) tells the kernel about an access pattern.
 type Advice uint8
@@ -37,26 +52,106 @@ func ParseAdvice(s string) (Advice, error) {
 	return 0, fmt.Errorf("unknown advice %q (want normal, random, sequential, willneed or dontneed)", s)
 }
 
-// Window is the pages [Start, End) a miss reads.
-type Window struct{ Start, End int64 }
+// Window is the pages [Start, End) a read covers, and its marker page:
+// the page whose touch starts the next window, or -1 for none.
+type Window struct {
+	Start, End int64
+	Marker     int64
+}
 
 // Len is the number of pages in the window.
 func (w Window) Len() int64 { return w.End - w.Start }
 
-// Around is do_sync_mmap_readahead's read-around for a miss at index: the
-// raPages pages centred on it, [index − ra/2, index + ra/2), clipped to the
-// object's npages. Random advice or raPages ≤ 1 reads the page alone;
-// sequential advice reads a doubled window forward from index.
-func Around(index, raPages, npages int64, advice Advice) Window {
-	var w Window
-	switch {
-	case advice == Random || raPages <= 1:
-		w = Window{index, index + 1}
-	case advice == Sequential:
-		w = Window{index, index + 2*raPages}
-	default:
-		w = Window{index - raPages/2, index - raPages/2 + raPages}
+func (w Window) String() string {
+	if w.Marker < 0 {
+		return fmt.Sprintf("[%d, %d)", w.Start, w.End)
 	}
+	return fmt.Sprintf("[%d, %d) marker %d", w.Start, w.End, w.Marker)
+}
+
+// Config is the readahead tuning of an object's mappings.
+type Config struct {
+	RaPages  int64 // read-around window of a miss (ra_pages)
+	MaxPages int64 // largest async window of a sequential stream
+}
+
+func (c Config) norm() Config {
+	if c.RaPages <= 0 {
+		c.RaPages = DefaultPages
+	}
+	if c.MaxPages < c.RaPages {
+		c.MaxPages = max(c.RaPages, DefaultMaxPages)
+	}
+	return c
+}
+
+// State is file_ra_state: the last window read for one mapping.
+type State struct {
+	Start, Size, AsyncSize int64
+}
+
+// Miss is do_sync_mmap_readahead: the window a miss at index reads, in an
+// object of npages pages.
+func (s *State) Miss(cfg Config, index, npages int64, advice Advice) Window {
+	cfg = cfg.norm()
+	switch {
+	case advice == Random || cfg.RaPages <= 1:
+		return clip(Window{index, index + 1, -1}, npages)
+	case advice == Sequential:
+		// Twice ra_pages, forward, with the marker in the middle: a stream
+		// that keeps going keeps its I/O a window ahead.
+		size := 2 * cfg.RaPages
+		s.Start, s.Size, s.AsyncSize = index, size, size/2
+	default:
+		s.Start, s.Size, s.AsyncSize = max(index-cfg.RaPages/2, 0), cfg.RaPages, cfg.RaPages/4
+	}
+	return clip(s.window(), npages)
+}
+
+// MarkerHit is page_cache_async_ra: the touch of the marker at index
+// starts the next window. The caller reads it without making the toucher
+// wait. ok is false when there is nothing left to read.
+func (s *State) MarkerHit(cfg Config, index, npages int64) (w Window, ok bool) {
+	cfg = cfg.norm()
+	if index == s.Start+s.Size-s.AsyncSize {
+		s.Start += s.Size
+		s.Size = nextSize(s.Size, cfg.MaxPages)
+	} else {
+		// A marker of a window this state no longer describes (another
+		// stream moved it): read ahead from the marker on.
+		s.Start = index + 1
+		s.Size = nextSize(cfg.RaPages, cfg.MaxPages)
+	}
+	s.AsyncSize = s.Size
+	w = clip(s.window(), npages)
+	return w, w.Len() > 0
+}
+
+func (s *State) window() Window {
+	return Window{s.Start, s.Start + s.Size, s.Start + s.Size - s.AsyncSize}
+}
+
+// nextSize is get_next_ra_size: quadruple small windows, double middling
+// ones, and stop at max.
+func nextSize(cur, maxPages int64) int64 {
+	switch {
+	case cur < maxPages/16:
+		return 4 * cur
+	case cur <= maxPages/2:
+		return 2 * cur
+	default:
+		return maxPages
+	}
+}
+
+// clip bounds a window to the object; a marker outside it is dropped.
+func clip(w Window, npages int64) Window {
 	w.Start, w.End = max(w.Start, 0), min(w.End, npages)
+	if w.End < w.Start {
+		w.End = w.Start
+	}
+	if w.Marker < w.Start || w.Marker >= w.End {
+		w.Marker = -1
+	}
 	return w
 }

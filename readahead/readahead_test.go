@@ -2,26 +2,130 @@ package readahead
 
 import "testing"
 
-func TestAround(t *testing.T) {
+const npages = 1 << 20
+
+var kernel = Config{RaPages: 32, MaxPages: 32} // ra_pages 32, as the reference measured
+
+func TestMissReadAround(t *testing.T) {
 	cases := []struct {
-		index, ra, npages int64
-		advice            Advice
-		want              Window
+		cfg    Config
+		index  int64
+		n      int64
+		advice Advice
+		want   Window
 	}{
-		{1000, 32, 1 << 20, Normal, Window{984, 1016}}, // reference §1.4: a cold fault at 1000 reads [984, 1016)
-		{0, 32, 1 << 20, Normal, Window{0, 16}},        // clipped at the start
-		{10, 32, 1 << 20, Normal, Window{0, 26}},
-		{99, 32, 100, Normal, Window{83, 100}}, // clipped at EOF
-		{1000, 32, 1 << 20, Random, Window{1000, 1001}},
-		{1000, 1, 1 << 20, Normal, Window{1000, 1001}},
-		{1000, 32, 1 << 20, Sequential, Window{1000, 1064}},
-		{0, 0, 1, Normal, Window{0, 1}},
-		{1000, 33, 1 << 20, Normal, Window{984, 1017}},
+		// Reference §1.4: a cold fault at 1000 with 32-page ra reads [984, 1016), marker 1008.
+		{kernel, 1000, npages, Normal, Window{984, 1016, 1008}},
+		// A fault at 0 reads [0, 32) with the marker at 24.
+		{kernel, 0, npages, Normal, Window{0, 32, 24}},
+		{kernel, 10, npages, Normal, Window{0, 32, 24}},
+		{kernel, 99, 100, Normal, Window{83, 100, -1}}, // clipped at EOF: the marker would be past it
+		{kernel, 99, 110, Normal, Window{83, 110, 107}},
+		{kernel, 1000, npages, Random, Window{1000, 1001, -1}},
+		{Config{RaPages: 1}, 1000, npages, Normal, Window{1000, 1001, -1}},
+		{kernel, 1000, npages, Sequential, Window{1000, 1064, 1032}},
+		{kernel, 0, 1, Normal, Window{0, 1, -1}},
 	}
 	for _, c := range cases {
-		if got := Around(c.index, c.ra, c.npages, c.advice); got != c.want {
-			t.Errorf("Around(%d, ra %d, npages %d, %v) = %v, want %v", c.index, c.ra, c.npages, c.advice, got, c.want)
+		var s State
+		if got := s.Miss(c.cfg, c.index, c.n, c.advice); got != c.want {
+			t.Errorf("Miss(ra %d, %d, npages %d, %v) = %v, want %v", c.cfg.RaPages, c.index, c.n, c.advice, got, c.want)
 		}
+	}
+}
+
+// Touching each marker reads the next window; with the kernel's 32-page
+// maximum every async window is 32 pages with its marker on its first page.
+func TestMarkerChainKernelDefault(t *testing.T) {
+	var s State
+	w := s.Miss(kernel, 1000, npages, Normal)
+	want := []Window{{1016, 1048, 1016}, {1048, 1080, 1048}, {1080, 1112, 1080}}
+	for i, next := range want {
+		got, ok := s.MarkerHit(kernel, w.Marker, npages)
+		if !ok || got != next {
+			t.Fatalf("marker hit %d at %d: %v, want %v", i, w.Marker, got, next)
+		}
+		w = got
+	}
+}
+
+// A sequential stream ramps up to the maximum window.
+func TestMarkerRampUp(t *testing.T) {
+	cfg := Config{RaPages: 32, MaxPages: 2048}
+	var s State
+	w := s.Miss(cfg, 0, npages, Normal)
+	var sizes []int64
+	for range 8 {
+		var ok bool
+		w, ok = s.MarkerHit(cfg, w.Marker, npages)
+		if !ok || w.Marker != w.Start {
+			t.Fatalf("async window %v: marker not on its first page", w)
+		}
+		sizes = append(sizes, w.Len())
+	}
+	want := []int64{128, 256, 512, 1024, 2048, 2048, 2048, 2048} // get_next_ra_size: ×4 below max/16, ×2 to max/2, then max
+	for i := range want {
+		if sizes[i] != want[i] {
+			t.Fatalf("window sizes %v, want %v", sizes, want)
+		}
+	}
+}
+
+// Reference §5 item 19: a sequential scan of a cold 16 MiB file with
+// 128 KiB readahead takes at most 2 major faults: the first miss, then
+// every later window is started by a marker before the reader gets there.
+func TestSequentialScan16MiB(t *testing.T) {
+	for _, cfg := range []Config{kernel, {RaPages: 32, MaxPages: 2048}} {
+		const pages = 16 << 20 >> 12
+		var s State
+		present := make([]bool, pages)
+		isMarker := make([]bool, pages)
+		read := func(w Window) {
+			for p := w.Start; p < w.End; p++ {
+				present[p] = p != w.Marker
+			}
+			if w.Marker >= 0 {
+				isMarker[w.Marker] = true
+			}
+		}
+		majors := 0
+		for p := int64(0); p < pages; p++ {
+			switch {
+			case isMarker[p]:
+				isMarker[p], present[p] = false, true
+				if w, ok := s.MarkerHit(cfg, p, pages); ok {
+					read(w)
+				}
+			case !present[p]:
+				majors++
+				read(s.Miss(cfg, p, pages, Normal))
+			}
+		}
+		if majors > 2 {
+			t.Errorf("max %d pages: %d major faults for a 16 MiB sequential scan, want at most 2", cfg.MaxPages, majors)
+		}
+	}
+}
+
+// A marker hit the state does not expect (another stream moved the
+// window) reads ahead from that marker.
+func TestMarkerHitInterleaved(t *testing.T) {
+	var s State
+	s.Miss(kernel, 5000, npages, Normal)
+	w, ok := s.MarkerHit(kernel, 1008, npages)
+	if !ok || w.Start != 1009 || w.Marker != 1009 {
+		t.Fatalf("unexpected marker: %v", w)
+	}
+}
+
+func TestMarkerHitAtEOF(t *testing.T) {
+	var s State
+	w := s.Miss(kernel, 40, 50, Normal) // [24, 50): marker 48
+	if w.Marker != 48 {
+		t.Fatalf("window %v", w)
+	}
+	if w, ok := s.MarkerHit(kernel, 48, 50); ok {
+		t.Fatalf("marker hit at the end read %v", w)
 	}
 }
 

@@ -119,7 +119,7 @@ func (a *attachment) willNeed(off, n int64) {
 	if r == nil || n <= 0 {
 		return
 	}
-	a.ss.s.faults.WillNeed(r.Obj, off/ps, (off+n+ps-1)/ps, a.ops.Go)
+	a.ss.s.faults.WillNeed(r.Obj, off/ps, (off+n+ps-1)/ps)
 }
 
 func (a *attachment) regionAt(addr uintptr) *fault.Region {

@@ -32,6 +32,7 @@ import (
 // Config tunes a Server. The zero value is the kernel's defaults.
 type Config struct {
 	ReadaheadPages int64         // read-around window; readahead.DefaultPages if 0
+	MaxReadahead   int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
 	Retries        int           // re-reads of a failing page before SIGBUS; 3 if 0, none if negative
 	RetryBackoff   time.Duration // delay before the first retry, doubled after each; 10ms if 0
 	Log            *slog.Logger  // slog.Default() if nil
@@ -104,6 +105,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.faults = fault.NewHandler(fault.Config{
 		RaPages:      cfg.ReadaheadPages,
+		MaxRaPages:   cfg.MaxReadahead,
 		Retries:      cfg.Retries,
 		RetryBackoff: cfg.RetryBackoff,
 		Log:          cfg.Log,

@@ -101,9 +101,9 @@ func (ss *session) serve() {
 // is sent back to the client.
 func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 	want := map[proto.Type]int{proto.TOpen: -1, proto.TAttach: 1}[f.Type]
-	if want >= 0 && len(f.Fds) != want {
+	if got := len(f.Fds); want >= 0 && got != want {
 		f.CloseFds()
-		return nil, nil, badFrame("%v takes %d file descriptors, got %d", f.Type, want, len(f.Fds))
+		return nil, nil, badFrame("%v takes %d file descriptors, got %d", f.Type, want, got)
 	}
 	switch f.Type {
 	case proto.THello:
@@ -162,9 +162,9 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		f.CloseFds()
 		return nil, nil, fmt.Errorf("%s: scheme %s is not served", req.URI, uri.Scheme)
 	}
-	if len(f.Fds) != 1 {
+	if got := len(f.Fds); got != 1 {
 		f.CloseFds()
-		return nil, nil, badFrame("open of local file %s takes the fd the client opened, got %d descriptors", uri.Path, len(f.Fds))
+		return nil, nil, badFrame("open of local file %s takes the fd the client opened, got %d descriptors", uri.Path, got)
 	}
 	st, err := store.NewFile(f.Fds[0], uri.Path)
 	if err != nil {
