@@ -144,17 +144,11 @@ func (h *Handler) Fault(r *Region, addr uintptr, spawn func(func())) {
 	spawn(func() { h.resolve(r, page) })
 }
 
-// resolve is the slow part of a fault: wait for or start the read.
+// resolve is the slow part of a fault: wait for or start the read. A fault
+// is counted before its faulter is woken, so counters never lag behind
+// what a client has seen.
 func (h *Handler) resolve(r *Region, page int64) {
 	cache := r.Obj.Cache
-	major := false
-	defer func() {
-		if major {
-			h.c.Major.Add(1)
-		} else {
-			h.c.Minor.Add(1)
-		}
-	}()
 	for {
 		var w readahead.Window
 		s, f := cache.Begin(page, func() (int64, int64) {
@@ -165,26 +159,30 @@ func (h *Handler) resolve(r *Region, page int64) {
 		})
 		switch s {
 		case pagecache.Uptodate:
+			h.c.Minor.Add(1)
 			h.wake(r, page, page+1)
 			return
 		case pagecache.InFlight:
 			<-f.Done()
 			if f.Uptodate(page) {
+				h.c.Minor.Add(1)
 				h.wake(r, page, page+1)
 				return
 			}
 			if f.Page == page && f.Err() != nil {
 				// That fill already retried this very page: share its verdict.
+				h.c.Minor.Add(1)
 				h.poison(r, page, f.Err())
 				return
 			}
 			// Our page was only readahead for a fill that failed, or it is
 			// now a marker: look again.
 		case pagecache.Marker:
+			h.c.Minor.Add(1)
 			h.markerHit(r, f)
 			return
 		default:
-			major = true
+			h.c.Major.Add(1)
 			h.fill(r.Obj, f, w.Marker)
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
