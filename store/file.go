@@ -91,7 +91,7 @@ func (s *File) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil && err != io.EOF {
 		return n, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.name, len(p), off, err)
 	}
-	return n, nil
+	return n, err
 }
 
 func (s *File) Size() int64 { return s.size }

@@ -1,0 +1,149 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseURI(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		in, path, err string
+	}{
+		{in: "/a/b", path: "/a/b"},
+		{in: "file:///a/b", path: "/a/b"},
+		{in: "file://localhost/a/b", path: "/a/b"},
+		{in: "rel/x", path: filepath.Join(mustGetwd(t), "rel/x")},
+		{in: "", err: "empty object name"},
+		{in: "file://", err: "no path"},
+		{in: "file://host/x", err: `names host "host"`},
+		{in: "https://example.com/o", err: "not supported yet"},
+		{in: "s3://bucket/key", err: "not supported yet"},
+		{in: "gopher://x/y", err: `unknown scheme "gopher"`},
+		{in: "http://[::1", err: "bad URI"},
+	}
+	_ = dir
+	for _, c := range cases {
+		u, err := ParseURI(c.in)
+		switch {
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("ParseURI(%q) = %v, %v; want an error containing %q", c.in, u, err, c.err)
+		case c.err == "" && (err != nil || u.Scheme != "file" || u.Path != c.path):
+			t.Errorf("ParseURI(%q) = %+v, %v; want file %s", c.in, u, err, c.path)
+		}
+	}
+}
+
+func mustGetwd(t *testing.T) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wd
+}
+
+func TestOpenLocalRefusesWhatCannotBeMapped(t *testing.T) {
+	dir := t.TempDir()
+	for path, want := range map[string]string{
+		filepath.Join(dir, "missing"): "no such file",
+		dir:                           "is a directory",
+		"/dev/null":                   "not a regular file",
+	} {
+		if f, err := OpenLocal(path); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {
+			if f != nil {
+				f.Close()
+			}
+			t.Errorf("OpenLocal(%s) = %v; want an error naming the path and %q", path, err, want)
+		}
+	}
+}
+
+func newFileStore(t *testing.T, data []byte) *File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "obj")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenLocal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewFile(f, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Aligned and unaligned reads, direct and buffered, return the file's bytes.
+func TestFileReadAt(t *testing.T) {
+	data := make([]byte, 3*4096+100)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	s := newFileStore(t, data)
+	if s.Size() != int64(len(data)) || !strings.HasPrefix(s.Key(), "file:") || s.Version() == "" {
+		t.Fatalf("Size %d Key %q Version %q", s.Size(), s.Key(), s.Version())
+	}
+	aligned := alignedBuf(2 * 4096)
+	for _, c := range []struct {
+		buf []byte
+		off int64
+	}{
+		{aligned, 0},
+		{aligned, 4096},
+		{make([]byte, 10), 5},
+		{aligned[1 : 1+4096], 4096},
+	} {
+		n, err := ReadFull(s, c.buf, c.off)
+		want := data[c.off:min(c.off+int64(len(c.buf)), int64(len(data)))]
+		if err != nil || n != len(want) || !bytes.Equal(c.buf[:n], want) {
+			t.Errorf("ReadFull(%d bytes at %d) = %d, %v", len(c.buf), c.off, n, err)
+		}
+	}
+	// The tail: a whole-page read past the end returns the bytes up to it.
+	n, err := ReadFull(s, aligned[:4096], 3*4096)
+	if err != nil || n != 100 || !bytes.Equal(aligned[:100], data[3*4096:]) {
+		t.Fatalf("tail read = %d, %v", n, err)
+	}
+}
+
+// A file that shrinks under its store is an error, never a short page of zeros.
+func TestFileShrunkIsAnError(t *testing.T) {
+	s := newFileStore(t, make([]byte, 8192))
+	if err := os.Truncate(s.Name(), 4096); err != nil {
+		t.Fatal(err)
+	}
+	buf := alignedBuf(8192)
+	n, err := ReadFull(s, buf, 0)
+	if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "offset 0") {
+		t.Fatalf("ReadFull of a shrunk file = %d, %v; want an unexpected-EOF error naming the offset", n, err)
+	}
+}
+
+func TestNewFileRefusesDirectory(t *testing.T) {
+	d, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewFile(d, "somedir"); err == nil || !strings.Contains(err.Error(), "somedir") {
+		t.Fatalf("NewFile of a directory = %v", err)
+	}
+	d.Close()
+}
+
+// alignedBuf returns a page-aligned buffer, as O_DIRECT needs.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := 0
+	for uintptr(unsafePointer(b[off:]))%4096 != 0 {
+		off++
+	}
+	return b[off : off+n]
+}
