@@ -110,6 +110,98 @@ func TestClientKilledDuringFault(t *testing.T) {
 	other.ok("read %d %d", 2000*ps, ps)
 }
 
+// One slow store read stalls only the faults that wait for its pages:
+// other pages of the same mapping, and other clients, are served meanwhile.
+func TestSlowReadStallsNoOneElse(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 16<<20)
+	release := make(chan struct{})
+	began := make(chan span, 64)
+	d.spy.set(func(s *spy) {
+		s.began = began
+		s.hold = &struct {
+			at      int64
+			release chan struct{}
+		}{1000 * ps, release}
+	})
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	a.send("read %d %d", 1000*ps, ps) // blocks in the store
+	for sp := range began {
+		if sp.off <= 1000*ps && 1000*ps < sp.off+sp.n {
+			break
+		}
+	}
+	b := startDriver(t, d.sock)
+	b.open(path, "")
+	b.ok("read %d %d", 3000*ps, ps) // another client
+	b.ok("read %d %d", 1020*ps, ps) // a page next to the held window, read by its own fault
+	if r, ok := a.reply(100 * time.Millisecond); ok {
+		t.Fatalf("the held read finished early: %q", r)
+	}
+	c := startDriver(t, d.sock)
+	c.open(path, "")
+	c.send("read %d %d", 1001*ps, ps) // a page of the held window waits for that read
+	if r, ok := c.reply(100 * time.Millisecond); ok {
+		t.Fatalf("a fault on a page being read did not wait for the read: %q", r)
+	}
+	close(release)
+	if r, ok := a.reply(30 * time.Second); r != "ok" {
+		t.Fatalf("the held read: %q %v", r, ok)
+	}
+	if r, ok := c.reply(30 * time.Second); r != "ok" {
+		t.Fatalf("the fault that waited: %q %v", r, ok)
+	}
+	if n := d.spy.readsOf(1001 * ps); n != 1 {
+		t.Fatalf("page 1001 read %d times, want once", n)
+	}
+}
+
+// A private handler exits when its parent does.
+func TestPrivateHandlerExitsWithParent(t *testing.T) {
+	path := patternFile(t, 1<<20)
+	a := startDriver(t, "")
+	a.open(path, "")
+	a.ok("read 0 %d", 1<<20)
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", a.cmd.Process.Pid, a.cmd.Process.Pid))
+	if err != nil {
+		t.Skipf("cannot list the driver's children: %v", err)
+	}
+	var handler int
+	for _, f := range strings.Fields(string(kids)) {
+		var pid int
+		fmt.Sscan(f, &pid)
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if strings.Contains(string(cmdline), envHandler+"=") {
+			handler = pid
+		}
+	}
+	if handler == 0 {
+		// Children of other threads of the driver.
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.cmd.Process.Pid))
+		for _, tk := range tasks {
+			kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", a.cmd.Process.Pid, tk.Name()))
+			for _, f := range strings.Fields(string(kids)) {
+				var pid int
+				fmt.Sscan(f, &pid)
+				env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+				if strings.Contains(string(env), envHandler+"=") {
+					handler = pid
+				}
+			}
+		}
+	}
+	if handler == 0 {
+		t.Fatal("found no private handler among the driver's children")
+	}
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	a.cmd.Wait()
+	waitFor(t, "the private handler to exit", func() bool {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", handler))
+		return err != nil || strings.Contains(string(st), ") Z ")
+	})
+}
+
 // The default handler is a private process started from this executable.
 func TestPrivateHandler(t *testing.T) {
 	t.Setenv("FILEMAP_SOCKET", "")

@@ -119,18 +119,27 @@ type spy struct {
 	fail  func(off, n int64) int64
 	delay time.Duration
 	began chan span // if set, gets every read as it starts
+	// hold, if set, blocks every read covering byte hold.at until
+	// hold.release is closed.
+	hold *struct {
+		at      int64
+		release chan struct{}
+	}
 }
 
 func (s *spyStore) ReadAt(p []byte, off int64) (int, error) {
 	s.h.mu.Lock()
 	s.h.reads = append(s.h.reads, span{off, int64(len(p))})
-	fail, delay, began := s.h.fail, s.h.delay, s.h.began
+	fail, delay, began, hold := s.h.fail, s.h.delay, s.h.began, s.h.hold
 	s.h.mu.Unlock()
 	if began != nil {
 		select {
 		case began <- span{off, int64(len(p))}:
 		default:
 		}
+	}
+	if hold != nil && hold.at >= off && hold.at < off+int64(len(p)) {
+		<-hold.release
 	}
 	time.Sleep(delay)
 	if fail != nil {
