@@ -7,13 +7,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +22,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/sigbus"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -65,6 +66,14 @@ func (st *driverState) run(cmd string, args []string) (res string) {
 		return st.open(args)
 	case "read":
 		return st.read(num(0), num(1))
+	case "guard":
+		b := make([]byte, num(1))
+		err := st.m.Guard(func() { copy(b, st.m.mem[num(0):num(0)+num(1)]) })
+		var fe *FaultError
+		if errors.As(err, &fe) {
+			return fmt.Sprintf("fault %d %s", fe.Offset, err)
+		}
+		return st.check(b, num(0))
 	case "readat":
 		p := make([]byte, num(1))
 		n, err := st.m.ReadAt(p, num(0))
@@ -174,21 +183,13 @@ func (st *driverState) open(args []string) string {
 }
 
 // load copies the mapping's bytes [off, off+n) with user-mode loads; a
-// SIGBUS becomes the offset it hit.
-func (st *driverState) load(off, n int64) (b []byte, sigbus int64) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	sigbus = -1
-	defer func() {
-		if r := recover(); r != nil {
-			addr, ok := faultAddr(r)
-			if !ok {
-				panic(r)
-			}
-			b, sigbus = nil, int64(addr-uintptr(unsafe.Pointer(&st.m.mem[0])))
-		}
-	}()
+// SIGBUS becomes the offset it hit. Unlike Guard it leaves the poison in
+// place: the conformance tests look at the kernel's own behaviour.
+func (st *driverState) load(off, n int64) (b []byte, bad int64) {
 	b = make([]byte, n)
-	copy(b, st.m.mem[off:off+n])
+	if at, faulted := sigbus.Catch(st.m.mem, func() { copy(b, st.m.mem[off:off+n]) }); faulted {
+		return nil, at
+	}
 	return b, -1
 }
 

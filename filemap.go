@@ -33,11 +33,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"sync"
 	"syscall"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/sigbus"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/readahead"
@@ -196,7 +196,7 @@ func (m *Mapping) setup(ctx context.Context, o options) error {
 
 // Bytes is the object's bytes, read-only. Touching a page the cache does
 // not hold blocks until the handler has read it; a page that cannot be read
-// raises SIGBUS (see runtime/debug.SetPanicOnFault to recover from it).
+// raises SIGBUS, which Guard turns into an error.
 func (m *Mapping) Bytes() []byte { return m.mem[:m.size:m.size] }
 
 // Size is the object's length in bytes.
@@ -262,27 +262,33 @@ func populateRead(b []byte) error {
 
 // copyOut copies from the mapping. The range was just populated; a page
 // evicted and failing in between raises a fault, which becomes an error.
-func (m *Mapping) copyOut(p []byte, off int64) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			addr, ok := faultAddr(r)
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("filemap: %s: SIGBUS reading offset %d", m.uri, int64(addr-uintptr(unsafe.Pointer(&m.mem[0]))))
-		}
-	}()
-	copy(p, m.mem[off:])
-	return nil
+func (m *Mapping) copyOut(p []byte, off int64) error {
+	return m.Guard(func() { copy(p, m.mem[off:]) })
 }
 
-// faultAddr recognises the panic SetPanicOnFault makes of a memory fault.
-func faultAddr(r any) (uintptr, bool) {
-	if e, ok := r.(interface{ Addr() uintptr }); ok {
-		return e.Addr(), true
+// FaultError is a page of a mapping that could not be read: the SIGBUS of
+// an access to it, caught by Guard.
+type FaultError struct {
+	URI    string
+	Offset int64 // the byte the access faulted on
+}
+
+func (e *FaultError) Error() string {
+	return fmt.Sprintf("filemap: %s: cannot read the page at offset %d (SIGBUS at byte %d)", e.URI, e.Offset&^(ps-1), e.Offset)
+}
+
+// Guard runs f, which reads m.Bytes(). If f touches a page that cannot be
+// read, the SIGBUS stops f and Guard returns a *FaultError naming the
+// offset; the page is cleared from this mapping, so a later access reads
+// it again. Faults elsewhere than this mapping are not caught.
+func (m *Mapping) Guard(f func()) error {
+	off, faulted := sigbus.Catch(m.mem, f)
+	if !faulted {
+		return nil
 	}
-	return 0, false
+	page := off &^ (ps - 1)
+	unix.Madvise(m.mem[page:page+ps], unix.MADV_DONTNEED) // drop the poison marker: errors are not sticky
+	return &FaultError{URI: m.uri, Offset: off}
 }
 
 // Advise tells the handler how [off, off+length) will be read; length 0

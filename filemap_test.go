@@ -163,34 +163,7 @@ func TestPrivateHandlerExitsWithParent(t *testing.T) {
 	a := startDriver(t, "")
 	a.open(path, "")
 	a.ok("read 0 %d", 1<<20)
-	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", a.cmd.Process.Pid, a.cmd.Process.Pid))
-	if err != nil {
-		t.Skipf("cannot list the driver's children: %v", err)
-	}
-	var handler int
-	for _, f := range strings.Fields(string(kids)) {
-		var pid int
-		fmt.Sscan(f, &pid)
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		if strings.Contains(string(cmdline), envHandler+"=") {
-			handler = pid
-		}
-	}
-	if handler == 0 {
-		// Children of other threads of the driver.
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.cmd.Process.Pid))
-		for _, tk := range tasks {
-			kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", a.cmd.Process.Pid, tk.Name()))
-			for _, f := range strings.Fields(string(kids)) {
-				var pid int
-				fmt.Sscan(f, &pid)
-				env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-				if strings.Contains(string(env), envHandler+"=") {
-					handler = pid
-				}
-			}
-		}
-	}
+	handler := childWithEnv(a.cmd.Process.Pid, envHandler+"=")
 	if handler == 0 {
 		t.Fatal("found no private handler among the driver's children")
 	}
@@ -200,6 +173,23 @@ func TestPrivateHandlerExitsWithParent(t *testing.T) {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", handler))
 		return err != nil || strings.Contains(string(st), ") Z ")
 	})
+}
+
+// childWithEnv is a child of pid (started by any of its threads) whose
+// environment holds s, or 0.
+func childWithEnv(pid int, s string) int {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, tk := range tasks {
+		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, tk.Name()))
+		for _, f := range strings.Fields(string(kids)) {
+			var child int
+			fmt.Sscan(f, &child)
+			if env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", child)); strings.Contains(string(env), s) {
+				return child
+			}
+		}
+	}
+	return 0
 }
 
 // The default handler is a private process started from this executable.

@@ -22,6 +22,7 @@ import (
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
 
@@ -310,19 +311,21 @@ func (h *Handler) wake(r *Region, start, end int64) {
 // poison makes the faulting access of page get SIGBUS at its address: the
 // page's PTE becomes a poison marker and the faulter is woken onto it.
 func (h *Handler) poison(r *Region, page int64, cause error) {
-	h.c.Sigbus.Add(1)
 	addr := r.Addr + uintptr(page-r.PgOff)*ps
-	h.cfg.Log.Warn("read failed: SIGBUS for the faulting page", "object", r.Obj.Cache.Name(),
-		"offset", page*ps, "addr", fmt.Sprintf("%#x", addr), "err", cause)
-	_, err := r.Target.Poison(addr, ps, 0)
+	_, err := r.Target.Poison(addr, ps, uffd.PoisonModeDontWake)
 	for try := 0; errors.Is(err, unix.EAGAIN) && try < 100; try++ {
 		// A non-cooperative event (REMOVE, UNMAP, REMAP, FORK) is unread;
 		// the reader drains it and the ioctl works again.
 		time.Sleep(time.Millisecond)
-		_, err = r.Target.Poison(addr, ps, 0)
+		_, err = r.Target.Poison(addr, ps, uffd.PoisonModeDontWake)
 	}
 	switch {
 	case err == nil:
+		// Counted and logged once per page, before the faulter sees it.
+		h.c.Sigbus.Add(1)
+		h.cfg.Log.Warn("read failed: SIGBUS for the faulting page", "object", r.Obj.Cache.Name(),
+			"offset", page*ps, "addr", fmt.Sprintf("%#x", addr), "err", cause)
+		h.wake(r, page, page+1)
 	case errors.Is(err, unix.EEXIST):
 		h.wake(r, page, page+1) // poisoned already: a duplicate message; wake it onto the marker
 	case !gone(err):

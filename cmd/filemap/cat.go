@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime/debug"
-	"unsafe"
 
 	"github.com/filemap/filemap"
 )
@@ -42,31 +40,24 @@ func cat(args []string) error {
 		end = min(end, start+int64(length))
 	}
 	w := bufio.NewWriterSize(os.Stdout, 1<<20)
-	if err := copyThrough(w, b, start, end); err != nil {
+	if err := copyThrough(m, w, start, end); err != nil {
 		w.Flush()
-		return fmt.Errorf("%s: %w", uri, err)
+		return err
 	}
 	return w.Flush()
 }
 
-// copyThrough writes b[start:end] to w by user-mode loads from the mapping,
-// so that a page which cannot be read raises SIGBUS here, where it becomes
-// an error that names its offset.
-func copyThrough(w *bufio.Writer, b []byte, start, end int64) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			e, ok := r.(interface{ Addr() uintptr })
-			if !ok {
-				panic(r)
-			}
-			off := int64(e.Addr() - uintptr(unsafe.Pointer(unsafe.SliceData(b))))
-			err = fmt.Errorf("SIGBUS: cannot read the page at offset %d (byte %d)", off&^4095, off)
-		}
-	}()
+// copyThrough writes the mapping's bytes [start, end) to w by user-mode
+// loads, so that a page which cannot be read raises SIGBUS here, where it
+// becomes an error that names its offset.
+func copyThrough(m *filemap.Mapping, w *bufio.Writer, start, end int64) error {
+	b := m.Bytes()
 	buf := make([]byte, 1<<20)
 	for off := start; off < end; {
-		n := copy(buf, b[off:end])
+		var n int
+		if err := m.Guard(func() { n = copy(buf, b[off:end]) }); err != nil {
+			return err
+		}
 		if _, err := w.Write(buf[:n]); err != nil {
 			return err
 		}

@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/filemap/filemap/internal/sigbus"
 	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -417,19 +417,10 @@ func timeTouches(mem []byte, order []int64) (elapsed time.Duration, err error) {
 
 // guardFaults runs f, turning a memory fault (SIGBUS from a page that could
 // not be read) in mem into an error naming its offset.
-func guardFaults(mem []byte, f func()) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			e, ok := r.(interface{ Addr() uintptr })
-			if !ok {
-				panic(r)
-			}
-			off := int64(e.Addr() - uintptr(unsafe.Pointer(unsafe.SliceData(mem))))
-			err = fmt.Errorf("memory fault reading offset %d (the page at %d could not be read)", off, off&^(pageSize-1))
-		}
-	}()
-	f()
+func guardFaults(mem []byte, f func()) error {
+	if off, faulted := sigbus.Catch(mem, f); faulted {
+		return fmt.Errorf("memory fault reading offset %d (the page at %d could not be read)", off, off&^(pageSize-1))
+	}
 	return nil
 }
 
