@@ -76,6 +76,18 @@ func TestChangedFileFreshCache(t *testing.T) {
 	if st := d.s.Stats(); st.Objects != 2 {
 		t.Fatalf("%d caches after the file changed, want 2", st.Objects)
 	}
+	// Once nobody maps the old version, the next change frees its cache.
+	a.ok("close")
+	writePattern(t, path+".new", 1<<20+2*ps)
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	c := startDriver(t, d.sock)
+	c.open(path, "")
+	c.ok("read 0 %d", 1<<20+2*ps)
+	if st := d.s.Stats(); st.Objects != 2 {
+		t.Fatalf("%d caches for a file in its third version, want 2 (the first dropped)", st.Objects)
+	}
 }
 
 // A client SIGKILLed while its fault is in flight: the daemon keeps serving

@@ -237,13 +237,28 @@ func (s *Server) acquire(uid uint32, name string, st store.Store) (*object, erro
 		st.Close()
 		return nil, err
 	}
+	s.dropStale(k, name)
 	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	return o, nil
 }
 
+// dropStale frees the caches that nobody maps any more of other versions
+// of k's object, or of another object under the same name (a file replaced
+// by rename): their bytes will not be asked for again. Called with s.mu
+// held, before k's own cache is added.
+func (s *Server) dropStale(k objectKey, name string) {
+	for ok, o := range s.objects {
+		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
+			o.fo.Cache.Close()
+			o.fo.Store.Close()
+			delete(s.objects, ok)
+		}
+	}
+}
+
 // release drops a reference. The cache stays: a later Open of the same
-// bytes finds it warm. (Issue: the memory budget decides when it goes.)
+// bytes finds it warm. It goes when its object changes (dropStale).
 func (s *Server) release(o *object) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
