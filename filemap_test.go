@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/server"
 )
 
@@ -286,5 +287,55 @@ func TestOpenErrors(t *testing.T) {
 	_, err := Open(context.Background(), path, WithSocket(filepath.Join(dir, "no-daemon.sock")))
 	if err == nil || !strings.Contains(err.Error(), "no-daemon.sock") || !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("Open with no daemon = %v, want an error naming the socket", err)
+	}
+}
+
+// A 512 MiB object under a 16 MiB budget, read at random by 8 threads:
+// every byte right, and the pages resident never more than the budget and
+// one readahead window.
+func TestBudgetRandomReads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a 512 MiB object")
+	}
+	const budget = 16 << 20
+	d := startDaemon(t, server.Config{CacheBytes: budget})
+	path := patternFile(t, 512<<20)
+	window := int64(readahead.DefaultMaxPages) * ps // the largest read a budget of any size lets through
+	stop := make(chan struct{})
+	worst := make(chan int64)
+	go func() {
+		var most int64
+		for {
+			select {
+			case <-stop:
+				worst <- most
+				return
+			default:
+			}
+			n, err := d.s.AllocatedBytes()
+			if err != nil {
+				t.Error(err)
+			}
+			most = max(most, n)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	var touched, reads int
+	fmt.Sscan(a.ok("rand 8 3000"), &touched, &reads)
+	close(stop)
+	most := <-worst
+	st := d.s.Stats()
+	t.Logf("%d reads of %d pages; %d store reads, %d evictions (%d MiB), %d refaults; most allocated %d KiB, most accounted %d KiB",
+		reads, touched, st.StoreReads, st.Evictions, st.EvictedBytes>>20, st.Refaults, most>>10, d.s.BudgetMaxResident()>>10)
+	if st.Evictions == 0 {
+		t.Fatal("a 16 MiB budget under 512 MiB of random reads evicted nothing")
+	}
+	if most > budget+window {
+		t.Errorf("the caches held %d bytes, more than the budget %d and one window %d", most, budget, window)
+	}
+	if acc := d.s.BudgetMaxResident(); acc > budget+window {
+		t.Errorf("the budget accounted %d bytes at its most, more than %d + %d", acc, budget, window)
 	}
 }

@@ -34,7 +34,7 @@ func runPrivateHandler(path string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("handler", "private", "parent", os.Getppid())
 	lifeline := os.NewFile(lifelineFd, "lifeline")
-	s, err := server.New(server.Config{Log: log})
+	s, err := server.New(server.Config{Log: log, CacheBytes: server.DefaultCacheBytes()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "filemap private handler:", err)
 		return 1

@@ -21,6 +21,7 @@ import (
 
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/readahead"
+	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
@@ -96,6 +97,7 @@ type Config struct {
 	Retries      int           // extra reads of a failing faulting page before SIGBUS
 	RetryBackoff time.Duration // first retry's delay, doubled each time
 	Log          *slog.Logger
+	Budget       *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
 }
 
 // Handler resolves faults. It is safe for concurrent use.
@@ -121,6 +123,9 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.Budget == nil {
+		cfg.Budget = reclaim.New(0, "")
 	}
 	return &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c}
 }
@@ -171,9 +176,12 @@ func (h *Handler) resolve(r *Region, page int64) {
 				return
 			}
 			if f.Page == page && f.Err() != nil {
-				// That fill already retried this very page: share its verdict.
+				// That fill already retried this very page, and its owner
+				// poisons it. Only the owner does: a waiter may be a stale
+				// duplicate whose faulter has moved on (and cleared the
+				// poison), so it just lets the access run again.
 				h.c.Minor.Add(1)
-				h.poison(r, page, f.Err())
+				h.wake(r, page, page+1)
 				return
 			}
 			// Our page was only readahead for a fill that failed, or it is
@@ -184,7 +192,7 @@ func (h *Handler) resolve(r *Region, page int64) {
 			return
 		default:
 			h.c.Major.Add(1)
-			h.fill(r.Obj, f, w.Marker)
+			h.fill(r.Obj, f, w.Marker, h.cfg.Budget.Refault(cache, page))
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -200,13 +208,16 @@ func (h *Handler) resolve(r *Region, page int64) {
 // that I/O.
 func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 	cache := r.Obj.Cache
+	h.cfg.Budget.Reserve(1)
 	if err := cache.WritePages(f.Page, f.Held()); err != nil {
+		h.cfg.Budget.Release(1)
 		h.cfg.Log.Error("cannot fill the cache", "object", cache.Name(), "err", err)
 		cache.End(f, 0, 0, err)
 		h.poison(r, f.Page, err)
 		return
 	}
 	cache.End(f, f.Page, f.Page+1, nil)
+	h.cfg.Budget.Commit(cache, f.Page, f.Page+1, 1, 1, false)
 	h.wake(r, f.Page, f.Page+1)
 	r.raMu.Lock()
 	w, ok := r.ra.MarkerHit(h.ra, f.Page, cache.NPages())
@@ -221,7 +232,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	for lo := w.Start; lo < w.End; lo += chunkPages {
 		for _, f := range o.Cache.Claim(lo, min(lo+chunkPages, w.End)) {
-			go h.fill(o, f, w.Marker)
+			go h.fill(o, f, w.Marker, false)
 		}
 	}
 }
@@ -231,7 +242,8 @@ func (h *Handler) readAhead(o *Object, w readahead.Window) {
 // outcome: if the window read fails, the pages read before the failure are
 // kept only when they include the faulting page; otherwise the faulting
 // page is read alone, with retries. A readahead fill keeps what it read.
-func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64) {
+// refault says the fault missed a page evicted recently.
+func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64, refault bool) {
 	h.c.FillsInFlight.Add(1)
 	defer h.c.FillsInFlight.Add(-1)
 	n := f.End - f.Start
@@ -240,13 +252,13 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64) {
 	buf := (*bp)[:n*ps]
 	got, err := h.read(o, buf, f.Start)
 	if err == nil {
-		h.write(o, f, f.Start, f.End, buf, marker)
+		h.write(o, f, f.Start, f.End, buf, marker, refault)
 		return
 	}
 	k := int64(got / ps)
 	if f.Page < 0 || f.Page < f.Start+k {
 		h.cfg.Log.Debug("readahead failed", "object", o.Cache.Name(), "err", err)
-		h.write(o, f, f.Start, f.Start+k, buf, marker)
+		h.write(o, f, f.Start, f.Start+k, buf, marker, refault)
 		return
 	}
 	one := buf[(f.Page-f.Start)*ps:][:ps]
@@ -255,7 +267,7 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64) {
 		if n > 1 || try > 0 {
 			_, err = h.read(o, one, f.Page)
 			if err == nil {
-				h.write(o, f, f.Page, f.Page+1, one, -1)
+				h.write(o, f, f.Page, f.Page+1, one, -1, refault)
 				return
 			}
 		}
@@ -283,10 +295,22 @@ func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
 }
 
 // write puts pages [start, end) of buf (which begins at start) into the
-// memfd, except marker, which the cache holds back, and ends the fill.
-func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []byte, marker int64) {
-	err := error(nil)
-	if start <= marker && marker < end && marker != f.Page && o.Cache.Hold(f, marker, buf[(marker-start)*ps:][:ps]) {
+// memfd, except marker, which the cache holds back, and ends the fill. The
+// space is reserved in the budget first, so residency never runs ahead of
+// it.
+func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []byte, marker int64, refault bool) {
+	if start >= end {
+		o.Cache.End(f, start, end, nil)
+		return
+	}
+	hold := start <= marker && marker < end && marker != f.Page && o.Cache.Hold(f, marker, buf[(marker-start)*ps:][:ps])
+	n := end - start
+	if hold {
+		n--
+	}
+	h.cfg.Budget.Reserve(n)
+	var err error
+	if hold {
 		err = o.Cache.WritePages(start, buf[:(marker-start)*ps])
 		if err == nil {
 			err = o.Cache.WritePages(marker+1, buf[(marker+1-start)*ps:(end-start)*ps])
@@ -295,11 +319,13 @@ func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []by
 		err = o.Cache.WritePages(start, buf[:(end-start)*ps])
 	}
 	if err != nil {
+		h.cfg.Budget.Release(n)
 		h.cfg.Log.Error("cannot fill the cache", "object", o.Cache.Name(), "err", err)
 		o.Cache.End(f, 0, 0, err)
 		return
 	}
 	o.Cache.End(f, start, end, nil)
+	h.cfg.Budget.Commit(o.Cache, start, end, n, n, refault)
 }
 
 func (h *Handler) wake(r *Region, start, end int64) {

@@ -108,6 +108,15 @@ func (o *Object) NPages() int64 { return o.npages }
 // Resident is the number of pages in the memfd.
 func (o *Object) Resident() int64 { return o.resident.Load() }
 
+// AllocatedBytes is the memory the memfd holds, as the kernel counts it.
+func (o *Object) AllocatedBytes() (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(o.memfd.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("pagecache %s: fstat memfd: %w", o.name, err)
+	}
+	return st.Blocks * 512, nil
+}
+
 // MetadataBytes is the memory the page-state table holds.
 func (o *Object) MetadataBytes() int64 {
 	o.mu.Lock()

@@ -213,6 +213,10 @@ type Stats struct {
 	StoreBytes     uint64 `json:"store_bytes"`     // bytes those reads returned
 	StoreErrors    uint64 `json:"store_errors"`    // reads that failed
 	CacheBytes     int64  `json:"cache_bytes"`     // bytes resident in all memfds
+	CacheBudget    int64  `json:"cache_budget"`    // the bound on CacheBytes; 0 for none
+	Evictions      uint64 `json:"evictions"`       // extents evicted to stay in the budget
+	EvictedBytes   uint64 `json:"evicted_bytes"`   // bytes they held
+	Refaults       uint64 `json:"refaults"`        // misses on pages evicted recently
 	MetadataBytes  int64  `json:"metadata_bytes"`  // page-state tables
 	Objects        int    `json:"objects"`         // caches held
 	Clients        int    `json:"clients"`         // connected sessions

@@ -25,6 +25,8 @@ import (
 	"github.com/filemap/filemap/fault"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/readahead"
+	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/store"
 	"golang.org/x/sys/unix"
 )
@@ -36,6 +38,11 @@ type Config struct {
 	Retries        int           // re-reads of a failing page before SIGBUS; 3 if 0, none if negative
 	RetryBackoff   time.Duration // delay before the first retry, doubled after each; 10ms if 0
 	Log            *slog.Logger  // slog.Default() if nil
+
+	// CacheBytes bounds the bytes resident in all caches together; 0 is
+	// no limit. CachePolicy picks what to evict (reclaim.S3FIFO if empty).
+	CacheBytes  int64
+	CachePolicy reclaim.Policy
 
 	// WrapStore, if set, wraps every store the server opens: tests inject
 	// faults with it.
@@ -50,6 +57,7 @@ type Config struct {
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
+	budget   *reclaim.Budget
 	faults   *fault.Handler
 	counters fault.Counters
 	badConns atomic.Uint64
@@ -97,9 +105,29 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	switch cfg.CachePolicy {
+	case "", reclaim.S3FIFO, reclaim.FIFO:
+	default:
+		return nil, fmt.Errorf("unknown cache policy %q (want %s or %s)", cfg.CachePolicy, reclaim.S3FIFO, reclaim.FIFO)
+	}
+	budgetPages := cfg.CacheBytes / pagecache.PageSize
+	if cfg.CacheBytes > 0 {
+		budgetPages = max(budgetPages, 1)
+		// A readahead window that is a large share of the budget evicts
+		// what the reader is about to use: keep windows to an eighth.
+		if cfg.MaxReadahead == 0 {
+			cfg.MaxReadahead = readahead.DefaultMaxPages
+		}
+		cfg.MaxReadahead = max(min(cfg.MaxReadahead, budgetPages/8), 1)
+		cfg.ReadaheadPages = min(max(cfg.ReadaheadPages, 0), cfg.MaxReadahead)
+		if cfg.ReadaheadPages == 0 {
+			cfg.ReadaheadPages = min(readahead.DefaultPages, cfg.MaxReadahead)
+		}
+	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Log,
+		budget:   reclaim.New(budgetPages, cfg.CachePolicy),
 		objects:  make(map[objectKey]*object),
 		sessions: make(map[*session]struct{}),
 	}
@@ -109,8 +137,19 @@ func New(cfg Config) (*Server, error) {
 		Retries:      cfg.Retries,
 		RetryBackoff: cfg.RetryBackoff,
 		Log:          cfg.Log,
+		Budget:       s.budget,
 	}, &s.counters)
 	return s, nil
+}
+
+// DefaultCacheBytes is the budget a daemon gets unless told otherwise: half
+// of the machine's memory, leaving the rest to its clients and the kernel.
+func DefaultCacheBytes() int64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 1 << 30
+	}
+	return int64(si.Totalram) * int64(si.Unit) / 2 &^ (pagecache.PageSize - 1)
 }
 
 // Listen makes the daemon's socket at path, readable and writable only as
@@ -211,11 +250,17 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, o := range s.objects {
-		o.fo.Cache.Close()
-		o.fo.Store.Close()
+		s.free(o)
 		delete(s.objects, k)
 	}
 	return nil
+}
+
+// free releases an object's cache and store. Called with s.mu held.
+func (s *Server) free(o *object) {
+	s.budget.Forget(o.fo.Cache)
+	o.fo.Cache.Close()
+	o.fo.Store.Close()
 }
 
 // acquire returns the cache for st's object and version in uid's domain,
@@ -250,8 +295,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store) (*object, erro
 func (s *Server) dropStale(k objectKey, name string) {
 	for ok, o := range s.objects {
 		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
-			o.fo.Cache.Close()
-			o.fo.Store.Close()
+			s.free(o)
 			delete(s.objects, ok)
 		}
 	}
@@ -277,11 +321,32 @@ func (s *Server) DropCaches() error {
 	s.mu.Unlock()
 	var errs []error
 	for _, o := range objs {
+		s.budget.Forget(o.fo.Cache)
 		if _, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages()); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// AllocatedBytes is the memory all caches hold, as the kernel counts it.
+func (s *Server) AllocatedBytes() (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, o := range s.objects {
+		b, err := o.fo.Cache.AllocatedBytes()
+		if err != nil {
+			return 0, err
+		}
+		n += b
+	}
+	return n, nil
+}
+
+// BudgetMaxResident is the most bytes the budget has ever accounted.
+func (s *Server) BudgetMaxResident() int64 {
+	return s.budget.Stats().MaxResident * pagecache.PageSize
 }
 
 // Stats returns the daemon's counters.
@@ -297,6 +362,9 @@ func (s *Server) Stats() proto.Stats {
 		FillsInFlight:  c.FillsInFlight.Load(),
 		ProtocolErrors: s.badConns.Load(),
 	}
+	rs := s.budget.Stats()
+	st.CacheBudget = rs.BudgetPages * pagecache.PageSize
+	st.Evictions, st.EvictedBytes, st.Refaults = rs.Evictions, rs.EvictedPages*pagecache.PageSize, rs.Refaults
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st.Objects = len(s.objects)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/server"
 )
 
@@ -25,6 +26,9 @@ func serve(args []string) error {
 	fs.Var(&ra, "readahead", "read-around window of a miss, in bytes (128K like the kernel)")
 	raMax := byteSize(8 << 20)
 	fs.Var(&raMax, "readahead-max", "largest window a sequential reader's readahead ramps up to, in bytes")
+	cacheSize := byteSize(server.DefaultCacheBytes())
+	fs.Var(&cacheSize, "cache-size", "bound on the bytes all caches hold together (default: half of this machine's memory)")
+	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo (scan-resistant, refault-aware) or fifo")
 	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
 	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -59,6 +63,8 @@ func serve(args []string) error {
 		Retries:        *retries,
 		RetryBackoff:   *backoff,
 		Log:            log,
+		CacheBytes:     int64(cacheSize),
+		CachePolicy:    reclaim.Policy(*policy),
 	}
 	if *retries == 0 {
 		cfg.Retries = -1
@@ -72,7 +78,8 @@ func serve(args []string) error {
 		return err
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
-		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries)
+		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries,
+		"cache-size", int64(cacheSize), "cache-policy", *policy)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
