@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -337,5 +338,63 @@ func TestBudgetRandomReads(t *testing.T) {
 	}
 	if acc := d.s.BudgetMaxResident(); acc > budget+window {
 		t.Errorf("the budget accounted %d bytes at its most, more than %d + %d", acc, budget, window)
+	}
+}
+
+// The daemon's metrics: Prometheus text at /metrics, and the same numbers
+// in Stats for `filemap stat`.
+func TestMetrics(t *testing.T) {
+	d := startDaemon(t, server.Config{CacheBytes: 64 << 20})
+	addr, stop, err := d.s.Metrics().Serve("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	path := patternFile(t, 8<<20)
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	a.ok("read 0 %d", 8<<20)
+	resp, err := http.Get(fmt.Sprintf("http://%s/metrics", addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`filemap_fault_service_seconds_count{kind="major"} `,
+		`filemap_fault_service_seconds_bucket{kind="marker",le=`,
+		"filemap_store_read_seconds_count ",
+		"filemap_store_read_bytes_total ",
+		"filemap_readahead_windows_total ",
+		"filemap_cache_bytes ",
+		"filemap_cache_budget_bytes 6.7108864e+07",
+		"filemap_evictions_total ",
+		"filemap_refaults_total ",
+		"filemap_clients 1",
+		"filemap_mappings 1",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	st := d.s.Stats()
+	if l := st.FaultLatency["major"]; l.Count == 0 || l.P50Us <= 0 || l.P99Us < l.P50Us {
+		t.Errorf("major fault latency %+v", l)
+	}
+	if l := st.FaultLatency["marker"]; l.Count == 0 {
+		t.Errorf("no marker faults in a sequential read of 8 MiB: %+v", st.FaultLatency)
+	}
+}
+
+// Reference §5 item 19, end to end: a sequential scan of a cold 16 MiB
+// object takes at most 2 major faults; readahead does the rest.
+func TestSequentialScanMajorFaults(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 16<<20)
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	a.ok("read 0 %d", 16<<20)
+	if st := d.s.Stats(); st.MajorFaults > 2 {
+		t.Fatalf("%d major faults for a sequential 16 MiB scan, want at most 2 (%d minor)", st.MajorFaults, st.MinorFaults)
 	}
 }

@@ -90,6 +90,20 @@ type Counters struct {
 	FillsInFlight atomic.Int64
 }
 
+// Observer is told how long faults and store reads take. Metrics implement
+// it; the fault path does not care how they are kept.
+type Observer interface {
+	Fault(kind string, d time.Duration)              // "major", "minor" or "marker"
+	StoreRead(d time.Duration, bytes int, err error) // one ReadAt of a store
+	Readahead(pages int64)                           // an async window issued
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Fault(string, time.Duration)         {}
+func (nopObserver) StoreRead(time.Duration, int, error) {}
+func (nopObserver) Readahead(int64)                     {}
+
 // Config tunes the fault path.
 type Config struct {
 	RaPages      int64         // read-around window in pages (readahead.DefaultPages if 0)
@@ -98,6 +112,7 @@ type Config struct {
 	RetryBackoff time.Duration // first retry's delay, doubled each time
 	Log          *slog.Logger
 	Budget       *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
+	Observer     Observer        // latencies; none if nil
 }
 
 // Handler resolves faults. It is safe for concurrent use.
@@ -127,6 +142,9 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.Budget == nil {
 		cfg.Budget = reclaim.New(0, "")
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	return &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c}
 }
 
@@ -142,19 +160,23 @@ func (h *Handler) Fault(r *Region, addr uintptr, spawn func(func())) {
 		h.poison(r, page, fmt.Errorf("page %d is past the end of %s", page, r.Obj.Cache.Name()))
 		return
 	}
+	start := time.Now()
 	if s, _ := r.Obj.Cache.Lookup(page); s == pagecache.Uptodate {
 		h.c.Minor.Add(1)
 		h.wake(r, page, page+1)
+		h.cfg.Observer.Fault("minor", time.Since(start))
 		return
 	}
-	spawn(func() { h.resolve(r, page) })
+	spawn(func() { h.resolve(r, page, start) })
 }
 
 // resolve is the slow part of a fault: wait for or start the read. A fault
 // is counted before its faulter is woken, so counters never lag behind
 // what a client has seen.
-func (h *Handler) resolve(r *Region, page int64) {
+func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 	cache := r.Obj.Cache
+	kind := "minor"
+	defer func() { h.cfg.Observer.Fault(kind, time.Since(start)) }()
 	for {
 		var w readahead.Window
 		s, f := cache.Begin(page, func() (int64, int64) {
@@ -187,10 +209,12 @@ func (h *Handler) resolve(r *Region, page int64) {
 			// Our page was only readahead for a fill that failed, or it is
 			// now a marker: look again.
 		case pagecache.Marker:
+			kind = "marker"
 			h.c.Minor.Add(1)
 			h.markerHit(r, f)
 			return
 		default:
+			kind = "major"
 			h.c.Major.Add(1)
 			h.fill(r.Obj, f, w.Marker, h.cfg.Budget.Refault(cache, page))
 			if f.Uptodate(page) {
@@ -230,6 +254,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 // readAhead reads the absent pages of w in the background, a chunk per
 // fill, holding back w's marker.
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
+	h.cfg.Observer.Readahead(w.Len())
 	for lo := w.Start; lo < w.End; lo += chunkPages {
 		for _, f := range o.Cache.Claim(lo, min(lo+chunkPages, w.End)) {
 			go h.fill(o, f, w.Marker, false)
@@ -284,7 +309,9 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64, refault bool)
 // end is zeroed, as the kernel zeroes the tail of the last page.
 func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
 	h.c.StoreReads.Add(1)
+	start := time.Now()
 	n, err := store.ReadFull(o.Store, buf, page*ps)
+	h.cfg.Observer.StoreRead(time.Since(start), n, err)
 	h.c.StoreBytes.Add(uint64(n))
 	if err != nil {
 		h.c.StoreErrors.Add(1)

@@ -223,6 +223,17 @@ type Stats struct {
 	Regions        int    `json:"regions"`         // attached regions
 	FillsInFlight  int64  `json:"fills_in_flight"` // store reads running now
 	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames
+
+	// FaultLatency is fault service time by kind (major, minor, marker).
+	FaultLatency map[string]Latency `json:"fault_latency,omitempty"`
+}
+
+// Latency summarises a latency histogram.
+type Latency struct {
+	Count  uint64  `json:"count"`
+	P50Us  float64 `json:"p50_us"`
+	P99Us  float64 `json:"p99_us"`
+	MeanUs float64 `json:"mean_us"`
 }
 
 // Marshal encodes a payload.

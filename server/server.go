@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/metrics"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/readahead"
@@ -58,6 +59,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	budget   *reclaim.Budget
+	metrics  *metrics.Metrics
 	faults   *fault.Handler
 	counters fault.Counters
 	badConns atomic.Uint64
@@ -131,6 +133,7 @@ func New(cfg Config) (*Server, error) {
 		objects:  make(map[objectKey]*object),
 		sessions: make(map[*session]struct{}),
 	}
+	s.metrics = metrics.New(s.countersNow)
 	s.faults = fault.NewHandler(fault.Config{
 		RaPages:      cfg.ReadaheadPages,
 		MaxRaPages:   cfg.MaxReadahead,
@@ -138,6 +141,7 @@ func New(cfg Config) (*Server, error) {
 		RetryBackoff: cfg.RetryBackoff,
 		Log:          cfg.Log,
 		Budget:       s.budget,
+		Observer:     s.metrics,
 	}, &s.counters)
 	return s, nil
 }
@@ -349,8 +353,18 @@ func (s *Server) BudgetMaxResident() int64 {
 	return s.budget.Stats().MaxResident * pagecache.PageSize
 }
 
-// Stats returns the daemon's counters.
+// Metrics are the daemon's metrics, for `serve --metrics`.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
+// Stats returns the daemon's counters and fault latencies.
 func (s *Server) Stats() proto.Stats {
+	st := s.countersNow()
+	st.FaultLatency = s.metrics.Latencies()
+	return st
+}
+
+// countersNow returns the daemon's counters; the metrics read them.
+func (s *Server) countersNow() proto.Stats {
 	c := &s.counters
 	st := proto.Stats{
 		MajorFaults:    c.Major.Load(),

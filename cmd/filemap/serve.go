@@ -32,6 +32,7 @@ func serve(args []string) error {
 	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
 	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,6 +77,15 @@ func serve(args []string) error {
 	l, err := server.Listen(*socket, os.FileMode(perm))
 	if err != nil {
 		return err
+	}
+	if *metricsAddr != "" {
+		addr, stop, err := s.Metrics().Serve(*metricsAddr)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("--metrics %s: %w", *metricsAddr, err)
+		}
+		defer stop()
+		log.Info("filemap serve: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
 		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries,

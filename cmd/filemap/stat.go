@@ -56,5 +56,10 @@ func stat(args []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%v\t\n", r.name, r.v)
 	}
+	for _, kind := range []string{"major", "minor", "marker"} {
+		if l, ok := st.FaultLatency[kind]; ok && l.Count > 0 {
+			fmt.Fprintf(tw, "%s fault service p50 / p99\t%.1f / %.1f µs (%d)\t\n", kind, l.P50Us, l.P99Us, l.Count)
+		}
+	}
 	return tw.Flush()
 }
