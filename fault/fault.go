@@ -61,6 +61,13 @@ func (r *Region) Advice() readahead.Advice { return readahead.Advice(r.advice.Lo
 // SetAdvice changes the advice that later misses follow.
 func (r *Region) SetAdvice(a readahead.Advice) { r.advice.Store(uint32(a)) }
 
+// hit records a fault served without a read of its own (mmap_miss--).
+func (r *Region) hit() {
+	r.raMu.Lock()
+	r.ra.Hit()
+	r.raMu.Unlock()
+}
+
 // Contains reports whether addr lies in the region.
 func (r *Region) Contains(addr uintptr) bool {
 	return addr >= r.Addr && addr < r.Addr+uintptr(r.NPages)*ps
@@ -163,6 +170,7 @@ func (h *Handler) Fault(r *Region, addr uintptr, spawn func(func())) {
 	start := time.Now()
 	if s, _ := r.Obj.Cache.Lookup(page); s == pagecache.Uptodate {
 		h.c.Minor.Add(1)
+		r.hit()
 		h.wake(r, page, page+1)
 		h.cfg.Observer.Fault("minor", time.Since(start))
 		return
@@ -188,12 +196,14 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 		switch s {
 		case pagecache.Uptodate:
 			h.c.Minor.Add(1)
+			r.hit()
 			h.wake(r, page, page+1)
 			return
 		case pagecache.InFlight:
 			<-f.Done()
 			if f.Uptodate(page) {
 				h.c.Minor.Add(1)
+				r.hit()
 				h.wake(r, page, page+1)
 				return
 			}
@@ -244,6 +254,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 	h.cfg.Budget.Commit(cache, f.Page, f.Page+1, 1, 1, false)
 	h.wake(r, f.Page, f.Page+1)
 	r.raMu.Lock()
+	r.ra.Hit()
 	w, ok := r.ra.MarkerHit(h.ra, f.Page, cache.NPages())
 	r.raMu.Unlock()
 	if ok {

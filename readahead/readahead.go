@@ -85,9 +85,24 @@ func (c Config) norm() Config {
 	return c
 }
 
-// State is file_ra_state: the last window read for one mapping.
+// MmapLotsaMiss is the kernel's MMAP_LOTSAMISS: after this many more
+// misses than hits, a mapping's misses read their page alone.
+const MmapLotsaMiss = 100
+
+// State is file_ra_state: the last window read for one mapping, and
+// mmap_miss, how far its misses outnumber its hits.
 type State struct {
 	Start, Size, AsyncSize int64
+	MmapMiss               int
+}
+
+// Hit records a fault that found its page read already (in the cache, in
+// flight, or held as a marker). The handler sees few hits — the kernel maps
+// cached pages without telling it — so it counts the ones it sees.
+func (s *State) Hit() {
+	if s.MmapMiss > 0 {
+		s.MmapMiss--
+	}
 }
 
 // Miss is do_sync_mmap_readahead: the window a miss at index reads, in an
@@ -103,6 +118,13 @@ func (s *State) Miss(cfg Config, index, npages int64, advice Advice) Window {
 		size := 2 * cfg.RaPages
 		s.Start, s.Size, s.AsyncSize = index, size, size/2
 	default:
+		if s.MmapMiss < 1000 {
+			s.MmapMiss++
+		}
+		if s.MmapMiss > MmapLotsaMiss {
+			// Read-around is not paying: these misses are random.
+			return clip(Window{index, index + 1, -1}, npages)
+		}
 		s.Start, s.Size, s.AsyncSize = max(index-cfg.RaPages/2, 0), cfg.RaPages, cfg.RaPages/4
 	}
 	return clip(s.window(), npages)

@@ -139,3 +139,35 @@ func TestParseAdvice(t *testing.T) {
 		t.Error("ParseAdvice accepted an unknown advice")
 	}
 }
+
+// Reference §1.6 and §5 item 24: the 101st miss without hits reads its
+// page alone; hits bring read-around back.
+func TestMmapMiss(t *testing.T) {
+	var s State
+	for i := range MmapLotsaMiss {
+		if w := s.Miss(kernel, int64(1000*i+500), npages, Normal); w.Len() != 32 {
+			t.Fatalf("miss %d read %v, want read-around", i+1, w)
+		}
+	}
+	if w := s.Miss(kernel, 777777, npages, Normal); w != (Window{777777, 777778, -1}) {
+		t.Fatalf("miss %d read %v, want the page alone", MmapLotsaMiss+1, w)
+	}
+	s.Hit()
+	s.Hit()
+	if w := s.Miss(kernel, 888888, npages, Normal); w.Len() != 32 {
+		t.Fatalf("after hits, a miss read %v, want read-around", w)
+	}
+	// Sequential and random advice leave mmap_miss alone.
+	before := s.MmapMiss
+	s.Miss(kernel, 5, npages, Sequential)
+	s.Miss(kernel, 5, npages, Random)
+	if s.MmapMiss != before {
+		t.Fatalf("mmap_miss moved from %d to %d under sequential and random advice", before, s.MmapMiss)
+	}
+	for range 2000 {
+		s.Miss(kernel, 5, npages, Normal)
+	}
+	if s.MmapMiss != 1000 {
+		t.Fatalf("mmap_miss = %d, want it capped at 1000", s.MmapMiss)
+	}
+}
