@@ -187,9 +187,12 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 	defer func() { h.cfg.Observer.Fault(kind, time.Since(start)) }()
 	for {
 		var w readahead.Window
+		around := page &^ (readahead.FaultAroundPages - 1)
+		neighbours := cache.CountUptodate(around, around+readahead.FaultAroundPages)
 		s, f := cache.Begin(page, func() (int64, int64) {
 			r.raMu.Lock()
 			defer r.raMu.Unlock()
+			r.ra.Mapped(neighbours)
 			w = r.ra.Miss(h.ra, page, cache.NPages(), r.Advice())
 			return w.Start, w.End
 		})

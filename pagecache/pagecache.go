@@ -158,6 +158,20 @@ func (o *Object) fillOf(page int64) *Fill {
 	panic(fmt.Sprintf("pagecache %s: page %d in flight without a fill", o.name, page))
 }
 
+// CountUptodate is the number of uptodate pages in [lo, hi).
+func (o *Object) CountUptodate(lo, hi int64) int64 {
+	lo, hi = max(lo, 0), min(hi, o.npages)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var n int64
+	for p := lo; p < hi; p++ {
+		if o.states.get(p) == Uptodate {
+			n++
+		}
+	}
+	return n
+}
+
 // Begin is the lookup of the fault path. For an uptodate page it returns
 // (Uptodate, nil). For a page some fill is reading it returns (InFlight, that
 // fill): wait for it. For a marker it returns (Marker, a one-page fill

@@ -96,6 +96,17 @@ type State struct {
 	MmapMiss               int
 }
 
+// FaultAroundPages is the kernel's fault-around window: 16 pages.
+const FaultAroundPages = 16
+
+// Mapped records pages the kernel's fault-around has most likely mapped
+// for this mapping without a message: the uptodate neighbours of a miss in
+// its 16-page fault-around block. The kernel takes them off mmap_miss
+// (filemap_map_pages); the handler cannot see them, so it counts them here.
+func (s *State) Mapped(n int64) {
+	s.MmapMiss = max(s.MmapMiss-int(n), 0)
+}
+
 // Hit records a fault that found its page read already (in the cache, in
 // flight, or held as a marker). The handler sees few hits — the kernel maps
 // cached pages without telling it — so it counts the ones it sees.

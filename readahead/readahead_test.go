@@ -157,6 +157,14 @@ func TestMmapMiss(t *testing.T) {
 	if w := s.Miss(kernel, 888888, npages, Normal); w.Len() != 32 {
 		t.Fatalf("after hits, a miss read %v, want read-around", w)
 	}
+	// Neighbours that fault-around mapped count as hits, as in filemap_map_pages.
+	for range 10 {
+		s.Miss(kernel, 5, npages, Normal)
+	}
+	s.Mapped(15)
+	if w := s.Miss(kernel, 999999, npages, Normal); w.Len() != 32 {
+		t.Fatalf("after mapped neighbours, a miss read %v, want read-around", w)
+	}
 	// Sequential and random advice leave mmap_miss alone.
 	before := s.MmapMiss
 	s.Miss(kernel, 5, npages, Sequential)
