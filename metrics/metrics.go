@@ -92,8 +92,9 @@ func (m *Metrics) Readahead(pages int64) {
 // Registry is where the metrics live.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Latencies summarises the fault service histograms as quantiles, for
-// people: kind → p50, p99 in microseconds, and the count.
+// Latencies summarises the latency histograms as quantiles, for people:
+// fault service time by kind ("major", "minor", "marker") and store reads
+// ("store"), with p50 and p99 in microseconds.
 func (m *Metrics) Latencies() map[string]proto.Latency {
 	out := make(map[string]proto.Latency)
 	mfs, err := m.reg.Gather()
@@ -101,12 +102,12 @@ func (m *Metrics) Latencies() map[string]proto.Latency {
 		return out
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "filemap_fault_service_seconds" {
+		if mf.GetName() != "filemap_fault_service_seconds" && mf.GetName() != "filemap_store_read_seconds" {
 			continue
 		}
 		for _, met := range mf.GetMetric() {
 			h := met.GetHistogram()
-			var kind string
+			kind := "store"
 			for _, l := range met.GetLabel() {
 				if l.GetName() == "kind" {
 					kind = l.GetValue()

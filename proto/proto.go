@@ -224,7 +224,8 @@ type Stats struct {
 	FillsInFlight  int64  `json:"fills_in_flight"` // store reads running now
 	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames
 
-	// FaultLatency is fault service time by kind (major, minor, marker).
+	// FaultLatency is fault service time by kind (major, minor, marker),
+	// and the latency of store reads ("store").
 	FaultLatency map[string]Latency `json:"fault_latency,omitempty"`
 }
 

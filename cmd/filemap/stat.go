@@ -56,9 +56,13 @@ func stat(args []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%v\t\n", r.name, r.v)
 	}
-	for _, kind := range []string{"major", "minor", "marker"} {
+	for _, kind := range []string{"major", "minor", "marker", "store"} {
 		if l, ok := st.FaultLatency[kind]; ok && l.Count > 0 {
-			fmt.Fprintf(tw, "%s fault service p50 / p99\t%.1f / %.1f µs (%d)\t\n", kind, l.P50Us, l.P99Us, l.Count)
+			what := kind + " fault service"
+			if kind == "store" {
+				what = "store read"
+			}
+			fmt.Fprintf(tw, "%s p50 / p99\t%.1f / %.1f µs (%d)\t\n", what, l.P50Us, l.P99Us, l.Count)
 		}
 	}
 	return tw.Flush()
