@@ -8,8 +8,13 @@ package filemap
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,9 +130,15 @@ func filemapScan(b *testing.B, path string) time.Duration {
 }
 
 func report(b *testing.B, size int64, kernel, fm time.Duration) {
-	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / 1e6 }
-	b.ReportMetric(mbps(kernel), "kernel-MB/s")
-	b.ReportMetric(mbps(fm), "filemap-MB/s")
+	reportRate(b, "MB/s", float64(size)/1e6, kernel, fm)
+}
+
+// reportRate reports per units of work per iteration, done in kernel and
+// fm in all, as kernel-unit and filemap-unit rates and their ratio.
+func reportRate(b *testing.B, unit string, per float64, kernel, fm time.Duration) {
+	rate := func(d time.Duration) float64 { return per * float64(b.N) / d.Seconds() }
+	b.ReportMetric(rate(kernel), "kernel-"+unit)
+	b.ReportMetric(rate(fm), "filemap-"+unit)
 	b.ReportMetric(kernel.Seconds()/fm.Seconds(), "filemap/kernel")
 	b.ReportMetric(0, "ns/op")
 }
@@ -162,4 +173,155 @@ func BenchmarkSequentialWarm(b *testing.B) {
 		fm += filemapScan(b, path)
 	}
 	report(b, size, kernel, fm)
+}
+
+// benchPages is a fixed-seed choice of distinct pages of an object of size
+// bytes: 1/16 of them, at most 4096, in random order.
+func benchPages(size int64) []int64 {
+	npages := (size + ps - 1) / ps
+	n := min(max(npages/16, 1), 4096)
+	r := rand.New(rand.NewPCG(0x66696c656d6170, 3))
+	seen := make(map[int64]bool, n)
+	pages := make([]int64, 0, n)
+	for int64(len(pages)) < n {
+		if p := r.Int64N(npages); !seen[p] {
+			seen[p] = true
+			pages = append(pages, p)
+		}
+	}
+	return pages
+}
+
+// touchPages loads one byte of each of pages, split among threads
+// goroutines each locked to an OS thread of its own, and returns the time
+// from the start until all are done. If lat is not nil, it gets the time of
+// each load, in pages' order.
+func touchPages(mem []byte, pages []int64, threads int, lat []time.Duration) time.Duration {
+	var ready, done sync.WaitGroup
+	start := make(chan struct{})
+	sums := make([]byte, threads)
+	for t := range threads {
+		lo, hi := len(pages)*t/threads, len(pages)*(t+1)/threads
+		ready.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			ready.Done()
+			<-start
+			var sum byte
+			for i := lo; i < hi; i++ {
+				if lat == nil {
+					sum += mem[pages[i]*ps]
+					continue
+				}
+				t0 := time.Now()
+				sum += mem[pages[i]*ps]
+				lat[i] = time.Since(t0)
+			}
+			sums[t] = sum
+		}()
+	}
+	ready.Wait()
+	runtime.GC()
+	t0 := time.Now()
+	close(start)
+	done.Wait()
+	elapsed := time.Since(t0)
+	for _, s := range sums {
+		sink += s
+	}
+	return elapsed
+}
+
+// Random 4 KiB first touches of a cold file, split among 1 and 2 threads:
+// the kernel's mmap with MADV_RANDOM beside filemap with Random advice.
+func BenchmarkRandomCold(b *testing.B) {
+	path, size := benchObject(b)
+	pages := benchPages(size)
+	for _, threads := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) {
+			f, err := os.Open(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			var kernel, fm time.Duration
+			for b.Loop() {
+				dropFileCache(b, path)
+				mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := unix.Madvise(mem, unix.MADV_RANDOM); err != nil {
+					b.Fatal(err)
+				}
+				kernel += touchPages(mem, pages, threads, nil)
+				unix.Munmap(mem)
+
+				if err := DropCaches(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				dropFileCache(b, path)
+				m, err := Open(context.Background(), path, WithAdvice(Random))
+				if err != nil {
+					b.Fatal(err)
+				}
+				fm += touchPages(m.Bytes(), pages, threads, nil)
+				m.Close()
+			}
+			reportRate(b, "faults/s", float64(len(pages)), kernel, fm)
+		})
+	}
+}
+
+// Fault service latency with no disk I/O: random 4 KiB first touches, one
+// at a time, of a mapping of a file in /dev/shm (a copy of the first 64 MiB
+// of the benchmark's object), with filemap's cache emptied before each
+// pass: the handler's round trip and a memory copy. Reports the 50th and
+// 99th percentiles of all the touches' times.
+func BenchmarkFaultLatencyShm(b *testing.B) {
+	path, size := benchObject(b)
+	if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
+		b.Skip("no /dev/shm")
+	}
+	size = min(size, 64<<20)
+	src, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.CreateTemp("/dev/shm", "filemap-bench-*.bin")
+	if err != nil {
+		b.Skip("cannot write to /dev/shm: ", err)
+	}
+	defer os.Remove(dst.Name())
+	defer dst.Close()
+	if _, err := io.Copy(dst, io.NewSectionReader(src, 0, size)); err != nil {
+		b.Fatal(err)
+	}
+	pages := benchPages(size)
+	var all []time.Duration
+	for b.Loop() {
+		if err := DropCaches(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		m, err := Open(context.Background(), dst.Name(), WithAdvice(Random))
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat := make([]time.Duration, len(pages))
+		touchPages(m.Bytes(), pages, 1, lat)
+		m.Close()
+		all = append(all, lat...)
+	}
+	slices.Sort(all)
+	at := func(q int) float64 {
+		i := min(max((len(all)*q+99)/100, 1), len(all)) - 1
+		return float64(all[i]) / float64(time.Microsecond)
+	}
+	b.ReportMetric(at(50), "p50-µs")
+	b.ReportMetric(at(99), "p99-µs")
+	b.ReportMetric(0, "ns/op")
 }

@@ -6,31 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/filemap/filemap/internal/sigbus"
 	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"text/tabwriter"
 	"time"
-	"unsafe"
 
 	"github.com/filemap/filemap"
-	"github.com/filemap/filemap/pagecache"
 	"golang.org/x/sys/unix"
-)
-
-// The demo's cases. Each is run through the kernel's own mmap and through
-// filemap, in that order, in one process.
-const (
-	caseRandom = "random 4K, cold"
-	caseSeq    = "sequential, cold"
-	caseWarm   = "sequential, warm"
-
-	mapKernel  = "kernel mmap"
-	mapFilemap = "filemap"
 )
 
 // demoRow is one line of the demo's table.
@@ -186,8 +171,6 @@ func demo(args []string) error {
 	}
 	return d.printTable()
 }
-
-const pageSize = pagecache.PageSize
 
 type demoFile struct {
 	f    *os.File
@@ -362,68 +345,6 @@ func (d *demoRun) warmPageCache(f *demoFile) error {
 	return nil
 }
 
-// residentPages counts f's pages in the page cache, with mincore(2).
-func residentPages(f *os.File, size int64) (int64, error) {
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return 0, fmt.Errorf("mmap %s: %w", f.Name(), err)
-	}
-	defer unix.Munmap(mem)
-	vec := make([]byte, (size+pageSize-1)/pageSize)
-	// x/sys/unix has no Mincore wrapper.
-	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&vec[0])))
-	runtime.KeepAlive(vec)
-	if e != 0 {
-		return 0, fmt.Errorf("mincore %s: %w", f.Name(), e)
-	}
-	var n int64
-	for _, v := range vec {
-		n += int64(v & 1)
-	}
-	return n, nil
-}
-
-func rusage() unix.Rusage {
-	var ru unix.Rusage
-	unix.Getrusage(unix.RUSAGE_SELF, &ru)
-	return ru
-}
-
-// sink keeps the touches' loads from being optimised away.
-var sink byte
-
-// timeTouches loads one byte of each page of mem — the pages in order, or
-// all of them in sequence if order is nil — and returns the time it took.
-// A page that cannot be read is an error naming its offset.
-func timeTouches(mem []byte, order []int64) (elapsed time.Duration, err error) {
-	runtime.GC() // no collection of earlier garbage during the scan
-	err = guardFaults(mem, func() {
-		var x byte
-		start := time.Now()
-		if order == nil {
-			for off := 0; off < len(mem); off += pageSize {
-				x ^= mem[off]
-			}
-		} else {
-			for _, p := range order {
-				x ^= mem[p*pageSize]
-			}
-		}
-		elapsed = time.Since(start)
-		sink = x
-	})
-	return elapsed, err
-}
-
-// guardFaults runs f, turning a memory fault (SIGBUS from a page that could
-// not be read) in mem into an error naming its offset.
-func guardFaults(mem []byte, f func()) error {
-	if off, faulted := sigbus.Catch(mem, f); faulted {
-		return fmt.Errorf("memory fault reading offset %d (the page at %d could not be read)", off, off&^(pageSize-1))
-	}
-	return nil
-}
-
 // randomPages is a fixed-seed choice of n of npages pages, in random order.
 func randomPages(npages, n int64) []int64 {
 	r := rand.New(rand.NewPCG(0x66696c656d6170, 1))
@@ -433,50 +354,6 @@ func randomPages(npages, n int64) []int64 {
 		order[i] = int64(p)
 	}
 	return order
-}
-
-// genWord is the generated content's little-endian 8-byte word at off (a
-// multiple of 8): a hash of the offset and the file's seed (splitmix64), so
-// that a page shown at the wrong offset, a page of zeros or a page of the
-// other file is caught.
-func genWord(seed uint64, off int64) uint64 {
-	z := uint64(off) + seed*0x9e3779b97f4a7c15
-	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
-	z = (z ^ z>>27) * 0x94d049bb133111eb
-	return z ^ z>>31
-}
-
-// genByte is the generated content's byte at off.
-func genByte(seed uint64, off int64) byte {
-	return byte(genWord(seed, off&^7) >> (8 * (off & 7)))
-}
-
-// fillGenerated fills b with the generated content at offset off.
-func fillGenerated(b []byte, off int64, seed uint64) {
-	i := 0
-	for ; i < len(b) && (off+int64(i))&7 != 0; i++ {
-		b[i] = genByte(seed, off+int64(i))
-	}
-	for ; i+8 <= len(b); i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], genWord(seed, off+int64(i)))
-	}
-	for ; i < len(b); i++ {
-		b[i] = genByte(seed, off+int64(i))
-	}
-}
-
-// writeGenerated writes size bytes of generated content to f and syncs it,
-// so that its pages are clean and POSIX_FADV_DONTNEED can drop them.
-func writeGenerated(f *os.File, size int64, seed uint64) error {
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		b := buf[:min(int64(len(buf)), size-off)]
-		fillGenerated(b, off, seed)
-		if _, err := f.WriteAt(b, off); err != nil {
-			return err
-		}
-	}
-	return f.Sync()
 }
 
 // checkGenerated compares mem[off:end] with the generated content, and
@@ -535,27 +412,4 @@ func (d *demoRun) printTable() error {
 	fmt.Fprintln(stdout, "\nfaults: getrusage(RUSAGE_SELF) on kernel rows; the handler's counters on filemap rows")
 	fmt.Fprintf(stdout, "every byte checked: %d bytes\n", d.report.Checked)
 	return nil
-}
-
-func fmtDuration(d time.Duration) string {
-	switch {
-	case d >= time.Second:
-		return fmt.Sprintf("%.2fs", d.Seconds())
-	case d >= time.Millisecond:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
-	}
-}
-
-func fmtSize(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

@@ -5,6 +5,7 @@
 //	filemap cat [flags] URI        write an object to stdout, read through a mapping
 //	filemap stat [--json]          print the daemon's counters
 //	filemap demo [flags]           map a generated file and compare with the kernel's mmap
+//	filemap bench [flags] [FILE]   measure filemap beside the kernel's mmap and pread
 package main
 
 import (
@@ -27,6 +28,10 @@ Usage:
   filemap stat [flags]        print the daemon's counters
   filemap demo [flags]        map generated 256 MiB files, check every byte
                               read, and compare with the kernel's own mmap
+  filemap bench [flags] [FILE]
+                              measure filemap beside the kernel's mmap and a
+                              pread loop on FILE (default: a generated 1 GiB
+                              file): cold, warm, random, fault latency
 
 URI is a path or a file:// URI. Clients find the daemon at --socket, else
 $FILEMAP_SOCKET; with neither, cat and demo start a private handler.
@@ -44,6 +49,7 @@ func main() {
 		"cat":   cat,
 		"stat":  stat,
 		"demo":  demo,
+		"bench": bench,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	switch name {
