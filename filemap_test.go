@@ -398,3 +398,18 @@ func TestSequentialScanMajorFaults(t *testing.T) {
 		t.Fatalf("%d major faults for a sequential 16 MiB scan, want at most 2 (%d minor)", st.MajorFaults, st.MinorFaults)
 	}
 }
+
+// A reader that copies 1 MiB at a time (memmove loads the end of each copy
+// first) is still one sequential stream to readahead.
+func TestChunkedCopyMajorFaults(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	path := patternFile(t, 64<<20)
+	a := startDriver(t, d.sock)
+	a.open(path, "")
+	for off := 0; off < 64<<20; off += 1 << 20 {
+		a.ok("read %d %d", off, 1<<20)
+	}
+	if st := d.s.Stats(); st.MajorFaults > 3 {
+		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 3 (%d minor)", st.MajorFaults, st.MinorFaults)
+	}
+}

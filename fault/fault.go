@@ -52,7 +52,7 @@ type Region struct {
 
 	advice atomic.Uint32 // readahead.Advice
 	raMu   sync.Mutex
-	ra     readahead.State // file_ra_state: the mapping's last window
+	ra     readahead.Streams // file_ra_state, a few streams of it
 }
 
 // Advice is the region's current access advice.

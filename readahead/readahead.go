@@ -188,3 +188,95 @@ func clip(w Window, npages int64) Window {
 	}
 	return w
 }
+
+// MaxStreams is how many sequential streams one mapping's readahead
+// follows at once.
+const MaxStreams = 4
+
+// Streams is a mapping's readahead state: a State for each of a few
+// sequential streams, so that one stream's misses do not reset another's
+// window. Several threads reading different parts of a mapping are several
+// streams; so is memmove, which loads the end of a large copy before its
+// start: the miss at the end must not throw away the window that is
+// keeping ahead of the start. mmap_miss is the mapping's, as in the kernel.
+type Streams struct {
+	st       [MaxStreams]State
+	used     [MaxStreams]uint64 // when each stream was last used; 0 for never
+	tick     uint64
+	MmapMiss int
+}
+
+// Miss is State.Miss on the stream the miss at index belongs to: the one
+// whose window it continues, or else the least recently used, restarted.
+func (s *Streams) Miss(cfg Config, index, npages int64, advice Advice) Window {
+	i := s.near(index)
+	if i < 0 {
+		i = s.oldest()
+		s.st[i] = State{}
+	}
+	s.touch(i)
+	st := &s.st[i]
+	st.MmapMiss = s.MmapMiss
+	w := st.Miss(cfg, index, npages, advice)
+	s.MmapMiss = st.MmapMiss
+	return w
+}
+
+// MarkerHit is State.MarkerHit on the stream whose marker index is, or
+// else on the stream the index is near.
+func (s *Streams) MarkerHit(cfg Config, index, npages int64) (Window, bool) {
+	i := -1
+	for j := range s.st {
+		if st := &s.st[j]; s.used[j] != 0 && index == st.Start+st.Size-st.AsyncSize {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		if i = s.near(index); i < 0 {
+			i = s.oldest()
+			s.st[i] = State{Start: index, Size: cfg.norm().RaPages}
+		}
+	}
+	s.touch(i)
+	return s.st[i].MarkerHit(cfg, index, npages)
+}
+
+// Hit is State.Hit for the mapping.
+func (s *Streams) Hit() {
+	if s.MmapMiss > 0 {
+		s.MmapMiss--
+	}
+}
+
+// Mapped is State.Mapped for the mapping.
+func (s *Streams) Mapped(n int64) {
+	s.MmapMiss = max(s.MmapMiss-int(n), 0)
+}
+
+// near is the stream whose window index falls in or just past (within
+// half a window), or -1.
+func (s *Streams) near(index int64) int {
+	for j := range s.st {
+		st := &s.st[j]
+		if s.used[j] != 0 && st.Start <= index && index < st.Start+st.Size+max(st.Size/2, 1) {
+			return j
+		}
+	}
+	return -1
+}
+
+func (s *Streams) oldest() int {
+	o := 0
+	for j := range s.used {
+		if s.used[j] < s.used[o] {
+			o = j
+		}
+	}
+	return o
+}
+
+func (s *Streams) touch(i int) {
+	s.tick++
+	s.used[i] = s.tick
+}

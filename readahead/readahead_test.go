@@ -179,3 +179,63 @@ func TestMmapMiss(t *testing.T) {
 		t.Fatalf("mmap_miss = %d, want it capped at 1000", s.MmapMiss)
 	}
 }
+
+// simulate runs accesses against Streams as the handler would: a page not
+// present and not a marker is a miss (a major fault); a marker's touch
+// reads the next window. It returns the major faults.
+func simulate(cfg Config, pages int64, order []int64) int {
+	var s Streams
+	present := make([]bool, pages)
+	isMarker := make([]bool, pages)
+	read := func(w Window) {
+		for p := w.Start; p < w.End; p++ {
+			if !present[p] && !isMarker[p] {
+				present[p] = p != w.Marker
+				isMarker[p] = p == w.Marker
+			}
+		}
+	}
+	majors := 0
+	for _, p := range order {
+		switch {
+		case isMarker[p]:
+			isMarker[p], present[p] = false, true
+			if w, ok := s.MarkerHit(cfg, p, pages); ok {
+				read(w)
+			}
+		case !present[p]:
+			majors++
+			read(s.Miss(cfg, p, pages, Normal))
+		}
+	}
+	return majors
+}
+
+// memmove of a large copy loads its last bytes first: a reader copying
+// 1 MiB at a time touches the end of each MiB before its start. The miss
+// at the end must not reset the stream that keeps ahead of the start.
+func TestStreamsTailFirstCopies(t *testing.T) {
+	const pages = 64 << 20 >> 12
+	var order []int64
+	for c := int64(0); c < pages; c += 256 {
+		order = append(order, c+255)
+		for p := c; p < c+256; p++ {
+			order = append(order, p)
+		}
+	}
+	if m := simulate(Config{RaPages: 32, MaxPages: 2048}, pages, order); m > 3 {
+		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 3", m)
+	}
+}
+
+// Two readers, each sequential in its own half, interleaved page by page.
+func TestStreamsInterleaved(t *testing.T) {
+	const pages = 32 << 20 >> 12
+	var order []int64
+	for p := int64(0); p < pages/2; p++ {
+		order = append(order, p, pages/2+p)
+	}
+	if m := simulate(Config{RaPages: 32, MaxPages: 2048}, pages, order); m > 4 {
+		t.Fatalf("%d major faults for two interleaved sequential readers, want at most 4", m)
+	}
+}
