@@ -75,33 +75,13 @@ func TestMarkerRampUp(t *testing.T) {
 // 128 KiB readahead takes at most 2 major faults: the first miss, then
 // every later window is started by a marker before the reader gets there.
 func TestSequentialScan16MiB(t *testing.T) {
+	const pages = 16 << 20 >> 12
+	order := make([]int64, pages)
+	for p := range order {
+		order[p] = int64(p)
+	}
 	for _, cfg := range []Config{kernel, {RaPages: 32, MaxPages: 2048}} {
-		const pages = 16 << 20 >> 12
-		var s State
-		present := make([]bool, pages)
-		isMarker := make([]bool, pages)
-		read := func(w Window) {
-			for p := w.Start; p < w.End; p++ {
-				present[p] = p != w.Marker
-			}
-			if w.Marker >= 0 {
-				isMarker[w.Marker] = true
-			}
-		}
-		majors := 0
-		for p := int64(0); p < pages; p++ {
-			switch {
-			case isMarker[p]:
-				isMarker[p], present[p] = false, true
-				if w, ok := s.MarkerHit(cfg, p, pages); ok {
-					read(w)
-				}
-			case !present[p]:
-				majors++
-				read(s.Miss(cfg, p, pages, Normal))
-			}
-		}
-		if majors > 2 {
+		if majors := simulate(cfg, pages, order); majors > 2 {
 			t.Errorf("max %d pages: %d major faults for a 16 MiB sequential scan, want at most 2", cfg.MaxPages, majors)
 		}
 	}
