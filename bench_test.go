@@ -9,6 +9,7 @@ package filemap
 import (
 	"context"
 	"fmt"
+	"github.com/filemap/filemap/internal/touch"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -88,11 +89,11 @@ func dropFileCache(b *testing.B, path string) {
 	}
 }
 
-// sink keeps the compiler from dropping the loads of touch.
+// sink keeps the compiler from dropping the loads of touchAll.
 var sink byte
 
-// touch reads one byte of every page: a first touch.
-func touch(mem []byte) {
+// touchAll reads one byte of every page: a first touch.
+func touchAll(mem []byte) {
 	var sum byte
 	for i := 0; i < len(mem); i += ps {
 		sum += mem[i]
@@ -113,7 +114,7 @@ func kernelScan(b *testing.B, path string, size int64) time.Duration {
 	}
 	defer unix.Munmap(mem)
 	start := time.Now()
-	touch(mem)
+	touchAll(mem)
 	return time.Since(start)
 }
 
@@ -125,7 +126,7 @@ func filemapScan(b *testing.B, path string) time.Duration {
 	}
 	defer m.Close()
 	start := time.Now()
-	touch(m.Bytes())
+	touchAll(m.Bytes())
 	return time.Since(start)
 }
 
@@ -196,41 +197,11 @@ func benchPages(size int64) []int64 {
 // goroutines each locked to an OS thread of its own, and returns the time
 // from the start until all are done. If lat is not nil, it gets the time of
 // each load, in pages' order.
-func touchPages(mem []byte, pages []int64, threads int, lat []time.Duration) time.Duration {
-	var ready, done sync.WaitGroup
-	start := make(chan struct{})
-	sums := make([]byte, threads)
-	for t := range threads {
-		lo, hi := len(pages)*t/threads, len(pages)*(t+1)/threads
-		ready.Add(1)
-		done.Add(1)
-		go func() {
-			defer done.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			ready.Done()
-			<-start
-			var sum byte
-			for i := lo; i < hi; i++ {
-				if lat == nil {
-					sum += mem[pages[i]*ps]
-					continue
-				}
-				t0 := time.Now()
-				sum += mem[pages[i]*ps]
-				lat[i] = time.Since(t0)
-			}
-			sums[t] = sum
-		}()
-	}
-	ready.Wait()
+func touchPages(b *testing.B, mem []byte, pages []int64, threads int, lat []time.Duration) time.Duration {
 	runtime.GC()
-	t0 := time.Now()
-	close(start)
-	done.Wait()
-	elapsed := time.Since(t0)
-	for _, s := range sums {
-		sink += s
+	elapsed, err := touch.Pages(mem, pages, ps, threads, lat)
+	if err != nil {
+		b.Fatal(err)
 	}
 	return elapsed
 }
@@ -257,7 +228,7 @@ func BenchmarkRandomCold(b *testing.B) {
 				if err := unix.Madvise(mem, unix.MADV_RANDOM); err != nil {
 					b.Fatal(err)
 				}
-				kernel += touchPages(mem, pages, threads, nil)
+				kernel += touchPages(b, mem, pages, threads, nil)
 				unix.Munmap(mem)
 
 				if err := DropCaches(context.Background()); err != nil {
@@ -268,7 +239,7 @@ func BenchmarkRandomCold(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				fm += touchPages(m.Bytes(), pages, threads, nil)
+				fm += touchPages(b, m.Bytes(), pages, threads, nil)
 				m.Close()
 			}
 			reportRate(b, "faults/s", float64(len(pages)), kernel, fm)
@@ -312,7 +283,7 @@ func BenchmarkFaultLatencyShm(b *testing.B) {
 			b.Fatal(err)
 		}
 		lat := make([]time.Duration, len(pages))
-		touchPages(m.Bytes(), pages, 1, lat)
+		touchPages(b, m.Bytes(), pages, 1, lat)
 		m.Close()
 		all = append(all, lat...)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/filemap/filemap/internal/touch"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -15,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -527,41 +527,9 @@ func timeEachTouch(mem []byte, order []int64, threads int) (time.Duration, []tim
 	for i := range lat {
 		lat[i] = -1 // fault the slice in now, not among the timed loads
 	}
-	sinks := make([]byte, threads)
-	errs := make([]error, threads)
-	var ready, done sync.WaitGroup
-	start := make(chan struct{})
 	runtime.GC() // no collection of earlier garbage during the touches
-	for t := range threads {
-		lo, hi := len(order)*t/threads, len(order)*(t+1)/threads
-		ready.Add(1)
-		done.Add(1)
-		go func() {
-			defer done.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			ready.Done()
-			<-start
-			errs[t] = guardFaults(mem, func() {
-				var x byte
-				for i := lo; i < hi; i++ {
-					t0 := time.Now()
-					x ^= mem[order[i]*pageSize]
-					lat[i] = time.Since(t0)
-				}
-				sinks[t] = x
-			})
-		}()
-	}
-	ready.Wait()
-	t0 := time.Now()
-	close(start)
-	done.Wait()
-	elapsed := time.Since(t0)
-	for _, x := range sinks {
-		sink ^= x
-	}
-	return elapsed, lat, errors.Join(errs...)
+	elapsed, err := touch.Pages(mem, order, pageSize, threads, lat)
+	return elapsed, lat, err
 }
 
 // compare checks mem[off:end] against pread of f and returns how many
