@@ -26,6 +26,7 @@ Usage:
   filemap serve [flags]       run the handler daemon on a Unix socket
   filemap cat [flags] URI     write an object to stdout, read through a mapping
   filemap stat [flags]        print the daemon's counters
+  filemap drop-caches [flags] empty the daemon's caches, as drop_caches does the kernel's
   filemap demo [flags]        map generated 256 MiB files, check every byte
                               read, and compare with the kernel's own mmap
   filemap bench [flags] [FILE]
@@ -45,11 +46,12 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"serve": serve,
-		"cat":   cat,
-		"stat":  stat,
-		"demo":  demo,
-		"bench": bench,
+		"serve":       serve,
+		"cat":         cat,
+		"stat":        stat,
+		"drop-caches": dropCaches,
+		"demo":        demo,
+		"bench":       bench,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	switch name {

@@ -89,7 +89,7 @@ func serve(args []string) error {
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
 		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries,
-		"cache-size", int64(cacheSize), "cache-policy", *policy)
+		"cache-size", size(int64(cacheSize)), "cache-policy", *policy)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {

@@ -145,11 +145,26 @@ func TestServeCatStat(t *testing.T) {
 
 	r := filemapCLI(t, "stat", "--socket", d.socket)
 	r.wantCode(t, 0)
-	for _, row := range []string{"major faults", "minor faults", "store reads"} {
+	for _, row := range []string{"major faults", "minor faults", "store reads", "MiB)", "major fault service p50 / p99"} {
 		if !bytes.Contains(r.stdout, []byte(row)) {
 			t.Errorf("filemap stat printed no %q row:\n%s", row, r.stdout)
 		}
 	}
+
+	// drop-caches empties the cache: the next cat reads the store again.
+	filemapCLI(t, "drop-caches", "--socket", d.socket).wantCode(t, 0)
+	if st := statJSON(t, d.socket); st.CacheBytes != 0 {
+		t.Errorf("after drop-caches: %d bytes cached", st.CacheBytes)
+	}
+	r = filemapCLI(t, "cat", "--socket", d.socket, path)
+	r.wantCode(t, 0)
+	if !bytes.Equal(r.stdout, data) {
+		t.Fatalf("cat after drop-caches differs from the file")
+	}
+	if st := statJSON(t, d.socket); st.StoreBytes-st0.StoreBytes < uint64(len(data)) {
+		t.Errorf("cat after drop-caches read %d bytes from the store, want the whole file again", st.StoreBytes-st0.StoreBytes)
+	}
+	filemapCLI(t, "drop-caches", "--socket", d.socket, "extra").wantCode(t, 1)
 
 	// The demo through the daemon.
 	r = filemapCLI(t, "demo", "--socket", d.socket, "--size", "2M", "--dir", t.TempDir())

@@ -39,15 +39,15 @@ func stat(args []string) error {
 		{"minor faults (from cache)", st.MinorFaults},
 		{"SIGBUS (pages poisoned)", st.SIGBUS},
 		{"store reads", st.StoreReads},
-		{"store bytes", st.StoreBytes},
+		{"store bytes", size(int64(st.StoreBytes))},
 		{"store errors", st.StoreErrors},
 		{"store reads in flight", st.FillsInFlight},
-		{"cache bytes", st.CacheBytes},
-		{"cache budget", st.CacheBudget},
+		{"cache bytes", size(st.CacheBytes)},
+		{"cache budget", size(st.CacheBudget)},
 		{"evictions", st.Evictions},
-		{"evicted bytes", st.EvictedBytes},
+		{"evicted bytes", size(int64(st.EvictedBytes))},
 		{"refaults", st.Refaults},
-		{"page-state bytes", st.MetadataBytes},
+		{"page-state bytes", size(st.MetadataBytes)},
 		{"objects", st.Objects},
 		{"clients", st.Clients},
 		{"regions", st.Regions},
@@ -66,4 +66,31 @@ func stat(args []string) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// size shows a byte count for a person: exact, and in binary units.
+func size(n int64) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB"}
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, u := float64(n)/1024, 0
+	for v >= 1024 && u < len(units)-1 {
+		v, u = v/1024, u+1
+	}
+	return fmt.Sprintf("%d (%.1f %s)", n, v, units[u])
+}
+
+func dropCaches(args []string) error {
+	fs := newFlags("drop-caches", "[flags]", "Empties every cache of the daemon, as writing 3 to /proc/sys/vm/drop_caches\n"+
+		"does the kernel's: every mapping's next access to a page reads its store again.")
+	socket := fs.String("socket", proto.DefaultSocket(), "daemon socket")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return filemap.DropCaches(context.Background(), filemap.WithSocket(*socket))
 }
