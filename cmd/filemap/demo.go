@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -147,7 +146,7 @@ func demo(args []string) error {
 
 	rnd, seq := &d.files[0], &d.files[1]
 	npages := (d.size + pageSize - 1) / pageSize
-	order := randomPages(npages, max(npages/8, 1))
+	order := samplePages(npages, max(npages/8, 1))
 	steps := []func() error{
 		func() error { return d.kernelRow(caseRandom, rnd, order, true) },
 		func() error { return d.filemapRow(caseRandom, rnd, order, true) },
@@ -343,17 +342,6 @@ func (d *demoRun) warmPageCache(f *demoFile) error {
 		}
 	}
 	return nil
-}
-
-// randomPages is a fixed-seed choice of n of npages pages, in random order.
-func randomPages(npages, n int64) []int64 {
-	r := rand.New(rand.NewPCG(0x66696c656d6170, 1))
-	perm := r.Perm(int(npages))[:n]
-	order := make([]int64, n)
-	for i, p := range perm {
-		order[i] = int64(p)
-	}
-	return order
 }
 
 // checkGenerated compares mem[off:end] with the generated content, and

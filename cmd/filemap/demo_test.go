@@ -172,17 +172,3 @@ func TestCheckGenerated(t *testing.T) {
 		t.Errorf("zero page: %v", err)
 	}
 }
-
-func TestRandomPages(t *testing.T) {
-	a, b := randomPages(1000, 125), randomPages(1000, 125)
-	if fmt.Sprint(a) != fmt.Sprint(b) {
-		t.Error("the random pages are not the same from run to run")
-	}
-	seen := map[int64]bool{}
-	for _, p := range a {
-		if p < 0 || p >= 1000 || seen[p] {
-			t.Fatalf("page %d out of range or twice", p)
-		}
-		seen[p] = true
-	}
-}

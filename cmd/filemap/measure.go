@@ -83,12 +83,7 @@ func timeTouches(mem []byte, order []int64) (elapsed time.Duration, err error) {
 
 // guardFaults runs f, turning a memory fault (SIGBUS from a page that could
 // not be read) in mem into an error naming its offset.
-func guardFaults(mem []byte, f func()) error {
-	if off, faulted := sigbus.Catch(mem, f); faulted {
-		return fmt.Errorf("memory fault reading offset %d (the page at %d could not be read)", off, off&^(pageSize-1))
-	}
-	return nil
-}
+func guardFaults(mem []byte, f func()) error { return sigbus.Check(mem, f) }
 
 // genWord is the generated content's little-endian 8-byte word at off (a
 // multiple of 8): a hash of the offset and the file's seed (splitmix64), so

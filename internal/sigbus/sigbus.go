@@ -3,6 +3,8 @@
 package sigbus
 
 import (
+	"fmt"
+	"os"
 	"runtime/debug"
 	"unsafe"
 )
@@ -26,4 +28,22 @@ func Catch(b []byte, f func()) (off int64, faulted bool) {
 	}()
 	f()
 	return 0, false
+}
+
+// Error is a memory fault Check caught: the page at Offset could not be read.
+type Error struct {
+	Offset int64 // the byte the access faulted on, from the start of the slice
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("memory fault reading offset %d (the page at %d could not be read)",
+		e.Offset, e.Offset&^int64(os.Getpagesize()-1))
+}
+
+// Check is Catch with the fault as an *Error.
+func Check(b []byte, f func()) error {
+	if off, faulted := Catch(b, f); faulted {
+		return &Error{Offset: off}
+	}
+	return nil
 }

@@ -26,6 +26,10 @@ func TestCatch(t *testing.T) {
 	if off, faulted := Catch(b, func() {}); faulted || off != 0 {
 		t.Fatalf("Catch of nothing = %d, %v", off, faulted)
 	}
+	err = Check(b, func() { x = b[4096+17] })
+	if e, ok := err.(*Error); !ok || e.Offset != 4096+17 || e.Error() != "memory fault reading offset 4113 (the page at 4096 could not be read)" {
+		t.Fatalf("Check = %v", err)
+	}
 	// A fault outside b is not ours to catch.
 	defer func() {
 		if recover() == nil {

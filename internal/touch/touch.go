@@ -5,7 +5,6 @@ package touch
 
 import (
 	"errors"
-	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -37,9 +36,7 @@ func Pages(mem []byte, pages []int64, pageSize int64, threads int, lat []time.Du
 			defer runtime.UnlockOSThread()
 			ready.Done()
 			<-start
-			if off, faulted := sigbus.Catch(mem, func() { sums[t] = load(mem, pages[lo:hi], pageSize, lat, lo) }); faulted {
-				errs[t] = fmt.Errorf("memory fault reading offset %d (the page at %d could not be read)", off, off&^(pageSize-1))
-			}
+			errs[t] = sigbus.Check(mem, func() { sums[t] = load(mem, pages[lo:hi], pageSize, lat, lo) })
 		}()
 	}
 	ready.Wait()
