@@ -15,14 +15,14 @@ import (
 
 // Metrics are one daemon's metrics, in a registry of their own.
 type Metrics struct {
-	reg          *prometheus.Registry
-	faults       *prometheus.HistogramVec
-	storeRead    prometheus.Histogram
-	storeErrors  prometheus.Counter
-	storeBytes   prometheus.Counter
-	raWindows    prometheus.Counter
-	raPages      prometheus.Counter
-	faultSummary map[string]prometheus.Histogram
+	reg         *prometheus.Registry
+	faults      *prometheus.HistogramVec
+	storeRead   prometheus.Histogram
+	storeErrors prometheus.Counter
+	storeBytes  prometheus.Counter
+	raWindows   prometheus.Counter
+	raPages     prometheus.Counter
+	latencies   *prometheus.Registry // the latency histograms alone, for Latencies
 }
 
 // latencyBuckets run from 1 µs to about 4 s, doubling.
@@ -45,28 +45,56 @@ func New(stats func() proto.Stats) *Metrics {
 		raWindows:   prometheus.NewCounter(prometheus.CounterOpts{Name: "filemap_readahead_windows_total", Help: "Asynchronous readahead windows issued."}),
 		raPages:     prometheus.NewCounter(prometheus.CounterOpts{Name: "filemap_readahead_pages_total", Help: "Pages in the readahead windows issued."}),
 	}
-	m.reg.MustRegister(m.faults, m.storeRead, m.storeErrors, m.storeBytes, m.raWindows, m.raPages)
-	gauge := func(name, help string, f func(proto.Stats) float64) {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
-	}
-	counter := func(name, help string, f func(proto.Stats) float64) {
-		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return f(stats()) }))
-	}
-	counter("filemap_major_faults_total", "Faults that needed store I/O.", func(s proto.Stats) float64 { return float64(s.MajorFaults) })
-	counter("filemap_minor_faults_total", "Faults served without store I/O of their own.", func(s proto.Stats) float64 { return float64(s.MinorFaults) })
-	counter("filemap_sigbus_total", "Pages poisoned after a failed read.", func(s proto.Stats) float64 { return float64(s.SIGBUS) })
-	counter("filemap_evictions_total", "Extents evicted to stay within the cache budget.", func(s proto.Stats) float64 { return float64(s.Evictions) })
-	counter("filemap_evicted_bytes_total", "Bytes evicted.", func(s proto.Stats) float64 { return float64(s.EvictedBytes) })
-	counter("filemap_refaults_total", "Misses on pages evicted recently.", func(s proto.Stats) float64 { return float64(s.Refaults) })
-	counter("filemap_protocol_errors_total", "Connections closed for bad input.", func(s proto.Stats) float64 { return float64(s.ProtocolErrors) })
-	gauge("filemap_cache_bytes", "Bytes resident in all caches.", func(s proto.Stats) float64 { return float64(s.CacheBytes) })
-	gauge("filemap_cache_budget_bytes", "The bound on filemap_cache_bytes (0: none).", func(s proto.Stats) float64 { return float64(s.CacheBudget) })
-	gauge("filemap_metadata_bytes", "Memory of the page-state tables.", func(s proto.Stats) float64 { return float64(s.MetadataBytes) })
-	gauge("filemap_objects", "Objects with a cache.", func(s proto.Stats) float64 { return float64(s.Objects) })
-	gauge("filemap_clients", "Connected clients.", func(s proto.Stats) float64 { return float64(s.Clients) })
-	gauge("filemap_mappings", "Attached regions (mappings) being served.", func(s proto.Stats) float64 { return float64(s.Regions) })
-	gauge("filemap_fills_in_flight", "Store reads running now.", func(s proto.Stats) float64 { return float64(s.FillsInFlight) })
+	m.reg.MustRegister(m.faults, m.storeRead, m.storeErrors, m.storeBytes, m.raWindows, m.raPages, &statsCollector{stats})
+	m.latencies = prometheus.NewRegistry()
+	m.latencies.MustRegister(m.faults, m.storeRead)
 	return m
+}
+
+// statsCollector exports the daemon's counters and gauges from one snapshot
+// of them per scrape.
+type statsCollector struct {
+	stats func() proto.Stats
+}
+
+type statMetric struct {
+	desc  *prometheus.Desc
+	kind  prometheus.ValueType
+	value func(proto.Stats) float64
+}
+
+func stat(name, help string, kind prometheus.ValueType, value func(proto.Stats) float64) statMetric {
+	return statMetric{prometheus.NewDesc(name, help, nil, nil), kind, value}
+}
+
+var statMetrics = []statMetric{
+	stat("filemap_major_faults_total", "Faults that needed store I/O.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.MajorFaults) }),
+	stat("filemap_minor_faults_total", "Faults served without store I/O of their own.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.MinorFaults) }),
+	stat("filemap_sigbus_total", "Pages poisoned after a failed read.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.SIGBUS) }),
+	stat("filemap_evictions_total", "Extents evicted to stay within the cache budget.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.Evictions) }),
+	stat("filemap_evicted_bytes_total", "Bytes evicted.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.EvictedBytes) }),
+	stat("filemap_refaults_total", "Misses on pages evicted recently.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.Refaults) }),
+	stat("filemap_protocol_errors_total", "Connections closed for bad input.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.ProtocolErrors) }),
+	stat("filemap_cache_bytes", "Bytes resident in all caches.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.CacheBytes) }),
+	stat("filemap_cache_budget_bytes", "The bound on filemap_cache_bytes (0: none).", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.CacheBudget) }),
+	stat("filemap_metadata_bytes", "Memory of the page-state tables.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.MetadataBytes) }),
+	stat("filemap_objects", "Objects with a cache.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Objects) }),
+	stat("filemap_clients", "Connected clients.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Clients) }),
+	stat("filemap_mappings", "Attached regions (mappings) being served.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Regions) }),
+	stat("filemap_fills_in_flight", "Store reads running now.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillsInFlight) }),
+}
+
+func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range statMetrics {
+		ch <- m.desc
+	}
+}
+
+func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	for _, m := range statMetrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(st))
+	}
 }
 
 // Fault observes one fault's service time.
@@ -97,14 +125,11 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // ("store"), with p50 and p99 in microseconds.
 func (m *Metrics) Latencies() map[string]proto.Latency {
 	out := make(map[string]proto.Latency)
-	mfs, err := m.reg.Gather()
+	mfs, err := m.latencies.Gather()
 	if err != nil {
 		return out
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "filemap_fault_service_seconds" && mf.GetName() != "filemap_store_read_seconds" {
-			continue
-		}
 		for _, met := range mf.GetMetric() {
 			h := met.GetHistogram()
 			kind := "store"
