@@ -253,20 +253,26 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 		h.poison(r, f.Page, err)
 		return
 	}
-	cache.End(f, f.Page, f.Page+1, nil)
-	h.cfg.Budget.Commit(cache, f.Page, f.Page+1, 1, 1, false)
-	h.wake(r, f.Page, f.Page+1)
 	r.raMu.Lock()
 	r.ra.Hit()
 	w, ok := r.ra.MarkerHit(h.ra, f.Page, cache.NPages())
 	r.raMu.Unlock()
 	if ok {
+		// Claim the next window while the marker is still locked, as the
+		// kernel has the pages in its cache, locked, before the fault
+		// returns: no faulter — not this one, nor a duplicate of it that
+		// waits on the marker — runs on before the window is claimed, so
+		// a reader that reaches it waits for its read instead of starting
+		// one of its own.
 		h.readAhead(r.Obj, w)
 	}
+	cache.End(f, f.Page, f.Page+1, nil)
+	h.cfg.Budget.Commit(cache, f.Page, f.Page+1, 1, 1, false)
+	h.wake(r, f.Page, f.Page+1)
 }
 
-// readAhead reads the absent pages of w in the background, a chunk per
-// fill, holding back w's marker.
+// readAhead claims the absent pages of w at once and reads them in the
+// background, a chunk per fill, holding back w's marker.
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
 	for lo := w.Start; lo < w.End; lo += chunkPages {
