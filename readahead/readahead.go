@@ -202,6 +202,7 @@ const MaxStreams = 4
 type Streams struct {
 	st       [MaxStreams]State
 	used     [MaxStreams]uint64 // when each stream was last used; 0 for never
+	hits     [MaxStreams]int    // markers each stream has had touched
 	tick     uint64
 	MmapMiss int
 }
@@ -211,8 +212,8 @@ type Streams struct {
 func (s *Streams) Miss(cfg Config, index, npages int64, advice Advice) Window {
 	i := s.near(index)
 	if i < 0 {
-		i = s.oldest()
-		s.st[i] = State{}
+		i = s.victim()
+		s.st[i], s.hits[i] = State{}, 0
 	}
 	s.touch(i)
 	st := &s.st[i]
@@ -234,11 +235,12 @@ func (s *Streams) MarkerHit(cfg Config, index, npages int64) (Window, bool) {
 	}
 	if i < 0 {
 		if i = s.near(index); i < 0 {
-			i = s.oldest()
-			s.st[i] = State{Start: index, Size: cfg.norm().RaPages}
+			i = s.victim()
+			s.st[i], s.hits[i] = State{Start: index, Size: cfg.norm().RaPages}, 0
 		}
 	}
 	s.touch(i)
+	s.hits[i]++
 	return s.st[i].MarkerHit(cfg, index, npages)
 }
 
@@ -266,14 +268,25 @@ func (s *Streams) near(index int64) int {
 	return -1
 }
 
-func (s *Streams) oldest() int {
-	o := 0
+// victim is the stream a new one replaces: one never used, else the least
+// recently used of those whose markers were never touched (a lone miss, such
+// as the end of a copy loaded first), else the least recently used. A stream
+// that is being read keeps its place however many lone misses come by.
+func (s *Streams) victim() int {
+	v := 0
 	for j := range s.used {
-		if s.used[j] < s.used[o] {
-			o = j
+		if s.used[j] == 0 {
+			return j
+		}
+		if lone, vLone := s.hits[j] == 0, s.hits[v] == 0; lone != vLone {
+			if lone {
+				v = j
+			}
+		} else if s.used[j] < s.used[v] {
+			v = j
 		}
 	}
-	return o
+	return v
 }
 
 func (s *Streams) touch(i int) {

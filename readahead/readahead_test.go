@@ -219,3 +219,19 @@ func TestStreamsInterleaved(t *testing.T) {
 		t.Fatalf("%d major faults for two interleaved sequential readers, want at most 4", m)
 	}
 }
+
+// Lone misses elsewhere (ends of copies loaded first, stray reads) replace
+// each other, never a stream whose markers are being touched.
+func TestStreamsKeepTheOneBeingRead(t *testing.T) {
+	var s Streams
+	s.Miss(kernel, 0, npages, Normal) // [0, 32), marker 24
+	if w, _ := s.MarkerHit(kernel, 24, npages); w != (Window{32, 64, 32}) {
+		t.Fatalf("first async window %v", w)
+	}
+	for i := int64(1); i <= 2*MaxStreams; i++ {
+		s.Miss(kernel, i*100000, npages, Normal)
+	}
+	if w, _ := s.MarkerHit(kernel, 32, npages); w != (Window{64, 96, 64}) {
+		t.Fatalf("after lone misses, the stream's next window is %v, want [64, 96) marker 64", w)
+	}
+}
