@@ -1,0 +1,49 @@
+// Package remote is filemap's readahead onto the network: it turns an object
+// that is read by byte ranges over a network (an HTTP resource, an S3
+// object) into a store.Store, fetching aligned chunks with several ranged
+// requests in flight, one request per chunk however many faults want it,
+// per-request timeouts, retries with backoff and jitter, and hedged requests
+// for stragglers. In the kernel it stands where the block layer's request
+// queue does under mm/readahead.c.
+package remote
+
+import (
+	"context"
+	"errors"
+)
+
+// Object is one version of a remote object, read by byte ranges. An
+// implementation pins its version when it is opened and must never return
+// bytes of another one.
+type Object interface {
+	// GetRange fills p with the bytes at off of the pinned version: exactly
+	// len(p) bytes (off+len(p) never passes Size), or an error. An error
+	// that retrying cannot cure (the object changed, access denied, a
+	// server that ignores ranges) is wrapped with Permanent.
+	GetRange(ctx context.Context, p []byte, off int64) error
+
+	Size() int64
+	Key() string     // the object without its version, e.g. "s3:bucket/key"
+	Version() string // e.g. the ETag, or VersionId where versioning is on
+	Close() error
+}
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as one that a retry cannot cure.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err, or any error it wraps, was marked
+// Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
