@@ -18,6 +18,7 @@ func benchRows(threads ...int) [][3]string {
 	rows := [][3]string{
 		{caseSeq, mapKernel, "1"}, {caseSeq, methodPread, "1"}, {caseSeq, mapFilemap, "1"},
 		{caseWarm, mapKernel, "1"}, {caseWarm, mapFilemap, "1"},
+		{caseRandomWarm, mapKernel, "1"}, {caseRandomWarm, mapFilemap, "1"},
 	}
 	for _, t := range threads {
 		rows = append(rows, [3]string{caseRandom, mapKernel, fmt.Sprint(t)}, [3]string{caseRandom, mapFilemap, fmt.Sprint(t)})
@@ -95,7 +96,7 @@ func TestBenchJSON(t *testing.T) {
 		if row.Case != w[0] || row.Method != w[1] || fmt.Sprint(row.Threads) != w[2] {
 			t.Errorf("row %d is %q/%q/%d, want %q/%q/%s", i, row.Case, row.Method, row.Threads, w[0], w[1], w[2])
 		}
-		random := row.Case == caseRandom || row.Case == caseShm
+		random := row.Case == caseRandom || row.Case == caseShm || row.Case == caseRandomWarm
 		if row.Seconds <= 0 || row.MBps <= 0 || row.Pages <= 0 || row.Bytes != row.Pages*pageSize {
 			t.Errorf("row %d: %+v", i, row)
 		}
@@ -120,7 +121,7 @@ func TestBenchJSON(t *testing.T) {
 		if row.StoreReads == nil || row.StoreBytes == nil || row.Checked != row.Bytes {
 			t.Fatalf("filemap row %d: %+v", i, row)
 		}
-		if cold := row.Case != caseWarm; cold == (*row.StoreReads == 0) {
+		if cold := row.Case != caseWarm && row.Case != caseRandomWarm; cold == (*row.StoreReads == 0) {
 			t.Errorf("filemap row %q: %d store reads", row.Case, *row.StoreReads)
 		}
 		checked += row.Checked
@@ -130,7 +131,7 @@ func TestBenchJSON(t *testing.T) {
 	}
 	wantTargets := []string{
 		caseSeq + "/speed_vs_kernel", caseSeq + "/speed_vs_pread", caseWarm + "/time_vs_kernel",
-		caseRandom + ", 2 threads/speed_vs_kernel", caseShm + "/p50_us", caseShm + "/p99_us",
+		caseRandom + ", 2 threads/speed_vs_kernel", caseRandomWarm + "/p50_us", caseRandomWarm + "/p99_us",
 	}
 	var got []string
 	for _, tg := range rep.Targets {
@@ -281,5 +282,32 @@ func TestPercentile(t *testing.T) {
 	l := summarise([]time.Duration{3 * time.Microsecond, time.Microsecond, 2 * time.Microsecond})
 	if l.Touches != 3 || l.P50us != 2 || l.P99us != 3 || l.MaxUs != 3 {
 		t.Errorf("summarise = %+v", *l)
+	}
+}
+
+// --halt-poll-ns holds for the run, is reported, and is put back after.
+func TestBenchHaltPoll(t *testing.T) {
+	before := haltPollNs()
+	if before == nil {
+		r := filemapCLI(t, "bench", "--size", "1M", "--halt-poll-ns", "1000")
+		r.wantCode(t, 1)
+		r.wantStderr(t, haltPollParam, "no haltpoll cpuidle driver")
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("setting guest_halt_poll_ns needs root")
+	}
+	want := *before + 1000
+	r := filemapCLI(t, "bench", "--size", "1M", "--json", "--threads", "1", "--halt-poll-ns", fmt.Sprint(want))
+	r.wantCode(t, 0)
+	var rep benchReport
+	if err := json.Unmarshal(r.stdout, &rep); err != nil {
+		t.Fatalf("%v; stdout:\n%s", err, r.stdout)
+	}
+	if rep.HaltPollNs == nil || *rep.HaltPollNs != want {
+		t.Errorf("report's halt_poll_ns %v, want %d", rep.HaltPollNs, want)
+	}
+	if after := haltPollNs(); after == nil || *after != *before {
+		t.Errorf("guest_halt_poll_ns after the run: %v, want %d back", after, *before)
 	}
 }
