@@ -1,0 +1,163 @@
+package s3store_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/remote"
+	"github.com/filemap/filemap/store/s3store"
+)
+
+// These tests put a misbehaving server on 127.0.0.1 in front of an
+// Object, for the answers versitygw never gives: a server or cache that
+// ignores Range or If-Match, a body cut short, a 5xx.
+
+const fakeSize = 1000
+
+// fakeS3 answers HEAD with fakeSize bytes and ETag "v1", and GET with get.
+func fakeS3(t *testing.T, get http.HandlerFunc) (obj *s3store.Object, gets *atomic.Int64) {
+	t.Helper()
+	gets = new(atomic.Int64)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(fakeSize))
+			w.Header().Set("ETag", `"v1"`)
+			return
+		}
+		gets.Add(1)
+		get(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	opts := s3store.Options{Endpoint: srv.URL, Credentials: someCredentials}
+	return openObject(t, "s3://bucket/key", opts), gets
+}
+
+// rangeBody is what a well-behaved server sends for bytes=a-b of an object
+// whose byte i is i%251, with the given ETag and total size.
+func rangeBody(w http.ResponseWriter, r *http.Request, etag string, total int) {
+	var first, last int
+	if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err != nil {
+		http.Error(w, "bad range", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, total))
+	w.Header().Set("Content-Length", strconv.Itoa(last-first+1))
+	w.WriteHeader(http.StatusPartialContent)
+	for i := first; i <= last; i++ {
+		w.Write([]byte{byte(i % 251)})
+	}
+}
+
+func TestFakeWellBehaved(t *testing.T) {
+	obj, _ := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("If-Match") != `"v1"` {
+			t.Errorf("If-Match = %q, want the ETag from HEAD", r.Header.Get("If-Match"))
+		}
+		rangeBody(w, r, `"v1"`, fakeSize)
+	})
+	p := make([]byte, 100)
+	if err := obj.GetRange(testContext(t), p, 500); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range p {
+		if b != byte((500+i)%251) {
+			t.Fatalf("byte %d is %d", 500+i, b)
+		}
+	}
+}
+
+func TestFakeChangedWithoutPrecondition(t *testing.T) {
+	for name, get := range map[string]http.HandlerFunc{
+		"other ETag": func(w http.ResponseWriter, r *http.Request) { rangeBody(w, r, `"v2"`, fakeSize) },
+		"other size": func(w http.ResponseWriter, r *http.Request) { rangeBody(w, r, `"v1"`, fakeSize+1) },
+		"412": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusPreconditionFailed)
+			io.WriteString(w, `<Error><Code>PreconditionFailed</Code><Message>no</Message></Error>`)
+		},
+		"416": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+			io.WriteString(w, `<Error><Code>InvalidRange</Code><Message>no</Message></Error>`)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			obj, _ := fakeS3(t, get)
+			err := obj.GetRange(testContext(t), make([]byte, 10), 20)
+			if !errors.Is(err, store.ErrChanged) || !remote.IsPermanent(err) {
+				t.Fatalf("GetRange = %v, want a permanent ErrChanged", err)
+			}
+			if !strings.Contains(err.Error(), "s3://bucket/key at offset 20, length 10") {
+				t.Errorf("GetRange = %v, want it to name the object, offset and length", err)
+			}
+		})
+	}
+}
+
+func TestFakeIgnoredRange(t *testing.T) {
+	obj, _ := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		w.Write(make([]byte, fakeSize))
+	})
+	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
+	if err == nil || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "ignored the Range") {
+		t.Fatalf("GetRange = %v, want a permanent error about the ignored Range", err)
+	}
+	// The whole object in one read needs no Range.
+	if err := obj.GetRange(testContext(t), make([]byte, fakeSize), 0); err != nil {
+		t.Fatalf("GetRange of the whole object from a 200: %v", err)
+	}
+}
+
+func TestFakeWrongRange(t *testing.T) {
+	obj, _ := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Set("Range", "bytes=0-9")
+		rangeBody(w, r, `"v1"`, fakeSize)
+	})
+	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
+	if err == nil || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "sent bytes 0-9") {
+		t.Fatalf("GetRange = %v, want a permanent error about the range sent", err)
+	}
+}
+
+func TestFakeShortBody(t *testing.T) {
+	obj, _ := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Content-Range", "bytes 20-29/1000")
+		w.Header().Set("Content-Length", "10")
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write([]byte("12345")) // the server closes the connection after 5 of 10 bytes
+	})
+	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
+	if !errors.Is(err, io.ErrUnexpectedEOF) || remote.IsPermanent(err) {
+		t.Fatalf("GetRange = %v, want a retryable io.ErrUnexpectedEOF", err)
+	}
+}
+
+// TestFakeOneAttempt: a 5xx or a throttle is retryable, and left to
+// store/remote to retry: the SDK makes exactly one request.
+func TestFakeOneAttempt(t *testing.T) {
+	for _, c := range []struct {
+		status int
+		code   string
+	}{{500, "InternalError"}, {503, "SlowDown"}, {429, "TooManyRequests"}} {
+		obj, gets := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(c.status)
+			fmt.Fprintf(w, `<Error><Code>%s</Code><Message>later</Message></Error>`, c.code)
+		})
+		err := obj.GetRange(testContext(t), make([]byte, 10), 20)
+		if err == nil || remote.IsPermanent(err) {
+			t.Errorf("%d %s: GetRange = %v, want a retryable error", c.status, c.code, err)
+		}
+		if n := gets.Load(); n != 1 {
+			t.Errorf("%d %s: %d GET requests, want 1: remote does the retrying", c.status, c.code, n)
+		}
+	}
+}
