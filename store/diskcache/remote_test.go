@@ -1,0 +1,69 @@
+package diskcache
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/filemap/filemap/store/remote"
+)
+
+// rangeObject is a remote.Object that records its requests.
+type rangeObject struct {
+	data []byte
+	mu   sync.Mutex
+	reqs [][2]int64 // offset, length
+}
+
+func (o *rangeObject) GetRange(ctx context.Context, p []byte, off int64) error {
+	o.mu.Lock()
+	o.reqs = append(o.reqs, [2]int64{off, int64(len(p))})
+	o.mu.Unlock()
+	copy(p, o.data[off:])
+	return nil
+}
+
+func (o *rangeObject) requests() [][2]int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([][2]int64(nil), o.reqs...)
+}
+
+func (o *rangeObject) Size() int64     { return int64(len(o.data)) }
+func (o *rangeObject) Key() string     { return "https://example.com/object" }
+func (o *rangeObject) Version() string { return `"etag"` }
+func (o *rangeObject) Close() error    { return nil }
+
+// The issue's target, with store/remote beneath: the first scan makes one
+// request per chunk, whole chunks; a second scan by a new daemon (a new
+// Cache and a new remote store on the same directory) makes none at all.
+func TestRemoteSecondScanMakesNoRequests(t *testing.T) {
+	dir := t.TempDir()
+	data := pattern(size, 30)
+	cfg := remote.Config{ChunkSize: cs, HedgeAfter: -1}
+
+	c, _ := open(t, dir, 1<<30)
+	obj := &rangeObject{data: data}
+	st := c.Wrap(remote.New(obj, cfg))
+	readAll(t, st, data, pageSize) // fault by fault
+	st.Close()
+	c.Close()
+	reqs := obj.requests()
+	if len(reqs) != 11 {
+		t.Errorf("first scan: %d requests, want one per chunk (11): %v", len(reqs), reqs)
+	}
+	for _, r := range reqs {
+		if r[0]%cs != 0 || r[1] != min(cs, size-r[0]) {
+			t.Errorf("first scan: request of %d bytes at %d is not one whole chunk", r[1], r[0])
+		}
+	}
+
+	c, _ = open(t, dir, 1<<30)
+	obj = &rangeObject{data: data}
+	st = c.Wrap(remote.New(obj, cfg))
+	defer st.Close()
+	readAll(t, st, data, pageSize)
+	if reqs := obj.requests(); len(reqs) != 0 {
+		t.Errorf("second scan: %d requests, want none: %v", len(reqs), reqs)
+	}
+}

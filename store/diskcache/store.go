@@ -1,0 +1,410 @@
+package diskcache
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/filemap/filemap/store"
+)
+
+// Wrap returns a store that serves st's bytes through the cache, and owns
+// st: its Close closes st. Stores of equal Key and Version share their
+// cached chunks, on disk and in flight.
+//
+// Wrapping a version of a key supersedes the key's other versions: those
+// nobody uses are deleted now, the chunks of the others are evicted before
+// any other and their files deleted when their last store closes.
+//
+// The cache is an optimisation, never a new way to fail: if the object's
+// files cannot be made (or the Cache is closed, or the object is empty) Wrap
+// logs why and returns st itself.
+func (c *Cache) Wrap(st store.Store) store.Store {
+	key, version, size := st.Key(), st.Version(), st.Size()
+	if size <= 0 {
+		return st
+	}
+	if len(key)+len(version) > maxIdentity {
+		c.log.Warn("diskcache: object key and version too long to cache", "key", key[:min(len(key), 200)])
+		return st
+	}
+	stem := stemOf(key, version)
+	h := header{key: key, version: version, size: size, chunkSize: c.chunkSize}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return st
+	}
+	o := c.objects[stem]
+	if o != nil && o.size != size {
+		// Same key and version, another size: one of the two stores is
+		// wrong about its object. Never mix them; keep the one in use.
+		if !o.idle() {
+			c.log.Warn("diskcache: object opened with another size than the cached one; not caching it",
+				"key", key, "version", version, "size", size, "cached_size", o.size)
+			return st
+		}
+		c.forget(o)
+		o = nil
+	}
+	if o == nil {
+		var err error
+		if o, err = c.create(stem, h); err != nil {
+			c.log.Warn("diskcache: cannot create cache files; reading the object uncached", "key", key, "err", err)
+			return st
+		}
+		c.objects[stem] = o
+	} else if err := o.openFiles(true); err != nil {
+		c.log.Warn("diskcache: cannot open cache files; reading the object uncached", "key", key, "file", o.dataPath, "err", err)
+		if o.idle() {
+			c.forget(o)
+		}
+		return st
+	}
+	o.users++
+	c.setStale(o, false)
+	for _, other := range c.objects {
+		if other != o && other.key == key {
+			if other.idle() {
+				c.forget(other)
+			} else {
+				c.setStale(other, true)
+			}
+		}
+	}
+	return &cachedStore{c: c, o: o, st: st}
+}
+
+// setStale moves o's chunks to the list of its new standing. Called with
+// mu held.
+func (c *Cache) setStale(o *object, stale bool) {
+	if o.stale == stale {
+		return
+	}
+	o.stale = stale
+	to := c.listFor(o)
+	for _, ch := range o.chunks {
+		if ch.list != nil {
+			ch.list.remove(ch)
+			to.pushFront(ch)
+		}
+	}
+}
+
+// errClosed fails reads of a cachedStore after its Close.
+var errClosed = errors.New("diskcache: read of a closed store")
+
+// cachedStore is a store.Store read through a Cache.
+type cachedStore struct {
+	c      *Cache
+	o      *object
+	st     store.Store
+	closed atomic.Bool
+	once   sync.Once
+}
+
+var _ store.Store = (*cachedStore)(nil)
+
+func (s *cachedStore) Size() int64     { return s.o.size }
+func (s *cachedStore) Key() string     { return s.o.key }
+func (s *cachedStore) Version() string { return s.o.version }
+
+// Close closes the wrapped store. The object's cached chunks stay on disk.
+func (s *cachedStore) Close() error {
+	s.once.Do(func() {
+		s.closed.Store(true)
+		c := s.c
+		c.mu.Lock()
+		s.o.users--
+		if s.o.users == 0 {
+			c.mem.drop(s.o) // nobody will read them from memory
+			c.retire(s.o)
+		}
+		c.mu.Unlock()
+	})
+	return s.st.Close()
+}
+
+// ReadAt reads like an io.ReaderAt: all of p, or the bytes up to Size and
+// io.EOF, or an error naming the object and offset.
+func (s *cachedStore) ReadAt(p []byte, off int64) (int, error) {
+	if s.closed.Load() {
+		return 0, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.o.key, len(p), off, errClosed)
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("%s: read %d bytes at negative offset %d", s.o.key, len(p), off)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if off >= s.o.size {
+		return 0, io.EOF
+	}
+	want := p[:min(int64(len(p)), s.o.size-off)]
+	n, err := s.read(want, off)
+	if err != nil {
+		return n, err
+	}
+	if len(want) < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// read fills p, which lies within the object, chunk by chunk. The chunks of
+// a read that spans several are loaded concurrently (readParallel at a
+// time), so that a readahead window of misses costs one round trip.
+func (s *cachedStore) read(p []byte, off int64) (int, error) {
+	cs := s.c.chunkSize
+	first, last := off/cs, (off+int64(len(p))-1)/cs
+	part := func(ci int64) []byte { // the bytes of p in chunk ci
+		lo, hi := max(off, ci*cs), min(off+int64(len(p)), (ci+1)*cs)
+		return p[lo-off : hi-off]
+	}
+	copyChunk := func(ci int64) error {
+		buf, err := s.c.load(s, ci)
+		if err != nil {
+			return err
+		}
+		lo := max(off, ci*cs) - ci*cs
+		copy(part(ci), buf[lo:])
+		return nil
+	}
+	if first == last {
+		if err := copyChunk(first); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	errs := make([]error, last-first+1)
+	sem := make(chan struct{}, readParallel)
+	var wg sync.WaitGroup
+	for ci := first; ci <= last; ci++ {
+		sem <- struct{}{}
+		wg.Go(func() {
+			errs[ci-first] = copyChunk(ci)
+			<-sem
+		})
+	}
+	wg.Wait()
+	n := 0
+	for i, err := range errs {
+		if err != nil {
+			return n, err
+		}
+		n += len(part(first + int64(i)))
+	}
+	return n, nil
+}
+
+// load returns chunk ci's bytes: from memory, from another read's load in
+// progress, from disk if present and intact, else from the wrapped store.
+// The returned buffer must not be written.
+func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
+	o := s.o
+	c.mu.Lock()
+	if c.closed || o.gone || o.openFiles(true) != nil {
+		// Only a read racing with Close gets here: serve it uncached.
+		c.mu.Unlock()
+		return c.fetch(s, ci, make([]byte, o.chunkLen(ci)))
+	}
+	if buf := c.mem.get(o, ci); buf != nil {
+		if ch := o.chunks[ci]; ch != nil {
+			c.touch(ch)
+		}
+		c.mu.Unlock()
+		c.stats.memHits.Add(1)
+		return buf, nil
+	}
+	if f := o.flights[ci]; f != nil {
+		f.waiters++
+		c.mu.Unlock()
+		<-f.done
+		return f.buf, f.err
+	}
+	f := &flight{done: make(chan struct{})}
+	o.flights[ci] = f
+	o.active++
+	ch := o.chunks[ci]
+	if ch != nil {
+		ch.list.remove(ch) // in use: not to be evicted while we read it
+		c.io.Add(1)
+	}
+	c.mu.Unlock()
+
+	buf := alignedBuf(o.chunkLen(ci))
+	if ch != nil {
+		err := c.readDisk(o, ch, buf)
+		c.mu.Lock()
+		c.io.Done()
+		if err == nil {
+			c.listFor(o).pushFront(ch)
+			c.finish(o, ci, f, buf, nil)
+			c.mu.Unlock()
+			return buf, nil
+		}
+		// Never serve it: drop it and fetch it again.
+		c.stats.corrupt.Add(1)
+		delete(o.chunks, ci)
+		c.bytes -= ch.alloc
+		if !c.closed {
+			c.log.Warn("diskcache: cached chunk is corrupt; fetching it again",
+				"key", o.key, "offset", ci*c.chunkSize, "file", o.dataPath, "err", err)
+			c.dropOnDisk(o, ci, "drop corrupt")
+		}
+		c.mu.Unlock()
+	}
+	if _, err := c.fetch(s, ci, buf); err != nil {
+		c.mu.Lock()
+		c.finish(o, ci, f, nil, err)
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.remember(o, ci, buf)
+	f.buf = buf
+	close(f.done) // readers need not wait for the disk write
+	c.mu.Unlock()
+	c.store(o, ci, buf)
+	c.mu.Lock()
+	c.finish(o, ci, f, buf, nil)
+	c.mu.Unlock()
+	return buf, nil
+}
+
+// fetch reads chunk ci from the wrapped store into buf.
+func (c *Cache) fetch(s *cachedStore, ci int64, buf []byte) ([]byte, error) {
+	c.stats.misses.Add(1)
+	off := ci * c.chunkSize
+	n, err := store.ReadFull(s.st, buf, off)
+	if err == nil && n < len(buf) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("diskcache: %s: read chunk of %d bytes at offset %d: %w", s.o.key, len(buf), off, err)
+	}
+	return buf, nil
+}
+
+// finish ends flight f of chunk ci: publishes its outcome if that has not
+// been done, unlists it, and lets the object's files close if nobody uses
+// them. Called with mu held.
+func (c *Cache) finish(o *object, ci int64, f *flight, buf []byte, err error) {
+	select {
+	case <-f.done:
+	default:
+		f.buf, f.err = buf, err
+		if err == nil {
+			c.remember(o, ci, buf)
+		}
+		close(f.done)
+	}
+	delete(o.flights, ci)
+	o.active--
+	if o.idle() {
+		c.retire(o)
+	}
+}
+
+// remember keeps a chunk in memory. Called with mu held.
+func (c *Cache) remember(o *object, ci int64, buf []byte) {
+	if !c.closed && !o.gone {
+		c.mem.put(o, ci, buf)
+	}
+}
+
+// readDisk reads chunk ch whole into buf and checks it against its record.
+// It also rewrites the record with a new sequence number, so that a
+// restarted daemon knows the chunk was used.
+func (c *Cache) readDisk(o *object, ch *chunk, buf []byte) error {
+	off := ch.ci * c.chunkSize
+	var n int
+	var err error
+	if o.direct != nil {
+		// The buffer is page aligned with a page-multiple capacity, so
+		// the whole pages of the chunk can be read past a short last chunk.
+		n, err = o.direct.ReadAt(buf[:cap(buf)], off)
+		if errors.Is(err, syscall.EINVAL) {
+			n, err = o.data.ReadAt(buf, off)
+		}
+	} else {
+		n, err = o.data.ReadAt(buf, off)
+	}
+	if n < len(buf) {
+		if err == nil || err == io.EOF {
+			return fmt.Errorf("short read: %d of %d bytes", n, len(buf))
+		}
+		return err
+	}
+	if got := checksum(buf); got != ch.crc {
+		return fmt.Errorf("checksum %08x, want %08x", got, ch.crc)
+	}
+	c.stats.hits.Add(1)
+	c.stats.bytesRead.Add(uint64(len(buf)))
+	ch.seq = c.seq.Add(1)
+	r := record{crc: ch.crc, length: uint32(len(buf)), seq: ch.seq}.encode(ch.ci)
+	o.idx.WriteAt(r[:], o.recOff+ch.ci*recordSize) // a lost update only ages the chunk
+	return nil
+}
+
+// store writes a fetched chunk to disk, data first and record second (see
+// "Crash safety"), after making room for it. A failure is counted and
+// logged, and the chunk is not cached; the read that fetched it is served
+// all the same.
+func (c *Cache) store(o *object, ci int64, buf []byte) {
+	crc := checksum(buf) // outside mu: 2 MiB take tens of microseconds
+	alloc := roundUp64(int64(len(buf)), pageSize)
+	c.mu.Lock()
+	if c.closed || o.gone {
+		c.mu.Unlock()
+		return
+	}
+	if !c.reserve(alloc) {
+		c.mu.Unlock()
+		c.stats.uncached.Add(1)
+		return
+	}
+	ch := &chunk{obj: o, ci: ci, crc: crc, alloc: alloc, seq: c.seq.Add(1)}
+	o.chunks[ci] = ch
+	c.bytes += alloc
+	c.io.Add(1)
+	c.mu.Unlock()
+
+	off := ci * c.chunkSize
+	op := "write data"
+	_, err := o.data.WriteAt(buf, off)
+	if err == nil {
+		op = "write record"
+		r := record{crc: crc, length: uint32(len(buf)), seq: ch.seq}.encode(ci)
+		_, err = o.idx.WriteAt(r[:], o.recOff+ci*recordSize)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	defer c.io.Done() // after the cleanup below, which Close must not race
+	if err != nil {
+		c.stats.writeErrors.Add(1)
+		delete(o.chunks, ci)
+		c.bytes -= alloc
+		c.logDiskError(op, o, ci, err)
+		if !c.closed {
+			c.dropOnDisk(o, ci, "undo failed write")
+		}
+		return
+	}
+	c.stats.bytesWritten.Add(uint64(len(buf)))
+	c.listFor(o).pushFront(ch)
+}
+
+// alignedBuf returns an n-byte buffer that starts on a page and has a
+// page-multiple capacity, as O_DIRECT reads need.
+func alignedBuf(n int64) []byte {
+	size := roundUp64(n, pageSize)
+	b := make([]byte, size+pageSize)
+	skip := (pageSize - int64(uintptr(unsafe.Pointer(&b[0]))%pageSize)) % pageSize
+	return b[skip : skip+n : skip+size]
+}
