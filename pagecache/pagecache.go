@@ -1,12 +1,16 @@
 // Package pagecache is filemap's address_space: the pages of one object read
-// so far, held in a memfd that clients map, with a page-state table (absent,
-// in flight, uptodate, error) and the page lock.
+// so far, held in a file of shmem (mm/shmem.c) that clients map — a memfd,
+// or a file on the daemon's private tmpfs (see Backing) — with a page-state
+// table (absent, in flight, uptodate, error) and the page lock.
 //
-// The memfd is the page cache the kernel sees. A page written into it with a
-// whole-page pwrite is mapped by every client's next access with no message
-// to the handler; a hole raises a MISSING fault. In-flight fills play the part
-// of PG_locked: a fault on a page that is being read waits for that read and
-// never starts another.
+// The cache file is the page cache the kernel sees. A page written into it
+// with a whole-page pwrite is mapped by every client's next access with no
+// message to the handler; a hole raises a MISSING fault. In-flight fills play
+// the part of PG_locked: a fault on a page that is being read waits for that
+// read and never starts another. On a huge backing, a 2 MiB extent whose
+// pages are all uptodate is collapsed into one huge folio in the background,
+// as khugepaged would (mm/khugepaged.c), so that a client maps it with one
+// PMD per fault; a punch drops such an extent whole.
 package pagecache
 
 import (
@@ -15,6 +19,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,12 +31,12 @@ const PageSize = 4096
 type State uint8
 
 const (
-	Absent   State = iota // a hole in the memfd
+	Absent   State = iota // a hole in the cache file
 	InFlight              // claimed by a fill that has not finished
-	Uptodate              // in the memfd, whole
+	Uptodate              // in the cache file, whole
 	Error                 // the last read failed; the next fault reads again
 
-	// Marker is a page held back from the memfd: its bytes wait in memory
+	// Marker is a page held back from the cache file: its bytes wait in memory
 	// and its touch faults, which tells readahead the reader got there.
 	// The table stores it as Absent; the markers map holds its bytes.
 	Marker
@@ -62,18 +67,30 @@ type Object struct {
 	name   string
 	size   int64
 	npages int64
-	memfd  *os.File
+	file   *os.File // the cache file: a memfd or a file on the private tmpfs
 
-	mu       sync.Mutex
-	states   table
-	fills    []*Fill          // in flight; few at a time, so a slice is enough
-	markers  map[int64][]byte // pages held back, with their bytes
-	resident atomic.Int64
+	// On a huge backing: the collapser, the number of extents that may be
+	// collapsed (those wholly inside the object: size / HugeSize), and the
+	// daemon's own mapping of them, shared and read-only, HugeSize-aligned,
+	// never touched: MADV_COLLAPSE needs a VMA. col is nil otherwise.
+	col   *collapser
+	nhuge int64
+	view  unsafe.Pointer
+
+	mu         sync.Mutex
+	states     table
+	fills      []*Fill          // in flight; few at a time, so a slice is enough
+	markers    map[int64][]byte // pages held back, with their bytes
+	collapsing []int64          // extents in MADV_COLLAPSE, one per collapser worker at most
+	collapsed  sync.Cond        // on mu: a collapse has ended
+	closed     bool
+	resident   atomic.Int64
 }
 
-// New makes the cache of an object of size bytes: a memfd of size rounded up
-// to a page, sealed against growing and shrinking so that no client can
-// truncate pages from under the others.
+// New makes the cache of an object of size bytes in a memfd of size rounded
+// up to a page, sealed against growing and shrinking so that no client can
+// truncate pages from under the others. Its pages stay 4 KiB; Backing.New
+// makes caches that may hold huge folios.
 func New(name string, size int64) (*Object, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("pagecache %s: negative size %d", name, size)
@@ -82,18 +99,61 @@ func New(name string, size int64) (*Object, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pagecache %s: memfd_create: %w", name, err)
 	}
-	memfd := os.NewFile(uintptr(fd), "memfd:"+name)
-	npages := (size + PageSize - 1) / PageSize
-	if err := unix.Ftruncate(fd, npages*PageSize); err != nil {
-		memfd.Close()
-		return nil, fmt.Errorf("pagecache %s: size memfd to %d bytes: %w", name, npages*PageSize, err)
+	o, err := newObject(name, size, os.NewFile(uintptr(fd), "memfd:"+name))
+	if err != nil {
+		return nil, err
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
-		memfd.Close()
+		o.Close()
 		return nil, fmt.Errorf("pagecache %s: seal memfd: %w", name, err)
 	}
-	return &Object{name: name, size: size, npages: npages, memfd: memfd, states: newTable(npages),
-		markers: make(map[int64][]byte)}, nil
+	return o, nil
+}
+
+// newObject makes the cache of an object of size bytes in file, which it
+// sizes to whole pages and owns from now on.
+func newObject(name string, size int64, file *os.File) (*Object, error) {
+	npages := (size + PageSize - 1) / PageSize
+	if err := unix.Ftruncate(int(file.Fd()), npages*PageSize); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("pagecache %s: size the cache file to %d bytes: %w", name, npages*PageSize, err)
+	}
+	o := &Object{name: name, size: size, npages: npages, file: file, states: newTable(npages),
+		markers: make(map[int64][]byte)}
+	o.collapsed.L = &o.mu
+	return o, nil
+}
+
+// mapView makes o collapse its whole extents through col: it maps them.
+func (o *Object) mapView(col *collapser) error {
+	n := o.size / HugeSize
+	if n == 0 {
+		return nil // no extent lies wholly inside the object
+	}
+	view, err := mapAligned(int(o.file.Fd()), uintptr(n)*HugeSize)
+	if err != nil {
+		return fmt.Errorf("pagecache %s: %w", o.name, err)
+	}
+	o.col, o.nhuge, o.view = col, n, view
+	return nil
+}
+
+// HugePages is the number of pages that may become one huge folio, which a
+// punch drops whole: HugePages on a huge backing, 1 otherwise. Reclaim
+// evicts such a cache by whole aligned blocks of this many pages.
+func (o *Object) HugePages() int64 {
+	if o.col == nil {
+		return 1
+	}
+	return HugePages
+}
+
+// IsHuge reports whether huge extent x (pages [x*HugePages, (x+1)*HugePages))
+// is one huge folio.
+func (o *Object) IsHuge(x int64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return x >= 0 && x < o.nhuge && o.states.isHuge(x)
 }
 
 // Name is the object's name in errors and logs.
@@ -105,14 +165,14 @@ func (o *Object) Size() int64 { return o.size }
 // NPages is the number of pages, the last one possibly partial.
 func (o *Object) NPages() int64 { return o.npages }
 
-// Resident is the number of pages in the memfd.
+// Resident is the number of pages in the cache file.
 func (o *Object) Resident() int64 { return o.resident.Load() }
 
-// AllocatedBytes is the memory the memfd holds, as the kernel counts it.
+// AllocatedBytes is the memory the cache file holds, as the kernel counts it.
 func (o *Object) AllocatedBytes() (int64, error) {
 	var st unix.Stat_t
-	if err := unix.Fstat(int(o.memfd.Fd()), &st); err != nil {
-		return 0, fmt.Errorf("pagecache %s: fstat memfd: %w", o.name, err)
+	if err := unix.Fstat(int(o.file.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("pagecache %s: fstat the cache file: %w", o.name, err)
 	}
 	return st.Blocks * 512, nil
 }
@@ -124,13 +184,13 @@ func (o *Object) MetadataBytes() int64 {
 	return o.states.bytes() + int64(len(o.fills))*64 + int64(len(o.markers))*(PageSize+32)
 }
 
-// ReadOnlyFile opens the memfd again for reading only, through /proc, so a
-// client can map the cache but never write into the copy others share.
+// ReadOnlyFile opens the cache file again for reading only, through /proc,
+// so a client can map the cache but never write into the copy others share.
 func (o *Object) ReadOnlyFile() (*os.File, error) {
-	path := fmt.Sprintf("/proc/self/fd/%d", o.memfd.Fd())
+	path := fmt.Sprintf("/proc/self/fd/%d", o.file.Fd())
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("pagecache %s: reopen memfd read-only: %w", o.name, err)
+		return nil, fmt.Errorf("pagecache %s: reopen the cache file read-only: %w", o.name, err)
 	}
 	return f, nil
 }
@@ -254,7 +314,7 @@ func (o *Object) claimable(page int64) bool {
 	return !held
 }
 
-// Hold keeps page of the fill f out of the memfd as a marker, with its
+// Hold keeps page of the fill f out of the cache file as a marker, with its
 // bytes (which it copies). It reports false, and the caller writes the page
 // as usual, when the object holds MaxMarkers already.
 func (o *Object) Hold(f *Fill, page int64, b []byte) bool {
@@ -270,7 +330,7 @@ func (o *Object) Hold(f *Fill, page int64, b []byte) bool {
 	return true
 }
 
-// WritePages copies whole pages into the memfd at page. A whole-page write is
+// WritePages copies whole pages into the cache file at page. A whole-page write is
 // atomic for every mapper: the page is a hole until the write completes.
 func (o *Object) WritePages(page int64, data []byte) error {
 	if len(data)%PageSize != 0 {
@@ -278,7 +338,7 @@ func (o *Object) WritePages(page int64, data []byte) error {
 	}
 	off := page * PageSize
 	for len(data) > 0 {
-		n, err := unix.Pwrite(int(o.memfd.Fd()), data, off)
+		n, err := unix.Pwrite(int(o.file.Fd()), data, off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -293,6 +353,8 @@ func (o *Object) WritePages(page int64, data []byte) error {
 // End finishes a fill: pages [okStart, okEnd) were written and become
 // uptodate; if err is non-nil the fill's faulting page failed and is marked
 // Error; every other page of the fill goes back to absent. Waiters are woken.
+// On a huge backing, each extent the written pages made wholly uptodate is
+// handed to the collapser; nobody waits for it.
 func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 	okStart, okEnd = max(okStart, f.Start), min(okEnd, f.End)
 	o.mu.Lock()
@@ -317,6 +379,9 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 			break
 		}
 	}
+	if n > 0 {
+		o.queueWhole(okStart, okEnd)
+	}
 	o.mu.Unlock()
 	o.resident.Add(n)
 	f.okStart, f.okEnd, f.err = okStart, okEnd, err
@@ -326,19 +391,142 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 	close(f.done)
 }
 
+// queueWhole hands the collapser every extent overlapping pages [lo, hi)
+// that is now wholly uptodate — no hole, no marker held back, no page in
+// flight or in error — and not huge or queued already. Called with o.mu
+// held; it never blocks.
+func (o *Object) queueWhole(lo, hi int64) {
+	if o.col == nil || o.closed {
+		return
+	}
+	for x := lo / HugePages; x <= (hi-1)/HugePages && x < o.nhuge; x++ {
+		if o.states.isHuge(x) || o.states.isQueued(x) || !o.states.extentUptodate(x) {
+			continue
+		}
+		if o.col.enqueue(o, x) {
+			o.states.setQueued(x, true)
+		}
+	}
+}
+
+// errSkip is a collapse not attempted: the extent is no longer whole, or
+// the cache is closed.
+var errSkip = errors.New("extent no longer collapsible")
+
+// collapse makes extent x one huge folio with MADV_COLLAPSE, if its pages
+// are still all uptodate. MADV_COLLAPSE fills holes with zeros, hence the
+// check, and while it runs the extent is marked collapsing: its pages stay
+// uptodate (nothing claims an uptodate page), Punch waits before touching
+// it, and faults on it wait in the kernel on the locked pages, never on us.
+// If retry is set and the collapse fails with EAGAIN, the extent stays
+// marked queued: the collapser tries it again.
+func (o *Object) collapse(x int64, retry bool) error {
+	o.mu.Lock()
+	if o.closed || o.states.isHuge(x) || !o.states.extentUptodate(x) {
+		o.states.setQueued(x, false)
+		o.mu.Unlock()
+		return errSkip
+	}
+	o.collapsing = append(o.collapsing, x)
+	o.mu.Unlock()
+	at := unsafe.Add(o.view, x*HugeSize)
+	err := madviseCollapse(at)
+	if err == nil {
+		// MADV_COLLAPSE maps the new folio here with a PMD. Unmap it: the
+		// daemon never reads the view, and 2 MiB of RSS per extent would
+		// make the daemon the OOM killer's first choice.
+		unix.Madvise(unsafe.Slice((*byte)(at), HugeSize), unix.MADV_DONTNEED)
+	}
+	o.mu.Lock()
+	for i, y := range o.collapsing {
+		if y == x {
+			o.collapsing = append(o.collapsing[:i], o.collapsing[i+1:]...)
+			break
+		}
+	}
+	if err == nil {
+		o.states.setHuge(x, true)
+	}
+	if !retry || !errors.Is(err, unix.EAGAIN) {
+		o.states.setQueued(x, false)
+	}
+	o.collapsed.Broadcast()
+	o.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("pagecache %s: MADV_COLLAPSE of the extent at offset %d: %w", o.name, x*HugeSize, err)
+	}
+	return nil
+}
+
+// unqueue clears extent x's queued mark, for a retry that never happens.
+func (o *Object) unqueue(x int64) {
+	o.mu.Lock()
+	o.states.setQueued(x, false)
+	o.mu.Unlock()
+}
+
+// collapsingIn reports whether an extent overlapping pages [start, end) is
+// in MADV_COLLAPSE.
+func (o *Object) collapsingIn(start, end int64) bool {
+	for _, x := range o.collapsing {
+		if x*HugePages < end && start < (x+1)*HugePages {
+			return true
+		}
+	}
+	return false
+}
+
+// widen grows pages [start, end) to whole extents where it cuts a huge one.
+// A punch of part of a huge folio zeroes that part and then tries to split
+// the folio (truncate_inode_partial_folio); if the split fails, the zeroed
+// pages stay in the cache, present, and clients would read zeros.
+func (o *Object) widen(start, end int64) (int64, int64) {
+	if o.col == nil {
+		return start, end
+	}
+	if x := start / HugePages; start%HugePages != 0 && x < o.nhuge && o.states.isHuge(x) {
+		start = x * HugePages
+	}
+	if x := (end - 1) / HugePages; end%HugePages != 0 && x < o.nhuge && o.states.isHuge(x) {
+		end = (x + 1) * HugePages
+	}
+	return start, end
+}
+
 // Punch drops pages [start, end) from the cache with a hole punch, which
 // unmaps them in every client: their next access faults MISSING again. Pages
-// in flight are left alone. It returns the number of pages dropped.
+// in flight are left alone. A huge extent the range cuts is dropped whole
+// (its pages are all uptodate: none in flight). If an extent of the range
+// is being collapsed, Punch waits for that collapse: a punch racing
+// collapse_file could leave holes it fills with zeros. It returns the
+// number of pages dropped.
 func (o *Object) Punch(start, end int64) (int64, error) {
+	_, _, n, err := o.PunchRange(start, end)
+	return n, err
+}
+
+// PunchRange is Punch, and also returns the range it punched: [start, end)
+// clipped to the object and widened to whole huge extents.
+func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error) {
 	start, end = max(start, 0), min(end, o.npages)
+	if start >= end {
+		return start, start, 0, nil
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	for {
+		start, end = o.widen(start, end)
+		if !o.collapsingIn(start, end) {
+			break
+		}
+		o.collapsed.Wait()
+	}
 	for p := range o.markers {
 		if start <= p && p < end {
 			delete(o.markers, p)
 		}
 	}
-	var dropped int64
+	defer func() { o.resident.Add(-dropped) }()
 	for p := start; p < end; {
 		if o.states.get(p) != Uptodate {
 			p++
@@ -348,23 +536,42 @@ func (o *Object) Punch(start, end int64) (int64, error) {
 		for q < end && o.states.get(q) == Uptodate {
 			q++
 		}
-		err := unix.Fallocate(int(o.memfd.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, p*PageSize, (q-p)*PageSize)
+		err := unix.Fallocate(int(o.file.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, p*PageSize, (q-p)*PageSize)
 		if err != nil {
-			return dropped, fmt.Errorf("pagecache %s: punch pages [%d, %d): %w", o.name, p, q, err)
+			return start, end, dropped, fmt.Errorf("pagecache %s: punch pages [%d, %d) (offset %d): %w", o.name, p, q, p*PageSize, err)
 		}
 		for i := p; i < q; i++ {
 			o.states.set(i, Absent)
 		}
+		// A huge extent lies wholly inside one run: it is widened to
+		// whole extents, and all its pages are uptodate.
+		if o.col != nil {
+			for x := p / HugePages; x <= (q-1)/HugePages && x < o.nhuge; x++ {
+				o.states.setHuge(x, false)
+			}
+		}
 		dropped += q - p
 		p = q
 	}
-	o.resident.Add(-dropped)
-	return dropped, nil
+	return start, end, dropped, nil
 }
 
-// Close releases the memfd. Clients that still map it keep their pages.
+// Close releases the cache file. Clients that still map it keep their
+// pages; the file, unlinked from birth, is freed when the last of them
+// unmaps. A collapse in progress is waited for, and none starts after.
 func (o *Object) Close() error {
-	return o.memfd.Close()
+	o.mu.Lock()
+	o.closed = true
+	for len(o.collapsing) > 0 {
+		o.collapsed.Wait()
+	}
+	view := o.view
+	o.view = nil
+	o.mu.Unlock()
+	if view != nil {
+		unix.MunmapPtr(view, uintptr(o.nhuge)*HugeSize)
+	}
+	return o.file.Close()
 }
 
 // Fill is one read in flight: the page lock of pages [Start, End).
@@ -387,7 +594,7 @@ func (f *Fill) Held() []byte { return f.held }
 func (f *Fill) Done() <-chan struct{} { return f.done }
 
 // Uptodate reports, once the fill has ended, whether page was filled into
-// the memfd (a page held back as a marker was not).
+// the cache file (a page held back as a marker was not).
 func (f *Fill) Uptodate(page int64) bool {
 	return f.okStart <= page && page < f.okEnd && page != f.marker
 }

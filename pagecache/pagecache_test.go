@@ -83,7 +83,7 @@ func TestWritePagesAndPunch(t *testing.T) {
 	}
 	o.End(f, 3, 5, nil)
 	got := make([]byte, 2*PageSize)
-	if _, err := unix.Pread(int(o.memfd.Fd()), got, 3*PageSize); err != nil || !bytes.Equal(got, data) {
+	if _, err := unix.Pread(int(o.file.Fd()), got, 3*PageSize); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("pread after WritePages: %v, equal=%v", err, bytes.Equal(got, data))
 	}
 	if err := o.WritePages(0, data[:100]); err == nil {
@@ -93,7 +93,7 @@ func TestWritePagesAndPunch(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("Punch = %d, %v; want 2 pages", n, err)
 	}
-	if _, err := unix.Pread(int(o.memfd.Fd()), got, 3*PageSize); err != nil || !bytes.Equal(got, make([]byte, len(got))) {
+	if _, err := unix.Pread(int(o.file.Fd()), got, 3*PageSize); err != nil || !bytes.Equal(got, make([]byte, len(got))) {
 		t.Fatalf("punched pages do not read as a hole")
 	}
 	if o.Resident() != 0 {
@@ -103,7 +103,7 @@ func TestWritePagesAndPunch(t *testing.T) {
 
 func TestMemfdIsSealedAndReadOnlyCopyCannotWrite(t *testing.T) {
 	o := mustNew(t, 3*PageSize)
-	if err := unix.Ftruncate(int(o.memfd.Fd()), 0); err == nil {
+	if err := unix.Ftruncate(int(o.file.Fd()), 0); err == nil {
 		t.Fatal("a client could shrink the shared cache")
 	}
 	ro, err := o.ReadOnlyFile()

@@ -14,6 +14,12 @@
 // Space is reserved before pages are written, under the budget's lock, so
 // the pages resident never exceed the budget by more than one extent, the
 // largest read that had to fit.
+//
+// A cache that holds huge folios (see HugeCache) is tracked and evicted by
+// whole aligned blocks, a huge folio's worth of pages, as the kernel's LRU
+// holds a huge folio as one entry: a punch of part of a huge folio must be
+// widened to all of it, so per-fill extents would see pages of their
+// neighbours dropped with them and count them twice.
 package reclaim
 
 import (
@@ -25,6 +31,25 @@ import (
 type Cache interface {
 	// Punch drops resident pages of [start, end) and says how many.
 	Punch(start, end int64) (int64, error)
+}
+
+// HugeCache is a cache some of whose aligned blocks of HugePages pages may
+// be one huge folio, which a punch drops whole. Its pages are committed to
+// and evicted by whole blocks, so no punch of reclaim's ever cuts a block:
+// it drops exactly the pages committed to the block, however the cache
+// widens it.
+type HugeCache interface {
+	Cache
+	// HugePages is the block size in pages, a power of two; 1 is none.
+	HugePages() int64
+}
+
+// blockPages is c's block size, 1 for a cache without huge folios.
+func blockPages(c Cache) int64 {
+	if h, ok := c.(HugeCache); ok {
+		return max(h.HugePages(), 1)
+	}
+	return 1
 }
 
 // Policy names an eviction policy.
@@ -45,12 +70,21 @@ type Stats struct {
 	Refaults      uint64 // misses on pages whose ghost was remembered
 }
 
+// extent is what reclaim evicts in one punch: the pages one fill made
+// resident, or for a HugeCache all the pages committed to one block since
+// it was last evicted, start and end then being the hull of those pages.
 type extent struct {
 	c          Cache
 	start, end int64
 	pages      int64 // pages it made resident
 	main       bool
+	block      int64 // block size of a HugeCache's extent, else 0
 	elem       *list.Element
+}
+
+type blockKey struct {
+	c     Cache
+	block int64 // first page / block size
 }
 
 // ghostShift sets the unit refaults are remembered in: 16 pages (64 KiB) of
@@ -74,7 +108,8 @@ type Budget struct {
 	main     list.List
 	smallPg  int64
 	ghost    map[ghostKey]*list.Element
-	ghostQ   list.List // of ghostKey, oldest first
+	ghostQ   list.List            // of ghostKey, oldest first
+	blocks   map[blockKey]*extent // a HugeCache's extents, by block
 	stats    Stats
 }
 
@@ -84,7 +119,8 @@ func New(pages int64, policy Policy) *Budget {
 	if policy == "" {
 		policy = S3FIFO
 	}
-	return &Budget{policy: policy, budget: pages, ghost: make(map[ghostKey]*list.Element)}
+	return &Budget{policy: policy, budget: pages, ghost: make(map[ghostKey]*list.Element),
+		blocks: make(map[blockKey]*extent)}
 }
 
 // Reserve makes room for n pages about to be written, evicting as needed,
@@ -102,6 +138,10 @@ func (b *Budget) Reserve(n int64) {
 // Commit records that pages [start, end) of c, n of them made resident,
 // were read into space reserved for them; reserved − n pages go back.
 // refault says the read was a miss on a page whose ghost is remembered.
+// For a HugeCache the pages must be a dense run (n = end − start): they are
+// added to the extents of the blocks they fall in, and a shortfall is taken
+// from the last blocks. The fault path commits the runs on either side of a
+// page it held back separately.
 func (b *Budget) Commit(c Cache, start, end, n, reserved int64, refault bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -109,14 +149,67 @@ func (b *Budget) Commit(c Cache, start, end, n, reserved int64, refault bool) {
 	if n <= 0 {
 		return
 	}
-	e := &extent{c: c, start: start, end: end, pages: n}
+	bp := blockPages(c)
+	if bp == 1 {
+		b.push(&extent{c: c, start: start, end: end, pages: n}, refault)
+		return
+	}
+	type piece struct{ lo, hi, k int64 }
+	var pieces []piece
+	for lo := start; lo < end; {
+		hi := min(end, (lo/bp+1)*bp)
+		pieces = append(pieces, piece{lo, hi, hi - lo})
+		lo = hi
+	}
+	for i, short := len(pieces)-1, end-start-n; i >= 0 && short > 0; i-- {
+		d := min(short, pieces[i].k)
+		pieces[i].k -= d
+		short -= d
+	}
+	for _, p := range pieces { // in order: the first block is the oldest
+		if p.k > 0 {
+			b.addToBlock(c, bp, p.lo, p.hi, p.k, refault)
+		}
+	}
+}
+
+// push queues a new extent: in the main queue if it refaulted.
+func (b *Budget) push(e *extent, refault bool) {
 	if refault && b.policy == S3FIFO {
 		e.main = true
 		e.elem = b.main.PushBack(e)
 		return
 	}
 	e.elem = b.small.PushBack(e)
-	b.smallPg += n
+	b.smallPg += e.pages
+}
+
+// addToBlock adds k pages of [lo, hi), inside one block, to that block's
+// extent. A new block's extent takes its place in the queues as any new
+// extent; one that exists keeps its place, and moves to the main queue if
+// these pages refaulted.
+func (b *Budget) addToBlock(c Cache, bp, lo, hi, k int64, refault bool) {
+	key := blockKey{c, lo / bp}
+	e := b.blocks[key]
+	if e == nil {
+		e = &extent{c: c, start: lo, end: hi, pages: k, block: bp}
+		b.blocks[key] = e
+		b.push(e, refault)
+		return
+	}
+	e.start, e.end = min(e.start, lo), max(e.end, hi)
+	e.pages += k
+	if e.main {
+		return
+	}
+	if refault && b.policy == S3FIFO {
+		b.small.Remove(e.elem)
+		b.smallPg -= e.pages - k
+		e.main = true
+		e.elem = b.main.PushBack(e)
+		return
+	}
+	b.smallPg += k
 }
 
 // Release gives back reserved pages that were not written.
@@ -158,9 +251,21 @@ func (b *Budget) evictOne() bool {
 	return true
 }
 
-// drop punches an extent's pages out of its cache.
+// drop punches an extent's pages out of its cache. A block's extent is
+// punched over the whole block: every page resident there was committed to
+// it, and a punch that never cuts a block is never widened. Pages in flight
+// stay (their fill commits them later, to a new extent); a failed punch
+// leaves pages we no longer count. A page written but not yet committed
+// when its block is punched is dropped with it and committed afterwards:
+// counted until that new extent is evicted, which is the safe side.
 func (b *Budget) drop(e *extent) {
-	e.c.Punch(e.start, e.end) // pages in flight stay; a failed punch leaves pages we no longer count
+	if e.block > 0 {
+		lo := e.start &^ (e.block - 1)
+		e.c.Punch(lo, lo+e.block)
+		delete(b.blocks, blockKey{e.c, lo / e.block})
+	} else {
+		e.c.Punch(e.start, e.end)
+	}
 	b.resident -= e.pages
 	b.stats.Evictions++
 	b.stats.EvictedPages += uint64(e.pages)
@@ -195,6 +300,9 @@ func (b *Budget) Forget(c Cache) {
 				b.resident -= e.pages
 				if !e.main {
 					b.smallPg -= e.pages
+				}
+				if e.block > 0 {
+					delete(b.blocks, blockKey{c, e.start / e.block})
 				}
 			}
 			el = next
