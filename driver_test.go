@@ -148,9 +148,12 @@ func parseAdvice(s string) (Advice, error) {
 func (st *driverState) open(args []string) string {
 	var opts []Option
 	var o options
+	ref := args[0] // the bytes the mapping must show: the object, or a copy of a remote one
 	for _, kv := range args[1:] {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
+		case "ref":
+			ref = v
 		case "advice":
 			a, err := parseAdvice(v)
 			if err != nil {
@@ -174,7 +177,7 @@ func (st *driverState) open(args []string) string {
 	if err != nil {
 		return "err " + err.Error()
 	}
-	f, err := os.Open(args[0])
+	f, err := os.Open(ref)
 	if err != nil {
 		return "err " + err.Error()
 	}

@@ -94,11 +94,16 @@ type Mapping struct {
 	closed bool
 }
 
-// Open maps the object named by uri: a path or a file:// URI. Everything
-// that can be checked before the first fault is checked here: a bad URI, a
-// missing or unreadable file, a directory are errors from Open, never
-// SIGBUS later. The file is opened with the caller's own credentials and
-// handed to the handler, which never opens it with its own.
+// Open maps the object named by uri: a path, a file:// URI, an http:// or
+// https:// URL, or s3://BUCKET/KEY. Everything that can be checked before
+// the first fault is checked here: a bad URI, a missing or unreadable file,
+// a directory, a missing object or one whose server does not serve byte
+// ranges are errors from Open, never SIGBUS later. A local file is opened
+// with the caller's own credentials and handed to the handler, which never
+// opens it with its own. A remote object is fetched by the handler, with its
+// credentials (the daemon's, or the caller's environment for a private
+// handler), and its version (ETag, VersionId) is pinned here: the mapping
+// never shows bytes of another version.
 func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	o := options{advice: Normal}
 	for _, f := range opts {
@@ -108,11 +113,13 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	if err != nil {
 		return nil, fmt.Errorf("filemap: %w", err)
 	}
-	f, err := store.OpenLocal(u.Path)
-	if err != nil {
-		return nil, fmt.Errorf("filemap: %w", err)
+	var f *os.File // a remote object is fetched by the handler: no fd
+	if u.Scheme == "file" {
+		if f, err = store.OpenLocal(u.Path); err != nil {
+			return nil, fmt.Errorf("filemap: %w", err)
+		}
+		defer f.Close()
 	}
-	defer f.Close()
 	c, err := connect(ctx, o.socket)
 	if err != nil {
 		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
@@ -127,7 +134,11 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 
 func (c *client) mapObject(ctx context.Context, uri string, f *os.File, o options) (*Mapping, error) {
 	var or proto.OpenReply
-	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: uri}, []*os.File{f}, &or)
+	var send []*os.File
+	if f != nil {
+		send = []*os.File{f}
+	}
+	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: uri}, send, &or)
 	if err != nil {
 		return nil, err
 	}

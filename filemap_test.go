@@ -269,7 +269,8 @@ func TestOpenErrors(t *testing.T) {
 		{dir, "is a directory"},
 		{"", "empty object name"},
 		{"ftp://host/x", `unknown scheme "ftp"`},
-		{"http://example.com/x", "not supported yet"},
+		{"s3://just-a-bucket", "want s3://BUCKET/KEY"},
+		{"http:///no-host", "has no host"},
 		{"file://otherhost/x", "only local files"},
 		{"/dev/null", "not a regular file"},
 	}

@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 
 // runServe is a daemon in its own process, for tests that kill it.
 func runServe(socket string) int {
-	s, err := server.New(server.Config{})
+	s, err := server.New(server.Config{NoHuge: os.Getenv("FILEMAP_TEST_NOHUGE") != ""})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

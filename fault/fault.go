@@ -23,6 +23,7 @@ import (
 	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -103,6 +104,7 @@ type Observer interface {
 	Fault(kind string, d time.Duration)              // "major", "minor" or "marker"
 	StoreRead(d time.Duration, bytes int, err error) // one ReadAt of a store
 	Readahead(pages int64)                           // an async window issued
+	Changed(object string)                           // a fill failed: the object changed since Open
 }
 
 type nopObserver struct{}
@@ -110,11 +112,13 @@ type nopObserver struct{}
 func (nopObserver) Fault(string, time.Duration)         {}
 func (nopObserver) StoreRead(time.Duration, int, error) {}
 func (nopObserver) Readahead(int64)                     {}
+func (nopObserver) Changed(string)                      {}
 
 // Config tunes the fault path.
 type Config struct {
 	RaPages      int64         // read-around window in pages (readahead.DefaultPages if 0)
 	MaxRaPages   int64         // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
+	RaLimit      int64         // no window larger, whatever a store asks (the cache budget's share); none if 0
 	Retries      int           // extra reads of a failing faulting page before SIGBUS
 	RetryBackoff time.Duration // first retry's delay, doubled each time
 	Log          *slog.Logger
@@ -178,6 +182,22 @@ func (h *Handler) Fault(r *Region, addr uintptr, spawn func(func())) {
 	spawn(func() { h.resolve(r, page, start) })
 }
 
+// raOf is the readahead configuration for o: the handler's, with a larger
+// maximum window if o's store asks for one, as a block device's queue sets
+// its bdi's ra_pages (a network store needs more in flight than a disk).
+func (h *Handler) raOf(o *Object) readahead.Config {
+	ra := h.ra
+	if s, ok := o.Store.(store.Readaheader); ok {
+		if n := s.ReadaheadBytes() / ps; n > ra.MaxPages {
+			ra.MaxPages = n
+		}
+	}
+	if h.cfg.RaLimit > 0 {
+		ra.MaxPages = min(ra.MaxPages, h.cfg.RaLimit)
+	}
+	return ra
+}
+
 // resolve is the slow part of a fault: wait for or start the read. A fault
 // is counted before its faulter is woken, so counters never lag behind
 // what a client has seen.
@@ -193,7 +213,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			r.raMu.Lock()
 			defer r.raMu.Unlock()
 			r.ra.Mapped(neighbours)
-			w = r.ra.Miss(h.ra, page, cache.NPages(), r.Advice())
+			w = r.ra.Miss(h.raOf(r.Obj), page, cache.NPages(), r.Advice())
 			return w.Start, w.End
 		})
 		switch s {
@@ -255,7 +275,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 	}
 	r.raMu.Lock()
 	r.ra.Hit()
-	w, ok := r.ra.MarkerHit(h.ra, f.Page, cache.NPages())
+	w, ok := r.ra.MarkerHit(h.raOf(r.Obj), f.Page, cache.NPages())
 	r.raMu.Unlock()
 	if ok {
 		// Claim the next window while the marker is still locked, as the
@@ -316,13 +336,24 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64, refault bool)
 				return
 			}
 		}
-		if try >= h.cfg.Retries {
+		if try >= h.cfg.Retries || permanent(err) {
 			break
 		}
 		time.Sleep(delay)
 		delay *= 2
 	}
+	if errors.Is(err, store.ErrChanged) {
+		h.cfg.Log.Error("object changed since it was opened: SIGBUS for pages not yet cached",
+			"object", o.Cache.Name(), "offset", f.Page*ps, "err", err)
+		h.cfg.Observer.Changed(o.Cache.Name())
+	}
 	o.Cache.End(f, 0, 0, fmt.Errorf("read %s page %d (offset %d): %w", o.Cache.Name(), f.Page, f.Page*ps, err))
+}
+
+// permanent reports a read error that no retry can cure: the object
+// changed, or its store said so (access denied, gone).
+func permanent(err error) bool {
+	return errors.Is(err, store.ErrChanged) || remote.IsPermanent(err)
 }
 
 // read reads whole pages from page on into buf; the part past the object's
@@ -372,6 +403,13 @@ func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []by
 		return
 	}
 	o.Cache.End(f, start, end, nil)
+	if hold {
+		// Two dense runs around the page held back: reclaim counts a huge
+		// cache's pages by block, and must know which block lacks it.
+		h.cfg.Budget.Commit(o.Cache, start, marker, marker-start, marker-start, refault)
+		h.cfg.Budget.Commit(o.Cache, marker+1, end, end-marker-1, end-marker-1, refault)
+		return
+	}
 	h.cfg.Budget.Commit(o.Cache, start, end, n, n, refault)
 }
 

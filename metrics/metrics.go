@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/store/remote"
 )
 
 // Metrics are one daemon's metrics, in a registry of their own.
@@ -22,6 +23,12 @@ type Metrics struct {
 	storeBytes  prometheus.Counter
 	raWindows   prometheus.Counter
 	raPages     prometheus.Counter
+	changed     *prometheus.CounterVec
+	remoteReq   *prometheus.HistogramVec
+	remoteBytes prometheus.Counter
+	retries     *prometheus.CounterVec
+	hedges      prometheus.Counter
+	prefetch    *prometheus.CounterVec
 	latencies   *prometheus.Registry // the latency histograms alone, for Latencies
 }
 
@@ -45,7 +52,24 @@ func New(stats func() proto.Stats) *Metrics {
 		raWindows:   prometheus.NewCounter(prometheus.CounterOpts{Name: "filemap_readahead_windows_total", Help: "Asynchronous readahead windows issued."}),
 		raPages:     prometheus.NewCounter(prometheus.CounterOpts{Name: "filemap_readahead_pages_total", Help: "Pages in the readahead windows issued."}),
 	}
-	m.reg.MustRegister(m.faults, m.storeRead, m.storeErrors, m.storeBytes, m.raWindows, m.raPages, &statsCollector{stats})
+	m.changed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "filemap_object_changed_total",
+		Help: "Fills that failed because the object changed since it was opened: its uncached pages read as SIGBUS. By object.",
+	}, []string{"object"})
+	m.remoteReq = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "filemap_remote_request_seconds",
+		Help:    "Latency of one ranged request to a remote store (HTTP, S3), by outcome: ok, timeout, canceled, changed, permanent, transient.",
+		Buckets: latencyBuckets,
+	}, []string{"outcome"})
+	m.remoteBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "filemap_remote_request_bytes_total", Help: "Bytes asked of remote stores in ranged requests."})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "filemap_remote_retries_total", Help: "Remote fetches tried again, by the kind of error."}, []string{"kind"})
+	m.hedges = prometheus.NewCounter(prometheus.CounterOpts{Name: "filemap_remote_hedges_total", Help: "Second requests started for stragglers."})
+	m.prefetch = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "filemap_prefetch_pages_total",
+		Help: "Pages of a recorded working set replayed into a restored VM, by outcome: installed (copied in ahead of the guest), late (the guest faulted on it first), wasted (installed but, by the record, most likely never touched; an estimate made when the VM exits).",
+	}, []string{"outcome"})
+	m.reg.MustRegister(m.faults, m.storeRead, m.storeErrors, m.storeBytes, m.raWindows, m.raPages,
+		m.changed, m.remoteReq, m.remoteBytes, m.retries, m.hedges, m.prefetch, &statsCollector{stats})
 	m.latencies = prometheus.NewRegistry()
 	m.latencies.MustRegister(m.faults, m.storeRead)
 	return m
@@ -115,6 +139,36 @@ func (m *Metrics) StoreRead(d time.Duration, n int, err error) {
 func (m *Metrics) Readahead(pages int64) {
 	m.raWindows.Inc()
 	m.raPages.Add(float64(pages))
+}
+
+// Changed counts a fill that failed because object changed.
+func (m *Metrics) Changed(object string) { m.changed.WithLabelValues(object).Inc() }
+
+// ChangedCount is the counter Changed increments for object.
+func (m *Metrics) ChangedCount(object string) prometheus.Counter {
+	return m.changed.WithLabelValues(object)
+}
+
+// Request observes one ranged request of a remote store (remote.Observer).
+func (m *Metrics) Request(r remote.RequestStats) {
+	outcome := string(r.Err)
+	if outcome == "" {
+		outcome = "ok"
+	}
+	m.remoteReq.WithLabelValues(outcome).Observe(r.Latency.Seconds())
+	m.remoteBytes.Add(float64(r.Bytes))
+}
+
+// Retry counts a remote fetch tried again (remote.Observer).
+func (m *Metrics) Retry(kind remote.ErrorKind) { m.retries.WithLabelValues(string(kind)).Inc() }
+
+// Hedge counts a hedged request (remote.Observer).
+func (m *Metrics) Hedge() { m.hedges.Inc() }
+
+// Prefetch counts n pages of a working-set replay with outcome "installed",
+// "late" or "wasted".
+func (m *Metrics) Prefetch(outcome string, n uint64) {
+	m.prefetch.WithLabelValues(outcome).Add(float64(n))
 }
 
 // Registry is where the metrics live.

@@ -52,15 +52,27 @@ type Config struct {
 	// THPSysfs is where transparent huge page settings are read;
 	// pagecache.THPSysfs if empty.
 	THPSysfs string
+
+	// NoHuge keeps every cache in a memfd of 4 KiB pages. By default a
+	// daemon that may mount (CAP_SYS_ADMIN) keeps its caches on a private
+	// tmpfs whose fully read 2 MiB extents become huge folios, which a
+	// warm mapping maps with one fault each instead of 32; one that may
+	// not falls back to memfds and logs why.
+	NoHuge bool
+
+	// Remote tunes http(s):// and s3:// objects.
+	Remote RemoteConfig
 }
 
 // Server is the daemon's state. It is safe for concurrent use.
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
+	backing  *pagecache.Backing // where caches live: memfds or the private tmpfs
 	budget   *reclaim.Budget
 	metrics  *metrics.Metrics
 	faults   *fault.Handler
+	remotes  *remotes
 	counters fault.Counters
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
@@ -126,17 +138,30 @@ func New(cfg Config) (*Server, error) {
 			cfg.ReadaheadPages = min(readahead.DefaultPages, cfg.MaxReadahead)
 		}
 	}
+	backing := pagecache.NewBacking(!cfg.NoHuge)
+	cfg.Log.Info("filemap: page cache backing", "huge", backing.Huge(), "backing", backing.Reason())
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Log,
+		backing:  backing,
 		budget:   reclaim.New(budgetPages, cfg.CachePolicy),
 		objects:  make(map[objectKey]*object),
 		sessions: make(map[*session]struct{}),
 	}
 	s.metrics = metrics.New(s.countersNow)
+	if cfg.Remote.Fetch.Observer == nil {
+		cfg.Remote.Fetch.Observer = s.metrics
+	}
+	r, err := newRemotes(cfg.Remote, cfg.Log)
+	if err != nil {
+		backing.Close()
+		return nil, err
+	}
+	s.remotes = r
 	s.faults = fault.NewHandler(fault.Config{
 		RaPages:      cfg.ReadaheadPages,
 		MaxRaPages:   cfg.MaxReadahead,
+		RaLimit:      budgetPages / 8,
 		Retries:      cfg.Retries,
 		RetryBackoff: cfg.RetryBackoff,
 		Log:          cfg.Log,
@@ -257,6 +282,8 @@ func (s *Server) Close() error {
 		s.free(o)
 		delete(s.objects, k)
 	}
+	s.remotes.close()
+	s.backing.Close()
 	return nil
 }
 
@@ -281,7 +308,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store) (*object, erro
 		o.refs++
 		return o, nil
 	}
-	cache, err := pagecache.New(name, st.Size())
+	cache, err := s.backing.New(name, st.Size())
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -347,6 +374,9 @@ func (s *Server) AllocatedBytes() (int64, error) {
 	}
 	return n, nil
 }
+
+// Backing is where the daemon's caches live, and its collapser's counters.
+func (s *Server) Backing() *pagecache.Backing { return s.backing }
 
 // BudgetMaxResident is the most bytes the budget has ever accounted.
 func (s *Server) BudgetMaxResident() int64 {

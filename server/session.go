@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,24 +159,15 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		f.CloseFds()
 		return nil, nil, err
 	}
-	if uri.Scheme != "file" {
-		f.CloseFds()
-		return nil, nil, fmt.Errorf("%s: scheme %s is not served", req.URI, uri.Scheme)
-	}
-	if got := len(f.Fds); got != 1 {
-		f.CloseFds()
-		return nil, nil, badFrame("open of local file %s takes the fd the client opened, got %d descriptors", uri.Path, got)
-	}
-	st, err := store.NewFile(f.Fds[0], uri.Path)
+	st, name, err := ss.openStore(uri, f)
 	if err != nil {
-		f.Fds[0].Close()
 		return nil, nil, err
 	}
 	if req.Version != "" && req.Version != st.Version() {
 		st.Close()
-		return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", uri.Path, store.ErrChanged, req.Version, st.Version())
+		return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", name, store.ErrChanged, req.Version, st.Version())
 	}
-	o, err := ss.s.acquire(ss.cred.Uid, uri.Path, st)
+	o, err := ss.s.acquire(ss.cred.Uid, name, st)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -189,6 +181,30 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	ss.handles[h] = o
 	ss.mu.Unlock()
 	return proto.OpenReply{Handle: h, Size: o.fo.Cache.Size(), Version: o.key.version}, []*os.File{ro}, nil
+}
+
+// openStore opens the store of uri: a local file through the one fd the
+// client sent, a remote object with the daemon's own clients (and no fd).
+// It returns the name the cache goes by.
+func (ss *session) openStore(uri store.URI, f proto.Frame) (store.Store, string, error) {
+	if uri.Scheme != "file" {
+		if len(f.Fds) != 0 {
+			f.CloseFds()
+			return nil, "", badFrame("open of remote object %s takes no descriptors, got %d", uri.Raw, len(f.Fds))
+		}
+		st, err := ss.s.remotes.open(context.Background(), uri)
+		return st, uri.Raw, err
+	}
+	if got := len(f.Fds); got != 1 {
+		f.CloseFds()
+		return nil, "", badFrame("open of local file %s takes the fd the client opened, got %d descriptors", uri.Path, got)
+	}
+	st, err := store.NewFile(f.Fds[0], uri.Path)
+	if err != nil {
+		f.Fds[0].Close()
+		return nil, "", err
+	}
+	return st, uri.Path, nil
 }
 
 func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {

@@ -30,6 +30,13 @@ type Store interface {
 	Version() string
 }
 
+// Readaheader is a Store that knows how much a sequential reader should
+// have in flight to keep it busy: the bdi's ra_pages of a block device. A
+// network store asks for more than a disk: its bandwidth times its latency.
+type Readaheader interface {
+	ReadaheadBytes() int64
+}
+
 // ErrChanged reports that an object no longer has the version pinned at Open.
 var ErrChanged = errors.New("object changed since it was opened")
 

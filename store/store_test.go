@@ -13,7 +13,7 @@ import (
 func TestParseURI(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
-		in, path, err string
+		in, path, err, scheme string
 	}{
 		{in: "/a/b", path: "/a/b"},
 		{in: "file:///a/b", path: "/a/b"},
@@ -22,8 +22,13 @@ func TestParseURI(t *testing.T) {
 		{in: "", err: "empty object name"},
 		{in: "file://", err: "no path"},
 		{in: "file://host/x", err: `names host "host"`},
-		{in: "https://example.com/o", err: "not supported yet"},
-		{in: "s3://bucket/key", err: "not supported yet"},
+		{in: "https://example.com/o", scheme: "https"},
+		{in: "http://127.0.0.1:8080/a/b?x=1", scheme: "http"},
+		{in: "s3://bucket/key/with/slashes", scheme: "s3"},
+		{in: "http:///nohost", err: "no host"},
+		{in: "s3://bucket", err: "want s3://BUCKET/KEY"},
+		{in: "s3://bucket/", err: "want s3://BUCKET/KEY"},
+		{in: "s3:///key", err: "want s3://BUCKET/KEY"},
 		{in: "gopher://x/y", err: `unknown scheme "gopher"`},
 		{in: "http://[::1", err: "bad URI"},
 	}
@@ -33,7 +38,9 @@ func TestParseURI(t *testing.T) {
 		switch {
 		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
 			t.Errorf("ParseURI(%q) = %v, %v; want an error containing %q", c.in, u, err, c.err)
-		case c.err == "" && (err != nil || u.Scheme != "file" || u.Path != c.path):
+		case c.scheme != "" && (err != nil || u.Scheme != c.scheme || u.Raw != c.in || u.Path != ""):
+			t.Errorf("ParseURI(%q) = %+v, %v; want scheme %s", c.in, u, err, c.scheme)
+		case c.err == "" && c.scheme == "" && (err != nil || u.Scheme != "file" || u.Path != c.path):
 			t.Errorf("ParseURI(%q) = %+v, %v; want file %s", c.in, u, err, c.path)
 		}
 	}

@@ -11,8 +11,8 @@ import (
 // URI is a parsed object name: a local path, file://, http(s):// or s3://.
 type URI struct {
 	Scheme string // "file", "http", "https" or "s3"
-	Path   string // the local path for "file"
-	Raw    string // what the user wrote
+	Path   string // the local path for "file"; empty for remote objects
+	Raw    string // what the user wrote: for remote objects, what their stores open
 }
 
 // ParseURI parses an object name. A bare path is a local file.
@@ -40,8 +40,16 @@ func ParseURI(s string) (URI, error) {
 			return URI{}, fmt.Errorf("object %q: file URI has no path", s)
 		}
 		return URI{Scheme: "file", Path: u.Path, Raw: s}, nil
-	case "http", "https", "s3":
-		return URI{}, fmt.Errorf("object %q: %s stores are not supported yet", s, u.Scheme)
+	case "http", "https":
+		if u.Host == "" {
+			return URI{}, fmt.Errorf("object %q: %s URI has no host", s, u.Scheme)
+		}
+		return URI{Scheme: u.Scheme, Raw: s}, nil
+	case "s3":
+		if u.Host == "" || strings.Trim(u.Path, "/") == "" {
+			return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", s)
+		}
+		return URI{Scheme: u.Scheme, Raw: s}, nil
 	default:
 		return URI{}, fmt.Errorf("object %q: unknown scheme %q (want a path, file://, http://, https:// or s3://)", s, u.Scheme)
 	}

@@ -111,7 +111,8 @@ func TestCatErrors(t *testing.T) {
 		{"file://" + missing, []string{missing}},
 		{dir, []string{dir, "is a directory"}},
 		{"/dev/null", []string{"/dev/null", "not a regular file"}},
-		{"http://x", []string{"http://x", "not supported yet"}},
+		{"http://127.0.0.1:1/x", []string{"http://127.0.0.1:1/x", "connection refused"}},
+		{"s3://bucket-only", []string{"s3://bucket-only", "want s3://BUCKET/KEY"}},
 		{"ftp://x", []string{"ftp://x", `unknown scheme "ftp"`}},
 		{"file://otherhost/etc/passwd", []string{"otherhost", "only local files"}},
 	} {

@@ -66,10 +66,16 @@ type result struct {
 // filemapCLI runs `filemap args...` to completion, within childTimeout.
 func filemapCLI(t *testing.T, args ...string) result {
 	t.Helper()
+	return filemapCLIEnv(t, nil, args...)
+}
+
+// filemapCLIEnv runs the CLI with env added to its environment.
+func filemapCLIEnv(t *testing.T, env []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cliBinary(t), args...)
-	cmd.Env = cliEnv()
+	cmd.Env = cliEnv(env...)
 	// A private handler inherits stderr and exits when the CLI does; do not
 	// wait long for it to let go of the pipe.
 	cmd.WaitDelay = 10 * time.Second

@@ -19,7 +19,12 @@ func serve(args []string) error {
 	fs := newFlags("serve", "[flags]", "Runs the handler daemon: clients of this user that open the same object\n"+
 		"share one page cache, and their page faults are served from it.\n\n"+
 		"The socket is $FILEMAP_SOCKET, else $XDG_RUNTIME_DIR/filemap/filemap.sock,\n"+
-		"else /run/filemap/filemap.sock.")
+		"else /run/filemap/filemap.sock.\n\n"+
+		"Local files are opened by the clients and passed as descriptors. http(s)://\n"+
+		"and s3:// objects are fetched by the daemon with its own credentials (for\n"+
+		"S3 the AWS SDK's chain: AWS_ACCESS_KEY_ID, AWS_PROFILE, instance roles...),\n"+
+		"in chunks of --remote-chunk with --remote-parallel requests in flight, and\n"+
+		"each object's version (ETag, VersionId) is pinned when it is opened.")
 	socket := fs.String("socket", proto.DefaultSocket(), "Unix socket to listen on")
 	mode := fs.String("socket-mode", "0600", "permissions of the socket (0600: this user only)")
 	ra := byteSize(128 << 10)
@@ -27,13 +32,19 @@ func serve(args []string) error {
 	raMax := byteSize(8 << 20)
 	fs.Var(&raMax, "readahead-max", "largest window a sequential reader's readahead ramps up to, in bytes")
 	cacheSize := byteSize(server.DefaultCacheBytes())
-	fs.Var(&cacheSize, "cache-size", "bound on the bytes all caches hold together (default: half of this machine's memory)")
+	fs.Var(&cacheSize, "cache-size", "bound on the bytes all caches hold together; the default is half of this machine's memory")
 	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo (scan-resistant, refault-aware) or fifo")
 	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
 	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
+	huge := fs.Bool("huge", true, "keep caches on a private tmpfs whose fully read 2 MiB extents become huge folios (needs CAP_SYS_ADMIN; memfds otherwise)")
+	remoteConfig := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	remoteCfg, err := remoteConfig()
+	if err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
@@ -66,6 +77,8 @@ func serve(args []string) error {
 		Log:            log,
 		CacheBytes:     int64(cacheSize),
 		CachePolicy:    reclaim.Policy(*policy),
+		NoHuge:         !*huge,
+		Remote:         remoteCfg,
 	}
 	if *retries == 0 {
 		cfg.Retries = -1
@@ -90,6 +103,9 @@ func serve(args []string) error {
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
 		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries,
 		"cache-size", size(int64(cacheSize)), "cache-policy", *policy)
+	if remoteCfg.DiskCache != "" {
+		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {

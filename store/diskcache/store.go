@@ -109,8 +109,16 @@ type cachedStore struct {
 
 var _ store.Store = (*cachedStore)(nil)
 
-func (s *cachedStore) Size() int64     { return s.o.size }
-func (s *cachedStore) Key() string     { return s.o.key }
+func (s *cachedStore) Size() int64 { return s.o.size }
+func (s *cachedStore) Key() string { return s.o.key }
+
+// ReadaheadBytes passes on what the store below asks for: misses go to it.
+func (s *cachedStore) ReadaheadBytes() int64 {
+	if r, ok := s.st.(store.Readaheader); ok {
+		return r.ReadaheadBytes()
+	}
+	return 0
+}
 func (s *cachedStore) Version() string { return s.o.version }
 
 // Close closes the wrapped store. The object's cached chunks stay on disk.

@@ -23,7 +23,7 @@ type Object interface {
 	GetRange(ctx context.Context, p []byte, off int64) error
 
 	Size() int64
-	Key() string     // the object without its version, e.g. "s3:bucket/key"
+	Key() string     // the object without its version, e.g. "s3:ENDPOINT/bucket/key" or a URL
 	Version() string // e.g. the ETag, or VersionId where versioning is on
 	Close() error
 }

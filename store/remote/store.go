@@ -57,6 +57,11 @@ func (s *Store) Size() int64     { return s.size }
 func (s *Store) Key() string     { return s.obj.Key() }
 func (s *Store) Version() string { return s.obj.Version() }
 
+// ReadaheadBytes asks a sequential reader to keep two rounds of chunks in
+// flight: while one round's requests finish, the next is queued, so the
+// Parallel slots never go idle between readahead windows.
+func (s *Store) ReadaheadBytes() int64 { return 2 * int64(s.cfg.Parallel) * int64(s.cfg.ChunkSize) }
+
 // ReadAt reads like an io.ReaderAt: all of p, or the bytes up to Size and
 // io.EOF, or an error that names the object, offset and length and wraps
 // the cause. Reads of at most Config.SmallRead bytes are demand reads.

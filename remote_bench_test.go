@@ -1,0 +1,192 @@
+package filemap
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/filemap/filemap/internal/s3test"
+)
+
+// startServeProcess runs a daemon in a child process, with this process's
+// environment plus env, and returns its socket. Benchmarks fault in their
+// own process, so their handler must live in another: a fault blocks its
+// thread, and the Go runtime stopping the world for a collection would wait
+// for it while the handler's goroutines are stopped too.
+func startServeProcess(tb testing.TB, env ...string) (socket string, cmd *exec.Cmd) {
+	tb.Helper()
+	socket = filepath.Join(tb.TempDir(), "filemap.sock")
+	cmd = exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), env...), envRole+"=serve", envSocket+"="+socket)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ready := make([]byte, 6)
+	if _, err := io.ReadFull(out, ready); err != nil {
+		tb.Fatalf("daemon did not start: %v", err)
+	}
+	return socket, cmd
+}
+
+// BenchmarkS3 maps an object of the local versitygw (512 MiB, or
+// FILEMAP_BENCH_S3_SIZE) and compares, in one run: a sequential first touch
+// of every page through filemap with a single-stream GET of the object and
+// with a parallel ranged download (8 × 8 MiB ranges in flight), all with
+// the same SDK; and the p50 of random 4 KiB first touches from 8 threads
+// with the p50 of one 4 KiB ranged GET.
+func BenchmarkS3(b *testing.B) {
+	gw := s3test.Start(b)
+	gw.SetEnv(b)
+	size := int64(512 << 20)
+	if s := os.Getenv("FILEMAP_BENCH_S3_SIZE"); s != "" {
+		size = parseBenchSize(s)
+	}
+	bucket := gw.NewBucket(b, false)
+	const key = "bench/object.bin"
+	ref := filepath.Join(b.TempDir(), "object")
+	writePattern(b, ref, size)
+	data, err := os.ReadFile(ref)
+	if err != nil {
+		b.Fatal(err)
+	}
+	gw.Put(b, bucket, key, data)
+	data = nil
+	uri := "s3://" + bucket + "/" + key
+	socket, _ := startServeProcess(b)
+	ctx := context.Background()
+
+	var single, parallel, scan time.Duration
+	var faultLat, getLat []time.Duration
+	for b.Loop() {
+		single += timeGet(b, gw.Client, bucket, key, size, 1)
+		parallel += timeGet(b, gw.Client, bucket, key, size, 8)
+		if err := DropCaches(ctx, WithSocket(socket)); err != nil {
+			b.Fatal(err)
+		}
+		m, err := Open(ctx, uri, WithSocket(socket))
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		touchAll(m.Bytes())
+		scan += time.Since(start)
+		m.Close()
+		if testing.Verbose() {
+			st, _ := Stat(ctx, WithSocket(socket))
+			b.Logf("scan: %+v", st)
+		}
+
+		if err := DropCaches(ctx, WithSocket(socket)); err != nil {
+			b.Fatal(err)
+		}
+		m, err = Open(ctx, uri, WithSocket(socket), WithAdvice(Random))
+		if err != nil {
+			b.Fatal(err)
+		}
+		pages := benchPages(size)[:min(2048, len(benchPages(size)))]
+		lat := make([]time.Duration, len(pages))
+		touchPages(b, m.Bytes(), pages, 8, lat)
+		faultLat = append(faultLat, lat...)
+		m.Close()
+		getLat = append(getLat, smallGets(b, gw.Client, bucket, key, size, 200)...)
+	}
+	rate := func(d time.Duration) float64 { return float64(size) * float64(b.N) / 1e6 / d.Seconds() }
+	b.ReportMetric(rate(single), "single-GET-MB/s")
+	b.ReportMetric(rate(parallel), "parallel-GET-MB/s")
+	b.ReportMetric(rate(scan), "filemap-MB/s")
+	b.ReportMetric(single.Seconds()/scan.Seconds(), "filemap/single-GET")
+	b.ReportMetric(parallel.Seconds()/scan.Seconds(), "filemap/parallel-GET")
+	f50, g50 := median(faultLat), median(getLat)
+	b.ReportMetric(float64(f50.Microseconds()), "fault-p50-µs")
+	b.ReportMetric(float64(g50.Microseconds()), "GET-4K-p50-µs")
+	b.ReportMetric(f50.Seconds()/g50.Seconds(), "fault-p50/GET-p50")
+	b.ReportMetric(0, "ns/op")
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// timeGet downloads the object with streams ranged GETs of 8 MiB in flight
+// (one plain GET when streams is 1) and returns the time it took.
+func timeGet(b *testing.B, c *s3.Client, bucket, key string, size int64, streams int) time.Duration {
+	const part = 8 << 20
+	start := time.Now()
+	if streams == 1 {
+		out, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: &bucket, Key: &key})
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, out.Body)
+		out.Body.Close()
+		if err != nil || n != size {
+			b.Fatalf("GET s3://%s/%s: %d bytes, %v", bucket, key, n, err)
+		}
+		return time.Since(start)
+	}
+	next := make(chan int64)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for range streams {
+		wg.Go(func() {
+			for off := range next {
+				rng := fmt.Sprintf("bytes=%d-%d", off, min(off+part, size)-1)
+				out, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: &bucket, Key: &key, Range: aws.String(rng)})
+				if err == nil {
+					_, err = io.Copy(io.Discard, out.Body)
+					out.Body.Close()
+				}
+				if err != nil {
+					mu.Lock()
+					firstErr = err
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for off := int64(0); off < size; off += part {
+		next <- off
+	}
+	close(next)
+	wg.Wait()
+	if firstErr != nil {
+		b.Fatal(firstErr)
+	}
+	return time.Since(start)
+}
+
+// smallGets times n ranged GETs of 4 KiB at spread offsets, one at a time.
+func smallGets(b *testing.B, c *s3.Client, bucket, key string, size int64, n int) []time.Duration {
+	lat := make([]time.Duration, n)
+	for i := range lat {
+		off := (int64(i) * 7919 * ps) % (size - ps)
+		rng := fmt.Sprintf("bytes=%d-%d", off, off+ps-1)
+		start := time.Now()
+		out, err := c.GetObject(context.Background(), &s3.GetObjectInput{Bucket: &bucket, Key: &key, Range: aws.String(rng)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, out.Body)
+		out.Body.Close()
+		lat[i] = time.Since(start)
+	}
+	return lat
+}

@@ -1,0 +1,219 @@
+package filemap
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/filemap/filemap/internal/s3test"
+	"github.com/filemap/filemap/server"
+	"github.com/filemap/filemap/store/s3store"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// remoteObjectSize is large enough that a short sequential read at the start
+// leaves its end unread, readahead included.
+const remoteObjectSize = 64<<20 + 123
+
+// versions writes two different versions of an object as local files: the
+// references the drivers check the mapping against.
+func versions(t *testing.T) (v1, v2 string, d1, d2 []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	v1, v2 = filepath.Join(dir, "v1"), filepath.Join(dir, "v2")
+	writePattern(t, v1, remoteObjectSize)
+	d1, err := os.ReadFile(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 = bytes.Clone(d1)
+	for i := range d2 {
+		d2[i] ^= 0x5a
+	}
+	if err := os.WriteFile(v2, d2, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return v1, v2, d1, d2
+}
+
+// checkVersionPinned is the consistency model of remote objects, with a
+// real client process: a mapping shows the version pinned at its Open; when
+// the object changes, the pages it had cached still show that version, and
+// the pages it had not get SIGBUS (a log line and a metric name the object),
+// never bytes of the new version; a new Open maps the new version whole.
+func checkVersionPinned(t *testing.T, d *daemon, uri, v1, v2 string, replace func()) {
+	a := startDriver(t, d.sock)
+	a.open(uri, "ref="+v1)
+	for off := int64(0); off < 4<<20; off += 1 << 20 {
+		a.ok("read %d %d", off, 1<<20)
+	}
+	a.ok("read %d %d", remoteObjectSize-100, 100) // the short last page, zero-filled past the end
+	replace()
+	last := int64(remoteObjectSize-16<<20) &^ (ps - 1)
+	var at int64
+	if got := a.do("read %d %d", last, ps); !strings.HasPrefix(got, "sigbus ") {
+		t.Errorf("a page not cached before %s changed: %q, want SIGBUS", uri, got)
+	} else if fmt.Sscan(strings.TrimPrefix(got, "sigbus "), &at); at/ps != last/ps {
+		t.Errorf("SIGBUS at offset %d, outside the page read at %d", at, last)
+	}
+	a.ok("read %d %d", 0, 4<<20) // cached: still the pinned version
+	waitFor(t, "the log line naming the changed object", func() bool {
+		return strings.Contains(d.log.String(), "object changed since it was opened") && strings.Contains(d.log.String(), uri)
+	})
+	if n := testutil.ToFloat64(d.s.Metrics().ChangedCount(uri)); n < 1 {
+		t.Errorf("filemap_object_changed_total{object=%q} = %v, want >= 1", uri, n)
+	}
+
+	b := startDriver(t, d.sock)
+	b.open(uri, "ref="+v2)
+	for off := int64(0); off < remoteObjectSize; off += 4 << 20 {
+		b.ok("read %d %d", off, min(4<<20, remoteObjectSize-off))
+	}
+	var touched, reads int
+	fmt.Sscan(b.ok("rand 4 500"), &touched, &reads)
+	if reads == 0 {
+		t.Error("no random reads of the new version")
+	}
+}
+
+func TestS3ObjectMapping(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, false)
+	const key = "models/weights.bin"
+	uri := "s3://" + bucket + "/" + key
+	v1, v2, d1, d2 := versions(t)
+	gw.Put(t, bucket, key, d1)
+	d := startDaemon(t, server.Config{Remote: server.RemoteConfig{S3: s3store.Options{
+		Endpoint:    gw.Endpoint,
+		Region:      gw.Region,
+		Credentials: credentials.NewStaticCredentialsProvider(gw.AccessKey, gw.SecretKey, ""),
+	}}})
+	checkVersionPinned(t, d, uri, v1, v2, func() { gw.Put(t, bucket, key, d2) })
+
+	c := startDriver(t, d.sock)
+	for _, bad := range []struct{ uri, want string }{
+		{"s3://" + bucket + "/no/such/key", "no such key"},
+		{"s3://no-such-bucket-here/key", "no such bucket"},
+	} {
+		if got := c.do("open %s ref=%s", bad.uri, v1); !strings.HasPrefix(got, "err ") || !strings.Contains(got, bad.want) || !strings.Contains(got, bad.uri) {
+			t.Errorf("open %s: %q; want an error naming it and %q", bad.uri, got, bad.want)
+		}
+	}
+}
+
+// versionedHandler serves one object with ranges, an ETag and If-Match, as
+// a real server does (http.ServeContent), and lets the test replace it.
+type versionedHandler struct {
+	mu      sync.Mutex
+	data    []byte
+	etag    string
+	version int
+}
+
+func (h *versionedHandler) set(data []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.version++
+	h.data, h.etag = data, fmt.Sprintf(`"v%d"`, h.version)
+}
+
+func (h *versionedHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/object.bin" {
+		http.NotFound(w, r)
+		return
+	}
+	h.mu.Lock()
+	data, etag := h.data, h.etag
+	h.mu.Unlock()
+	w.Header().Set("ETag", etag)
+	http.ServeContent(w, r, "object.bin", time.Unix(1700000000, 0), bytes.NewReader(data))
+}
+
+func TestHTTPObjectMapping(t *testing.T) {
+	v1, v2, d1, d2 := versions(t)
+	h := &versionedHandler{}
+	h.set(d1)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	d := startDaemon(t, server.Config{})
+	checkVersionPinned(t, d, srv.URL+"/object.bin", v1, v2, func() { h.set(d2) })
+
+	c := startDriver(t, d.sock)
+	missing := srv.URL + "/missing.bin"
+	if got := c.do("open %s ref=%s", missing, v1); !strings.HasPrefix(got, "err ") || !strings.Contains(got, "404") {
+		t.Errorf("open %s: %q; want an error saying 404", missing, got)
+	}
+}
+
+// remoteRequests is how many ranged requests a daemon has made, from its
+// metrics.
+func remoteRequests(t *testing.T, d *daemon) uint64 {
+	t.Helper()
+	mfs, err := d.s.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "filemap_remote_request_seconds" {
+			for _, m := range mf.GetMetric() {
+				n += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return n
+}
+
+// With a disk cache, a restarted daemon serves a second scan of a remote
+// object by a new process without a single request to the object store.
+func TestS3DiskCacheSurvivesRestart(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, false)
+	const key = "images/rootfs.img"
+	uri := "s3://" + bucket + "/" + key
+	ref := filepath.Join(t.TempDir(), "ref")
+	const size = 24<<20 + 5
+	writePattern(t, ref, size)
+	data, err := os.ReadFile(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.Put(t, bucket, key, data)
+	cfg := server.Config{Remote: server.RemoteConfig{
+		S3: s3store.Options{
+			Endpoint:    gw.Endpoint,
+			Region:      gw.Region,
+			Credentials: credentials.NewStaticCredentialsProvider(gw.AccessKey, gw.SecretKey, ""),
+		},
+		DiskCache:      t.TempDir(),
+		DiskCacheBytes: 64 << 20,
+	}}
+	scan := func(d *daemon) {
+		a := startDriver(t, d.sock)
+		a.open(uri, "ref="+ref)
+		for off := int64(0); off < size; off += 1 << 20 {
+			a.ok("read %d %d", off, min(1<<20, size-off))
+		}
+		a.ok("close")
+	}
+	first := startDaemon(t, cfg)
+	scan(first)
+	if n := remoteRequests(t, first); n == 0 {
+		t.Fatal("the first scan made no requests: the metric does not count them")
+	}
+	first.s.Close()
+
+	second := startDaemon(t, cfg)
+	scan(second)
+	if n := remoteRequests(t, second); n != 0 {
+		t.Errorf("the restarted daemon made %d ranged requests; want 0, every chunk from the disk cache", n)
+	}
+}

@@ -1,0 +1,135 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/diskcache"
+	"github.com/filemap/filemap/store/httpstore"
+	"github.com/filemap/filemap/store/remote"
+	"github.com/filemap/filemap/store/s3store"
+)
+
+// RemoteConfig tunes the objects the daemon fetches itself: http(s):// and
+// s3:// URIs. It reads them with its own credentials (for S3, the SDK's
+// standard chain in the daemon's environment), on behalf of any client
+// that may connect to its socket.
+type RemoteConfig struct {
+	S3    s3store.Options // endpoint, addressing, region, credentials
+	Fetch remote.Config   // chunk size, requests in flight, timeouts, retries, hedging
+
+	// OpenTimeout bounds what Open asks the server (a HEAD, a probe);
+	// 30 s if 0.
+	OpenTimeout time.Duration
+
+	// DiskCache, if set, is a directory where fetched chunks are kept
+	// (store/diskcache), at most DiskCacheBytes of them: a restarted
+	// daemon, or a second daemon on the same host after this one, fetches
+	// them from disk.
+	DiskCache      string
+	DiskCacheBytes int64
+}
+
+// remotes opens remote objects. One S3 client and one HTTP client serve
+// every object, so their connections are reused across objects.
+type remotes struct {
+	cfg  RemoteConfig
+	disk *diskcache.Cache // nil without a disk cache
+
+	mu   sync.Mutex
+	s3   *s3store.Client
+	http *http.Client
+}
+
+func newRemotes(cfg RemoteConfig, log *slog.Logger) (*remotes, error) {
+	if cfg.OpenTimeout <= 0 {
+		cfg.OpenTimeout = 30 * time.Second
+	}
+	r := &remotes{cfg: cfg}
+	if cfg.DiskCache != "" {
+		// One disk chunk is one remote request: the same size.
+		chunk := cfg.Fetch.ChunkSize
+		if chunk <= 0 {
+			chunk = remote.DefaultChunkSize
+		}
+		d, err := diskcache.Open(cfg.DiskCache, cfg.DiskCacheBytes, diskcache.WithChunkSize(chunk), diskcache.WithLogger(log))
+		if err != nil {
+			return nil, err
+		}
+		r.disk = d
+	}
+	return r, nil
+}
+
+// open pins the object at uri at its current version and returns a store of
+// that version's bytes.
+func (r *remotes) open(ctx context.Context, uri store.URI) (store.Store, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.OpenTimeout)
+	defer cancel()
+	var obj remote.Object
+	switch uri.Scheme {
+	case "s3":
+		c, err := r.s3Client(ctx)
+		if err != nil {
+			return nil, err
+		}
+		o, err := c.Open(ctx, uri.Raw)
+		if err != nil {
+			return nil, err
+		}
+		obj = o
+	case "http", "https":
+		o, err := httpstore.Open(ctx, uri.Raw, httpstore.Options{Client: r.httpClient(), Parallel: r.cfg.Fetch.Parallel})
+		if err != nil {
+			return nil, err
+		}
+		obj = o
+	default:
+		return nil, fmt.Errorf("%s: scheme %s is not a remote store", uri.Raw, uri.Scheme)
+	}
+	var st store.Store = remote.New(obj, r.cfg.Fetch)
+	if r.disk != nil {
+		st = r.disk.Wrap(st)
+	}
+	return st, nil
+}
+
+func (r *remotes) s3Client(ctx context.Context) (*s3store.Client, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.s3 != nil {
+		return r.s3, nil
+	}
+	c, err := s3store.NewClient(ctx, r.cfg.S3)
+	if err != nil {
+		return nil, err
+	}
+	r.s3 = c
+	return c, nil
+}
+
+func (r *remotes) httpClient() *http.Client {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.http == nil {
+		r.http = &http.Client{Transport: httpstore.NewTransport(max(r.cfg.Fetch.Parallel, remote.DefaultParallel))}
+	}
+	return r.http
+}
+
+// close drops idle connections and closes the disk cache.
+func (r *remotes) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.http != nil {
+		r.http.CloseIdleConnections()
+	}
+	if r.disk != nil {
+		r.disk.Close()
+	}
+}
