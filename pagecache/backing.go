@@ -132,6 +132,7 @@ type CollapseStats struct {
 	Failed    uint64 // extents left in 4 KiB pages by MADV_COLLAPSE errors (ENOMEM, EINVAL, EAGAIN every time)
 	Skipped   uint64 // extents no longer whole, or of a closed cache, when their turn came
 	Dropped   uint64 // extents turned away by a full queue
+	Pending   int64  // extents waiting for or in a collapse now
 	LastError error  // of the last failed collapse, naming its cache and offset
 }
 
@@ -146,6 +147,9 @@ func (b *Backing) CollapseStats() CollapseStats {
 	if err, ok := c.lastErr.Load().(error); ok {
 		st.LastError = err
 	}
+	c.mu.Lock()
+	st.Pending = int64(c.pending)
+	c.mu.Unlock()
 	return st
 }
 

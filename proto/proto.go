@@ -224,6 +224,13 @@ type Stats struct {
 	FillsInFlight  int64  `json:"fills_in_flight"` // store reads running now
 	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames
 
+	// HugeExtents counts 2 MiB extents collapsed into huge folios in the
+	// background; CollapsesPending are waiting for or in a collapse now;
+	// CollapsesFailed stayed in 4 KiB pages.
+	HugeExtents      uint64 `json:"huge_extents"`
+	CollapsesPending int64  `json:"collapses_pending"`
+	CollapsesFailed  uint64 `json:"collapses_failed"`
+
 	// FaultLatency is fault service time by kind (major, minor, marker),
 	// and the latency of store reads ("store").
 	FaultLatency map[string]Latency `json:"fault_latency,omitempty"`

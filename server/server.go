@@ -406,6 +406,8 @@ func (s *Server) countersNow() proto.Stats {
 		FillsInFlight:  c.FillsInFlight.Load(),
 		ProtocolErrors: s.badConns.Load(),
 	}
+	cs := s.backing.CollapseStats()
+	st.HugeExtents, st.CollapsesPending, st.CollapsesFailed = cs.Collapsed, cs.Pending, cs.Failed
 	rs := s.budget.Stats()
 	st.CacheBudget = rs.BudgetPages * pagecache.PageSize
 	st.Evictions, st.EvictedBytes, st.Refaults = rs.Evictions, rs.EvictedPages*pagecache.PageSize, rs.Refaults

@@ -110,13 +110,18 @@ type benchReport struct {
 	Threads     []int  `json:"threads"`
 	// HaltPollNs is guest_halt_poll_ns of the haltpoll cpuidle driver
 	// during the run; absent where there is no such driver.
-	HaltPollNs *int64        `json:"halt_poll_ns,omitempty"`
-	ShmFile    string        `json:"shm_file,omitempty"` // the /dev/shm copy; empty if skipped
-	ShmSize    int64         `json:"shm_size,omitempty"`
-	Rows       []benchRow    `json:"rows"`
-	Targets    []benchTarget `json:"targets"`
-	Checked    int64         `json:"checked_bytes"`
-	Notes      []string      `json:"notes,omitempty"`
+	HaltPollNs *int64 `json:"halt_poll_ns,omitempty"`
+	// SettleSeconds is how long the warm rows waited for the handler's
+	// background collapses; HugeExtents is how many 2 MiB extents it had
+	// collapsed by then.
+	SettleSeconds float64       `json:"settle_seconds"`
+	HugeExtents   uint64        `json:"huge_extents"`
+	ShmFile       string        `json:"shm_file,omitempty"` // the /dev/shm copy; empty if skipped
+	ShmSize       int64         `json:"shm_size,omitempty"`
+	Rows          []benchRow    `json:"rows"`
+	Targets       []benchTarget `json:"targets"`
+	Checked       int64         `json:"checked_bytes"`
+	Notes         []string      `json:"notes,omitempty"`
 }
 
 func bench(args []string) error {
@@ -694,15 +699,46 @@ func (b *benchRun) sequentialCold() error {
 }
 
 // sequentialWarm maps the file anew with every page in the kernel's page
-// cache, and in filemap's (the cold row read them all).
+// cache, and in filemap's (the cold row read them all), once filemap's
+// background collapses of the extents it read have settled: a warm mapping
+// is one made after the cache has been filled, not while it is converted.
 func (b *benchRun) sequentialWarm() error {
 	if err := b.preadLoop(b.f, b.size); err != nil {
+		return err
+	}
+	if err := b.settle(); err != nil {
 		return err
 	}
 	if err := b.kernelRow(caseWarm, b.f, b.size, nil, 1); err != nil {
 		return err
 	}
 	return b.filemapRow(caseWarm, b.f, b.size, filemap.Normal, nil, 1, false)
+}
+
+// settle waits until the handler has no collapse pending, for at most a
+// minute, and notes how long that took.
+func (b *benchRun) settle() error {
+	start := time.Now()
+	for {
+		st, err := b.stat()
+		if err != nil {
+			return err
+		}
+		if st.CollapsesPending == 0 {
+			b.report.SettleSeconds = time.Since(start).Seconds()
+			b.report.HugeExtents = st.HugeExtents
+			if st.HugeExtents > 0 {
+				b.note("warm rows: after filemap's background collapse of the cache into huge folios (%d extents of 2 MiB; %.1fs after the pread loop)",
+					st.HugeExtents, b.report.SettleSeconds)
+			}
+			return nil
+		}
+		if time.Since(start) > time.Minute {
+			b.note("warm rows: %d collapses still pending after a minute; measuring anyway", st.CollapsesPending)
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // randomWarm touches random pages of new mappings of a file that both
