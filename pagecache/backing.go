@@ -47,13 +47,15 @@ const (
 // a cold 1 GiB read took 1.3–2× longer with immediate collapses).
 const collapseSettle = 100 * time.Millisecond
 
-// collapseIdle is how long the backing must have seen no extent made whole
+// collapseIdle is how long the backing must have had no fill in flight
 // before any collapse runs, as khugepaged works in the background rather
 // than in the path of the faults. On this VM a collapse allocates memory
 // the host must fault back in, and collapses run beside a sequential
 // reader made its cold read 1.3–2× slower even 100 ms behind it: the cold
 // read is the one a user waits for, the warm mappings after it are the
-// ones that gain.
+// ones that gain. A collapse's lru_add_drain_all and its locked extent
+// also stall the fills' writes, which queue on the file's lock: a remote
+// object's scan, whose fills arrive in bursts, ran 3x slower.
 const collapseIdle = 250 * time.Millisecond
 
 // Backing is where a daemon's caches live: memfds, or files on a private
@@ -326,7 +328,8 @@ type collapser struct {
 	stopped bool // close was called: enqueue turns everything away
 	idle    sync.Cond
 
-	lastWhole atomic.Int64 // when an extent was last made whole, in UnixNano
+	lastBusy atomic.Int64 // when a fill last started or ended, in UnixNano
+	fills    atomic.Int64 // fills in flight in every cache of the backing
 
 	collapsed, retried, failed, skipped, dropped atomic.Uint64
 	lastErr                                      atomic.Value // error
@@ -355,7 +358,6 @@ func (c *collapser) enqueue(o *Object, x int64) bool {
 	if c.stopped {
 		return false
 	}
-	c.lastWhole.Store(time.Now().UnixNano())
 	select {
 	case c.jobs <- collapseJob{o: o, x: x, at: time.Now().Add(collapseSettle)}:
 		c.pending++
@@ -442,14 +444,24 @@ func (c *collapser) sleep(d time.Duration) bool {
 	}
 }
 
-// waitIdle waits until no extent has been made whole for collapseIdle.
+func (c *collapser) fillStarted() {
+	c.fills.Add(1)
+	c.lastBusy.Store(time.Now().UnixNano())
+}
+
+func (c *collapser) fillEnded() {
+	c.fills.Add(-1)
+	c.lastBusy.Store(time.Now().UnixNano())
+}
+
+// waitIdle waits until no fill has been in flight for collapseIdle.
 func (c *collapser) waitIdle() bool {
 	for {
-		idle := time.Since(time.Unix(0, c.lastWhole.Load()))
-		if idle >= collapseIdle {
+		idle := time.Since(time.Unix(0, c.lastBusy.Load()))
+		if c.fills.Load() == 0 && idle >= collapseIdle {
 			return true
 		}
-		if !c.sleep(collapseIdle - idle) {
+		if !c.sleep(max(collapseIdle-idle, 10*time.Millisecond)) {
 			return false
 		}
 	}
