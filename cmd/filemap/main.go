@@ -52,7 +52,6 @@ func main() {
 		"drop-caches": dropCaches,
 		"demo":        demo,
 		"bench":       bench,
-		"firecracker": firecrackerCmd,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	switch name {
