@@ -401,7 +401,10 @@ func TestSequentialScanMajorFaults(t *testing.T) {
 }
 
 // A reader that copies 1 MiB at a time (memmove loads the end of each copy
-// first) is still one sequential stream to readahead.
+// first) is still one sequential stream to readahead: 2 major faults on an
+// idle machine, against 64 (one a copy) before streams. Under load (the
+// race detector and other test binaries on two CPUs) CI saw 4 once, so the
+// bound leaves room for that and still catches a stream that is lost.
 func TestChunkedCopyMajorFaults(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 64<<20)
@@ -410,7 +413,7 @@ func TestChunkedCopyMajorFaults(t *testing.T) {
 	for off := 0; off < 64<<20; off += 1 << 20 {
 		a.ok("read %d %d", off, 1<<20)
 	}
-	if st := d.s.Stats(); st.MajorFaults > 3 {
-		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 3 (%d minor)", st.MajorFaults, st.MinorFaults)
+	if st := d.s.Stats(); st.MajorFaults > 8 {
+		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 8 (%d minor)", st.MajorFaults, st.MinorFaults)
 	}
 }
