@@ -6,6 +6,7 @@
 //	filemap stat [--json]          print the daemon's counters
 //	filemap demo [flags]           map a generated file and compare with the kernel's mmap
 //	filemap bench [flags] [FILE]   measure filemap beside the kernel's mmap and pread
+//	filemap firecracker [flags]    serve a microVM's memory restore (Firecracker's UFFD protocol)
 package main
 
 import (
@@ -33,8 +34,11 @@ Usage:
                               measure filemap beside the kernel's mmap and a
                               pread loop on FILE (default: a generated 1 GiB
                               file): cold, warm, random, fault latency
+  filemap firecracker --socket SOCKET --mem URI [--record F] [--prefetch F]
+                              serve VM memory restores over Firecracker's UFFD
+                              protocol: UFFDIO_COPY from a shared cache of URI
 
-URI is a path or a file:// URI. Clients find the daemon at --socket, else
+URI is a path, a file:// URI, http(s):// or s3://BUCKET/KEY. Clients find the daemon at --socket, else
 $FILEMAP_SOCKET; with neither, cat and demo start a private handler.
 
 Run "filemap COMMAND -h" for a command's flags.
@@ -52,6 +56,7 @@ func main() {
 		"drop-caches": dropCaches,
 		"demo":        demo,
 		"bench":       bench,
+		"firecracker": firecrackerCmd,
 	}
 	name, args := os.Args[1], os.Args[2:]
 	switch name {

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/filemap/filemap/firecracker"
+	"github.com/filemap/filemap/pagecache"
+	"github.com/filemap/filemap/reclaim"
+	"github.com/filemap/filemap/server"
+	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/diskcache"
+	"github.com/filemap/filemap/store/httpstore"
+	"github.com/filemap/filemap/store/remote"
+	"github.com/filemap/filemap/store/s3store"
+)
+
+func firecrackerCmd(args []string) error {
+	fs := newFlags("firecracker", "--socket SOCKET --mem URI [flags]",
+		"Serves the page faults of Firecracker microVMs restored from a snapshot with\n"+
+			"the Uffd memory backend (\"mem_backend\": {\"backend_type\": \"Uffd\",\n"+
+			"\"backend_path\": SOCKET}). Start it before PUT /snapshot/load: it listens on\n"+
+			"SOCKET; each VMM connects once and sends its guest memory regions and its\n"+
+			"userfaultfd. Pages are read from the memory file URI (a path, http(s)://\n"+
+			"or s3://) through one page cache shared by every VM restored from it, and\n"+
+			"copied into the guest on its first touch. A balloon's freed memory reads as\n"+
+			"zeros. Hugetlbfs guests (2 MiB pages) are served in whole huge pages.\n\n"+
+			"--record FILE writes the order of the first restore's first touches;\n"+
+			"--prefetch FILE replays such a record into every restore, ahead of the\n"+
+			"guest, its own faults first. Both may name the same file.")
+	socket := fs.String("socket", "", "Unix socket to listen on (Firecracker's backend_path); required")
+	mode := fs.String("socket-mode", "0600", "permissions of the socket (under the jailer, chown it to the jailed uid)")
+	mem := fs.String("mem", "", "the snapshot's memory file: a path, file://, http(s):// or s3:// URI; required")
+	record := fs.String("record", "", "write the first restore's working set (first-touch order) to this file")
+	prefetch := fs.String("prefetch", "", "replay this working-set record into every restore")
+	prefetchBatch := fs.Int("prefetch-batch", firecracker.DefaultPrefetchBatch, "4 KiB pages a replay copies in at a time between the guest's own faults")
+	ra := byteSize(firecracker.DefaultReadahead * pagecache.PageSize)
+	fs.Var(&ra, "readahead", "bytes read around a miss into the cache (4K: the page alone)")
+	raMax := byteSize(8 << 20)
+	fs.Var(&raMax, "readahead-max", "largest window a sequential stream's readahead ramps up to, in bytes")
+	around := byteSize(firecracker.DefaultCopyAround * pagecache.PageSize)
+	fs.Var(&around, "copy-around", "copy the cached neighbours of a fault in its aligned block of this many bytes into the guest with it (4K: the page alone)")
+	cacheSize := byteSize(server.DefaultCacheBytes())
+	fs.Var(&cacheSize, "cache-size", "bound on the bytes the cache holds; the default is half of this machine's memory, 0 is no bound")
+	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo or fifo")
+	retries := fs.Int("retries", 3, "re-reads of a failing page before the guest's access gets SIGBUS")
+	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
+	spin := fs.Duration("spin", 0, "poll a VM's userfaultfd this long before sleeping (saves a wake-up per fault on idle CPUs, costs CPU)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
+	remoteConfig := remoteFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	remoteCfg, err := remoteConfig()
+	if err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() != 0:
+		fs.Usage()
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	case *socket == "":
+		fs.Usage()
+		return fmt.Errorf("--socket is required")
+	case *mem == "":
+		fs.Usage()
+		return fmt.Errorf("--mem is required")
+	case ra < pagecache.PageSize || ra%pagecache.PageSize != 0:
+		return fmt.Errorf("--readahead %d: a multiple of %d", ra, pagecache.PageSize)
+	case raMax < ra:
+		return fmt.Errorf("--readahead-max %d is smaller than --readahead %d", raMax, ra)
+	case around < pagecache.PageSize || around%pagecache.PageSize != 0 || (around/pagecache.PageSize)&(around/pagecache.PageSize-1) != 0:
+		return fmt.Errorf("--copy-around %d: a power of two times %d", around, pagecache.PageSize)
+	case *retries < 0:
+		return fmt.Errorf("--retries %d: must be 0 or more", *retries)
+	case *prefetchBatch < 1:
+		return fmt.Errorf("--prefetch-batch %d: at least 1", *prefetchBatch)
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	perm, err := strconv.ParseUint(*mode, 8, 32)
+	if err != nil || perm > 0o777 {
+		return fmt.Errorf("--socket-mode %q: want an octal mode such as 0600", *mode)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	open, closeStores, err := memOpener(*mem, remoteCfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	cfg := firecracker.Config{
+		Open:           open,
+		Name:           *mem,
+		ReadaheadPages: int64(ra) / pagecache.PageSize,
+		MaxReadahead:   int64(raMax) / pagecache.PageSize,
+		CopyAround:     int64(around) / pagecache.PageSize,
+		CacheBytes:     int64(cacheSize),
+		CachePolicy:    reclaim.Policy(*policy),
+		Retries:        *retries,
+		RetryBackoff:   *backoff,
+		Record:         *record,
+		Prefetch:       *prefetch,
+		PrefetchBatch:  *prefetchBatch,
+		Spin:           *spin,
+		Log:            log,
+	}
+	if *retries == 0 {
+		cfg.Retries = -1
+	}
+	if _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); err == nil {
+		cfg.Progress = os.Stderr
+	}
+	// The memory file must open before a VMM is told to connect: an
+	// error now is better than one per restore.
+	st, err := open(context.Background())
+	if err != nil {
+		return fmt.Errorf("--mem %s: %w", *mem, err)
+	}
+	st.Close()
+	s, err := firecracker.New(cfg)
+	if err != nil {
+		return err
+	}
+	l, err := server.Listen(*socket, os.FileMode(perm))
+	if err != nil {
+		s.Close()
+		return err
+	}
+	if *metricsAddr != "" {
+		addr, stop, err := s.Metrics().Serve(*metricsAddr)
+		if err != nil {
+			l.Close()
+			s.Close()
+			return fmt.Errorf("--metrics %s: %w", *metricsAddr, err)
+		}
+		defer stop()
+		log.Info("filemap firecracker: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
+	}
+	log.Info("filemap firecracker: listening", "socket", *socket, "mem", *mem, "record", *record, "prefetch", *prefetch,
+		"readahead", int64(ra), "copy-around", int64(around), "cache-size", size(int64(cacheSize)))
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s2 := <-sig
+		log.Info("filemap firecracker: shutting down; restored VMs stall on their next fault", "signal", s2.String())
+		s.Close()
+	}()
+	err = s.Serve(l)
+	s.Close() // finishes the record
+	os.Remove(*socket)
+	return err
+}
+
+// memOpener returns the function that opens the memory file at uri at its
+// current version, once per restore, and the function that lets go of the
+// clients it shares. Remote objects are read as `filemap serve` reads
+// them: in chunks, with retries and hedging, optionally through a disk
+// cache.
+func memOpener(uri string, cfg server.RemoteConfig, log *slog.Logger) (func(context.Context) (store.Store, error), func(), error) {
+	u, err := store.ParseURI(uri)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--mem: %w", err)
+	}
+	if u.Scheme == "file" {
+		return func(context.Context) (store.Store, error) {
+			f, err := store.OpenLocal(u.Path)
+			if err != nil {
+				return nil, err
+			}
+			st, err := store.NewFile(f, u.Path)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			return st, nil
+		}, func() {}, nil
+	}
+	var disk *diskcache.Cache
+	if cfg.DiskCache != "" {
+		chunk := cfg.Fetch.ChunkSize
+		if chunk <= 0 {
+			chunk = remote.DefaultChunkSize
+		}
+		if disk, err = diskcache.Open(cfg.DiskCache, cfg.DiskCacheBytes, diskcache.WithChunkSize(chunk), diskcache.WithLogger(log)); err != nil {
+			return nil, nil, err
+		}
+	}
+	var (
+		mu     sync.Mutex
+		s3c    *s3store.Client
+		client = &http.Client{Transport: httpstore.NewTransport(max(cfg.Fetch.Parallel, remote.DefaultParallel))}
+	)
+	open := func(ctx context.Context) (store.Store, error) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var obj remote.Object
+		switch u.Scheme {
+		case "s3":
+			mu.Lock()
+			if s3c == nil {
+				c, err := s3store.NewClient(ctx, cfg.S3)
+				if err != nil {
+					mu.Unlock()
+					return nil, err
+				}
+				s3c = c
+			}
+			c := s3c
+			mu.Unlock()
+			o, err := c.Open(ctx, u.Raw)
+			if err != nil {
+				return nil, err
+			}
+			obj = o
+		default:
+			o, err := httpstore.Open(ctx, u.Raw, httpstore.Options{Client: client, Parallel: cfg.Fetch.Parallel})
+			if err != nil {
+				return nil, err
+			}
+			obj = o
+		}
+		var st store.Store = remote.New(obj, cfg.Fetch)
+		if disk != nil {
+			st = disk.Wrap(st)
+		}
+		return st, nil
+	}
+	return open, func() {
+		client.CloseIdleConnections()
+		if disk != nil {
+			disk.Close()
+		}
+	}, nil
+}

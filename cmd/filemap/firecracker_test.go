@@ -1,0 +1,38 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestFirecrackerFlags: the subcommand refuses what it cannot serve before
+// it listens, naming the flag. (Restores through it are tested in package
+// firecracker, with a client that behaves as Firecracker does.)
+func TestFirecrackerFlags(t *testing.T) {
+	dir := t.TempDir()
+	mem := filepath.Join(dir, "mem")
+	if err := os.WriteFile(mem, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "uffd.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--mem", mem}, "--socket is required"},
+		{[]string{"--socket", sock}, "--mem is required"},
+		{[]string{"--socket", sock, "--mem", filepath.Join(dir, "nothing")}, "no such file or directory"},
+		{[]string{"--socket", sock, "--mem", mem, "--copy-around", "12K"}, "--copy-around 12288: a power of two"},
+		{[]string{"--socket", sock, "--mem", mem, "--readahead", "100"}, "--readahead 100"},
+		{[]string{"--socket", sock, "--mem", mem, "--prefetch", filepath.Join(dir, "no-record")}, "prefetch"},
+		{[]string{"--socket", sock, "--mem", mem, "--prefetch", mem}, "bad working-set record"},
+	} {
+		r := filemapCLI(t, append([]string{"firecracker"}, c.args...)...)
+		r.wantCode(t, 1)
+		r.wantStderr(t, c.want)
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Error("a refused configuration left a socket behind")
+	}
+}

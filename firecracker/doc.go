@@ -1,0 +1,28 @@
+// Package firecracker serves the page faults of virtual machines restored
+// from a memory snapshot by Firecracker (its "Uffd" memory backend), and
+// records and replays their working sets.
+//
+// It stands for the kernel's anonymous-memory fault path: do_anonymous_page
+// and do_swap_page. A VMM's guest memory is an anonymous private mapping;
+// each first touch of one of its pages is a MISSING fault that this package
+// resolves by filling a private page from a backing store — the snapshot's
+// memory file, as swap-in fills a page from the swap device — through
+// filemap's shared page cache and the swap cache's readahead. The page is
+// installed by copying (UFFDIO_COPY, the way-2 resolution of DESIGN.md),
+// never by mapping the cache: the guest owns and writes its memory.
+//
+// The protocol is Firecracker's, exactly: the handler listens on a Unix
+// socket before the VMM connects; one message carries a JSON array of the
+// guest memory regions and, as SCM_RIGHTS, the VMM's userfaultfd; the
+// connection then stays open until the VMM exits. UFFD_EVENT_REMOVE (the
+// balloon's MADV_DONTNEED) makes a range read as zeros from then on.
+//
+// Several VMs restored from one memory file at once share one page cache:
+// the store is read once per page however many guests fault on it.
+//
+// A restore's first-fault order can be recorded (Config.Record) in a small
+// binary format (see EncodeRecord) and replayed at the next restore
+// (Config.Prefetch): the recorded pages are fetched into the cache and
+// copied into the guest in recorded order, in batches, while the guest's own
+// faults always go first.
+package firecracker

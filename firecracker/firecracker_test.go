@@ -1,0 +1,383 @@
+package firecracker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/filemap/filemap/uffd"
+	"golang.org/x/sys/unix"
+)
+
+// memFile makes a memory file of size bytes.
+func memFile(t testing.TB, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "mem")
+	writePattern(t, p, size)
+	return p
+}
+
+// twoRegions splits a file of size bytes in two regions, as a VM with a
+// memory hole below 4 GiB has (its vmstate's regions, cumulative offsets).
+func twoRegions(size int64) []span {
+	return []span{{0, size / 4}, {size / 4, size - size/4}}
+}
+
+func TestRestoreReadsEveryPageAndBalloonZeros(t *testing.T) {
+	const size = 8 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{})
+	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
+	c.ok("checkall")
+	// The balloon inflates over a range the guest has read, and one it
+	// has not: both read as zeros from now on, not the image's bytes.
+	c.ok("check %d %d", 0, 64<<10)
+	c.ok("balloon %d %d", 0, 1<<20)
+	c.ok("zeros %d %d", 0, 1<<20)
+	c.ok("balloon %d %d", 6<<20, 256<<10)
+	c.ok("zeros %d %d", 6<<20, 256<<10)
+	// Deflated and written again, a page is the guest's own.
+	c.ok("write %d", 4096)
+	c.ok("check %d %d", 1<<20, 4<<20)
+	st := ts.Stats()
+	if st.Removes < 2 || st.ZeroFilled == 0 || st.Copied == 0 {
+		t.Errorf("stats %+v: want removes, zero fills and copies", st)
+	}
+	if st.Sigbus != 0 {
+		t.Errorf("%d pages poisoned", st.Sigbus)
+	}
+	c.close()
+	waitFor(t, "the VM to be gone", func() bool { return ts.Stats().VMs == 0 })
+	if !strings.Contains(ts.log.String(), "VM gone") {
+		t.Errorf("no end-of-VM log line:\n%s", ts.log.String())
+	}
+}
+
+func TestPageSizeKeysOfEveryVersion(t *testing.T) {
+	const size = 2 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{})
+	for _, keys := range []string{"both", "kib", "none"} {
+		c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, size}}, keys: keys})
+		c.ok("checkall")
+		c.close()
+	}
+	if st := ts.Stats(); st.Restores != 3 || st.Rejected != 0 {
+		t.Errorf("stats %+v: want 3 restores", st)
+	}
+}
+
+// TestSharedCache restores several VMs from one image at once: the store
+// is read once per page, however many guests fault on it.
+func TestSharedCache(t *testing.T) {
+	const size = 16 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{})
+	var cs []*fcClient
+	for range 3 {
+		cs = append(cs, startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)}))
+	}
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Go(func() { c.send("checkall") })
+	}
+	wg.Wait()
+	for i, c := range cs {
+		if l, ok := c.reply(60 * time.Second); l != "ok" {
+			t.Fatalf("client %d: %q (%v)", i, l, ok)
+		}
+	}
+	if page, n := ts.reads.maxReads(); n != 1 {
+		t.Errorf("page %d was read from the store %d times; want once", page, n)
+	}
+	if got := ts.reads.distinct(); got != size/PageSize {
+		t.Errorf("%d distinct pages read, want %d", got, size/PageSize)
+	}
+	if st := ts.Stats(); st.Objects != 1 || st.VMs != 3 {
+		t.Errorf("stats %+v: want one cache shared by three VMs", st)
+	}
+}
+
+// TestFirecrackerConnectErrors are test_uffd.py's test_bad_socket_path and
+// test_unbinded_socket, on the VMM's side of the handshake.
+func TestFirecrackerConnectErrors(t *testing.T) {
+	dir := t.TempDir()
+	_, err := dialHandshake(filepath.Join(dir, "nothing.sock"), []byte("[]"))
+	if !errors.Is(err, unix.ENOENT) || !strings.Contains(err.Error(), "no such file or directory") {
+		t.Errorf("no socket at the path: %v; want ENOENT", err)
+	}
+	// A socket file nobody listens on: bound, never listened, closed.
+	path := filepath.Join(dir, "unbound.sock")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	_, err = dialHandshake(path, []byte("[]"))
+	if !errors.Is(err, unix.ECONNREFUSED) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("a socket nobody listens on: %v; want ECONNREFUSED", err)
+	}
+}
+
+// TestHandlerDies is test_malicious_handler: when the handler dies, the
+// guest's next fault stalls — the VMM keeps its own copy of the uffd — and
+// never reads zeros.
+func TestHandlerDies(t *testing.T) {
+	const size = 4 << 20
+	mem := memFile(t, size)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	h := startHandler(t, sock, mem)
+	c := startClient(t, sock, mem, clientOpts{spans: []span{{0, size}}})
+	c.ok("check %d %d", 0, size/2)
+	h.cmd.Process.Signal(syscall.SIGKILL)
+	h.cmd.Wait()
+	c.send("check %d %d", size/2, size/2)
+	if l, ok := c.reply(2 * time.Second); ok {
+		t.Fatalf("with its handler dead, the guest's touch answered %q; want a stall", l)
+	}
+	c.cmd.Process.Kill()
+}
+
+// rawUffd is a userfaultfd of the test process to send in handshakes that
+// are refused before anything is registered.
+func rawUffd(t *testing.T) int {
+	t.Helper()
+	u, err := uffd.New(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.API(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return u.Fd()
+}
+
+// TestBadHandshakes: each bad handshake is logged, naming the field or the
+// region, and closes that connection only; a VM restored afterwards, and
+// one restored before, are served.
+func TestBadHandshakes(t *testing.T) {
+	const size = 4 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{HandshakeTimeout: 2 * time.Second})
+	before := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, size}}})
+	before.ok("check %d %d", 0, 1<<20)
+	fd := rawUffd(t)
+	fds := openFds(t)
+	region := func(base, sz, off, ps int64) string {
+		return fmt.Sprintf(`{"base_host_virt_addr":%d,"size":%d,"offset":%d,"page_size":%d,"page_size_kib":%d}`, base, sz, off, ps, ps)
+	}
+	for _, c := range []struct {
+		name, payload string
+		fds           []int
+		want          string
+	}{
+		{"malformed JSON", `[{"base_host_virt_addr": 1,`, []int{fd}, "malformed JSON"},
+		{"not JSON", `[}`, []int{fd}, "malformed JSON"},
+		{"not an array", `{"size": 4096}`, []int{fd}, "not a JSON array"},
+		{"overlapping regions", "[" + region(1<<30, 1<<20, 0, 4096) + "," + region(1<<30+4096, 1<<20, 1<<20, 4096) + "]", []int{fd},
+			"regions 0 and 1 overlap in the VMM's address space"},
+		{"region beyond the file", "[" + region(1<<30, 1<<20, size-4096, 4096) + "]", []int{fd}, "region 0: bytes"},
+		{"page size not a power of two", "[" + region(1<<30, 1<<20, 0, 12288) + "]", []int{fd}, "page_size 12288 is not a power of two"},
+		{"page size not 4K or 2M", "[" + region(1<<30, 1<<20, 0, 8192) + "]", []int{fd}, "page_size 8192: want 4096, or 2097152"},
+		{"page size keys disagree", `[{"base_host_virt_addr":1073741824,"size":4096,"offset":0,"page_size":4096,"page_size_kib":2097152}]`, []int{fd},
+			"page_size 4096 and page_size_kib 2097152 disagree"},
+		{"missing field", `[{"base_host_virt_addr":1073741824,"offset":0}]`, []int{fd}, "region 0: field size is missing"},
+		{"wrong type", `[{"base_host_virt_addr":"here","size":4096,"offset":0}]`, []int{fd}, "field base_host_virt_addr: want uint64"},
+		{"missing fd", "[" + region(1<<30, 1<<20, 0, 4096) + "]", nil, "no userfaultfd received"},
+		{"not a userfaultfd", "[" + region(1<<30, 1<<20, 0, 4096) + "]", []int{int(os.Stdin.Fd())}, "no userfaultfd received"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rejected := ts.Stats().Rejected
+			conn, err := dialHandshake(ts.sock, []byte(c.payload), c.fds...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := conn.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("read after a bad handshake: %d, %v; want EOF (the handler closes the connection)", n, err)
+			}
+			waitFor(t, "the rejection to be counted", func() bool { return ts.Stats().Rejected == rejected+1 })
+			if !strings.Contains(ts.log.String(), c.want) {
+				t.Errorf("the log does not say %q:\n%s", c.want, ts.log.String())
+			}
+		})
+	}
+	// Every descriptor a rejected handshake brought was closed.
+	waitFor(t, "the descriptors of rejected handshakes to be closed", func() bool { return openFds(t) <= fds })
+	after := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
+	after.ok("checkall")
+	before.ok("checkall")
+}
+
+func openFds(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestMessageWithoutFdIsRetried: bytes that arrive without a descriptor are
+// set aside, and the handshake that follows with the uffd is served.
+func TestMessageWithoutFdIsRetried(t *testing.T) {
+	const size = 1 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{})
+	fd := rawUffd(t)
+	conn, err := dialHandshake(ts.sock, []byte("garbage without a descriptor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Once the handler has read it: unread, it would be glued in front of
+	// the next message by the kernel.
+	waitFor(t, "the handler to read the message", func() bool {
+		return strings.Contains(ts.log.String(), "without a descriptor")
+	})
+	payload := fmt.Sprintf(`[{"base_host_virt_addr":%d,"size":%d,"offset":0,"page_size":4096}]`, 1<<30, size)
+	if _, _, err := conn.WriteMsgUnix([]byte(payload), unix.UnixRights(fd), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the restore", func() bool { return ts.Stats().Restores == 1 })
+	if st := ts.Stats(); st.Rejected != 0 || st.VMs != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestFaultsRaceRemoves: a guest faults on pages while its balloon keeps
+// removing others from another thread; ioctls that meet an unread REMOVE
+// with EAGAIN are deferred and retried, and every page reads right: the
+// faulted ones as the file, the removed ones as zeros.
+func TestFaultsRaceRemoves(t *testing.T) {
+	const size = 16 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{})
+	c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, size}}})
+	removes := c.ok("race %d %d %d %d", 0, size-4<<20, size-4<<20, 4<<20)
+	st := ts.Stats()
+	t.Logf("balloon removes %s, REMOVE events %d, deferred faults %d", removes, st.Removes, st.Deferred)
+	if st.Removes == 0 {
+		t.Error("no REMOVE event reached the handler")
+	}
+}
+
+// TestSmallCacheEvictsUnderCopies bounds the cache far below the guest's
+// memory: pages are evicted while others are copied, and every byte the
+// guest reads is still right (a copy of an evicted page fails with EFAULT
+// through the guard and is read again, never copied as zeros).
+func TestSmallCacheEvictsUnderCopies(t *testing.T) {
+	const size = 16 << 20
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{CacheBytes: 256 << 10, CopyAround: 16})
+	var cs []*fcClient
+	for range 2 {
+		cs = append(cs, startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)}))
+	}
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Go(func() { c.send("checkall") })
+	}
+	wg.Wait()
+	for i, c := range cs {
+		if l, _ := c.reply(60 * time.Second); l != "ok" {
+			t.Fatalf("client %d: %q", i, l)
+		}
+	}
+	st := ts.Stats()
+	if st.CacheBytes > 1<<20 {
+		t.Errorf("cache holds %d bytes, bound 256 KiB", st.CacheBytes)
+	}
+	t.Logf("refilled after eviction: %d; store reads %d", st.Refilled, st.StoreReads)
+}
+
+// TestHugePages restores a guest whose memory is hugetlbfs-backed (2 MiB
+// pages): each fault copies a whole huge page, and a ballooned huge page
+// reads as zeros.
+func TestHugePages(t *testing.T) {
+	const size = 8 << 20
+	need := int64(2 * size / HugePageSize) // the guest's, plus a spare set
+	restore, err := reserveHugePages(need)
+	if err != nil {
+		t.Skipf("no 2 MiB huge pages for a hugetlbfs guest: %v", err)
+	}
+	t.Cleanup(restore)
+	mem := memFile(t, size)
+	ts := startServer(t, mem, Config{})
+	c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, 2 << 20}, {2 << 20, size - 2<<20}}, page: HugePageSize, huge: true})
+	c.ok("checkall")
+	c.ok("balloon %d %d", 4<<20, 2<<20)
+	c.ok("zeros %d %d", 4<<20, 2<<20)
+	c.ok("check %d %d", 6<<20, 2<<20)
+	if st := ts.Stats(); st.Copied != size/HugePageSize || st.ZeroFilled < 1 {
+		t.Errorf("stats %+v: want %d huge pages copied and one zero-filled", st, size/HugePageSize)
+	}
+}
+
+// reserveHugePages makes sure n free 2 MiB huge pages exist, raising
+// vm.nr_hugepages if it must, and returns what puts it back.
+func reserveHugePages(n int64) (func(), error) {
+	const path = "/proc/sys/vm/nr_hugepages"
+	readInt := func(p string) (int64, error) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return 0, err
+		}
+		return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	const free = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages"
+	have, err := readInt(free)
+	if err != nil {
+		return nil, err
+	}
+	if have >= n {
+		return func() {}, nil
+	}
+	old, err := readInt(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, []byte(strconv.FormatInt(old+n-have, 10)), 0); err != nil {
+		return nil, fmt.Errorf("raise %s (needs root): %w", path, err)
+	}
+	restore := func() { os.WriteFile(path, []byte(strconv.FormatInt(old, 10)), 0) }
+	if have, _ = readInt(free); have < n {
+		restore()
+		return nil, fmt.Errorf("%s raised, but only %d of %d huge pages are free (memory too fragmented?)", path, have, n)
+	}
+	return restore, nil
+}
+
+// workingSet is a guest's first touches: clusters of 1–8 pages at random
+// places, in a random order, about frac of npages in all.
+func workingSet(seed uint64, npages int64, frac float64) []int64 {
+	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	want := int(float64(npages) * frac)
+	seen := make(map[int64]bool, want)
+	var pages []int64
+	for len(pages) < want {
+		start := rng.Int64N(npages)
+		n := 1 + rng.IntN(8)
+		for p := start; p < min(start+int64(n), npages) && len(pages) < want; p++ {
+			if !seen[p] {
+				seen[p] = true
+				pages = append(pages, p)
+			}
+		}
+	}
+	return pages
+}
