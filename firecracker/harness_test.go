@@ -168,7 +168,9 @@ type testServer struct {
 func startServer(t testing.TB, mem string, cfg Config) *testServer {
 	t.Helper()
 	ts := &testServer{sock: filepath.Join(t.TempDir(), "uffd.sock"), log: new(syncBuffer), reads: new(readCounter)}
-	cfg.Open = openFile(mem)
+	if cfg.Open == nil {
+		cfg.Open = openFile(mem)
+	}
 	cfg.Name = mem
 	cfg.Log = slog.New(slog.NewTextHandler(ts.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.WrapStore = ts.reads.wrap

@@ -140,6 +140,14 @@ func (p *prefetch) fetcher() {
 		p.v.wake() // the loop may be asleep, with nothing else to wake it
 	}()
 	for lo := 0; lo < len(p.units); lo += p.batch {
+		// Start the reads of the batches after this one too: a remote
+		// store's round trips overlap only if several batches' reads are
+		// in flight, and a batch waits for its slowest read.
+		for k := 1; k <= prefetchAhead; k++ {
+			if a := lo + k*p.batch; a < len(p.units) {
+				p.start(p.units[a:min(a+p.batch, len(p.units))])
+			}
+		}
 		b := slices.Clone(p.units[lo:min(lo+p.batch, len(p.units))])
 		p.read(b)
 		slices.Sort(b)
@@ -152,15 +160,24 @@ func (p *prefetch) fetcher() {
 	}
 }
 
-// read makes the cache pages of batch b uptodate: the absent ones are
-// claimed and read in runs of adjacent pages, with at most
-// Config.PrefetchParallel runs in flight. A failed read is not retried:
-// the guest's own fault will read that page, with retries.
-func (p *prefetch) read(b []int64) {
+// prefetchAhead is how many batches beyond the one being read have their
+// reads started.
+const prefetchAhead = 3
+
+// start begins reading the absent cache pages of units, without waiting:
+// WillNeed claims them, so read finds them in flight later.
+func (p *prefetch) start(units []int64) {
+	for _, run := range p.runs(units) {
+		p.v.s.faults.WillNeed(&p.v.obj.fo, run[0], run[1])
+	}
+}
+
+// runs are the cache page ranges of units not yet installed or removed,
+// adjacent ones merged, so that each becomes one store read.
+func (p *prefetch) runs(units []int64) [][2]int64 {
 	v := p.v
-	cache := v.obj.fo.Cache
 	var runs [][2]int64
-	sorted := slices.Clone(b)
+	sorted := slices.Clone(units)
 	slices.Sort(sorted)
 	for _, u := range sorted {
 		if v.installed.get(u) || v.removed.get(u) {
@@ -173,6 +190,17 @@ func (p *prefetch) read(b []int64) {
 		}
 		runs = append(runs, [2]int64{lo, hi})
 	}
+	return runs
+}
+
+// read makes the cache pages of batch b uptodate: the absent ones are
+// claimed and read in runs of adjacent pages, with at most
+// Config.PrefetchParallel runs in flight. A failed read is not retried:
+// the guest's own fault will read that page, with retries.
+func (p *prefetch) read(b []int64) {
+	v := p.v
+	cache := v.obj.fo.Cache
+	runs := p.runs(b)
 	sem := make(chan struct{}, v.s.cfg.PrefetchParallel)
 	var wg sync.WaitGroup
 	for _, run := range runs {
