@@ -34,6 +34,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/uffd"
@@ -95,23 +96,7 @@ func openFile(path string) func(context.Context) (store.Store, error) {
 	}
 }
 
-// syncBuffer is a log sink shared by goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // readCounter counts the store reads of each 4 KiB page.
 type readCounter struct {

@@ -134,9 +134,9 @@ func TestBadInput(t *testing.T) {
 			expectClosedByServer(t, bad)
 
 			waitFor(t, func() string {
-				return "no log line with \"closing connection\" and " + quote(tc.reason) + " in:\n" + ts.log.since(logOff)
+				return "no log line with \"closing connection\" and " + quote(tc.reason) + " in:\n" + since(ts.log, logOff)
 			}, func() bool {
-				for _, line := range strings.Split(ts.log.since(logOff), "\n") {
+				for _, line := range strings.Split(since(ts.log, logOff), "\n") {
 					if strings.Contains(line, "closing connection") && strings.Contains(line, tc.reason) {
 						return true
 					}

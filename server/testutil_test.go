@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +10,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/proto"
 	"golang.org/x/sys/unix"
 )
@@ -24,37 +23,10 @@ import (
 // awaited.
 const testWait = 30 * time.Second
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines to log into
-// while a test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type syncBuffer = syncbuf.Buffer
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
-}
-
-// since is what was logged after offset off.
-func (s *syncBuffer) since(off int) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b.Bytes()[off:])
-}
+// since is what b logged after offset off.
+func since(b *syncBuffer, off int) string { return b.String()[off:] }
 
 // testServer is a real in-process server listening on a socket in a
 // temporary directory, logging into a buffer.

@@ -14,12 +14,12 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/syncbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -650,24 +650,7 @@ func TestWriteProtect(t *testing.T) {
 
 // --- cross-process tests: the child faults, this process serves ---
 
-// lockedBuffer is a bytes.Buffer that the exec package can write to while a
-// test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type lockedBuffer = syncbuf.Buffer
 
 // child is a running child process and the userfaultfd it sent.
 type child struct {
