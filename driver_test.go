@@ -131,6 +131,14 @@ func (st *driverState) run(cmd string, args []string) (res string) {
 			return "err " + err.Error()
 		}
 		return "ok"
+	case "scan":
+		return st.scan(num(0), num(1))
+	case "spin":
+		return st.spin(int(num(0)))
+	case "soak":
+		return soak(args[0], args[1], int(num(2)), time.Duration(num(3))*time.Millisecond)
+	case "rawopen":
+		return rawOpen(args[0], args[1])
 	}
 	return "error unknown command " + cmd
 }

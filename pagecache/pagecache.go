@@ -108,6 +108,14 @@ func New(name string, size int64) (*Object, error) {
 		o.Close()
 		return nil, fmt.Errorf("pagecache %s: seal memfd: %w", name, err)
 	}
+	// A memfd is born 0777: a client of the same uid could reopen its
+	// read-only descriptor for writing through /proc and write into the
+	// cache every client shares. The daemon writes through the descriptor
+	// it has, which the mode does not affect.
+	if err := unix.Fchmod(fd, 0o400); err != nil {
+		o.Close()
+		return nil, fmt.Errorf("pagecache %s: chmod memfd: %w", name, err)
+	}
 	return o, nil
 }
 

@@ -31,6 +31,7 @@ type attachment struct {
 	regions []*fault.Region
 
 	ops  sync.WaitGroup // work that still refers to the fd
+	stop chan struct{}  // closed when close begins: a fault waiting for a slot gives up
 	done chan struct{}
 	once sync.Once
 }
@@ -69,6 +70,7 @@ func adopt(ss *session, fd int, features uint64) *attachment {
 		file:     os.NewFile(uintptr(fd), "uffd"),
 		u:        u,
 		features: features,
+		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 }
@@ -174,7 +176,7 @@ func (a *attachment) dispatch(m *uffd.Msg) {
 			a.u.Wake(addr, ps)
 			return
 		}
-		a.ss.s.faults.Fault(r, addr, a.ops.Go)
+		a.fault(r, addr) // limits.go: the client's faults in flight are bounded
 	case uffd.EventFork:
 		a.fork(m.UFD)
 	case uffd.EventRemap:
@@ -199,7 +201,9 @@ func (a *attachment) fork(fd int) {
 		child.regions = append(child.regions, c)
 	}
 	a.mu.Unlock()
+	a.ss.client.addRegion() // counted, never refused: the child's faults must be served
 	if !a.ss.addAttachment(child) {
+		a.ss.client.releaseRegion()
 		child.file.Close()
 		return
 	}
@@ -257,9 +261,11 @@ func (a *attachment) clone(r *fault.Region, addr uintptr, pgoff, npages int64) *
 // instead of reading zeros.
 func (a *attachment) close() {
 	a.once.Do(func() {
+		close(a.stop)
 		a.file.SetReadDeadline(time.Unix(1, 0))
 		<-a.done
 		a.ops.Wait()
 		a.file.Close()
+		a.ss.client.releaseRegion()
 	})
 }

@@ -62,6 +62,22 @@ type Config struct {
 
 	// Remote tunes http(s):// and s3:// objects.
 	Remote RemoteConfig
+
+	// StoreTimeout bounds one store read: a read still running after it
+	// fails, and the faults that wait for it get SIGBUS after the retries
+	// (storetimeout.go). If 0, DefaultStoreTimeout for files on network and
+	// FUSE file systems only; if positive, for every store; if negative,
+	// never.
+	StoreTimeout time.Duration
+
+	// Per-client limits (limits.go), for a client process as SO_PEERCRED
+	// names it: its open objects, the bytes of those objects, its attached
+	// regions, and its faults being worked on at once (the rest wait). 0
+	// is the default (DefaultMaxObjectsPerClient...); negative is none.
+	MaxObjectsPerClient        int
+	MaxMappedBytesPerClient    int64
+	MaxRegionsPerClient        int
+	MaxFaultsInFlightPerClient int
 }
 
 // Server is the daemon's state. It is safe for concurrent use.
@@ -74,6 +90,8 @@ type Server struct {
 	faults   *fault.Handler
 	remotes  *remotes
 	counters fault.Counters
+	clients  clientTable // per-client accounts and limits
+	hangs    *hangGuard  // store reads past StoreTimeout
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
 
@@ -147,6 +165,8 @@ func New(cfg Config) (*Server, error) {
 		budget:   reclaim.New(budgetPages, cfg.CachePolicy),
 		objects:  make(map[objectKey]*object),
 		sessions: make(map[*session]struct{}),
+		clients:  clientTable{lim: newLimits(cfg)},
+		hangs:    newHangGuard(cfg.StoreTimeout, cfg.Log),
 	}
 	s.metrics = metrics.New(s.countersNow)
 	if cfg.Remote.Fetch.Observer == nil {
@@ -295,11 +315,13 @@ func (s *Server) free(o *object) {
 }
 
 // acquire returns the cache for st's object and version in uid's domain,
-// making it if needed. It takes ownership of st.
-func (s *Server) acquire(uid uint32, name string, st store.Store) (*object, error) {
+// making it if needed. It takes ownership of st. mayHang says st is a file
+// on a network or FUSE file system.
+func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) (*object, error) {
 	if s.cfg.WrapStore != nil {
 		st = s.cfg.WrapStore(st)
 	}
+	st = s.hangs.wrap(st, mayHang) // storetimeout.go: no read hangs a fault forever
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -23,6 +23,9 @@ type session struct {
 	conn *proto.Conn
 	cred *unix.Ucred
 	log  *slog.Logger
+	// client is the account of the process at the other end, shared by
+	// all its sessions; its limits are in limits.go.
+	client *client
 
 	mu          sync.Mutex
 	closed      bool
@@ -40,6 +43,7 @@ func newSession(s *Server, c *net.UnixConn) (*session, error) {
 		conn:        proto.NewConn(c),
 		cred:        cred,
 		log:         s.log.With("pid", cred.Pid, "uid", cred.Uid),
+		client:      s.clients.join(cred),
 		handles:     make(map[uint64]*object),
 		attachments: make(map[uint64]*attachment),
 	}, nil
@@ -159,15 +163,29 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		f.CloseFds()
 		return nil, nil, err
 	}
+	// Before the store takes the descriptor: where the file lives decides
+	// whether its reads get a timeout (storetimeout.go).
+	hangs := len(f.Fds) == 1 && mayHang(f.Fds[0])
 	st, name, err := ss.openStore(uri, f)
 	if err != nil {
 		return nil, nil, err
 	}
+	size := st.Size()
+	if err := ss.client.reserveObject(name, size); err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			ss.client.releaseObject(size)
+		}
+	}()
 	if req.Version != "" && req.Version != st.Version() {
 		st.Close()
 		return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", name, store.ErrChanged, req.Version, st.Version())
 	}
-	o, err := ss.s.acquire(ss.cred.Uid, name, st)
+	o, err := ss.s.acquire(ss.cred.Uid, name, st, hangs)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,6 +198,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	ss.mu.Lock()
 	ss.handles[h] = o
 	ss.mu.Unlock()
+	kept = true
 	return proto.OpenReply{Handle: h, Size: o.fo.Cache.Size(), Version: o.key.version}, []*os.File{ro}, nil
 }
 
@@ -198,6 +217,10 @@ func (ss *session) openStore(uri store.URI, f proto.Frame) (store.Store, string,
 	if got := len(f.Fds); got != 1 {
 		f.CloseFds()
 		return nil, "", badFrame("open of local file %s takes the fd the client opened, got %d descriptors", uri.Path, got)
+	}
+	if err := checkReadable(f.Fds[0], uri.Path); err != nil {
+		f.Fds[0].Close()
+		return nil, "", err
 	}
 	st, err := store.NewFile(f.Fds[0], uri.Path)
 	if err != nil {
@@ -235,8 +258,13 @@ func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
 		return nil, nil, fmt.Errorf("attach %s: region addr %#x len %d offset %d is not page-aligned and non-empty",
 			o.fo.Cache.Name(), req.Addr, req.Len, req.Offset)
 	}
+	if err := ss.client.reserveRegion(o.fo.Cache.Name(), req.Addr, req.Len); err != nil {
+		f.CloseFds()
+		return nil, nil, err
+	}
 	a, err := newAttachment(ss, f.Fds[0], req.Features)
 	if err != nil {
+		ss.client.releaseRegion()
 		return nil, nil, fmt.Errorf("attach %s: %w", o.fo.Cache.Name(), err)
 	}
 	a.add(&o.fo, uintptr(req.Addr), req.Offset/ps, int64(req.Len/ps), advice)
@@ -295,6 +323,7 @@ func (ss *session) closeHandle(h uint64) error {
 		return fmt.Errorf("close: no open handle %d", h)
 	}
 	ss.s.release(o)
+	ss.client.releaseObject(o.fo.Cache.Size())
 	return nil
 }
 
@@ -323,7 +352,9 @@ func (ss *session) close() {
 	}
 	for _, o := range hs {
 		ss.s.release(o)
+		ss.client.releaseObject(o.fo.Cache.Size())
 	}
+	ss.s.clients.leave(ss.client)
 }
 
 // addAttachment registers an attachment made by a FORK event.

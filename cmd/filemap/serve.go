@@ -39,6 +39,13 @@ func serve(args []string) error {
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	huge := fs.Bool("huge", true, "keep caches on a private tmpfs whose fully read 2 MiB extents become huge folios (needs CAP_SYS_ADMIN; memfds otherwise)")
+	storeTimeout := fs.String("store-timeout", "auto", "a store read still running after this long fails: its faulting page gets SIGBUS after the retries.\n"+
+		"auto: "+server.DefaultStoreTimeout.String()+" for files on network and FUSE file systems only; a duration: for every store; 0: never")
+	maxObjects := fs.Int("max-objects-per-client", server.DefaultMaxObjectsPerClient, "objects one client process may have open (0: no limit)")
+	maxMapped := byteSize(server.DefaultMaxMappedBytesPerClient)
+	fs.Var(&maxMapped, "max-mapped-per-client", "bytes of the objects one client process may have open (0: no limit)")
+	maxRegions := fs.Int("max-regions-per-client", server.DefaultMaxRegionsPerClient, "regions one client process may have attached (0: no limit)")
+	maxFaults := fs.Int("max-faults-per-client", server.DefaultMaxFaultsInFlightPerClient, "faults of one client process worked on at once; its others wait (0: no limit)")
 	remoteConfig := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,6 +75,13 @@ func serve(args []string) error {
 	if *retries < 0 {
 		return fmt.Errorf("--retries %d: must be 0 or more", *retries)
 	}
+	var timeout time.Duration // auto
+	if *storeTimeout != "auto" {
+		if timeout, err = time.ParseDuration(*storeTimeout); err != nil || timeout < 0 {
+			return fmt.Errorf("--store-timeout %q: want auto, a duration such as 30s, or 0", *storeTimeout)
+		}
+		timeout = noLimit(timeout)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 	cfg := server.Config{
 		ReadaheadPages: int64(ra) / pagecache.PageSize,
@@ -79,6 +93,12 @@ func serve(args []string) error {
 		CachePolicy:    reclaim.Policy(*policy),
 		NoHuge:         !*huge,
 		Remote:         remoteCfg,
+		// On the command line 0 is no limit; in server.Config, negative.
+		StoreTimeout:               timeout,
+		MaxObjectsPerClient:        noLimit(*maxObjects),
+		MaxMappedBytesPerClient:    noLimit(int64(maxMapped)),
+		MaxRegionsPerClient:        noLimit(*maxRegions),
+		MaxFaultsInFlightPerClient: noLimit(*maxFaults),
 	}
 	if *retries == 0 {
 		cfg.Retries = -1
@@ -102,7 +122,8 @@ func serve(args []string) error {
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
 		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries,
-		"cache-size", size(int64(cacheSize)), "cache-policy", *policy)
+		"cache-size", size(int64(cacheSize)), "cache-policy", *policy, "store-timeout", *storeTimeout,
+		"per-client", fmt.Sprintf("%d objects, %s, %d regions, %d faults in flight", *maxObjects, size(int64(maxMapped)), *maxRegions, *maxFaults))
 	if remoteCfg.DiskCache != "" {
 		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))
 	}
@@ -117,4 +138,12 @@ func serve(args []string) error {
 	s.Close()
 	os.Remove(*socket)
 	return err
+}
+
+// noLimit maps a flag's "0: no limit" to server.Config's negative.
+func noLimit[T int | int64 | time.Duration](v T) T {
+	if v <= 0 {
+		return -1
+	}
+	return v
 }
