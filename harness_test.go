@@ -222,6 +222,13 @@ func startDriver(t *testing.T, socket string) *driver {
 	if socket != "" {
 		cmd.Env = append(cmd.Env, "FILEMAP_SOCKET="+socket)
 	}
+	return runDriverCmd(t, cmd, "driver")
+}
+
+// runDriverCmd starts cmd, a driver process, and ties it to the test: killed
+// at its end, its stderr logged under name if the test failed.
+func runDriverCmd(t *testing.T, cmd *exec.Cmd, name string) *driver {
+	t.Helper()
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +253,7 @@ func startDriver(t *testing.T, socket string) *driver {
 		d.cmd.Process.Kill()
 		d.cmd.Wait()
 		if t.Failed() {
-			t.Logf("driver %d stderr:\n%s", d.cmd.Process.Pid, d.stderr.String())
+			t.Logf("%s %d stderr:\n%s", name, d.cmd.Process.Pid, d.stderr.String())
 		}
 	})
 	return d

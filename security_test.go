@@ -6,7 +6,6 @@ package filemap
 // cache with root's clients.
 
 import (
-	"bufio"
 	"io"
 	"log/slog"
 	"os"
@@ -34,34 +33,7 @@ func startDriverAs(t *testing.T, exe, socket string) *driver {
 		AmbientCaps: []uintptr{unix.CAP_SYS_PTRACE},
 	}
 	cmd.Dir = filepath.Dir(exe)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &driver{t: t, cmd: cmd, in: in, lines: make(chan string, 16), stderr: new(syncBuffer)}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			d.lines <- sc.Text()
-		}
-		close(d.lines)
-	}()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		d.cmd.Wait()
-		if t.Failed() {
-			t.Logf("driver (nobody) %d stderr:\n%s", d.cmd.Process.Pid, d.stderr.String())
-		}
-	})
-	return d
+	return runDriverCmd(t, cmd, "driver (nobody)")
 }
 
 func TestOtherUidReadsOnlyWithItsOwnRights(t *testing.T) {

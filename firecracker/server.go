@@ -366,7 +366,7 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 	defer s.conns.Done()
 	id := s.nextID.Add(1)
 	log := s.log.With("vm", id)
-	if cred, err := peerCred(c); err == nil {
+	if cred, err := proto.PeerCred(c); err == nil {
 		log = log.With("pid", cred.Pid, "uid", cred.Uid)
 	}
 	v, err := s.restore(c, id, log)

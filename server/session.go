@@ -34,7 +34,7 @@ type session struct {
 }
 
 func newSession(s *Server, c *net.UnixConn) (*session, error) {
-	cred, err := peerCred(c)
+	cred, err := proto.PeerCred(c)
 	if err != nil {
 		return nil, err
 	}
@@ -47,25 +47,6 @@ func newSession(s *Server, c *net.UnixConn) (*session, error) {
 		handles:     make(map[uint64]*object),
 		attachments: make(map[uint64]*attachment),
 	}, nil
-}
-
-// peerCred is the client's pid and uid as the kernel saw them at connect.
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	if cerr != nil {
-		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
-	}
-	return cred, nil
 }
 
 func (ss *session) serve() {
