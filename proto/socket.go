@@ -1,10 +1,13 @@
 package proto
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,4 +43,30 @@ func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {
 		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
 	}
 	return cred, nil
+}
+
+// Accept hands each connection accepted on l to serve, in a goroutine of
+// its own, until l is closed (then it returns nil). Running out of
+// descriptors is logged and retried: a busy daemon must not die of it, and
+// descriptors come back as connections close.
+func Accept(l *net.UnixListener, log *slog.Logger, serve func(*net.UnixConn)) error {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				log.Error("accept: out of file descriptors; retrying", "socket", l.Addr().String(), "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+		}
+		go serve(c)
+	}
 }

@@ -233,25 +233,7 @@ func (s *Server) Serve(l *net.UnixListener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				s.log.Error("accept: out of file descriptors; retrying", "err", err)
-				time.Sleep(100 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
-		}
-		go s.ServeConn(c)
-	}
+	return proto.Accept(l, s.log, s.ServeConn)
 }
 
 // ServeConn serves one client connection until it closes or breaks the
