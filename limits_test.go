@@ -115,7 +115,11 @@ func TestLimitFaultsInFlightPerClient(t *testing.T) {
 		u := usageOf(d, pid)
 		return u.FaultsInFlight == 1 && u.FaultsQueued == 1
 	})
-	if n := d.spy.readsOf(x*ps) + d.spy.readsOf(y*ps); n != 1 {
+	// The fault in flight is counted before its read begins: wait for
+	// the read, then check that the queued one has not begun one too.
+	reads := func() int { return d.spy.readsOf(x*ps) + d.spy.readsOf(y*ps) }
+	waitFor(t, "the read of the fault in flight", func() bool { return reads() >= 1 })
+	if n := reads(); n != 1 {
 		t.Fatalf("%d reads of the two pages began; the limit lets one fault through", n)
 	}
 	b := startDriver(t, d.sock)
