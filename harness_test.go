@@ -181,7 +181,13 @@ type daemon struct {
 
 func startDaemon(t *testing.T, cfg server.Config) *daemon {
 	t.Helper()
-	d := &daemon{sock: filepath.Join(t.TempDir(), "filemap.sock"), log: new(syncBuffer), spy: new(spy)}
+	return startDaemonOn(t, cfg, filepath.Join(t.TempDir(), "filemap.sock"), 0o600)
+}
+
+// startDaemonOn is startDaemon listening on sock with the given mode.
+func startDaemonOn(t *testing.T, cfg server.Config, sock string, mode os.FileMode) *daemon {
+	t.Helper()
+	d := &daemon{sock: sock, log: new(syncBuffer), spy: new(spy)}
 	cfg.Log = slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.WrapStore = func(s store.Store) store.Store { return &spyStore{Store: s, h: d.spy} }
 	if cfg.RetryBackoff == 0 {
@@ -191,7 +197,7 @@ func startDaemon(t *testing.T, cfg server.Config) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := server.Listen(d.sock, 0o600)
+	l, err := server.Listen(d.sock, mode)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ package filemap
 
 import (
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,23 +70,7 @@ func TestOtherUidReadsOnlyWithItsOwnRights(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d := &daemon{sock: filepath.Join(dir, "filemap.sock"), log: new(syncBuffer), spy: new(spy)}
-	s, err := server.New(server.Config{Log: slog.New(slog.NewTextHandler(d.log, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := server.Listen(d.sock, 0o666)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.s = s
-	go s.Serve(l)
-	t.Cleanup(func() {
-		s.Close()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.log.String())
-		}
-	})
+	d := startDaemonOn(t, server.Config{}, filepath.Join(dir, "filemap.sock"), 0o666)
 
 	n := startDriverAs(t, exe, d.sock)
 	// An O_PATH descriptor takes no right to the file: the daemon, root,
