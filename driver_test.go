@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -265,12 +266,16 @@ func (st *driverState) parallel(offs []int64) string {
 }
 
 // random reads random 4 KiB pieces in threads for d, checking every byte.
+// It answers "ok PAGES READS P99 MAX": the pages it touched, the reads it
+// checked, and the 99th percentile and the maximum of a read's latency,
+// in microseconds.
 func (st *driverState) random(threads int, d time.Duration) string {
 	npages := (st.m.Size() + ps - 1) / ps
 	touched := make([]atomic.Bool, npages)
 	var reads atomic.Int64
 	var bad atomic.Value
 	var wg sync.WaitGroup
+	lat := make([][]time.Duration, threads)
 	stop := time.Now().Add(d)
 	for i := range threads {
 		wg.Go(func() {
@@ -280,7 +285,9 @@ func (st *driverState) random(threads int, d time.Duration) string {
 				p := r.Int64N(npages)
 				off := p * ps
 				n := min(ps, st.m.Size()-off)
+				t0 := time.Now()
 				b, sig := st.load(off, n)
+				lat[i] = append(lat[i], time.Since(t0))
 				if sig >= 0 {
 					bad.Store(fmt.Sprintf("sigbus at %d", sig))
 					return
@@ -305,7 +312,13 @@ func (st *driverState) random(threads int, d time.Duration) string {
 			n++
 		}
 	}
-	return fmt.Sprintf("ok %d %d", n, reads.Load())
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	var p99, worst time.Duration
+	if len(all) > 0 {
+		p99, worst = all[len(all)*99/100], all[len(all)-1]
+	}
+	return fmt.Sprintf("ok %d %d %d %d", n, reads.Load(), p99.Microseconds(), worst.Microseconds())
 }
 
 // signalRead faults the page at off on one thread while another sends it

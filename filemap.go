@@ -79,18 +79,38 @@ func WithSocket(path string) Option { return func(o *options) { o.socket = path 
 func WithAdvice(a Advice) Option { return func(o *options) { o.advice = a } }
 
 // Mapping is an object mapped read-only into memory.
+//
+// A mapping outlives its handler. If the daemon dies, its faults wait (the
+// mapping holds its own userfaultfd). A daemon restarted on the same socket
+// takes the mapping over from its predecessor's keeper and serves those
+// faults with no help from this process (server.Keep); the mapping
+// reconnects, with backoff, and resumes its region. Failing that — a
+// daemon that kept nothing, or the private handler, which a new one
+// replaces — it re-opens the object at the version it shows, hands back
+// the cache file it maps, so the new handler adopts it warm, and attaches
+// again. That path needs this process to run: a Go program all of whose
+// threads wait in faults of the mapping, or that starts a garbage
+// collection meanwhile, waits for good (see THREAT_MODEL.md).
 type Mapping struct {
-	uri     string
-	size    int64
-	version string
-	mem     []byte // the whole mapping, including pages past the object's end
-	memfd   *os.File
-	u       *uffd.UFFD
-	c       *client
-	handle  uint64
-	region  uint64
+	uri      string
+	size     int64
+	version  string
+	mem      []byte   // the whole mapping, including pages past the object's end
+	memfd    *os.File // the cache file this mapping maps
+	file     *os.File // a local object, as this process opened it; nil for a remote one
+	u        *uffd.UFFD
+	features uint64 // negotiated in UFFDIO_API
+	socket   string // from WithSocket; "" for $FILEMAP_SOCKET or the private handler
+
+	ctx     context.Context // cancelled by Close: stops reconnecting
+	cancel  context.CancelFunc
+	watched chan struct{} // closed when the goroutine that keeps the mapping attached ends
 
 	mu     sync.Mutex
+	c      *client // the current connection to the handler
+	handle uint64
+	region uint64
+	advice Advice // the last of Normal, Random, Sequential: re-sent on re-attaching
 	closed bool
 }
 
@@ -118,21 +138,23 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 		if f, err = store.OpenLocal(u.Path); err != nil {
 			return nil, fmt.Errorf("filemap: %w", err)
 		}
-		defer f.Close()
 	}
 	c, err := connect(ctx, o.socket)
 	if err != nil {
+		closeFile(f)
 		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
 	}
-	m, err := c.mapObject(ctx, uri, f, o)
+	m, err := mapObject(ctx, c, uri, f, o)
 	if err != nil {
 		c.close()
+		closeFile(f)
 		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
 	}
+	go m.keepAttached(c)
 	return m, nil
 }
 
-func (c *client) mapObject(ctx context.Context, uri string, f *os.File, o options) (*Mapping, error) {
+func mapObject(ctx context.Context, c *client, uri string, f *os.File, o options) (*Mapping, error) {
 	var or proto.OpenReply
 	var send []*os.File
 	if f != nil {
@@ -146,8 +168,11 @@ func (c *client) mapObject(ctx context.Context, uri string, f *os.File, o option
 		closeFiles(fds)
 		return nil, fmt.Errorf("daemon sent %d descriptors with the cache, want 1", len(fds))
 	}
-	m := &Mapping{uri: uri, size: or.Size, version: or.Version, memfd: fds[0], c: c, handle: or.Handle}
+	m := &Mapping{uri: uri, size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket,
+		c: c, handle: or.Handle, advice: o.advice, watched: make(chan struct{})}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.setup(ctx, o); err != nil {
+		m.file = nil // the caller closes it
 		m.teardown()
 		return nil, err
 	}
@@ -178,31 +203,33 @@ func (m *Mapping) setup(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	features, err := m.u.API(o.features, o.features)
-	if err != nil {
+	if m.features, err = m.u.API(o.features, o.features); err != nil {
 		return err
 	}
 	addr := uintptr(unsafe.Pointer(&mem[0]))
 	if _, err := m.u.Register(addr, uintptr(len(mem)), uffd.ModeMissing); err != nil {
 		return err
 	}
-	// The handler gets a copy; ours stays open, so if the handler dies our
-	// faults stall instead of reading zeros.
+	m.region, err = m.attach(ctx, m.c, m.handle, o.advice)
+	return err
+}
+
+// attach hands the handler at c a copy of the mapping's uffd, to serve its
+// faults. Ours stays open, so if the handler dies our faults stall instead
+// of reading zeros, and the next handler gets a copy of the same uffd.
+func (m *Mapping) attach(ctx context.Context, c *client, handle uint64, advice Advice) (uint64, error) {
 	dup, err := unix.FcntlInt(uintptr(m.u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("dup uffd: %w", err)
+		return 0, fmt.Errorf("dup uffd: %w", err)
 	}
 	uf := os.NewFile(uintptr(dup), "uffd")
 	defer uf.Close()
 	var ar proto.AttachReply
-	_, err = m.c.call(ctx, proto.TAttach, proto.Attach{
-		Handle: m.handle, Addr: uint64(addr), Len: uint64(len(mem)), Features: features, Advice: o.advice.String(),
+	_, err = c.call(ctx, proto.TAttach, proto.Attach{
+		Handle: handle, Addr: uint64(uintptr(unsafe.Pointer(&m.mem[0]))), Len: uint64(len(m.mem)),
+		Features: m.features, Advice: advice.String(),
 	}, []*os.File{uf}, &ar)
-	if err != nil {
-		return err
-	}
-	m.region = ar.Region
-	return nil
+	return ar.Region, err
 }
 
 // Bytes is the object's bytes, read-only. Touching a page the cache does
@@ -320,7 +347,18 @@ func (m *Mapping) Advise(a Advice, off, length int64) error {
 			return fmt.Errorf("filemap: %s: madvise(MADV_DONTNEED) [%d, %d): %w", m.uri, start, end, err)
 		}
 	}
-	_, err := m.c.call(context.Background(), proto.TAdvise, proto.Advise{Region: m.region, Advice: a.String(), Offset: off, Length: length}, nil, nil)
+	m.mu.Lock()
+	if a == Normal || a == Random || a == Sequential {
+		m.advice = a
+	}
+	c, region := m.c, m.region
+	m.mu.Unlock()
+	_, err := c.call(context.Background(), proto.TAdvise, proto.Advise{Region: region, Advice: a.String(), Offset: off, Length: length}, nil, nil)
+	if errors.Is(err, errLost) {
+		// Advice is a hint. The mapping's access pattern goes to the next
+		// handler when the mapping re-attaches; a WillNeed is dropped.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("filemap: %s: advise %v: %w", m.uri, a, err)
 	}
@@ -330,17 +368,20 @@ func (m *Mapping) Advise(a Advice, off, length int64) error {
 // Close unmaps the object. Bytes must not be used after it.
 func (m *Mapping) Close() error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return nil
 	}
 	m.closed = true
+	m.mu.Unlock()
+	m.cancel()
+	<-m.watched // no re-attach runs now, nor starts
 	var err error
 	if m.region != 0 {
 		_, err = m.c.call(context.Background(), proto.TDetach, proto.Detach{Region: m.region}, nil, nil)
 	}
 	m.teardown()
-	if err != nil && !errors.Is(err, syscall.EPIPE) {
+	if err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, errLost) {
 		return fmt.Errorf("filemap: close %s: %w", m.uri, err)
 	}
 	return nil
@@ -355,6 +396,7 @@ func (m *Mapping) teardown() {
 		m.u.Close()
 	}
 	m.memfd.Close()
+	closeFile(m.file)
 	m.c.close()
 }
 
@@ -392,6 +434,12 @@ func handlerCall(ctx context.Context, t proto.Type, opts []Option, reply any) er
 		return fmt.Errorf("filemap: %v: %w", t, err)
 	}
 	return nil
+}
+
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 func closeFiles(fs []*os.File) {

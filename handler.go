@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/server"
 	"golang.org/x/sys/unix"
 )
@@ -44,6 +45,12 @@ func runPrivateHandler(path string) int {
 		fmt.Fprintln(os.Stderr, "filemap private handler:", err)
 		return 1
 	}
+	// If this handler dies, its keeper serves the parent's regions to the
+	// next one, which it starts itself: the parent, its threads waiting in
+	// page faults, may be unable to.
+	if err := s.KeepRespawn(path, nil, &fdstore.Respawn{Files: []*os.File{lifeline}}); err != nil {
+		log.Warn("the parent's mappings will not survive this handler's death", "err", err)
+	}
 	lifeline.Write([]byte{1}) // ready
 	go s.Serve(l)
 	io.Copy(io.Discard, lifeline) // returns when the parent has exited
@@ -53,34 +60,57 @@ func runPrivateHandler(path string) int {
 
 // The private handler is what a process truly has one of. lifeline is the
 // parent's end of the handler's lifeline, kept reachable so that the garbage
-// collector never closes it: only this process's exit does.
+// collector never closes it: only this process's exit does. If the handler
+// dies, the lifeline reads EOF, dead is closed, and the next connect starts
+// another: the mappings re-attach to it.
 var private struct {
-	once     sync.Once
+	mu       sync.Mutex
 	socket   string
-	err      error
 	lifeline *os.File
+	dead     chan struct{}
 }
 
-// privateHandler starts this process's handler on first use and returns
-// its socket.
+// privateHandler returns the socket of this process's handler, starting
+// one if there is none or it has died.
 func privateHandler() (string, error) {
-	private.once.Do(func() { private.socket, private.err = startPrivateHandler() })
-	return private.socket, private.err
+	private.mu.Lock()
+	defer private.mu.Unlock()
+	if private.dead != nil {
+		select {
+		case <-private.dead:
+			os.RemoveAll(filepath.Dir(private.socket)) // it could not
+			private.socket, private.dead = "", nil
+		default:
+			return private.socket, nil
+		}
+	}
+	socket, lifeline, err := startPrivateHandler()
+	if err != nil {
+		return "", err
+	}
+	dead := make(chan struct{})
+	private.socket, private.lifeline, private.dead = socket, lifeline, dead
+	go func() {
+		io.Copy(io.Discard, lifeline) // returns when the handler has exited
+		lifeline.Close()
+		close(dead)
+	}()
+	return socket, nil
 }
 
-func startPrivateHandler() (string, error) {
+func startPrivateHandler() (string, *os.File, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return "", fmt.Errorf("start a private handler: %w", err)
+		return "", nil, fmt.Errorf("start a private handler: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "filemap-handler-")
 	if err != nil {
-		return "", fmt.Errorf("start a private handler: %w", err)
+		return "", nil, fmt.Errorf("start a private handler: %w", err)
 	}
 	socket := filepath.Join(dir, "handler.sock")
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return "", fmt.Errorf("start a private handler: socketpair: %w", err)
+		return "", nil, fmt.Errorf("start a private handler: socketpair: %w", err)
 	}
 	unix.SetNonblock(fds[0], true) // so that the wait below can time out
 	ours, theirs := os.NewFile(uintptr(fds[0]), "lifeline"), os.NewFile(uintptr(fds[1]), "lifeline")
@@ -91,18 +121,19 @@ func startPrivateHandler() (string, error) {
 	if err := cmd.Start(); err != nil {
 		ours.Close()
 		theirs.Close()
-		return "", fmt.Errorf("start a private handler (%s): %w", exe, err)
+		return "", nil, fmt.Errorf("start a private handler (%s): %w", exe, err)
 	}
 	theirs.Close()
 	go cmd.Wait()
-	private.lifeline = ours
 	ours.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var ready [1]byte
 	if _, err := io.ReadFull(ours, ready[:]); err != nil {
+		ours.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return "", fmt.Errorf("private handler %s did not start within 30s", exe)
+			return "", nil, fmt.Errorf("private handler %s did not start within 30s", exe)
 		}
-		return "", fmt.Errorf("private handler %s failed to start (see its message above): %w", exe, err)
+		return "", nil, fmt.Errorf("private handler %s failed to start (see its message above): %w", exe, err)
 	}
-	return socket, nil
+	ours.SetReadDeadline(time.Time{})
+	return socket, ours, nil
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,19 +43,38 @@ func TestMain(m *testing.M) {
 }
 
 // runServe is a daemon in its own process, for tests that kill it.
+// It keeps its regions in a keeper, and with FILEMAP_TEST_TAKEOVER set it
+// takes over from the daemon running on socket.
 func runServe(socket string) int {
-	s, err := server.New(server.Config{NoHuge: os.Getenv("FILEMAP_TEST_NOHUGE") != ""})
-	if err != nil {
+	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	l, err := server.Listen(socket, 0o600)
+	var l *net.UnixListener
+	var err error
+	if os.Getenv("FILEMAP_TEST_TAKEOVER") != "" {
+		l, err = server.Takeover(socket, 30*time.Second)
+	} else {
+		l, err = server.Listen(socket, 0o600)
+	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return fail(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s, err := server.New(server.Config{NoHuge: os.Getenv("FILEMAP_TEST_NOHUGE") != "", Log: log})
+	if err != nil {
+		return fail(err)
+	}
+	kept, err := server.Kept(socket) // in a takeover, waits for the old daemon to close
+	if err != nil {
+		return fail(err)
+	}
+	if err := s.Keep(socket, kept); err != nil {
+		return fail(err)
 	}
 	fmt.Println("ready")
 	s.Serve(l)
+	s.Close()
 	return 0
 }
 

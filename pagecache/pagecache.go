@@ -73,10 +73,14 @@ type Object struct {
 	// On a huge backing: the collapser, the number of extents that may be
 	// collapsed (those wholly inside the object: size / HugeSize), and the
 	// daemon's own mapping of them, shared and read-only, HugeSize-aligned,
-	// never touched: MADV_COLLAPSE needs a VMA. col is nil otherwise.
+	// never touched: MADV_COLLAPSE needs a VMA. col is nil otherwise. A
+	// cache file adopted from a huge backing by one that is not has nhuge
+	// set and no collapser: its huge folios must still be punched whole.
 	col   *collapser
 	nhuge int64
 	view  unsafe.Pointer
+
+	dev, ino uint64 // the cache file's identity, to know it when it comes back (Adopt)
 
 	mu         sync.Mutex
 	states     table
@@ -127,10 +131,28 @@ func newObject(name string, size int64, file *os.File) (*Object, error) {
 		file.Close()
 		return nil, fmt.Errorf("pagecache %s: size the cache file to %d bytes: %w", name, npages*PageSize, err)
 	}
+	return wrap(name, size, file)
+}
+
+// wrap makes the cache of an object of size bytes held in file, a file of
+// whole pages that it owns from now on. Every page starts absent.
+func wrap(name string, size int64, file *os.File) (*Object, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(file.Fd()), &st); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("pagecache %s: fstat the cache file: %w", name, err)
+	}
+	npages := (size + PageSize - 1) / PageSize
 	o := &Object{name: name, size: size, npages: npages, file: file, states: newTable(npages),
-		markers: make(map[int64][]byte)}
+		markers: make(map[int64][]byte), dev: st.Dev, ino: st.Ino}
 	o.collapsed.L = &o.mu
 	return o, nil
+}
+
+// Same reports whether f is this cache's file (another descriptor of it).
+func (o *Object) Same(f *os.File) bool {
+	var st unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &st) == nil && st.Dev == o.dev && st.Ino == o.ino
 }
 
 // mapView makes o collapse its whole extents through col: it maps them.
@@ -151,7 +173,7 @@ func (o *Object) mapView(col *collapser) error {
 // punch drops whole: HugePages on a huge backing, 1 otherwise. Reclaim
 // evicts such a cache by whole aligned blocks of this many pages.
 func (o *Object) HugePages() int64 {
-	if o.col == nil {
+	if o.nhuge == 0 {
 		return 1
 	}
 	return HugePages
@@ -192,6 +214,10 @@ func (o *Object) MetadataBytes() int64 {
 	defer o.mu.Unlock()
 	return o.states.bytes() + int64(len(o.fills))*64 + int64(len(o.markers))*(PageSize+32)
 }
+
+// File is the cache file, open for reading and writing: the daemon's own
+// descriptor, for keeping it across a restart. Nobody else may write it.
+func (o *Object) File() *os.File { return o.file }
 
 // ReadOnlyFile opens the cache file again for reading only, through /proc,
 // so a client can map the cache but never write into the copy others share.
@@ -503,7 +529,7 @@ func (o *Object) collapsingIn(start, end int64) bool {
 // the folio (truncate_inode_partial_folio); if the split fails, the zeroed
 // pages stay in the cache, present, and clients would read zeros.
 func (o *Object) widen(start, end int64) (int64, int64) {
-	if o.col == nil {
+	if o.nhuge == 0 {
 		return start, end
 	}
 	if x := start / HugePages; start%HugePages != 0 && x < o.nhuge && o.states.isHuge(x) {
@@ -567,7 +593,7 @@ func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error)
 		}
 		// A huge extent lies wholly inside one run: it is widened to
 		// whole extents, and all its pages are uptodate.
-		if o.col != nil {
+		if o.nhuge > 0 {
 			for x := p / HugePages; x <= (q-1)/HugePages && x < o.nhuge; x++ {
 				o.states.setHuge(x, false)
 			}

@@ -202,6 +202,13 @@ func (c *Conn) Call(t Type, id uint32, req any, fds []*os.File, reply any) ([]*o
 		f.CloseFds()
 		return nil, fmt.Errorf("proto: %v reply has id %d, want %d", t, f.ID, id)
 	}
+	return DecodeReply(t, f, reply)
+}
+
+// DecodeReply decodes f, the answer to a request of type t: a TReply
+// payload into reply (which may be nil), a TError payload as an *Error.
+// It returns the reply's descriptors, and closes them on any error.
+func DecodeReply(t Type, f Frame, reply any) ([]*os.File, error) {
 	switch f.Type {
 	case TReply:
 		if reply != nil {

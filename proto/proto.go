@@ -55,6 +55,12 @@ const (
 	TClose  Type = 6 // Close → Empty
 	TStat   Type = 7 // Empty → Stats
 	TDrop   Type = 8 // Empty → Empty: punch every cache's pages out (drop_caches)
+	TResume Type = 9 // Resume → ResumeReply: take back a region a previous daemon served
+
+	// TTakeover (Empty → Empty + the listening socket) asks the daemon to
+	// retire in favour of the caller, a daemon of the same uid: it hands
+	// over its socket and leaves its regions in its keeper.
+	TTakeover Type = 10
 
 	TReply Type = 0x80 // the request succeeded; payload is its reply
 	TError Type = 0x81 // the request failed; payload is an Error
@@ -62,7 +68,7 @@ const (
 
 var typeNames = map[Type]string{
 	THello: "hello", TOpen: "open", TAttach: "attach", TAdvise: "advise", TDetach: "detach",
-	TClose: "close", TStat: "stat", TDrop: "drop-caches", TReply: "reply", TError: "error",
+	TClose: "close", TStat: "stat", TDrop: "drop-caches", TResume: "resume", TTakeover: "takeover", TReply: "reply", TError: "error",
 }
 
 func (t Type) String() string {
@@ -144,9 +150,18 @@ type HelloReply struct {
 // Open asks for an object's cache. For a local file the client sends the fd
 // it opened; URI names the object in messages and logs. A non-empty Version
 // pins the object: Open fails if it now has another version.
+//
+// A client whose daemon died (or handed over to another) opens its objects
+// again with Cache set: the cache file it maps travels last, after the
+// object's fd if any, and the daemon adopts it, warm, instead of making a
+// new one. Version and Size are then the ones the mapping shows; an object
+// that has changed since is not an error, but every page the cache does not
+// hold gets SIGBUS, as a change under a live mapping does.
 type Open struct {
 	URI     string `json:"uri"`
 	Version string `json:"version,omitempty"`
+	Cache   bool   `json:"cache,omitempty"`
+	Size    int64  `json:"size,omitempty"`
 }
 
 // OpenReply carries the object's handle, size and version; the cache's memfd,
@@ -160,7 +175,9 @@ type OpenReply struct {
 // Attach asks the daemon to serve the faults of [Addr, Addr+Len) of the
 // client's memory, which maps the object from byte Offset; the client's
 // userfaultfd, with the range registered MISSING, travels with it. Features
-// are the ones the client negotiated in UFFDIO_API.
+// are the ones the client negotiated in UFFDIO_API. The daemon wakes the
+// range once it serves it: faults a dead daemon had read and never
+// answered run again and reach it.
 type Attach struct {
 	Handle   uint64 `json:"handle"`
 	Addr     uint64 `json:"addr"`
@@ -190,6 +207,19 @@ type Detach struct {
 
 // Close drops a handle from Open.
 type Close struct {
+	Handle uint64 `json:"handle"`
+}
+
+// Resume asks a daemon that took over from a dead or retiring one for a
+// region that one served for this client process: the new daemon serves it
+// already (it took the uffd from the old one's keeper), and the session
+// that resumes it may now advise and detach it under the same Region id.
+type Resume struct {
+	Region uint64 `json:"region"`
+}
+
+// ResumeReply names the handle of the resumed region's object.
+type ResumeReply struct {
 	Handle uint64 `json:"handle"`
 }
 

@@ -23,6 +23,7 @@ const ps = pagecache.PageSize
 type attachment struct {
 	id       uint64
 	ss       *session
+	obj      *object  // the object its regions map; nil for a FORK child's
 	file     *os.File // owns the fd; waits for it to be readable
 	u        *uffd.UFFD
 	features uint64
@@ -216,11 +217,13 @@ func (a *attachment) remap(from, to, n uintptr) {
 	a.edit(from, from+n, func(r *fault.Region) *fault.Region {
 		return a.clone(r, to+(r.Addr-from), r.PgOff, r.NPages)
 	})
+	a.keep()
 }
 
 // unmap follows munmap(2): the part of any region inside [start, end) is gone.
 func (a *attachment) unmap(start, end uintptr) {
 	a.edit(start, end, func(*fault.Region) *fault.Region { return nil })
+	a.keep()
 }
 
 // edit splits every region at start and end and replaces each piece inside
@@ -262,6 +265,7 @@ func (a *attachment) clone(r *fault.Region, addr uintptr, pgoff, npages int64) *
 func (a *attachment) close() {
 	a.once.Do(func() {
 		close(a.stop)
+		a.unkeep()
 		a.file.SetReadDeadline(time.Unix(1, 0))
 		<-a.done
 		a.ops.Wait()

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/metrics"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
@@ -98,23 +99,41 @@ type Server struct {
 	mu        sync.Mutex
 	objects   map[objectKey]*object
 	sessions  map[*session]struct{}
+	orphans   map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
+	keeper    *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
 	listeners []net.Listener
 	closed    bool
+	retired   bool // handed over to a successor (takeover.go)
 	conns     sync.WaitGroup
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
+// adopted tells apart a second cache of the same bytes, adopted from a
+// client while the daemon had made one already; a new Open never finds it.
 type objectKey struct {
 	uid     uint32
 	key     string
 	version string
+	adopted uint64
 }
 
 // object is an object's cache and store, shared by the sessions that opened it.
 type object struct {
 	key  objectKey
+	uri  string
 	fo   fault.Object
 	refs int
+	file *os.File // a local object's file, as a client opened it: kept across a restart (keep.go)
+}
+
+// keepFile remembers f, a local object's file, unless one is kept already.
+// Called with s.mu held or before the object is shared.
+func (o *object) keepFile(f *os.File) {
+	if o.file == nil {
+		o.file = f
+		return
+	}
+	f.Close()
 }
 
 // New makes a server. It refuses a kernel whose shmem huge page settings
@@ -165,6 +184,7 @@ func New(cfg Config) (*Server, error) {
 		budget:   reclaim.New(budgetPages, cfg.CachePolicy),
 		objects:  make(map[objectKey]*object),
 		sessions: make(map[*session]struct{}),
+		orphans:  make(map[int32]*session),
 		clients:  clientTable{lim: newLimits(cfg)},
 		hangs:    newHangGuard(cfg.StoreTimeout, cfg.Log),
 	}
@@ -276,21 +296,35 @@ func (s *Server) Close() error {
 	for ss := range s.sessions {
 		ss.conn.Close()
 	}
+	orphans := s.orphans
+	s.orphans = map[int32]*session{}
 	s.mu.Unlock()
 	s.conns.Wait()
+	for _, ss := range orphans {
+		ss.close()
+	}
+	s.waitFills()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for k, o := range s.objects {
 		s.free(o)
 		delete(s.objects, k)
 	}
+	s.mu.Unlock()
 	s.remotes.close()
 	s.backing.Close()
+	if s.keeper != nil {
+		// Last: a successor waits for this, and finds the disk cache and
+		// every cache file let go.
+		s.keeper.Close(false) // the regions wait there for the next daemon
+	}
 	return nil
 }
 
 // free releases an object's cache and store. Called with s.mu held.
 func (s *Server) free(o *object) {
+	if o.file != nil {
+		o.file.Close()
+	}
 	s.budget.Forget(o.fo.Cache)
 	o.fo.Cache.Close()
 	o.fo.Store.Close()
@@ -300,10 +334,7 @@ func (s *Server) free(o *object) {
 // making it if needed. It takes ownership of st. mayHang says st is a file
 // on a network or FUSE file system.
 func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) (*object, error) {
-	if s.cfg.WrapStore != nil {
-		st = s.cfg.WrapStore(st)
-	}
-	st = s.hangs.wrap(st, mayHang) // storetimeout.go: no read hangs a fault forever
+	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -320,6 +351,55 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 	s.dropStale(k, name)
 	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
+	return o, nil
+}
+
+// wrapStore wraps a store the daemon has just opened.
+func (s *Server) wrapStore(st store.Store, mayHang bool) store.Store {
+	if s.cfg.WrapStore != nil {
+		st = s.cfg.WrapStore(st)
+	}
+	return s.hangs.wrap(st, mayHang) // storetimeout.go: no read hangs a fault forever
+}
+
+// adopt makes the cache of st's object from file, the cache file a client
+// of uid maps and hands back after its daemon died or handed over, or finds
+// the cache another client of uid handed back already: a client's faults
+// must be filled into the very file it maps. It takes ownership of st and
+// file. The pages the file holds are accounted in the budget.
+func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File) (*object, error) {
+	st = s.wrapStore(st, mayHang)
+	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
+	s.mu.Lock()
+	for ok, o := range s.objects {
+		if ok.uid == uid && o.fo.Cache.Same(file) {
+			o.refs++
+			s.mu.Unlock()
+			file.Close()
+			st.Close()
+			return o, nil
+		}
+	}
+	var runs [][2]int64
+	cache, err := s.backing.Adopt(name, st.Size(), file, func(lo, hi int64) { runs = append(runs, [2]int64{lo, hi}) })
+	if err != nil {
+		s.mu.Unlock()
+		st.Close()
+		return nil, err
+	}
+	if _, taken := s.objects[k]; taken {
+		k.adopted = s.nextID.Add(1) // a second cache of the same bytes: both serve
+	}
+	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	s.objects[k] = o
+	s.mu.Unlock()
+	var n int64
+	for _, r := range runs {
+		s.budget.Reserve(r[1] - r[0])
+		s.budget.Commit(cache, r[0], r[1], r[1]-r[0], r[1]-r[0], false)
+		n += r[1] - r[0]
+	}
+	s.log.Info("adopted a cache a client handed back", "object", name, "version", k.version, "resident_bytes", n*pagecache.PageSize)
 	return o, nil
 }
 
@@ -424,6 +504,9 @@ func (s *Server) countersNow() proto.Stats {
 		st.MetadataBytes += o.fo.Cache.MetadataBytes()
 	}
 	for ss := range s.sessions {
+		st.Regions += ss.regionCount()
+	}
+	for _, ss := range s.orphans {
 		st.Regions += ss.regionCount()
 	}
 	return st

@@ -27,6 +27,8 @@ type session struct {
 	// all its sessions; its limits are in limits.go.
 	client *client
 
+	retire bool // close the server once the reply in hand is sent (takeover.go)
+
 	mu          sync.Mutex
 	closed      bool
 	handles     map[uint64]*object
@@ -74,6 +76,9 @@ func (ss *session) serve() {
 		}
 		werr := ss.conn.WriteFrame(out)
 		closeAll(fds)
+		if ss.retire && werr == nil {
+			go ss.s.Close()
+		}
 		if werr != nil {
 			if !isEOF(werr) {
 				ss.log.Warn("closing connection: cannot reply", "err", werr)
@@ -124,6 +129,19 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 		return ss.s.Stats(), nil, nil
 	case proto.TDrop:
 		return proto.Empty{}, nil, ss.s.DropCaches()
+	case proto.TResume:
+		var req proto.Resume
+		if err := proto.Unmarshal(f.Payload, &req); err != nil {
+			return nil, nil, errBadFrame{err}
+		}
+		reply, err := ss.resume(req)
+		return reply, nil, err
+	case proto.TTakeover:
+		f, err := ss.takeover()
+		if err != nil {
+			return nil, nil, err
+		}
+		return proto.Empty{}, []*os.File{f}, nil
 	default:
 		f.CloseFds()
 		return nil, nil, badFrame("unknown request type %v", f.Type)
@@ -133,11 +151,25 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 // open finds or makes the cache of an object. A local file arrives as the
 // fd the client opened itself, so the kernel has checked the client's right
 // to read it; the daemon never opens a client's path with its own rights.
+// A client re-opening after a restart hands back the cache file it maps,
+// last, and the daemon adopts it (proto.Open.Cache).
 func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	var req proto.Open
 	if err := proto.Unmarshal(f.Payload, &req); err != nil {
 		f.CloseFds()
 		return nil, nil, errBadFrame{err}
+	}
+	var cache *os.File
+	if req.Cache {
+		if len(f.Fds) == 0 {
+			return nil, nil, badFrame("open %s with the cache file it maps: no descriptors", req.URI)
+		}
+		cache, f.Fds = f.Fds[len(f.Fds)-1], f.Fds[:len(f.Fds)-1]
+		defer func() {
+			if cache != nil {
+				cache.Close()
+			}
+		}()
 	}
 	uri, err := store.ParseURI(req.URI)
 	if err != nil {
@@ -147,39 +179,62 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	// Before the store takes the descriptor: where the file lives decides
 	// whether its reads get a timeout (storetimeout.go).
 	hangs := len(f.Fds) == 1 && mayHang(f.Fds[0])
+	var kept *os.File // the file, kept for the keeper (keep.go)
+	if len(f.Fds) == 1 {
+		kept = dupFile(f.Fds[0])
+	}
 	st, name, err := ss.openStore(uri, f)
 	if err != nil {
+		closeFile(kept)
 		return nil, nil, err
+	}
+	if req.Version != "" && req.Version != st.Version() || cache != nil && req.Size != st.Size() {
+		if cache == nil {
+			st.Close()
+			closeFile(kept)
+			return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", name, store.ErrChanged, req.Version, st.Version())
+		}
+		// The client maps the old bytes: the cache keeps them, and a page
+		// it lacks gets SIGBUS, never the new version's bytes.
+		ss.log.Error("object changed while the client waited for a daemon: SIGBUS for pages not cached",
+			"object", name, "pinned", req.Version, "now", st.Version())
+		ss.s.metrics.Changed(name)
+		st = changedStore{Store: st, name: name, version: req.Version, size: req.Size, now: st.Version()}
 	}
 	size := st.Size()
 	if err := ss.client.reserveObject(name, size); err != nil {
 		st.Close()
+		closeFile(kept)
 		return nil, nil, err
 	}
-	kept := false
-	defer func() {
-		if !kept {
-			ss.client.releaseObject(size)
-		}
-	}()
-	if req.Version != "" && req.Version != st.Version() {
-		st.Close()
-		return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", name, store.ErrChanged, req.Version, st.Version())
+	var o *object
+	if cache != nil {
+		o, err = ss.s.adopt(ss.cred.Uid, name, st, hangs, cache)
+		cache = nil
+	} else {
+		o, err = ss.s.acquire(ss.cred.Uid, name, st, hangs)
 	}
-	o, err := ss.s.acquire(ss.cred.Uid, name, st, hangs)
 	if err != nil {
+		ss.client.releaseObject(size)
+		closeFile(kept)
 		return nil, nil, err
 	}
+	ss.s.mu.Lock()
+	o.uri = req.URI
+	if kept != nil {
+		o.keepFile(kept)
+	}
+	ss.s.mu.Unlock()
 	ro, err := o.fo.Cache.ReadOnlyFile()
 	if err != nil {
 		ss.s.release(o)
+		ss.client.releaseObject(size)
 		return nil, nil, err
 	}
 	h := ss.s.nextID.Add(1)
 	ss.mu.Lock()
 	ss.handles[h] = o
 	ss.mu.Unlock()
-	kept = true
 	return proto.OpenReply{Handle: h, Size: o.fo.Cache.Size(), Version: o.key.version}, []*os.File{ro}, nil
 }
 
@@ -249,10 +304,18 @@ func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
 		return nil, nil, fmt.Errorf("attach %s: %w", o.fo.Cache.Name(), err)
 	}
 	a.add(&o.fo, uintptr(req.Addr), req.Offset/ps, int64(req.Len/ps), advice)
+	a.obj = o
 	ss.mu.Lock()
 	ss.attachments[a.id] = a
 	ss.mu.Unlock()
 	go a.serve()
+	a.keep()
+	// A client re-attaching after its daemon died may have threads
+	// waiting on faults that daemon read and never answered: the kernel
+	// will not send them again. Woken, they fault again, and we get them.
+	if err := a.u.Wake(uintptr(req.Addr), uintptr(req.Len)); err != nil {
+		ss.log.Warn("UFFDIO_WAKE of a newly attached region failed", "object", o.fo.Cache.Name(), "err", err)
+	}
 	return proto.AttachReply{Region: a.id}, nil, nil
 }
 
@@ -322,7 +385,9 @@ func (ss *session) regionCount() int {
 // faulters, if any are left, stall on the client's own uffd copy) and every
 // handle is released.
 func (ss *session) close() {
-	ss.conn.Close()
+	if ss.conn != nil { // an orphan has none (keep.go)
+		ss.conn.Close()
+	}
 	ss.mu.Lock()
 	ss.closed = true
 	as, hs := ss.attachments, ss.handles
@@ -347,6 +412,12 @@ func (ss *session) addAttachment(a *attachment) bool {
 	}
 	ss.attachments[a.id] = a
 	return true
+}
+
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
 }
 
 func closeAll(fs []*os.File) {

@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/reclaim"
@@ -24,7 +26,11 @@ func serve(args []string) error {
 		"and s3:// objects are fetched by the daemon with its own credentials (for\n"+
 		"S3 the AWS SDK's chain: AWS_ACCESS_KEY_ID, AWS_PROFILE, instance roles...),\n"+
 		"in chunks of --remote-chunk with --remote-parallel requests in flight, and\n"+
-		"each object's version (ETag, VersionId) is pinned when it is opened.")
+		"each object's version (ETag, VersionId) is pinned when it is opened.\n\n"+
+		"Clients survive the daemon: a keeper process holds every attached region,\n"+
+		"and a daemon started again on the same socket serves them where this one\n"+
+		"stopped, with the cache warm. --takeover starts a new daemon (an upgrade)\n"+
+		"that takes the socket and every region from the running one; no fault fails.")
 	socket := fs.String("socket", proto.DefaultSocket(), "Unix socket to listen on")
 	mode := fs.String("socket-mode", "0600", "permissions of the socket (0600: this user only)")
 	ra := byteSize(128 << 10)
@@ -46,6 +52,8 @@ func serve(args []string) error {
 	fs.Var(&maxMapped, "max-mapped-per-client", "bytes of the objects one client process may have open (0: no limit)")
 	maxRegions := fs.Int("max-regions-per-client", server.DefaultMaxRegionsPerClient, "regions one client process may have attached (0: no limit)")
 	maxFaults := fs.Int("max-faults-per-client", server.DefaultMaxFaultsInFlightPerClient, "faults of one client process worked on at once; its others wait (0: no limit)")
+	takeover := fs.Bool("takeover", false, "take the socket and every client over from the daemon running on it, which then exits (a graceful upgrade)")
+	keep := fs.Bool("keep", true, "keep every region in a keeper process, so that the next daemon on this socket serves this one's clients if it dies")
 	remoteConfig := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -103,16 +111,28 @@ func serve(args []string) error {
 	if *retries == 0 {
 		cfg.Retries = -1
 	}
-	s, err := server.New(cfg)
-	if err != nil {
+	if *takeover && !*keep {
+		return fmt.Errorf("--takeover needs --keep: the regions come from the running daemon's keeper")
+	}
+	var l *net.UnixListener
+	start := time.Now()
+	if *takeover {
+		if l, err = server.Takeover(*socket, 30*time.Second); err != nil {
+			return err
+		}
+	} else if l, err = server.Listen(*socket, os.FileMode(perm)); err != nil {
 		return err
 	}
-	l, err := server.Listen(*socket, os.FileMode(perm))
+	s, err := startServer(cfg, *socket, *keep)
 	if err != nil {
+		l.Close()
 		return err
+	}
+	if *takeover {
+		log.Info("filemap serve: took over", "socket", *socket, "after", time.Since(start))
 	}
 	if *metricsAddr != "" {
-		addr, stop, err := s.Metrics().Serve(*metricsAddr)
+		addr, stop, err := serveMetrics(s, *metricsAddr, *takeover)
 		if err != nil {
 			l.Close()
 			return fmt.Errorf("--metrics %s: %w", *metricsAddr, err)
@@ -136,8 +156,55 @@ func serve(args []string) error {
 	}()
 	err = s.Serve(l)
 	s.Close()
-	os.Remove(*socket)
+	if !s.Retired() {
+		os.Remove(*socket)
+	}
 	return err
+}
+
+// startServer makes the daemon and, with keep, takes the regions a
+// previous daemon on socket left (waiting for it to close, in a takeover)
+// and starts its keeper. The daemon is made first, while the old one still
+// serves, unless it has a disk cache, which the old one holds locked.
+func startServer(cfg server.Config, socket string, keep bool) (*server.Server, error) {
+	var kept []fdstore.Entry
+	var err error
+	if keep && cfg.Remote.DiskCache != "" {
+		if kept, err = server.Kept(socket); err != nil {
+			return nil, err
+		}
+	}
+	s, err := server.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !keep {
+		return s, nil
+	}
+	if kept == nil {
+		if kept, err = server.Kept(socket); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	if err := s.Keep(socket, kept); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// serveMetrics serves the metrics at addr. In a takeover the old daemon
+// may hold addr for a moment longer: try for a few seconds.
+func serveMetrics(s *server.Server, addr string, takeover bool) (net.Addr, func() error, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a, stop, err := s.Metrics().Serve(addr)
+		if err == nil || !takeover || time.Now().After(deadline) {
+			return a, stop, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // noLimit maps a flag's "0: no limit" to server.Config's negative.

@@ -1,0 +1,187 @@
+// Package fdstore keeps a daemon's descriptors alive across its death, in a
+// process of their own: systemd's file descriptor store (FDSTORE=1), with
+// no systemd. The daemon puts each entry — a description and the
+// descriptors it names, such as a client's userfaultfd and the cache file
+// it maps — as it makes it, and deletes it when done. If the daemon dies,
+// the keeper holds on to them until the next daemon on the same socket
+// takes them all, and then exits: that daemon serves its predecessor's
+// clients without their help. A Go client whose threads wait in page
+// faults cannot help: its garbage collector waits for them to stop, and
+// they wait for a handler.
+//
+// The keeper is the daemon's executable run again, recognised by this
+// package's init function. It is in a process group of its own, so a
+// signal to the daemon's group (^C) does not reach it; it exits when its
+// daemon closes it, when a successor has taken its entries, or when the
+// daemon is gone and every process its entries name has exited.
+package fdstore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/filemap/filemap/proto"
+	"golang.org/x/sys/unix"
+)
+
+// Frame types between a daemon and its keeper (proto's framing, its own
+// types).
+const (
+	tPut   proto.Type = 0x40 // Entry header + descriptors: add or replace
+	tDel   proto.Type = 0x41 // Entry header: drop
+	tQuit  proto.Type = 0x42 // the daemon is closing for good: forget everything
+	tEntry proto.Type = 0x43 // to a successor: one entry + its descriptors
+	tEnd   proto.Type = 0x44 // to a successor: no more entries
+)
+
+const (
+	envKeeper  = "FILEMAP_FDSTORE_KEEPER"  // the socket a successor connects to
+	envRespawn = "FILEMAP_FDSTORE_RESPAWN" // set: run the daemon again when it dies
+	envQuick   = "FILEMAP_FDSTORE_QUICK"   // how many times in a row it died within a second
+)
+
+// Entry is one thing the daemon keeps: Desc is the daemon's own, and Pid
+// the client process it is for (the keeper forgets an entry whose process
+// has exited).
+type Entry struct {
+	ID    uint64          `json:"id"`
+	Pid   int             `json:"pid"`
+	Desc  json.RawMessage `json:"desc,omitempty"`
+	Files []*os.File      `json:"-"`
+}
+
+// Store is a daemon's connection to its keeper. Its methods are safe for
+// concurrent use.
+type Store struct {
+	conn *proto.Conn
+	cmd  *exec.Cmd
+}
+
+// Path is where the keeper of the daemon listening at socket waits for a
+// successor.
+func Path(socket string) string { return socket + ".keeper" }
+
+// Respawn asks the keeper to run the daemon again, as this process was run
+// (its executable and environment), with Files as its descriptors 3 and
+// on, if it dies with regions kept: a private handler has no supervisor
+// but its client, and a client waiting in page faults cannot act.
+type Respawn struct {
+	Files []*os.File
+}
+
+// Start runs a keeper for the daemon listening at socket.
+func Start(socket string, respawn *Respawn) (*Store, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("fdstore: start a keeper: %w", err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fdstore: socketpair: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "keeper"), os.NewFile(uintptr(fds[1]), "keeper")
+	defer theirs.Close()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envKeeper+"="+Path(socket))
+	cmd.ExtraFiles = []*os.File{theirs}
+	if respawn != nil {
+		cmd.Env = append(cmd.Env, envRespawn+"="+strconv.Itoa(len(respawn.Files)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, respawn.Files...)
+	}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		ours.Close()
+		return nil, fmt.Errorf("fdstore: start a keeper (%s): %w", exe, err)
+	}
+	go cmd.Wait()
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		return nil, fmt.Errorf("fdstore: %w", err)
+	}
+	s := &Store{conn: proto.NewConn(c.(*net.UnixConn)), cmd: cmd}
+	// The keeper answers once it listens for a successor: from then on a
+	// successor that finds no keeper knows there is none.
+	if _, err := s.conn.ReadFrame(); err != nil {
+		s.conn.Close()
+		return nil, fmt.Errorf("fdstore: the keeper did not start: %w", err)
+	}
+	return s, nil
+}
+
+// Put adds or replaces entry e.ID. The keeper holds its own copies of the
+// descriptors.
+func (s *Store) Put(e Entry) error {
+	if err := s.conn.WriteFrame(proto.Frame{Type: tPut, Payload: proto.Marshal(e), Fds: e.Files}); err != nil {
+		return fmt.Errorf("fdstore: put entry %d: %w", e.ID, err)
+	}
+	return nil
+}
+
+// Delete drops entry id.
+func (s *Store) Delete(id uint64) error {
+	if err := s.conn.WriteFrame(proto.Frame{Type: tDel, Payload: proto.Marshal(Entry{ID: id})}); err != nil {
+		return fmt.Errorf("fdstore: delete entry %d: %w", id, err)
+	}
+	return nil
+}
+
+// Close lets go of the keeper. With forget set it drops every entry and
+// exits; otherwise it keeps them for a successor, as if the daemon had died.
+func (s *Store) Close(forget bool) error {
+	if forget {
+		s.conn.WriteFrame(proto.Frame{Type: tQuit, Payload: proto.Marshal(struct{}{})})
+	}
+	return s.conn.Close()
+}
+
+// Retrieve takes every entry from the keeper a previous daemon on socket
+// left, waiting (up to timeout) for that daemon to exit if it still runs,
+// as in a takeover. No keeper is no entries.
+func Retrieve(socket string, timeout time.Duration) ([]Entry, error) {
+	nc, err := net.DialTimeout("unix", Path(socket), timeout)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fdstore: connect to the keeper at %s: %w", Path(socket), err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(timeout))
+	c := proto.NewConn(nc.(*net.UnixConn))
+	var out []Entry
+	for {
+		f, err := c.ReadFrame()
+		if err != nil {
+			closeEntries(out)
+			return nil, fmt.Errorf("fdstore: read the keeper's entries at %s: %w", Path(socket), err)
+		}
+		if f.Type == tEnd {
+			return out, nil
+		}
+		var e Entry
+		if f.Type != tEntry || proto.Unmarshal(f.Payload, &e) != nil {
+			f.CloseFds()
+			closeEntries(out)
+			return nil, fmt.Errorf("fdstore: the keeper at %s sent a bad %v frame", Path(socket), f.Type)
+		}
+		e.Files = f.Fds
+		out = append(out, e)
+	}
+}
+
+func closeEntries(es []Entry) {
+	for _, e := range es {
+		for _, f := range e.Files {
+			f.Close()
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package fdstore
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/filemap/filemap/proto"
+	"golang.org/x/sys/unix"
+)
+
+func init() {
+	if path := os.Getenv(envKeeper); path != "" {
+		os.Exit(runKeeper(path))
+	}
+}
+
+// keeper is the keeper process's state.
+type keeper struct {
+	path string
+	mu   sync.Mutex
+	m    map[uint64]Entry
+}
+
+func runKeeper(path string) int {
+	k := &keeper{path: path, m: make(map[uint64]Entry)}
+	if err := k.run(); err != nil {
+		fmt.Fprintln(os.Stderr, "filemap keeper:", err)
+		return 1
+	}
+	return 0
+}
+
+func (k *keeper) run() error {
+	f := os.NewFile(3, "daemon")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	daemon := proto.NewConn(nc.(*net.UnixConn))
+	os.Remove(k.path) // a keeper before us has exited: its successor, our daemon, took its entries
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: k.path, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	l.SetUnlinkOnClose(false) // unlinked by hand, before the successor can start a keeper of its own
+	if err := os.Chmod(k.path, 0o600); err != nil {
+		return err
+	}
+	if err := daemon.WriteFrame(proto.Frame{Type: tEnd, Payload: proto.Marshal(struct{}{})}); err != nil {
+		return err
+	}
+	started := time.Now()
+	if quit := k.serveDaemon(daemon); quit || k.empty() {
+		os.Remove(k.path)
+		return nil
+	}
+	// A daemon that keeps dying within a second of its start is not run
+	// again after the third time: it would die again, and again.
+	quick := 0
+	if time.Since(started) < time.Second {
+		quick, _ = strconv.Atoi(os.Getenv(envQuick))
+		quick++
+	}
+	if quick <= 3 {
+		if err := respawn(quick); err != nil {
+			fmt.Fprintln(os.Stderr, "filemap keeper: cannot run the daemon again:", err)
+		}
+	}
+	go k.prune()
+	return k.handOver(l)
+}
+
+// respawn runs the daemon again if it asked for it (Respawn), with the
+// descriptors it left here as its 3 and on.
+func respawn(quick int) error {
+	n, err := strconv.Atoi(os.Getenv(envRespawn))
+	if err != nil || n <= 0 {
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envKeeper+"=") && !strings.HasPrefix(kv, envRespawn+"=") && !strings.HasPrefix(kv, envQuick+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, envQuick+"="+strconv.Itoa(quick))
+	for i := range n {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(4+i), "respawn"))
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go cmd.Wait()
+	return nil
+}
+
+// serveDaemon keeps what the daemon puts until it quits (true) or its
+// connection ends: it died, or closed to leave its entries to a successor.
+func (k *keeper) serveDaemon(c *proto.Conn) (quit bool) {
+	for {
+		f, err := c.ReadFrame()
+		if err != nil {
+			return false
+		}
+		var e Entry
+		if f.Type == tQuit {
+			return true
+		}
+		if proto.Unmarshal(f.Payload, &e) != nil {
+			f.CloseFds()
+			continue
+		}
+		k.mu.Lock()
+		if old, ok := k.m[e.ID]; ok {
+			closeEntries([]Entry{old})
+			delete(k.m, e.ID)
+		}
+		if f.Type == tPut {
+			e.Files = f.Fds
+			k.m[e.ID] = e
+		} else {
+			f.CloseFds()
+		}
+		k.mu.Unlock()
+	}
+}
+
+func (k *keeper) empty() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.m) == 0
+}
+
+// prune forgets, every second, the entries whose process has exited; the
+// keeper exits when none is left.
+func (k *keeper) prune() {
+	for range time.Tick(time.Second) {
+		k.mu.Lock()
+		for id, e := range k.m {
+			if err := unix.Kill(e.Pid, 0); errors.Is(err, unix.ESRCH) {
+				closeEntries([]Entry{e})
+				delete(k.m, id)
+			}
+		}
+		if len(k.m) == 0 {
+			os.Remove(k.path)
+			os.Exit(0)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// handOver gives every entry to the first successor of this uid (or root)
+// that connects.
+func (k *keeper) handOver(l *net.UnixListener) error {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return err
+		}
+		cred, err := proto.PeerCred(c)
+		if err != nil || cred.Uid != uint32(os.Geteuid()) && cred.Uid != 0 {
+			c.Close()
+			continue
+		}
+		k.mu.Lock() // held to the end: prune must not run after the hand-over
+		os.Remove(k.path)
+		conn := proto.NewConn(c)
+		for _, e := range k.m {
+			if err := conn.WriteFrame(proto.Frame{Type: tEntry, Payload: proto.Marshal(e), Fds: e.Files}); err != nil {
+				return fmt.Errorf("hand entry %d over: %w", e.ID, err)
+			}
+		}
+		return conn.WriteFrame(proto.Frame{Type: tEnd, Payload: proto.Marshal(struct{}{})})
+	}
+}

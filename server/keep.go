@@ -1,0 +1,334 @@
+package server
+
+// Surviving the daemon's death. Every attached region is kept in a keeper
+// process (internal/fdstore): its userfaultfd, the cache file it maps, the
+// object's file, and what the daemon knows of it. A daemon started on the
+// same socket after a crash, or taking over from a running one, takes them
+// all, adopts the cache files (pagecache.Adopt), serves the regions as
+// orphans, and wakes them: the faults that waited through the outage run
+// again and are served. The clients need not run to be served — a Go
+// client whose threads wait in faults cannot: its garbage collector waits
+// for them. When a client reconnects it resumes its regions (TResume), and
+// they are its session's again; an orphan whose process exits is dropped.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/filemap/filemap/internal/fdstore"
+	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/readahead"
+	"github.com/filemap/filemap/store"
+	"golang.org/x/sys/unix"
+)
+
+// keptRegion is what the keeper holds of an attachment besides its
+// descriptors: [uffd, cache file, object's file if local].
+type keptRegion struct {
+	UID      uint32      `json:"uid"`
+	URI      string      `json:"uri"`
+	Name     string      `json:"name"`
+	Version  string      `json:"version"`
+	Size     int64       `json:"size"`
+	Local    bool        `json:"local"`
+	Features uint64      `json:"features"`
+	Ranges   []keptRange `json:"ranges"`
+}
+
+type keptRange struct {
+	Addr   uint64 `json:"addr"`
+	PgOff  int64  `json:"pgoff"`
+	NPages int64  `json:"npages"`
+	Advice string `json:"advice"`
+}
+
+// retrieveTimeout bounds the wait for a predecessor to exit in a takeover.
+const retrieveTimeout = 30 * time.Second
+
+// Keep makes the daemon's clients survive its death. It takes over the
+// regions a previous daemon on socket left in its keeper — entries, from
+// Takeover, or if nil, whatever a dead daemon left — and starts a keeper
+// of its own. Call it before Serve.
+func (s *Server) Keep(socket string, entries []fdstore.Entry) error {
+	return s.KeepRespawn(socket, entries, nil)
+}
+
+// KeepRespawn is Keep for a daemon that nothing would start again, such as
+// a private handler: if it dies with regions kept, its keeper runs it
+// again (fdstore.Respawn).
+func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fdstore.Respawn) error {
+	if entries == nil {
+		var err error
+		if entries, err = fdstore.Retrieve(socket, retrieveTimeout); err != nil {
+			return err
+		}
+	}
+	for _, e := range entries {
+		if id := s.nextID.Load(); e.ID >= id {
+			s.nextID.Store(e.ID + 1)
+		}
+	}
+	// Serve first, keep after: the faults waiting through the outage come
+	// before starting the keeper process.
+	var restored []*attachment
+	for _, e := range entries {
+		a, err := s.restore(e)
+		if err != nil {
+			s.log.Error("cannot serve a region of the previous daemon: its faults stall", "region", e.ID, "pid", e.Pid, "err", err)
+			continue
+		}
+		restored = append(restored, a)
+	}
+	if len(entries) > 0 {
+		s.log.Info("took over the previous daemon's regions", "regions", len(restored), "of", len(entries))
+		go s.reapOrphans()
+	}
+	k, err := fdstore.Start(socket, respawn)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.keeper = k
+	s.mu.Unlock()
+	for _, a := range restored {
+		a.keep()
+	}
+	return nil
+}
+
+// keep puts the attachment in the keeper: from now on it outlives the
+// daemon. A FORK child's attachment is not kept (it has no object of its
+// own here, and no client that could resume it).
+func (a *attachment) keep() {
+	s := a.ss.s
+	if s.keeper == nil || a.obj == nil {
+		return
+	}
+	o := a.obj
+	d := keptRegion{UID: o.key.uid, URI: o.uri, Name: o.fo.Cache.Name(), Version: o.key.version,
+		Size: o.fo.Cache.Size(), Features: a.features, Local: o.file != nil}
+	a.mu.Lock()
+	for _, r := range a.regions {
+		d.Ranges = append(d.Ranges, keptRange{Addr: uint64(r.Addr), PgOff: r.PgOff, NPages: r.NPages, Advice: r.Advice().String()})
+	}
+	a.mu.Unlock()
+	files := []*os.File{a.file, o.fo.Cache.File()}
+	if o.file != nil {
+		files = append(files, o.file)
+	}
+	desc, _ := json.Marshal(d)
+	if err := s.keeper.Put(fdstore.Entry{ID: a.id, Pid: int(a.ss.cred.Pid), Desc: desc, Files: files}); err != nil {
+		s.log.Error("the keeper lost a region: it will not survive a crash of this daemon", "region", a.id, "err", err)
+	}
+}
+
+// unkeep drops the attachment from the keeper, unless the daemon is
+// closing: a daemon stopped leaves its regions to its successor.
+func (a *attachment) unkeep() {
+	s := a.ss.s
+	s.mu.Lock()
+	k, closing := s.keeper, s.closed
+	s.mu.Unlock()
+	if k != nil && a.obj != nil && !closing {
+		k.Delete(a.id)
+	}
+}
+
+// restore serves a region the previous daemon left, as an orphan of its
+// client process until that process resumes it.
+func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
+	defer closeAll(e.Files)
+	var d keptRegion
+	if err := json.Unmarshal(e.Desc, &d); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	want := 2
+	if d.Local {
+		want = 3
+	}
+	if len(e.Files) != want {
+		return nil, fmt.Errorf("%s: %d descriptors kept, want %d", d.Name, len(e.Files), want)
+	}
+	st, hangs, err := s.reopenStore(d, e.Files)
+	if err != nil {
+		return nil, err
+	}
+	ss := s.orphanSession(int32(e.Pid), d.UID)
+	if err := ss.client.reserveObject(d.Name, st.Size()); err != nil {
+		st.Close()
+		return nil, err
+	}
+	o, err := s.adopt(d.UID, d.Name, st, hangs, dupFile(e.Files[1]))
+	if err != nil {
+		ss.client.releaseObject(st.Size())
+		return nil, err
+	}
+	if d.Local {
+		o.keepFile(dupFile(e.Files[2]))
+	}
+	o.uri = d.URI
+	a, err := newAttachment(ss, dupFile(e.Files[0]), d.Features)
+	if err != nil {
+		s.release(o)
+		ss.client.releaseObject(st.Size())
+		return nil, err
+	}
+	a.id, a.obj = e.ID, o
+	for _, r := range d.Ranges {
+		adv, _ := readahead.ParseAdvice(r.Advice)
+		a.add(&o.fo, uintptr(r.Addr), r.PgOff, r.NPages, adv)
+	}
+	ss.client.addRegion()
+	h := s.nextID.Add(1)
+	ss.mu.Lock()
+	ss.handles[h] = o
+	ss.attachments[a.id] = a
+	ss.mu.Unlock()
+	go a.serve()
+	for _, r := range d.Ranges {
+		a.u.Wake(uintptr(r.Addr), uintptr(r.NPages)*ps)
+	}
+	return a, nil
+}
+
+// reopenStore opens the kept region's object again, at the version the
+// region shows; if that version is gone, reads fail (SIGBUS for the pages
+// the cache lacks).
+func (s *Server) reopenStore(d keptRegion, files []*os.File) (store.Store, bool, error) {
+	var st store.Store
+	hangs := false
+	if d.Local {
+		f := dupFile(files[2])
+		hangs = mayHang(f)
+		fs, err := store.NewFile(f, d.Name)
+		if err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		st = fs
+	} else {
+		uri, err := store.ParseURI(d.URI)
+		if err != nil {
+			return nil, false, err
+		}
+		if st, err = s.remotes.open(context.Background(), uri); err != nil {
+			return errStore{name: d.Name, version: d.Version, size: d.Size, err: err}, false, nil
+		}
+	}
+	if st.Version() != d.Version || st.Size() != d.Size {
+		s.log.Error("object changed while no daemon served it: SIGBUS for pages not cached",
+			"object", d.Name, "pinned", d.Version, "now", st.Version())
+		s.metrics.Changed(d.Name)
+		return changedStore{Store: st, name: d.Name, version: d.Version, size: d.Size, now: st.Version()}, hangs, nil
+	}
+	return st, hangs, nil
+}
+
+// dupFile is a descriptor of its own for f's file, which its taker owns.
+func dupFile(f *os.File) *os.File {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return f // cannot happen short of EMFILE; the caller's close then fails harmlessly
+	}
+	return os.NewFile(uintptr(fd), f.Name())
+}
+
+// orphanSession is the session of the restored regions of client pid,
+// made on first use.
+func (s *Server) orphanSession(pid int32, uid uint32) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss := s.orphans[pid]; ss != nil {
+		return ss
+	}
+	cred := &unix.Ucred{Pid: pid, Uid: uid}
+	ss := &session{s: s, cred: cred, log: s.log.With("pid", pid, "uid", uid, "orphan", true),
+		client: s.clients.join(cred), handles: make(map[uint64]*object), attachments: make(map[uint64]*attachment)}
+	s.orphans[pid] = ss
+	return ss
+}
+
+// reapOrphans drops the orphans whose process has exited, every second,
+// until none is left.
+func (s *Server) reapOrphans() {
+	for range time.Tick(time.Second) {
+		s.mu.Lock()
+		var dead []*session
+		for pid, ss := range s.orphans {
+			if err := unix.Kill(int(pid), 0); errors.Is(err, unix.ESRCH) {
+				dead = append(dead, ss)
+				delete(s.orphans, pid)
+			}
+		}
+		left, closed := len(s.orphans), s.closed
+		s.mu.Unlock()
+		for _, ss := range dead {
+			ss.close()
+		}
+		if left == 0 || closed {
+			return
+		}
+	}
+}
+
+// resume makes a region the previous daemon served for this client process
+// this session's own again, and returns its handle.
+func (ss *session) resume(req proto.Resume) (proto.ResumeReply, error) {
+	s := ss.s
+	s.mu.Lock()
+	orphan := s.orphans[ss.cred.Pid]
+	s.mu.Unlock()
+	if orphan == nil || orphan.cred.Uid != ss.cred.Uid {
+		return proto.ResumeReply{}, fmt.Errorf("resume: process %d has no region %d to resume", ss.cred.Pid, req.Region)
+	}
+	orphan.mu.Lock()
+	a := orphan.attachments[req.Region]
+	var h uint64
+	if a != nil {
+		delete(orphan.attachments, req.Region)
+		for id, o := range orphan.handles {
+			if o == a.obj {
+				h = id
+				delete(orphan.handles, id)
+				break
+			}
+		}
+	}
+	empty := len(orphan.attachments) == 0
+	orphan.mu.Unlock()
+	if a == nil {
+		return proto.ResumeReply{}, fmt.Errorf("resume: process %d has no region %d to resume", ss.cred.Pid, req.Region)
+	}
+	ss.mu.Lock()
+	ss.attachments[a.id] = a
+	ss.handles[h] = a.obj
+	ss.mu.Unlock()
+	if empty {
+		s.mu.Lock()
+		if s.orphans[ss.cred.Pid] == orphan {
+			delete(s.orphans, ss.cred.Pid)
+		}
+		s.mu.Unlock()
+		orphan.close() // nothing left in it; the account stays with ss
+	}
+	return proto.ResumeReply{Handle: h}, nil
+}
+
+// errStore is an object that could not be opened again: reads fail.
+type errStore struct {
+	name, version string
+	size          int64
+	err           error
+}
+
+func (e errStore) ReadAt([]byte, int64) (int, error) {
+	return 0, fmt.Errorf("%s: cannot open it again after a restart: %w", e.name, e.err)
+}
+func (e errStore) Close() error    { return nil }
+func (e errStore) Size() int64     { return e.size }
+func (e errStore) Key() string     { return e.name }
+func (e errStore) Version() string { return e.version }
