@@ -36,7 +36,13 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &daemon{socket: filepath.Join(dir, "s.sock"), done: make(chan struct{})}
+	return startDaemonAt(t, filepath.Join(dir, "s.sock"), args...)
+}
+
+// startDaemonAt is startDaemon on socket.
+func startDaemonAt(t *testing.T, socket string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{socket: socket, done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
 	d.cancel = cancel
 	d.cmd = exec.CommandContext(ctx, cliBinary(t), append([]string{"serve", "--socket", d.socket}, args...)...)
@@ -105,6 +111,41 @@ func statJSON(t *testing.T, socket string) filemap.Stats {
 		t.Fatalf("filemap stat --json: %v; stdout:\n%s", err, r.stdout)
 	}
 	return st
+}
+
+// serve --takeover: the running daemon hands over its socket and exits 0,
+// and the new one serves on the same socket. (Mappings that live across a
+// takeover: TestTakeoverUnderLoad in the root package.)
+func TestServeTakeover(t *testing.T) {
+	old := startDaemon(t)
+	path := filepath.Join(t.TempDir(), "obj")
+	data := bytes.Repeat([]byte("takeover"), 1<<17) // 1 MiB
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := filemapCLI(t, "serve", "--socket", old.socket)
+	r.wantCode(t, 1) // a second daemon without --takeover is refused
+	if !bytes.Contains(r.stderr, []byte("already serving")) {
+		t.Fatalf("a second serve on a live socket: %s", r.stderr)
+	}
+	next := startDaemonAt(t, old.socket, "--takeover")
+	select {
+	case <-old.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the old daemon did not exit after the takeover; stderr:\n%s", old.stderr.Bytes())
+	}
+	if old.err != nil {
+		t.Fatalf("the old daemon after the takeover: %v; stderr:\n%s", old.err, old.stderr.Bytes())
+	}
+	got := filemapCLI(t, "cat", "--socket", next.socket, path)
+	got.wantCode(t, 0)
+	if !bytes.Equal(got.stdout, data) {
+		t.Fatalf("cat through the new daemon: %d bytes, not the file's", len(got.stdout))
+	}
+	if st := statJSON(t, next.socket); st.StoreBytes == 0 {
+		t.Fatalf("the new daemon read nothing: %+v", st)
+	}
+	next.stop(t)
 }
 
 func TestServeCatStat(t *testing.T) {
