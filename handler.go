@@ -54,6 +54,7 @@ func runPrivateHandler(path string) int {
 	lifeline.Write([]byte{1}) // ready
 	go s.Serve(l)
 	io.Copy(io.Discard, lifeline) // returns when the parent has exited
+	s.Forget()                    // its regions too: nobody is left to serve
 	os.RemoveAll(filepath.Dir(path))
 	return 0
 }

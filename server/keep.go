@@ -100,12 +100,27 @@ func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fd
 	return nil
 }
 
+// Forget tells the keeper to drop every region and exit: the daemon stops
+// for good, and so do its clients (a private handler whose parent exited).
+func (s *Server) Forget() {
+	s.mu.Lock()
+	k := s.keeper
+	s.keeper = nil
+	s.mu.Unlock()
+	if k != nil {
+		k.Close(true)
+	}
+}
+
 // keep puts the attachment in the keeper: from now on it outlives the
 // daemon. A FORK child's attachment is not kept (it has no object of its
 // own here, and no client that could resume it).
 func (a *attachment) keep() {
 	s := a.ss.s
-	if s.keeper == nil || a.obj == nil {
+	s.mu.Lock()
+	k := s.keeper
+	s.mu.Unlock()
+	if k == nil || a.obj == nil {
 		return
 	}
 	o := a.obj
@@ -121,7 +136,7 @@ func (a *attachment) keep() {
 		files = append(files, o.file)
 	}
 	desc, _ := json.Marshal(d)
-	if err := s.keeper.Put(fdstore.Entry{ID: a.id, Pid: int(a.ss.cred.Pid), Desc: desc, Files: files}); err != nil {
+	if err := k.Put(fdstore.Entry{ID: a.id, Pid: int(a.ss.cred.Pid), Desc: desc, Files: files}); err != nil {
 		s.log.Error("the keeper lost a region: it will not survive a crash of this daemon", "region", a.id, "err", err)
 	}
 }

@@ -312,10 +312,13 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.remotes.close()
 	s.backing.Close()
-	if s.keeper != nil {
+	s.mu.Lock()
+	k := s.keeper
+	s.mu.Unlock()
+	if k != nil {
 		// Last: a successor waits for this, and finds the disk cache and
 		// every cache file let go.
-		s.keeper.Close(false) // the regions wait there for the next daemon
+		k.Close(false) // the regions wait there for the next daemon
 	}
 	return nil
 }

@@ -58,7 +58,9 @@ func (k *keeper) run() error {
 		return err
 	}
 	started := time.Now()
-	if quit := k.serveDaemon(daemon); quit || k.empty() {
+	quit := k.serveDaemon(daemon)
+	k.pruneOnce()
+	if quit || k.empty() {
 		os.Remove(k.path)
 		return nil
 	}
@@ -149,17 +151,29 @@ func (k *keeper) empty() bool {
 func (k *keeper) prune() {
 	for range time.Tick(time.Second) {
 		k.mu.Lock()
-		for id, e := range k.m {
-			if err := unix.Kill(e.Pid, 0); errors.Is(err, unix.ESRCH) {
-				closeEntries([]Entry{e})
-				delete(k.m, id)
-			}
-		}
+		k.forgetExited()
 		if len(k.m) == 0 {
 			os.Remove(k.path)
 			os.Exit(0)
 		}
 		k.mu.Unlock()
+	}
+}
+
+func (k *keeper) pruneOnce() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.forgetExited()
+}
+
+// forgetExited drops the entries whose process has exited. Called with
+// k.mu held.
+func (k *keeper) forgetExited() {
+	for id, e := range k.m {
+		if err := unix.Kill(e.Pid, 0); errors.Is(err, unix.ESRCH) {
+			closeEntries([]Entry{e})
+			delete(k.m, id)
+		}
 	}
 }
 
