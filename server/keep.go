@@ -52,7 +52,8 @@ const retrieveTimeout = 30 * time.Second
 // Keep makes the daemon's clients survive its death. It takes over the
 // regions a previous daemon on socket left in its keeper — entries, from
 // Takeover, or if nil, whatever a dead daemon left — and starts a keeper
-// of its own. Call it before Serve.
+// of its own. Call it before Serve. A keeper that cannot start is logged,
+// not an error: the daemon serves, and only a crash of it would lose.
 func (s *Server) Keep(socket string, entries []fdstore.Entry) error {
 	return s.KeepRespawn(socket, entries, nil)
 }
@@ -89,7 +90,9 @@ func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fd
 	}
 	k, err := fdstore.Start(socket, respawn)
 	if err != nil {
-		return err
+		// Serving without a keeper beats not serving: only a crash loses.
+		s.log.Error("no keeper: clients will not survive this daemon's death", "err", err)
+		return nil
 	}
 	s.mu.Lock()
 	s.keeper = k
