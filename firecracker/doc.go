@@ -24,5 +24,9 @@
 // binary format (see EncodeRecord) and replayed at the next restore
 // (Config.Prefetch): the recorded pages are fetched into the cache and
 // copied into the guest in recorded order, in batches, while the guest's own
-// faults always go first.
+// faults always go first. From a remote store, which fetches in chunks
+// (store/remote), the replay plans the record by chunk instead: each chunk
+// the record touches is fetched once, by one request or a few, a window of
+// chunks at a time, in the order the record first needs them, and only the
+// recorded pages of it go into the cache and the guest.
 package firecracker

@@ -37,6 +37,7 @@ import (
 	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -104,7 +105,18 @@ type readCounter struct {
 	pages map[int64]int
 }
 
-func (c *readCounter) wrap(s store.Store) store.Store { return &countingStore{Store: s, c: c} }
+// wrap counts the reads of s. A store that holds planned ranges (a remote
+// one) stays one, as it is in production, and so does its readahead.
+func (c *readCounter) wrap(s store.Store) store.Store {
+	cs := &countingStore{Store: s, c: c}
+	if h, ok := s.(interface {
+		holder
+		store.Readaheader
+	}); ok {
+		return &countingHolder{countingStore: cs, h: h}
+	}
+	return cs
+}
 
 // maxReads is the most times any page was read.
 func (c *readCounter) maxReads() (page int64, n int) {
@@ -141,6 +153,18 @@ func (s *countingStore) ReadAt(p []byte, off int64) (int, error) {
 	s.c.mu.Unlock()
 	return n, err
 }
+
+type countingHolder struct {
+	*countingStore
+	h interface {
+		holder
+		store.Readaheader
+	}
+}
+
+func (s *countingHolder) Hold(ranges [][2]int64) *remote.Held { return s.h.Hold(ranges) }
+func (s *countingHolder) ChunkSize() int64                    { return s.h.ChunkSize() }
+func (s *countingHolder) ReadaheadBytes() int64               { return s.h.ReadaheadBytes() }
 
 // testServer is a handler in the test process.
 type testServer struct {

@@ -86,6 +86,11 @@ type Config struct {
 	// Prefetch, if set, is a record whose pages every restore fetches
 	// and copies into the guest ahead of its touches, in recorded order,
 	// PrefetchBatch 4 KiB pages at a time, the guest's own faults first.
+	// PrefetchAhead batches are fetched ahead, with PrefetchParallel
+	// store reads in flight. From a store that fetches in chunks
+	// (store/remote), chunks are fetched instead, as many at once as the
+	// store's readahead asks (at least PrefetchAhead), and installed as
+	// they arrive.
 	Prefetch         string
 	PrefetchBatch    int
 	PrefetchAhead    int

@@ -22,10 +22,16 @@ type fetch struct {
 	turn   *waiter     // its place in the queue for its first attempt
 	done   chan struct{}
 
+	// held says a Hold asked for it, not a read: it says nothing of where
+	// demand reads go (see Store.span). Set before it is listed.
+	held bool
+
 	// Under Store.mu; buf and err are set before done is closed.
 	buf        *[]byte // the bytes; nil on error or once recycled
 	err        error
-	refs       int  // reads using buf
+	ended      bool // buf and err are set
+	refs       int  // reads using buf, and Holds keeping it
+	pins       int  // Holds keeping it: it joins the lru only when none does
 	listed     bool // in Store.chunks: findable by reads
 	cached     bool // in Store.lru
 	prev, next *fetch

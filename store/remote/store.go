@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/filemap/filemap/store"
@@ -16,7 +17,8 @@ var ErrClosed = errors.New("remote store closed")
 
 // Store is a store.Store over an Object. Reads are served from aligned
 // chunks, each fetched by one ranged request however many reads want it,
-// through a few recently fetched chunks kept in memory.
+// through a few recently fetched chunks kept in memory, and from the bytes
+// that Holds fetched ahead of them.
 type Store struct {
 	obj    Object
 	cfg    Config
@@ -210,11 +212,14 @@ func (s *Store) lookup(ci, a, b int64) *fetch {
 // all, and fetches the whole chunk: at most one partial request is wasted
 // per chunk. Sequential readers never take this path: readahead asks for
 // more than SmallRead.
+//
+// A held fetch of the chunk (see Hold) is no such evidence: it was planned
+// from a record, and a read it does not cover fell outside that plan.
 func (s *Store) span(ci, a, b int64, demand bool) (lo, hi int64) {
 	lo = ci * int64(s.cfg.ChunkSize)
 	hi = s.chunkEnd(lo)
 	sub := int64(s.cfg.SubRange)
-	if !demand || sub <= 0 || len(s.chunks[ci]) > 0 {
+	if !demand || sub <= 0 || s.readBefore(ci) {
 		return lo, hi
 	}
 	slo := lo + (a-lo)/sub*sub
@@ -225,12 +230,24 @@ func (s *Store) span(ci, a, b int64, demand bool) (lo, hi int64) {
 	return slo, shi
 }
 
-// finish records the outcome of f. A fetched chunk joins the cache; a
-// failed one is forgotten, so that the next read tries again.
+// readBefore says whether a read has fetched, or is fetching, bytes of
+// chunk ci. Called with s.mu held.
+func (s *Store) readBefore(ci int64) bool {
+	for _, f := range s.chunks[ci] {
+		if !f.held {
+			return true
+		}
+	}
+	return false
+}
+
+// finish records the outcome of f. A fetched chunk joins the cache, or if
+// a Hold keeps it, stays listed outside the cache until released; a failed
+// one is forgotten, so that the next read tries again.
 func (s *Store) finish(f *fetch, buf *[]byte, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	f.buf, f.err = buf, err
+	f.buf, f.err, f.ended = buf, err, true
 	close(f.done)
 	if err != nil || s.closed {
 		s.unlist(f)
@@ -239,6 +256,14 @@ func (s *Store) finish(f *fetch, buf *[]byte, err error) {
 	if s.wholeChunk(f) {
 		s.dropPartials(f)
 	}
+	if f.pins == 0 {
+		s.cache(f)
+	}
+}
+
+// cache puts the fetched f at the front of the lru and evicts what passes
+// the budget. Called with s.mu held.
+func (s *Store) cache(f *fetch) {
 	s.lru.pushFront(f)
 	f.cached = true
 	s.cached += int64(f.n)
@@ -322,6 +347,12 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	for f := s.lru.back(); f != nil; f = s.lru.back() {
 		s.evict(f)
+	}
+	// What is left is held: its buffers go when their Holds let go.
+	for _, list := range s.chunks {
+		for _, f := range slices.Clone(list) {
+			s.unlist(f)
+		}
 	}
 	s.mu.Unlock()
 	return s.obj.Close()
