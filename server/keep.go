@@ -119,24 +119,26 @@ func (s *Server) Forget() {
 // daemon. A FORK child's attachment is not kept (it has no object of its
 // own here, and no client that could resume it).
 func (a *attachment) keep() {
-	s := a.ss.s
-	s.mu.Lock()
-	k := s.keeper
-	s.mu.Unlock()
-	if k == nil || a.obj == nil {
+	s, o := a.ss.s, a.obj
+	if o == nil {
 		return
 	}
-	o := a.obj
-	d := keptRegion{UID: o.key.uid, URI: o.uri, Name: o.fo.Cache.Name(), Version: o.key.version,
-		Size: o.fo.Cache.Size(), Features: a.features, Local: o.file != nil}
+	s.mu.Lock() // o.uri and o.file are set under it, by the session that opens o
+	k, uri, file := s.keeper, o.uri, o.file
+	s.mu.Unlock()
+	if k == nil {
+		return
+	}
+	d := keptRegion{UID: o.key.uid, URI: uri, Name: o.fo.Cache.Name(), Version: o.key.version,
+		Size: o.fo.Cache.Size(), Features: a.features, Local: file != nil}
 	a.mu.Lock()
 	for _, r := range a.regions {
 		d.Ranges = append(d.Ranges, keptRange{Addr: uint64(r.Addr), PgOff: r.PgOff, NPages: r.NPages, Advice: r.Advice().String()})
 	}
 	a.mu.Unlock()
 	files := []*os.File{a.file, o.fo.Cache.File()}
-	if o.file != nil {
-		files = append(files, o.file)
+	if file != nil {
+		files = append(files, file)
 	}
 	desc, _ := json.Marshal(d)
 	if err := k.Put(fdstore.Entry{ID: a.id, Pid: int(a.ss.cred.Pid), Desc: desc, Files: files}); err != nil {
@@ -185,10 +187,14 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 		ss.client.releaseObject(st.Size())
 		return nil, err
 	}
+	s.mu.Lock()
 	if d.Local {
 		o.keepFile(dupFile(e.Files[2]))
 	}
-	o.uri = d.URI
+	if o.uri == "" {
+		o.uri = d.URI
+	}
+	s.mu.Unlock()
 	a, err := newAttachment(ss, dupFile(e.Files[0]), d.Features)
 	if err != nil {
 		s.release(o)

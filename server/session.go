@@ -220,7 +220,9 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		return nil, nil, err
 	}
 	ss.s.mu.Lock()
-	o.uri = req.URI
+	if o.uri == "" {
+		o.uri = req.URI
+	}
 	if kept != nil {
 		o.keepFile(kept)
 	}
