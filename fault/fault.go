@@ -9,6 +9,12 @@
 // faulter gets SIGBUS at its address; a failure in the rest of the window
 // never poisons anything. Waking a faulter does not map the page: the woken
 // access runs again, finds the page in the memfd and the kernel maps it.
+//
+// The read buffers of all fills together are bounded (Config.MaxFillBytes):
+// they are most of the daemon's heap. A fill reads its pages a bounded
+// piece at a time; readahead waits for buffers first, a fault's own read
+// never waits for buffers that readahead holds, and a readahead fill that a
+// fault waits for is moved ahead.
 package fault
 
 import (
@@ -95,7 +101,7 @@ type Counters struct {
 	StoreReads    atomic.Uint64
 	StoreBytes    atomic.Uint64
 	StoreErrors   atomic.Uint64
-	FillsInFlight atomic.Int64
+	FillsInFlight atomic.Int64 // claimed and not ended, those waiting for a buffer included
 }
 
 // Observer is told how long faults and store reads take. Metrics implement
@@ -124,19 +130,43 @@ type Config struct {
 	Log          *slog.Logger
 	Budget       *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
 	Observer     Observer        // latencies; none if nil
+
+	// MaxFillBytes bounds the read buffers of all fills in flight together,
+	// idle ones kept for reuse included: the bulk of the daemon's heap (the
+	// cache's pages live in memfds, outside it). DefaultMaxFillBytes of the
+	// budget if 0 or less; at least two pages. A quarter of it is kept for
+	// faults' own reads: readahead waits for buffers before they do.
+	MaxFillBytes int64
+}
+
+// DefaultMaxFillBytes is the bound on read buffers for a cache budget of
+// budget bytes (0: none): a quarter of the budget, so that the daemon's
+// heap, twice its live bytes under the garbage collector's default pacing,
+// stays within half the budget; at least 4 MiB, enough for a few sequential
+// streams' windows in flight, and at most 64 MiB, more than a disk or a
+// network link needs in flight.
+func DefaultMaxFillBytes(budget int64) int64 {
+	const lo, hi = 4 << 20, 64 << 20
+	if budget <= 0 {
+		return hi
+	}
+	return min(max(budget/4, lo), hi)
 }
 
 // Handler resolves faults. It is safe for concurrent use.
 type Handler struct {
-	cfg  Config
-	ra   readahead.Config
-	c    *Counters
-	bufs bufPool
+	cfg Config
+	ra  readahead.Config
+	c   *Counters
+	mem *fillMem
 }
 
-// chunkPages bounds one store read: a large readahead window is read as
-// several fills, so the faults waiting at its start are woken before its
-// end has arrived.
+// chunkPages bounds one fill of a readahead window, and one store read of
+// any fill: a large readahead window is read as several fills, so the
+// faults waiting at its start are woken before its end has arrived, and a
+// large fill is read in pieces of at most this, so that it never needs a
+// window-sized buffer. Pieces above a remote store's SmallRead keep
+// readahead from passing for demand reads there.
 const chunkPages = 256
 
 // NewHandler makes a fault path that counts into c.
@@ -156,7 +186,33 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	return &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c}
+	if cfg.MaxFillBytes <= 0 {
+		cfg.MaxFillBytes = DefaultMaxFillBytes(cfg.Budget.Stats().BudgetPages * ps)
+	}
+	return &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c,
+		mem: newFillMem(cfg.MaxFillBytes)}
+}
+
+// FillMemStats is the state of the bound on read buffers.
+type FillMemStats struct {
+	Lent  int64  // bytes lent to fills now
+	Idle  int64  // bytes kept for reuse
+	Limit int64  // the bound on both together (Config.MaxFillBytes)
+	Waits uint64 // fills that had to wait for a buffer
+}
+
+// FillMemory reports the state of the bound on read buffers.
+func (h *Handler) FillMemory() FillMemStats {
+	lent, idle, _, waits := h.mem.stats()
+	return FillMemStats{Lent: lent, Idle: idle, Limit: h.mem.limit, Waits: waits}
+}
+
+// WaitFill waits for fill f to end, promoting it first, if it is a
+// readahead fill still waiting for a buffer, to the precedence of a fault's
+// own read: whoever waits for f is a faulter.
+func (h *Handler) WaitFill(f *pagecache.Fill) {
+	h.mem.promote(f)
+	<-f.Done()
 }
 
 // Fault handles one fault message at addr in region r. It never blocks on
@@ -223,7 +279,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.wake(r, page, page+1)
 			return
 		case pagecache.InFlight:
-			<-f.Done()
+			h.WaitFill(f)
 			if f.Uptodate(page) {
 				h.c.Minor.Add(1)
 				r.hit()
@@ -249,7 +305,9 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 		default:
 			kind = "major"
 			h.c.Major.Add(1)
-			h.fill(r.Obj, f, w.Marker, h.cfg.Budget.Refault(cache, page))
+			refault := h.cfg.Budget.Refault(cache, page)
+			h.c.FillsInFlight.Add(1)
+			h.fill(r.Obj, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -292,47 +350,201 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 }
 
 // readAhead claims the absent pages of w at once and reads them in the
-// background, a chunk per fill, holding back w's marker.
+// background, a chunk per fill, holding back w's marker. A fill starts when
+// it has its buffer: a fill waiting for one costs no goroutine, however
+// large a window MADV_WILLNEED asks for. (A fault that finds a fill claimed
+// here before it waits for a buffer cannot promote it, and waits for its
+// turn: a buffer always comes, as every buffer lent is given back.)
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
 	for lo := w.Start; lo < w.End; lo += chunkPages {
 		for _, f := range o.Cache.Claim(lo, min(lo+chunkPages, w.End)) {
-			go h.fill(o, f, w.Marker, false)
+			h.c.FillsInFlight.Add(1)
+			h.mem.get(f, h.piecePages(f), false, func(b *[]byte) { go h.fill(o, f, b, w.Marker, false) })
 		}
 	}
 }
 
-// fill reads the pages f claimed, holds back marker if it is among them,
-// and ends the fill. For a fault's fill the faulting page decides the
-// outcome: if the window read fails, the pages read before the failure are
-// kept only when they include the faulting page; otherwise the faulting
-// page is read alone, with retries. A readahead fill keeps what it read.
-// refault says the fault missed a page evicted recently.
-func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64, refault bool) {
-	h.c.FillsInFlight.Add(1)
+// piecePages is how many pages of f one store read reads.
+func (h *Handler) piecePages(f *pagecache.Fill) int64 {
+	return h.mem.piecePages(f.End-f.Start, chunkPages, f.Page >= 0)
+}
+
+// fill reads the pages f claimed into the cache with the buffer b, a piece
+// at a time, holds back marker if it is among them, gives b back and ends
+// the fill. For a fault's fill the faulting page decides the outcome: its
+// piece is read first, and if that read fails, the pages read before the
+// failure are kept only when they include the faulting page; otherwise the
+// faulting page is read alone, with retries. A failure in another piece
+// keeps what was written. A readahead fill keeps what it read. refault
+// says the fault missed a page evicted recently.
+func (h *Handler) fill(o *Object, f *pagecache.Fill, b *[]byte, marker int64, refault bool) {
 	defer h.c.FillsInFlight.Add(-1)
-	n := f.End - f.Start
-	bp := h.bufs.get(n)
-	defer h.bufs.put(bp)
-	buf := (*bp)[:n*ps]
-	got, err := h.read(o, buf, f.Start)
-	if err == nil {
-		h.write(o, f, f.Start, f.End, buf, marker, refault)
+	x := &filling{h: h, o: o, f: f, marker: marker, refault: refault}
+	pcs := pieces(f, h.piecePages(f))
+	err := x.readPieces(pcs, *b)
+	h.mem.put(b)
+	writeFailed := errors.As(err, new(writeError)) // logged already
+	switch {
+	case err == nil:
+	case x.lo < x.hi || f.Page < 0:
+		// What the failure cut off was readahead.
+		if !writeFailed {
+			h.cfg.Log.Debug("readahead failed", "object", o.Cache.Name(), "offset", f.Start*ps, "err", err)
+		}
+	case writeFailed:
+		x.end(err)
+		return
+	default:
+		h.retry(x, err, pcs[0][1]-pcs[0][0] > 1)
 		return
 	}
-	k := int64(got / ps)
-	if f.Page < 0 || f.Page < f.Start+k {
-		h.cfg.Log.Debug("readahead failed", "object", o.Cache.Name(), "err", err)
-		h.write(o, f, f.Start, f.Start+k, buf, marker, refault)
+	x.end(nil)
+}
+
+// filling is a fill's progress: the run of pages [lo, hi) written into the
+// cache so far, all but the marker if held.
+type filling struct {
+	h       *Handler
+	o       *Object
+	f       *pagecache.Fill
+	marker  int64 // the window's marker, held back if this fill reads it
+	refault bool
+	lo, hi  int64
+	held    bool
+}
+
+// writeError is a failure to write pages read into the cache file, which
+// no read again cures.
+type writeError struct{ error }
+
+func (e writeError) Unwrap() error { return e.error }
+
+// pieces splits f's pages into pieces of at most piece pages, aligned on
+// f.Start, in the order they are read: the faulting page's, those after
+// it, then those before it, backwards. So the pages written are always one
+// run, around the faulting page.
+func pieces(f *pagecache.Fill, piece int64) [][2]int64 {
+	first := f.Start
+	if f.Page >= 0 {
+		first += (f.Page - f.Start) / piece * piece
+	}
+	var pcs [][2]int64
+	for lo := first; lo < f.End; lo += piece {
+		pcs = append(pcs, [2]int64{lo, min(lo+piece, f.End)})
+	}
+	for hi := first; hi > f.Start; hi -= piece {
+		pcs = append(pcs, [2]int64{hi - piece, hi})
+	}
+	return pcs
+}
+
+// readPieces reads the pieces pcs into buf and writes each into the cache
+// as it arrives, until one fails. Of a piece whose read failed, the pages
+// read before the failure are written if they extend the run.
+func (x *filling) readPieces(pcs [][2]int64, buf []byte) error {
+	for _, p := range pcs {
+		lo, hi := p[0], p[1]
+		b := buf[:(hi-lo)*ps]
+		got, err := x.h.read(x.o, b, lo)
+		k := hi - lo
+		if err != nil {
+			k = int64(got / ps)
+		}
+		if x.extends(lo, lo+k) {
+			if werr := x.write(lo, lo+k, b); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// extends reports whether pages [lo, hi) may be added to the run: the
+// first pages written must include the faulting page, and later ones must
+// adjoin the run.
+func (x *filling) extends(lo, hi int64) bool {
+	if lo >= hi {
+		return false
+	}
+	if x.lo == x.hi {
+		return x.f.Page < 0 || (lo <= x.f.Page && x.f.Page < hi)
+	}
+	return lo == x.hi || hi == x.lo
+}
+
+// write puts pages [lo, hi) of buf (which begins at lo) into the cache
+// file, except the marker, which the cache holds back, and adds them to
+// the run. The space is reserved in the budget first, so residency never
+// runs ahead of it.
+func (x *filling) write(lo, hi int64, buf []byte) error {
+	cache, m := x.o.Cache, x.marker
+	hold := lo <= m && m < hi && m != x.f.Page && cache.Hold(x.f, m, buf[(m-lo)*ps:][:ps])
+	n := hi - lo
+	if hold {
+		n--
+	}
+	x.h.cfg.Budget.Reserve(n)
+	var err error
+	if hold {
+		err = cache.WritePages(lo, buf[:(m-lo)*ps])
+		if err == nil {
+			err = cache.WritePages(m+1, buf[(m+1-lo)*ps:(hi-lo)*ps])
+		}
+	} else {
+		err = cache.WritePages(lo, buf[:(hi-lo)*ps])
+	}
+	if err != nil {
+		x.h.cfg.Budget.Release(n)
+		x.h.cfg.Log.Error("cannot fill the cache", "object", cache.Name(), "err", err)
+		return writeError{err}
+	}
+	if x.lo == x.hi {
+		x.lo, x.hi = lo, hi
+	}
+	x.lo, x.hi, x.held = min(x.lo, lo), max(x.hi, hi), x.held || hold
+	return nil
+}
+
+// end ends the fill: with the run written, if any, which it then commits
+// to the budget; else with err, the faulting page's, if any.
+func (x *filling) end(err error) {
+	cache, budget := x.o.Cache, x.h.cfg.Budget
+	if x.lo == x.hi {
+		cache.End(x.f, 0, 0, err)
 		return
 	}
-	one := buf[(f.Page-f.Start)*ps:][:ps]
+	cache.End(x.f, x.lo, x.hi, nil)
+	if x.held {
+		// Two dense runs around the page held back: reclaim counts a huge
+		// cache's pages by block, and must know which block lacks it.
+		m := x.marker
+		budget.Commit(cache, x.lo, m, m-x.lo, m-x.lo, x.refault)
+		budget.Commit(cache, m+1, x.hi, x.hi-m-1, x.hi-m-1, x.refault)
+		return
+	}
+	n := x.hi - x.lo
+	budget.Commit(cache, x.lo, x.hi, n, n, x.refault)
+}
+
+// retry reads the faulting page of x's fill alone, whose read failed with
+// err, again (at once if again is set, else after the first backoff) and up
+// to Retries times more, then ends the fill. The window's buffer is back
+// already: a page's worth is enough, and no retry holds more.
+func (h *Handler) retry(x *filling, err error, again bool) {
+	o, f := x.o, x.f
+	b := h.mem.wait(nil, 1, true)
+	one := (*b)[:ps]
 	delay := h.cfg.RetryBackoff
 	for try := 0; ; try++ {
-		if n > 1 || try > 0 {
-			_, err = h.read(o, one, f.Page)
-			if err == nil {
-				h.write(o, f, f.Page, f.Page+1, one, -1, refault)
+		if again || try > 0 {
+			if _, err = h.read(o, one, f.Page); err == nil {
+				err = x.write(f.Page, f.Page+1, one)
+				h.mem.put(b)
+				x.end(err)
 				return
 			}
 		}
@@ -342,12 +554,13 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill, marker int64, refault bool)
 		time.Sleep(delay)
 		delay *= 2
 	}
+	h.mem.put(b)
 	if errors.Is(err, store.ErrChanged) {
 		h.cfg.Log.Error("object changed since it was opened: SIGBUS for pages not yet cached",
 			"object", o.Cache.Name(), "offset", f.Page*ps, "err", err)
 		h.cfg.Observer.Changed(o.Cache.Name())
 	}
-	o.Cache.End(f, 0, 0, fmt.Errorf("read %s page %d (offset %d): %w", o.Cache.Name(), f.Page, f.Page*ps, err))
+	x.end(fmt.Errorf("read %s page %d (offset %d): %w", o.Cache.Name(), f.Page, f.Page*ps, err))
 }
 
 // permanent reports a read error that no retry can cure: the object
@@ -370,47 +583,6 @@ func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
 	}
 	clear(buf[n:])
 	return len(buf), nil
-}
-
-// write puts pages [start, end) of buf (which begins at start) into the
-// memfd, except marker, which the cache holds back, and ends the fill. The
-// space is reserved in the budget first, so residency never runs ahead of
-// it.
-func (h *Handler) write(o *Object, f *pagecache.Fill, start, end int64, buf []byte, marker int64, refault bool) {
-	if start >= end {
-		o.Cache.End(f, start, end, nil)
-		return
-	}
-	hold := start <= marker && marker < end && marker != f.Page && o.Cache.Hold(f, marker, buf[(marker-start)*ps:][:ps])
-	n := end - start
-	if hold {
-		n--
-	}
-	h.cfg.Budget.Reserve(n)
-	var err error
-	if hold {
-		err = o.Cache.WritePages(start, buf[:(marker-start)*ps])
-		if err == nil {
-			err = o.Cache.WritePages(marker+1, buf[(marker+1-start)*ps:(end-start)*ps])
-		}
-	} else {
-		err = o.Cache.WritePages(start, buf[:(end-start)*ps])
-	}
-	if err != nil {
-		h.cfg.Budget.Release(n)
-		h.cfg.Log.Error("cannot fill the cache", "object", o.Cache.Name(), "err", err)
-		o.Cache.End(f, 0, 0, err)
-		return
-	}
-	o.Cache.End(f, start, end, nil)
-	if hold {
-		// Two dense runs around the page held back: reclaim counts a huge
-		// cache's pages by block, and must know which block lacks it.
-		h.cfg.Budget.Commit(o.Cache, start, marker, marker-start, marker-start, refault)
-		h.cfg.Budget.Commit(o.Cache, marker+1, end, end-marker-1, end-marker-1, refault)
-		return
-	}
-	h.cfg.Budget.Commit(o.Cache, start, end, n, n, refault)
 }
 
 func (h *Handler) wake(r *Region, start, end int64) {
