@@ -168,11 +168,17 @@ func serve(args []string) error {
 // serves, unless it has a disk cache, which the old one holds locked.
 func startServer(cfg server.Config, socket string, keep bool) (*server.Server, error) {
 	var kept []fdstore.Entry
-	var err error
-	if keep && cfg.Remote.DiskCache != "" {
+	retrieved := false
+	retrieve := func() {
+		var err error
 		if kept, err = server.Kept(socket); err != nil {
-			return nil, err
+			// Serving new clients beats exiting: the old ones stall either way.
+			cfg.Log.Error("filemap serve: cannot take the previous daemon's regions: their faults stall", "err", err)
 		}
+		retrieved = true
+	}
+	if keep && cfg.Remote.DiskCache != "" {
+		retrieve()
 	}
 	s, err := server.New(cfg)
 	if err != nil {
@@ -181,11 +187,11 @@ func startServer(cfg server.Config, socket string, keep bool) (*server.Server, e
 	if !keep {
 		return s, nil
 	}
+	if !retrieved {
+		retrieve()
+	}
 	if kept == nil {
-		if kept, err = server.Kept(socket); err != nil {
-			s.Close()
-			return nil, err
-		}
+		kept = []fdstore.Entry{} // taken: Keep must not look again
 	}
 	if err := s.Keep(socket, kept); err != nil {
 		s.Close()

@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -160,6 +161,9 @@ func Retrieve(socket string, timeout time.Duration) ([]Entry, error) {
 	var out []Entry
 	for {
 		f, err := c.ReadFrame()
+		if errors.Is(err, io.EOF) && out == nil {
+			return nil, nil // it had nothing to keep, and exited as we connected
+		}
 		if err != nil {
 			closeEntries(out)
 			return nil, fmt.Errorf("fdstore: read the keeper's entries at %s: %w", Path(socket), err)
