@@ -150,6 +150,33 @@ func TestHandlerDies(t *testing.T) {
 	c.cmd.Process.Kill()
 }
 
+// A handler killed in the middle of a restore, and started again on the
+// same socket: it takes the VM from the dead one's keeper and serves the
+// guest's faults, those that waited through the outage first. The VMM
+// does nothing (Firecracker sends its handshake once); every byte is
+// checked.
+func TestHandlerRestarts(t *testing.T) {
+	const size = 16 << 20
+	mem := memFile(t, size)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	h := startHandler(t, sock, mem)
+	c := startClient(t, sock, mem, clientOpts{spans: twoRegions(size)})
+	c.ok("check %d %d", 0, size/4)
+	h.cmd.Process.Signal(syscall.SIGKILL)
+	h.cmd.Wait()
+	c.send("check %d %d", size/4, size/4) // stalls: no handler
+	if l, ok := c.reply(300 * time.Millisecond); ok {
+		t.Fatalf("with its handler dead, the guest's touch answered %q; want a stall", l)
+	}
+	startHandler(t, sock, mem)
+	if l, ok := c.reply(30 * time.Second); !ok || l != "ok" {
+		t.Fatalf("the touch that waited through the outage: %q (answered %v)", l, ok)
+	}
+	c.ok("check %d %d", size/2, size/2)
+	c.ok("balloon %d %d", 0, 1<<20) // REMOVE events reach the new handler too
+	c.ok("zeros %d %d", 0, 1<<20)
+}
+
 // rawUffd is a userfaultfd of the test process to send in handshakes that
 // are refused before anything is registered.
 func rawUffd(t *testing.T) int {

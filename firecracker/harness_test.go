@@ -644,6 +644,10 @@ func runHandler() int {
 		fmt.Println("error:", err)
 		return 1
 	}
+	if err := s.Keep(os.Getenv("FC_SOCKET")); err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	go func() {
@@ -663,6 +667,8 @@ func startHandler(t testing.TB, sock, mem string, env ...string) *fcClient {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRole+"=handler", "FC_SOCKET="+sock, "FC_MEM="+mem, "GORACE=atexit_sleep_ms=0")
 	cmd.Env = append(cmd.Env, env...)
+	// Its keeper inherits its stderr, and outlives it when it is killed.
+	cmd.WaitDelay = time.Second
 	h := startChild(t, cmd)
 	if l, ok := h.reply(30 * time.Second); !ok || l != "ready" {
 		t.Fatalf("handler did not start: %q; stderr:\n%s", l, h.stderr.String())

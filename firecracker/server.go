@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/metrics"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
@@ -138,9 +139,11 @@ type Server struct {
 	vms       map[*vm]struct{}
 	pending   map[*net.UnixConn]struct{} // in their handshake
 	listeners []net.Listener
-	recorded  bool // Config.Record was given to a VM
+	keeper    *fdstore.Store // where VMs outlive the handler (keep.go); nil unless Keep was called
+	recorded  bool           // Config.Record was given to a VM
 	closed    bool
 	conns     sync.WaitGroup
+	adopted   sync.WaitGroup // VMs taken from a previous handler's keeper, running
 	closeOnce sync.Once
 }
 
@@ -353,8 +356,10 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 	defer s.conns.Done()
 	id := s.nextID.Add(1)
 	log := s.log.With("vm", id)
+	pid := 0
 	if cred, err := proto.PeerCred(c); err == nil {
 		log = log.With("pid", cred.Pid, "uid", cred.Uid)
+		pid = int(cred.Pid)
 	}
 	v, err := s.restore(c, id, log)
 	s.mu.Lock()
@@ -366,6 +371,14 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 		c.Close()
 		return
 	}
+	v.pid = pid
+	v.keep()
+	s.runVM(v)
+}
+
+// runVM serves a restored VM until its VMM disconnects or the server
+// closes.
+func (s *Server) runVM(v *vm) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -377,7 +390,11 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 	v.run()
 	s.mu.Lock()
 	delete(s.vms, v)
+	k, closing := s.keeper, s.closed
 	s.mu.Unlock()
+	if k != nil && !closing {
+		k.Delete(v.id) // the VMM is gone; a handler that stops leaves its VMs to the next
+	}
 	s.release(v.obj)
 }
 
@@ -398,11 +415,12 @@ func (s *Server) restore(c *net.UnixConn, id uint64, log *slog.Logger) (*vm, err
 		s.release(o)
 		return nil, fmt.Errorf("%w (memory file %s, %d bytes; received %s)", err, s.cfg.Name, o.fo.Cache.Size(), clip(payload))
 	}
-	v, err := newVM(s, id, log, c, fd, o, regions)
+	v, err := newVM(s, id, log, c, fd, o, regions, true)
 	if err != nil {
 		s.release(o)
 		return nil, err
 	}
+	v.payload = payload
 	s.n.restores.Add(1)
 	return v, nil
 }
@@ -553,8 +571,13 @@ func (s *Server) close() {
 	for c := range s.pending {
 		c.Close()
 	}
+	k := s.keeper
 	s.mu.Unlock()
 	s.conns.Wait()
+	s.adopted.Wait()
+	if k != nil {
+		k.Close(false) // the VMs wait there for the next handler
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, o := range s.objects {

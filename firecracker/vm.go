@@ -67,6 +67,9 @@ type vm struct {
 	rec *recorder // nil unless this VM's first touches are recorded
 	pf  *prefetch // nil unless a record is replayed into it
 
+	pid     int    // the VMM's, for the keeper
+	payload []byte // the handshake's regions, for the keeper
+
 	faults, copied, zeroed atomic.Uint64
 	strayLogged            atomic.Bool
 }
@@ -90,7 +93,9 @@ type fillOnly struct{}
 func (fillOnly) Wake(uintptr, uintptr) error                    { return nil }
 func (fillOnly) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
 
-func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region) (*vm, error) {
+// newVM makes the handler of a VM. fresh says it starts now: a VM taken
+// over from a previous handler is neither recorded nor replayed into.
+func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool) (*vm, error) {
 	// Firecracker makes its userfaultfd non-blocking already; a VMM that
 	// did not would have the loop sleep in read(2) instead of poll(2).
 	if err := unix.SetNonblock(fd, true); err != nil {
@@ -118,7 +123,7 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 		v.regions = append(v.regions, &vmRegion{Region: r, fr: fr,
 			first: r.Offset / int64(unit), end: (r.Offset + int64(r.Size)) / int64(unit)})
 	}
-	if s.takeRecord() {
+	if fresh && s.takeRecord() {
 		rec, err := newRecorder(s.cfg.Record, int64(unit), size, o.key.version, v.start)
 		if err != nil {
 			log.Error("firecracker: cannot record this restore", "err", err)
@@ -126,7 +131,7 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 			v.rec = rec
 		}
 	}
-	if s.record != nil {
+	if fresh && s.record != nil {
 		v.pf = newPrefetch(v, s.record)
 	}
 	return v, nil

@@ -58,6 +58,7 @@ func firecrackerCmd(args []string) error {
 	spin := fs.Duration("spin", 0, "poll a VM's userfaultfd this long before sleeping (saves a wake-up per fault on idle CPUs, costs CPU)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
+	keep := fs.Bool("keep", true, "keep every VM's connection and userfaultfd in a keeper process, so that a handler started again on this socket serves them if this one dies")
 	remoteConfig := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -139,6 +140,13 @@ func firecrackerCmd(args []string) error {
 		s.Close()
 		return err
 	}
+	if *keep {
+		if err := s.Keep(*socket); err != nil {
+			l.Close()
+			s.Close()
+			return err
+		}
+	}
 	if *metricsAddr != "" {
 		addr, stop, err := s.Metrics().Serve(*metricsAddr)
 		if err != nil {
@@ -155,7 +163,7 @@ func firecrackerCmd(args []string) error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s2 := <-sig
-		log.Info("filemap firecracker: shutting down; restored VMs stall on their next fault", "signal", s2.String())
+		log.Info("filemap firecracker: shutting down; restored VMs stall on their next fault until a handler starts again on this socket", "signal", s2.String())
 		s.Close()
 	}()
 	err = s.Serve(l)
