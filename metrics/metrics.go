@@ -108,7 +108,10 @@ var statMetrics = []statMetric{
 	stat("filemap_objects", "Objects with a cache.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Objects) }),
 	stat("filemap_clients", "Connected clients.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Clients) }),
 	stat("filemap_mappings", "Attached regions (mappings) being served.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Regions) }),
-	stat("filemap_fills_in_flight", "Store reads running now.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillsInFlight) }),
+	stat("filemap_fills_in_flight", "Fills claimed and not ended: reading, or waiting for a read buffer.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillsInFlight) }),
+	stat("filemap_fill_buffer_bytes", "Read buffers lent to fills or kept for reuse.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillBufferBytes) }),
+	stat("filemap_fill_buffer_limit_bytes", "The bound on filemap_fill_buffer_bytes.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillBufferLimit) }),
+	stat("filemap_fill_buffer_waits_total", "Fills that waited for a read buffer.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.FillBufferWaits) }),
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -251,8 +251,15 @@ type Stats struct {
 	Objects        int    `json:"objects"`         // caches held
 	Clients        int    `json:"clients"`         // connected sessions
 	Regions        int    `json:"regions"`         // attached regions
-	FillsInFlight  int64  `json:"fills_in_flight"` // store reads running now
+	FillsInFlight  int64  `json:"fills_in_flight"` // fills claimed and not ended: reading, or waiting for a read buffer
 	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames
+
+	// The daemon's read buffers: bytes lent to fills or kept for reuse,
+	// their bound (a share of the cache budget), and the fills that had to
+	// wait for one.
+	FillBufferBytes int64  `json:"fill_buffer_bytes"`
+	FillBufferLimit int64  `json:"fill_buffer_limit"`
+	FillBufferWaits uint64 `json:"fill_buffer_waits"`
 
 	// HugeExtents counts 2 MiB extents collapsed into huge folios in the
 	// background; CollapsesPending are waiting for or in a collapse now;

@@ -493,6 +493,8 @@ func (s *Server) countersNow() proto.Stats {
 		FillsInFlight:  c.FillsInFlight.Load(),
 		ProtocolErrors: s.badConns.Load(),
 	}
+	fm := s.faults.FillMemory()
+	st.FillBufferBytes, st.FillBufferLimit, st.FillBufferWaits = fm.Lent+fm.Idle, fm.Limit, fm.Waits
 	cs := s.backing.CollapseStats()
 	st.HugeExtents, st.CollapsesPending, st.CollapsesFailed = cs.Collapsed, cs.Pending, cs.Failed
 	rs := s.budget.Stats()

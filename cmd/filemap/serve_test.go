@@ -172,6 +172,9 @@ func TestServeCatStat(t *testing.T) {
 			if st.Objects != 1 {
 				t.Errorf("after the first cat: %d objects cached, want 1", st.Objects)
 			}
+			if st.FillBufferLimit <= 0 || st.FillBufferBytes > st.FillBufferLimit {
+				t.Errorf("read buffers %d bytes of a bound of %d: want a bound, kept", st.FillBufferBytes, st.FillBufferLimit)
+			}
 			st0 = st
 			continue
 		}
