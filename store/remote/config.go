@@ -72,8 +72,10 @@ type Config struct {
 
 	// SubRange is the alignment of a partial-chunk fetch: a demand read
 	// whose chunk nobody is fetching and that is not cached fetches only
-	// the SubRange-aligned span around itself. Default 256 KiB; negative
-	// always fetches whole chunks.
+	// the SubRange-aligned span around itself, or only its own pages once
+	// recent demand reads have had no neighbours within SubRange of them
+	// (see locality). Default 256 KiB; negative always fetches whole
+	// chunks.
 	SubRange int
 
 	// HoldGap is the widest gap between two ranges of one chunk that a

@@ -110,27 +110,24 @@ func (s *Store) sleep(d time.Duration) bool {
 
 // attempt is one try at f, holding a slot acquired for it: one request, and
 // a hedge if that one straggles and a slot is spare. The first success
-// wins; the other request is cancelled when attempt returns.
+// wins and cancels the other request.
+//
+// The first request runs in attempt's own goroutine (which, for a demand
+// read, is the faulting read's: see Store.read) and only a hedge gets a
+// goroutine of its own: every hand-off between goroutines is a wake-up
+// that a fault waits for, and a scheduling delay on a busy machine.
 func (s *Store) attempt(f *fetch) (*[]byte, error) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	r := &race{pending: 1, decided: make(chan struct{})}
-	s.request(ctx, f, r, false)
-	var hedge <-chan time.Time
+	r := &race{pending: 1, decided: make(chan struct{}), stop: cancel}
 	if d := s.hedgeDelay(f.n); d > 0 {
-		t := time.NewTimer(d)
+		// A late call finds the race decided and starts nothing.
+		t := time.AfterFunc(d, func() { s.hedge(ctx, f, r) })
 		defer t.Stop()
-		hedge = t.C
 	}
-	for {
-		select {
-		case <-r.decided:
-			return r.buf, r.err
-		case <-hedge:
-			hedge = nil
-			s.hedge(ctx, f, r)
-		}
-	}
+	s.doRequest(ctx, f, r, false)
+	<-r.decided // the hedge may still be running when the first fails
+	return r.buf, r.err
 }
 
 // hedge starts a second request for f if a slot is spare. Hedges never
@@ -173,25 +170,30 @@ func (s *Store) sizeClass(n int) int {
 	return 0
 }
 
-// request runs one ranged request for f into a buffer of its own, in a
-// goroutine that holds a slot until the Object returns, and reports to r.
+// request runs doRequest in a goroutine of its own.
 func (s *Store) request(ctx context.Context, f *fetch, r *race, hedged bool) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer s.slots.release()
-		bp := s.bufs.get(f.n)
-		start := time.Now()
-		err := s.getRange(ctx, *bp, f.off)
-		lat := time.Since(start)
-		s.cfg.Observer.Request(RequestStats{Bytes: f.n, Latency: lat, Hedge: hedged, Err: Kind(err)})
-		if err == nil {
-			s.lat[s.sizeClass(f.n)].add(lat)
-		}
-		if !r.end(bp, err) {
-			s.bufs.put(bp)
-		}
+		s.doRequest(ctx, f, r, hedged)
 	}()
+}
+
+// doRequest runs one ranged request for f into a buffer of its own, holding
+// a slot until the Object returns, and reports to r.
+func (s *Store) doRequest(ctx context.Context, f *fetch, r *race, hedged bool) {
+	defer s.slots.release()
+	bp := s.bufs.get(f.n)
+	start := time.Now()
+	err := s.getRange(ctx, *bp, f.off)
+	lat := time.Since(start)
+	s.cfg.Observer.Request(RequestStats{Bytes: f.n, Latency: lat, Hedge: hedged, Err: Kind(err)})
+	if err == nil {
+		s.lat[s.sizeClass(f.n)].add(lat)
+	}
+	if !r.end(bp, err) {
+		s.bufs.put(bp)
+	}
 }
 
 // getRange calls the Object with the per-request timeout. An Object may
@@ -216,6 +218,7 @@ type race struct {
 	buf     *[]byte
 	err     error
 	decided chan struct{} // closed when done
+	stop    func()        // cancels the requests still running once decided
 }
 
 // join counts a hedge in, unless the race is already decided.
@@ -252,6 +255,9 @@ func (r *race) end(bp *[]byte, err error) bool {
 	}
 	r.done = true
 	close(r.decided)
+	if r.pending > 0 {
+		r.stop()
+	}
 	return err == nil
 }
 

@@ -32,6 +32,7 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
+	loc    locality           // whether demand reads have neighbours
 	chunks map[int64][]*fetch // by chunk index: fetches in flight or cached
 	lru    lruList            // cached fetches, most recently used first
 	cached int64              // bytes in lru
@@ -92,25 +93,46 @@ func (s *Store) ReadAt(p []byte, off int64) (int, error) {
 // large read are fetched in a sliding window of at most Parallel chunks, so
 // that one huge read neither queues hundreds of fetches ahead of everyone
 // else nor holds hundreds of chunk buffers while it copies the first.
+//
+// A demand read runs the last fetch it starts itself rather than in a new
+// goroutine: it would only wait for it, and a fault's latency is mostly
+// hand-offs once the request is small (see attempt). A large read starts
+// all of its fetches in goroutines, to keep its window in flight while it
+// copies.
 func (s *Store) read(p []byte, off int64, demand bool) (n int, err error) {
 	end := off + int64(len(p))
 	next := off // the first byte not yet asked for
 	var stack [4]*fetch
 	window := stack[:0]
+	var mine *fetch // started by this read, for it to run
 	defer func() {
+		if mine != nil { // failed before running it: others may wait for it
+			go s.run(mine)
+		}
 		for _, f := range window {
 			s.release(f)
 		}
 	}()
+	lone := demand && s.lone(off, end)
 	for n < len(p) {
 		for len(window) < s.cfg.Parallel && next < end {
 			b := min(end, s.chunkEnd(next))
-			f, err := s.get(next, b, demand)
+			f, started, err := s.get(next, b, demand, lone, demand)
 			if err != nil {
 				return n, err
 			}
+			if started {
+				if mine != nil {
+					go s.run(mine)
+				}
+				mine = f
+			}
 			window = append(window, f)
 			next = b
+		}
+		if f := mine; f != nil {
+			mine = nil
+			s.run(f)
 		}
 		f := window[0]
 		window = append(window[:0], window[1:]...)
@@ -153,15 +175,32 @@ func (s *Store) chunkEnd(off int64) int64 {
 	return min((off/cs+1)*cs, s.size)
 }
 
+// lone says whether the demand read [a, b) should fetch only its own pages:
+// recent demand reads had no neighbours (see locality) and none of them is
+// near this one. With SubRange off, reads fetch whole chunks as configured.
+func (s *Store) lone(a, b int64) bool {
+	sub := int64(s.cfg.SubRange)
+	if sub <= 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	near := s.loc.touch(a, b, sub)
+	return !near && s.loc.scattered()
+}
+
 // get returns a fetch, in flight or done, that covers [a, b), which lies in
 // one chunk, and counts a reference to it; it starts one if there is none.
-// A demand read promotes a fetch still waiting for its turn.
-func (s *Store) get(a, b int64, demand bool) (*fetch, error) {
+// A demand read promotes a fetch still waiting for its turn. lone asks a
+// demand read's new fetch to cover only [a, b)'s pages. With own, a new
+// fetch is queued for a slot but not run: started says the caller must run
+// it (s.run), in a goroutine or its own.
+func (s *Store) get(a, b int64, demand, lone, own bool) (f *fetch, started bool, err error) {
 	ci := a / int64(s.cfg.ChunkSize)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
 	if f := s.lookup(ci, a, b); f != nil {
 		f.refs++
@@ -173,17 +212,23 @@ func (s *Store) get(a, b int64, demand bool) (*fetch, error) {
 		if promote {
 			s.slots.kick()
 		}
-		return f, nil
+		return f, false, nil
 	}
-	lo, hi := s.span(ci, a, b, demand)
-	f := &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), refs: 1, listed: true}
+	lo, hi := s.span(ci, a, b, demand, lone)
+	if demand && s.cfg.SubRange > 0 {
+		s.loc.add(a, b)
+	}
+	f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), refs: 1, listed: true}
 	f.demand.Store(demand)
 	f.turn = s.slots.enqueue(&f.demand)
 	s.chunks[ci] = append(s.chunks[ci], f)
 	s.wg.Add(1)
 	s.mu.Unlock()
+	if own {
+		return f, true, nil
+	}
 	go s.run(f)
-	return f, nil
+	return f, false, nil
 }
 
 // lookup finds a listed fetch of chunk ci that covers [a, b). Called with
@@ -215,11 +260,21 @@ func (s *Store) lookup(ci, a, b int64) *fetch {
 //
 // A held fetch of the chunk (see Hold) is no such evidence: it was planned
 // from a record, and a read it does not cover fell outside that plan.
-func (s *Store) span(ci, a, b int64, demand bool) (lo, hi int64) {
+//
+// Neither is the span itself when recent faults have shown no neighbours
+// (lone, see locality): then a fault fetches only its own pages, and
+// another fault in the same chunk is no sign of locality either, as random
+// faults land several to a chunk (2048 over 512 MiB of 2 MiB chunks is 8).
+func (s *Store) span(ci, a, b int64, demand, lone bool) (lo, hi int64) {
 	lo = ci * int64(s.cfg.ChunkSize)
 	hi = s.chunkEnd(lo)
 	sub := int64(s.cfg.SubRange)
-	if !demand || sub <= 0 || s.readBefore(ci) {
+	switch {
+	case !demand || sub <= 0:
+		return lo, hi
+	case lone:
+		return lo + (a-lo)/pageSize*pageSize, min(hi, lo+int64(roundUp(int(b-lo), pageSize)))
+	case s.readBefore(ci):
 		return lo, hi
 	}
 	slo := lo + (a-lo)/sub*sub
