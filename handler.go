@@ -48,9 +48,11 @@ func runPrivateHandler(path string) int {
 	// If this handler dies, its keeper serves the parent's regions to the
 	// next one, which it starts itself: the parent, its threads waiting in
 	// page faults, may be unable to.
-	if err := s.KeepRespawn(path, nil, &fdstore.Respawn{Files: []*os.File{lifeline}}); err != nil {
-		log.Warn("the parent's mappings will not survive this handler's death", "err", err)
+	kept, err := server.Kept(path) // from the handler before this one, if it died
+	if err != nil {
+		log.Warn("cannot take the regions of the handler before this one: their faults stall", "err", err)
 	}
+	s.KeepRespawn(path, kept, &fdstore.Respawn{Files: []*os.File{lifeline}})
 	lifeline.Write([]byte{1}) // ready
 	go s.Serve(l)
 	io.Copy(io.Discard, lifeline) // returns when the parent has exited

@@ -69,9 +69,7 @@ func runServe(socket string) int {
 	if err != nil {
 		return fail(err)
 	}
-	if err := s.Keep(socket, kept); err != nil {
-		return fail(err)
-	}
+	s.Keep(socket, kept)
 	fmt.Println("ready")
 	s.Serve(l)
 	s.Close()

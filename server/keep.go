@@ -49,25 +49,19 @@ type keptRange struct {
 // retrieveTimeout bounds the wait for a predecessor to exit in a takeover.
 const retrieveTimeout = 30 * time.Second
 
-// Keep makes the daemon's clients survive its death. It takes over the
-// regions a previous daemon on socket left in its keeper — entries, from
-// Takeover, or if nil, whatever a dead daemon left — and starts a keeper
-// of its own. Call it before Serve. A keeper that cannot start is logged,
-// not an error: the daemon serves, and only a crash of it would lose.
-func (s *Server) Keep(socket string, entries []fdstore.Entry) error {
-	return s.KeepRespawn(socket, entries, nil)
+// Keep makes the daemon's clients survive its death. It serves the
+// regions a previous daemon on socket left in its keeper (entries, from
+// Kept) and starts a keeper of its own. Call it before Serve. A region
+// that cannot be served, or a keeper that cannot start, is logged: the
+// daemon serves all the same.
+func (s *Server) Keep(socket string, entries []fdstore.Entry) {
+	s.KeepRespawn(socket, entries, nil)
 }
 
 // KeepRespawn is Keep for a daemon that nothing would start again, such as
 // a private handler: if it dies with regions kept, its keeper runs it
 // again (fdstore.Respawn).
-func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fdstore.Respawn) error {
-	if entries == nil {
-		var err error
-		if entries, err = fdstore.Retrieve(socket, retrieveTimeout); err != nil {
-			return err
-		}
-	}
+func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fdstore.Respawn) {
 	for _, e := range entries {
 		if id := s.nextID.Load(); e.ID >= id {
 			s.nextID.Store(e.ID + 1)
@@ -92,7 +86,7 @@ func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fd
 	if err != nil {
 		// Serving without a keeper beats not serving: only a crash loses.
 		s.log.Error("no keeper: clients will not survive this daemon's death", "err", err)
-		return nil
+		return
 	}
 	s.mu.Lock()
 	s.keeper = k
@@ -100,7 +94,6 @@ func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fd
 	for _, a := range restored {
 		a.keep()
 	}
-	return nil
 }
 
 // Forget tells the keeper to drop every region and exit: the daemon stops

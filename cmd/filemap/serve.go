@@ -167,36 +167,29 @@ func serve(args []string) error {
 // and starts its keeper. The daemon is made first, while the old one still
 // serves, unless it has a disk cache, which the old one holds locked.
 func startServer(cfg server.Config, socket string, keep bool) (*server.Server, error) {
+	if !keep {
+		return server.New(cfg)
+	}
 	var kept []fdstore.Entry
-	retrieved := false
-	retrieve := func() {
+	take := func() {
 		var err error
 		if kept, err = server.Kept(socket); err != nil {
 			// Serving new clients beats exiting: the old ones stall either way.
 			cfg.Log.Error("filemap serve: cannot take the previous daemon's regions: their faults stall", "err", err)
 		}
-		retrieved = true
 	}
-	if keep && cfg.Remote.DiskCache != "" {
-		retrieve()
+	early := cfg.Remote.DiskCache != ""
+	if early {
+		take()
 	}
 	s, err := server.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if !keep {
-		return s, nil
+	if !early {
+		take()
 	}
-	if !retrieved {
-		retrieve()
-	}
-	if kept == nil {
-		kept = []fdstore.Entry{} // taken: Keep must not look again
-	}
-	if err := s.Keep(socket, kept); err != nil {
-		s.Close()
-		return nil, err
-	}
+	s.Keep(socket, kept)
 	return s, nil
 }
 
