@@ -90,6 +90,8 @@ func Start(socket string, respawn *Respawn) (*Store, error) {
 	ours, theirs := os.NewFile(uintptr(fds[0]), "keeper"), os.NewFile(uintptr(fds[1]), "keeper")
 	defer theirs.Close()
 	cmd := exec.Command(exe)
+	// What ps shows: the executable is the daemon's, its job is not.
+	cmd.Args = []string{"filemap-keeper", Path(socket)}
 	cmd.Env = append(os.Environ(), envKeeper+"="+Path(socket))
 	cmd.ExtraFiles = []*os.File{theirs}
 	if respawn != nil {
