@@ -43,8 +43,9 @@ func TestMain(m *testing.M) {
 }
 
 // runServe is a daemon in its own process, for tests that kill it.
-// It keeps its regions in a keeper, and with FILEMAP_TEST_TAKEOVER set it
-// takes over from the daemon running on socket.
+// It keeps its regions in a keeper unless FILEMAP_TEST_NOKEEP is set, and
+// with FILEMAP_TEST_TAKEOVER set it takes over from the daemon running on
+// socket.
 func runServe(socket string) int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, err)
@@ -65,11 +66,13 @@ func runServe(socket string) int {
 	if err != nil {
 		return fail(err)
 	}
-	kept, err := server.Kept(socket) // in a takeover, waits for the old daemon to close
-	if err != nil {
-		return fail(err)
+	if os.Getenv("FILEMAP_TEST_NOKEEP") == "" {
+		kept, err := server.Kept(socket) // in a takeover, waits for the old daemon to close
+		if err != nil {
+			return fail(err)
+		}
+		s.Keep(socket, kept)
 	}
-	s.Keep(socket, kept)
 	fmt.Println("ready")
 	s.Serve(l)
 	s.Close()

@@ -173,6 +173,33 @@ func TestTakeoverUnderLoad(t *testing.T) {
 	waitFor(t, "the closed region to go", func() bool { return d2.stats().Regions == 1 })
 }
 
+// With no keeper, the library re-attaches by itself: it re-opens the object
+// at its version and hands back the cache file it maps, which the new
+// daemon adopts warm. (With no fault waiting: a Go client whose threads
+// all wait in faults may be unable to, which is why daemons keep.)
+func TestRestartWithoutKeeperHandsBackCache(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "filemap.sock")
+	d := startDaemonProc(t, sock, "FILEMAP_TEST_NOKEEP=1")
+	path := patternFile(t, 16<<20)
+	a := startDriver(t, sock)
+	a.open(path, "")
+	a.ok("read 0 %d", 8<<20)
+	d.kill()
+	d2 := startDaemonProc(t, sock, "FILEMAP_TEST_NOKEEP=1")
+	waitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
+	if st := d2.stats(); st.CacheBytes < 8<<20 || st.StoreReads != 0 {
+		t.Fatalf("after the hand-back: %d cache bytes, %d store reads; want the 8 MiB read before, adopted, and no read", st.CacheBytes, st.StoreReads)
+	}
+	a.ok("clear 0 %d", 16<<20)
+	a.ok("read 0 %d", 16<<20)
+	if st := d2.stats(); st.StoreBytes > 8<<20+1<<20 {
+		t.Fatalf("the new daemon read %d bytes of the object; want about the 8 MiB not cached", st.StoreBytes)
+	}
+	a.ok("advise random 0 0")
+	a.ok("close")
+	waitFor(t, "the region to go", func() bool { return d2.stats().Regions == 0 })
+}
+
 // An object rewritten while no daemon served its mapping: the restarted
 // daemon serves the pages the adopted cache holds, and SIGBUS for the rest,
 // never the new bytes.
