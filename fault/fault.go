@@ -357,8 +357,11 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 // turn: a buffer always comes, as every buffer lent is given back.)
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
-	for lo := w.Start; lo < w.End; lo += chunkPages {
-		for _, f := range o.Cache.Claim(lo, min(lo+chunkPages, w.End)) {
+	// Fills end on chunkPages boundaries, so that none straddles two of a
+	// remote store's chunks (a multiple of it) and waits for both.
+	for lo, hi := w.Start, int64(0); lo < w.End; lo = hi {
+		hi = min((lo/chunkPages+1)*chunkPages, w.End)
+		for _, f := range o.Cache.Claim(lo, hi) {
 			h.c.FillsInFlight.Add(1)
 			h.mem.get(f, h.piecePages(f), false, func(b *[]byte) { go h.fill(o, f, b, w.Marker, false) })
 		}
