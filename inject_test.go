@@ -371,47 +371,8 @@ func TestTinyBudgetLargeWorkingSet(t *testing.T) {
 		t.Skip("-short: a 256 MiB object")
 	}
 	const budget = 1 << 20
-	d := startDaemon(t, server.Config{CacheBytes: budget})
-	path := bigPatternFile(t, 256<<20)
-	window := int64(budget / 8) // the daemon caps readahead at an eighth of a budget this small
-	stop := make(chan struct{})
-	worst := make(chan int64)
-	go func() {
-		var most int64
-		for {
-			select {
-			case <-stop:
-				worst <- most
-				return
-			default:
-			}
-			n, err := d.s.AllocatedBytes()
-			if err != nil {
-				t.Error(err)
-			}
-			most = max(most, n)
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	a := startDriver(t, d.sock)
-	a.open(path, "")
-	var touched, reads int
-	fmt.Sscan(a.ok("rand 8 3000"), &touched, &reads)
-	close(stop)
-	most := <-worst
-	settle(t, d)
-	st := d.s.Stats()
-	t.Logf("%d reads of %d pages; %d major, %d minor faults, %d evictions; most allocated %d KiB, most accounted %d KiB",
-		reads, touched, st.MajorFaults, st.MinorFaults, st.Evictions, most>>10, d.s.BudgetMaxResident()>>10)
-	if reads == 0 || st.Evictions == 0 {
-		t.Fatalf("%d reads, %d evictions: the working set did not press on the budget", reads, st.Evictions)
-	}
-	if most > budget+window {
-		t.Errorf("the caches held %d bytes, more than the budget %d and a window %d", most, budget, window)
-	}
-	if acc := d.s.BudgetMaxResident(); acc > budget+window {
-		t.Errorf("the budget accounted %d bytes at its most, more than %d + %d", acc, budget, window)
-	}
+	// The daemon caps readahead at an eighth of a budget this small.
+	randomUnderBudget(t, budget, bigPatternFile(t, 256<<20), budget/8)
 }
 
 // bigPatternFile is patternFile for large objects: the same bytes, written
