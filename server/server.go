@@ -46,6 +46,11 @@ type Config struct {
 	CacheBytes  int64
 	CachePolicy reclaim.Policy
 
+	// ReadBuffers bounds the daemon's read buffers, the bulk of its heap
+	// (fault.Config.MaxFillBytes); fault.DefaultMaxFillBytes(CacheBytes)
+	// if 0.
+	ReadBuffers int64
+
 	// WrapStore, if set, wraps every store the server opens: tests inject
 	// faults with it.
 	WrapStore func(store.Store) store.Store
@@ -207,6 +212,7 @@ func New(cfg Config) (*Server, error) {
 		Log:          cfg.Log,
 		Budget:       s.budget,
 		Observer:     s.metrics,
+		MaxFillBytes: cfg.ReadBuffers,
 	}, &s.counters)
 	return s, nil
 }

@@ -228,6 +228,15 @@ func TestStatNoDaemon(t *testing.T) {
 	r.wantStderr(t, socket, "filemap serve")
 }
 
+// --read-buffers bounds the daemon's read buffers, and stat shows the bound.
+func TestServeReadBuffers(t *testing.T) {
+	d := startDaemon(t, "--read-buffers", "8M")
+	if st := statJSON(t, d.socket); st.FillBufferLimit != 8<<20 {
+		t.Fatalf("read buffer bound %d, want 8 MiB", st.FillBufferLimit)
+	}
+	d.stop(t)
+}
+
 func TestServeFlags(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "s.sock")
 	for _, c := range []struct {
@@ -253,5 +262,5 @@ func TestServeFlags(t *testing.T) {
 
 	r := filemapCLI(t, "serve", "-h")
 	r.wantCode(t, 0)
-	r.wantStderr(t, "Usage: filemap serve", "-socket", "-socket-mode", "-readahead", "-retries", "-log-level")
+	r.wantStderr(t, "Usage: filemap serve", "-socket", "-socket-mode", "-readahead", "-retries", "-log-level", "-read-buffers", "-takeover", "-keep")
 }
