@@ -83,11 +83,11 @@ func WithAdvice(a Advice) Option { return func(o *options) { o.advice = a } }
 // A mapping outlives its handler. If the daemon dies, its faults wait (the
 // mapping holds its own userfaultfd). A daemon restarted on the same socket
 // takes the mapping over from its predecessor's keeper and serves those
-// faults with no help from this process (server.Keep); the mapping
-// reconnects, with backoff, and resumes its region. Failing that — a
-// daemon that kept nothing, or the private handler, which a new one
-// replaces — it re-opens the object at the version it shows, hands back
-// the cache file it maps, so the new handler adopts it warm, and attaches
+// faults with no help from this process (server.Keep); a private handler's
+// keeper starts the new handler itself. The mapping reconnects, with
+// backoff, and resumes its region. Failing that — a daemon that kept
+// nothing — it re-opens the object at the version it shows, hands back the
+// cache file it maps, so the new handler adopts it warm, and attaches
 // again. That path needs this process to run: a Go program all of whose
 // threads wait in faults of the mapping, or that starts a garbage
 // collection meanwhile, waits for good (see THREAT_MODEL.md).
