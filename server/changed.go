@@ -19,6 +19,19 @@ type changedStore struct {
 	now         string // the version the object has now
 }
 
+// pin is st as the version a client maps, which a daemon found again after
+// a restart: st itself if the object still has that version ("" is any)
+// and size, else a changedStore, logged and counted, over it.
+func (s *Server) pin(st store.Store, name, version string, size int64) store.Store {
+	if (version == "" || version == st.Version()) && size == st.Size() {
+		return st
+	}
+	s.log.Error("object changed while no daemon served its mapping: SIGBUS for pages not cached",
+		"object", name, "pinned", version, "now", st.Version())
+	s.metrics.Changed(name)
+	return changedStore{Store: st, name: name, version: version, size: size, now: st.Version()}
+}
+
 func (c changedStore) ReadAt(p []byte, off int64) (int, error) {
 	return 0, fmt.Errorf("%s at offset %d: %w: pinned version %s, now %s", c.name, off, store.ErrChanged, c.version, c.now)
 }

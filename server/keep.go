@@ -236,13 +236,7 @@ func (s *Server) reopenStore(d keptRegion, files []*os.File) (store.Store, bool,
 			return errStore{name: d.Name, version: d.Version, size: d.Size, err: err}, false, nil
 		}
 	}
-	if st.Version() != d.Version || st.Size() != d.Size {
-		s.log.Error("object changed while no daemon served it: SIGBUS for pages not cached",
-			"object", d.Name, "pinned", d.Version, "now", st.Version())
-		s.metrics.Changed(d.Name)
-		return changedStore{Store: st, name: d.Name, version: d.Version, size: d.Size, now: st.Version()}, hangs, nil
-	}
-	return st, hangs, nil
+	return s.pin(st, d.Name, d.Version, d.Size), hangs, nil
 }
 
 // dupFile is a descriptor of its own for f's file, which its taker owns.

@@ -188,18 +188,14 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		closeFile(kept)
 		return nil, nil, err
 	}
-	if req.Version != "" && req.Version != st.Version() || cache != nil && req.Size != st.Size() {
-		if cache == nil {
-			st.Close()
-			closeFile(kept)
-			return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", name, store.ErrChanged, req.Version, st.Version())
-		}
+	if cache != nil {
 		// The client maps the old bytes: the cache keeps them, and a page
 		// it lacks gets SIGBUS, never the new version's bytes.
-		ss.log.Error("object changed while the client waited for a daemon: SIGBUS for pages not cached",
-			"object", name, "pinned", req.Version, "now", st.Version())
-		ss.s.metrics.Changed(name)
-		st = changedStore{Store: st, name: name, version: req.Version, size: req.Size, now: st.Version()}
+		st = ss.s.pin(st, name, req.Version, req.Size)
+	} else if req.Version != "" && req.Version != st.Version() {
+		st.Close()
+		closeFile(kept)
+		return nil, nil, fmt.Errorf("%s: %w: pinned version %s, now %s", name, store.ErrChanged, req.Version, st.Version())
 	}
 	size := st.Size()
 	if err := ss.client.reserveObject(name, size); err != nil {
