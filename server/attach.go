@@ -1,11 +1,9 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/filemap/filemap/fault"
 	"github.com/filemap/filemap/pagecache"
@@ -31,14 +29,13 @@ type attachment struct {
 	mu      sync.Mutex
 	regions []*fault.Region
 
-	ops  sync.WaitGroup // work that still refers to the fd
-	stop chan struct{}  // closed when close begins: a fault waiting for a slot gives up
-	done chan struct{}
-	once sync.Once
+	reading sync.WaitGroup // readers serving a message of it (reader.go)
+	ops     sync.WaitGroup // work that still refers to the fd
+	stop    chan struct{}  // closed when close begins: a fault waiting for a slot gives up
+	once    sync.Once
 }
 
-// newAttachment adopts a uffd received from a client. The fd is duplicated
-// and made non-blocking so that the runtime's poller can wait on it.
+// newAttachment adopts a uffd received from a client, duplicated.
 func newAttachment(ss *session, f *os.File, features uint64) (*attachment, error) {
 	defer f.Close()
 	rc, err := f.SyscallConn()
@@ -55,25 +52,34 @@ func newAttachment(ss *session, f *os.File, features uint64) (*attachment, error
 		unix.Close(fd)
 		return nil, err
 	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("uffd: set non-blocking: %w", err)
-	}
-	return adopt(ss, fd, features), nil
+	return adopt(ss, fd, features)
 }
 
-func adopt(ss *session, fd int, features uint64) *attachment {
+// adopt makes an attachment of the uffd fd, which it owns, closed if it
+// fails. The fd is made non-blocking for the reader pool (reader.go) after
+// it is wrapped in an os.File: wrapped while non-blocking, it would also be
+// in the runtime's poller, whose thread every fault would then wake for
+// nothing.
+func adopt(ss *session, fd int, features uint64) (*attachment, error) {
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("uffd: %w", err)
+	}
+	file := os.NewFile(uintptr(fd), "uffd")
+	if err := unix.SetNonblock(fd, true); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("uffd: set non-blocking: %w", err)
+	}
 	u := uffd.FromFd(fd)
 	u.SetFeatures(features)
 	return &attachment{
 		id:       ss.s.nextID.Add(1),
 		ss:       ss,
-		file:     os.NewFile(uintptr(fd), "uffd"),
+		file:     file,
 		u:        u,
 		features: features,
 		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-	}
+	}, nil
 }
 
 // checkUffd makes sure a descriptor a client called its uffd is one: the
@@ -136,35 +142,9 @@ func (a *attachment) regionAt(addr uintptr) *fault.Region {
 	return nil
 }
 
-// serve reads the uffd until the attachment is closed. Reading never waits
-// for I/O: faults that need it run in goroutines counted by ops.
-func (a *attachment) serve() {
-	defer close(a.done)
-	rc, err := a.file.SyscallConn()
-	if err != nil {
-		a.ss.log.Error("uffd: cannot poll", "err", err)
-		return
-	}
-	msgs := make([]uffd.Msg, 64)
-	for {
-		var n int
-		var rerr error
-		err := rc.Read(func(uintptr) bool {
-			n, rerr = a.u.Read(msgs)
-			return !errors.Is(rerr, unix.EAGAIN)
-		})
-		if err != nil {
-			return // closed or stopped by close()
-		}
-		if rerr != nil {
-			a.ss.log.Error("uffd: read failed; no longer serving this region", "region", a.id, "err", rerr)
-			return
-		}
-		for i := range msgs[:n] {
-			a.dispatch(&msgs[i])
-		}
-	}
-}
+// serve has the daemon's readers read the uffd until the attachment is
+// closed.
+func (a *attachment) serve() { a.ss.s.readers.add(a) }
 
 func (a *attachment) dispatch(m *uffd.Msg) {
 	switch m.Event {
@@ -194,7 +174,11 @@ func (a *attachment) dispatch(m *uffd.Msg) {
 // fork serves a child made by fork(2): the same regions, through the uffd
 // the kernel installed in our fd table for the child's mm.
 func (a *attachment) fork(fd int) {
-	child := adopt(a.ss, fd, a.features)
+	child, err := adopt(a.ss, fd, a.features)
+	if err != nil {
+		a.ss.log.Error("cannot serve a forked child", "region", a.id, "err", err)
+		return
+	}
 	a.mu.Lock()
 	for _, r := range a.regions {
 		c := &fault.Region{Obj: r.Obj, Addr: r.Addr, PgOff: r.PgOff, NPages: r.NPages, Target: child.u}
@@ -208,7 +192,7 @@ func (a *attachment) fork(fd int) {
 		child.file.Close()
 		return
 	}
-	go child.serve()
+	child.serve()
 }
 
 // remap follows mremap(2): the part of any region inside [from, from+n)
@@ -258,7 +242,7 @@ func (a *attachment) clone(r *fault.Region, addr uintptr, pgoff, npages int64) *
 	return c
 }
 
-// close stops serving: the reader stops, the faults in progress finish (so
+// close stops serving: the readers stop, the faults in progress finish (so
 // no ioctl can land on a recycled fd number), then the fd is closed. The
 // client keeps its own copy of the uffd, so a fault still pending stalls
 // instead of reading zeros.
@@ -266,8 +250,7 @@ func (a *attachment) close() {
 	a.once.Do(func() {
 		close(a.stop)
 		a.unkeep()
-		a.file.SetReadDeadline(time.Unix(1, 0))
-		<-a.done
+		a.ss.s.readers.remove(a, false)
 		a.ops.Wait()
 		a.file.Close()
 		a.ss.client.releaseRegion()

@@ -300,6 +300,7 @@ func (a *attachment) fault(r *fault.Region, addr uintptr) {
 	}
 	c.mu.Unlock()
 	a.ss.s.faults.Fault(r, addr, func(resolve func()) {
+		inline := a.ss.s.readers.busy() // reader.go: the reader serves the fault itself
 		if !c.acquire(a.stop) {
 			return // the region is being detached: its faulters stall, as on any detach
 		}
@@ -307,10 +308,17 @@ func (a *attachment) fault(r *fault.Region, addr uintptr) {
 		c.inflight[k] = &flight{}
 		c.peak = max(c.peak, len(c.inflight))
 		c.mu.Unlock()
-		a.ops.Go(func() {
+		work := func() {
 			defer c.finish(k)
 			resolve()
-		})
+		}
+		if !inline {
+			a.ops.Go(work)
+			return
+		}
+		a.ops.Add(1)
+		defer a.ops.Done()
+		work()
 	})
 }
 

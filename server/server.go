@@ -98,6 +98,7 @@ type Server struct {
 	counters fault.Counters
 	clients  clientTable // per-client accounts and limits
 	hangs    *hangGuard  // store reads past StoreTimeout
+	readers  *readerPool // read every attached uffd
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
 
@@ -197,8 +198,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Remote.Fetch.Observer == nil {
 		cfg.Remote.Fetch.Observer = s.metrics
 	}
+	var err error
+	if s.readers, err = newReaderPool(cfg.Log); err != nil {
+		backing.Close()
+		return nil, err
+	}
 	r, err := newRemotes(cfg.Remote, cfg.Log)
 	if err != nil {
+		s.readers.closePool()
 		backing.Close()
 		return nil, err
 	}
@@ -310,6 +317,7 @@ func (s *Server) Close() error {
 		ss.close()
 	}
 	s.waitFills()
+	s.readers.closePool()
 	s.mu.Lock()
 	for k, o := range s.objects {
 		s.free(o)
