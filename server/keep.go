@@ -205,7 +205,7 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	ss.handles[h] = o
 	ss.attachments[a.id] = a
 	ss.mu.Unlock()
-	go a.serve()
+	a.serve()
 	for _, r := range d.Ranges {
 		a.u.Wake(uintptr(r.Addr), uintptr(r.NPages)*ps)
 	}

@@ -306,7 +306,7 @@ func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
 	ss.mu.Lock()
 	ss.attachments[a.id] = a
 	ss.mu.Unlock()
-	go a.serve()
+	a.serve()
 	a.keep()
 	// A client re-attaching after its daemon died may have threads
 	// waiting on faults that daemon read and never answered: the kernel
