@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -77,6 +78,9 @@ type benchRow struct {
 	// Checked is how many bytes read through the mapping were compared
 	// with pread of the file after the timed touches (filemap rows).
 	Checked int64 `json:"checked_bytes"`
+	// Spread is the slowest round's time over the fastest's, on rows that
+	// are the median of several rounds.
+	Spread float64 `json:"spread,omitempty"`
 }
 
 // benchLatency summarises per-touch times: time.Now around each load.
@@ -114,14 +118,18 @@ type benchReport struct {
 	// SettleSeconds is how long the warm rows waited for the handler's
 	// background collapses; HugeExtents is how many 2 MiB extents it had
 	// collapsed by then.
-	SettleSeconds float64       `json:"settle_seconds"`
-	HugeExtents   uint64        `json:"huge_extents"`
-	ShmFile       string        `json:"shm_file,omitempty"` // the /dev/shm copy; empty if skipped
-	ShmSize       int64         `json:"shm_size,omitempty"`
-	Rows          []benchRow    `json:"rows"`
-	Targets       []benchTarget `json:"targets"`
-	Checked       int64         `json:"checked_bytes"`
-	Notes         []string      `json:"notes,omitempty"`
+	SettleSeconds float64 `json:"settle_seconds"`
+	HugeExtents   uint64  `json:"huge_extents"`
+	ShmFile       string  `json:"shm_file,omitempty"` // the /dev/shm copy; empty if skipped
+	ShmSize       int64   `json:"shm_size,omitempty"`
+	// Rounds is how many times each case but /dev/shm ran, its kernel,
+	// pread and filemap rows interleaved; each of its rows is the median
+	// round.
+	Rounds  int           `json:"rounds"`
+	Rows    []benchRow    `json:"rows"`
+	Targets []benchTarget `json:"targets"`
+	Checked int64         `json:"checked_bytes"`
+	Notes   []string      `json:"notes,omitempty"`
 }
 
 func bench(args []string) error {
@@ -152,7 +160,12 @@ func bench(args []string) error {
 		"and restores it after; the header shows the value in force.\n\n"+
 		"The sequential cold case also times a pread loop (1 MiB reads into one\n"+
 		"buffer): the I/O limit. Every page read through filemap is compared with\n"+
-		"pread of the file; a difference is an error naming its offset.")
+		"pread of the file; a difference is an error naming its offset.\n\n"+
+		"Every case but /dev/shm runs --rounds times, the kernel's, pread's and\n"+
+		"filemap's rows interleaved, and each row shown is the median round; its\n"+
+		"spread is the slowest round's time over the fastest's. A shared\n"+
+		"machine's disk and CPUs drift over seconds: a spread far above 1 says\n"+
+		"the row's ratios are loose.")
 	size := byteSize(1 << 30)
 	fs.Var(&size, "size", "size of the generated file")
 	dir := fs.String("dir", "", "directory for the generated file (default: a new temporary directory)")
@@ -162,6 +175,7 @@ func bench(args []string) error {
 	randomPages := fs.Int64("random-pages", 0, fmt.Sprintf("pages the random cases touch (0: 1/16 of the file's, at most %d)", benchRandomCap))
 	asJSON := fs.Bool("json", false, "print JSON for machines")
 	haltPoll := fs.Int64("halt-poll-ns", -1, "set the haltpoll cpuidle driver's guest_halt_poll_ns for the run (-1: leave it)")
+	rounds := fs.Int("rounds", 3, "rounds of each case but /dev/shm, the methods interleaved; each row is the median round")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -175,6 +189,9 @@ func bench(args []string) error {
 	}
 	if *randomPages < 0 {
 		return fmt.Errorf("--random-pages %d: want 0 or more", *randomPages)
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("--rounds %d: want 1 or more", *rounds)
 	}
 	userFile := fs.Arg(0)
 	if userFile != "" {
@@ -243,9 +260,10 @@ func bench(args []string) error {
 	b.report.RandomPages = n
 	b.order = samplePages(b.npages, n)
 
-	steps := []func() error{b.sequentialCold, b.sequentialWarm, b.randomWarm}
+	b.report.Rounds = *rounds
+	steps := []func() error{b.repeat(b.sequentialCold), b.sequentialWarm, b.repeat(b.randomWarm)}
 	for _, t := range threads {
-		steps = append(steps, func() error { return b.randomCold(t) })
+		steps = append(steps, b.repeat(func() error { return b.randomCold(t) }))
 	}
 	steps = append(steps, b.shm)
 	for _, step := range steps {
@@ -667,6 +685,56 @@ func samplePages(npages, n int64) []int64 {
 	return order
 }
 
+// repeat makes a step that runs step, which measures one case,
+// b.report.Rounds times and keeps, of each row, the median round. A shared machine's disk
+// and CPUs drift over seconds; interleaving the methods round by round
+// lets each see the same drift.
+func (b *benchRun) repeat(step func() error) func() error {
+	return func() error {
+		first := len(b.report.Rows)
+		for range b.report.Rounds {
+			if err := b.ctx.Err(); err != nil {
+				return errors.New("interrupted by a signal")
+			}
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		b.report.Rows = append(b.report.Rows[:first], medianRows(b.report.Rows[first:])...)
+		return nil
+	}
+}
+
+// medianRows keeps, of the rows of each case, method and thread count, the
+// one with the median time, with the spread of their times; in the order
+// each first appears.
+func medianRows(rows []benchRow) []benchRow {
+	type key struct {
+		c, m string
+		t    int
+	}
+	var order []key
+	by := map[key][]benchRow{}
+	for _, r := range rows {
+		k := key{r.Case, r.Method, r.Threads}
+		if by[k] == nil {
+			order = append(order, k)
+		}
+		by[k] = append(by[k], r)
+	}
+	out := make([]benchRow, 0, len(order))
+	for _, k := range order {
+		rs := by[k]
+		slices.SortStableFunc(rs, func(a, b benchRow) int { return cmp.Compare(a.Seconds, b.Seconds) })
+		m := rs[len(rs)/2]
+		if len(rs) > 1 && rs[0].Seconds > 0 {
+			m.Spread = rs[len(rs)-1].Seconds / rs[0].Seconds
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
 func (b *benchRun) sequentialCold() error {
 	if err := b.coldKernel(); err != nil {
 		return err
@@ -709,10 +777,12 @@ func (b *benchRun) sequentialWarm() error {
 	if err := b.settle(); err != nil {
 		return err
 	}
-	if err := b.kernelRow(caseWarm, b.f, b.size, nil, 1); err != nil {
-		return err
-	}
-	return b.filemapRow(caseWarm, b.f, b.size, filemap.Normal, nil, 1, false)
+	return b.repeat(func() error {
+		if err := b.kernelRow(caseWarm, b.f, b.size, nil, 1); err != nil {
+			return err
+		}
+		return b.filemapRow(caseWarm, b.f, b.size, filemap.Normal, nil, 1, false)
+	})()
 }
 
 // settle waits until the handler has no collapse pending, for at most a
@@ -883,7 +953,7 @@ func (b *benchRun) printTable() error {
 	fmt.Fprint(stdout, "\n\n")
 
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "case\tmethod\tthreads\tpages\ttime\trate\tspeed/kernel\ttime/kernel\tspeed/pread\tmajor faults\tminor faults\tstore reads\t")
+	fmt.Fprintln(tw, "case\tmethod\tthreads\tpages\ttime\tspread\trate\tspeed/kernel\ttime/kernel\tspeed/pread\tmajor faults\tminor faults\tstore reads\t")
 	ratio := func(v float64) string {
 		if v == 0 {
 			return ""
@@ -899,8 +969,12 @@ func (b *benchRun) printTable() error {
 		if row.StoreReads != nil {
 			reads = fmt.Sprint(*row.StoreReads)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", row.Case, row.Method, row.Threads, row.Pages,
-			fmtDuration(time.Duration(row.Seconds*float64(time.Second))), rate,
+		spread := ""
+		if row.Spread > 0 {
+			spread = fmt.Sprintf("%.2fx", row.Spread)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", row.Case, row.Method, row.Threads, row.Pages,
+			fmtDuration(time.Duration(row.Seconds*float64(time.Second))), spread, rate,
 			ratio(row.SpeedVsKernel), ratio(row.TimeVsKernel), ratio(row.SpeedVsPread), row.MajorFaults, row.MinorFaults, reads)
 	}
 	if err := tw.Flush(); err != nil {
@@ -931,6 +1005,9 @@ func (b *benchRun) printTable() error {
 	}
 
 	fmt.Fprintln(stdout, "\nspeed/kernel: throughput over the kernel mmap row's (above 1 is faster); time/kernel: its inverse")
+	if r.Rounds > 1 {
+		fmt.Fprintf(stdout, "rows but /dev/shm: the median of %d rounds, the methods interleaved; spread: the slowest round's time over the fastest's\n", r.Rounds)
+	}
 	fmt.Fprintln(stdout, "faults: getrusage(RUSAGE_SELF) on kernel and pread rows; the handler's counters on filemap rows")
 	for _, n := range r.Notes {
 		fmt.Fprintln(stdout, "note:", n)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,9 +34,13 @@ func TestBench(t *testing.T) {
 	t.Logf("filemap bench --size 32M:\n%s%s", r.stdout, r.stderr)
 	out := string(r.stdout)
 	for _, row := range benchRows(1, 2) {
-		// case, method, threads, pages, time, rate
+		// case, method, threads, pages, time, spread (all but /dev/shm), rate
+		spread := `[0-9.]+x\s+`
+		if row[0] == caseShm {
+			spread = ""
+		}
 		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(row[0]) + `\s+` + regexp.QuoteMeta(row[1]) + `\s+` + row[2] +
-			`\s+\d+\s+\S+\s+\d+ (MB|faults)/s\s`)
+			`\s+\d+\s+\S+\s+` + spread + `\d+ (MB|faults)/s\s`)
 		if !re.MatchString(out) {
 			t.Errorf("no %q row for %q with %s threads in the table", row[0], row[1], row[2])
 		}
@@ -47,7 +52,7 @@ func TestBench(t *testing.T) {
 			t.Errorf("no latency row for %q, %q, %s threads", row[0], row[1], row[2])
 		}
 	}
-	for _, col := range []string{"case", "method", "threads", "time", "rate", "speed/kernel", "time/kernel", "speed/pread",
+	for _, col := range []string{"case", "method", "threads", "time", "spread", "rate", "speed/kernel", "time/kernel", "speed/pread",
 		"major faults", "minor faults", "store reads", "p50", "p99", "max", "targets"} {
 		if !strings.Contains(out, col) {
 			t.Errorf("the output has no %q", col)
@@ -80,6 +85,9 @@ func TestBenchJSON(t *testing.T) {
 	if rep.RandomPages != size/pageSize/16 || fmt.Sprint(rep.Threads) != "[1 2]" {
 		t.Errorf("random pages %d, threads %v; want %d, [1 2]", rep.RandomPages, rep.Threads, size/pageSize/16)
 	}
+	if rep.Rounds != 3 {
+		t.Errorf("%d rounds, want the default 3", rep.Rounds)
+	}
 	if rep.ColdBy != "drop_caches" && rep.ColdBy != "posix_fadvise" {
 		t.Errorf("cold_by %q", rep.ColdBy)
 	}
@@ -95,6 +103,9 @@ func TestBenchJSON(t *testing.T) {
 		w := want[i]
 		if row.Case != w[0] || row.Method != w[1] || fmt.Sprint(row.Threads) != w[2] {
 			t.Errorf("row %d is %q/%q/%d, want %q/%q/%s", i, row.Case, row.Method, row.Threads, w[0], w[1], w[2])
+		}
+		if (row.Case != caseShm) != (row.Spread >= 1) {
+			t.Errorf("row %d (%s): spread %v over %d rounds", i, row.Case, row.Spread, rep.Rounds)
 		}
 		random := row.Case == caseRandom || row.Case == caseShm || row.Case == caseRandomWarm
 		if row.Seconds <= 0 || row.MBps <= 0 || row.Pages <= 0 || row.Bytes != row.Pages*pageSize {
@@ -124,7 +135,11 @@ func TestBenchJSON(t *testing.T) {
 		if cold := row.Case != caseWarm && row.Case != caseRandomWarm; cold == (*row.StoreReads == 0) {
 			t.Errorf("filemap row %q: %d store reads", row.Case, *row.StoreReads)
 		}
-		checked += row.Checked
+		if row.Case != caseShm {
+			checked += row.Checked * int64(rep.Rounds) // every round checks what it read
+		} else {
+			checked += row.Checked
+		}
 	}
 	if rep.Checked != checked {
 		t.Errorf("checked %d bytes in all, the rows say %d", rep.Checked, checked)
@@ -204,6 +219,7 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"--threads", "1,x"}, `--threads "1,x"`},
 		{[]string{"--threads", "2,2"}, "2 twice"},
 		{[]string{"--random-pages", "-1"}, "--random-pages -1"},
+		{[]string{"--rounds", "0"}, "--rounds 0"},
 		{[]string{"--frobnicate"}, "flag provided but not defined: -frobnicate"},
 		{[]string{"--size", "1M", file}, "--size: only for the generated file"},
 		{[]string{"a", "b"}, "want at most one FILE"},
@@ -214,7 +230,29 @@ func TestBenchFlags(t *testing.T) {
 	}
 	r := filemapCLI(t, "bench", "-h")
 	r.wantCode(t, 0)
-	r.wantStderr(t, "Usage: filemap bench [flags] [FILE]", "-size", "-dir", "-socket", "-threads", "-random-pages", "-json", "-keep")
+	r.wantStderr(t, "Usage: filemap bench [flags] [FILE]", "-size", "-dir", "-socket", "-threads", "-random-pages", "-json", "-keep", "-rounds")
+}
+
+// Of several rounds, each row is the median round's, with the spread of
+// the rounds' times, in the order the rows first appeared.
+func TestMedianRows(t *testing.T) {
+	row := func(method string, threads int, secs float64) benchRow {
+		return benchRow{Case: caseRandom, Method: method, Threads: threads, Seconds: secs}
+	}
+	rows := []benchRow{
+		row("kernel mmap", 1, 3), row("filemap", 1, 9),
+		row("kernel mmap", 1, 1), row("filemap", 1, 4),
+		row("kernel mmap", 1, 2), row("filemap", 1, 5),
+	}
+	got := medianRows(rows)
+	want := []benchRow{row("kernel mmap", 1, 2), row("filemap", 1, 5)}
+	want[0].Spread, want[1].Spread = 3, 9.0/4
+	if !slices.Equal(got, want) {
+		t.Fatalf("medianRows = %+v, want %+v", got, want)
+	}
+	if one := medianRows(rows[:2]); one[0].Spread != 0 || one[1].Seconds != 9 {
+		t.Errorf("one round: %+v, want the rows as they are", one)
+	}
 }
 
 // A byte read through the mapping that differs from the file is an error
