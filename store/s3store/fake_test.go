@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -159,5 +160,43 @@ func TestFakeOneAttempt(t *testing.T) {
 		if n := gets.Load(); n != 1 {
 			t.Errorf("%d %s: %d GET requests, want 1: remote does the retrying", c.status, c.code, n)
 		}
+	}
+}
+
+// TestFakePresigned: each ranged GET goes to a URL presigned for the pinned
+// version, with the Range and If-Match headers beside the signature; a 403
+// is met by presigning again, once (credentials that expired or rotated),
+// and a second 403 is the permanent "access denied" it says.
+func TestFakePresigned(t *testing.T) {
+	var refuse atomic.Int64
+	obj, gets := fakeS3(t, func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if q.Get("X-Amz-Signature") == "" || q.Get("X-Amz-Credential") == "" {
+			t.Errorf("GET %s: not presigned", r.URL)
+		}
+		if r.Header.Get("Range") == "" || r.Header.Get("If-Match") != `"v1"` {
+			t.Errorf("GET with Range %q, If-Match %q", r.Header.Get("Range"), r.Header.Get("If-Match"))
+		}
+		if refuse.Add(-1) >= 0 {
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>`)
+			return
+		}
+		rangeBody(w, r, `"v1"`, fakeSize)
+	})
+	refuse.Store(1)
+	if err := obj.GetRange(testContext(t), make([]byte, 10), 20); err != nil {
+		t.Fatalf("GetRange after one 403: %v", err)
+	}
+	if n := gets.Load(); n != 2 {
+		t.Errorf("%d GETs for one 403 and a success, want 2", n)
+	}
+	refuse.Store(2)
+	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
+	if !errors.Is(err, fs.ErrPermission) || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "AccessDenied") {
+		t.Fatalf("GetRange after two 403s = %v, want a permanent ErrPermission naming AccessDenied", err)
+	}
+	if n := gets.Load(); n != 4 {
+		t.Errorf("%d GETs in all, want 4: one new presign per GetRange, no more", n)
 	}
 }

@@ -19,6 +19,8 @@ import (
 // remote.Object. Its methods are safe for concurrent use.
 type Object struct {
 	api       *s3.Client
+	raw       aws.HTTPClient // nil: GetRange goes through the SDK (presign.go)
+	pre       *presigner
 	loc       Location
 	where     string // the endpoint URL, or "aws"
 	size      int64
@@ -46,6 +48,7 @@ func (c *Client) Open(ctx context.Context, uri string) (*Object, error) {
 	}
 	o := &Object{
 		api:       c.api,
+		raw:       c.raw,
 		loc:       loc,
 		where:     c.where(),
 		size:      aws.ToInt64(head.ContentLength),
@@ -60,6 +63,11 @@ func (c *Client) Open(ctx context.Context, uri string) (*Object, error) {
 		// would go unnoticed.
 		return nil, remote.Permanent(fmt.Errorf("open %s at %s: HeadObject gave neither an ETag nor a VersionId to pin the version with", loc, o.where))
 	}
+	in := s3.GetObjectInput{Bucket: &o.loc.Bucket, Key: &o.loc.Key}
+	if o.versionID != "" {
+		in.VersionId = aws.String(o.versionID)
+	}
+	o.pre = &presigner{client: s3.NewPresignClient(c.api), in: in}
 	return o, nil
 }
 
@@ -114,21 +122,42 @@ func (o *Object) GetRange(ctx context.Context, p []byte, off int64) error {
 	if n == 0 {
 		return nil
 	}
+	if o.raw != nil {
+		return o.getPresigned(ctx, p, off)
+	}
 	out, err := o.api.GetObject(ctx, o.getInput(off, n), noSDKRetries)
 	if err != nil {
 		return o.readError(off, n, err)
 	}
 	defer out.Body.Close()
-	if err := o.checkResponse(out, off, n); err != nil {
+	a := answer{etag: out.ETag, versionID: out.VersionId, contentRange: out.ContentRange, length: aws.ToInt64(out.ContentLength)}
+	if out.ContentLength == nil {
+		a.length = -1
+	}
+	if err := o.checkResponse(a, off, n); err != nil {
 		return err
 	}
-	if got, err := io.ReadFull(out.Body, p); err != nil {
+	return o.readBody(out.Body, p, off)
+}
+
+// readBody reads exactly len(p) bytes of a response body; a short one is a
+// retryable error.
+func (o *Object) readBody(body io.Reader, p []byte, off int64) error {
+	n := int64(len(p))
+	if got, err := io.ReadFull(body, p); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("read %s at offset %d, length %d: body ended after %d bytes: %w", o.loc, off, n, got, io.ErrUnexpectedEOF)
 		}
 		return fmt.Errorf("read %s at offset %d, length %d: body after %d bytes: %w", o.loc, off, n, got, err)
 	}
 	return nil
+}
+
+// answer is what a GetObject response says of the bytes it carries; nil
+// for a header it lacks, -1 for an unknown length.
+type answer struct {
+	etag, versionID, contentRange *string
+	length                        int64
 }
 
 func (o *Object) getInput(off, n int64) *s3.GetObjectInput {
@@ -149,18 +178,18 @@ func (o *Object) getInput(off, n int64) *s3.GetObjectInput {
 // checkResponse makes sure that the response carries the pinned version and
 // exactly the bytes asked for, for servers (and caches in front of them)
 // that ignore If-Match, VersionId or Range.
-func (o *Object) checkResponse(out *s3.GetObjectOutput, off, n int64) error {
-	if out.ETag != nil && o.etag != "" && !sameETag(*out.ETag, o.etag) {
-		return o.changed(off, n, fmt.Errorf("the response has ETag %s, not %s", *out.ETag, o.etag))
+func (o *Object) checkResponse(out answer, off, n int64) error {
+	if out.etag != nil && o.etag != "" && !sameETag(*out.etag, o.etag) {
+		return o.changed(off, n, fmt.Errorf("the response has ETag %s, not %s", *out.etag, o.etag))
 	}
-	if out.VersionId != nil && o.versionID != "" && *out.VersionId != o.versionID {
-		return o.changed(off, n, fmt.Errorf("the response has VersionId %s, not %s", *out.VersionId, o.versionID))
+	if out.versionID != nil && o.versionID != "" && *out.versionID != o.versionID {
+		return o.changed(off, n, fmt.Errorf("the response has VersionId %s, not %s", *out.versionID, o.versionID))
 	}
-	first, last, total, err := parseContentRange(aws.ToString(out.ContentRange))
+	first, last, total, err := parseContentRange(aws.ToString(out.contentRange))
 	switch {
-	case out.ContentRange == nil && off == 0 && n == o.size:
+	case out.contentRange == nil && off == 0 && n == o.size:
 		// A whole-object answer (200) is the range asked for.
-	case out.ContentRange == nil:
+	case out.contentRange == nil:
 		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: the server ignored the Range header", o.loc, off, n))
 	case err != nil:
 		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w", o.loc, off, n, err))
@@ -169,8 +198,8 @@ func (o *Object) checkResponse(out *s3.GetObjectOutput, off, n int64) error {
 	case first != off || last != off+n-1:
 		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: the server sent bytes %d-%d instead", o.loc, off, n, first, last))
 	}
-	if out.ContentLength != nil && *out.ContentLength != n {
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: Content-Length is %d", o.loc, off, n, *out.ContentLength))
+	if out.length >= 0 && out.length != n {
+		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: Content-Length is %d", o.loc, off, n, out.length))
 	}
 	return nil
 }

@@ -90,7 +90,8 @@ type Options struct {
 // connections, credentials cache and clock-skew correction.
 type Client struct {
 	api      *s3.Client
-	endpoint string // the endpoint URL the client resolved; "" on AWS
+	raw      aws.HTTPClient // sends ranged GETs to presigned URLs (presign.go); nil: through the SDK
+	endpoint string         // the endpoint URL the client resolved; "" on AWS
 	region   string
 }
 
@@ -118,6 +119,9 @@ func NewClient(ctx context.Context, opts Options) (*Client, error) {
 func FromS3(api *s3.Client) *Client {
 	o := api.Options()
 	c := &Client{api: api, region: o.Region}
+	if o.HTTPClient != nil {
+		c.raw = o.HTTPClient // the SDK's own connections
+	}
 	if o.BaseEndpoint != nil {
 		c.endpoint = strings.TrimRight(*o.BaseEndpoint, "/")
 	}

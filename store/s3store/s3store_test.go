@@ -462,3 +462,27 @@ func countingClient(dials *atomic.Int64) *awshttp.BuildableClient {
 		}
 	})
 }
+
+// BenchmarkGetRange4K: one ranged GET of 4 KiB from the local versitygw at
+// a time, the request a lone fault makes; ns/op is its latency, and
+// allocs/op what the client spends on it beside the server's work.
+func BenchmarkGetRange4K(b *testing.B) {
+	srv := gw.Server(b)
+	bucket := srv.NewBucket(b, false)
+	data := randomBytes(7, 16<<20)
+	srv.Put(b, bucket, "bench.bin", data)
+	obj, err := s3store.Open(b.Context(), "s3://"+bucket+"/bench.bin", options(srv))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	b.ReportAllocs()
+	i := int64(0)
+	for b.Loop() {
+		off := (i * 4096 * 7919) % int64(len(data)-4096) &^ 4095
+		if err := obj.GetRange(b.Context(), p, off); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
