@@ -323,6 +323,21 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 // that I/O.
 func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 	cache := r.Obj.Cache
+	r.raMu.Lock()
+	r.ra.Hit()
+	w, ok := r.ra.MarkerHit(h.raOf(r.Obj), f.Page, cache.NPages())
+	r.raMu.Unlock()
+	if ok {
+		// Claim the next window before the marker's bytes are in the
+		// cache, as the kernel has the pages in its cache, locked, before
+		// the fault returns: no faulter runs on before the window is
+		// claimed, so a reader that reaches it waits for its read instead
+		// of starting one of its own. Once written, the marker is mapped
+		// with no message by any access that runs again: this faulter's,
+		// when a signal (Go's preemption, every 10 ms) interrupts its
+		// wait.
+		h.readAhead(r.Obj, w)
+	}
 	h.cfg.Budget.Reserve(1)
 	if err := cache.WritePages(f.Page, f.Held()); err != nil {
 		h.cfg.Budget.Release(1)
@@ -330,19 +345,6 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 		cache.End(f, 0, 0, err)
 		h.poison(r, f.Page, err)
 		return
-	}
-	r.raMu.Lock()
-	r.ra.Hit()
-	w, ok := r.ra.MarkerHit(h.raOf(r.Obj), f.Page, cache.NPages())
-	r.raMu.Unlock()
-	if ok {
-		// Claim the next window while the marker is still locked, as the
-		// kernel has the pages in its cache, locked, before the fault
-		// returns: no faulter — not this one, nor a duplicate of it that
-		// waits on the marker — runs on before the window is claimed, so
-		// a reader that reaches it waits for its read instead of starting
-		// one of its own.
-		h.readAhead(r.Obj, w)
 	}
 	cache.End(f, f.Page, f.Page+1, nil)
 	h.cfg.Budget.Commit(cache, f.Page, f.Page+1, 1, 1, false)
