@@ -30,6 +30,7 @@ type attachment struct {
 	regions []*fault.Region
 
 	reading sync.WaitGroup // readers serving a message of it (reader.go)
+	readMu  sync.Mutex     // held from reading a message to applying it, if an event (reader.go)
 	ops     sync.WaitGroup // work that still refers to the fd
 	stop    chan struct{}  // closed when close begins: a fault waiting for a slot gives up
 	once    sync.Once

@@ -219,18 +219,33 @@ func (p *readerPool) busy() bool {
 }
 
 // readOne reads one message of a's uffd, if one is pending, arms the uffd
-// again, and serves the message.
+// again, and serves the message. Events (fork, mremap, munmap, MADV_REMOVE)
+// are applied before the next message is read, as one reader would: so
+// two events are applied in the order the kernel sent them, and a fault
+// sent after an event finds the regions as the event left them. A fault is
+// served after the next reader may read on.
 func (a *attachment) readOne() {
+	a.readMu.Lock()
 	var msg [1]uffd.Msg
 	n, err := a.u.Read(msg[:])
 	switch {
 	case errors.Is(err, unix.EAGAIN):
 		a.ss.s.readers.rearm(a)
+		a.readMu.Unlock()
 	case err != nil:
+		a.readMu.Unlock()
 		a.ss.log.Error("uffd: read failed; no longer serving this region", "region", a.id, "err", err)
 		a.ss.s.readers.remove(a, true)
-	case n == 1:
+	case n == 1 && msg[0].Event != uffd.EventPagefault:
 		a.ss.s.readers.rearm(a)
 		a.dispatch(&msg[0])
+		a.readMu.Unlock()
+	case n == 1:
+		a.ss.s.readers.rearm(a)
+		a.readMu.Unlock()
+		a.dispatch(&msg[0])
+	default:
+		a.ss.s.readers.rearm(a)
+		a.readMu.Unlock()
 	}
 }
