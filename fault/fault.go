@@ -339,7 +339,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 		h.readAhead(r.Obj, w)
 	}
 	h.cfg.Budget.Reserve(1)
-	if err := cache.WritePages(f.Page, f.Held()); err != nil {
+	if err := cache.WritePagesUrgent(f.Page, f.Held()); err != nil {
 		h.cfg.Budget.Release(1)
 		h.cfg.Log.Error("cannot fill the cache", "object", cache.Name(), "err", err)
 		cache.End(f, 0, 0, err)
@@ -493,14 +493,18 @@ func (x *filling) write(lo, hi int64, buf []byte) error {
 		n--
 	}
 	x.h.cfg.Budget.Reserve(n)
+	write := cache.WritePages
+	if lo <= x.f.Page && x.f.Page < hi {
+		write = cache.WritePagesUrgent // the faulter waits for these
+	}
 	var err error
 	if hold {
-		err = cache.WritePages(lo, buf[:(m-lo)*ps])
+		err = write(lo, buf[:(m-lo)*ps])
 		if err == nil {
-			err = cache.WritePages(m+1, buf[(m+1-lo)*ps:(hi-lo)*ps])
+			err = write(m+1, buf[(m+1-lo)*ps:(hi-lo)*ps])
 		}
 	} else {
-		err = cache.WritePages(lo, buf[:(hi-lo)*ps])
+		err = write(lo, buf[:(hi-lo)*ps])
 	}
 	if err != nil {
 		x.h.cfg.Budget.Release(n)

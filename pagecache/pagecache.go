@@ -64,7 +64,7 @@ func (s State) String() string {
 
 // Object is the cache of one object.
 type Object struct {
-	wmu    sync.Mutex // serialises WritePages
+	wlock  writeLock // serialises WritePages (writelock.go)
 	name   string
 	size   int64
 	npages int64
@@ -368,20 +368,37 @@ func (o *Object) Hold(f *Fill, page int64, b []byte) bool {
 	return true
 }
 
-// WritePages copies whole pages into the cache file at page. A whole-page write is
-// atomic for every mapper: the page is a hole until the write completes.
-func (o *Object) WritePages(page int64, data []byte) error {
+// WritePages copies whole pages into the cache file at page: readahead,
+// which waits for the writes that faulters wait for (WritePagesUrgent). A
+// whole-page write is atomic for every mapper: the page is a hole until
+// the write completes.
+func (o *Object) WritePages(page int64, data []byte) error { return o.writePages(page, data, false) }
+
+// WritePagesUrgent is WritePages for pages a faulter waits for: it goes
+// before the readahead writes waiting for the file.
+func (o *Object) WritePagesUrgent(page int64, data []byte) error {
+	return o.writePages(page, data, true)
+}
+
+func (o *Object) writePages(page int64, data []byte, urgent bool) error {
 	if len(data)%PageSize != 0 {
 		return fmt.Errorf("pagecache %s: write of %d bytes at page %d is not whole pages", o.name, len(data), page)
 	}
 	off := page * PageSize
-	// One writer at a time: the kernel serialises writes to a file on its
-	// inode lock anyway, and its waiters spin while the holder runs. With
-	// a window's worth of fills finishing at once (a remote chunk arrives
-	// for all of them), thirty-odd threads spinning on two CPUs starved
-	// the one copying: a scan of an S3 object ran at a quarter speed.
-	o.wmu.Lock()
-	defer o.wmu.Unlock()
+	for len(data) > 0 {
+		n := min(len(data), writePiece)
+		if err := o.pwrite(data[:n], off, urgent); err != nil {
+			return err
+		}
+		data, off = data[n:], off+int64(n)
+	}
+	return nil
+}
+
+// pwrite writes one piece with the file's write lock held.
+func (o *Object) pwrite(data []byte, off int64, urgent bool) error {
+	o.wlock.lock(urgent)
+	defer o.wlock.unlock()
 	for len(data) > 0 {
 		n, err := unix.Pwrite(int(o.file.Fd()), data, off)
 		if err == unix.EINTR {
