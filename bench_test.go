@@ -296,3 +296,91 @@ func BenchmarkFaultLatencyShm(b *testing.B) {
 	b.ReportMetric(at(99), "p99-µs")
 	b.ReportMetric(0, "ns/op")
 }
+
+// Faults of one thread at random pages of the second half of the object
+// while another thread scans the object from its start, cold: what a
+// fault costs when its page is not what the readahead in flight brings.
+// The same for the kernel's mmap in the same run. A fault must not wait
+// behind the scan's transfers (the cache's writes let a faulter's pages
+// go first). Reports the faults' 50th and 99th percentiles, and how many
+// the faulting thread made during the scan (one every 200 µs of its own
+// time, at most).
+func BenchmarkFaultDuringScan(b *testing.B) {
+	path, size := benchObject(b)
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	var kernel, fm []time.Duration
+	for b.Loop() {
+		dropFileCache(b, path)
+		mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			b.Fatal(err)
+		}
+		kernel = append(kernel, faultsDuringScan(mem)...)
+		unix.Munmap(mem)
+
+		if err := DropCaches(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		dropFileCache(b, path)
+		m, err := Open(context.Background(), path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fm = append(fm, faultsDuringScan(m.Bytes())...)
+		m.Close()
+	}
+	for name, lat := range map[string][]time.Duration{"kernel": kernel, "filemap": fm} {
+		slices.Sort(lat)
+		at := func(q int) float64 {
+			if len(lat) == 0 {
+				return 0
+			}
+			i := min(max((len(lat)*q+99)/100, 1), len(lat)) - 1
+			return float64(lat[i]) / float64(time.Microsecond)
+		}
+		b.ReportMetric(at(50), name+"-p50-µs")
+		b.ReportMetric(at(99), name+"-p99-µs")
+		b.ReportMetric(float64(len(lat))/float64(b.N), name+"-faults")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// faultsDuringScan scans mem on one locked thread and, on another, loads a
+// random page of its second half every 200 µs until the scan ends, and
+// returns the time of each of those loads.
+func faultsDuringScan(mem []byte) []time.Duration {
+	done := make(chan struct{})
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		touchAll(mem)
+		close(done)
+	})
+	wg.Go(func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		half := len(mem) / ps / 2
+		var sum byte
+		for {
+			select {
+			case <-done:
+				sink += sum
+				return
+			default:
+			}
+			p := half + rand.IntN(half)
+			start := time.Now()
+			sum += mem[p*ps]
+			lat = append(lat, time.Since(start))
+			time.Sleep(200 * time.Microsecond)
+		}
+	})
+	wg.Wait()
+	return lat
+}
