@@ -208,11 +208,11 @@ func (h *Handler) FillMemory() FillMemStats {
 }
 
 // WaitFill waits for fill f to end, promoting it first, if it is a
-// readahead fill still waiting for a buffer, to the precedence of a fault's
-// own read: whoever waits for f is a faulter.
+// readahead fill still waiting for a buffer or for the cache file, to the
+// precedence of a fault's own read: whoever waits for f is a faulter.
 func (h *Handler) WaitFill(f *pagecache.Fill) {
 	h.mem.promote(f)
-	<-f.Done()
+	<-f.Wait() // and its writes go before readahead's
 }
 
 // Fault handles one fault message at addr in region r. It never blocks on
@@ -494,8 +494,8 @@ func (x *filling) write(lo, hi int64, buf []byte) error {
 	}
 	x.h.cfg.Budget.Reserve(n)
 	write := cache.WritePages
-	if lo <= x.f.Page && x.f.Page < hi {
-		write = cache.WritePagesUrgent // the faulter waits for these
+	if lo <= x.f.Page && x.f.Page < hi || x.f.Waited() {
+		write = cache.WritePagesUrgent // a faulter waits for these
 	}
 	var err error
 	if hold {

@@ -650,7 +650,18 @@ type Fill struct {
 	done           chan struct{}
 	okStart, okEnd int64
 	err            error
+	waited         atomic.Bool // a faulter waits for it (Wait)
 }
+
+// Wait marks the fill as one a faulter waits for, whose writes go before
+// readahead's (WritePagesUrgent), and returns Done.
+func (f *Fill) Wait() <-chan struct{} {
+	f.waited.Store(true)
+	return f.done
+}
+
+// Waited reports whether a faulter waits, or has waited, for the fill.
+func (f *Fill) Waited() bool { return f.waited.Load() }
 
 // Held is, for the fill Begin returns for a marker, the marker's bytes.
 func (f *Fill) Held() []byte { return f.held }

@@ -79,3 +79,24 @@ func TestWritePagesPieces(t *testing.T) {
 		t.Error("a write of part of a page succeeded")
 	}
 }
+
+// A fill a faulter waits for says so, so that its writes go first; one
+// nobody waits for does not.
+func TestFillWaited(t *testing.T) {
+	o := mustNew(t, 16*PageSize)
+	fs := o.Claim(0, 8)
+	if len(fs) != 1 || fs[0].Waited() {
+		t.Fatalf("Claim(0, 8) = %d fills, waited %v; want one nobody waits for", len(fs), len(fs) > 0 && fs[0].Waited())
+	}
+	f := fs[0]
+	done := f.Wait()
+	if !f.Waited() {
+		t.Error("a fill waited for does not say so")
+	}
+	o.End(f, 0, 8, nil)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait's channel was not closed when the fill ended")
+	}
+}
