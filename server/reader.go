@@ -120,7 +120,7 @@ func (p *readerPool) remove(a *attachment, self bool) {
 // rearm lets a's uffd be reported again, once its reader has read one
 // message: the next message goes to another reader.
 func (p *readerPool) rearm(a *attachment) {
-	err := unix.EpollCtl(p.ep, unix.EPOLL_CTL_MOD, a.u.Fd(), &unix.EpollEvent{Events: oneShot, Fd: int32(a.id), Pad: int32(a.id >> 32)})
+	err := epollCtl(p.ep, unix.EPOLL_CTL_MOD, a.u.Fd(), oneShot, a.id)
 	if err != nil && !errors.Is(err, unix.ENOENT) { // ENOENT: removed meanwhile
 		p.log.Error("uffd: cannot wait for its faults again; no longer serving this region", "region", a.id, "err", err)
 	}
@@ -164,7 +164,7 @@ func (p *readerPool) reader() {
 
 // wait waits, idle, for a uffd to be readable, and returns its attachment
 // (whose reading the caller must end), if it is still attached; stop if
-// this reader is to leave, and has left the pool.
+// this reader is to leave, and has left the pool's count.
 func (p *readerPool) wait(evs []unix.EpollEvent) (a *attachment, stop bool) {
 	p.mu.Lock()
 	p.idle++
@@ -178,28 +178,25 @@ func (p *readerPool) wait(evs []unix.EpollEvent) (a *attachment, stop bool) {
 		return nil, false
 	case err != nil:
 		p.log.Error("uffd: epoll_wait failed; a reader leaves", "err", err)
-		return nil, p.leave()
+		p.n--
+		return nil, true
 	case n == 0:
 		if p.n > 1 || p.close {
-			return nil, p.leave()
+			p.n--
+			return nil, true
 		}
 		return nil, false
 	}
 	id := uint64(uint32(evs[0].Fd)) | uint64(uint32(evs[0].Pad))<<32
 	if id == stopData {
-		return nil, p.leave()
+		p.n--
+		return nil, true
 	}
 	a = p.atts[id]
 	if a != nil {
 		a.reading.Add(1)
 	}
 	return a, false
-}
-
-// leave takes a reader out of the pool. Called with p.mu held.
-func (p *readerPool) leave() bool {
-	p.n--
-	return true
 }
 
 // busy is called by a reader about to wait for I/O. It reports whether the

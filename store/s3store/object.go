@@ -164,7 +164,7 @@ func (o *Object) getInput(off, n int64) *s3.GetObjectInput {
 	in := &s3.GetObjectInput{
 		Bucket: &o.loc.Bucket,
 		Key:    &o.loc.Key,
-		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1)),
+		Range:  aws.String(rangeSpec(off, n)),
 	}
 	if o.etag != "" {
 		in.IfMatch = aws.String(o.etag)
@@ -203,6 +203,9 @@ func (o *Object) checkResponse(out answer, off, n int64) error {
 	}
 	return nil
 }
+
+// rangeSpec is the Range header for n bytes at off.
+func rangeSpec(off, n int64) string { return fmt.Sprintf("bytes=%d-%d", off, off+n-1) }
 
 // changed is the error for a read that met another version of the object.
 func (o *Object) changed(off, n int64, why error) error {

@@ -101,7 +101,7 @@ func (o *Object) rangeRequest(ctx context.Context, u *presigned, off, n int64) *
 	for k, v := range u.header {
 		req.Header[k] = v
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	req.Header.Set("Range", rangeSpec(off, n))
 	if o.etag != "" {
 		req.Header.Set("If-Match", o.etag)
 	}
