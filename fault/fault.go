@@ -137,7 +137,20 @@ type Config struct {
 	// budget if 0 or less; at least two pages. A quarter of it is kept for
 	// faults' own reads: readahead waits for buffers before they do.
 	MaxFillBytes int64
+
+	// ReadaheadInflight bounds the bytes of readahead reads in flight to
+	// local files, all of them together (diskQueue), so that a fault's own
+	// read finds the disk's queue short. DefaultReadaheadInflight if 0; no
+	// bound if negative. Stores that ask for a window of their own
+	// (store.Readaheader: network stores) keep their own requests in
+	// flight and are not bounded here.
+	ReadaheadInflight int64
 }
+
+// DefaultReadaheadInflight is two of a fill's pieces: a disk keeps
+// streaming while one is written into the cache, and a fault's read waits
+// behind at most this much of it.
+const DefaultReadaheadInflight = 2 * chunkPages * ps
 
 // DefaultMaxFillBytes is the bound on read buffers for a cache budget of
 // budget bytes (0: none): a quarter of the budget, so that the daemon's
@@ -155,10 +168,11 @@ func DefaultMaxFillBytes(budget int64) int64 {
 
 // Handler resolves faults. It is safe for concurrent use.
 type Handler struct {
-	cfg Config
-	ra  readahead.Config
-	c   *Counters
-	mem *fillMem
+	cfg  Config
+	ra   readahead.Config
+	c    *Counters
+	mem  *fillMem
+	disk *diskQueue // nil: readahead of local files is not bounded
 }
 
 // chunkPages bounds one fill of a readahead window, and one store read of
@@ -189,8 +203,15 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.MaxFillBytes <= 0 {
 		cfg.MaxFillBytes = DefaultMaxFillBytes(cfg.Budget.Stats().BudgetPages * ps)
 	}
-	return &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c,
+	if cfg.ReadaheadInflight == 0 {
+		cfg.ReadaheadInflight = DefaultReadaheadInflight
+	}
+	h := &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c,
 		mem: newFillMem(cfg.MaxFillBytes)}
+	if cfg.ReadaheadInflight > 0 {
+		h.disk = newDiskQueue(cfg.ReadaheadInflight)
+	}
+	return h
 }
 
 // FillMemStats is the state of the bound on read buffers.
@@ -211,8 +232,20 @@ func (h *Handler) FillMemory() FillMemStats {
 // readahead fill still waiting for a buffer or for the cache file, to the
 // precedence of a fault's own read: whoever waits for f is a faulter.
 func (h *Handler) WaitFill(f *pagecache.Fill) {
+	done := f.Wait() // and its reads and writes go before readahead's
 	h.mem.promote(f)
-	<-f.Wait() // and its writes go before readahead's
+	if h.disk != nil {
+		h.disk.promote(f)
+	}
+	<-done
+}
+
+// diskOf is the queue that bounds o's readahead reads, or nil.
+func (h *Handler) diskOf(o *Object) *diskQueue {
+	if _, ok := o.Store.(store.Readaheader); ok {
+		return nil
+	}
+	return h.disk
 }
 
 // Fault handles one fault message at addr in region r. It never blocks on
@@ -448,10 +481,17 @@ func pieces(f *pagecache.Fill, piece int64) [][2]int64 {
 // as it arrives, until one fails. Of a piece whose read failed, the pages
 // read before the failure are written if they extend the run.
 func (x *filling) readPieces(pcs [][2]int64, buf []byte) error {
+	disk := x.h.diskOf(x.o)
 	for _, p := range pcs {
 		lo, hi := p[0], p[1]
 		b := buf[:(hi-lo)*ps]
+		if disk != nil {
+			disk.start(x.f, int64(len(b)))
+		}
 		got, err := x.h.read(x.o, b, lo)
+		if disk != nil {
+			disk.done(int64(len(b)))
+		}
 		k := hi - lo
 		if err != nil {
 			k = int64(got / ps)

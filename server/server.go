@@ -51,6 +51,12 @@ type Config struct {
 	// if 0.
 	ReadBuffers int64
 
+	// ReadaheadInflight bounds the bytes of readahead reads in flight to
+	// local files, all together, so that a fault's own read finds the
+	// disk's queue short (fault.Config.ReadaheadInflight):
+	// fault.DefaultReadaheadInflight if 0, no bound if negative.
+	ReadaheadInflight int64
+
 	// WrapStore, if set, wraps every store the server opens: tests inject
 	// faults with it.
 	WrapStore func(store.Store) store.Store
@@ -220,9 +226,15 @@ func New(cfg Config) (*Server, error) {
 		Budget:       s.budget,
 		Observer:     s.metrics,
 		MaxFillBytes: cfg.ReadBuffers,
+
+		ReadaheadInflight: cfg.ReadaheadInflight,
 	}, &s.counters)
 	return s, nil
 }
+
+// DefaultReadaheadInflight is the bound on readahead reads in flight to
+// local files a daemon gets unless told otherwise.
+const DefaultReadaheadInflight = fault.DefaultReadaheadInflight
 
 // DefaultCacheBytes is the budget a daemon gets unless told otherwise: half
 // of the machine's memory, leaving the rest to its clients and the kernel.

@@ -41,6 +41,8 @@ func serve(args []string) error {
 	fs.Var(&cacheSize, "cache-size", "bound on the bytes all caches hold together; the default is half of this machine's memory")
 	readBuffers := byteSize(0)
 	fs.Var(&readBuffers, "read-buffers", "bound on the daemon's read buffers, the bulk of its own memory (0: a quarter of --cache-size, within 4M-64M); readahead waits for them, a fault's own read goes first")
+	raInflight := byteSize(server.DefaultReadaheadInflight)
+	fs.Var(&raInflight, "readahead-inflight", "bound on the bytes of readahead reads in flight to local files, all together, so that a fault's own read, which is never held back, does not queue behind a scan's (0: no bound)")
 	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo (scan-resistant, refault-aware) or fifo")
 	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
 	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
@@ -102,9 +104,10 @@ func serve(args []string) error {
 		CacheBytes:     int64(cacheSize),
 		CachePolicy:    reclaim.Policy(*policy),
 		ReadBuffers:    int64(readBuffers),
-		NoHuge:         !*huge,
-		Remote:         remoteCfg,
 		// On the command line 0 is no limit; in server.Config, negative.
+		ReadaheadInflight:          noLimit(int64(raInflight)),
+		NoHuge:                     !*huge,
+		Remote:                     remoteCfg,
 		StoreTimeout:               timeout,
 		MaxObjectsPerClient:        noLimit(*maxObjects),
 		MaxMappedBytesPerClient:    noLimit(int64(maxMapped)),
@@ -144,7 +147,7 @@ func serve(args []string) error {
 		log.Info("filemap serve: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
-		"readahead", int64(ra), "readahead-max", int64(raMax), "retries", *retries,
+		"readahead", int64(ra), "readahead-max", int64(raMax), "readahead-inflight", int64(raInflight), "retries", *retries,
 		"cache-size", size(int64(cacheSize)), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", *policy, "store-timeout", *storeTimeout,
 		"per-client", fmt.Sprintf("%d objects, %s, %d regions, %d faults in flight", *maxObjects, size(int64(maxMapped)), *maxRegions, *maxFaults))
 	if remoteCfg.DiskCache != "" {
