@@ -222,6 +222,23 @@ type FillMemStats struct {
 	Waits uint64 // fills that had to wait for a buffer
 }
 
+// DiskQueueStats is the state of the bound on readahead reads in flight to
+// local files.
+type DiskQueueStats struct {
+	Inflight int64  // bytes of reads in flight, faults' own included
+	Limit    int64  // the bound on readahead's (Config.ReadaheadInflight); 0: none
+	Waits    uint64 // readahead reads that waited for room
+}
+
+// DiskQueue reports the state of the bound on readahead reads in flight.
+func (h *Handler) DiskQueue() DiskQueueStats {
+	if h.disk == nil {
+		return DiskQueueStats{}
+	}
+	inflight, waits := h.disk.stats()
+	return DiskQueueStats{Inflight: inflight, Limit: h.disk.limit, Waits: waits}
+}
+
 // FillMemory reports the state of the bound on read buffers.
 func (h *Handler) FillMemory() FillMemStats {
 	lent, idle, _, waits := h.mem.stats()

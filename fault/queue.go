@@ -25,6 +25,7 @@ type diskQueue struct {
 	mu       sync.Mutex
 	inflight int64     // bytes of reads in flight, demand reads included
 	waiting  list.List // of *diskWait, first come first served
+	waits    uint64    // readahead reads that had to wait
 }
 
 type diskWait struct {
@@ -49,6 +50,7 @@ func (q *diskQueue) start(f *pagecache.Fill, n int64) {
 	}
 	w := &diskWait{f: f, n: n, ready: make(chan struct{})}
 	q.waiting.PushBack(w)
+	q.waits++
 	q.mu.Unlock()
 	<-w.ready
 }
@@ -78,6 +80,14 @@ func (q *diskQueue) promote(f *pagecache.Fill) {
 			return
 		}
 	}
+}
+
+// stats are the bytes of reads in flight and the readahead reads that
+// have had to wait.
+func (q *diskQueue) stats() (inflight int64, waits uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight, q.waits
 }
 
 // admit sends the waiting read e to the disk. Called with q.mu held.

@@ -46,8 +46,8 @@ func TestDiskQueueBound(t *testing.T) {
 	q.done(ps)
 	q.start(ra(), 10*ps) // larger than the bound, with nothing in flight
 	q.done(10 * ps)
-	if got := q.inflightNow(); got != 0 {
-		t.Errorf("%d bytes in flight once all are done", got)
+	if got, waits := q.stats(); got != 0 || waits != 3 {
+		t.Errorf("%d bytes in flight once all are done, %d reads waited; want 0 and 3", got, waits)
 	}
 }
 

@@ -112,6 +112,9 @@ var statMetrics = []statMetric{
 	stat("filemap_fill_buffer_bytes", "Read buffers lent to fills or kept for reuse.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillBufferBytes) }),
 	stat("filemap_fill_buffer_limit_bytes", "The bound on filemap_fill_buffer_bytes.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillBufferLimit) }),
 	stat("filemap_fill_buffer_waits_total", "Fills that waited for a read buffer.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.FillBufferWaits) }),
+	stat("filemap_disk_read_bytes", "Bytes of reads of local files in flight, faults' own included.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.DiskReadBytes) }),
+	stat("filemap_disk_readahead_limit_bytes", "The bound on readahead reads of local files in flight (0: none).", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.DiskReadaheadLimit) }),
+	stat("filemap_disk_readahead_queue_waits_total", "Readahead reads of local files that waited for room under the bound.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.DiskReadaheadQueueWaits) }),
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -261,6 +261,12 @@ type Stats struct {
 	FillBufferLimit int64  `json:"fill_buffer_limit"`
 	FillBufferWaits uint64 `json:"fill_buffer_waits"`
 
+	// Reads of local files in flight, in bytes; the bound on readahead's
+	// (0: none), and the readahead reads that waited for room under it.
+	DiskReadBytes           int64  `json:"disk_read_bytes"`
+	DiskReadaheadLimit      int64  `json:"disk_readahead_limit"`
+	DiskReadaheadQueueWaits uint64 `json:"disk_readahead_queue_waits"`
+
 	// HugeExtents counts 2 MiB extents collapsed into huge folios in the
 	// background; CollapsesPending are waiting for or in a collapse now;
 	// CollapsesFailed stayed in 4 KiB pages.

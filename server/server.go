@@ -521,6 +521,8 @@ func (s *Server) countersNow() proto.Stats {
 	}
 	fm := s.faults.FillMemory()
 	st.FillBufferBytes, st.FillBufferLimit, st.FillBufferWaits = fm.Lent+fm.Idle, fm.Limit, fm.Waits
+	dq := s.faults.DiskQueue()
+	st.DiskReadBytes, st.DiskReadaheadLimit, st.DiskReadaheadQueueWaits = dq.Inflight, dq.Limit, dq.Waits
 	cs := s.backing.CollapseStats()
 	st.HugeExtents, st.CollapsesPending, st.CollapsesFailed = cs.Collapsed, cs.Pending, cs.Failed
 	rs := s.budget.Stats()

@@ -237,6 +237,36 @@ func TestServeReadBuffers(t *testing.T) {
 	d.stop(t)
 }
 
+// --readahead-inflight bounds readahead reads in flight to local files, 0
+// lifts the bound, and stat shows it; after a cat, no read is left in
+// flight.
+func TestServeReadaheadInflight(t *testing.T) {
+	for _, c := range []struct {
+		flag string
+		want int64
+	}{{"", 2 << 20}, {"4M", 4 << 20}, {"0", 0}} {
+		var args []string
+		if c.flag != "" {
+			args = []string{"--readahead-inflight", c.flag}
+		}
+		d := startDaemon(t, args...)
+		if st := statJSON(t, d.socket); st.DiskReadaheadLimit != c.want {
+			t.Errorf("--readahead-inflight %q: bound %d, want %d", c.flag, st.DiskReadaheadLimit, c.want)
+		}
+		d.stop(t)
+	}
+	d := startDaemon(t)
+	path := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("filemap "), 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	filemapCLI(t, "cat", "--socket", d.socket, path).wantCode(t, 0)
+	if st := statJSON(t, d.socket); st.DiskReadBytes != 0 {
+		t.Errorf("%d bytes of disk reads in flight after the cat", st.DiskReadBytes)
+	}
+	d.stop(t)
+}
+
 func TestServeFlags(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "s.sock")
 	for _, c := range []struct {

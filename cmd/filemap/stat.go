@@ -44,6 +44,8 @@ func stat(args []string) error {
 		{"fills in flight", st.FillsInFlight},
 		{"read buffers (bound)", size(st.FillBufferBytes) + " (" + size(st.FillBufferLimit) + ")"},
 		{"fills that waited for a buffer", st.FillBufferWaits},
+		{"disk reads in flight (readahead's bound)", size(st.DiskReadBytes) + " (" + diskBound(st.DiskReadaheadLimit) + ")"},
+		{"readahead reads that waited for the disk", st.DiskReadaheadQueueWaits},
 		{"cache bytes", size(st.CacheBytes)},
 		{"cache budget", size(st.CacheBudget)},
 		{"evictions", st.Evictions},
@@ -98,4 +100,12 @@ func dropCaches(args []string) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	return filemap.DropCaches(context.Background(), filemap.WithSocket(*socket))
+}
+
+// diskBound is the bound on readahead reads in flight, for a person.
+func diskBound(limit int64) string {
+	if limit <= 0 {
+		return "none"
+	}
+	return size(limit)
 }
