@@ -30,12 +30,12 @@ func TestConformance01_CachedFaultDoesNoRead(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read %d %d", 100*ps, ps)
+	a.OK("read %d %d", 100*ps, ps)
 	reads := d.spy.count()
 	b := startDriver(t, d.sock)
 	b.open(path, "")
-	b.ok("read %d %d", 100*ps, ps) // compared with pread of the file
-	a.ok("read %d %d", 100*ps, ps)
+	b.OK("read %d %d", 100*ps, ps) // compared with pread of the file
+	a.OK("read %d %d", 100*ps, ps)
 	if got := d.spy.count(); got != reads {
 		t.Fatalf("cached page: store reads went from %d to %d", reads, got)
 	}
@@ -49,7 +49,7 @@ func TestConformance02_SamePageOneRead(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("par %d %d", 77*ps, 77*ps)
+	a.OK("par %d %d", 77*ps, 77*ps)
 	if n := d.spy.readsOf(77 * ps); n != 1 {
 		t.Fatalf("page 77 was read %d times by two concurrent faults, want 1", n)
 	}
@@ -63,7 +63,7 @@ func TestConformance03_WindowReadOnce(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	// A miss at 1000 reads [984, 1016); fault eight pages of it at once.
-	a.ok("par %d %d %d %d %d %d %d %d", 1000*ps, 984*ps, 990*ps, 995*ps, 1003*ps, 1008*ps, 1012*ps, 1015*ps)
+	a.OK("par %d %d %d %d %d %d %d %d", 1000*ps, 984*ps, 990*ps, 995*ps, 1003*ps, 1008*ps, 1012*ps, 1015*ps)
 	for p := int64(984); p < 1016; p++ {
 		if n := d.spy.readsOf(p * ps); n != 1 {
 			t.Errorf("page %d of the window was read %d times, want 1", p, n)
@@ -82,7 +82,7 @@ func TestConformance04_NoPartialPage(t *testing.T) {
 	// each copy is checked byte for byte against the file.
 	for w := int64(0); w < 16; w++ {
 		base := w * 256 * ps
-		a.ok("par %d %d %d %d %d %d %d %d", base, base+ps, base+31*ps, base+32*ps, base+33*ps, base+63*ps, base+64*ps, base+100*ps)
+		a.OK("par %d %d %d %d %d %d %d %d", base, base+ps, base+31*ps, base+32*ps, base+33*ps, base+63*ps, base+64*ps, base+100*ps)
 	}
 }
 
@@ -94,15 +94,15 @@ func TestConformance05_SIGBUSPastEOF(t *testing.T) {
 	path := patternFile(t, size)
 	a := startDriver(t, d.sock)
 	base := a.open(path, fmt.Sprintf("extra=%d", 2*ps))
-	if r := a.do("read %d 1", 4*ps+8); r != fmt.Sprintf("sigbus %d", 4*ps+8) {
+	if r := a.Do("read %d 1", 4*ps+8); r != fmt.Sprintf("sigbus %d", 4*ps+8) {
 		t.Fatalf("read past EOF: %s, want sigbus at %d", r, 4*ps+8)
 	}
 	// Without a handler for the signal, the kernel's report is exact.
-	a.send("touch %d", 4*ps+8)
-	a.cmd.Wait()
+	a.Send("touch %d", 4*ps+8)
+	a.Cmd.Wait()
 	want := fmt.Sprintf("signal SIGBUS: bus error code=0x2 addr=%#x", base+4*ps+8)
-	if !strings.Contains(a.stderr.String(), want) {
-		t.Fatalf("driver did not die with %q:\n%s", want, a.stderr.String())
+	if !strings.Contains(a.Stderr.String(), want) {
+		t.Fatalf("driver did not die with %q:\n%s", want, a.Stderr.String())
 	}
 	if n := d.spy.count(); n != 0 {
 		t.Fatalf("%d store reads for accesses past EOF", n)
@@ -116,8 +116,8 @@ func TestConformance06_TailZeroed(t *testing.T) {
 	path := patternFile(t, size)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read %d %d", 5*ps, ps) // the driver expects zeros past the file's end
-	a.ok("readat %d %d", 5*ps, 123)
+	a.OK("read %d %d", 5*ps, ps) // the driver expects zeros past the file's end
+	a.OK("readat %d %d", 5*ps, 123)
 }
 
 // 7. An empty object: every access gets SIGBUS.
@@ -127,11 +127,11 @@ func TestConformance07_EmptyObjectSIGBUS(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, fmt.Sprintf("extra=%d", ps))
 	for _, off := range []int64{0, 100, ps - 1, ps, 2*ps - 1} {
-		if r := a.do("read %d 1", off); r != fmt.Sprintf("sigbus %d", off) {
+		if r := a.Do("read %d 1", off); r != fmt.Sprintf("sigbus %d", off) {
 			t.Errorf("read of an empty object at %d: %s", off, r)
 		}
 	}
-	if r := a.do("readat 0 10"); r != "ok" {
+	if r := a.Do("readat 0 10"); r != "ok" {
 		t.Errorf("ReadAt of an empty object: %s, want EOF and no bytes", r)
 	}
 }
@@ -143,14 +143,14 @@ func TestConformance11_HolePunchRefaults(t *testing.T) {
 	a, b := startDriver(t, d.sock), startDriver(t, d.sock)
 	a.open(path, "")
 	b.open(path, "")
-	a.ok("read 0 %d", 1<<20)
-	b.ok("read 0 %d", 1<<20)
+	a.OK("read 0 %d", 1<<20)
+	b.OK("read 0 %d", 1<<20)
 	before := d.spy.readsOf(50 * ps)
 	if err := d.s.DropCaches(); err != nil {
 		t.Fatal(err)
 	}
-	a.ok("read %d %d", 50*ps, ps)
-	b.ok("read %d %d", 50*ps, ps)
+	a.OK("read %d %d", 50*ps, ps)
+	b.OK("read %d %d", 50*ps, ps)
 	if got := d.spy.readsOf(50 * ps); got != before+1 {
 		t.Fatalf("page 50 after a hole punch: %d reads, want %d (one refault, shared)", got, before+1)
 	}
@@ -163,11 +163,11 @@ func TestConformance12_IOErrorSIGBUSThatPageOnly(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	if r := a.do("read %d 1", 40*ps+17); r != fmt.Sprintf("sigbus %d", 40*ps+17) {
+	if r := a.Do("read %d 1", 40*ps+17); r != fmt.Sprintf("sigbus %d", 40*ps+17) {
 		t.Fatalf("read of failing page 40: %s, want SIGBUS at its exact address", r)
 	}
 	for _, p := range []int64{39, 41, 0, 255} {
-		a.ok("read %d %d", p*ps, ps)
+		a.OK("read %d %d", p*ps, ps)
 	}
 	if !strings.Contains(d.log.String(), "offset=163840") {
 		t.Errorf("the daemon's log does not name the failing offset:\n%s", d.log.String())
@@ -185,31 +185,31 @@ func TestConformance13_ErrorNotSticky(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	if r := a.do("read %d %d", 40*ps, ps); !strings.HasPrefix(r, "sigbus") {
+	if r := a.Do("read %d %d", 40*ps, ps); !strings.HasPrefix(r, "sigbus") {
 		t.Fatalf("read of failing page 40: %s", r)
 	}
 	reads := d.spy.readsOf(40 * ps)
 	d.spy.set(func(s *spy) { s.fail = nil }) // the store recovers
-	a.ok("clear %d %d", 40*ps, ps)           // drop this mapping's poison marker
-	a.ok("read %d %d", 40*ps, ps)
+	a.OK("clear %d %d", 40*ps, ps)           // drop this mapping's poison marker
+	a.OK("read %d %d", 40*ps, ps)
 	if got := d.spy.readsOf(40 * ps); got <= reads {
 		t.Fatalf("page 40 was not read again after its error")
 	}
 	// Guard clears the marker itself.
 	d.spy.set(func(s *spy) { s.fail = failPages(200) })
-	if r := a.do("guard %d 8", 200*ps+9); !strings.HasPrefix(r, fmt.Sprintf("fault %d filemap: ", 200*ps+9)) ||
+	if r := a.Do("guard %d 8", 200*ps+9); !strings.HasPrefix(r, fmt.Sprintf("fault %d filemap: ", 200*ps+9)) ||
 		!strings.Contains(r, fmt.Sprintf("page at offset %d", 200*ps)) {
 		t.Fatalf("Guard of a failing page: %q", r)
 	}
 	d.spy.set(func(s *spy) { s.fail = nil })
-	a.ok("guard %d 8", 200*ps+9)
+	a.OK("guard %d 8", 200*ps+9)
 	// ReadAt clears the marker itself.
 	d.spy.set(func(s *spy) { s.fail = failPages(60) })
-	if r := a.do("readat %d %d", 60*ps, ps); !strings.Contains(r, fmt.Sprintf("offset %d", 60*ps)) {
+	if r := a.Do("readat %d %d", 60*ps, ps); !strings.Contains(r, fmt.Sprintf("offset %d", 60*ps)) {
 		t.Fatalf("ReadAt of a failing page: %q, want an error naming offset %d", r, 60*ps)
 	}
 	d.spy.set(func(s *spy) { s.fail = nil })
-	a.ok("readat %d %d", 60*ps, ps)
+	a.OK("readat %d %d", 60*ps, ps)
 }
 
 // 14. An error in the readahead part alone never raises SIGBUS: the
@@ -223,13 +223,13 @@ func TestConformance14_ReadaheadErrorNoSIGBUS(t *testing.T) {
 	a.open(path, "")
 	// A fault at 1020 reads [1004, 1036), which fails at 1010, before the
 	// faulting page: one re-read of 1020 alone serves it.
-	a.ok("read %d %d", 1020*ps, ps)
+	a.OK("read %d %d", 1020*ps, ps)
 	if n := d.spy.readsOf(1020 * ps); n != 2 {
 		t.Errorf("page 1020 read %d times: want the window and one re-read", n)
 	}
 	// A fault at 1000 reads [984, 1016), which fails at 1010, after the
 	// faulting page: the pages read before the failure serve it.
-	a.ok("read %d %d", 1000*ps, ps)
+	a.OK("read %d %d", 1000*ps, ps)
 	if n := d.spy.readsOf(1000 * ps); n != 1 {
 		t.Errorf("page 1000 read %d times: want once, in the window", n)
 	}
@@ -246,7 +246,7 @@ func TestConformance34_SignalDuringFault(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	r := a.ok("sigread %d 20", 10*ps)
+	r := a.OK("sigread %d 20", 10*ps)
 	t.Logf("sigread: %s", r)
 	st := d.s.Stats()
 	if st.MajorFaults != 1 || d.spy.readsOf(10*ps) != 1 {
@@ -265,10 +265,10 @@ func TestConformance35_PoisonEEXISTWakes(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	if r := a.do("sigread %d 30", 10*ps); sigbusPage(r) != 10 {
+	if r := a.Do("sigread %d 30", 10*ps); sigbusPage(r) != 10 {
 		t.Fatalf("failing page under signals: %s", r)
 	}
-	if r := a.do("par %d %d %d", 10*ps, 10*ps, 10*ps); !strings.Contains(r, "sigbus") {
+	if r := a.Do("par %d %d %d", 10*ps, 10*ps, 10*ps); !strings.Contains(r, "sigbus") {
 		t.Fatalf("three threads on a poisoned page: %s", r)
 	}
 }
@@ -281,18 +281,18 @@ func TestConformance36_RemapUnmapRemove(t *testing.T) {
 	path := patternFile(t, 4<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "events=remap,remove,unmap")
-	a.ok("read 0 %d", ps)
-	a.ok("mremap")
-	a.ok("read %d %d", 512*ps, ps) // cold, at the new address
-	a.ok("read %d %d", 0, ps)
-	a.ok("dontneed 0 %d", 64*ps) // REMOVE: the cache stays, the pages come back without I/O
+	a.OK("read 0 %d", ps)
+	a.OK("mremap")
+	a.OK("read %d %d", 512*ps, ps) // cold, at the new address
+	a.OK("read %d %d", 0, ps)
+	a.OK("dontneed 0 %d", 64*ps) // REMOVE: the cache stays, the pages come back without I/O
 	reads := d.spy.count()
-	a.ok("read 0 %d", 16*ps)
+	a.OK("read 0 %d", 16*ps)
 	if got := d.spy.count(); got != reads {
 		t.Errorf("MADV_DONTNEED then read: %d store reads, want none", got-reads)
 	}
-	a.ok("munmap %d %d", 768*ps, 256*ps) // UNMAP of the tail
-	a.ok("read %d %d", 700*ps, ps)
+	a.OK("munmap %d %d", 768*ps, 256*ps) // UNMAP of the tail
+	a.OK("read %d %d", 700*ps, ps)
 	waitFor(t, "the daemon to apply the unmap", func() bool { return d.s.Stats().Regions == 1 })
 }
 
@@ -303,13 +303,13 @@ func TestConformance37_ForkServed(t *testing.T) {
 	path := patternFile(t, 4<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "events=fork")
-	a.ok("read 0 %d", ps)
+	a.OK("read 0 %d", ps)
 	// Cold pages, touched first by the child.
-	a.ok("fork %d %d %d", 100*ps, 500*ps, 900*ps)
-	a.ok("read 0 %d", 4<<20)
+	a.OK("fork %d %d %d", 100*ps, 500*ps, 900*ps)
+	a.OK("read 0 %d", 4<<20)
 	b := startDriver(t, d.sock)
 	b.open(path, "")
-	b.ok("read 0 %d", 4<<20)
+	b.OK("read 0 %d", 4<<20)
 }
 
 // 37 (default). Mappings are MADV_DONTFORK: a forked child does not inherit
@@ -319,10 +319,10 @@ func TestConformance37_DefaultNotInherited(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	if r := a.do("fork %d", 100*ps); !strings.Contains(r, "child wrote no sums") {
+	if r := a.Do("fork %d", 100*ps); !strings.Contains(r, "child wrote no sums") {
 		t.Fatalf("a forked child read a MADV_DONTFORK mapping: %s", r)
 	}
-	a.ok("read 0 %d", 1<<20)
+	a.OK("read 0 %d", 1<<20)
 }
 
 // 38. The handler dies: the client's faults stall, never read zeros.
@@ -342,14 +342,14 @@ func TestConformance38_DeadHandlerStalls(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, sock)
 	a.open(path, "")
-	a.ok("read 0 %d", ps)
+	a.OK("read 0 %d", ps)
 	srv.Process.Signal(syscall.SIGKILL)
 	srv.Wait()
-	a.send("read %d %d", 128*ps, ps)
-	if r, ok := a.reply(2 * time.Second); ok {
+	a.Send("read %d %d", 128*ps, ps)
+	if r, ok := a.Reply(2 * time.Second); ok {
 		t.Fatalf("a fault with its handler dead returned %q; it must stall", r)
 	}
-	a.cmd.Process.Kill()
+	a.Cmd.Process.Kill()
 }
 
 // 39. A poisoned page: every later access gets SIGBUS at the exact address
@@ -362,7 +362,7 @@ func TestConformance39_PoisonUntilCleared(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	for range 3 {
-		if r := a.do("read %d 8", 7*ps+100); r != fmt.Sprintf("sigbus %d", 7*ps+100) {
+		if r := a.Do("read %d 8", 7*ps+100); r != fmt.Sprintf("sigbus %d", 7*ps+100) {
 			t.Fatalf("access to poisoned page: %s, want SIGBUS at its exact address", r)
 		}
 	}
@@ -370,15 +370,15 @@ func TestConformance39_PoisonUntilCleared(t *testing.T) {
 	d.spy.set(func(s *spy) { s.fail = nil })
 	b := startDriver(t, d.sock)
 	b.open(path, "")
-	b.ok("read %d %d", 7*ps, ps) // another client reads it: the cache is fine
-	if r := a.do("read %d 8", 7*ps+100); !strings.HasPrefix(r, "sigbus") {
+	b.OK("read %d %d", 7*ps, ps) // another client reads it: the cache is fine
+	if r := a.Do("read %d 8", 7*ps+100); !strings.HasPrefix(r, "sigbus") {
 		t.Fatalf("the poisoned mapping read %q before the marker was cleared", r)
 	}
 	if d.spy.readsOf(7*ps) != reads+1 {
 		t.Errorf("accesses to a poisoned page reached the store")
 	}
-	a.ok("clear %d %d", 7*ps, ps)
-	a.ok("read %d %d", 7*ps, ps)
+	a.OK("clear %d %d", 7*ps, ps)
+	a.OK("read %d %d", 7*ps, ps)
 }
 
 // sigbusPage is the page of a driver's "sigbus OFFSET" answer, or -1.

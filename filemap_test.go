@@ -29,7 +29,7 @@ func TestRandomReads8Threads(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	var touched, reads int
-	fmt.Sscan(a.ok("rand 8 3000"), &touched, &reads)
+	fmt.Sscan(a.OK("rand 8 3000"), &touched, &reads)
 	st := d.s.Stats()
 	t.Logf("%d reads of %d distinct pages; daemon: %d major, %d minor faults, %d store reads",
 		reads, touched, st.MajorFaults, st.MinorFaults, st.StoreReads)
@@ -47,12 +47,12 @@ func TestSecondProcessNoStoreIO(t *testing.T) {
 	path := patternFile(t, 8<<20+5)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 8<<20+5)
-	a.ok("close")
+	a.OK("read 0 %d", 8<<20+5)
+	a.OK("close")
 	reads := d.spy.count()
 	b := startDriver(t, d.sock)
 	b.open(path, "")
-	b.ok("read 0 %d", 8<<20+5)
+	b.OK("read 0 %d", 8<<20+5)
 	if got := d.spy.count(); got != reads {
 		t.Fatalf("the second process made %d store reads", got-reads)
 	}
@@ -67,26 +67,26 @@ func TestChangedFileFreshCache(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 1<<20)
+	a.OK("read 0 %d", 1<<20)
 	writePattern(t, path+".new", 1<<20+ps)
 	if err := os.Rename(path+".new", path); err != nil {
 		t.Fatal(err)
 	}
 	b := startDriver(t, d.sock)
 	b.open(path, "")
-	b.ok("read 0 %d", 1<<20+ps) // checked against the new file
+	b.OK("read 0 %d", 1<<20+ps) // checked against the new file
 	if st := d.s.Stats(); st.Objects != 2 {
 		t.Fatalf("%d caches after the file changed, want 2", st.Objects)
 	}
 	// Once nobody maps the old version, the next change frees its cache.
-	a.ok("close")
+	a.OK("close")
 	writePattern(t, path+".new", 1<<20+2*ps)
 	if err := os.Rename(path+".new", path); err != nil {
 		t.Fatal(err)
 	}
 	c := startDriver(t, d.sock)
 	c.open(path, "")
-	c.ok("read 0 %d", 1<<20+2*ps)
+	c.OK("read 0 %d", 1<<20+2*ps)
 	if st := d.s.Stats(); st.Objects != 2 {
 		t.Fatalf("%d caches for a file in its third version, want 2 (the first dropped)", st.Objects)
 	}
@@ -99,29 +99,29 @@ func TestClientKilledDuringFault(t *testing.T) {
 	path := patternFile(t, 16<<20)
 	other := startDriver(t, d.sock)
 	other.open(path, "")
-	other.ok("read 0 %d", ps)
+	other.OK("read 0 %d", ps)
 	fds, gs := openFds(t), goroutines()
 
 	began := make(chan span, 16)
 	d.spy.set(func(s *spy) { s.delay, s.began = 500*time.Millisecond, began })
 	victim := startDriver(t, d.sock)
 	victim.open(path, "")
-	victim.send("read %d %d", 2000*ps, ps)
+	victim.Send("read %d %d", 2000*ps, ps)
 	select {
 	case <-began:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the victim's fault never reached the store")
 	}
-	victim.cmd.Process.Signal(syscall.SIGKILL)
-	victim.cmd.Wait()
+	victim.Cmd.Process.Signal(syscall.SIGKILL)
+	victim.Cmd.Wait()
 	d.spy.set(func(s *spy) { s.delay, s.began = 0, nil })
 
-	other.ok("read %d %d", 1000*ps, 64*ps)
+	other.OK("read %d %d", 1000*ps, 64*ps)
 	waitFor(t, "the victim's session to end", func() bool { return d.s.Stats().Clients == 1 })
 	waitFor(t, "descriptors and goroutines to return to their count", func() bool {
 		return openFds(t) == fds && goroutines() <= gs
 	})
-	other.ok("read %d %d", 2000*ps, ps)
+	other.OK("read %d %d", 2000*ps, ps)
 }
 
 // One slow store read stalls only the faults that wait for its pages:
@@ -140,7 +140,7 @@ func TestSlowReadStallsNoOneElse(t *testing.T) {
 	})
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.send("read %d %d", 1000*ps, ps) // blocks in the store
+	a.Send("read %d %d", 1000*ps, ps) // blocks in the store
 	for sp := range began {
 		if sp.off <= 1000*ps && 1000*ps < sp.off+sp.n {
 			break
@@ -148,22 +148,22 @@ func TestSlowReadStallsNoOneElse(t *testing.T) {
 	}
 	b := startDriver(t, d.sock)
 	b.open(path, "")
-	b.ok("read %d %d", 3000*ps, ps) // another client
-	b.ok("read %d %d", 1020*ps, ps) // a page next to the held window, read by its own fault
-	if r, ok := a.reply(100 * time.Millisecond); ok {
+	b.OK("read %d %d", 3000*ps, ps) // another client
+	b.OK("read %d %d", 1020*ps, ps) // a page next to the held window, read by its own fault
+	if r, ok := a.Reply(100 * time.Millisecond); ok {
 		t.Fatalf("the held read finished early: %q", r)
 	}
 	c := startDriver(t, d.sock)
 	c.open(path, "")
-	c.send("read %d %d", 1001*ps, ps) // a page of the held window waits for that read
-	if r, ok := c.reply(100 * time.Millisecond); ok {
+	c.Send("read %d %d", 1001*ps, ps) // a page of the held window waits for that read
+	if r, ok := c.Reply(100 * time.Millisecond); ok {
 		t.Fatalf("a fault on a page being read did not wait for the read: %q", r)
 	}
 	close(release)
-	if r, ok := a.reply(30 * time.Second); r != "ok" {
+	if r, ok := a.Reply(30 * time.Second); r != "ok" {
 		t.Fatalf("the held read: %q %v", r, ok)
 	}
-	if r, ok := c.reply(30 * time.Second); r != "ok" {
+	if r, ok := c.Reply(30 * time.Second); r != "ok" {
 		t.Fatalf("the fault that waited: %q %v", r, ok)
 	}
 	if n := d.spy.readsOf(1001 * ps); n != 1 {
@@ -176,13 +176,13 @@ func TestPrivateHandlerExitsWithParent(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, "")
 	a.open(path, "")
-	a.ok("read 0 %d", 1<<20)
-	handler := childWithEnv(a.cmd.Process.Pid, envHandler+"=")
+	a.OK("read 0 %d", 1<<20)
+	handler := childWithEnv(a.Cmd.Process.Pid, envHandler+"=")
 	if handler == 0 {
 		t.Fatal("found no private handler among the driver's children")
 	}
-	a.cmd.Process.Signal(syscall.SIGKILL)
-	a.cmd.Wait()
+	a.Cmd.Process.Signal(syscall.SIGKILL)
+	a.Cmd.Wait()
 	waitFor(t, "the private handler to exit", func() bool {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", handler))
 		return err != nil || strings.Contains(string(st), ") Z ")
@@ -333,7 +333,7 @@ func randomUnderBudget(t *testing.T, budget int64, path string, window int64) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	var touched, reads int
-	fmt.Sscan(a.ok("rand 8 3000"), &touched, &reads)
+	fmt.Sscan(a.OK("rand 8 3000"), &touched, &reads)
 	close(stop)
 	most := <-worst
 	settle(t, d)
@@ -363,7 +363,7 @@ func TestMetrics(t *testing.T) {
 	path := patternFile(t, 8<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 8<<20)
+	a.OK("read 0 %d", 8<<20)
 	resp, err := http.Get(fmt.Sprintf("http://%s/metrics", addr))
 	if err != nil {
 		t.Fatal(err)
@@ -403,7 +403,7 @@ func TestSequentialScanMajorFaults(t *testing.T) {
 	path := patternFile(t, 16<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 16<<20)
+	a.OK("read 0 %d", 16<<20)
 	if st := d.s.Stats(); st.MajorFaults > 2 {
 		t.Fatalf("%d major faults for a sequential 16 MiB scan, want at most 2 (%d minor)", st.MajorFaults, st.MinorFaults)
 	}
@@ -420,7 +420,7 @@ func TestChunkedCopyMajorFaults(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	for off := 0; off < 64<<20; off += 1 << 20 {
-		a.ok("read %d %d", off, 1<<20)
+		a.OK("read %d %d", off, 1<<20)
 	}
 	if st := d.s.Stats(); st.MajorFaults > 8 {
 		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 8 (%d minor)", st.MajorFaults, st.MinorFaults)

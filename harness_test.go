@@ -10,18 +10,17 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
@@ -233,13 +232,10 @@ func startDaemonOn(t *testing.T, cfg server.Config, sock string, mode os.FileMod
 	return d
 }
 
-// driver is a client process.
+// driver is a client process, driven by commands (internal/child).
 type driver struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	lines  chan string
-	stderr *syncBuffer
+	*child.T
+	t *testing.T
 }
 
 func startDriver(t *testing.T, socket string) *driver {
@@ -256,73 +252,7 @@ func startDriver(t *testing.T, socket string) *driver {
 // at its end, its stderr logged under name if the test failed.
 func runDriverCmd(t *testing.T, cmd *exec.Cmd, name string) *driver {
 	t.Helper()
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &driver{t: t, cmd: cmd, in: in, lines: make(chan string, 16), stderr: new(syncBuffer)}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			d.lines <- sc.Text()
-		}
-		close(d.lines)
-	}()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		d.cmd.Wait()
-		if t.Failed() {
-			t.Logf("%s %d stderr:\n%s", name, d.cmd.Process.Pid, d.stderr.String())
-		}
-	})
-	return d
-}
-
-// send writes a command without waiting for its answer.
-func (d *driver) send(format string, args ...any) {
-	d.t.Helper()
-	if _, err := fmt.Fprintf(d.in, format+"\n", args...); err != nil {
-		d.t.Fatalf("driver: send %q: %v", fmt.Sprintf(format, args...), err)
-	}
-}
-
-// reply waits for the next answer line.
-func (d *driver) reply(timeout time.Duration) (string, bool) {
-	select {
-	case l, ok := <-d.lines:
-		return l, ok
-	case <-time.After(timeout):
-		return "", false
-	}
-}
-
-// do sends a command and returns its answer.
-func (d *driver) do(format string, args ...any) string {
-	d.t.Helper()
-	d.send(format, args...)
-	l, ok := d.reply(60 * time.Second)
-	if !ok {
-		d.t.Fatalf("driver: no answer to %q (exited or stuck); stderr:\n%s", fmt.Sprintf(format, args...), d.stderr.String())
-	}
-	return l
-}
-
-// ok sends a command that must succeed and returns the rest of its answer.
-func (d *driver) ok(format string, args ...any) string {
-	d.t.Helper()
-	l := d.do(format, args...)
-	if l != "ok" && !strings.HasPrefix(l, "ok ") {
-		d.t.Fatalf("%q: %s", fmt.Sprintf(format, args...), l)
-	}
-	return strings.TrimPrefix(strings.TrimPrefix(l, "ok"), " ")
+	return &driver{child.StartT(t, cmd, name), t}
 }
 
 // open maps path in the driver and returns the mapping's base address.
@@ -330,7 +260,7 @@ func (d *driver) open(path string, opts string) uintptr {
 	d.t.Helper()
 	var size int64
 	var base uintptr
-	if _, err := fmt.Sscan(d.ok("open %s %s", path, opts), &size, &base); err != nil {
+	if _, err := fmt.Sscan(d.OK("open %s %s", path, opts), &size, &base); err != nil {
 		d.t.Fatal(err)
 	}
 	return base

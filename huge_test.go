@@ -50,7 +50,7 @@ func TestHugeWarmMappingFaults(t *testing.T) {
 			}
 			a := startDriver(t, d.sock)
 			a.open(path, "")
-			a.ok("read 0 %d", size) // the cache is warm, and checked
+			a.OK("read 0 %d", size) // the cache is warm, and checked
 			b.WaitCollapses()
 			st := b.CollapseStats()
 			faults := hugeWarmFaults(t, d.sock, path)

@@ -6,9 +6,7 @@ package filemap
 // 256 MiB working set. Every wait is bounded, and each test stops by itself.
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -22,6 +20,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/server"
 )
 
@@ -66,15 +65,15 @@ func TestInjectStoreFailTimeoutHang(t *testing.T) {
 	b.open(small, "")
 	gs := goroutines()
 
-	a.send("scan 0 %d", npages)
+	a.Send("scan 0 %d", npages)
 	var touched, reads int
-	fmt.Sscan(b.ok("rand 4 1000"), &touched, &reads) // served while a's faults wait for the store
+	fmt.Sscan(b.OK("rand 4 1000"), &touched, &reads) // served while a's faults wait for the store
 	if reads == 0 {
 		t.Fatal("the other client read nothing")
 	}
-	r, ok := a.reply(120 * time.Second)
+	r, ok := a.Reply(120 * time.Second)
 	if !ok {
-		t.Fatalf("the scan did not finish; stderr:\n%s", a.stderr.String())
+		t.Fatalf("the scan did not finish; stderr:\n%s", a.Stderr.String())
 	}
 	var served int
 	var bad string
@@ -112,8 +111,8 @@ func TestInjectStoreFailTimeoutHang(t *testing.T) {
 	d.spy.set(func(s *spy) { s.fail = nil })
 	waitFor(t, "the slow reads to return", func() bool { return d.s.HungStoreReads() == blocked.Load() })
 	for _, p := range []int64{failA, failB, slow} {
-		a.ok("dontneed %d %d", p*ps, ps)
-		if r := a.ok("scan %d %d", p, p+1); r != "1 -" {
+		a.OK("dontneed %d %d", p*ps, ps)
+		if r := a.OK("scan %d %d", p, p+1); r != "1 -" {
 			t.Errorf("page %d once the store answers: %q, want it served", p, r)
 		}
 	}
@@ -149,7 +148,7 @@ func TestInjectSlowFaultDoesNotBlockOthers(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "advice=random")
-	a.ok("par %d %d", pages[0]*ps, pages[1]*ps)
+	a.OK("par %d %d", pages[0]*ps, pages[1]*ps)
 }
 
 // The goroutines and descriptors of reads left hung by a test go away once
@@ -168,9 +167,9 @@ func TestInjectHungReadsReturn(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read 0 %d", ps)
+	a.OK("read 0 %d", ps)
 	gs := goroutines()
-	if r := a.do("read %d %d", 10*ps, ps); sigbusPage(r) != 10 {
+	if r := a.Do("read %d %d", 10*ps, ps); sigbusPage(r) != 10 {
 		t.Fatalf("read of a hung page: %q, want SIGBUS in page 10", r)
 	}
 	if d.s.HungStoreReads() == 0 {
@@ -180,8 +179,8 @@ func TestInjectHungReadsReturn(t *testing.T) {
 	waitFor(t, "the hung reads to return and their goroutines to end", func() bool {
 		return d.s.HungStoreReads() == 0 && goroutines() <= gs
 	})
-	a.ok("dontneed %d %d", 10*ps, ps) // drop the poison marker, as Guard does
-	a.ok("read %d %d", 10*ps, ps)     // and the page is read again
+	a.OK("dontneed %d %d", 10*ps, ps) // drop the poison marker, as Guard does
+	a.OK("read %d %d", 10*ps, ps)     // and the page is read again
 }
 
 // cacheFds counts the daemon's cache files among this process's
@@ -206,60 +205,16 @@ func cacheFds(t *testing.T) int {
 
 // victim is a client process started to be killed: the driver, driven
 // from a goroutine that is not the test's, so every failure is an error.
-type victim struct {
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	lines  chan string
-	stderr *syncBuffer
-}
+type victim struct{ *child.Proc }
 
 func startVictim(sock string) (*victim, error) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envRole+"=driver", "FILEMAP_SOCKET="+sock)
-	v := &victim{cmd: cmd, lines: make(chan string, 4), stderr: new(syncBuffer)}
-	cmd.Stderr = v.stderr
-	var err error
-	if v.in, err = cmd.StdinPipe(); err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
+	p, err := child.Start(cmd)
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			v.lines <- sc.Text()
-		}
-		close(v.lines)
-	}()
-	return v, nil
-}
-
-func (v *victim) do(cmd string) (string, error) {
-	if _, err := fmt.Fprintln(v.in, cmd); err != nil {
-		return "", err
-	}
-	select {
-	case l, ok := <-v.lines:
-		if !ok {
-			return "", fmt.Errorf("%q: the driver exited; stderr:\n%s", cmd, v.stderr.String())
-		}
-		if l != "ok" && !strings.HasPrefix(l, "ok ") {
-			return "", fmt.Errorf("%q: %s", cmd, l)
-		}
-		return l, nil
-	case <-time.After(60 * time.Second):
-		return "", fmt.Errorf("%q: no answer in 60s", cmd)
-	}
-}
-
-func (v *victim) kill() {
-	v.cmd.Process.Kill()
-	v.cmd.Wait() // closes our ends of its pipes
+	return &victim{p}, nil
 }
 
 // A hundred clients SIGKILLed while their faults are in flight, several at
@@ -289,14 +244,14 @@ func TestKill100ClientsMidFault(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		defer v.kill()
-		if _, err := v.do("open " + path + " advice=random"); err != nil {
+		defer v.Kill()
+		if _, err := v.AskOK("open " + path + " advice=random"); err != nil {
 			return err
 		}
-		if _, err := v.do("spin 4"); err != nil {
+		if _, err := v.AskOK("spin 4"); err != nil {
 			return err
 		}
-		pid := int32(v.cmd.Process.Pid)
+		pid := int32(v.Cmd.Process.Pid)
 		// Let it fault for a while, then kill it at the next moment the
 		// daemon has one of its faults in flight.
 		time.Sleep(time.Duration(rand.N(20)) * time.Millisecond)
@@ -307,7 +262,7 @@ func TestKill100ClientsMidFault(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("client %d had no fault in flight within 20s; stderr:\n%s", pid, v.stderr.String())
+				return fmt.Errorf("client %d had no fault in flight within 20s; stderr:\n%s", pid, v.Stderr.String())
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -383,7 +338,7 @@ func TestKill100ClientsMidFault(t *testing.T) {
 	// And the daemon still serves.
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 1<<20)
+	a.OK("read 0 %d", 1<<20)
 	settle(t, d)
 }
 

@@ -40,8 +40,8 @@ func TestLimitObjectsPerClient(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	a.open(path, "") // the driver keeps the first mapping open
-	pid := a.cmd.Process.Pid
-	wantRefused(t, a.do("open %s", path), pid, "has 2 objects open", "--max-objects-per-client")
+	pid := a.Cmd.Process.Pid
+	wantRefused(t, a.Do("open %s", path), pid, "has 2 objects open", "--max-objects-per-client")
 	waitFor(t, "the refused Open's connection to end", func() bool { return usageOf(d, pid).Connections == 2 })
 	if u := usageOf(d, pid); u.Objects != 2 || u.Regions != 2 || u.Connections != 2 {
 		t.Errorf("usage after the refusal %+v; want 2 objects, 2 regions, 2 connections", u)
@@ -49,9 +49,9 @@ func TestLimitObjectsPerClient(t *testing.T) {
 	b := startDriver(t, d.sock) // another client has limits of its own
 	b.open(path, "")
 	b.open(path, "")
-	a.ok("close")
+	a.OK("close")
 	a.open(path, "")
-	a.ok("read 0 %d", 1<<20)
+	a.OK("read 0 %d", 1<<20)
 }
 
 func TestLimitMappedBytesPerClient(t *testing.T) {
@@ -59,13 +59,13 @@ func TestLimitMappedBytesPerClient(t *testing.T) {
 	big, small := patternFile(t, 2<<20), patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(big, "")
-	pid := a.cmd.Process.Pid
-	wantRefused(t, a.do("open %s", big), pid, "has 2097152 bytes open", "--max-mapped-per-client")
+	pid := a.Cmd.Process.Pid
+	wantRefused(t, a.Do("open %s", big), pid, "has 2097152 bytes open", "--max-mapped-per-client")
 	a.open(small, "") // exactly at the limit
 	if u := usageOf(d, pid); u.MappedBytes != 3<<20 {
 		t.Errorf("%d bytes accounted, want %d", u.MappedBytes, 3<<20)
 	}
-	a.ok("read 0 %d", 1<<20)
+	a.OK("read 0 %d", 1<<20)
 }
 
 func TestLimitRegionsPerClient(t *testing.T) {
@@ -73,8 +73,8 @@ func TestLimitRegionsPerClient(t *testing.T) {
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "")
-	pid := a.cmd.Process.Pid
-	wantRefused(t, a.do("open %s", path), pid, "has 1 regions attached", "--max-regions-per-client")
+	pid := a.Cmd.Process.Pid
+	wantRefused(t, a.Do("open %s", path), pid, "has 1 regions attached", "--max-regions-per-client")
 	// The refused Open let go of its object too.
 	waitFor(t, "the refused Open's connection to end", func() bool { return usageOf(d, pid).Connections == 1 })
 	if u := usageOf(d, pid); u.Objects != 1 || u.Regions != 1 {
@@ -109,8 +109,8 @@ func TestLimitFaultsInFlightPerClient(t *testing.T) {
 	path := patternFile(t, 16<<20)
 	a := startDriver(t, d.sock)
 	a.open(path, "advice=random")
-	pid := a.cmd.Process.Pid
-	a.send("par %d %d", x*ps, y*ps)
+	pid := a.Cmd.Process.Pid
+	a.Send("par %d %d", x*ps, y*ps)
 	waitFor(t, "one fault in flight and one waiting", func() bool {
 		u := usageOf(d, pid)
 		return u.FaultsInFlight == 1 && u.FaultsQueued == 1
@@ -124,10 +124,10 @@ func TestLimitFaultsInFlightPerClient(t *testing.T) {
 	}
 	b := startDriver(t, d.sock)
 	b.open(path, "advice=random")
-	b.ok("read %d %d", 2000*ps, ps)
+	b.OK("read %d %d", 2000*ps, ps)
 	released = true
 	close(release)
-	if r, ok := a.reply(60 * time.Second); r != "ok" {
+	if r, ok := a.Reply(60 * time.Second); r != "ok" {
 		t.Fatalf("the two faults: %q %v", r, ok)
 	}
 	// A fault is counted until its goroutine returns, just after the wake

@@ -53,18 +53,18 @@ func checkVersionPinned(t *testing.T, d *daemon, uri, v1, v2 string, replace fun
 	a := startDriver(t, d.sock)
 	a.open(uri, "ref="+v1)
 	for off := int64(0); off < 4<<20; off += 1 << 20 {
-		a.ok("read %d %d", off, 1<<20)
+		a.OK("read %d %d", off, 1<<20)
 	}
-	a.ok("read %d %d", remoteObjectSize-100, 100) // the short last page, zero-filled past the end
+	a.OK("read %d %d", remoteObjectSize-100, 100) // the short last page, zero-filled past the end
 	replace()
 	last := int64(remoteObjectSize-16<<20) &^ (ps - 1)
 	var at int64
-	if got := a.do("read %d %d", last, ps); !strings.HasPrefix(got, "sigbus ") {
+	if got := a.Do("read %d %d", last, ps); !strings.HasPrefix(got, "sigbus ") {
 		t.Errorf("a page not cached before %s changed: %q, want SIGBUS", uri, got)
 	} else if fmt.Sscan(strings.TrimPrefix(got, "sigbus "), &at); at/ps != last/ps {
 		t.Errorf("SIGBUS at offset %d, outside the page read at %d", at, last)
 	}
-	a.ok("read %d %d", 0, 4<<20) // cached: still the pinned version
+	a.OK("read %d %d", 0, 4<<20) // cached: still the pinned version
 	waitFor(t, "the log line naming the changed object", func() bool {
 		return strings.Contains(d.log.String(), "object changed since it was opened") && strings.Contains(d.log.String(), uri)
 	})
@@ -75,10 +75,10 @@ func checkVersionPinned(t *testing.T, d *daemon, uri, v1, v2 string, replace fun
 	b := startDriver(t, d.sock)
 	b.open(uri, "ref="+v2)
 	for off := int64(0); off < remoteObjectSize; off += 4 << 20 {
-		b.ok("read %d %d", off, min(4<<20, remoteObjectSize-off))
+		b.OK("read %d %d", off, min(4<<20, remoteObjectSize-off))
 	}
 	var touched, reads int
-	fmt.Sscan(b.ok("rand 4 500"), &touched, &reads)
+	fmt.Sscan(b.OK("rand 4 500"), &touched, &reads)
 	if reads == 0 {
 		t.Error("no random reads of the new version")
 	}
@@ -103,7 +103,7 @@ func TestS3ObjectMapping(t *testing.T) {
 		{"s3://" + bucket + "/no/such/key", "no such key"},
 		{"s3://no-such-bucket-here/key", "no such bucket"},
 	} {
-		if got := c.do("open %s ref=%s", bad.uri, v1); !strings.HasPrefix(got, "err ") || !strings.Contains(got, bad.want) || !strings.Contains(got, bad.uri) {
+		if got := c.Do("open %s ref=%s", bad.uri, v1); !strings.HasPrefix(got, "err ") || !strings.Contains(got, bad.want) || !strings.Contains(got, bad.uri) {
 			t.Errorf("open %s: %q; want an error naming it and %q", bad.uri, got, bad.want)
 		}
 	}
@@ -148,7 +148,7 @@ func TestHTTPObjectMapping(t *testing.T) {
 
 	c := startDriver(t, d.sock)
 	missing := srv.URL + "/missing.bin"
-	if got := c.do("open %s ref=%s", missing, v1); !strings.HasPrefix(got, "err ") || !strings.Contains(got, "404") {
+	if got := c.Do("open %s ref=%s", missing, v1); !strings.HasPrefix(got, "err ") || !strings.Contains(got, "404") {
 		t.Errorf("open %s: %q; want an error saying 404", missing, got)
 	}
 }
@@ -200,9 +200,9 @@ func TestS3DiskCacheSurvivesRestart(t *testing.T) {
 		a := startDriver(t, d.sock)
 		a.open(uri, "ref="+ref)
 		for off := int64(0); off < size; off += 1 << 20 {
-			a.ok("read %d %d", off, min(1<<20, size-off))
+			a.OK("read %d %d", off, min(1<<20, size-off))
 		}
-		a.ok("close")
+		a.OK("close")
 	}
 	first := startDaemon(t, cfg)
 	scan(first)

@@ -88,21 +88,21 @@ func TestRestartUnderLoad(t *testing.T) {
 	c := startDriver(t, sock)
 	c.open(shared, "")
 	for _, x := range []*driver{a, b, c} {
-		x.send("rand 8 4000")
+		x.Send("rand 8 4000")
 	}
 	time.Sleep(1500 * time.Millisecond)
 	d.kill()
 	time.Sleep(300 * time.Millisecond) // an outage: the clients' faults wait
 	d2 := startDaemonProc(t, sock)
 	for i, x := range []*driver{a, b, c} {
-		r, ok := x.reply(60 * time.Second)
+		r, ok := x.Reply(60 * time.Second)
 		if !ok || !strings.HasPrefix(r, "ok ") {
 			t.Fatalf("client %d after the restart: %q (answered %v)", i, r, ok)
 		}
 		t.Logf("client %d: %s (pages touched, reads checked, p99 and max read latency in µs)", i, r)
 	}
-	a.ok("read 0 %d", 256<<20)
-	b.ok("read 0 %d", 128<<20)
+	a.OK("read 0 %d", 256<<20)
+	b.OK("read 0 %d", 128<<20)
 	st := d2.stats()
 	if st.Regions != 3 || st.SIGBUS != 0 || st.MajorFaults == 0 {
 		t.Fatalf("the restarted daemon serves %d regions, sent %d SIGBUS, served %d major faults; want 3, 0, some",
@@ -119,15 +119,15 @@ func TestRestartAdoptsWarmCache(t *testing.T) {
 	path := patternFile(t, 16<<20)
 	a := startDriver(t, sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 16<<20)
+	a.OK("read 0 %d", 16<<20)
 	d.kill()
 	d2 := startDaemonProc(t, sock)
 	waitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
-	a.ok("clear 0 %d", 16<<20) // drop its page tables: every access faults again
-	a.ok("read 0 %d", 16<<20)
+	a.OK("clear 0 %d", 16<<20) // drop its page tables: every access faults again
+	a.OK("read 0 %d", 16<<20)
 	b := startDriver(t, sock)
 	b.open(path, "")
-	b.ok("read 0 %d", 16<<20)
+	b.OK("read 0 %d", 16<<20)
 	st := d2.stats()
 	if st.StoreReads != 0 || st.CacheBytes != 16<<20 || st.Objects != 1 {
 		t.Fatalf("after the restart: %d store reads, %d cache bytes, %d objects; want 0, %d, 1 (the adopted cache)",
@@ -145,15 +145,15 @@ func TestTakeoverUnderLoad(t *testing.T) {
 	a, b := startDriver(t, sock), startDriver(t, sock)
 	a.open(path, "")
 	b.open(path, "")
-	a.send("rand 8 3000")
-	b.send("rand 8 3000")
+	a.Send("rand 8 3000")
+	b.Send("rand 8 3000")
 	time.Sleep(time.Second)
 	d2 := startDaemonProc(t, sock, "FILEMAP_TEST_TAKEOVER=1")
 	if err := old.cmd.Wait(); err != nil {
 		t.Fatalf("the old daemon: %v", err)
 	}
 	for i, x := range []*driver{a, b} {
-		r, ok := x.reply(60 * time.Second)
+		r, ok := x.Reply(60 * time.Second)
 		if !ok || !strings.HasPrefix(r, "ok ") {
 			t.Fatalf("client %d across the takeover: %q (answered %v)", i, r, ok)
 		}
@@ -163,13 +163,13 @@ func TestTakeoverUnderLoad(t *testing.T) {
 		t.Logf("client %d across the takeover: %d reads checked, none failed; read latency p99 %d µs, max %d µs", i, reads, p99, worst)
 	}
 	waitFor(t, "both clients to resume", func() bool { return d2.stats().Clients >= 2 })
-	a.ok("advise random 0 0") // the resumed region takes requests
-	a.ok("read 0 %d", 256<<20)
+	a.OK("advise random 0 0") // the resumed region takes requests
+	a.OK("read 0 %d", 256<<20)
 	if st := d2.stats(); st.Regions != 2 || st.SIGBUS != 0 || st.MajorFaults == 0 {
 		t.Fatalf("the new daemon serves %d regions, sent %d SIGBUS, served %d major faults; want 2, 0, some",
 			st.Regions, st.SIGBUS, st.MajorFaults)
 	}
-	a.ok("close")
+	a.OK("close")
 	waitFor(t, "the closed region to go", func() bool { return d2.stats().Regions == 1 })
 }
 
@@ -183,20 +183,20 @@ func TestRestartWithoutKeeperHandsBackCache(t *testing.T) {
 	path := patternFile(t, 16<<20)
 	a := startDriver(t, sock)
 	a.open(path, "")
-	a.ok("read 0 %d", 8<<20)
+	a.OK("read 0 %d", 8<<20)
 	d.kill()
 	d2 := startDaemonProc(t, sock, "FILEMAP_TEST_NOKEEP=1")
 	waitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
 	if st := d2.stats(); st.CacheBytes < 8<<20 || st.StoreReads != 0 {
 		t.Fatalf("after the hand-back: %d cache bytes, %d store reads; want the 8 MiB read before, adopted, and no read", st.CacheBytes, st.StoreReads)
 	}
-	a.ok("clear 0 %d", 16<<20)
-	a.ok("read 0 %d", 16<<20)
+	a.OK("clear 0 %d", 16<<20)
+	a.OK("read 0 %d", 16<<20)
 	if st := d2.stats(); st.StoreBytes > 8<<20+1<<20 {
 		t.Fatalf("the new daemon read %d bytes of the object; want about the 8 MiB not cached", st.StoreBytes)
 	}
-	a.ok("advise random 0 0")
-	a.ok("close")
+	a.OK("advise random 0 0")
+	a.OK("close")
 	waitFor(t, "the region to go", func() bool { return d2.stats().Regions == 0 })
 }
 
@@ -209,7 +209,7 @@ func TestRestartObjectChanged(t *testing.T) {
 	path := patternFile(t, 4<<20)
 	a := startDriver(t, sock)
 	a.open(path, "advice=random")
-	a.ok("read 0 %d", ps)
+	a.OK("read 0 %d", ps)
 	d.kill()
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -220,8 +220,8 @@ func TestRestartObjectChanged(t *testing.T) {
 	later := time.Now().Add(time.Hour)
 	os.Chtimes(path, later, later)
 	d2 := startDaemonProc(t, sock)
-	a.ok("read 0 %d", ps) // the cached page (the file did not change there)
-	if r := a.do("read %d 8", 3<<20); r != fmt.Sprintf("sigbus %d", 3<<20) {
+	a.OK("read 0 %d", ps) // the cached page (the file did not change there)
+	if r := a.Do("read %d 8", 3<<20); r != fmt.Sprintf("sigbus %d", 3<<20) {
 		t.Fatalf("a page not cached, after the object changed: %q, want SIGBUS", r)
 	}
 	if st := d2.stats(); st.SIGBUS == 0 || st.StoreBytes != 0 {
@@ -237,16 +237,16 @@ func TestPrivateHandlerRestarts(t *testing.T) {
 	path := patternFile(t, 128<<20)
 	a := startDriver(t, "")
 	a.open(path, "")
-	a.ok("read 0 %d", 1<<20)
-	handler := childOf(t, a.cmd.Process.Pid)
-	a.send("rand 8 2000")
+	a.OK("read 0 %d", 1<<20)
+	handler := childOf(t, a.Cmd.Process.Pid)
+	a.Send("rand 8 2000")
 	time.Sleep(500 * time.Millisecond)
 	syscall.Kill(handler, syscall.SIGKILL)
-	if r, ok := a.reply(60 * time.Second); !ok || !strings.HasPrefix(r, "ok ") {
+	if r, ok := a.Reply(60 * time.Second); !ok || !strings.HasPrefix(r, "ok ") {
 		t.Fatalf("the client across its handler's death: %q (answered %v)", r, ok)
 	}
-	a.ok("read 0 %d", 128<<20)
-	a.ok("advise sequential 0 0") // the mapping resumed its region: requests work
+	a.OK("read 0 %d", 128<<20)
+	a.OK("advise sequential 0 0") // the mapping resumed its region: requests work
 }
 
 // childOf is the one child of process pid.

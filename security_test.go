@@ -75,24 +75,24 @@ func TestOtherUidReadsOnlyWithItsOwnRights(t *testing.T) {
 	n := startDriverAs(t, exe, d.sock)
 	// An O_PATH descriptor takes no right to the file: the daemon, root,
 	// would have read it with its own.
-	if r := n.do("rawopen %s opath", secret); !strings.HasPrefix(r, "err ") || !strings.Contains(r, "O_PATH") {
+	if r := n.Do("rawopen %s opath", secret); !strings.HasPrefix(r, "err ") || !strings.Contains(r, "O_PATH") {
 		t.Errorf("open of root's 0600 file through an O_PATH descriptor: %q; want it refused", r)
 	}
 	// The ordinary way: the kernel refuses nobody itself.
-	if r := n.do("rawopen %s rdonly", secret); !strings.Contains(r, "permission denied") {
+	if r := n.Do("rawopen %s rdonly", secret); !strings.Contains(r, "permission denied") {
 		t.Errorf("open of root's 0600 file for reading: %q; want permission denied", r)
 	}
 	// Writing is not reading.
-	if r := n.do("rawopen %s wronly", writeOnly); !strings.HasPrefix(r, "err ") || !strings.Contains(r, "not open for reading") {
+	if r := n.Do("rawopen %s wronly", writeOnly); !strings.HasPrefix(r, "err ") || !strings.Contains(r, "not open for reading") {
 		t.Errorf("open of a 0200 file through an O_WRONLY descriptor: %q; want it refused", r)
 	}
 	// A file nobody may read, it maps; root's client maps it too, and each
 	// uid has its own cache of it.
 	n.open(public, "")
-	n.ok("read 0 %d", 1<<20+77)
+	n.OK("read 0 %d", 1<<20+77)
 	r := startDriver(t, d.sock)
 	r.open(public, "")
-	r.ok("read 0 %d", 1<<20+77)
+	r.OK("read 0 %d", 1<<20+77)
 	if st := d.s.Stats(); st.Objects != 2 {
 		t.Errorf("%d caches of one file opened by two uids, want 2", st.Objects)
 	}

@@ -181,7 +181,7 @@ func TestSoak(t *testing.T) {
 	for i := range drivers {
 		private := seededPatternFile(t, privateSize, uint64(i+2))
 		drivers[i] = startDriver(t, sock)
-		drivers[i].send("soak %s %s %d %d", shared, private, threads, d.Milliseconds())
+		drivers[i].Send("soak %s %s %d %d", shared, private, threads, d.Milliseconds())
 	}
 	t.Logf("%d clients × %d threads for %v: a %d MiB object shared, %d MiB private each, cache budget %d MiB",
 		clients, threads, d, sharedSize>>20, privateSize>>20, budget>>20)
@@ -190,9 +190,9 @@ func TestSoak(t *testing.T) {
 	var worst time.Duration
 	var hist [latencyBuckets]uint64
 	for i, dr := range drivers {
-		r, ok := dr.reply(d + 2*time.Minute)
+		r, ok := dr.Reply(d + 2*time.Minute)
 		if !ok {
-			t.Fatalf("client %d: no answer; stderr:\n%s", i, dr.stderr.String())
+			t.Fatalf("client %d: no answer; stderr:\n%s", i, dr.Stderr.String())
 		}
 		var n, b, w int64
 		var hs string
@@ -217,7 +217,7 @@ func TestSoak(t *testing.T) {
 	// what it keeps: a leak shows here. (The drivers close their mappings
 	// when they answer; their sessions end just after.)
 	for _, dr := range drivers {
-		dr.in.Close()
+		dr.CloseInput()
 	}
 	waitFor(t, "the clients' sessions to end", func() bool {
 		st, err := Stat(context.Background(), WithSocket(sock))

@@ -127,7 +127,7 @@ func restoreRun(b *testing.B, mem string, spans []span, touch string, cfg Config
 	ts := startServer(b, mem, cfg)
 	defer ts.Close()
 	c := startClient(b, ts.sock, mem, clientOpts{spans: spans})
-	r := parseTouch(b, c.ok("touch %s", touch))
+	r := parseTouch(b, c.OK("touch %s", touch))
 	c.close()
 	waitFor(b, "the VM to be gone", func() bool { return ts.Stats().VMs == 0 })
 	st := ts.Stats()
@@ -143,11 +143,11 @@ func warmRun(b *testing.B, mem string, spans []span, touch string) runResult {
 	ts := startServer(b, mem, Config{})
 	defer ts.Close()
 	c := startClient(b, ts.sock, mem, clientOpts{spans: spans})
-	c.ok("touch %s", touch)
+	c.OK("touch %s", touch)
 	c.close()
 	before := ts.Metrics().Latencies()["minor"]
 	c2 := startClient(b, ts.sock, mem, clientOpts{spans: spans})
-	r := parseTouch(b, c2.ok("touch %s", touch))
+	r := parseTouch(b, c2.OK("touch %s", touch))
 	c2.close()
 	after := ts.Metrics().Latencies()["minor"]
 	if after.Count > before.Count {

@@ -37,17 +37,17 @@ func TestRestoreReadsEveryPageAndBalloonZeros(t *testing.T) {
 	mem := memFile(t, size)
 	ts := startServer(t, mem, Config{})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
-	c.ok("checkall")
+	c.OK("checkall")
 	// The balloon inflates over a range the guest has read, and one it
 	// has not: both read as zeros from now on, not the image's bytes.
-	c.ok("check %d %d", 0, 64<<10)
-	c.ok("balloon %d %d", 0, 1<<20)
-	c.ok("zeros %d %d", 0, 1<<20)
-	c.ok("balloon %d %d", 6<<20, 256<<10)
-	c.ok("zeros %d %d", 6<<20, 256<<10)
+	c.OK("check %d %d", 0, 64<<10)
+	c.OK("balloon %d %d", 0, 1<<20)
+	c.OK("zeros %d %d", 0, 1<<20)
+	c.OK("balloon %d %d", 6<<20, 256<<10)
+	c.OK("zeros %d %d", 6<<20, 256<<10)
 	// Deflated and written again, a page is the guest's own.
-	c.ok("write %d", 4096)
-	c.ok("check %d %d", 1<<20, 4<<20)
+	c.OK("write %d", 4096)
+	c.OK("check %d %d", 1<<20, 4<<20)
 	st := ts.Stats()
 	if st.Removes < 2 || st.ZeroFilled == 0 || st.Copied == 0 {
 		t.Errorf("stats %+v: want removes, zero fills and copies", st)
@@ -68,7 +68,7 @@ func TestPageSizeKeysOfEveryVersion(t *testing.T) {
 	ts := startServer(t, mem, Config{})
 	for _, keys := range []string{"both", "kib", "none"} {
 		c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, size}}, keys: keys})
-		c.ok("checkall")
+		c.OK("checkall")
 		c.close()
 	}
 	if st := ts.Stats(); st.Restores != 3 || st.Rejected != 0 {
@@ -88,11 +88,11 @@ func TestSharedCache(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for _, c := range cs {
-		wg.Go(func() { c.send("checkall") })
+		wg.Go(func() { c.Send("checkall") })
 	}
 	wg.Wait()
 	for i, c := range cs {
-		if l, ok := c.reply(60 * time.Second); l != "ok" {
+		if l, ok := c.Reply(60 * time.Second); l != "ok" {
 			t.Fatalf("client %d: %q (%v)", i, l, ok)
 		}
 	}
@@ -140,14 +140,14 @@ func TestHandlerDies(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "uffd.sock")
 	h := startHandler(t, sock, mem)
 	c := startClient(t, sock, mem, clientOpts{spans: []span{{0, size}}})
-	c.ok("check %d %d", 0, size/2)
-	h.cmd.Process.Signal(syscall.SIGKILL)
-	h.cmd.Wait()
-	c.send("check %d %d", size/2, size/2)
-	if l, ok := c.reply(2 * time.Second); ok {
+	c.OK("check %d %d", 0, size/2)
+	h.Cmd.Process.Signal(syscall.SIGKILL)
+	h.Cmd.Wait()
+	c.Send("check %d %d", size/2, size/2)
+	if l, ok := c.Reply(2 * time.Second); ok {
 		t.Fatalf("with its handler dead, the guest's touch answered %q; want a stall", l)
 	}
-	c.cmd.Process.Kill()
+	c.Cmd.Process.Kill()
 }
 
 // A handler killed in the middle of a restore, and started again on the
@@ -161,20 +161,20 @@ func TestHandlerRestarts(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "uffd.sock")
 	h := startHandler(t, sock, mem)
 	c := startClient(t, sock, mem, clientOpts{spans: twoRegions(size)})
-	c.ok("check %d %d", 0, size/4)
-	h.cmd.Process.Signal(syscall.SIGKILL)
-	h.cmd.Wait()
-	c.send("check %d %d", size/4, size/4) // stalls: no handler
-	if l, ok := c.reply(300 * time.Millisecond); ok {
+	c.OK("check %d %d", 0, size/4)
+	h.Cmd.Process.Signal(syscall.SIGKILL)
+	h.Cmd.Wait()
+	c.Send("check %d %d", size/4, size/4) // stalls: no handler
+	if l, ok := c.Reply(300 * time.Millisecond); ok {
 		t.Fatalf("with its handler dead, the guest's touch answered %q; want a stall", l)
 	}
 	startHandler(t, sock, mem)
-	if l, ok := c.reply(30 * time.Second); !ok || l != "ok" {
+	if l, ok := c.Reply(30 * time.Second); !ok || l != "ok" {
 		t.Fatalf("the touch that waited through the outage: %q (answered %v)", l, ok)
 	}
-	c.ok("check %d %d", size/2, size/2)
-	c.ok("balloon %d %d", 0, 1<<20) // REMOVE events reach the new handler too
-	c.ok("zeros %d %d", 0, 1<<20)
+	c.OK("check %d %d", size/2, size/2)
+	c.OK("balloon %d %d", 0, 1<<20) // REMOVE events reach the new handler too
+	c.OK("zeros %d %d", 0, 1<<20)
 }
 
 // rawUffd is a userfaultfd of the test process to send in handshakes that
@@ -200,7 +200,7 @@ func TestBadHandshakes(t *testing.T) {
 	mem := memFile(t, size)
 	ts := startServer(t, mem, Config{HandshakeTimeout: 2 * time.Second})
 	before := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, size}}})
-	before.ok("check %d %d", 0, 1<<20)
+	before.OK("check %d %d", 0, 1<<20)
 	fd := rawUffd(t)
 	fds := openFds(t)
 	region := func(base, sz, off, ps int64) string {
@@ -246,8 +246,8 @@ func TestBadHandshakes(t *testing.T) {
 	// Every descriptor a rejected handshake brought was closed.
 	waitFor(t, "the descriptors of rejected handshakes to be closed", func() bool { return openFds(t) <= fds })
 	after := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
-	after.ok("checkall")
-	before.ok("checkall")
+	after.OK("checkall")
+	before.OK("checkall")
 }
 
 func openFds(t testing.TB) int {
@@ -295,7 +295,7 @@ func TestFaultsRaceRemoves(t *testing.T) {
 	mem := memFile(t, size)
 	ts := startServer(t, mem, Config{})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, size}}})
-	removes := c.ok("race %d %d %d %d", 0, size-4<<20, size-4<<20, 4<<20)
+	removes := c.OK("race %d %d %d %d", 0, size-4<<20, size-4<<20, 4<<20)
 	st := ts.Stats()
 	t.Logf("balloon removes %s, REMOVE events %d, deferred faults %d", removes, st.Removes, st.Deferred)
 	if st.Removes == 0 {
@@ -317,11 +317,11 @@ func TestSmallCacheEvictsUnderCopies(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for _, c := range cs {
-		wg.Go(func() { c.send("checkall") })
+		wg.Go(func() { c.Send("checkall") })
 	}
 	wg.Wait()
 	for i, c := range cs {
-		if l, _ := c.reply(60 * time.Second); l != "ok" {
+		if l, _ := c.Reply(60 * time.Second); l != "ok" {
 			t.Fatalf("client %d: %q", i, l)
 		}
 	}
@@ -346,10 +346,10 @@ func TestHugePages(t *testing.T) {
 	mem := memFile(t, size)
 	ts := startServer(t, mem, Config{})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, 2 << 20}, {2 << 20, size - 2<<20}}, page: HugePageSize, huge: true})
-	c.ok("checkall")
-	c.ok("balloon %d %d", 4<<20, 2<<20)
-	c.ok("zeros %d %d", 4<<20, 2<<20)
-	c.ok("check %d %d", 6<<20, 2<<20)
+	c.OK("checkall")
+	c.OK("balloon %d %d", 4<<20, 2<<20)
+	c.OK("zeros %d %d", 4<<20, 2<<20)
+	c.OK("check %d %d", 6<<20, 2<<20)
 	if st := ts.Stats(); st.Copied != size/HugePageSize || st.ZeroFilled < 1 {
 		t.Errorf("stats %+v: want %d huge pages copied and one zero-filled", st, size/HugePageSize)
 	}

@@ -16,7 +16,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -34,6 +33,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
@@ -230,20 +230,15 @@ type clientOpts struct {
 	keys  string // page size keys in the JSON: "both" (v1.12+), "kib" (v1.7–v1.11), "none" (before)
 }
 
-// fcClient is a VMM child process.
-type fcClient struct {
-	t      testing.TB
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	lines  chan string
-	stderr *syncBuffer
-}
+// fcClient is a VMM child process, or a handler's, driven by commands
+// (internal/child).
+type fcClient struct{ *child.T }
 
 func startClient(t testing.TB, sock, mem string, o clientOpts) *fcClient {
 	t.Helper()
 	c := spawnClient(t, sock, mem, o)
-	if l, ok := c.reply(30 * time.Second); !ok || l != "ready" {
-		t.Fatalf("client did not start: %q; stderr:\n%s", l, c.stderr.String())
+	if l, ok := c.Reply(30 * time.Second); !ok || l != "ready" {
+		t.Fatalf("client did not start: %q; stderr:\n%s", l, c.Stderr.String())
 	}
 	return c
 }
@@ -272,70 +267,13 @@ func spawnClient(t testing.TB, sock, mem string, o clientOpts) *fcClient {
 
 func startChild(t testing.TB, cmd *exec.Cmd) *fcClient {
 	t.Helper()
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &fcClient{t: t, cmd: cmd, in: in, lines: make(chan string, 16), stderr: new(syncBuffer)}
-	cmd.Stderr = c.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-		close(c.lines)
-	}()
-	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
-		if t.Failed() {
-			t.Logf("child %d stderr:\n%s", c.cmd.Process.Pid, c.stderr.String())
-		}
-	})
-	return c
-}
-
-func (c *fcClient) send(format string, args ...any) {
-	c.t.Helper()
-	if _, err := fmt.Fprintf(c.in, format+"\n", args...); err != nil {
-		c.t.Fatalf("client: send %q: %v", fmt.Sprintf(format, args...), err)
-	}
-}
-
-func (c *fcClient) reply(timeout time.Duration) (string, bool) {
-	select {
-	case l, ok := <-c.lines:
-		return l, ok
-	case <-time.After(timeout):
-		return "", false
-	}
-}
-
-// ok sends a command that must succeed and returns the rest of its answer.
-func (c *fcClient) ok(format string, args ...any) string {
-	c.t.Helper()
-	c.send(format, args...)
-	l, ok := c.reply(60 * time.Second)
-	if !ok {
-		c.t.Fatalf("client: no answer to %q (exited or stuck); stderr:\n%s", fmt.Sprintf(format, args...), c.stderr.String())
-	}
-	if l != "ok" && !strings.HasPrefix(l, "ok ") {
-		c.t.Fatalf("%q: %s", fmt.Sprintf(format, args...), l)
-	}
-	return strings.TrimPrefix(strings.TrimPrefix(l, "ok"), " ")
+	return &fcClient{child.StartT(t, cmd, "child")}
 }
 
 // close ends the client the way a VMM exits, and waits for it.
 func (c *fcClient) close() {
-	c.in.Close()
-	c.cmd.Wait()
+	c.CloseInput()
+	c.Cmd.Wait()
 }
 
 // regionsJSON is what Firecracker sends for regions at the given bases.
@@ -670,8 +608,8 @@ func startHandler(t testing.TB, sock, mem string, env ...string) *fcClient {
 	// Its keeper inherits its stderr, and outlives it when it is killed.
 	cmd.WaitDelay = time.Second
 	h := startChild(t, cmd)
-	if l, ok := h.reply(30 * time.Second); !ok || l != "ready" {
-		t.Fatalf("handler did not start: %q; stderr:\n%s", l, h.stderr.String())
+	if l, ok := h.Reply(30 * time.Second); !ok || l != "ready" {
+		t.Fatalf("handler did not start: %q; stderr:\n%s", l, h.Stderr.String())
 	}
 	return h
 }

@@ -158,21 +158,21 @@ func TestReplayFromRemoteFetchesByChunk(t *testing.T) {
 		t.Errorf("page %d read %d times", pg, n)
 	}
 
-	c.ok("touch %s", touch)
+	c.OK("touch %s", touch)
 	st := ts.Stats()
 	if st.Prefetched != uint64(len(ws)) || st.Faults != 0 || st.PrefetchLate != 0 {
 		t.Errorf("prefetched %d of %d pages, then the touches faulted %d times (%d late)",
 			st.Prefetched, len(ws), st.Faults, st.PrefetchLate)
 	}
-	c.ok("checkall")
+	c.OK("checkall")
 	c.close()
 
 	// A guest that touches from the moment it is restored races the
 	// replay, into a cold cache: whatever the race, every byte is right.
 	ts2 := startServer(t, mem, Config{Prefetch: writeRecord(t, ws, size, "v1"), Open: rm.open})
 	c2 := startClient(t, ts2.sock, mem, clientOpts{spans: twoRegions(size)})
-	c2.ok("touch %s", touch)
-	c2.ok("checkall")
+	c2.OK("touch %s", touch)
+	c2.OK("checkall")
 	c2.close()
 	waitFor(t, "the racing VM to be gone", func() bool { return ts2.Stats().VMs == 0 })
 	st = ts2.Stats()
@@ -206,11 +206,11 @@ func TestReplayFromRemoteSurvivesAFailedChunk(t *testing.T) {
 	if st := ts.Stats(); st.Prefetched != uint64(len(ws))-inBad {
 		t.Errorf("prefetched %d pages; want all %d but the %d of the failed chunk", st.Prefetched, len(ws), inBad)
 	}
-	c.ok("touch %s", touch)
+	c.OK("touch %s", touch)
 	if st := ts.Stats(); st.Faults == 0 || st.Sigbus != 0 {
 		t.Errorf("the touches faulted %d times, %d SIGBUS; want the failed chunk's pages read by faults", st.Faults, st.Sigbus)
 	}
-	c.ok("checkall")
+	c.OK("checkall")
 }
 
 // A hugetlbfs guest's replay from a remote store whose chunks are smaller
@@ -240,10 +240,10 @@ func TestReplayHugePagesFromRemote(t *testing.T) {
 	if want := int64(len(recorded)) * HugePageSize; fetched != want {
 		t.Errorf("fetched %d bytes for %d recorded huge pages; want %d", fetched, len(recorded), want)
 	}
-	c.ok("check %d %d", 3*HugePageSize, HugePageSize)
-	c.ok("check %d %d", 1*HugePageSize, HugePageSize)
+	c.OK("check %d %d", 3*HugePageSize, HugePageSize)
+	c.OK("check %d %d", 1*HugePageSize, HugePageSize)
 	if st := ts.Stats(); st.Faults != 0 {
 		t.Errorf("touches of the prefetched huge pages faulted %d times", st.Faults)
 	}
-	c.ok("checkall")
+	c.OK("checkall")
 }

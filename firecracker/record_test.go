@@ -204,7 +204,7 @@ func TestRecordReplay(t *testing.T) {
 
 	ts := startServer(t, mem, Config{Record: rec})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
-	c.ok("touch %s", touch)
+	c.OK("touch %s", touch)
 	c.close()
 	waitFor(t, "the recorded VM to be gone", func() bool { return ts.Stats().VMs == 0 })
 	r := readRecord(t, rec)
@@ -223,8 +223,8 @@ func TestRecordReplay(t *testing.T) {
 	ts2 := startServer(t, mem, Config{Prefetch: rec, Progress: progress})
 	c2 := startClient(t, ts2.sock, mem, clientOpts{spans: twoRegions(size)})
 	waitFor(t, "the prefetch", func() bool { st := ts2.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
-	c2.ok("touch %s", touch)
-	c2.ok("checkall")
+	c2.OK("touch %s", touch)
+	c2.OK("checkall")
 	st := ts2.Stats()
 	if st.Prefetched != uint64(len(ws)) {
 		t.Errorf("prefetched %d pages, want %d", st.Prefetched, len(ws))
@@ -246,8 +246,8 @@ func TestRecordReplay(t *testing.T) {
 	// faults plus the replay's copies cover the working set.
 	before := ts2.Stats()
 	c3 := startClient(t, ts2.sock, mem, clientOpts{spans: twoRegions(size)})
-	c3.ok("touch %s", touch)
-	c3.ok("checkall")
+	c3.OK("touch %s", touch)
+	c3.OK("checkall")
 	c3.close()
 	waitFor(t, "the racing VM to be gone", func() bool { return ts2.Stats().VMs == 1 })
 	after := ts2.Stats()
@@ -269,25 +269,25 @@ func TestRecordAfterCrashAndSIGTERM(t *testing.T) {
 		sock := filepath.Join(dir, "uffd-"+sig.String()+".sock")
 		h := startHandler(t, sock, mem, "FC_RECORD="+rec)
 		c := startClient(t, sock, mem, clientOpts{spans: []span{{0, size}}})
-		c.ok("touch %s", touch)
+		c.OK("touch %s", touch)
 		// Written as it goes: the pages reach the file without a close.
 		waitFor(t, "the record to hold the pages", func() bool {
 			b, _ := os.ReadFile(rec)
 			r, err := DecodeRecord(b)
 			return err == nil && len(r.Pages) == len(ws)
 		})
-		h.cmd.Process.Signal(sig)
+		h.Cmd.Process.Signal(sig)
 		if sig == syscall.SIGTERM {
-			if l, _ := h.reply(20 * time.Second); l != "closed" {
+			if l, _ := h.Reply(20 * time.Second); l != "closed" {
 				t.Fatalf("handler after SIGTERM: %q", l)
 			}
 		}
-		h.cmd.Wait()
+		h.Cmd.Wait()
 		r := readRecord(t, rec)
 		if r.Complete != (sig == syscall.SIGTERM) || !slices.Equal(r.Pages, ws) {
 			t.Errorf("%v: complete %v, %d pages (equal to the touches: %v)", sig, r.Complete, len(r.Pages), slices.Equal(r.Pages, ws))
 		}
-		c.cmd.Process.Kill()
+		c.Cmd.Process.Kill()
 	}
 }
 
