@@ -9,6 +9,7 @@ package filemap
 import (
 	"context"
 	"fmt"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/touch"
 	"io"
 	"math/rand/v2"
@@ -52,7 +53,7 @@ func benchObject(b *testing.B) (string, int64) {
 			return
 		}
 		benchFile.path, benchFile.size = filepath.Join(dir, "object"), size
-		writePattern(b, benchFile.path, size)
+		pattern.WriteFile(b, benchFile.path, size)
 	})
 	if benchFile.err != nil {
 		b.Fatal(benchFile.err)

@@ -14,13 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/server"
 )
 
 func patternFile(t *testing.T, size int64) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "object")
-	writePattern(t, path, size)
+	pattern.WriteFile(t, path, size)
 	return path
 }
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/server"
 )
@@ -68,7 +69,7 @@ func TestChangedFileFreshCache(t *testing.T) {
 	a := startDriver(t, d.sock)
 	a.open(path, "")
 	a.OK("read 0 %d", 1<<20)
-	writePattern(t, path+".new", 1<<20+ps)
+	pattern.WriteFile(t, path+".new", 1<<20+ps)
 	if err := os.Rename(path+".new", path); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func TestChangedFileFreshCache(t *testing.T) {
 	}
 	// Once nobody maps the old version, the next change frees its cache.
 	a.OK("close")
-	writePattern(t, path+".new", 1<<20+2*ps)
+	pattern.WriteFile(t, path+".new", 1<<20+2*ps)
 	if err := os.Rename(path+".new", path); err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,6 @@ package filemap
 // and are served by another, as in production.
 
 import (
-	"bufio"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
@@ -76,32 +74,6 @@ func runServe(socket string) int {
 	s.Serve(l)
 	s.Close()
 	return 0
-}
-
-// pattern is the content of test files: every 8-byte word holds a mix of its
-// offset, so a page served at the wrong place is caught.
-func pattern(off int64) uint64 {
-	x := uint64(off/8) * 0x9E3779B97F4A7C15
-	return x ^ x>>29 | 1
-}
-
-func writePattern(t testing.TB, path string, size int64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := bufio.NewWriterSize(f, 1<<20)
-	var b [8]byte
-	for off := int64(0); off < size; off += 8 {
-		binary.LittleEndian.PutUint64(b[:], pattern(off))
-		n := min(8, size-off)
-		w.Write(b[:n])
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 type syncBuffer = syncbuf.Buffer

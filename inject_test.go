@@ -21,6 +21,7 @@ import (
 	"unsafe"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/server"
 )
 
@@ -387,7 +388,7 @@ func seededPatternFile(t *testing.T, size int64, seed uint64) string {
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), len(words)*8)
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		for i := range words {
-			words[i] = pattern(off+int64(i)*8) ^ seed*0xD6E8FEB86659FD93
+			words[i] = pattern.Word(off+int64(i)*8) ^ seed*0xD6E8FEB86659FD93
 		}
 		n := min(int64(len(buf)), size-off)
 		if _, err := f.Write(buf[:n]); err != nil {

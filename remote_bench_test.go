@@ -14,6 +14,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"golang.org/x/sys/unix"
 )
@@ -60,7 +61,7 @@ func BenchmarkS3(b *testing.B) {
 	bucket := gw.NewBucket(b, false)
 	const key = "bench/object.bin"
 	ref := filepath.Join(b.TempDir(), "object")
-	writePattern(b, ref, size)
+	pattern.WriteFile(b, ref, size)
 	data, err := os.ReadFile(ref)
 	if err != nil {
 		b.Fatal(err)

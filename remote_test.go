@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store/s3store"
@@ -29,7 +30,7 @@ func versions(t *testing.T) (v1, v2 string, d1, d2 []byte) {
 	t.Helper()
 	dir := t.TempDir()
 	v1, v2 = filepath.Join(dir, "v1"), filepath.Join(dir, "v2")
-	writePattern(t, v1, remoteObjectSize)
+	pattern.WriteFile(t, v1, remoteObjectSize)
 	d1, err := os.ReadFile(v1)
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +182,7 @@ func TestS3DiskCacheSurvivesRestart(t *testing.T) {
 	uri := "s3://" + bucket + "/" + key
 	ref := filepath.Join(t.TempDir(), "ref")
 	const size = 24<<20 + 5
-	writePattern(t, ref, size)
+	pattern.WriteFile(t, ref, size)
 	data, err := os.ReadFile(ref)
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/server"
 	"golang.org/x/sys/unix"
 )
@@ -65,7 +66,7 @@ func TestOtherUidReadsOnlyWithItsOwnRights(t *testing.T) {
 		t.Fatal(err)
 	}
 	public := filepath.Join(dir, "public")
-	writePattern(t, public, 1<<20+77)
+	pattern.WriteFile(t, public, 1<<20+77)
 	if err := os.Chmod(public, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/remote"
@@ -49,7 +50,7 @@ func BenchmarkRestoreS3(b *testing.B) {
 	bucket := gw.NewBucket(b, false)
 	dir := b.TempDir()
 	mem := filepath.Join(dir, "mem")
-	writePattern(b, mem, size)
+	pattern.WriteFile(b, mem, size)
 	data, err := os.ReadFile(mem)
 	if err != nil {
 		b.Fatal(err)

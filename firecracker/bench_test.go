@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/filemap/filemap/internal/pattern"
 )
 
 // BenchmarkRestore restores a guest from a memory image (1 GiB, or
@@ -41,7 +43,7 @@ func BenchmarkRestore(b *testing.B) {
 	}
 	dir := b.TempDir()
 	mem := filepath.Join(dir, "mem")
-	writePattern(b, mem, size)
+	pattern.WriteFile(b, mem, size)
 	if f, err := os.Open(mem); err == nil {
 		f.Sync()
 		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)

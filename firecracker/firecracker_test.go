@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,7 @@ import (
 func memFile(t testing.TB, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "mem")
-	writePattern(t, p, size)
+	pattern.WriteFile(t, p, size)
 	return p
 }
 

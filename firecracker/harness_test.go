@@ -34,6 +34,7 @@ import (
 	"unsafe"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
@@ -52,33 +53,6 @@ func TestMain(m *testing.M) {
 		os.Exit(runHandler())
 	}
 	os.Exit(m.Run())
-}
-
-// pattern is the content of test memory files: every 8-byte word holds a
-// mix of its offset, so a page served at the wrong place is caught, and no
-// word is zero, so a zero page is caught.
-func pattern(off int64) uint64 {
-	x := uint64(off/8) * 0x9E3779B97F4A7C15
-	return x ^ x>>29 | 1
-}
-
-func writePattern(t testing.TB, path string, size int64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		n := min(int64(len(buf)), size-off)
-		for i := int64(0); i < n; i += 8 {
-			binary.LittleEndian.PutUint64(buf[i:], pattern(off+i))
-		}
-		if _, err := f.Write(buf[:n]); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // openFile is Config.Open for a local memory file.
@@ -547,8 +521,8 @@ func (g *guest) touch(file string) string {
 		s := time.Now()
 		w := *(*uint64)(unsafe.Pointer(&m[0]))
 		lat[i] = time.Since(s)
-		if w != pattern(p*PageSize) {
-			return fmt.Sprintf("bad offset %d: got %#x, want %#x", p*PageSize, w, pattern(p*PageSize))
+		if w != pattern.Word(p*PageSize) {
+			return fmt.Sprintf("bad offset %d: got %#x, want %#x", p*PageSize, w, pattern.Word(p*PageSize))
 		}
 		x ^= w
 	}

@@ -1,0 +1,38 @@
+// Package pattern is the content of the tests' files and memory images:
+// every 8-byte word holds a mix of its offset, so a page served at the
+// wrong place is caught, and no word is zero, so a zero page is caught.
+package pattern
+
+import (
+	"encoding/binary"
+	"os"
+	"testing"
+)
+
+// Word is the 8-byte word at byte offset off (a multiple of 8).
+func Word(off int64) uint64 {
+	x := uint64(off/8) * 0x9E3779B97F4A7C15
+	return x ^ x>>29 | 1
+}
+
+// WriteFile makes path a file of size bytes of the pattern.
+func WriteFile(t testing.TB, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := 0; i < len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], Word(off+int64(i)))
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
+			f.Close()
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
