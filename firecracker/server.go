@@ -79,6 +79,11 @@ type Config struct {
 	// after RetryBackoff (10 ms if 0), doubling.
 	Retries      int
 	RetryBackoff time.Duration
+	// ReadaheadInflight bounds the bytes of readahead and prefetch reads
+	// of a local memory file in flight, so that a vCPU's fault finds the
+	// disk's queue short (fault.Config.ReadaheadInflight): the default if
+	// 0, no bound if negative.
+	ReadaheadInflight int64
 
 	// Record, if set, is the file the first restore's first-touch order
 	// is written to (see EncodeRecord), as it happens; it is finished
@@ -271,6 +276,8 @@ func New(cfg Config) (*Server, error) {
 		Log:          cfg.Log,
 		Budget:       s.budget,
 		Observer:     fillObserver{s.metrics},
+
+		ReadaheadInflight: cfg.ReadaheadInflight,
 	}, &s.counters)
 	return s, nil
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/filemap/filemap/firecracker"
 	"github.com/filemap/filemap/pagecache"
-	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/diskcache"
@@ -39,25 +37,15 @@ func firecrackerCmd(args []string) error {
 			"--prefetch FILE replays such a record into every restore, ahead of the\n"+
 			"guest, its own faults first. Both may name the same file.")
 	socket := fs.String("socket", "", "Unix socket to listen on (Firecracker's backend_path); required")
-	mode := fs.String("socket-mode", "0600", "permissions of the socket (under the jailer, chown it to the jailed uid)")
 	mem := fs.String("mem", "", "the snapshot's memory file: a path, file://, http(s):// or s3:// URI; required")
 	record := fs.String("record", "", "write the first restore's working set (first-touch order) to this file")
 	prefetch := fs.String("prefetch", "", "replay this working-set record into every restore")
 	prefetchBatch := fs.Int("prefetch-batch", firecracker.DefaultPrefetchBatch, "4 KiB pages a replay copies in at a time between the guest's own faults")
-	ra := byteSize(firecracker.DefaultReadahead * pagecache.PageSize)
-	fs.Var(&ra, "readahead", "bytes read around a miss into the cache (4K: the page alone)")
-	raMax := byteSize(8 << 20)
-	fs.Var(&raMax, "readahead-max", "largest window a sequential stream's readahead ramps up to, in bytes")
+	handler := handlerFlags(fs, firecracker.DefaultReadahead*pagecache.PageSize, "bytes read around a miss into the cache (4K: the page alone)",
+		"permissions of the socket (under the jailer, chown it to the jailed uid)")
 	around := byteSize(firecracker.DefaultCopyAround * pagecache.PageSize)
 	fs.Var(&around, "copy-around", "copy the cached neighbours of a fault in its aligned block of this many bytes into the guest with it (4K: the page alone)")
-	cacheSize := byteSize(server.DefaultCacheBytes())
-	fs.Var(&cacheSize, "cache-size", "bound on the bytes the cache holds; the default is half of this machine's memory, 0 is no bound")
-	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo or fifo")
-	retries := fs.Int("retries", 3, "re-reads of a failing page before the guest's access gets SIGBUS")
-	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
 	spin := fs.Duration("spin", 0, "poll a VM's userfaultfd this long before sleeping (saves a wake-up per fault on idle CPUs, costs CPU)")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
 	keep := fs.Bool("keep", true, "keep every VM's connection and userfaultfd in a keeper process, so that a handler started again on this socket serves them if this one dies")
 	remoteConfig := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -77,49 +65,37 @@ func firecrackerCmd(args []string) error {
 	case *mem == "":
 		fs.Usage()
 		return fmt.Errorf("--mem is required")
-	case ra < pagecache.PageSize || ra%pagecache.PageSize != 0:
-		return fmt.Errorf("--readahead %d: a multiple of %d", ra, pagecache.PageSize)
-	case raMax < ra:
-		return fmt.Errorf("--readahead-max %d is smaller than --readahead %d", raMax, ra)
 	case around < pagecache.PageSize || around%pagecache.PageSize != 0 || (around/pagecache.PageSize)&(around/pagecache.PageSize-1) != 0:
 		return fmt.Errorf("--copy-around %d: a power of two times %d", around, pagecache.PageSize)
-	case *retries < 0:
-		return fmt.Errorf("--retries %d: must be 0 or more", *retries)
 	case *prefetchBatch < 1:
 		return fmt.Errorf("--prefetch-batch %d: at least 1", *prefetchBatch)
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	h, err := handler()
+	if err != nil {
+		return err
 	}
-	perm, err := strconv.ParseUint(*mode, 8, 32)
-	if err != nil || perm > 0o777 {
-		return fmt.Errorf("--socket-mode %q: want an octal mode such as 0600", *mode)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	log := h.log
 	open, closeStores, err := memOpener(*mem, remoteCfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeStores()
 	cfg := firecracker.Config{
-		Open:           open,
-		Name:           *mem,
-		ReadaheadPages: int64(ra) / pagecache.PageSize,
-		MaxReadahead:   int64(raMax) / pagecache.PageSize,
-		CopyAround:     int64(around) / pagecache.PageSize,
-		CacheBytes:     int64(cacheSize),
-		CachePolicy:    reclaim.Policy(*policy),
-		Retries:        *retries,
-		RetryBackoff:   *backoff,
-		Record:         *record,
-		Prefetch:       *prefetch,
-		PrefetchBatch:  *prefetchBatch,
-		Spin:           *spin,
-		Log:            log,
-	}
-	if *retries == 0 {
-		cfg.Retries = -1
+		Open:              open,
+		Name:              *mem,
+		ReadaheadPages:    h.raPages,
+		MaxReadahead:      h.raMaxPages,
+		ReadaheadInflight: h.raInflight,
+		CopyAround:        int64(around) / pagecache.PageSize,
+		CacheBytes:        h.cacheBytes,
+		CachePolicy:       h.policy,
+		Retries:           h.retries,
+		RetryBackoff:      h.backoff,
+		Record:            *record,
+		Prefetch:          *prefetch,
+		PrefetchBatch:     *prefetchBatch,
+		Spin:              *spin,
+		Log:               log,
 	}
 	if _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); err == nil {
 		cfg.Progress = os.Stderr
@@ -135,7 +111,7 @@ func firecrackerCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := server.Listen(*socket, os.FileMode(perm))
+	l, err := server.Listen(*socket, h.perm)
 	if err != nil {
 		s.Close()
 		return err
@@ -147,18 +123,18 @@ func firecrackerCmd(args []string) error {
 			return err
 		}
 	}
-	if *metricsAddr != "" {
-		addr, stop, err := s.Metrics().Serve(*metricsAddr)
+	if h.metrics != "" {
+		addr, stop, err := s.Metrics().Serve(h.metrics)
 		if err != nil {
 			l.Close()
 			s.Close()
-			return fmt.Errorf("--metrics %s: %w", *metricsAddr, err)
+			return fmt.Errorf("--metrics %s: %w", h.metrics, err)
 		}
 		defer stop()
 		log.Info("filemap firecracker: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
 	log.Info("filemap firecracker: listening", "socket", *socket, "mem", *mem, "record", *record, "prefetch", *prefetch,
-		"readahead", int64(ra), "copy-around", int64(around), "cache-size", size(int64(cacheSize)))
+		"readahead", int64(h.ra), "readahead-inflight", int64(h.inflight), "copy-around", int64(around), "cache-size", size(h.cacheBytes))
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {

@@ -25,6 +25,8 @@ func TestFirecrackerFlags(t *testing.T) {
 		{[]string{"--socket", sock, "--mem", filepath.Join(dir, "nothing")}, "no such file or directory"},
 		{[]string{"--socket", sock, "--mem", mem, "--copy-around", "12K"}, "--copy-around 12288: a power of two"},
 		{[]string{"--socket", sock, "--mem", mem, "--readahead", "100"}, "--readahead 100"},
+		{[]string{"--socket", sock, "--mem", mem, "--socket-mode", "0999"}, `--socket-mode "0999"`},
+		{[]string{"--socket", sock, "--mem", mem, "--retries", "-1"}, "--retries -1"},
 		{[]string{"--socket", sock, "--mem", mem, "--prefetch", filepath.Join(dir, "no-record")}, "prefetch"},
 		{[]string{"--socket", sock, "--mem", mem, "--prefetch", mem}, "bad working-set record"},
 	} {

@@ -2,18 +2,14 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/filemap/filemap/internal/fdstore"
-	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/proto"
-	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/server"
 )
 
@@ -32,22 +28,9 @@ func serve(args []string) error {
 		"stopped, with the cache warm. --takeover starts a new daemon (an upgrade)\n"+
 		"that takes the socket and every region from the running one; no fault fails.")
 	socket := fs.String("socket", proto.DefaultSocket(), "Unix socket to listen on")
-	mode := fs.String("socket-mode", "0600", "permissions of the socket (0600: this user only)")
-	ra := byteSize(128 << 10)
-	fs.Var(&ra, "readahead", "read-around window of a miss, in bytes (128K like the kernel)")
-	raMax := byteSize(8 << 20)
-	fs.Var(&raMax, "readahead-max", "largest window a sequential reader's readahead ramps up to, in bytes")
-	cacheSize := byteSize(server.DefaultCacheBytes())
-	fs.Var(&cacheSize, "cache-size", "bound on the bytes all caches hold together; the default is half of this machine's memory")
+	handler := handlerFlags(fs, 128<<10, "read-around window of a miss, in bytes (128K like the kernel)", "permissions of the socket (0600: this user only)")
 	readBuffers := byteSize(0)
 	fs.Var(&readBuffers, "read-buffers", "bound on the daemon's read buffers, the bulk of its own memory (0: a quarter of --cache-size, within 4M-64M); readahead waits for them, a fault's own read goes first")
-	raInflight := byteSize(server.DefaultReadaheadInflight)
-	fs.Var(&raInflight, "readahead-inflight", "bound on the bytes of readahead reads in flight to local files, all together, so that a fault's own read, which is never held back, does not queue behind a scan's (0: no bound)")
-	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo (scan-resistant, refault-aware) or fifo")
-	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
-	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	huge := fs.Bool("huge", true, "keep caches on a private tmpfs whose fully read 2 MiB extents become huge folios (needs CAP_SYS_ADMIN; memfds otherwise)")
 	storeTimeout := fs.String("store-timeout", "auto", "a store read still running after this long fails: its faulting page gets SIGBUS after the retries.\n"+
 		"auto: "+server.DefaultStoreTimeout.String()+" for files on network and FUSE file systems only; a duration: for every store; 0: never")
@@ -70,22 +53,9 @@ func serve(args []string) error {
 		fs.Usage()
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	perm, err := strconv.ParseUint(*mode, 8, 32)
-	if err != nil || perm > 0o777 {
-		return fmt.Errorf("--socket-mode %q: want an octal mode such as 0600", *mode)
-	}
-	if ra < pagecache.PageSize {
-		return fmt.Errorf("--readahead %d: at least one page (%d bytes)", ra, pagecache.PageSize)
-	}
-	if raMax < ra {
-		return fmt.Errorf("--readahead-max %d is smaller than --readahead %d", raMax, ra)
-	}
-	if *retries < 0 {
-		return fmt.Errorf("--retries %d: must be 0 or more", *retries)
+	h, err := handler()
+	if err != nil {
+		return err
 	}
 	var timeout time.Duration // auto
 	if *storeTimeout != "auto" {
@@ -94,28 +64,25 @@ func serve(args []string) error {
 		}
 		timeout = noLimit(timeout)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	log := h.log
 	cfg := server.Config{
-		ReadaheadPages: int64(ra) / pagecache.PageSize,
-		MaxReadahead:   int64(raMax) / pagecache.PageSize,
-		Retries:        *retries,
-		RetryBackoff:   *backoff,
-		Log:            log,
-		CacheBytes:     int64(cacheSize),
-		CachePolicy:    reclaim.Policy(*policy),
-		ReadBuffers:    int64(readBuffers),
+		ReadaheadPages:    h.raPages,
+		MaxReadahead:      h.raMaxPages,
+		ReadaheadInflight: h.raInflight,
+		Retries:           h.retries,
+		RetryBackoff:      h.backoff,
+		Log:               log,
+		CacheBytes:        h.cacheBytes,
+		CachePolicy:       h.policy,
+		ReadBuffers:       int64(readBuffers),
+		NoHuge:            !*huge,
+		Remote:            remoteCfg,
 		// On the command line 0 is no limit; in server.Config, negative.
-		ReadaheadInflight:          noLimit(int64(raInflight)),
-		NoHuge:                     !*huge,
-		Remote:                     remoteCfg,
 		StoreTimeout:               timeout,
 		MaxObjectsPerClient:        noLimit(*maxObjects),
 		MaxMappedBytesPerClient:    noLimit(int64(maxMapped)),
 		MaxRegionsPerClient:        noLimit(*maxRegions),
 		MaxFaultsInFlightPerClient: noLimit(*maxFaults),
-	}
-	if *retries == 0 {
-		cfg.Retries = -1
 	}
 	if *takeover && !*keep {
 		return fmt.Errorf("--takeover needs --keep: the regions come from the running daemon's keeper")
@@ -126,7 +93,7 @@ func serve(args []string) error {
 		if l, err = server.Takeover(*socket, 30*time.Second); err != nil {
 			return err
 		}
-	} else if l, err = server.Listen(*socket, os.FileMode(perm)); err != nil {
+	} else if l, err = server.Listen(*socket, h.perm); err != nil {
 		return err
 	}
 	s, err := startServer(cfg, *socket, *keep)
@@ -137,18 +104,18 @@ func serve(args []string) error {
 	if *takeover {
 		log.Info("filemap serve: took over", "socket", *socket, "after", time.Since(start))
 	}
-	if *metricsAddr != "" {
-		addr, stop, err := serveMetrics(s, *metricsAddr, *takeover)
+	if h.metrics != "" {
+		addr, stop, err := serveMetrics(s, h.metrics, *takeover)
 		if err != nil {
 			l.Close()
-			return fmt.Errorf("--metrics %s: %w", *metricsAddr, err)
+			return fmt.Errorf("--metrics %s: %w", h.metrics, err)
 		}
 		defer stop()
 		log.Info("filemap serve: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
-	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", perm),
-		"readahead", int64(ra), "readahead-max", int64(raMax), "readahead-inflight", int64(raInflight), "retries", *retries,
-		"cache-size", size(int64(cacheSize)), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", *policy, "store-timeout", *storeTimeout,
+	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", h.perm),
+		"readahead", int64(h.ra), "readahead-max", int64(h.raMax), "readahead-inflight", int64(h.inflight), "retries", max(h.retries, 0),
+		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "store-timeout", *storeTimeout,
 		"per-client", fmt.Sprintf("%d objects, %s, %d regions, %d faults in flight", *maxObjects, size(int64(maxMapped)), *maxRegions, *maxFaults))
 	if remoteCfg.DiskCache != "" {
 		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))

@@ -277,6 +277,8 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--socket-mode", "0999"}, []string{`--socket-mode "0999"`}},
 		{[]string{"--socket-mode", "01777"}, []string{`--socket-mode "01777"`}},
 		{[]string{"--readahead", "100"}, []string{"--readahead 100", "at least one page"}},
+		{[]string{"--readahead", "5000"}, []string{"--readahead 5000", "a multiple of 4096"}},
+		{[]string{"--readahead-inflight", "lots"}, []string{`invalid value "lots" for flag -readahead-inflight`}},
 		{[]string{"--readahead", "lots"}, []string{`invalid value "lots" for flag -readahead`, "bad size"}},
 		{[]string{"--retries", "-1"}, []string{"--retries -1"}},
 		{[]string{"--log-level", "chatty"}, []string{"--log-level"}},

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/filemap/filemap/pagecache"
+	"github.com/filemap/filemap/reclaim"
+	"github.com/filemap/filemap/server"
+)
+
+// handlerOpts are the settings `serve` and `firecracker` share: the
+// socket's mode, how the handler reads ahead, caches, retries and logs, and
+// where it serves metrics. Sizes are in pages where the handlers' configs
+// want pages, and a 0 meaning "no bound" on the command line is -1 here,
+// as the configs want it.
+type handlerOpts struct {
+	perm       os.FileMode
+	raPages    int64
+	raMaxPages int64
+	raInflight int64
+	cacheBytes int64
+	policy     reclaim.Policy
+	retries    int
+	backoff    time.Duration
+	log        *slog.Logger
+	metrics    string
+
+	// As given, for the start-up log line.
+	ra, raMax, inflight byteSize
+	policyName          string
+}
+
+// handlerFlags defines the shared flags on fs, with a readahead window of
+// ra bytes by default and modeHelp saying who the socket is for, and
+// returns the function that checks them once fs is parsed.
+func handlerFlags(fs *flag.FlagSet, ra byteSize, raHelp, modeHelp string) func() (handlerOpts, error) {
+	mode := fs.String("socket-mode", "0600", modeHelp)
+	fs.Var(&ra, "readahead", raHelp)
+	raMax := byteSize(8 << 20)
+	fs.Var(&raMax, "readahead-max", "largest window a sequential reader's readahead ramps up to, in bytes")
+	inflight := byteSize(server.DefaultReadaheadInflight)
+	fs.Var(&inflight, "readahead-inflight", "bound on the bytes of readahead reads in flight to local files, all together, so that a fault's own read, which is never held back, does not queue behind a scan's (0: no bound)")
+	cacheSize := byteSize(server.DefaultCacheBytes())
+	fs.Var(&cacheSize, "cache-size", "bound on the bytes all caches hold together; the default is half of this machine's memory, 0 is no bound")
+	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo (scan-resistant, refault-aware) or fifo")
+	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS")
+	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
+	return func() (handlerOpts, error) {
+		o := handlerOpts{ra: ra, raMax: raMax, inflight: inflight, policyName: *policy, metrics: *metrics,
+			raPages: int64(ra) / pagecache.PageSize, raMaxPages: int64(raMax) / pagecache.PageSize,
+			raInflight: noLimit(int64(inflight)), cacheBytes: int64(cacheSize),
+			policy: reclaim.Policy(*policy), retries: *retries, backoff: *backoff}
+		var lv slog.Level
+		if err := lv.UnmarshalText([]byte(*level)); err != nil {
+			return o, fmt.Errorf("--log-level: %w", err)
+		}
+		perm, err := strconv.ParseUint(*mode, 8, 32)
+		if err != nil || perm > 0o777 {
+			return o, fmt.Errorf("--socket-mode %q: want an octal mode such as 0600", *mode)
+		}
+		switch {
+		case ra < pagecache.PageSize || ra%pagecache.PageSize != 0:
+			return o, fmt.Errorf("--readahead %d: at least one page, a multiple of %d bytes", ra, pagecache.PageSize)
+		case raMax < ra:
+			return o, fmt.Errorf("--readahead-max %d is smaller than --readahead %d", raMax, ra)
+		case *retries < 0:
+			return o, fmt.Errorf("--retries %d: must be 0 or more", *retries)
+		}
+		if *retries == 0 {
+			o.retries = -1 // none; 0 is the default in the configs
+		}
+		o.perm = os.FileMode(perm)
+		o.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+		return o, nil
+	}
+}
