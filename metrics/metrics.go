@@ -106,6 +106,7 @@ var statMetrics = []statMetric{
 	stat("filemap_cache_budget_bytes", "The bound on filemap_cache_bytes (0: none).", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.CacheBudget) }),
 	stat("filemap_metadata_bytes", "Memory of the page-state tables.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.MetadataBytes) }),
 	stat("filemap_objects", "Objects with a cache.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Objects) }),
+	stat("filemap_idle_objects", "Objects with a cache that no client has open.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.IdleObjects) }),
 	stat("filemap_clients", "Connected clients.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Clients) }),
 	stat("filemap_mappings", "Attached regions (mappings) being served.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.Regions) }),
 	stat("filemap_fills_in_flight", "Fills claimed and not ended: reading, or waiting for a read buffer.", prometheus.GaugeValue, func(s proto.Stats) float64 { return float64(s.FillsInFlight) }),

@@ -621,6 +621,13 @@ func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error)
 	return start, end, dropped, nil
 }
 
+// Busy reports whether a fill of the cache is in flight.
+func (o *Object) Busy() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.fills) > 0
+}
+
 // Close releases the cache file. Clients that still map it keep their
 // pages; the file, unlinked from birth, is freed when the last of them
 // unmaps. A collapse in progress is waited for, and none starts after.

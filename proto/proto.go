@@ -249,6 +249,7 @@ type Stats struct {
 	Refaults       uint64 `json:"refaults"`        // misses on pages evicted recently
 	MetadataBytes  int64  `json:"metadata_bytes"`  // page-state tables
 	Objects        int    `json:"objects"`         // caches held
+	IdleObjects    int    `json:"idle_objects"`    // of them, those no client has open
 	Clients        int    `json:"clients"`         // connected sessions
 	Regions        int    `json:"regions"`         // attached regions
 	FillsInFlight  int64  `json:"fills_in_flight"` // fills claimed and not ended: reading, or waiting for a read buffer

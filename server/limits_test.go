@@ -344,3 +344,58 @@ func TestStoreTimeout(t *testing.T) {
 		t.Errorf("%s is on a network or FUSE file system?", f.Name())
 	}
 }
+
+// Caches no client has open are kept for a later open of the same bytes,
+// at most MaxIdleCaches of them, the least recently released dropped
+// first; a negative bound keeps none.
+func TestIdleCachesBounded(t *testing.T) {
+	ts := newServerWith(t, Config{MaxIdleCaches: 2})
+	c := ts.dial(t)
+	var files []*os.File
+	for i := range 4 {
+		files = append(files, tempFile(t, []byte(strings.Repeat(fmt.Sprint(i), 3<<12))))
+	}
+	// open opens file i and closes the handle at once, and returns the
+	// identity of the cache it was given.
+	open := func(c *testClient, i int) uint64 {
+		f, err := os.Open(files[i].Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var rep proto.OpenReply
+		fds, err := c.call(t, proto.TOpen, proto.Open{URI: f.Name()}, []*os.File{f}, &rep)
+		if err != nil {
+			t.Fatalf("open %s: %v", f.Name(), err)
+		}
+		defer closeAll(fds)
+		var st unix.Stat_t
+		if err := unix.Fstat(int(fds[0].Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.call(t, proto.TClose, proto.Close{Handle: rep.Handle}, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	var ino [4]uint64
+	for i := range 4 {
+		ino[i] = open(c, i)
+		if st := c.stat(t); st.Objects != min(i+1, 2) || st.IdleObjects != st.Objects {
+			t.Errorf("after releasing %d caches, %d are kept, %d idle; want %d, all idle", i+1, st.Objects, st.IdleObjects, min(i+1, 2))
+		}
+	}
+	if got := open(c, 3); got != ino[3] {
+		t.Errorf("the most recently released cache was dropped: inode %d, then %d", ino[3], got)
+	}
+	if got := open(c, 0); got == ino[0] {
+		t.Errorf("the least recently released cache was kept past the bound (inode %d)", got)
+	}
+
+	none := newServerWith(t, Config{MaxIdleCaches: -1})
+	c = none.dial(t)
+	open(c, 0)
+	if n := c.stat(t).Objects; n != 0 {
+		t.Errorf("with MaxIdleCaches -1, %d caches kept after their release", n)
+	}
+}

@@ -11,6 +11,8 @@
 package server
 
 import (
+	"cmp"
+	"container/list"
 	"errors"
 	"fmt"
 	"io"
@@ -56,6 +58,11 @@ type Config struct {
 	// disk's queue short (fault.Config.ReadaheadInflight):
 	// fault.DefaultReadaheadInflight if 0, no bound if negative.
 	ReadaheadInflight int64
+
+	// MaxIdleCaches bounds the caches no client has open, kept for a later
+	// Open of the same bytes: past it the least recently released go.
+	// DefaultMaxIdleCaches if 0; none kept if negative.
+	MaxIdleCaches int
 
 	// WrapStore, if set, wraps every store the server opens: tests inject
 	// faults with it.
@@ -108,15 +115,16 @@ type Server struct {
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
 
-	mu        sync.Mutex
-	objects   map[objectKey]*object
-	sessions  map[*session]struct{}
-	orphans   map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
-	keeper    *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
-	listeners []net.Listener
-	closed    bool
-	retired   bool // handed over to a successor (takeover.go)
-	conns     sync.WaitGroup
+	mu         sync.Mutex
+	objects    map[objectKey]*object
+	idleCaches idleCaches // objects no client has open (idle.go)
+	sessions   map[*session]struct{}
+	orphans    map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
+	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
+	listeners  []net.Listener
+	closed     bool
+	retired    bool // handed over to a successor (takeover.go)
+	conns      sync.WaitGroup
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -135,7 +143,8 @@ type object struct {
 	uri  string
 	fo   fault.Object
 	refs int
-	file *os.File // a local object's file, as a client opened it: kept across a restart (keep.go)
+	file *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
+	idle *list.Element // in Server.idleCaches while refs is 0
 }
 
 // keepFile remembers f, a local object's file, unless one is kept already.
@@ -190,15 +199,16 @@ func New(cfg Config) (*Server, error) {
 	backing := pagecache.NewBacking(!cfg.NoHuge)
 	cfg.Log.Info("filemap: page cache backing", "huge", backing.Huge(), "backing", backing.Reason())
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Log,
-		backing:  backing,
-		budget:   reclaim.New(budgetPages, cfg.CachePolicy),
-		objects:  make(map[objectKey]*object),
-		sessions: make(map[*session]struct{}),
-		orphans:  make(map[int32]*session),
-		clients:  clientTable{lim: newLimits(cfg)},
-		hangs:    newHangGuard(cfg.StoreTimeout, cfg.Log),
+		cfg:        cfg,
+		log:        cfg.Log,
+		backing:    backing,
+		budget:     reclaim.New(budgetPages, cfg.CachePolicy),
+		objects:    make(map[objectKey]*object),
+		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
+		sessions:   make(map[*session]struct{}),
+		orphans:    make(map[int32]*session),
+		clients:    clientTable{lim: newLimits(cfg)},
+		hangs:      newHangGuard(cfg.StoreTimeout, cfg.Log),
 	}
 	s.metrics = metrics.New(s.countersNow)
 	if cfg.Remote.Fetch.Observer == nil {
@@ -332,6 +342,7 @@ func (s *Server) Close() error {
 	s.readers.closePool()
 	s.mu.Lock()
 	for k, o := range s.objects {
+		s.unidle(o)
 		s.free(o)
 		delete(s.objects, k)
 	}
@@ -370,6 +381,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
 		o.refs++
+		s.unidle(o)
 		return o, nil
 	}
 	cache, err := s.backing.New(name, st.Size())
@@ -403,6 +415,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	for ok, o := range s.objects {
 		if ok.uid == uid && o.fo.Cache.Same(file) {
 			o.refs++
+			s.unidle(o)
 			s.mu.Unlock()
 			file.Close()
 			st.Close()
@@ -439,18 +452,24 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 func (s *Server) dropStale(k objectKey, name string) {
 	for ok, o := range s.objects {
 		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
+			s.unidle(o)
 			s.free(o)
 			delete(s.objects, ok)
 		}
 	}
 }
 
-// release drops a reference. The cache stays: a later Open of the same
-// bytes finds it warm. It goes when its object changes (dropStale).
+// release drops a reference. The cache stays when the last goes: a later
+// Open of the same bytes finds it warm. It goes when its object changes
+// (dropStale), or when MaxIdleCaches caches released since want its
+// place (idle.go).
 func (s *Server) release(o *object) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o.refs--
+	if o.refs == 0 && !s.closed {
+		s.idle(o)
+	}
 }
 
 // DropCaches punches every page out of every cache, as writing 3 to
@@ -531,6 +550,7 @@ func (s *Server) countersNow() proto.Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st.Objects = len(s.objects)
+	st.IdleObjects = s.idleCaches.lru.Len()
 	st.Clients = len(s.sessions)
 	for _, o := range s.objects {
 		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize

@@ -123,6 +123,13 @@ type timedReadaheadStore struct {
 
 func (s *timedReadaheadStore) ReadaheadBytes() int64 { return s.ra.ReadaheadBytes() }
 
+// Idle passes on to the store below (store.Idler).
+func (s *timedStore) Idle() {
+	if i, ok := s.Store.(store.Idler); ok {
+		i.Idle()
+	}
+}
+
 // span is a byte range [off, end) of a store.
 type span struct{ off, end int64 }
 

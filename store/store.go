@@ -37,6 +37,14 @@ type Readaheader interface {
 	ReadaheadBytes() int64
 }
 
+// Idler is a Store that keeps memory for the reads to come, such as a
+// remote store's recently fetched chunks, and can give it back when no
+// client has its object open: the reads that would use it come from the
+// page cache now, or not at all.
+type Idler interface {
+	Idle()
+}
+
 // ErrChanged reports that an object no longer has the version pinned at Open.
 var ErrChanged = errors.New("object changed since it was opened")
 

@@ -39,6 +39,7 @@ func serve(args []string) error {
 	fs.Var(&maxMapped, "max-mapped-per-client", "bytes of the objects one client process may have open (0: no limit)")
 	maxRegions := fs.Int("max-regions-per-client", server.DefaultMaxRegionsPerClient, "regions one client process may have attached (0: no limit)")
 	maxFaults := fs.Int("max-faults-per-client", server.DefaultMaxFaultsInFlightPerClient, "faults of one client process worked on at once; its others wait (0: no limit)")
+	maxIdle := fs.Int("max-idle-caches", server.DefaultMaxIdleCaches, "caches no client has open kept for a later open of the same bytes, the least recently released dropped first (0: none kept)")
 	takeover := fs.Bool("takeover", false, "take the socket and every client over from the daemon running on it, which then exits (a graceful upgrade)")
 	keep := fs.Bool("keep", true, "keep every region in a keeper process, so that the next daemon on this socket serves this one's clients if it dies")
 	remoteConfig := remoteFlags(fs)
@@ -83,6 +84,7 @@ func serve(args []string) error {
 		MaxMappedBytesPerClient:    noLimit(int64(maxMapped)),
 		MaxRegionsPerClient:        noLimit(*maxRegions),
 		MaxFaultsInFlightPerClient: noLimit(*maxFaults),
+		MaxIdleCaches:              noLimit(*maxIdle), // here -1 is none kept
 	}
 	if *takeover && !*keep {
 		return fmt.Errorf("--takeover needs --keep: the regions come from the running daemon's keeper")
@@ -115,7 +117,7 @@ func serve(args []string) error {
 	}
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", h.perm),
 		"readahead", int64(h.ra), "readahead-max", int64(h.raMax), "readahead-inflight", int64(h.inflight), "retries", max(h.retries, 0),
-		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "store-timeout", *storeTimeout,
+		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "max-idle-caches", *maxIdle, "store-timeout", *storeTimeout,
 		"per-client", fmt.Sprintf("%d objects, %s, %d regions, %d faults in flight", *maxObjects, size(int64(maxMapped)), *maxRegions, *maxFaults))
 	if remoteCfg.DiskCache != "" {
 		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))

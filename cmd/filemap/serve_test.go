@@ -296,3 +296,25 @@ func TestServeFlags(t *testing.T) {
 	r.wantCode(t, 0)
 	r.wantStderr(t, "Usage: filemap serve", "-socket", "-socket-mode", "-readahead", "-retries", "-log-level", "-read-buffers", "-takeover", "-keep")
 }
+
+// --max-idle-caches 0 keeps no cache once its last client lets go; by
+// default the cache of a file cat read stays, idle.
+func TestServeMaxIdleCaches(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("idle "), 1<<16), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args       []string
+		objects    int
+		idle       int
+		descriptor string
+	}{{nil, 1, 1, "default"}, {[]string{"--max-idle-caches", "0"}, 0, 0, "0"}} {
+		d := startDaemon(t, c.args...)
+		filemapCLI(t, "cat", "--socket", d.socket, path).wantCode(t, 0)
+		if st := statJSON(t, d.socket); st.Objects != c.objects || st.IdleObjects != c.idle {
+			t.Errorf("--max-idle-caches %s: %d objects, %d idle after a cat; want %d, %d", c.descriptor, st.Objects, st.IdleObjects, c.objects, c.idle)
+		}
+		d.stop(t)
+	}
+}

@@ -56,6 +56,7 @@ func stat(args []string) error {
 		{"collapses pending", st.CollapsesPending},
 		{"collapses failed", st.CollapsesFailed},
 		{"objects", st.Objects},
+		{"objects no client has open", st.IdleObjects},
 		{"clients", st.Clients},
 		{"regions", st.Regions},
 		{"connections closed for bad input", st.ProtocolErrors},

@@ -121,6 +121,14 @@ func (s *cachedStore) ReadaheadBytes() int64 {
 }
 func (s *cachedStore) Version() string { return s.o.version }
 
+// Idle passes on to the store below: its memory, not the disk cache's
+// files, is what an idle object gives back.
+func (s *cachedStore) Idle() {
+	if i, ok := s.st.(store.Idler); ok {
+		i.Idle()
+	}
+}
+
 // Close closes the wrapped store. The object's cached chunks stay on disk.
 func (s *cachedStore) Close() error {
 	s.once.Do(func() {

@@ -386,6 +386,16 @@ func (s *Store) maybeFree(f *fetch) {
 	}
 }
 
+// Idle drops the chunks kept for reads to come (store.Idler); reads in
+// progress keep theirs until they end.
+func (s *Store) Idle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for f := s.lru.back(); f != nil; f = s.lru.back() {
+		s.evict(f)
+	}
+}
+
 // Close cancels the requests in flight, fails the reads waiting for them
 // and later reads with ErrClosed, waits for every goroutine of the Store to
 // end (so the Object must honour its context), and closes the Object.

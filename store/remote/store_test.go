@@ -644,3 +644,25 @@ func TestBufPool(t *testing.T) {
 		}
 	}
 }
+
+// Idle gives back every cached chunk; later reads fetch again and are
+// right.
+func TestIdleDropsCachedChunks(t *testing.T) {
+	o := newFake(t, testSize)
+	s := newStore(t, o, testConfig())
+	readAndCheck(t, s, o.data, 0, 4*testChunk)
+	s.mu.Lock()
+	cached := s.cached
+	s.mu.Unlock()
+	if cached == 0 {
+		t.Fatal("nothing cached after a read: the test exercises nothing")
+	}
+	s.Idle()
+	s.mu.Lock()
+	cached, listed, head := s.cached, len(s.chunks), s.lru.head
+	s.mu.Unlock()
+	if cached != 0 || listed != 0 || head != nil {
+		t.Fatalf("after Idle: %d bytes cached, %d chunks listed, lru head %v; want none", cached, listed, head)
+	}
+	readAndCheck(t, s, o.data, testChunk+4096, 8192)
+}

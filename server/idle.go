@@ -1,0 +1,62 @@
+package server
+
+import (
+	"container/list"
+
+	"github.com/filemap/filemap/store"
+)
+
+// DefaultMaxIdleCaches is how many caches no client has open a daemon
+// keeps unless told otherwise.
+const DefaultMaxIdleCaches = 1024
+
+// The caches no client has open: the kernel's unused inodes, kept with
+// their page cache so that opening the same bytes again finds them warm,
+// and evicted least recently used first past a bound. Their pages are
+// reclaimed under the budget like any others; what the bound limits is the
+// rest of what each holds (its cache file and store descriptors, its page
+// table, a remote store's connections). A store's memory for reads to
+// come (store.Idler) is given back as soon as its object goes idle.
+//
+// An idle cache with fills still in flight (readahead a client started
+// before it let go) is passed over until they end: freeing it would close
+// the file they write into.
+type idleCaches struct {
+	max int       // negative: none kept
+	lru list.List // of *object, the most recently released at the front
+}
+
+// idle puts o, whose last reference has gone, on the list, and frees what
+// the bound no longer allows. Called with s.mu held.
+func (s *Server) idle(o *object) {
+	if i, ok := o.fo.Store.(store.Idler); ok {
+		i.Idle()
+	}
+	o.idle = s.idleCaches.lru.PushFront(o)
+	s.trimIdle()
+}
+
+// unidle takes o off the list: it has a reference again. Called with s.mu
+// held.
+func (s *Server) unidle(o *object) {
+	if o.idle != nil {
+		s.idleCaches.lru.Remove(o.idle)
+		o.idle = nil
+	}
+}
+
+// trimIdle frees the least recently released caches past the bound, those
+// with no fill in flight. Called with s.mu held.
+func (s *Server) trimIdle() {
+	l := &s.idleCaches.lru
+	for e := l.Back(); e != nil && l.Len() > max(s.idleCaches.max, 0); {
+		o := e.Value.(*object)
+		e = e.Prev()
+		if o.fo.Cache.Busy() {
+			continue
+		}
+		s.unidle(o)
+		s.free(o)
+		delete(s.objects, o.key)
+	}
+}
