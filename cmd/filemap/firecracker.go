@@ -116,6 +116,11 @@ func firecrackerCmd(args []string) error {
 		s.Close()
 		return err
 	}
+	if err := h.chownSocket(*socket); err != nil {
+		l.Close()
+		s.Close()
+		return err
+	}
 	if *keep {
 		if err := s.Keep(*socket); err != nil {
 			l.Close()

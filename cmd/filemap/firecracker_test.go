@@ -27,6 +27,7 @@ func TestFirecrackerFlags(t *testing.T) {
 		{[]string{"--socket", sock, "--mem", mem, "--readahead", "100"}, "--readahead 100"},
 		{[]string{"--socket", sock, "--mem", mem, "--socket-mode", "0999"}, `--socket-mode "0999"`},
 		{[]string{"--socket", sock, "--mem", mem, "--retries", "-1"}, "--retries -1"},
+		{[]string{"--socket", sock, "--mem", mem, "--socket-owner", "no-such-user-here"}, `--socket-owner "no-such-user-here"`},
 		{[]string{"--socket", sock, "--mem", mem, "--prefetch", filepath.Join(dir, "no-record")}, "prefetch"},
 		{[]string{"--socket", sock, "--mem", mem, "--prefetch", mem}, "bad working-set record"},
 	} {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/filemap/filemap/pagecache"
@@ -20,6 +22,7 @@ import (
 // as the configs want it.
 type handlerOpts struct {
 	perm       os.FileMode
+	uid, gid   int // the socket's owner; -1 leaves it the daemon's
 	raPages    int64
 	raMaxPages int64
 	raInflight int64
@@ -40,6 +43,7 @@ type handlerOpts struct {
 // returns the function that checks them once fs is parsed.
 func handlerFlags(fs *flag.FlagSet, ra byteSize, raHelp, modeHelp string) func() (handlerOpts, error) {
 	mode := fs.String("socket-mode", "0600", modeHelp)
+	owner := fs.String("socket-owner", "", "USER[:GROUP], names or numbers, to own the socket (needs CAP_CHOWN), e.g. the uid a jailed Firecracker runs as; default: the daemon's")
 	fs.Var(&ra, "readahead", raHelp)
 	raMax := byteSize(8 << 20)
 	fs.Var(&raMax, "readahead-max", "largest window a sequential reader's readahead ramps up to, in bytes")
@@ -77,7 +81,63 @@ func handlerFlags(fs *flag.FlagSet, ra byteSize, raHelp, modeHelp string) func()
 			o.retries = -1 // none; 0 is the default in the configs
 		}
 		o.perm = os.FileMode(perm)
+		if o.uid, o.gid, err = parseOwner(*owner); err != nil {
+			return o, fmt.Errorf("--socket-owner %q: %w", *owner, err)
+		}
 		o.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 		return o, nil
 	}
+}
+
+// parseOwner reads USER[:GROUP], each a name or a number; an empty part is
+// -1, which chown leaves as it is.
+func parseOwner(s string) (uid, gid int, err error) {
+	u, g, _ := strings.Cut(s, ":")
+	if uid, err = lookupID(u, func(name string) (string, error) {
+		usr, err := user.Lookup(name)
+		if err != nil {
+			return "", err
+		}
+		return usr.Uid, nil
+	}); err != nil {
+		return -1, -1, err
+	}
+	gid, err = lookupID(g, func(name string) (string, error) {
+		grp, err := user.LookupGroup(name)
+		if err != nil {
+			return "", err
+		}
+		return grp.Gid, nil
+	})
+	return uid, gid, err
+}
+
+// lookupID is the id s names: -1 if empty, s if a number, else what
+// lookup finds for the name.
+func lookupID(s string, lookup func(string) (string, error)) (int, error) {
+	if s == "" {
+		return -1, nil
+	}
+	id, err := strconv.Atoi(s)
+	if err != nil {
+		if s, err = lookup(s); err != nil {
+			return -1, err
+		}
+		id, err = strconv.Atoi(s)
+	}
+	if err == nil && id < 0 {
+		err = fmt.Errorf("negative id %d", id)
+	}
+	return id, err
+}
+
+// chownSocket gives the socket at path the owner --socket-owner names.
+func (o handlerOpts) chownSocket(path string) error {
+	if o.uid == -1 && o.gid == -1 {
+		return nil
+	}
+	if err := os.Chown(path, o.uid, o.gid); err != nil {
+		return fmt.Errorf("--socket-owner: %w", err)
+	}
+	return nil
 }

@@ -98,6 +98,10 @@ func serve(args []string) error {
 	} else if l, err = server.Listen(*socket, h.perm); err != nil {
 		return err
 	}
+	if err := h.chownSocket(*socket); err != nil {
+		l.Close()
+		return err
+	}
 	s, err := startServer(cfg, *socket, *keep)
 	if err != nil {
 		l.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap"
+	"golang.org/x/sys/unix"
 )
 
 // daemon is a `filemap serve` child.
@@ -316,5 +317,36 @@ func TestServeMaxIdleCaches(t *testing.T) {
 			t.Errorf("--max-idle-caches %s: %d objects, %d idle after a cat; want %d, %d", c.descriptor, st.Objects, st.IdleObjects, c.objects, c.idle)
 		}
 		d.stop(t)
+	}
+}
+
+// --socket-owner gives the socket to a user and group, by name or number,
+// as a jailed Firecracker or a client of another uid needs; a name that
+// does not exist is refused before anything listens.
+func TestServeSocketOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: chown of the socket to another uid")
+	}
+	for _, c := range []struct {
+		owner    string
+		uid, gid uint32
+	}{{"65534:65534", 65534, 65534}, {"nobody", 65534, 0}, {":12345", 0, 12345}} {
+		d := startDaemon(t, "--socket-owner", c.owner)
+		statJSON(t, d.socket) // serving: the socket has its owner
+		var st unix.Stat_t
+		if err := unix.Stat(d.socket, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != c.uid || st.Gid != c.gid {
+			t.Errorf("--socket-owner %s: socket owned by %d:%d, want %d:%d", c.owner, st.Uid, st.Gid, c.uid, c.gid)
+		}
+		d.stop(t)
+	}
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	r := filemapCLI(t, "serve", "--socket", sock, "--socket-owner", "no-such-user-here")
+	r.wantCode(t, 1)
+	r.wantStderr(t, `--socket-owner "no-such-user-here"`, "unknown user")
+	if _, err := os.Stat(sock); err == nil {
+		t.Error("the socket was made for a refused --socket-owner")
 	}
 }
