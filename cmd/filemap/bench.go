@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/filemap/filemap/internal/touch"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/internal/touch"
 	"golang.org/x/sys/unix"
 )
 
