@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/internal/floor"
 	"github.com/filemap/filemap/internal/touch"
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +31,7 @@ const (
 	caseRandomWarm = "random 4K, warm"
 	caseShm        = "random 4K, /dev/shm"
 	methodPread    = "pread 1M"
+	methodFloor    = "fill path"
 
 	// benchRandomCap bounds the default number of pages the random cases
 	// touch (1/16 of the file's), so that a large file's run stays short.
@@ -159,8 +161,10 @@ func bench(args []string) error {
 		"/sys/module/haltpoll/parameters/guest_halt_poll_ns for the run (root)\n"+
 		"and restores it after; the header shows the value in force.\n\n"+
 		"The sequential cold case also times a pread loop (1 MiB reads into one\n"+
-		"buffer): the I/O limit. Every page read through filemap is compared with\n"+
-		"pread of the file; a difference is an error naming its offset.\n\n"+
+		"buffer): the I/O limit; and filemap's fill path alone (O_DIRECT reads of\n"+
+		"1 MiB, two in flight, each written into a new memfd; no fault, no message):\n"+
+		"the floor of filemap's row. Every page read through filemap is compared\n"+
+		"with pread of the file; a difference is an error naming its offset.\n\n"+
 		"Every case but /dev/shm runs --rounds times, the kernel's, pread's and\n"+
 		"filemap's rows interleaved, and each row shown is the median round; its\n"+
 		"spread is the slowest round's time over the fastest's. A shared\n"+
@@ -760,6 +764,14 @@ func (b *benchRun) sequentialCold() error {
 	row.RusageMajor, row.RusageMinor = row.MajorFaults, row.MinorFaults
 	b.addRow(row, b.size, nil, elapsed, nil)
 
+	if err := b.coldKernel(); err != nil {
+		return err
+	}
+	if elapsed, err = floor.Copy(b.f.Name(), b.size); err != nil {
+		return fmt.Errorf("the fill path's floor: %w", err)
+	}
+	b.addRow(benchRow{Case: caseSeq, Method: methodFloor, Threads: 1}, b.size, nil, elapsed, nil)
+
 	if err := b.coldFilemap(); err != nil {
 		return err
 	}
@@ -1009,6 +1021,7 @@ func (b *benchRun) printTable() error {
 		fmt.Fprintf(stdout, "rows but /dev/shm: the median of %d rounds, the methods interleaved; spread: the slowest round's time over the fastest's\n", r.Rounds)
 	}
 	fmt.Fprintln(stdout, "faults: getrusage(RUSAGE_SELF) on kernel and pread rows; the handler's counters on filemap rows")
+	fmt.Fprintln(stdout, "fill path: filemap's fill path alone, the floor of its cold row: O_DIRECT reads of 1 MiB, two in flight, each written into a new memfd")
 	for _, n := range r.Notes {
 		fmt.Fprintln(stdout, "note:", n)
 	}

@@ -1,0 +1,84 @@
+// Package floor is what a cold sequential read through a user-space page
+// cache fed by copies cannot go below: filemap's fill path with nothing
+// else, no fault, no message, no client. The benchmarks time it beside
+// filemap's scan, so that filemap over the floor says what the handler
+// adds, and the floor over the pread loop what copying into new cache
+// pages costs on the machine at hand.
+package floor
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// PieceSize and Depth are the fill path's: reads of a fill's 1 MiB piece,
+// two in flight (the daemon's default readahead bound).
+const (
+	PieceSize = 1 << 20
+	Depth     = 2
+)
+
+// Copy reads the size bytes of the file at path with O_DIRECT, PieceSize
+// at a time with Depth reads in flight, and writes each piece into a new
+// memfd as it arrives, as the daemon fills its cache. It returns the time
+// from the first read to the last write.
+func Copy(path string, size int64) (time.Duration, error) {
+	src, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
+	if errors.Is(err, unix.EINVAL) { // a file system without O_DIRECT, as the daemon falls back
+		src, err = os.Open(path)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	fd, err := unix.MemfdCreate("filemap-floor", unix.MFD_CLOEXEC)
+	if err != nil {
+		return 0, fmt.Errorf("memfd_create: %w", err)
+	}
+	dst := os.NewFile(uintptr(fd), "filemap-floor")
+	defer dst.Close()
+	if err := dst.Truncate(size); err != nil {
+		return 0, err
+	}
+	type piece struct {
+		buf []byte
+		off int64
+	}
+	free, full := make(chan []byte, Depth), make(chan piece, Depth)
+	for range Depth {
+		free <- make([]byte, PieceSize) // page-aligned, as O_DIRECT wants
+	}
+	start := time.Now()
+	var readErr error
+	go func() {
+		defer close(full)
+		for off := int64(0); off < size; off += PieceSize {
+			buf := <-free
+			n, err := src.ReadAt(buf, off)
+			if err != nil && err != io.EOF {
+				readErr = fmt.Errorf("read %s at offset %d: %w", path, off, err)
+				return
+			}
+			full <- piece{buf[:n], off}
+		}
+	}()
+	var writeErr error
+	for p := range full {
+		if writeErr == nil {
+			if _, err := dst.WriteAt(p.buf, p.off); err != nil {
+				writeErr = fmt.Errorf("write a memfd at offset %d: %w", p.off, err)
+			}
+		}
+		free <- p.buf[:cap(p.buf)]
+	}
+	elapsed := time.Since(start)
+	if readErr != nil {
+		return 0, readErr
+	}
+	return elapsed, writeErr
+}
