@@ -21,8 +21,9 @@ const ps = pagecache.PageSize
 type attachment struct {
 	id       uint64
 	ss       *session
-	obj      *object  // the object its regions map; nil for a FORK child's
-	file     *os.File // owns the fd; waits for it to be readable
+	obj      *object   // the object its regions map; nil for a FORK child's
+	held     []*object // the objects its regions map, kept from going idle until it closes
+	file     *os.File  // owns the fd; waits for it to be readable
 	u        *uffd.UFFD
 	features uint64
 
@@ -193,6 +194,11 @@ func (a *attachment) fork(fd int) {
 		child.file.Close()
 		return
 	}
+	// a cannot close before this message is handled (reader.go): its
+	// objects are held still.
+	for _, o := range a.held {
+		child.hold(o)
+	}
 	child.serve()
 }
 
@@ -255,5 +261,19 @@ func (a *attachment) close() {
 		a.ops.Wait()
 		a.file.Close()
 		a.ss.client.releaseRegion()
+		for _, o := range a.held {
+			a.ss.s.release(o)
+		}
 	})
+}
+
+// hold keeps o, whose cache a region of a maps, from going idle until a
+// closes: a client may close its handle and go on faulting on its mapping,
+// and so may a forked child of it.
+func (a *attachment) hold(o *object) {
+	a.ss.s.mu.Lock()
+	o.refs++
+	a.ss.s.unidle(o)
+	a.ss.s.mu.Unlock()
+	a.held = append(a.held, o)
 }

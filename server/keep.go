@@ -195,6 +195,7 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 		return nil, err
 	}
 	a.id, a.obj = e.ID, o
+	a.hold(o)
 	for _, r := range d.Ranges {
 		adv, _ := readahead.ParseAdvice(r.Advice)
 		a.add(&o.fo, uintptr(r.Addr), r.PgOff, r.NPages, adv)

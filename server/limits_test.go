@@ -184,15 +184,7 @@ func TestLimitRegions(t *testing.T) {
 	ts := newServerWith(t, Config{MaxRegionsPerClient: 1})
 	c := ts.dial(t)
 	h := openHandle(t, c)
-	uffdFile := func() *os.File {
-		fd, _, err := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
-		if err != 0 {
-			t.Skipf("userfaultfd: %v (the tests need it; see the README)", err)
-		}
-		return os.NewFile(fd, "uffd")
-	}
-	u := uffdFile()
-	defer u.Close()
+	u := uffdFile(t)
 	c.callError(t, proto.TAttach, proto.Attach{Handle: h, Addr: 1<<57 - 4096, Len: 8192}, []*os.File{u}, "not in any process's address space")
 	c.callError(t, proto.TAttach, proto.Attach{Handle: h, Addr: 4096, Len: 1 << 63}, []*os.File{u}, "not in any process's address space")
 	var ar proto.AttachReply
@@ -397,5 +389,41 @@ func TestIdleCachesBounded(t *testing.T) {
 	open(c, 0)
 	if n := c.stat(t).Objects; n != 0 {
 		t.Errorf("with MaxIdleCaches -1, %d caches kept after their release", n)
+	}
+}
+
+// uffdFile is a new userfaultfd, closed when the test ends.
+func uffdFile(t *testing.T) *os.File {
+	fd, _, err := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
+	if err != 0 {
+		t.Skipf("userfaultfd: %v (the tests need it; see the README)", err)
+	}
+	f := os.NewFile(fd, "uffd")
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// A cache whose handle is closed while a region still maps it is not idle:
+// the client goes on faulting through its mapping. It goes idle, here to
+// be dropped at once, when the region is detached.
+func TestAttachedCacheNotIdle(t *testing.T) {
+	ts := newServerWith(t, Config{MaxIdleCaches: -1})
+	c := ts.dial(t)
+	h := openHandle(t, c)
+	var ar proto.AttachReply
+	if _, err := c.call(t, proto.TAttach, proto.Attach{Handle: h, Addr: 1 << 30, Len: 4096}, []*os.File{uffdFile(t)}, &ar); err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	if _, err := c.call(t, proto.TClose, proto.Close{Handle: h}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.stat(t); st.Objects != 1 || st.IdleObjects != 0 {
+		t.Errorf("handle closed, region attached: %d objects, %d idle; want 1, 0", st.Objects, st.IdleObjects)
+	}
+	if _, err := c.call(t, proto.TDetach, proto.Detach{Region: ar.Region}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.stat(t); st.Objects != 0 {
+		t.Errorf("after the detach, with no idle cache kept: %d objects", st.Objects)
 	}
 }

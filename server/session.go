@@ -303,6 +303,7 @@ func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
 	}
 	a.add(&o.fo, uintptr(req.Addr), req.Offset/ps, int64(req.Len/ps), advice)
 	a.obj = o
+	a.hold(o)
 	ss.mu.Lock()
 	ss.attachments[a.id] = a
 	ss.mu.Unlock()
