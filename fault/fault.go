@@ -14,7 +14,9 @@
 // they are most of the daemon's heap. A fill reads its pages a bounded
 // piece at a time; readahead waits for buffers first, a fault's own read
 // never waits for buffers that readahead holds, and a readahead fill that a
-// fault waits for is moved ahead.
+// fault waits for is moved ahead. Readahead reads of local files in flight
+// are bounded too (queue.go): a fault's own read goes to the disk at once,
+// and finds at most that much of a scan's readahead queued ahead of it.
 package fault
 
 import (
