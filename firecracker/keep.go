@@ -27,20 +27,9 @@ func (s *Server) Keep(socket string) error {
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		if e.ID >= s.nextID.Load() {
-			s.nextID.Store(e.ID + 1)
-		}
-	}
-	var adopted []*vm
-	for _, e := range entries {
-		v, err := s.adoptVM(e)
-		if err != nil {
-			s.log.Error("firecracker: cannot serve a VM of the previous handler: its faults stall", "vm", e.ID, "pid", e.Pid, "err", err)
-			continue
-		}
-		adopted = append(adopted, v)
-	}
+	adopted := fdstore.Restore(entries, &s.nextID, s.adoptVM, func(e fdstore.Entry, err error) {
+		s.log.Error("firecracker: cannot serve a VM of the previous handler: its faults stall", "vm", e.ID, "pid", e.Pid, "err", err)
+	})
 	if len(entries) > 0 {
 		s.log.Info("firecracker: took over the previous handler's VMs", "vms", len(adopted), "of", len(entries))
 	}

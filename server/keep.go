@@ -62,22 +62,11 @@ func (s *Server) Keep(socket string, entries []fdstore.Entry) {
 // a private handler: if it dies with regions kept, its keeper runs it
 // again (fdstore.Respawn).
 func (s *Server) KeepRespawn(socket string, entries []fdstore.Entry, respawn *fdstore.Respawn) {
-	for _, e := range entries {
-		if id := s.nextID.Load(); e.ID >= id {
-			s.nextID.Store(e.ID + 1)
-		}
-	}
 	// Serve first, keep after: the faults waiting through the outage come
 	// before starting the keeper process.
-	var restored []*attachment
-	for _, e := range entries {
-		a, err := s.restore(e)
-		if err != nil {
-			s.log.Error("cannot serve a region of the previous daemon: its faults stall", "region", e.ID, "pid", e.Pid, "err", err)
-			continue
-		}
-		restored = append(restored, a)
-	}
+	restored := fdstore.Restore(entries, &s.nextID, s.restore, func(e fdstore.Entry, err error) {
+		s.log.Error("cannot serve a region of the previous daemon: its faults stall", "region", e.ID, "pid", e.Pid, "err", err)
+	})
 	if len(entries) > 0 {
 		s.log.Info("took over the previous daemon's regions", "regions", len(restored), "of", len(entries))
 		go s.reapOrphans()

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -190,4 +191,27 @@ func closeEntries(es []Entry) {
 			f.Close()
 		}
 	}
+}
+
+// Restore makes what a daemon serves of the entries its predecessor left
+// (from Retrieve): it moves next, the daemon's ID counter, past every
+// entry's ID, so that new entries never replace kept ones, and calls
+// restore on each entry, in order. Those restore fails on go to failed,
+// to be logged: their clients stall rather than the daemon failing.
+func Restore[T any](entries []Entry, next *atomic.Uint64, restore func(Entry) (T, error), failed func(Entry, error)) []T {
+	for _, e := range entries {
+		if e.ID >= next.Load() {
+			next.Store(e.ID + 1)
+		}
+	}
+	var done []T
+	for _, e := range entries {
+		x, err := restore(e)
+		if err != nil {
+			failed(e, err)
+			continue
+		}
+		done = append(done, x)
+	}
+	return done
 }
