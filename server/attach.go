@@ -272,8 +272,7 @@ func (a *attachment) close() {
 // and so may a forked child of it.
 func (a *attachment) hold(o *object) {
 	a.ss.s.mu.Lock()
-	o.refs++
-	a.ss.s.unidle(o)
+	a.ss.s.ref(o)
 	a.ss.s.mu.Unlock()
 	a.held = append(a.held, o)
 }

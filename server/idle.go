@@ -36,8 +36,15 @@ func (s *Server) idle(o *object) {
 	s.trimIdle()
 }
 
-// unidle takes o off the list: it has a reference again. Called with s.mu
-// held.
+// ref takes a reference to o, off the list if it was idle. Called with
+// s.mu held.
+func (s *Server) ref(o *object) {
+	o.refs++
+	s.unidle(o)
+}
+
+// unidle takes o off the list: it has a reference again, or is freed.
+// Called with s.mu held.
 func (s *Server) unidle(o *object) {
 	if o.idle != nil {
 		s.idleCaches.lru.Remove(o.idle)
@@ -55,7 +62,6 @@ func (s *Server) trimIdle() {
 		if o.fo.Cache.Busy() {
 			continue
 		}
-		s.unidle(o)
 		s.free(o)
 		delete(s.objects, o.key)
 	}

@@ -342,7 +342,6 @@ func (s *Server) Close() error {
 	s.readers.closePool()
 	s.mu.Lock()
 	for k, o := range s.objects {
-		s.unidle(o)
 		s.free(o)
 		delete(s.objects, k)
 	}
@@ -360,8 +359,10 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// free releases an object's cache and store. Called with s.mu held.
+// free releases an object's cache and store, and takes it off the idle
+// list. Called with s.mu held.
 func (s *Server) free(o *object) {
+	s.unidle(o)
 	if o.file != nil {
 		o.file.Close()
 	}
@@ -380,8 +381,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 	defer s.mu.Unlock()
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
-		o.refs++
-		s.unidle(o)
+		s.ref(o)
 		return o, nil
 	}
 	cache, err := s.backing.New(name, st.Size())
@@ -414,8 +414,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	s.mu.Lock()
 	for ok, o := range s.objects {
 		if ok.uid == uid && o.fo.Cache.Same(file) {
-			o.refs++
-			s.unidle(o)
+			s.ref(o)
 			s.mu.Unlock()
 			file.Close()
 			st.Close()
@@ -452,7 +451,6 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 func (s *Server) dropStale(k objectKey, name string) {
 	for ok, o := range s.objects {
 		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
-			s.unidle(o)
 			s.free(o)
 			delete(s.objects, ok)
 		}
