@@ -172,7 +172,7 @@ func BenchmarkSequentialFloor(b *testing.B) {
 	var pread, fill, fm time.Duration
 	for b.Loop() {
 		dropFileCache(b, path)
-		pread += preadLoop(b, path)
+		pread += preadLoop(b, path, size)
 		dropFileCache(b, path)
 		d, err := floor.Copy(path, size)
 		if err != nil {
@@ -196,22 +196,16 @@ func BenchmarkSequentialFloor(b *testing.B) {
 }
 
 // preadLoop reads path 1 MiB at a time into one buffer.
-func preadLoop(b *testing.B, path string) time.Duration {
+func preadLoop(b *testing.B, path string, size int64) time.Duration {
 	f, err := os.Open(path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, floor.PieceSize)
 	start := time.Now()
-	for off := int64(0); ; off += int64(len(buf)) {
-		n, err := f.ReadAt(buf, off)
-		if err == io.EOF || n == 0 {
-			break
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+	if err := floor.Pread(f, buf, size); err != nil {
+		b.Fatal(err)
 	}
 	return time.Since(start)
 }

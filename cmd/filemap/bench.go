@@ -446,18 +446,6 @@ func (b *benchRun) coldFilemap() error {
 	return b.coldKernel()
 }
 
-// preadLoop reads f from start to end in 1 MiB reads into one buffer.
-func (b *benchRun) preadLoop(f *os.File, size int64) error {
-	for off := int64(0); off < size; {
-		n, err := f.ReadAt(b.buf[:min(int64(len(b.buf)), size-off)], off)
-		off += int64(n)
-		if err != nil && !(err == io.EOF && off == size) {
-			return fmt.Errorf("read %s at offset %d: %w", f.Name(), off, err)
-		}
-	}
-	return nil
-}
-
 // kernelMap maps f with the kernel's mmap (MAP_SHARED, PROT_READ) and advice.
 func kernelMap(f *os.File, size int64, advice int) ([]byte, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
@@ -753,7 +741,7 @@ func (b *benchRun) sequentialCold() error {
 	runtime.GC()
 	ru0 := rusage()
 	start := time.Now()
-	err := b.preadLoop(b.f, b.size)
+	err := floor.Pread(b.f, b.buf, b.size)
 	elapsed := time.Since(start)
 	ru1 := rusage()
 	if err != nil {
@@ -783,7 +771,7 @@ func (b *benchRun) sequentialCold() error {
 // background collapses of the extents it read have settled: a warm mapping
 // is one made after the cache has been filled, not while it is converted.
 func (b *benchRun) sequentialWarm() error {
-	if err := b.preadLoop(b.f, b.size); err != nil {
+	if err := floor.Pread(b.f, b.buf, b.size); err != nil {
 		return err
 	}
 	if err := b.settle(); err != nil {

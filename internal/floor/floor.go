@@ -1,9 +1,9 @@
-// Package floor is what a cold sequential read through a user-space page
-// cache fed by copies cannot go below: filemap's fill path with nothing
-// else, no fault, no message, no client. The benchmarks time it beside
-// filemap's scan, so that filemap over the floor says what the handler
-// adds, and the floor over the pread loop what copying into new cache
-// pages costs on the machine at hand.
+// Package floor is what the benchmarks set a cold sequential read through
+// filemap beside: the pread loop, the I/O limit; and what a user-space page
+// cache fed by copies cannot go below, filemap's fill path with nothing
+// else, no fault, no message, no client. filemap over the fill path says
+// what the handler adds, and the fill path over the pread loop what copying
+// into new cache pages costs on the machine at hand.
 package floor
 
 import (
@@ -81,4 +81,17 @@ func Copy(path string, size int64) (time.Duration, error) {
 		return 0, readErr
 	}
 	return elapsed, writeErr
+}
+
+// Pread reads the size bytes of f into buf, len(buf) bytes a time: the
+// pread loop.
+func Pread(f *os.File, buf []byte, size int64) error {
+	for off := int64(0); off < size; {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		off += int64(n)
+		if err != nil && !(err == io.EOF && off == size) {
+			return fmt.Errorf("read %s at offset %d: %w", f.Name(), off, err)
+		}
+	}
+	return nil
 }
