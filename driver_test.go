@@ -29,8 +29,9 @@ import (
 )
 
 type driverState struct {
-	m    *Mapping
-	file *os.File // the same file, read directly: the truth
+	m       *Mapping
+	file    *os.File         // the same file, read directly: the truth
+	written map[int64][]byte // a copy-on-write mapping's pages written, by page: the truth there
 }
 
 func runDriver(in io.Reader, out io.Writer) int {
@@ -96,6 +97,7 @@ func (st *driverState) run(cmd string, args []string) (res string) {
 		if err := st.m.Advise(DontNeed, num(0), num(1)); err != nil {
 			return "err " + err.Error()
 		}
+		st.forget(num(0), num(1))
 		return "ok"
 	case "advise":
 		a, err := parseAdvice(args[0])
@@ -140,6 +142,12 @@ func (st *driverState) run(cmd string, args []string) (res string) {
 		return soak(args[0], args[1], int(num(2)), time.Duration(num(3))*time.Millisecond)
 	case "rawopen":
 		return rawOpen(args[0], args[1])
+	case "write":
+		return st.write(num(0), num(1), uint64(num(2)))
+	case "writeat":
+		return st.writeAt(num(0), num(1), uint64(num(2)))
+	case "randw":
+		return st.randomWrites(int(num(0)), time.Duration(num(1))*time.Millisecond)
 	}
 	return "error unknown command " + cmd
 }
@@ -169,6 +177,8 @@ func (st *driverState) open(args []string) string {
 				return "err " + err.Error()
 			}
 			opts = append(opts, WithAdvice(a))
+		case "cow":
+			opts = append(opts, WithCopyOnWrite())
 		case "extra":
 			o.extra, _ = strconv.ParseInt(v, 0, 64)
 		case "events":
@@ -190,7 +200,7 @@ func (st *driverState) open(args []string) string {
 	if err != nil {
 		return "err " + err.Error()
 	}
-	st.m, st.file = m, f
+	st.m, st.file, st.written = m, f, nil
 	return fmt.Sprintf("ok %d %d", m.Size(), uintptr(unsafe.Pointer(&m.mem[0])))
 }
 
@@ -222,6 +232,7 @@ func (st *driverState) check(b []byte, off int64) string {
 		return "err " + err.Error()
 	}
 	clear(want[max(n, 0):])
+	st.overlay(want, off)
 	if i := firstDiff(b, want); i >= 0 {
 		return fmt.Sprintf("mismatch at %d: got %#x want %#x", off+int64(i), b[i], want[i])
 	}

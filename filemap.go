@@ -1,13 +1,16 @@
-// Package filemap maps objects — local files now; HTTP URLs, S3 objects and
-// VM snapshots later — into memory whose pages are read in on first touch by
-// a handler process, through a page cache shared by every process of the
-// same user: the kernel's filemap_fault, done in user space with
-// userfaultfd(2).
+// Package filemap maps objects — local files, HTTP(S) URLs, S3 objects —
+// into memory whose pages are read in on first touch by a handler process,
+// through a page cache shared by every process of the same user: the
+// kernel's filemap_fault, done in user space with userfaultfd(2).
 //
 //	m, err := filemap.Open(ctx, "/data/model.bin")
 //	if err != nil { ... }
 //	defer m.Close()
 //	b := m.Bytes() // read-only; pages arrive as they are touched
+//
+// WithCopyOnWrite makes the mapping writable as the kernel's MAP_PRIVATE
+// mapping of a file is: a write goes to a private copy of its page, seen
+// by this mapping alone, never by the object or by other mappings.
 //
 // The handler is the daemon `filemap serve` when FILEMAP_SOCKET (or
 // WithSocket) names its socket; otherwise the first Open starts a private
@@ -66,6 +69,7 @@ type Option func(*options)
 type options struct {
 	socket   string
 	advice   Advice
+	cow      bool   // writable, copy-on-write
 	features uint64 // extra userfaultfd features, for tests of the daemon's event handling
 	fork     bool   // leave the mapping inheritable by fork(2)
 	extra    int64  // bytes mapped past the object's last page, for tests of EOF
@@ -78,7 +82,16 @@ func WithSocket(path string) Option { return func(o *options) { o.socket = path 
 // WithAdvice sets the mapping's initial access advice.
 func WithAdvice(a Advice) Option { return func(o *options) { o.advice = a } }
 
-// Mapping is an object mapped read-only into memory.
+// WithCopyOnWrite makes the mapping writable, copy-on-write, as the
+// kernel's MAP_PRIVATE mapping of a file is. A write to a page gives this
+// mapping a private copy of it, in this process's anonymous memory; the
+// object, the shared cache and every other mapping keep the object's
+// bytes. Written pages stay when the cache evicts the page they copied;
+// Advise(DontNeed) drops them, and the range reads the object again.
+func WithCopyOnWrite() Option { return func(o *options) { o.cow = true } }
+
+// Mapping is an object mapped into memory: read-only, or copy-on-write
+// (WithCopyOnWrite).
 //
 // A mapping outlives its handler. If the daemon dies, its faults wait (the
 // mapping holds its own userfaultfd). A daemon restarted on the same socket
@@ -100,6 +113,7 @@ type Mapping struct {
 	file     *os.File // a local object, as this process opened it; nil for a remote one
 	u        *uffd.UFFD
 	features uint64 // negotiated in UFFDIO_API
+	cow      bool   // writable, copy-on-write
 	socket   string // from WithSocket; "" for $FILEMAP_SOCKET or the private handler
 
 	ctx     context.Context // cancelled by Close: stops reconnecting
@@ -168,7 +182,7 @@ func mapObject(ctx context.Context, c *client, uri string, f *os.File, o options
 		closeFiles(fds)
 		return nil, fmt.Errorf("daemon sent %d descriptors with the cache, want 1", len(fds))
 	}
-	m := &Mapping{uri: uri, size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket,
+	m := &Mapping{uri: uri, size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket, cow: o.cow,
 		c: c, handle: or.Handle, advice: o.advice, watched: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.setup(ctx, o); err != nil {
@@ -187,7 +201,14 @@ func (m *Mapping) setup(ctx context.Context, o options) error {
 	// pages others share. userfaultfd registers only mappings that may be
 	// written (VM_MAYWRITE), which a shared mapping of a read-only fd is not;
 	// a private one is, and its reads still map the shared cache's pages.
-	mem, err := unix.Mmap(int(m.memfd.Fd()), 0, int(length), unix.PROT_READ, unix.MAP_PRIVATE)
+	// A write to a private mapping copies the page into anonymous memory
+	// (do_cow_fault); a write to a page the cache lacks faults to the
+	// handler first, like a read. So copy-on-write needs only PROT_WRITE.
+	prot := unix.PROT_READ
+	if o.cow {
+		prot |= unix.PROT_WRITE
+	}
+	mem, err := unix.Mmap(int(m.memfd.Fd()), 0, int(length), prot, unix.MAP_PRIVATE)
 	if err != nil {
 		return fmt.Errorf("mmap %d bytes of the cache: %w", length, err)
 	}
@@ -232,9 +253,10 @@ func (m *Mapping) attach(ctx context.Context, c *client, handle uint64, advice A
 	return ar.Region, err
 }
 
-// Bytes is the object's bytes, read-only. Touching a page the cache does
-// not hold blocks until the handler has read it; a page that cannot be read
-// raises SIGBUS, which Guard turns into an error.
+// Bytes is the object's bytes: read-only, or writable if the mapping was
+// opened WithCopyOnWrite. Touching a page the cache does not hold blocks
+// until the handler has read it; a page that cannot be read raises SIGBUS,
+// which Guard turns into an error.
 func (m *Mapping) Bytes() []byte { return m.mem[:m.size:m.size] }
 
 // Size is the object's length in bytes.
@@ -258,11 +280,11 @@ func (m *Mapping) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := int(min(int64(len(p)), m.size-off))
 	if n > 0 {
-		if bad, err := m.populate(off, int64(n)); err != nil {
+		if bad, err := m.populate(off, int64(n), unix.MADV_POPULATE_READ); err != nil {
 			got := copy(p, m.mem[off:bad])
 			return got, err
 		}
-		if err := m.copyOut(p[:n], off); err != nil {
+		if err := m.Guard(func() { copy(p[:n], m.mem[off:]) }); err != nil {
 			return 0, err
 		}
 	}
@@ -272,16 +294,45 @@ func (m *Mapping) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// populate faults in [off, off+n). On failure it finds the first page that
-// cannot be read, clears its poison so that the next access retries, and
-// returns its offset.
-func (m *Mapping) populate(off, n int64) (int64, error) {
+// WriteAt copies p into a copy-on-write mapping at off, so such a Mapping
+// is an io.WriterAt; the object is not written. As ReadAt does, it first
+// faults the range in, with MADV_POPULATE_WRITE, so a goroutine waiting
+// for the store waits in a system call. The mapping does not grow: the
+// bytes of p past the object's end are not written, and are an error.
+func (m *Mapping) WriteAt(p []byte, off int64) (int, error) {
+	if !m.cow {
+		return 0, fmt.Errorf("filemap: %s: WriteAt: the mapping is read-only (open it WithCopyOnWrite)", m.uri)
+	}
+	if off < 0 || off > m.size {
+		return 0, fmt.Errorf("filemap: %s: WriteAt at offset %d, outside the object (size %d)", m.uri, off, m.size)
+	}
+	n := int(min(int64(len(p)), m.size-off))
+	if n > 0 {
+		if bad, err := m.populate(off, int64(n), unix.MADV_POPULATE_WRITE); err != nil {
+			got := copy(m.mem[off:bad], p)
+			return got, err
+		}
+		if err := m.Guard(func() { copy(m.mem[off:], p[:n]) }); err != nil {
+			return 0, err
+		}
+	}
+	if n < len(p) {
+		return n, fmt.Errorf("filemap: %s: WriteAt of %d bytes at offset %d: past the object's end (size %d)", m.uri, len(p), off, m.size)
+	}
+	return n, nil
+}
+
+// populate faults in [off, off+n) with advice, MADV_POPULATE_READ or
+// MADV_POPULATE_WRITE. On failure it finds the first page that cannot be
+// read, clears its poison so that the next access retries, and returns its
+// offset.
+func (m *Mapping) populate(off, n int64, advice int) (int64, error) {
 	start, end := off&^(ps-1), (off+n+ps-1)&^(ps-1)
-	if err := populateRead(m.mem[start:end]); err == nil {
+	if err := populateRange(m.mem[start:end], advice); err == nil {
 		return 0, nil
 	}
 	for p := start; p < end; p += ps {
-		if err := populateRead(m.mem[p : p+ps]); err != nil {
+		if err := populateRange(m.mem[p:p+ps], advice); err != nil {
 			unix.Madvise(m.mem[p:p+ps], unix.MADV_DONTNEED) // drop the poison marker: errors are not sticky
 			return max(p, off), fmt.Errorf("filemap: %s: cannot read the page at offset %d: %w", m.uri, p, err)
 		}
@@ -289,19 +340,13 @@ func (m *Mapping) populate(off, n int64) (int64, error) {
 	return 0, nil // it failed, then worked: a transient error
 }
 
-func populateRead(b []byte) error {
+func populateRange(b []byte, advice int) error {
 	for {
-		err := unix.Madvise(b, unix.MADV_POPULATE_READ)
+		err := unix.Madvise(b, advice)
 		if err != unix.EINTR && err != unix.EAGAIN {
 			return err
 		}
 	}
-}
-
-// copyOut copies from the mapping. The range was just populated; a page
-// evicted and failing in between raises a fault, which becomes an error.
-func (m *Mapping) copyOut(p []byte, off int64) error {
-	return m.Guard(func() { copy(p, m.mem[off:]) })
 }
 
 // FaultError is a page of a mapping that could not be read: the SIGBUS of
@@ -333,7 +378,10 @@ func (m *Mapping) Guard(f func()) error {
 // means to the end. Normal, Random and Sequential apply to the whole
 // mapping's future misses. WillNeed reads the range in the background.
 // DontNeed drops the range's pages from this mapping (not from the shared
-// cache): the next access maps them again, with no I/O if still cached.
+// cache): the next access maps them again, with no I/O if still cached;
+// in a copy-on-write mapping, the pages written are dropped too, and the
+// range reads the object's bytes again, as MADV_DONTNEED does to a
+// private mapping of a file.
 func (m *Mapping) Advise(a Advice, off, length int64) error {
 	if off < 0 || length < 0 || off > m.size {
 		return fmt.Errorf("filemap: %s: advise %v: bad range offset %d length %d (size %d)", m.uri, a, off, length, m.size)
