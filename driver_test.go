@@ -179,6 +179,8 @@ func (st *driverState) open(args []string) string {
 			opts = append(opts, WithAdvice(a))
 		case "cow":
 			opts = append(opts, WithCopyOnWrite())
+		case "version":
+			opts = append(opts, WithVersion(v))
 		case "extra":
 			o.extra, _ = strconv.ParseInt(v, 0, 64)
 		case "events":

@@ -70,6 +70,7 @@ type options struct {
 	socket   string
 	advice   Advice
 	cow      bool   // writable, copy-on-write
+	version  string // the version to map; "" for the current one
 	features uint64 // extra userfaultfd features, for tests of the daemon's event handling
 	fork     bool   // leave the mapping inheritable by fork(2)
 	extra    int64  // bytes mapped past the object's last page, for tests of EOF
@@ -89,6 +90,14 @@ func WithAdvice(a Advice) Option { return func(o *options) { o.advice = a } }
 // bytes. Written pages stay when the cache evicts the page they copied;
 // Advise(DontNeed) drops them, and the range reads the object again.
 func WithCopyOnWrite() Option { return func(o *options) { o.cow = true } }
+
+// WithVersion maps the object at version, as Mapping.Version names it,
+// rather than at whatever version it has when Open asks: so that the hosts
+// of a fleet map the same bytes. An S3 VersionId opens that version, old
+// or current, as long as the bucket keeps it. Any other version (an ETag,
+// a file's size and mtime) must still be the object's current one, or
+// Open fails, saying which version it has now.
+func WithVersion(version string) Option { return func(o *options) { o.version = version } }
 
 // Mapping is an object mapped into memory: read-only, or copy-on-write
 // (WithCopyOnWrite).
@@ -174,7 +183,7 @@ func mapObject(ctx context.Context, c *client, uri string, f *os.File, o options
 	if f != nil {
 		send = []*os.File{f}
 	}
-	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: uri}, send, &or)
+	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: uri, Version: o.version}, send, &or)
 	if err != nil {
 		return nil, err
 	}

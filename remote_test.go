@@ -218,3 +218,99 @@ func TestS3DiskCacheSurvivesRestart(t *testing.T) {
 		t.Errorf("the restarted daemon made %d ranged requests; want 0, every chunk from the disk cache", n)
 	}
 }
+
+// smallVersions is versions' two objects at 8 MiB, for tests that need
+// less than a scan's worth.
+func smallVersions(t *testing.T) (v1, v2 string, d1, d2 []byte) {
+	t.Helper()
+	const size = 8<<20 + 77
+	dir := t.TempDir()
+	v1, v2 = filepath.Join(dir, "v1"), filepath.Join(dir, "v2")
+	pattern.WriteFile(t, v1, size)
+	d1, err := os.ReadFile(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 = bytes.Clone(d1)
+	for i := range d2 {
+		d2[i] ^= 0xa5
+	}
+	if err := os.WriteFile(v2, d2, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return v1, v2, d1, d2
+}
+
+func s3Config(gw *s3test.Server) server.Config {
+	return server.Config{Remote: server.RemoteConfig{S3: s3store.Options{
+		Endpoint:    gw.Endpoint,
+		Region:      gw.Region,
+		Credentials: credentials.NewStaticCredentialsProvider(gw.AccessKey, gw.SecretKey, ""),
+	}}}
+}
+
+// WithVersion, as the hosts of a fleet use it: by VersionId, a version the
+// key has moved past maps whole, beside a mapping of the current one; a
+// version the bucket does not have, or an ETag that is no longer current,
+// fails Open with an error that says so.
+func TestS3OpenVersion(t *testing.T) {
+	gw := s3test.Start(t)
+	versioned, plain := gw.NewBucket(t, true), gw.NewBucket(t, false)
+	const key = "images/rootfs.ext4"
+	v1, v2, d1, d2 := smallVersions(t)
+	_, id1 := gw.Put(t, versioned, key, d1)
+	_, id2 := gw.Put(t, versioned, key, d2)
+	etag1, _ := gw.Put(t, plain, key, d1)
+	d := startDaemon(t, s3Config(gw))
+	uri, plainURI := "s3://"+versioned+"/"+key, "s3://"+plain+"/"+key
+
+	old := startDriver(t, d.sock)
+	old.open(uri, "version="+id1+" ref="+v1)
+	cur := startDriver(t, d.sock)
+	cur.open(uri, "ref="+v2)
+	old.OK("read 0 %d", len(d1))
+	cur.OK("read 0 %d", len(d2))
+	pinned := startDriver(t, d.sock)
+	pinned.open(plainURI, "version="+etag1+" ref="+v1)
+	pinned.OK("read 0 %d", len(d1))
+
+	gw.Put(t, plain, key, d2)
+	c := startDriver(t, d.sock)
+	for _, bad := range []struct{ uri, version, want string }{
+		{uri, "no-such-version", `no version "no-such-version" of key`},
+		{plainURI, etag1, "now has ETag"},
+	} {
+		if got := c.Do("open %s version=%s ref=%s", bad.uri, bad.version, v1); !strings.HasPrefix(got, "err ") ||
+			!strings.Contains(got, bad.want) || !strings.Contains(got, bad.uri) {
+			t.Errorf("open %s at version %s: %q; want an error naming it and %q", bad.uri, bad.version, got, bad.want)
+		}
+	}
+	if id1 == id2 {
+		t.Fatalf("the two versions have one VersionId %q", id1)
+	}
+}
+
+// A versioned S3 object replaced while no daemon served its mapping: the
+// restarted daemon opens the version the mapping shows by its VersionId,
+// and serves every page of it, where an unversioned object could only
+// give SIGBUS for the pages the cache lacked (TestRestartObjectChanged).
+func TestRestartS3VersionKept(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, true)
+	const key = "snapshots/mem"
+	uri := "s3://" + bucket + "/" + key
+	v1, _, d1, d2 := smallVersions(t)
+	gw.Put(t, bucket, key, d1)
+	sock := filepath.Join(t.TempDir(), "filemap.sock")
+	d := startDaemonProc(t, sock, gw.Env()...)
+	a := startDriver(t, sock)
+	a.open(uri, "advice=random ref="+v1)
+	a.OK("read 0 %d", ps)
+	d.kill()
+	gw.Put(t, bucket, key, d2)
+	d2p := startDaemonProc(t, sock, gw.Env()...)
+	a.OK("read 0 %d", len(d1))
+	if st := d2p.stats(); st.SIGBUS != 0 || st.StoreBytes == 0 {
+		t.Fatalf("the restarted daemon sent %d SIGBUS and read %d bytes; want none, and the pages not cached", st.SIGBUS, st.StoreBytes)
+	}
+}

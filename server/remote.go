@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -66,9 +67,12 @@ func newRemotes(cfg RemoteConfig, log *slog.Logger) (*remotes, error) {
 	return r, nil
 }
 
-// open pins the object at uri at its current version and returns a store of
-// that version's bytes.
-func (r *remotes) open(ctx context.Context, uri store.URI) (store.Store, error) {
+// open pins the object at uri at version, or at its current version if
+// version is "", and returns a store of that version's bytes. An S3 object
+// opens at any version its bucket keeps (by VersionId); any other is the
+// current one, and an error wrapping store.ErrChanged if that is not
+// version (an S3 ETag here, else in the caller's check).
+func (r *remotes) open(ctx context.Context, uri store.URI, version string) (store.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.OpenTimeout)
 	defer cancel()
 	var obj remote.Object
@@ -78,7 +82,7 @@ func (r *remotes) open(ctx context.Context, uri store.URI) (store.Store, error) 
 		if err != nil {
 			return nil, err
 		}
-		o, err := c.Open(ctx, uri.Raw)
+		o, err := c.OpenVersion(ctx, uri.Raw, version)
 		if err != nil {
 			return nil, err
 		}
@@ -97,6 +101,18 @@ func (r *remotes) open(ctx context.Context, uri store.URI) (store.Store, error) 
 		st = r.disk.Wrap(st)
 	}
 	return st, nil
+}
+
+// reopen opens the object at uri for a cache of its version that is
+// mapped already: at that version if the store still has it, else at the
+// current one, which the caller pins to version, so that the pages the
+// cache lacks get SIGBUS.
+func (r *remotes) reopen(ctx context.Context, uri store.URI, version string) (store.Store, error) {
+	st, err := r.open(ctx, uri, version)
+	if errors.Is(err, store.ErrChanged) {
+		st, err = r.open(ctx, uri, "")
+	}
+	return st, err
 }
 
 func (r *remotes) s3Client(ctx context.Context) (*s3store.Client, error) {

@@ -183,7 +183,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	if len(f.Fds) == 1 {
 		kept = dupFile(f.Fds[0])
 	}
-	st, name, err := ss.openStore(uri, f)
+	st, name, err := ss.openStore(uri, req, f)
 	if err != nil {
 		closeFile(kept)
 		return nil, nil, err
@@ -239,13 +239,17 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 // openStore opens the store of uri: a local file through the one fd the
 // client sent, a remote object with the daemon's own clients (and no fd).
 // It returns the name the cache goes by.
-func (ss *session) openStore(uri store.URI, f proto.Frame) (store.Store, string, error) {
+func (ss *session) openStore(uri store.URI, req proto.Open, f proto.Frame) (store.Store, string, error) {
 	if uri.Scheme != "file" {
 		if len(f.Fds) != 0 {
 			f.CloseFds()
 			return nil, "", badFrame("open of remote object %s takes no descriptors, got %d", uri.Raw, len(f.Fds))
 		}
-		st, err := ss.s.remotes.open(context.Background(), uri)
+		open := ss.s.remotes.open
+		if req.Cache {
+			open = ss.s.remotes.reopen
+		}
+		st, err := open(context.Background(), uri, req.Version)
 		return st, uri.Raw, err
 	}
 	if got := len(f.Fds); got != 1 {

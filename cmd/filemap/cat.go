@@ -17,6 +17,8 @@ func cat(args []string) error {
 	fs.Var(&offset, "offset", "first byte to write")
 	fs.Var(&length, "length", "bytes to write (0: to the end)")
 	socket := fs.String("socket", "", "daemon socket (default $FILEMAP_SOCKET, else a private handler)")
+	version := fs.String("object-version", "", "the version to read (default: the current one): an S3 VersionId, old or\n"+
+		"current; an ETag, which must be the current one")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -25,7 +27,8 @@ func cat(args []string) error {
 		return fmt.Errorf("want exactly one URI, got %d arguments", fs.NArg())
 	}
 	uri := fs.Arg(0)
-	m, err := filemap.Open(context.Background(), uri, filemap.WithSocket(*socket), filemap.WithAdvice(filemap.Sequential))
+	m, err := filemap.Open(context.Background(), uri, filemap.WithSocket(*socket), filemap.WithAdvice(filemap.Sequential),
+		filemap.WithVersion(*version))
 	if err != nil {
 		return err
 	}

@@ -3,15 +3,22 @@ package main
 import (
 	"bytes"
 	"encoding/pem"
+	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/filemap/filemap/internal/s3test"
+	"github.com/filemap/filemap/server"
+	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/s3store"
 )
 
 func randomBytes(n int, seed uint64) []byte {
@@ -65,6 +72,67 @@ func TestCatS3(t *testing.T) {
 	r = filemapCLI(t, "cat", "s3://"+bucket+"/dir/missing.bin")
 	r.wantCode(t, 1)
 	r.wantStderr(t, "s3://"+bucket+"/dir/missing.bin", "no such key")
+}
+
+// cat --object-version of a version the key has moved past, by VersionId;
+// and of one the bucket does not have.
+func TestCatS3Version(t *testing.T) {
+	gw := s3test.Start(t)
+	gw.SetEnv(t)
+	bucket := gw.NewBucket(t, true)
+	uri := "s3://" + bucket + "/snap/mem"
+	old := randomBytes(3<<20+9, 3)
+	_, id := gw.Put(t, bucket, "snap/mem", old)
+	gw.Put(t, bucket, "snap/mem", randomBytes(1<<20, 4))
+	r := filemapCLI(t, "cat", "--object-version", id, uri)
+	r.wantCode(t, 0)
+	if !bytes.Equal(r.stdout, old) {
+		t.Fatalf("filemap cat --object-version %s: %d bytes, want the old version's %d", id, len(r.stdout), len(old))
+	}
+	r = filemapCLI(t, "cat", "--object-version", "no-such-version", uri)
+	r.wantCode(t, 1)
+	r.wantStderr(t, uri, `no version "no-such-version"`)
+}
+
+// firecracker --mem-version: every restore opens that version, an old one
+// by VersionId; a version that is not the file's fails the restore.
+func TestMemVersion(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, true)
+	uri := "s3://" + bucket + "/vm/mem"
+	old := randomBytes(2<<20, 5)
+	_, id := gw.Put(t, bucket, "vm/mem", old)
+	gw.Put(t, bucket, "vm/mem", randomBytes(2<<20, 6))
+	cfg := server.RemoteConfig{S3: s3store.Options{Endpoint: gw.Endpoint, Region: gw.Region,
+		Credentials: credentials.NewStaticCredentialsProvider(gw.AccessKey, gw.SecretKey, "")}}
+	log := slog.New(slog.DiscardHandler)
+	open, done, err := memOpener(uri, id, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	st, err := open(t.Context())
+	if err != nil {
+		t.Fatalf("open %s at %s: %v", uri, id, err)
+	}
+	got := make([]byte, len(old))
+	if _, err := store.ReadFull(st, got, 0); err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("read %s at version %s: %v; the bytes are the old version's: %v", uri, id, err, bytes.Equal(got, old))
+	}
+	st.Close()
+
+	path := filepath.Join(t.TempDir(), "mem")
+	if err := os.WriteFile(path, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	open, done, err = memOpener(path, "not-its-version", cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	if _, err := open(t.Context()); !errors.Is(err, store.ErrChanged) || !strings.Contains(err.Error(), "--mem-version not-its-version") {
+		t.Fatalf("open of %s at another version: %v, want ErrChanged naming --mem-version", path, err)
+	}
 }
 
 // writeCert writes a TLS test server's certificate as a PEM file.

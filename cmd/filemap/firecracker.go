@@ -38,6 +38,10 @@ func firecrackerCmd(args []string) error {
 			"guest, its own faults first. Both may name the same file.")
 	socket := fs.String("socket", "", "Unix socket to listen on (Firecracker's backend_path); required")
 	mem := fs.String("mem", "", "the snapshot's memory file: a path, file://, http(s):// or s3:// URI; required")
+	memVersion := fs.String("mem-version", "", "restore from this version of --mem only, the one that matches the snapshot's\n"+
+		"VM state: an S3 VersionId, old or current; else (an ETag) it must be the current\n"+
+		"one, and a restore fails when --mem has moved on (default: the current version\n"+
+		"at each restore)")
 	record := fs.String("record", "", "write the first restore's working set (first-touch order) to this file")
 	prefetch := fs.String("prefetch", "", "replay this working-set record into every restore")
 	prefetchBatch := fs.Int("prefetch-batch", firecracker.DefaultPrefetchBatch, "4 KiB pages a replay copies in at a time between the guest's own faults")
@@ -75,7 +79,7 @@ func firecrackerCmd(args []string) error {
 		return err
 	}
 	log := h.log
-	open, closeStores, err := memOpener(*mem, remoteCfg, log)
+	open, closeStores, err := memOpener(*mem, *memVersion, remoteCfg, log)
 	if err != nil {
 		return err
 	}
@@ -153,12 +157,29 @@ func firecrackerCmd(args []string) error {
 	return err
 }
 
-// memOpener returns the function that opens the memory file at uri at its
-// current version, once per restore, and the function that lets go of the
-// clients it shares. Remote objects are read as `filemap serve` reads
-// them: in chunks, with retries and hedging, optionally through a disk
-// cache.
-func memOpener(uri string, cfg server.RemoteConfig, log *slog.Logger) (func(context.Context) (store.Store, error), func(), error) {
+// memOpener returns the function that opens the memory file at uri at
+// version (if "", at its current version), once per restore, and the
+// function that lets go of the clients it shares. Remote objects are read
+// as `filemap serve` reads them: in chunks, with retries and hedging,
+// optionally through a disk cache.
+func memOpener(uri, version string, cfg server.RemoteConfig, log *slog.Logger) (func(context.Context) (store.Store, error), func(), error) {
+	open, done, err := memOpenerAt(uri, version, cfg, log)
+	if err != nil || version == "" {
+		return open, done, err
+	}
+	return func(ctx context.Context) (store.Store, error) {
+		st, err := open(ctx)
+		if err == nil && st.Version() != version {
+			st.Close()
+			return nil, fmt.Errorf("%w: --mem-version %s, and the memory file is now at version %s", store.ErrChanged, version, st.Version())
+		}
+		return st, err
+	}, done, nil
+}
+
+// memOpenerAt is memOpener without its check of the version: an S3 object
+// opens at version (an old one by VersionId), any other at its current one.
+func memOpenerAt(uri, version string, cfg server.RemoteConfig, log *slog.Logger) (func(context.Context) (store.Store, error), func(), error) {
 	u, err := store.ParseURI(uri)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--mem: %w", err)
@@ -209,7 +230,7 @@ func memOpener(uri string, cfg server.RemoteConfig, log *slog.Logger) (func(cont
 			}
 			c := s3c
 			mu.Unlock()
-			o, err := c.Open(ctx, u.Raw)
+			o, err := c.OpenVersion(ctx, u.Raw, version)
 			if err != nil {
 				return nil, err
 			}

@@ -128,7 +128,8 @@ func (o *Object) readError(off, n int64, err error) error {
 // wrong in words. A HEAD response carries no error code, so for a 4xx the
 // same request is made as a one-byte GET, whose body names the cause:
 // NoSuchBucket or NoSuchKey, InvalidAccessKeyId or SignatureDoesNotMatch.
-func (c *Client) openError(ctx context.Context, loc Location, head error) error {
+// versionID is the version asked for, if any.
+func (c *Client) openError(ctx context.Context, loc Location, versionID string, head error) error {
 	prefix := fmt.Sprintf("open %s at %s", loc, c.where())
 	var send *smithyhttp.RequestSendError
 	if errors.As(head, &send) && ctx.Err() == nil {
@@ -136,12 +137,15 @@ func (c *Client) openError(ctx context.Context, loc Location, head error) error 
 	}
 	err := head
 	if status := statusOf(head); status >= 400 && status < 500 {
-		if get := c.explain(ctx, loc); codeOf(get) != "" {
+		if get := c.explain(ctx, loc, versionID); codeOf(get) != "" {
 			err = get
 		}
 	}
 	code := codeOf(err)
 	switch kind := classify(err); {
+	case versionID != "" && (code == "NoSuchVersion" || kind == rejected):
+		// A rejected request names a version id the server cannot parse.
+		return remote.Permanent(fmt.Errorf("%s: no version %q of key %q in bucket %q: %w: %w", prefix, versionID, loc.Key, loc.Bucket, fs.ErrNotExist, err))
 	case kind == missing && code == "NoSuchBucket":
 		return remote.Permanent(fmt.Errorf("%s: no such bucket %q: %w: %w", prefix, loc.Bucket, fs.ErrNotExist, err))
 	case kind == missing:
@@ -159,12 +163,12 @@ func (c *Client) openError(ctx context.Context, loc Location, head error) error 
 
 // explain makes the one-byte GET that tells why a HEAD failed, and returns
 // its error; nil if it succeeded after all.
-func (c *Client) explain(ctx context.Context, loc Location) error {
-	out, err := c.api.GetObject(ctx, &s3.GetObjectInput{
-		Bucket: &loc.Bucket,
-		Key:    &loc.Key,
-		Range:  aws.String("bytes=0-0"),
-	}, noSDKRetries)
+func (c *Client) explain(ctx context.Context, loc Location, versionID string) error {
+	in := &s3.GetObjectInput{Bucket: &loc.Bucket, Key: &loc.Key, Range: aws.String("bytes=0-0")}
+	if versionID != "" {
+		in.VersionId = &versionID
+	}
+	out, err := c.api.GetObject(ctx, in, noSDKRetries)
 	if err != nil {
 		return err
 	}

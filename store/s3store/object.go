@@ -38,13 +38,38 @@ var _ remote.Object = (*Object)(nil)
 // the SDK's retryer (3 attempts unless AWS_MAX_ATTEMPTS or the shared config
 // say otherwise), since nothing above Open retries it.
 func (c *Client) Open(ctx context.Context, uri string) (*Object, error) {
+	return c.OpenVersion(ctx, uri, "")
+}
+
+// OpenVersion is Open of one version of the object, as Object.Version
+// names it: a VersionId opens that version, current or not, as long as the
+// bucket keeps it; an ETag (quoted, as S3 writes it) opens the current
+// version if it has that ETag, and is a store.ErrChanged error otherwise.
+// "" is the current version, whatever it is.
+func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object, error) {
 	loc, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
 	}
-	head, err := c.api.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &loc.Bucket, Key: &loc.Key})
+	var versionID string
+	if version != "" && !isETag(version) {
+		versionID = version
+	}
+	in := &s3.HeadObjectInput{Bucket: &loc.Bucket, Key: &loc.Key}
+	if versionID != "" {
+		in.VersionId = &versionID
+	}
+	head, err := c.api.HeadObject(ctx, in)
 	if err != nil {
-		return nil, c.openError(ctx, loc, err)
+		return nil, c.openError(ctx, loc, versionID, err)
+	}
+	if got := aws.ToString(head.VersionId); versionID != "" && got != versionID {
+		return nil, remote.Permanent(fmt.Errorf("open %s at %s: asked for version %q, the answer is of version %q: the server ignored the VersionId",
+			loc, c.where(), versionID, got))
+	}
+	if got := aws.ToString(head.ETag); isETag(version) && got != version {
+		return nil, remote.Permanent(fmt.Errorf("open %s at %s: %w: asked for ETag %s, the object now has ETag %s",
+			loc, c.where(), store.ErrChanged, version, got))
 	}
 	o := &Object{
 		api:       c.api,
@@ -63,13 +88,17 @@ func (c *Client) Open(ctx context.Context, uri string) (*Object, error) {
 		// would go unnoticed.
 		return nil, remote.Permanent(fmt.Errorf("open %s at %s: HeadObject gave neither an ETag nor a VersionId to pin the version with", loc, o.where))
 	}
-	in := s3.GetObjectInput{Bucket: &o.loc.Bucket, Key: &o.loc.Key}
+	get := s3.GetObjectInput{Bucket: &o.loc.Bucket, Key: &o.loc.Key}
 	if o.versionID != "" {
-		in.VersionId = aws.String(o.versionID)
+		get.VersionId = aws.String(o.versionID)
 	}
-	o.pre = &presigner{client: s3.NewPresignClient(c.api), in: in}
+	o.pre = &presigner{client: s3.NewPresignClient(c.api), in: get}
 	return o, nil
 }
+
+// isETag tells an ETag, which S3 writes quoted, from a VersionId, which
+// never holds a quote.
+func isETag(v string) bool { return strings.HasPrefix(v, `"`) || strings.HasPrefix(v, `W/"`) }
 
 // Size is the object's length, as HeadObject gave it at Open.
 func (o *Object) Size() int64 { return o.size }

@@ -321,6 +321,57 @@ func TestVersioned(t *testing.T) {
 	checkChanged(t, obj.GetRange(testContext(t), make([]byte, 10), 10), bucket, 10)
 }
 
+// TestOpenVersion opens a named version: by VersionId, an old version
+// the key has moved past, and its bytes; by ETag, only the current one.
+func TestOpenVersion(t *testing.T) {
+	srv := gw.Server(t)
+	c, err := s3store.NewClient(testContext(t), options(srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	versioned := srv.NewBucket(t, true)
+	uri := "s3://" + versioned + "/k"
+	old := randomBytes(10, 1<<20+3)
+	_, oldVersion := srv.Put(t, versioned, "k", old)
+	newer := randomBytes(11, 1<<19)
+	srv.Put(t, versioned, "k", newer)
+	obj, err := c.OpenVersion(testContext(t), uri, oldVersion)
+	if err != nil {
+		t.Fatalf("OpenVersion(%s, %s): %v", uri, oldVersion, err)
+	}
+	if obj.Size() != int64(len(old)) || obj.Version() != oldVersion {
+		t.Fatalf("OpenVersion: size %d version %q, want %d and %q", obj.Size(), obj.Version(), len(old), oldVersion)
+	}
+	checkRange(t, obj, old, 0, len(old))
+	if cur := openObject(t, uri, options(srv)); cur.Size() != int64(len(newer)) {
+		t.Fatalf("Open: size %d, want the newer version's %d", cur.Size(), len(newer))
+	}
+	// A version deleted since, and ids the server cannot even parse.
+	key := "k"
+	if _, err := srv.Client.DeleteObject(testContext(t), &s3.DeleteObjectInput{Bucket: &versioned, Key: &key, VersionId: &oldVersion}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{oldVersion, "no-such-version-id", "3/HL7qXGfb4B5ZY1tmx0UGm2vNl0qKl4"} {
+		_, err := c.OpenVersion(testContext(t), uri, bad)
+		checkOpenError(t, uri, err, fmt.Sprintf("no version %q of key", bad), fs.ErrNotExist, srv.Endpoint)
+		if !remote.IsPermanent(err) {
+			t.Errorf("OpenVersion(%s) = %v, want a permanent error", bad, err)
+		}
+	}
+
+	plain := srv.NewBucket(t, false)
+	uri = "s3://" + plain + "/k"
+	oldETag, _ := srv.Put(t, plain, "k", old)
+	obj, err = c.OpenVersion(testContext(t), uri, oldETag)
+	if err != nil {
+		t.Fatalf("OpenVersion(%s, %s): %v", uri, oldETag, err)
+	}
+	checkRange(t, obj, old, 0, 4096)
+	newETag, _ := srv.Put(t, plain, "k", newer)
+	_, err = c.OpenVersion(testContext(t), uri, oldETag)
+	checkOpenError(t, uri, err, "now has ETag "+newETag, store.ErrChanged, srv.Endpoint)
+}
+
 func TestOpenNotFound(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
