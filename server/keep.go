@@ -222,7 +222,7 @@ func (s *Server) reopenStore(d keptRegion, files []*os.File) (store.Store, bool,
 		if err != nil {
 			return nil, false, err
 		}
-		if st, err = s.remotes.reopen(context.Background(), uri, d.Version); err != nil {
+		if st, err = s.remotes.Reopen(context.Background(), uri, d.Version); err != nil {
 			return errStore{name: d.Name, version: d.Version, size: d.Size, err: err}, false, nil
 		}
 	}

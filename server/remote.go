@@ -36,9 +36,12 @@ type RemoteConfig struct {
 	DiskCacheBytes int64
 }
 
-// remotes opens remote objects. One S3 client and one HTTP client serve
-// every object, so their connections are reused across objects.
-type remotes struct {
+// Remotes opens remote objects as the daemon reads them: in chunks, with
+// retries and hedging, through the disk cache if there is one. One S3
+// client and one HTTP client serve every object, so their connections are
+// reused across objects. `filemap firecracker` opens its memory file with
+// one too.
+type Remotes struct {
 	cfg  RemoteConfig
 	disk *diskcache.Cache // nil without a disk cache
 
@@ -47,11 +50,13 @@ type remotes struct {
 	http *http.Client
 }
 
-func newRemotes(cfg RemoteConfig, log *slog.Logger) (*remotes, error) {
+// NewRemotes makes the opener of remote objects that cfg describes. Its
+// clients are made at the first Open of an object that needs them.
+func NewRemotes(cfg RemoteConfig, log *slog.Logger) (*Remotes, error) {
 	if cfg.OpenTimeout <= 0 {
 		cfg.OpenTimeout = 30 * time.Second
 	}
-	r := &remotes{cfg: cfg}
+	r := &Remotes{cfg: cfg}
 	if cfg.DiskCache != "" {
 		// One disk chunk is one remote request: the same size.
 		chunk := cfg.Fetch.ChunkSize
@@ -67,12 +72,12 @@ func newRemotes(cfg RemoteConfig, log *slog.Logger) (*remotes, error) {
 	return r, nil
 }
 
-// open pins the object at uri at version, or at its current version if
+// Open pins the object at uri at version, or at its current version if
 // version is "", and returns a store of that version's bytes. An S3 object
 // opens at any version its bucket keeps (by VersionId); any other is the
 // current one, and an error wrapping store.ErrChanged if that is not
 // version (an S3 ETag here, else in the caller's check).
-func (r *remotes) open(ctx context.Context, uri store.URI, version string) (store.Store, error) {
+func (r *Remotes) Open(ctx context.Context, uri store.URI, version string) (store.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.OpenTimeout)
 	defer cancel()
 	var obj remote.Object
@@ -103,19 +108,19 @@ func (r *remotes) open(ctx context.Context, uri store.URI, version string) (stor
 	return st, nil
 }
 
-// reopen opens the object at uri for a cache of its version that is
+// Reopen opens the object at uri for a cache of its version that is
 // mapped already: at that version if the store still has it, else at the
 // current one, which the caller pins to version, so that the pages the
 // cache lacks get SIGBUS.
-func (r *remotes) reopen(ctx context.Context, uri store.URI, version string) (store.Store, error) {
-	st, err := r.open(ctx, uri, version)
+func (r *Remotes) Reopen(ctx context.Context, uri store.URI, version string) (store.Store, error) {
+	st, err := r.Open(ctx, uri, version)
 	if errors.Is(err, store.ErrChanged) {
-		st, err = r.open(ctx, uri, "")
+		st, err = r.Open(ctx, uri, "")
 	}
 	return st, err
 }
 
-func (r *remotes) s3Client(ctx context.Context) (*s3store.Client, error) {
+func (r *Remotes) s3Client(ctx context.Context) (*s3store.Client, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.s3 != nil {
@@ -129,7 +134,7 @@ func (r *remotes) s3Client(ctx context.Context) (*s3store.Client, error) {
 	return c, nil
 }
 
-func (r *remotes) httpClient() *http.Client {
+func (r *Remotes) httpClient() *http.Client {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.http == nil {
@@ -138,8 +143,8 @@ func (r *remotes) httpClient() *http.Client {
 	return r.http
 }
 
-// close drops idle connections and closes the disk cache.
-func (r *remotes) close() {
+// Close drops idle connections and closes the disk cache.
+func (r *Remotes) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.http != nil {

@@ -107,7 +107,7 @@ type Server struct {
 	budget   *reclaim.Budget
 	metrics  *metrics.Metrics
 	faults   *fault.Handler
-	remotes  *remotes
+	remotes  *Remotes
 	counters fault.Counters
 	clients  clientTable // per-client accounts and limits
 	hangs    *hangGuard  // store reads past StoreTimeout
@@ -219,7 +219,7 @@ func New(cfg Config) (*Server, error) {
 		backing.Close()
 		return nil, err
 	}
-	r, err := newRemotes(cfg.Remote, cfg.Log)
+	r, err := NewRemotes(cfg.Remote, cfg.Log)
 	if err != nil {
 		s.readers.closePool()
 		backing.Close()
@@ -346,7 +346,7 @@ func (s *Server) Close() error {
 		delete(s.objects, k)
 	}
 	s.mu.Unlock()
-	s.remotes.close()
+	s.remotes.Close()
 	s.backing.Close()
 	s.mu.Lock()
 	k := s.keeper

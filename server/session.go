@@ -245,9 +245,9 @@ func (ss *session) openStore(uri store.URI, req proto.Open, f proto.Frame) (stor
 			f.CloseFds()
 			return nil, "", badFrame("open of remote object %s takes no descriptors, got %d", uri.Raw, len(f.Fds))
 		}
-		open := ss.s.remotes.open
+		open := ss.s.remotes.Open
 		if req.Cache {
-			open = ss.s.remotes.reopen
+			open = ss.s.remotes.Reopen
 		}
 		st, err := open(context.Background(), uri, req.Version)
 		return st, uri.Raw, err

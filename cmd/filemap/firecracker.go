@@ -4,12 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -17,10 +14,6 @@ import (
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
-	"github.com/filemap/filemap/store/diskcache"
-	"github.com/filemap/filemap/store/httpstore"
-	"github.com/filemap/filemap/store/remote"
-	"github.com/filemap/filemap/store/s3store"
 )
 
 func firecrackerCmd(args []string) error {
@@ -179,6 +172,7 @@ func memOpener(uri, version string, cfg server.RemoteConfig, log *slog.Logger) (
 
 // memOpenerAt is memOpener without its check of the version: an S3 object
 // opens at version (an old one by VersionId), any other at its current one.
+// A remote object is opened as `filemap serve` opens it (server.Remotes).
 func memOpenerAt(uri, version string, cfg server.RemoteConfig, log *slog.Logger) (func(context.Context) (store.Store, error), func(), error) {
 	u, err := store.ParseURI(uri)
 	if err != nil {
@@ -198,60 +192,9 @@ func memOpenerAt(uri, version string, cfg server.RemoteConfig, log *slog.Logger)
 			return st, nil
 		}, func() {}, nil
 	}
-	var disk *diskcache.Cache
-	if cfg.DiskCache != "" {
-		chunk := cfg.Fetch.ChunkSize
-		if chunk <= 0 {
-			chunk = remote.DefaultChunkSize
-		}
-		if disk, err = diskcache.Open(cfg.DiskCache, cfg.DiskCacheBytes, diskcache.WithChunkSize(chunk), diskcache.WithLogger(log)); err != nil {
-			return nil, nil, err
-		}
+	r, err := server.NewRemotes(cfg, log)
+	if err != nil {
+		return nil, nil, err
 	}
-	var (
-		mu     sync.Mutex
-		s3c    *s3store.Client
-		client = &http.Client{Transport: httpstore.NewTransport(max(cfg.Fetch.Parallel, remote.DefaultParallel))}
-	)
-	open := func(ctx context.Context) (store.Store, error) {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		var obj remote.Object
-		switch u.Scheme {
-		case "s3":
-			mu.Lock()
-			if s3c == nil {
-				c, err := s3store.NewClient(ctx, cfg.S3)
-				if err != nil {
-					mu.Unlock()
-					return nil, err
-				}
-				s3c = c
-			}
-			c := s3c
-			mu.Unlock()
-			o, err := c.OpenVersion(ctx, u.Raw, version)
-			if err != nil {
-				return nil, err
-			}
-			obj = o
-		default:
-			o, err := httpstore.Open(ctx, u.Raw, httpstore.Options{Client: client, Parallel: cfg.Fetch.Parallel})
-			if err != nil {
-				return nil, err
-			}
-			obj = o
-		}
-		var st store.Store = remote.New(obj, cfg.Fetch)
-		if disk != nil {
-			st = disk.Wrap(st)
-		}
-		return st, nil
-	}
-	return open, func() {
-		client.CloseIdleConnections()
-		if disk != nil {
-			disk.Close()
-		}
-	}, nil
+	return func(ctx context.Context) (store.Store, error) { return r.Open(ctx, u, version) }, r.Close, nil
 }
