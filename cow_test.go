@@ -15,19 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/sigbus"
 	"github.com/filemap/filemap/server"
 )
-
-// noise is n bytes made from seed.
-func noise(n int64, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 7))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // page is the bytes of page p as the mapping must show them: as written,
 // else the file's, zero past its end.
@@ -83,7 +74,7 @@ func (st *driverState) ensureWritten() {
 
 // write stores n bytes made from seed at off, with plain stores.
 func (st *driverState) write(off, n int64, seed uint64) string {
-	b := noise(n, seed)
+	b := pattern.Random(int(n), seed)
 	if at, faulted := sigbus.Catch(st.m.mem, func() { copy(st.m.mem[off:off+n], b) }); faulted {
 		return fmt.Sprintf("sigbus %d", at)
 	}
@@ -94,7 +85,7 @@ func (st *driverState) write(off, n int64, seed uint64) string {
 
 // writeAt writes n bytes made from seed at off with WriteAt.
 func (st *driverState) writeAt(off, n int64, seed uint64) string {
-	b := noise(n, seed)
+	b := pattern.Random(int(n), seed)
 	got, err := st.m.WriteAt(b, off)
 	st.ensureWritten()
 	st.wrote(st.written, b[:got], off)
@@ -131,7 +122,7 @@ func (st *driverState) randomWrites(threads int, d time.Duration) string {
 					if lo >= hi {
 						continue
 					}
-					b := noise(hi-lo, r.Uint64())
+					b := pattern.Random(int(hi-lo), r.Uint64())
 					if at, faulted := sigbus.Catch(st.m.mem, func() { copy(st.m.mem[p*ps+lo:], b) }); faulted {
 						res[i] = fmt.Sprintf("sigbus %d writing", at)
 						return

@@ -24,13 +24,13 @@ import (
 // leaves its end unread, readahead included.
 const remoteObjectSize = 64<<20 + 123
 
-// versions writes two different versions of an object as local files: the
-// references the drivers check the mapping against.
-func versions(t *testing.T) (v1, v2 string, d1, d2 []byte) {
+// versions writes two different versions of an object of size bytes as
+// local files: the references the drivers check the mapping against.
+func versions(t *testing.T, size int64) (v1, v2 string, d1, d2 []byte) {
 	t.Helper()
 	dir := t.TempDir()
 	v1, v2 = filepath.Join(dir, "v1"), filepath.Join(dir, "v2")
-	pattern.WriteFile(t, v1, remoteObjectSize)
+	pattern.WriteFile(t, v1, size)
 	d1, err := os.ReadFile(v1)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ func TestS3ObjectMapping(t *testing.T) {
 	bucket := gw.NewBucket(t, false)
 	const key = "models/weights.bin"
 	uri := "s3://" + bucket + "/" + key
-	v1, v2, d1, d2 := versions(t)
+	v1, v2, d1, d2 := versions(t, remoteObjectSize)
 	gw.Put(t, bucket, key, d1)
 	d := startDaemon(t, server.Config{Remote: server.RemoteConfig{S3: s3store.Options{
 		Endpoint:    gw.Endpoint,
@@ -139,7 +139,7 @@ func (h *versionedHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestHTTPObjectMapping(t *testing.T) {
-	v1, v2, d1, d2 := versions(t)
+	v1, v2, d1, d2 := versions(t, remoteObjectSize)
 	h := &versionedHandler{}
 	h.set(d1)
 	srv := httptest.NewServer(h)
@@ -219,28 +219,6 @@ func TestS3DiskCacheSurvivesRestart(t *testing.T) {
 	}
 }
 
-// smallVersions is versions' two objects at 8 MiB, for tests that need
-// less than a scan's worth.
-func smallVersions(t *testing.T) (v1, v2 string, d1, d2 []byte) {
-	t.Helper()
-	const size = 8<<20 + 77
-	dir := t.TempDir()
-	v1, v2 = filepath.Join(dir, "v1"), filepath.Join(dir, "v2")
-	pattern.WriteFile(t, v1, size)
-	d1, err := os.ReadFile(v1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d2 = bytes.Clone(d1)
-	for i := range d2 {
-		d2[i] ^= 0xa5
-	}
-	if err := os.WriteFile(v2, d2, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return v1, v2, d1, d2
-}
-
 func s3Config(gw *s3test.Server) server.Config {
 	return server.Config{Remote: server.RemoteConfig{S3: s3store.Options{
 		Endpoint:    gw.Endpoint,
@@ -257,7 +235,7 @@ func TestS3OpenVersion(t *testing.T) {
 	gw := s3test.Start(t)
 	versioned, plain := gw.NewBucket(t, true), gw.NewBucket(t, false)
 	const key = "images/rootfs.ext4"
-	v1, v2, d1, d2 := smallVersions(t)
+	v1, v2, d1, d2 := versions(t, 8<<20+77)
 	_, id1 := gw.Put(t, versioned, key, d1)
 	_, id2 := gw.Put(t, versioned, key, d2)
 	etag1, _ := gw.Put(t, plain, key, d1)
@@ -299,7 +277,7 @@ func TestRestartS3VersionKept(t *testing.T) {
 	bucket := gw.NewBucket(t, true)
 	const key = "snapshots/mem"
 	uri := "s3://" + bucket + "/" + key
-	v1, _, d1, d2 := smallVersions(t)
+	v1, _, d1, d2 := versions(t, 8<<20+77)
 	gw.Put(t, bucket, key, d1)
 	sock := filepath.Join(t.TempDir(), "filemap.sock")
 	d := startDaemonProc(t, sock, gw.Env()...)

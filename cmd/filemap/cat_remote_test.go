@@ -5,7 +5,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,25 +14,17 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/s3store"
 )
 
-func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 7))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // cat of an https:// URL: every byte through page faults served from
 // ranged GETs, over TLS with HTTP/2, by the private handler.
 func TestCatHTTPS(t *testing.T) {
-	data := randomBytes(3<<20+123, 1)
+	data := pattern.Random(3<<20+123, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"v1"`)
 		http.ServeContent(w, r, "obj", time.Unix(1700000000, 0), bytes.NewReader(data))
@@ -62,7 +53,7 @@ func TestCatS3(t *testing.T) {
 	gw := s3test.Start(t)
 	gw.SetEnv(t)
 	bucket := gw.NewBucket(t, false)
-	data := randomBytes(5<<20+7, 2)
+	data := pattern.Random(5<<20+7, 2)
 	gw.Put(t, bucket, "dir/object.bin", data)
 	r := filemapCLI(t, "cat", "s3://"+bucket+"/dir/object.bin")
 	r.wantCode(t, 0)
@@ -81,9 +72,9 @@ func TestCatS3Version(t *testing.T) {
 	gw.SetEnv(t)
 	bucket := gw.NewBucket(t, true)
 	uri := "s3://" + bucket + "/snap/mem"
-	old := randomBytes(3<<20+9, 3)
+	old := pattern.Random(3<<20+9, 3)
 	_, id := gw.Put(t, bucket, "snap/mem", old)
-	gw.Put(t, bucket, "snap/mem", randomBytes(1<<20, 4))
+	gw.Put(t, bucket, "snap/mem", pattern.Random(1<<20, 4))
 	r := filemapCLI(t, "cat", "--object-version", id, uri)
 	r.wantCode(t, 0)
 	if !bytes.Equal(r.stdout, old) {
@@ -100,9 +91,9 @@ func TestMemVersion(t *testing.T) {
 	gw := s3test.Start(t)
 	bucket := gw.NewBucket(t, true)
 	uri := "s3://" + bucket + "/vm/mem"
-	old := randomBytes(2<<20, 5)
+	old := pattern.Random(2<<20, 5)
 	_, id := gw.Put(t, bucket, "vm/mem", old)
-	gw.Put(t, bucket, "vm/mem", randomBytes(2<<20, 6))
+	gw.Put(t, bucket, "vm/mem", pattern.Random(2<<20, 6))
 	cfg := server.RemoteConfig{S3: s3store.Options{Endpoint: gw.Endpoint, Region: gw.Region,
 		Credentials: credentials.NewStaticCredentialsProvider(gw.AccessKey, gw.SecretKey, "")}}
 	log := slog.New(slog.DiscardHandler)

@@ -5,6 +5,7 @@ package pattern
 
 import (
 	"encoding/binary"
+	"math/rand/v2"
 	"os"
 	"testing"
 )
@@ -35,4 +36,12 @@ func WriteFile(t testing.TB, path string, size int64) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Random is n bytes that seed determines and nothing else: data for a
+// test to write, with no structure that could hide a misplaced byte.
+func Random(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), byte(seed >> 24)}).Read(b)
+	return b
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/remote"
@@ -70,13 +70,6 @@ func options(srv *s3test.Server) s3store.Options {
 	}
 }
 
-func randomBytes(seed uint64, n int) []byte {
-	p := make([]byte, n)
-	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
-	r.Read(p)
-	return p
-}
-
 func openObject(t *testing.T, uri string, opts s3store.Options) *s3store.Object {
 	t.Helper()
 	obj, err := s3store.Open(testContext(t), uri, opts)
@@ -111,7 +104,7 @@ func firstDiff(a, b []byte) int {
 func TestReadRanges(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	data := randomBytes(1, 3<<20+12345)
+	data := pattern.Random(3<<20+12345, 1)
 	etag, _ := srv.Put(t, bucket, "dir/sub/object.bin", data)
 
 	obj := openObject(t, "s3://"+bucket+"/dir/sub/object.bin", options(srv))
@@ -143,7 +136,7 @@ func TestReadRanges(t *testing.T) {
 func TestConcurrentReads(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	data := randomBytes(2, 2<<20)
+	data := pattern.Random(2<<20, 2)
 	srv.Put(t, bucket, "k", data)
 	obj := openObject(t, "s3://"+bucket+"/k", options(srv))
 
@@ -189,7 +182,7 @@ func TestZeroLength(t *testing.T) {
 func TestOutOfRange(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	srv.Put(t, bucket, "k", randomBytes(3, 100))
+	srv.Put(t, bucket, "k", pattern.Random(100, 3))
 	obj := openObject(t, "s3://"+bucket+"/k", options(srv))
 	for _, c := range []struct {
 		off int64
@@ -208,7 +201,7 @@ func TestOutOfRange(t *testing.T) {
 func TestEnvironment(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	data := randomBytes(4, 10000)
+	data := pattern.Random(10000, 4)
 	srv.Put(t, bucket, "k", data)
 	srv.SetEnv(t)
 
@@ -238,13 +231,13 @@ func TestEnvironment(t *testing.T) {
 func TestReplaced(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	old := randomBytes(5, 1<<20)
+	old := pattern.Random(1<<20, 5)
 	srv.Put(t, bucket, "k", old)
 	obj := openObject(t, "s3://"+bucket+"/k", options(srv))
 	checkRange(t, obj, old, 0, 4096)
 
 	for _, size := range []int{len(old), len(old) / 2, len(old) * 2} {
-		srv.Put(t, bucket, "k", randomBytes(uint64(6+size), size))
+		srv.Put(t, bucket, "k", pattern.Random(size, uint64(6+size)))
 		p := bytes.Repeat([]byte{0xA5}, 4096)
 		err := obj.GetRange(testContext(t), p, 8192)
 		checkChanged(t, err, bucket, 8192)
@@ -271,7 +264,7 @@ func checkChanged(t *testing.T, err error, bucket string, off int64) {
 func TestDeleted(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	srv.Put(t, bucket, "k", randomBytes(7, 5000))
+	srv.Put(t, bucket, "k", pattern.Random(5000, 7))
 	obj := openObject(t, "s3://"+bucket+"/k", options(srv))
 	srv.Delete(t, bucket, "k")
 	checkChanged(t, obj.GetRange(testContext(t), make([]byte, 10), 10), bucket, 10)
@@ -285,7 +278,7 @@ func TestDeleted(t *testing.T) {
 func TestVersioned(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, true)
-	old := randomBytes(8, 1<<20+1)
+	old := pattern.Random(1<<20+1, 8)
 	etag, version := srv.Put(t, bucket, "k", old)
 	if version == "" {
 		t.Fatal("PutObject in a versioned bucket gave no VersionId")
@@ -296,7 +289,7 @@ func TestVersioned(t *testing.T) {
 			obj.Version(), obj.VersionID(), obj.ETag(), version, etag)
 	}
 
-	newer := randomBytes(9, 2<<20)
+	newer := pattern.Random(2<<20, 9)
 	_, newVersion := srv.Put(t, bucket, "k", newer)
 	checkRange(t, obj, old, 0, len(old))
 
@@ -331,9 +324,9 @@ func TestOpenVersion(t *testing.T) {
 	}
 	versioned := srv.NewBucket(t, true)
 	uri := "s3://" + versioned + "/k"
-	old := randomBytes(10, 1<<20+3)
+	old := pattern.Random(1<<20+3, 10)
 	_, oldVersion := srv.Put(t, versioned, "k", old)
-	newer := randomBytes(11, 1<<19)
+	newer := pattern.Random(1<<19, 11)
 	srv.Put(t, versioned, "k", newer)
 	obj, err := c.OpenVersion(testContext(t), uri, oldVersion)
 	if err != nil {
@@ -406,7 +399,7 @@ func checkOpenError(t *testing.T, uri string, err error, want string, is error, 
 func TestWrongCredentials(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	srv.Put(t, bucket, "k", randomBytes(10, 100))
+	srv.Put(t, bucket, "k", pattern.Random(100, 10))
 	uri := "s3://" + bucket + "/k"
 	for _, c := range []struct{ name, access, secret, want string }{
 		{"wrong secret", srv.AccessKey, "not-the-secret", "the secret access key does not match the access key id"},
@@ -460,7 +453,7 @@ func TestBadURI(t *testing.T) {
 func TestCanceled(t *testing.T) {
 	srv := gw.Server(t)
 	bucket := srv.NewBucket(t, false)
-	srv.Put(t, bucket, "k", randomBytes(11, 100))
+	srv.Put(t, bucket, "k", pattern.Random(100, 11))
 	obj := openObject(t, "s3://"+bucket+"/k", options(srv))
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -485,7 +478,7 @@ func TestSharedClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 5 {
-		data := randomBytes(uint64(20+i), 50000)
+		data := pattern.Random(50000, uint64(20+i))
 		key := fmt.Sprintf("obj-%d", i)
 		srv.Put(t, bucket, key, data)
 		obj, err := c.Open(testContext(t), "s3://"+bucket+"/"+key)
@@ -520,7 +513,7 @@ func countingClient(dials *atomic.Int64) *awshttp.BuildableClient {
 func BenchmarkGetRange4K(b *testing.B) {
 	srv := gw.Server(b)
 	bucket := srv.NewBucket(b, false)
-	data := randomBytes(7, 16<<20)
+	data := pattern.Random(16<<20, 7)
 	srv.Put(b, bucket, "bench.bin", data)
 	obj, err := s3store.Open(b.Context(), "s3://"+bucket+"/bench.bin", options(srv))
 	if err != nil {
