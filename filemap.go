@@ -468,6 +468,18 @@ func Stat(ctx context.Context, opts ...Option) (Stats, error) {
 	return st, err
 }
 
+// ObjectStat is one object's cache in a handler.
+type ObjectStat = proto.ObjectStat
+
+// CachedObjects lists the objects whose caches the handler that Open would
+// use with the same options holds, the most cached first: this user's, or
+// every user's when the caller is root.
+func CachedObjects(ctx context.Context, opts ...Option) ([]ObjectStat, error) {
+	var objs proto.Objects
+	err := handlerCall(ctx, proto.TObjects, opts, &objs)
+	return objs.Objects, err
+}
+
 // DropCaches empties the caches of the handler that Open would use with the
 // same options, as writing 3 to /proc/sys/vm/drop_caches does for the
 // kernel's: every mapping's next access to a page reads the store again.

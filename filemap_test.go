@@ -437,3 +437,39 @@ func TestChunkedCopyMajorFaults(t *testing.T) {
 		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 8 (%d minor)", st.MajorFaults, st.MinorFaults)
 	}
 }
+
+// CachedObjects lists the caches, the most cached first, with the users
+// holding each; a uid sees its own objects only, root every uid's.
+func TestCachedObjects(t *testing.T) {
+	d := startDaemon(t, server.Config{})
+	big, small := patternFile(t, 4<<20), patternFile(t, 100<<10+5)
+	a := startDriver(t, d.sock)
+	a.open(big, "")
+	a.OK("read 0 %d", 4<<20)
+	b := startDriver(t, d.sock)
+	b.open(small, "")
+	b.OK("read 0 %d", 100<<10+5)
+	b.OK("close")
+	settle(t, d)
+	objs, err := CachedObjects(context.Background(), WithSocket(d.sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 {
+		t.Fatalf("%d objects listed, want 2: %+v", len(objs), objs)
+	}
+	want := []struct {
+		uri          string
+		size, cached int64
+		open         bool
+	}{{big, 4 << 20, 4 << 20, true}, {small, 100<<10 + 5, 100<<10 + ps, false}}
+	for i, w := range want {
+		o := objs[i]
+		if o.URI != w.uri || o.Size != w.size || o.CacheBytes != w.cached || (o.Users > 0) != w.open || o.Uid != uint32(os.Getuid()) {
+			t.Errorf("object %d: %+v; want %s, size %d, %d bytes cached, users>0 %v", i, o, w.uri, w.size, w.cached, w.open)
+		}
+	}
+	if other := d.s.Objects(uint32(os.Getuid()) + 4242); len(other) != 0 {
+		t.Errorf("another uid sees %+v; want nothing", other)
+	}
+}

@@ -62,13 +62,15 @@ const (
 	// over its socket and leaves its regions in its keeper.
 	TTakeover Type = 10
 
+	TObjects Type = 11 // Empty → Objects: the caches the daemon holds
+
 	TReply Type = 0x80 // the request succeeded; payload is its reply
 	TError Type = 0x81 // the request failed; payload is an Error
 )
 
 var typeNames = map[Type]string{
 	THello: "hello", TOpen: "open", TAttach: "attach", TAdvise: "advise", TDetach: "detach",
-	TClose: "close", TStat: "stat", TDrop: "drop-caches", TResume: "resume", TTakeover: "takeover", TReply: "reply", TError: "error",
+	TClose: "close", TStat: "stat", TDrop: "drop-caches", TResume: "resume", TTakeover: "takeover", TObjects: "objects", TReply: "reply", TError: "error",
 }
 
 func (t Type) String() string {
@@ -234,6 +236,23 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return e.Op + ": " + e.Message }
+
+// Objects lists the objects whose caches a daemon holds (TObjects), as
+// fincore(1) lists a file's pages in the kernel's page cache: the caller's
+// own objects, or every uid's for root.
+type Objects struct {
+	Objects []ObjectStat `json:"objects"`
+}
+
+// ObjectStat is one object's cache.
+type ObjectStat struct {
+	URI        string `json:"uri"` // a local file's path, or a remote object's URI
+	Version    string `json:"version"`
+	Size       int64  `json:"size"`
+	CacheBytes int64  `json:"cache_bytes"` // resident in the cache
+	Users      int    `json:"users"`       // open handles and mapped regions; 0: idle, kept for the next Open
+	Uid        uint32 `json:"uid"`
+}
 
 // Stats are the daemon's counters.
 type Stats struct {

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -488,6 +489,26 @@ func (s *Server) DropCaches() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Objects lists the caches of uid's objects, every uid's for root, the
+// largest first.
+func (s *Server) Objects(uid uint32) []proto.ObjectStat {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []proto.ObjectStat
+	for k, o := range s.objects {
+		if uid != 0 && k.uid != uid {
+			continue
+		}
+		c := o.fo.Cache
+		out = append(out, proto.ObjectStat{URI: c.Name(), Version: k.version, Size: c.Size(),
+			CacheBytes: c.Resident() * pagecache.PageSize, Users: o.refs, Uid: k.uid})
+	}
+	slices.SortFunc(out, func(a, b proto.ObjectStat) int {
+		return cmp.Or(cmp.Compare(b.CacheBytes, a.CacheBytes), cmp.Compare(a.URI, b.URI), cmp.Compare(a.Uid, b.Uid))
+	})
+	return out
 }
 
 // AllocatedBytes is the memory all caches hold, as the kernel counts it.

@@ -129,6 +129,8 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 		return ss.s.Stats(), nil, nil
 	case proto.TDrop:
 		return proto.Empty{}, nil, ss.s.DropCaches()
+	case proto.TObjects:
+		return proto.Objects{Objects: ss.s.Objects(ss.cred.Uid)}, nil, nil
 	case proto.TResume:
 		var req proto.Resume
 		if err := proto.Unmarshal(f.Payload, &req); err != nil {

@@ -114,6 +114,20 @@ func statJSON(t *testing.T, socket string) filemap.Stats {
 	return st
 }
 
+// objectsJSON is stat --objects --json, decoded strictly.
+func objectsJSON(t *testing.T, socket string) []filemap.ObjectStat {
+	t.Helper()
+	r := filemapCLI(t, "stat", "--socket", socket, "--objects", "--json")
+	r.wantCode(t, 0)
+	var objs struct{ Objects []filemap.ObjectStat }
+	dec := json.NewDecoder(bytes.NewReader(r.stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&objs); err != nil {
+		t.Fatalf("filemap stat --objects --json: %v; stdout:\n%s", err, r.stdout)
+	}
+	return objs.Objects
+}
+
 // serve --takeover: the running daemon hands over its socket and exits 0,
 // and the new one serves on the same socket. (Mappings that live across a
 // takeover: TestTakeoverUnderLoad in the root package.)
@@ -196,8 +210,23 @@ func TestServeCatStat(t *testing.T) {
 		}
 	}
 
+	// stat --objects: the file, whole in the cache, no client left.
+	objs := objectsJSON(t, d.socket)
+	if len(objs) != 1 || objs[0].URI != path || objs[0].Size != int64(len(data)) ||
+		objs[0].CacheBytes != (int64(len(data))+4095)&^4095 || objs[0].Users != 0 || objs[0].Version == "" {
+		t.Errorf("stat --objects --json after two cats of %s (%d bytes): %+v; want it alone, whole, no users", path, len(data), objs)
+	}
+	r = filemapCLI(t, "stat", "--socket", d.socket, "--objects")
+	r.wantCode(t, 0)
+	if !bytes.Contains(r.stdout, []byte("CACHED")) || !bytes.Contains(r.stdout, []byte("100.0")) || !bytes.Contains(r.stdout, []byte(path)) {
+		t.Errorf("filemap stat --objects:\n%s\nwant a header and %s at 100.0%%", r.stdout, path)
+	}
+
 	// drop-caches empties the cache: the next cat reads the store again.
 	filemapCLI(t, "drop-caches", "--socket", d.socket).wantCode(t, 0)
+	if objs := objectsJSON(t, d.socket); len(objs) != 1 || objs[0].CacheBytes != 0 {
+		t.Errorf("stat --objects after drop-caches: %+v; want the object, nothing cached", objs)
+	}
 	if st := statJSON(t, d.socket); st.CacheBytes != 0 {
 		t.Errorf("after drop-caches: %d bytes cached", st.CacheBytes)
 	}

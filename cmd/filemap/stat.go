@@ -11,15 +11,20 @@ import (
 )
 
 func stat(args []string) error {
-	fs := newFlags("stat", "[flags]", "Prints the daemon's counters.")
+	fs := newFlags("stat", "[flags]", "Prints the daemon's counters; with --objects, the objects it caches.")
 	asJSON := fs.Bool("json", false, "print JSON for machines")
 	socket := fs.String("socket", proto.DefaultSocket(), "daemon socket")
+	objects := fs.Bool("objects", false, "list the objects whose caches the daemon holds, the most cached first, as\n"+
+		"fincore does the kernel's page cache: yours, or every user's for root")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		fs.Usage()
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *objects {
+		return statObjects(*socket, *asJSON)
 	}
 	st, err := filemap.Stat(context.Background(), filemap.WithSocket(*socket))
 	if err != nil {
@@ -74,6 +79,42 @@ func stat(args []string) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// statObjects prints the daemon's objects: a table, or JSON.
+func statObjects(socket string, asJSON bool) error {
+	objs, err := filemap.CachedObjects(context.Background(), filemap.WithSocket(socket))
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(proto.Objects{Objects: objs})
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "CACHED\tSIZE\t%\tUSERS\tUID\tVERSION\tOBJECT")
+	for _, o := range objs {
+		pct := 100.0
+		if o.Size > 0 {
+			pct = 100 * float64(o.CacheBytes) / float64(o.Size)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%d\t%d\t%s\t%s\n", short(o.CacheBytes), short(o.Size), min(pct, 100), o.Users, o.Uid, o.Version, o.URI)
+	}
+	return tw.Flush()
+}
+
+// short shows a byte count for a person, in binary units.
+func short(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	v, u := float64(n), 0
+	for v >= 1024 && u < len(units)-1 {
+		v, u = v/1024, u+1
+	}
+	if u == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return fmt.Sprintf("%.1f %s", v, units[u])
 }
 
 // size shows a byte count for a person: exact, and in binary units.
