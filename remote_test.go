@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/server"
@@ -290,5 +291,35 @@ func TestRestartS3VersionKept(t *testing.T) {
 	a.OK("read 0 %d", len(d1))
 	if st := d2p.stats(); st.SIGBUS != 0 || st.StoreBytes == 0 {
 		t.Fatalf("the restarted daemon sent %d SIGBUS and read %d bytes; want none, and the pages not cached", st.SIGBUS, st.StoreBytes)
+	}
+}
+
+// The version a mapping shows deleted while no daemon ran, and no keeper
+// kept the region: the client hands its cache back to the restarted daemon,
+// which adopts it at the key's current version, pinned to the old one: the
+// cached pages are served, the others get SIGBUS, never the new bytes.
+func TestRestartS3VersionDeleted(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, true)
+	key := "snapshots/mem"
+	uri := "s3://" + bucket + "/" + key
+	v1, _, d1, d2 := versions(t, 8<<20+77)
+	_, id1 := gw.Put(t, bucket, key, d1)
+	sock := filepath.Join(t.TempDir(), "filemap.sock")
+	env := append(gw.Env(), "FILEMAP_TEST_NOKEEP=1")
+	d := startDaemonProc(t, sock, env...)
+	a := startDriver(t, sock)
+	a.open(uri, "advice=random ref="+v1)
+	a.OK("read 0 %d", ps)
+	d.kill()
+	gw.Put(t, bucket, key, d2)
+	if _, err := gw.Client.DeleteObject(t.Context(), &s3.DeleteObjectInput{Bucket: &bucket, Key: &key, VersionId: &id1}); err != nil {
+		t.Fatal(err)
+	}
+	d2p := startDaemonProc(t, sock, env...)
+	waitFor(t, "the client to re-attach", func() bool { return d2p.stats().Regions == 1 })
+	a.OK("read 0 %d", ps)
+	if got := a.Do("read %d 8", 4<<20); got != fmt.Sprintf("sigbus %d", 4<<20) {
+		t.Fatalf("a page not cached, its version deleted: %q, want SIGBUS", got)
 	}
 }

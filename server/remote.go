@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -109,13 +110,16 @@ func (r *Remotes) Open(ctx context.Context, uri store.URI, version string) (stor
 }
 
 // Reopen opens the object at uri for a cache of its version that is
-// mapped already: at that version if the store still has it, else at the
-// current one, which the caller pins to version, so that the pages the
-// cache lacks get SIGBUS.
+// mapped already: at that version if the store still has it, else (the
+// version replaced, or deleted) at the current one, which the caller pins
+// to version, so that the pages the cache holds are served and those it
+// lacks get SIGBUS.
 func (r *Remotes) Reopen(ctx context.Context, uri store.URI, version string) (store.Store, error) {
 	st, err := r.Open(ctx, uri, version)
-	if errors.Is(err, store.ErrChanged) {
-		st, err = r.Open(ctx, uri, "")
+	if err != nil && version != "" && (errors.Is(err, store.ErrChanged) || errors.Is(err, fs.ErrNotExist)) {
+		if cur, cerr := r.Open(ctx, uri, ""); cerr == nil {
+			return cur, nil
+		}
 	}
 	return st, err
 }
