@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -307,4 +308,24 @@ func TestCopyOnWriteHuge(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.OK("read 0 %d", size)
+}
+
+// A daemon killed and started again under a copy-on-write mapping: the
+// written pages are the client's own memory and stay; the rest are served
+// by the new daemon.
+func TestCopyOnWriteAcrossRestart(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "filemap.sock")
+	d := startDaemonProc(t, sock)
+	const size = 4 << 20
+	path := patternFile(t, size)
+	a := startDriver(t, sock)
+	a.open(path, "cow advice=random")
+	a.OK("write %d 100 1", 10)
+	a.OK("write %d %d 2", 3<<20, ps)
+	d.kill()
+	d2 := startDaemonProc(t, sock)
+	a.OK("read 0 %d", size)
+	if st := d2.stats(); st.StoreBytes == 0 {
+		t.Fatal("the restarted daemon read nothing: the pages not written were not its to serve")
+	}
 }
