@@ -104,27 +104,50 @@ type spy struct {
 }
 
 func (s *spyStore) ReadAt(p []byte, off int64) (int, error) {
+	if bad := s.enter(off, int64(len(p))); bad >= 0 {
+		n, _ := s.Store.ReadAt(p[:bad-off], off)
+		return n, fmt.Errorf("injected I/O error at offset %d", bad)
+	}
+	return s.Store.ReadAt(p, off)
+}
+
+// View lends the store's own bytes if it can (store.Viewer), recorded,
+// held and delayed as ReadAt's reads are. A read that is to fail is
+// declined, so that ReadAt fails it, after the bytes before the failure.
+func (s *spyStore) View(off int64, n int) ([]byte, func(), bool, error) {
+	v, ok := s.Store.(store.Viewer)
 	s.h.mu.Lock()
-	s.h.reads = append(s.h.reads, span{off, int64(len(p))})
+	fail := s.h.fail
+	s.h.mu.Unlock()
+	if !ok || fail != nil && fail(off, int64(n)) >= 0 {
+		return nil, nil, false, nil
+	}
+	s.enter(off, int64(n))
+	return v.View(off, n)
+}
+
+// enter records a read of [off, off+n), tells began of it, waits for hold
+// and sleeps for delay; it returns the offset where the read is to fail,
+// or -1.
+func (s *spyStore) enter(off, n int64) int64 {
+	s.h.mu.Lock()
+	s.h.reads = append(s.h.reads, span{off, n})
 	fail, delay, began, hold := s.h.fail, s.h.delay, s.h.began, s.h.hold
 	s.h.mu.Unlock()
 	if began != nil {
 		select {
-		case began <- span{off, int64(len(p))}:
+		case began <- span{off, n}:
 		default:
 		}
 	}
-	if hold != nil && hold.at >= off && hold.at < off+int64(len(p)) {
+	if hold != nil && hold.at >= off && hold.at < off+n {
 		<-hold.release
 	}
 	time.Sleep(delay)
 	if fail != nil {
-		if bad := fail(off, int64(len(p))); bad >= 0 {
-			n, _ := s.Store.ReadAt(p[:bad-off], off)
-			return n, fmt.Errorf("injected I/O error at offset %d", bad)
-		}
+		return fail(off, n)
 	}
-	return s.Store.ReadAt(p, off)
+	return -1
 }
 
 func (h *spy) set(f func(*spy)) {

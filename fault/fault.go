@@ -507,7 +507,7 @@ func (x *filling) readPieces(pcs [][2]int64, buf []byte) error {
 		if disk != nil {
 			disk.start(x.f, int64(len(b)))
 		}
-		got, err := x.h.read(x.o, b, lo)
+		data, got, release, err := x.h.readView(x.o, b, lo)
 		if disk != nil {
 			disk.done(int64(len(b)))
 		}
@@ -516,10 +516,12 @@ func (x *filling) readPieces(pcs [][2]int64, buf []byte) error {
 			k = int64(got / ps)
 		}
 		if x.extends(lo, lo+k) {
-			if werr := x.write(lo, lo+k, b); werr != nil {
+			if werr := x.write(lo, lo+k, data); werr != nil {
+				release()
 				return werr
 			}
 		}
+		release()
 		if err != nil {
 			return err
 		}
@@ -640,17 +642,45 @@ func permanent(err error) bool {
 // read reads whole pages from page on into buf; the part past the object's
 // end is zeroed, as the kernel zeroes the tail of the last page.
 func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
-	h.c.StoreReads.Add(1)
 	start := time.Now()
 	n, err := store.ReadFull(o.Store, buf, page*ps)
-	h.cfg.Observer.StoreRead(time.Since(start), n, err)
-	h.c.StoreBytes.Add(uint64(n))
+	h.counted(start, n, err)
 	if err != nil {
-		h.c.StoreErrors.Add(1)
 		return n, err
 	}
 	clear(buf[n:])
 	return len(buf), nil
+}
+
+// readView is read, but when the store can lend its own bytes of the pages
+// (store.Viewer: a remote store's fetched chunk), data is those, valid
+// until release, and the copy into buf is saved; else data is buf. Either
+// way release must be called, once.
+func (h *Handler) readView(o *Object, buf []byte, page int64) (data []byte, n int, release func(), err error) {
+	if v, ok := o.Store.(store.Viewer); ok {
+		start := time.Now()
+		b, rel, lent, err := v.View(page*ps, len(buf))
+		if err != nil {
+			h.counted(start, 0, err)
+			return buf, 0, func() {}, err
+		}
+		if lent {
+			h.counted(start, len(b), nil)
+			return b, len(b), rel, nil
+		}
+	}
+	n, err = h.read(o, buf, page)
+	return buf, n, func() {}, err
+}
+
+// counted counts a store read that began at start and read n bytes.
+func (h *Handler) counted(start time.Time, n int, err error) {
+	h.c.StoreReads.Add(1)
+	h.cfg.Observer.StoreRead(time.Since(start), n, err)
+	h.c.StoreBytes.Add(uint64(n))
+	if err != nil {
+		h.c.StoreErrors.Add(1)
+	}
 }
 
 func (h *Handler) wake(r *Region, start, end int64) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 
@@ -423,5 +424,78 @@ func TestFillMemIdle(t *testing.T) {
 	m.trim()
 	if _, idle, _, _ := m.stats(); idle != 0 {
 		t.Errorf("%d bytes idle after a collection with nothing lent", idle)
+	}
+}
+
+// viewStore is a testStore that lends its bytes (store.Viewer) for reads
+// inside one of its 64-page chunks, and counts the views lent, declined,
+// failed and not yet released.
+type viewStore struct {
+	*testStore
+	mu                             sync.Mutex
+	lent, declined, failed, unfree int
+}
+
+const viewChunk = 64 * ps
+
+func (s *viewStore) View(off int64, n int) ([]byte, func(), bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	end := off + int64(n)
+	if end > int64(len(s.data)) || off/viewChunk != (end-1)/viewChunk {
+		s.declined++
+		return nil, nil, false, nil
+	}
+	for p := off / ps; p < (end+ps-1)/ps; p++ {
+		if s.bad[p] {
+			s.failed++
+			return nil, nil, false, fmt.Errorf("view at offset %d: %w", p*ps, errBadPage)
+		}
+	}
+	s.lent++
+	s.unfree++
+	released := false
+	return s.data[off:end:end], func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if released {
+			s.t.Errorf("view of %d bytes at %d released twice", n, off)
+		}
+		released = true
+		s.unfree--
+	}, true, nil
+}
+
+// Fills from a store that lends its bytes: what it lends is written into
+// the cache as it is, what it declines (across its chunks) is read, a view
+// that fails is retried by reading, and every view lent is released once.
+func TestViewedFills(t *testing.T) {
+	const npages = 1024
+	g := newRig(t, npages, Config{RetryBackoff: 1, Retries: 1})
+	vs := &viewStore{testStore: g.st}
+	g.obj.Store = vs
+	g.st.bad[720] = true // its window, [704, 736), lies in one chunk: a view
+	for _, p := range []int64{0, 100, 101, 102, 400, 700, 720, 1000} {
+		g.fault(p)
+	}
+	g.h.WillNeed(g.obj, 200, 600)
+	g.wg.Wait()
+	g.settle()
+	g.check(t)
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	t.Logf("views lent %d, declined %d, failed %d; store reads %d", vs.lent, vs.declined, vs.failed, g.st.reads)
+	if vs.lent == 0 || vs.failed == 0 {
+		t.Errorf("views lent %d, failed %d: the test exercises nothing", vs.lent, vs.failed)
+	}
+	if vs.unfree != 0 {
+		t.Errorf("%d views never released", vs.unfree)
+	}
+	if !g.tgt.poisoned[g.addr(720)] || g.tgt.poisoned[g.addr(700)] {
+		t.Errorf("poisoned 720 %v, 700 %v; want the page whose view and reads fail, alone",
+			g.tgt.poisoned[g.addr(720)], g.tgt.poisoned[g.addr(700)])
+	}
+	if s := g.states(200, 600); strings.ContainsAny(s, ".e") {
+		t.Errorf("WillNeed of [200, 600) left %s", s)
 	}
 }

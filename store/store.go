@@ -45,6 +45,18 @@ type Idler interface {
 	Idle()
 }
 
+// Viewer is a Store that can lend its own copy of a range instead of
+// copying it into the caller's buffer: a remote store's fetched chunk, which
+// the fault path then writes into the page cache with no copy between.
+//
+// View returns the n bytes at off, which must lie within the object. It
+// returns ok false, and no error, when it cannot lend them (they span two
+// of its chunks, say): the caller reads them with ReadAt. The bytes must not
+// be written, and stay valid until release is called, once.
+type Viewer interface {
+	View(off int64, n int) (b []byte, release func(), ok bool, err error)
+}
+
 // ErrChanged reports that an object no longer has the version pinned at Open.
 var ErrChanged = errors.New("object changed since it was opened")
 

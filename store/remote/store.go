@@ -89,6 +89,30 @@ func (s *Store) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// View lends the bytes [off, off+n) of the fetch that holds them, when
+// they lie in one chunk (store.Viewer): the read a fill of the page cache
+// makes, one chunk at most, then costs no copy into the fill's buffer. The
+// fetch is found, started, promoted and waited for as ReadAt does it.
+func (s *Store) View(off int64, n int) (b []byte, release func(), ok bool, err error) {
+	end := off + int64(n)
+	if off < 0 || n <= 0 || end > s.size || end > s.chunkEnd(off) {
+		return nil, nil, false, nil
+	}
+	demand := n <= s.cfg.SmallRead
+	f, started, err := s.get(off, end, demand, demand && s.lone(off, end), true)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.Key(), n, off, err)
+	}
+	if started {
+		s.run(f)
+	}
+	if err := s.wait(f); err != nil {
+		s.release(f)
+		return nil, nil, false, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.Key(), n, off, err)
+	}
+	return (*f.buf)[off-f.off : end-f.off], func() { s.release(f) }, true, nil
+}
+
 // read fills p from off, which lies within the object. The chunks of a
 // large read are fetched in a sliding window of at most Parallel chunks, so
 // that one huge read neither queues hundreds of fetches ahead of everyone

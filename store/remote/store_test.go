@@ -666,3 +666,73 @@ func TestIdleDropsCachedChunks(t *testing.T) {
 	}
 	readAndCheck(t, s, o.data, testChunk+4096, 8192)
 }
+
+// View lends a fetch's bytes for a read inside one chunk, the same bytes
+// ReadAt copies, and keeps the fetch's buffer until release even when the
+// chunk cache lets go of it meanwhile; it declines reads across a chunk
+// boundary or past the end, which ReadAt serves.
+func TestView(t *testing.T) {
+	o := newFake(t, testSize)
+	s := newStore(t, o, testConfig())
+	for _, c := range []struct {
+		off int64
+		n   int
+		ok  bool
+	}{
+		{0, 4096, true},
+		{3*testChunk + 8192, testChunk - 8192, true}, // to the chunk's end
+		{5 * testChunk, testChunk, true},             // a whole chunk, a readahead's read
+		{16 * testChunk, 1234, true},                 // the short last chunk, whole
+		{testChunk - 100, 200, false},                // across a boundary
+		{16 * testChunk, 4096, false},                // past the end
+		{-1, 10, false},
+	} {
+		b, release, ok, err := s.View(c.off, c.n)
+		if err != nil || ok != c.ok {
+			t.Fatalf("View(%d, %d) = ok %v, %v; want ok %v", c.off, c.n, ok, err, c.ok)
+		}
+		if !ok {
+			continue
+		}
+		if !bytes.Equal(b, o.data[c.off:c.off+int64(c.n)]) {
+			t.Fatalf("View(%d, %d): not the object's bytes", c.off, c.n)
+		}
+		s.Idle() // the chunk cache lets go; the view's fetch stays
+		want := bytes.Clone(b)
+		readAndCheck(t, s, o.data, 7*testChunk, 4*testChunk) // other fetches take buffers
+		if !bytes.Equal(b, want) {
+			t.Fatalf("View(%d, %d): the bytes changed before release", c.off, c.n)
+		}
+		release()
+	}
+	s.Idle()
+	s.mu.Lock()
+	listed := len(s.chunks)
+	s.mu.Unlock()
+	if listed != 0 {
+		t.Fatalf("%d chunks still listed after every view was released and the store went idle", listed)
+	}
+}
+
+// A view of a chunk whose fetch fails is an error naming the object and
+// the bytes, after the store's retries, and lends nothing.
+func TestViewError(t *testing.T) {
+	o := newFake(t, testSize)
+	o.hook = failFirst(1000, errFlaky)
+	cfg := fastRetries(testConfig())
+	cfg.Retries = 2
+	s := newStore(t, o, cfg)
+	b, release, ok, err := s.View(2*testChunk, 4096)
+	if !errors.Is(err, errFlaky) || ok || b != nil || release != nil {
+		t.Fatalf("View of a failing chunk = %d bytes, ok %v, %v; want the cause and nothing lent", len(b), ok, err)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("read 4096 bytes at offset %d", 2*testChunk)) || !strings.Contains(err.Error(), "fake:obj") {
+		t.Fatalf("View error %q does not name the object and the bytes", err)
+	}
+	o.hook = nil // a failed fetch is forgotten: the next view fetches again
+	b, release, ok, err = s.View(2*testChunk, 4096)
+	if err != nil || !ok || !bytes.Equal(b, o.data[2*testChunk:2*testChunk+4096]) {
+		t.Fatalf("View after the failure = ok %v, %v", ok, err)
+	}
+	release()
+}
