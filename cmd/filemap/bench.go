@@ -788,24 +788,33 @@ func (b *benchRun) sequentialWarm() error {
 // settle waits until the handler has no collapse pending, for at most a
 // minute, and notes how long that took.
 func (b *benchRun) settle() error {
+	st, waited, err := waitCollapses(b.stat, time.Minute)
+	switch {
+	case err != nil:
+		return err
+	case st.CollapsesPending > 0:
+		b.note("warm rows: %d collapses still pending after a minute; measuring anyway", st.CollapsesPending)
+	default:
+		b.report.SettleSeconds = waited.Seconds()
+		b.report.HugeExtents = st.HugeExtents
+		if st.HugeExtents > 0 {
+			b.note("warm rows: after filemap's background collapse of the cache into huge folios (%d extents of 2 MiB; %.1fs after the pread loop)",
+				st.HugeExtents, b.report.SettleSeconds)
+		}
+	}
+	return nil
+}
+
+// waitCollapses waits, for at most limit, until the handler has collapsed
+// the extents it was given into huge folios: a warm mapping is one made
+// after the cache has been filled, not while it is converted. It returns
+// the handler's counters at the end and how long it waited.
+func waitCollapses(stat func() (filemap.Stats, error), limit time.Duration) (filemap.Stats, time.Duration, error) {
 	start := time.Now()
 	for {
-		st, err := b.stat()
-		if err != nil {
-			return err
-		}
-		if st.CollapsesPending == 0 {
-			b.report.SettleSeconds = time.Since(start).Seconds()
-			b.report.HugeExtents = st.HugeExtents
-			if st.HugeExtents > 0 {
-				b.note("warm rows: after filemap's background collapse of the cache into huge folios (%d extents of 2 MiB; %.1fs after the pread loop)",
-					st.HugeExtents, b.report.SettleSeconds)
-			}
-			return nil
-		}
-		if time.Since(start) > time.Minute {
-			b.note("warm rows: %d collapses still pending after a minute; measuring anyway", st.CollapsesPending)
-			return nil
+		st, err := stat()
+		if err != nil || st.CollapsesPending == 0 || time.Since(start) > limit {
+			return st, time.Since(start), err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
