@@ -1,6 +1,7 @@
 package firecracker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,11 +11,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -408,4 +411,38 @@ func workingSet(seed uint64, npages int64, frac float64) []int64 {
 		}
 	}
 	return pages
+}
+
+// With a pinned version (an S3 VersionId, which never changes), restores
+// after the first use the open cache of that version without opening the
+// memory file again: no HEAD per restore. Without one, each restore opens
+// it, to find the version current then.
+func TestPinnedVersionOpensOnce(t *testing.T) {
+	const size = 4 << 20
+	mem := memFile(t, size)
+	st, err := openFile(mem)(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := st.Version()
+	st.Close()
+	for _, c := range []struct {
+		pinned string
+		opens  int64
+	}{{"", 3}, {version, 1}, {"another version", 3}} {
+		var opens atomic.Int64
+		open := openFile(mem)
+		ts := startServer(t, mem, Config{Pinned: c.pinned, Open: func(ctx context.Context) (store.Store, error) {
+			opens.Add(1)
+			return open(ctx)
+		}})
+		for range 3 {
+			vm := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
+			vm.OK("checkall")
+			vm.close()
+		}
+		if n := opens.Load(); n != c.opens {
+			t.Errorf("pinned %q: the memory file was opened %d times for 3 restores, want %d", c.pinned, n, c.opens)
+		}
+	}
 }

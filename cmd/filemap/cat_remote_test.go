@@ -136,3 +136,20 @@ func writeCert(t *testing.T, srv *httptest.Server) string {
 	}
 	return path
 }
+
+// Only an S3 VersionId lets restores skip opening the memory file: an ETag
+// or a file's version may stop being current, and each restore checks.
+func TestImmutableVersion(t *testing.T) {
+	for _, c := range []struct{ uri, version, want string }{
+		{"s3://bucket/vm/mem", "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY", "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"},
+		{"s3://bucket/vm/mem", `"9b2cf535f27731c974343645a3985328"`, ""},
+		{"s3://bucket/vm/mem", `W/"9b2cf535"`, ""},
+		{"s3://bucket/vm/mem", "", ""},
+		{"/var/lib/fc/mem", "1073741824@1795686572285920050", ""},
+		{"https://example.com/mem", "abc", ""},
+	} {
+		if got := immutableVersion(c.uri, c.version); got != c.want {
+			t.Errorf("immutableVersion(%q, %q) = %q, want %q", c.uri, c.version, got, c.want)
+		}
+	}
+}

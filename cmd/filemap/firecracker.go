@@ -14,6 +14,7 @@ import (
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/s3store"
 )
 
 func firecrackerCmd(args []string) error {
@@ -80,6 +81,7 @@ func firecrackerCmd(args []string) error {
 	cfg := firecracker.Config{
 		Open:              open,
 		Name:              *mem,
+		Pinned:            immutableVersion(*mem, *memVersion),
 		ReadaheadPages:    h.raPages,
 		MaxReadahead:      h.raMaxPages,
 		ReadaheadInflight: h.raInflight,
@@ -168,6 +170,17 @@ func memOpener(uri, version string, cfg server.RemoteConfig, log *slog.Logger) (
 		}
 		return st, err
 	}, done, nil
+}
+
+// immutableVersion is version if it names bytes that never change, an S3
+// VersionId, so that a restore may use the cache of it without asking the
+// store again; else "". An ETag or a file's version may stop being current
+// at any time, and each restore must check.
+func immutableVersion(uri, version string) string {
+	if u, err := store.ParseURI(uri); err != nil || u.Scheme != "s3" || version == "" || s3store.IsETag(version) {
+		return ""
+	}
+	return version
 }
 
 // memOpenerAt is memOpener without its check of the version: an S3 object

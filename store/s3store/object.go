@@ -52,7 +52,7 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 		return nil, err
 	}
 	var versionID string
-	if version != "" && !isETag(version) {
+	if version != "" && !IsETag(version) {
 		versionID = version
 	}
 	in := &s3.HeadObjectInput{Bucket: &loc.Bucket, Key: &loc.Key}
@@ -67,7 +67,7 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 		return nil, remote.Permanent(fmt.Errorf("open %s at %s: asked for version %q, the answer is of version %q: the server ignored the VersionId",
 			loc, c.where(), versionID, got))
 	}
-	if got := aws.ToString(head.ETag); isETag(version) && got != version {
+	if got := aws.ToString(head.ETag); IsETag(version) && got != version {
 		return nil, remote.Permanent(fmt.Errorf("open %s at %s: %w: asked for ETag %s, the object now has ETag %s",
 			loc, c.where(), store.ErrChanged, version, got))
 	}
@@ -96,9 +96,9 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 	return o, nil
 }
 
-// isETag tells an ETag, which S3 writes quoted, from a VersionId, which
-// never holds a quote.
-func isETag(v string) bool { return strings.HasPrefix(v, `"`) || strings.HasPrefix(v, `W/"`) }
+// IsETag tells an ETag, which S3 writes quoted, from a VersionId, which
+// never holds a quote: OpenVersion takes either.
+func IsETag(v string) bool { return strings.HasPrefix(v, `"`) || strings.HasPrefix(v, `W/"`) }
 
 // Size is the object's length, as HeadObject gave it at Open.
 func (o *Object) Size() int64 { return o.size }
