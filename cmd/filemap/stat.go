@@ -119,15 +119,10 @@ func short(n int64) string {
 
 // size shows a byte count for a person: exact, and in binary units.
 func size(n int64) string {
-	units := []string{"KiB", "MiB", "GiB", "TiB"}
 	if n < 1024 {
 		return fmt.Sprintf("%d B", n)
 	}
-	v, u := float64(n)/1024, 0
-	for v >= 1024 && u < len(units)-1 {
-		v, u = v/1024, u+1
-	}
-	return fmt.Sprintf("%d (%.1f %s)", n, v, units[u])
+	return fmt.Sprintf("%d (%s)", n, short(n))
 }
 
 func dropCaches(args []string) error {
