@@ -413,13 +413,30 @@ func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
 	// Fills end on chunkPages boundaries, so that none straddles two of a
 	// remote store's chunks (a multiple of it) and waits for both.
+	var fills []*pagecache.Fill
 	for lo, hi := w.Start, int64(0); lo < w.End; lo = hi {
 		hi = min((lo/chunkPages+1)*chunkPages, w.End)
-		for _, f := range o.Cache.Claim(lo, hi) {
-			h.c.FillsInFlight.Add(1)
-			h.mem.get(f, h.piecePages(f), false, func(b *[]byte) { go h.fill(o, f, b, w.Marker, false) })
-		}
+		fills = append(fills, o.Cache.Claim(lo, hi)...)
 	}
+	h.prefetch(o, fills)
+	for _, f := range fills {
+		h.c.FillsInFlight.Add(1)
+		h.mem.get(f, h.piecePages(f), false, func(b *[]byte) { go h.fill(o, f, b, w.Marker, false) })
+	}
+}
+
+// prefetch tells a store that plans requests for a window at once
+// (store.Prefetcher) what the fills of one are about to read.
+func (h *Handler) prefetch(o *Object, fills []*pagecache.Fill) {
+	p, ok := o.Store.(store.Prefetcher)
+	if !ok || len(fills) < 2 {
+		return
+	}
+	ranges := make([][2]int64, len(fills))
+	for i, f := range fills {
+		ranges[i] = [2]int64{f.Start * ps, f.End * ps}
+	}
+	p.Prefetch(ranges)
 }
 
 // piecePages is how many pages of f one store read reads.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -497,5 +498,61 @@ func TestViewedFills(t *testing.T) {
 	}
 	if s := g.states(200, 600); strings.ContainsAny(s, ".e") {
 		t.Errorf("WillNeed of [200, 600) left %s", s)
+	}
+}
+
+// prefetchStore is a testStore that records what it is told to prefetch
+// (store.Prefetcher).
+type prefetchStore struct {
+	*testStore
+	mu     sync.Mutex
+	ranges [][][2]int64 // by call
+}
+
+func (s *prefetchStore) Prefetch(ranges [][2]int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ranges = append(s.ranges, slices.Clone(ranges))
+}
+
+// A readahead window is announced to a store that plans its requests, once
+// and before its fills read, as the byte ranges of exactly the pages it
+// claimed: none the cache holds already, in the order they are read.
+func TestReadaheadPrefetches(t *testing.T) {
+	const npages = 1024
+	g := newRig(t, npages, Config{})
+	ps0 := &prefetchStore{testStore: g.st}
+	g.obj.Store = ps0
+	g.fault(300) // its read-around window is cached before WillNeed
+	g.wg.Wait()
+	g.settle()
+	cached := g.states(0, npages)
+	ps0.mu.Lock()
+	ps0.ranges = nil
+	ps0.mu.Unlock()
+
+	g.h.WillNeed(g.obj, 0, npages)
+	g.settle()
+	g.check(t)
+	ps0.mu.Lock()
+	defer ps0.mu.Unlock()
+	if len(ps0.ranges) != 1 {
+		t.Fatalf("%d Prefetch calls for one window; want 1", len(ps0.ranges))
+	}
+	told := make([]bool, npages)
+	last := int64(-1)
+	for _, r := range ps0.ranges[0] {
+		if r[0]%ps != 0 || r[1]%ps != 0 || r[0] < last*ps {
+			t.Fatalf("ranges %v: not page-aligned and ascending", ps0.ranges[0])
+		}
+		for p := r[0] / ps; p < r[1]/ps; p++ {
+			told[p] = true
+		}
+		last = r[1] / ps
+	}
+	for p := range told {
+		if absent := cached[p] == '.'; told[p] != absent {
+			t.Fatalf("page %d (state %q before WillNeed) prefetched %v; want exactly the absent pages", p, cached[p], told[p])
+		}
 	}
 }

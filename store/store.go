@@ -37,6 +37,16 @@ type Readaheader interface {
 	ReadaheadBytes() int64
 }
 
+// Prefetcher is a Store that can plan the reads of a readahead window at
+// once, before they come one piece at a time: a network store then asks for
+// a run of its chunks in one larger request, where reads would have made a
+// request per chunk. The ranges are byte ranges within the object, in the
+// order the reader wants them. Prefetch must not block; the reads that
+// follow find the bytes in flight.
+type Prefetcher interface {
+	Prefetch(ranges [][2]int64)
+}
+
 // Idler is a Store that keeps memory for the reads to come, such as a
 // remote store's recently fetched chunks, and can give it back when no
 // client has its object open: the reads that would use it come from the

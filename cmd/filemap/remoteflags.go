@@ -17,6 +17,8 @@ func remoteFlags(fs *flag.FlagSet) func() (server.RemoteConfig, error) {
 	region := fs.String("s3-region", "", "S3 region (default: the AWS SDK's chain: $AWS_REGION, the shared config; us-east-1 with an endpoint)")
 	chunk := byteSize(remote.DefaultChunkSize)
 	fs.Var(&chunk, "remote-chunk", "unit of remote fetches: one ranged request, 1M to 4M suit object stores")
+	maxReq := byteSize(remote.DefaultMaxRequest)
+	fs.Var(&maxReq, "remote-max-request", "largest ranged request for a run of chunks that a sequential reader's readahead wants; at most --remote-chunk turns grouping off")
 	parallel := fs.Int("remote-parallel", remote.DefaultParallel, "ranged requests in flight per remote object")
 	timeout := fs.Duration("remote-timeout", remote.DefaultTimeout, "bound on one ranged request")
 	retries := fs.Int("remote-retries", remote.DefaultRetries, "retries of a failed ranged request, with exponential backoff and jitter")
@@ -40,6 +42,9 @@ func remoteFlags(fs *flag.FlagSet) func() (server.RemoteConfig, error) {
 		if chunk < 4096 || chunk > 64<<20 {
 			return c, fmt.Errorf("--remote-chunk %d: want 4K to 64M", chunk)
 		}
+		if maxReq < 0 || maxReq > 256<<20 {
+			return c, fmt.Errorf("--remote-max-request %d: want 0 to 256M", maxReq)
+		}
 		if *parallel < 1 || *parallel > 256 {
 			return c, fmt.Errorf("--remote-parallel %d: want 1 to 256", *parallel)
 		}
@@ -49,7 +54,7 @@ func remoteFlags(fs *flag.FlagSet) func() (server.RemoteConfig, error) {
 		if *retries < 0 {
 			return c, fmt.Errorf("--remote-retries %d: must be 0 or more", *retries)
 		}
-		c.Fetch = remote.Config{ChunkSize: int(chunk), Parallel: *parallel, Timeout: *timeout, Retries: *retries, HedgeAfter: *hedge}
+		c.Fetch = remote.Config{ChunkSize: int(chunk), MaxRequest: max(int(maxReq), int(chunk)), Parallel: *parallel, Timeout: *timeout, Retries: *retries, HedgeAfter: *hedge}
 		if *retries == 0 {
 			c.Fetch.Retries = -1
 		}

@@ -19,6 +19,7 @@ const (
 	DefaultSmallRead   = 256 << 10
 	DefaultSubRange    = 256 << 10
 	DefaultHoldGap     = 1 << 20
+	DefaultMaxRequest  = 8 << 20
 
 	// hedgeFloor is the least adaptive hedge delay: below it a hedge
 	// would mostly duplicate requests that were about to finish anyway.
@@ -90,6 +91,17 @@ type Config struct {
 	// Negative merges only ranges that touch.
 	HoldGap int
 
+	// MaxRequest bounds the bytes of one request for a run of chunks that
+	// a readahead window wants (see Prefetch): one request for several
+	// chunks costs the server and the client one request's work instead of
+	// several. Default 8 MiB; at most a chunk turns the grouping off.
+	//
+	// Measured scanning a 512 MiB object of the local versitygw through a
+	// mapping (two CPUs shared by server, daemon and client): versitygw
+	// spent 730-770 ms of CPU a scan in 2 MiB requests and 420-540 ms in
+	// 8 MiB ones.
+	MaxRequest int
+
 	// CacheChunks is how many chunks' worth of recently fetched bytes are
 	// kept, so that a fault followed by its neighbours does not fetch one
 	// chunk twice. It is deliberately small: the page cache is filemap's
@@ -126,6 +138,8 @@ func (c Config) withDefaults() Config {
 		c.HoldGap = DefaultHoldGap
 	}
 	c.HoldGap = roundUp(max(c.HoldGap, 0), pageSize)
+	orDefault(&c.MaxRequest, DefaultMaxRequest)
+	c.MaxRequest = max(c.MaxRequest/c.ChunkSize, 1) * c.ChunkSize
 	orDefault(&c.CacheChunks, 2*c.Parallel)
 	if c.Observer == nil {
 		c.Observer = nopObserver{}

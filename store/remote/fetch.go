@@ -22,6 +22,11 @@ type fetch struct {
 	turn   *waiter     // its place in the queue for its first attempt
 	done   chan struct{}
 
+	// group is the request of several chunks that f is one of (see
+	// Prefetch), or nil when f has a request of its own. Set before f is
+	// listed.
+	group *group
+
 	// held says a Hold asked for it, not a read: it says nothing of where
 	// demand reads go (see Store.span). Set before it is listed.
 	held bool
@@ -37,11 +42,33 @@ type fetch struct {
 	prev, next *fetch
 }
 
-// run fetches f, retrying, and records the outcome.
+// run fetches f, retrying, and records the outcome: f's, or that of every
+// fetch of f's group, which f leads.
 func (s *Store) run(f *fetch) {
 	defer s.wg.Done()
 	buf, err := s.fetchRetrying(f)
+	if f.group != nil {
+		s.finishGroup(f.group, buf, err)
+		return
+	}
 	s.finish(f, buf, err)
+}
+
+// lead is the fetch whose request brings f's bytes: f, or its group's
+// first fetch, which waits for the group's slot.
+func (f *fetch) lead() *fetch {
+	if f.group != nil {
+		return f.group.fetches[0]
+	}
+	return f
+}
+
+// want is the bytes f's requests ask for: f's own, or its group's.
+func (f *fetch) want() int {
+	if f.group != nil {
+		return f.group.n
+	}
+	return f.n
 }
 
 // fetchRetrying makes attempts at f until one succeeds, one fails for good,
@@ -74,7 +101,7 @@ func (s *Store) fetchRetrying(f *fetch) (*[]byte, error) {
 // fetchError says which bytes failed, and after how many tries if more
 // than one.
 func (s *Store) fetchError(f *fetch, tries int, err error) error {
-	what := fmt.Sprintf("fetching bytes %d-%d", f.off, f.off+int64(f.n)-1)
+	what := fmt.Sprintf("fetching bytes %d-%d", f.off, f.off+int64(f.want())-1)
 	if tries > 1 {
 		what += fmt.Sprintf(" (%d tries)", tries)
 	}
@@ -120,7 +147,7 @@ func (s *Store) attempt(f *fetch) (*[]byte, error) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	r := &race{pending: 1, decided: make(chan struct{}), stop: cancel}
-	if d := s.hedgeDelay(f.n); d > 0 {
+	if d := s.hedgeDelay(f.want()); d > 0 {
 		// A late call finds the race decided and starts nothing.
 		t := time.AfterFunc(d, func() { s.hedge(ctx, f, r) })
 		defer t.Stop()
@@ -161,10 +188,13 @@ func (s *Store) hedgeDelay(n int) time.Duration {
 	return max(hedgeFactor*m, hedgeFloor)
 }
 
-// sizeClass separates partial-chunk requests (0) from whole chunks (1),
-// whose latencies differ by the transfer time.
+// sizeClass separates partial-chunk requests (0) from whole chunks (1) and
+// from groups of chunks (2), whose latencies differ by the transfer time.
 func (s *Store) sizeClass(n int) int {
-	if 2*n > s.cfg.ChunkSize {
+	switch {
+	case n > s.cfg.ChunkSize:
+		return 2
+	case 2*n > s.cfg.ChunkSize:
 		return 1
 	}
 	return 0
@@ -183,13 +213,14 @@ func (s *Store) request(ctx context.Context, f *fetch, r *race, hedged bool) {
 // a slot until the Object returns, and reports to r.
 func (s *Store) doRequest(ctx context.Context, f *fetch, r *race, hedged bool) {
 	defer s.slots.release()
-	bp := s.bufs.get(f.n)
+	n := f.want()
+	bp := s.bufs.get(n)
 	start := time.Now()
 	err := s.getRange(ctx, *bp, f.off)
 	lat := time.Since(start)
-	s.cfg.Observer.Request(RequestStats{Bytes: f.n, Latency: lat, Hedge: hedged, Err: Kind(err)})
+	s.cfg.Observer.Request(RequestStats{Bytes: n, Latency: lat, Hedge: hedged, Err: Kind(err)})
 	if err == nil {
-		s.lat[s.sizeClass(f.n)].add(lat)
+		s.lat[s.sizeClass(n)].add(lat)
 	}
 	if !r.end(bp, err) {
 		s.bufs.put(bp)

@@ -28,7 +28,7 @@ type Store struct {
 	wg     sync.WaitGroup // fetch and request goroutines
 	slots  *slots
 	bufs   *bufPool
-	lat    [2]latencies // by sizeClass
+	lat    [3]latencies // by sizeClass
 
 	mu     sync.Mutex
 	closed bool
@@ -51,7 +51,7 @@ func New(obj Object, cfg Config) *Store {
 		ctx:    ctx,
 		cancel: cancel,
 		slots:  newSlots(cfg.Parallel),
-		bufs:   newBufPool(cfg.ChunkSize),
+		bufs:   newBufPool(cfg.ChunkSize, cfg.MaxRequest),
 		chunks: make(map[int64][]*fetch),
 	}
 }
@@ -228,9 +228,10 @@ func (s *Store) get(a, b int64, demand, lone, own bool) (f *fetch, started bool,
 	}
 	if f := s.lookup(ci, a, b); f != nil {
 		f.refs++
-		promote := demand && !f.demand.Load()
+		lead := f.lead() // whose request brings f's bytes
+		promote := demand && !lead.demand.Load()
 		if promote {
-			f.demand.Store(true)
+			lead.demand.Store(true)
 		}
 		s.mu.Unlock()
 		if promote {
@@ -326,6 +327,11 @@ func (s *Store) readBefore(ci int64) bool {
 func (s *Store) finish(f *fetch, buf *[]byte, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.finishLocked(f, buf, err)
+}
+
+// finishLocked is finish, called with s.mu held.
+func (s *Store) finishLocked(f *fetch, buf *[]byte, err error) {
 	f.buf, f.err, f.ended = buf, err, true
 	close(f.done)
 	if err != nil || s.closed {
@@ -404,10 +410,18 @@ func (s *Store) release(f *fetch) {
 // maybeFree recycles f's buffer once f is finished, out of the cache and
 // read by nobody. Called with s.mu held.
 func (s *Store) maybeFree(f *fetch) {
-	if !f.listed && f.refs == 0 && f.buf != nil {
-		s.bufs.put(f.buf)
-		f.buf = nil
+	if f.listed || f.refs > 0 || f.buf == nil {
+		return
 	}
+	buf := f.buf
+	f.buf = nil
+	if g := f.group; g != nil { // buf is a slice of the group's
+		if g.live--; g.live > 0 {
+			return
+		}
+		buf, g.buf = g.buf, nil
+	}
+	s.bufs.put(buf)
 }
 
 // Idle drops the chunks kept for reads to come (store.Idler); reads in

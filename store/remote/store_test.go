@@ -630,10 +630,10 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 // Buffers come in page-to-chunk classes, and a chunk that is no power of
-// two wastes nothing.
+// two wastes nothing; a group's request gets one of MaxRequest.
 func TestBufPool(t *testing.T) {
-	p := newBufPool(3 << 20)
-	for _, c := range []struct{ n, cap int }{{1, 4096}, {4096, 4096}, {4097, 8192}, {200 << 10, 256 << 10}, {2<<20 + 1, 3 << 20}, {3 << 20, 3 << 20}} {
+	p := newBufPool(3<<20, 9<<20)
+	for _, c := range []struct{ n, cap int }{{1, 4096}, {4096, 4096}, {4097, 8192}, {200 << 10, 256 << 10}, {2<<20 + 1, 3 << 20}, {3 << 20, 3 << 20}, {3<<20 + 1, 9 << 20}, {9 << 20, 9 << 20}} {
 		b := p.get(c.n)
 		if len(*b) != c.n || cap(*b) != c.cap {
 			t.Errorf("get(%d): len %d cap %d; want cap %d", c.n, len(*b), cap(*b), c.cap)

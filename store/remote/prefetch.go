@@ -1,0 +1,101 @@
+package remote
+
+// A group is the fetches of a run of adjacent chunks that one request
+// brings (see Prefetch). Each chunk stays a fetch of its own, found,
+// waited for, cached and evicted as any other; they share the request's
+// buffer, which goes back to the pool when the last of them lets go.
+type group struct {
+	fetches []*fetch // in offset order; the first leads: it has the slot
+	n       int      // bytes of all of them
+
+	// Under Store.mu.
+	buf  *[]byte // the request's bytes, once fetched
+	live int     // fetches whose slice of buf is still in use
+}
+
+// Prefetch starts fetching the chunks of ranges (byte ranges, in the order
+// a reader wants them) that no fetch covers, each run of adjacent ones in
+// requests of up to MaxRequest bytes (store.Prefetcher). A sequential
+// reader's readahead window would otherwise cost a request per chunk: four
+// times the requests at the defaults, and each costs the server and this
+// process about what a megabyte's transfer does. A chunk with no neighbour
+// to group it with is left to the read that wants it.
+//
+// The requests are bulk ones, queued behind those already waiting; a
+// demand read that wants a chunk of one still queued promotes it, and then
+// waits for the whole request, as a fault on a page under readahead waits
+// for the kernel's readahead I/O.
+func (s *Store) Prefetch(ranges [][2]int64) {
+	per := s.cfg.MaxRequest / s.cfg.ChunkSize
+	if per < 2 {
+		return
+	}
+	cs := int64(s.cfg.ChunkSize)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	var run []*fetch
+	last := int64(-1) // the last chunk looked at
+	for _, r := range ranges {
+		lo, hi := max(r[0], 0), min(r[1], s.size)
+		for ci := lo / cs; ci*cs < hi; ci++ {
+			if ci <= last {
+				continue
+			}
+			last = ci
+			a, b := ci*cs, s.chunkEnd(ci*cs)
+			if len(run) > 0 && (run[len(run)-1].off+cs != a || len(run) == per) {
+				s.startGroup(run)
+				run = nil
+			}
+			if s.lookup(ci, a, b) != nil {
+				s.startGroup(run)
+				run = nil
+				continue
+			}
+			run = append(run, &fetch{off: a, n: int(b - a)})
+		}
+	}
+	s.startGroup(run)
+}
+
+// startGroup lists the fetches of run, one request's chunks, and starts
+// their request; a run of one is left to reads. Called with s.mu held.
+func (s *Store) startGroup(run []*fetch) {
+	if len(run) < 2 {
+		return
+	}
+	g := &group{fetches: run}
+	for _, f := range run {
+		g.n += f.n
+		f.group, f.done, f.listed = g, make(chan struct{}), true
+		ci := f.off / int64(s.cfg.ChunkSize)
+		s.chunks[ci] = append(s.chunks[ci], f)
+	}
+	lead := run[0]
+	lead.turn = s.slots.enqueue(&lead.demand)
+	s.wg.Add(1)
+	go s.run(lead)
+}
+
+// finishGroup records the outcome of g's request for each of its fetches,
+// as finish does for one.
+func (s *Store) finishGroup(g *group, buf *[]byte, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		g.buf, g.live = buf, len(g.fetches)
+	}
+	base := g.fetches[0].off
+	for _, f := range g.fetches {
+		var b *[]byte
+		if err == nil {
+			at := int(f.off - base)
+			part := (*buf)[at : at+f.n : at+f.n]
+			b = &part
+		}
+		s.finishLocked(f, b, err)
+	}
+}

@@ -1,0 +1,184 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// groupConfig groups up to four test chunks in one request.
+func groupConfig() Config {
+	cfg := testConfig()
+	cfg.MaxRequest = 4 * testChunk
+	return cfg
+}
+
+// sortedCalls is the requests made so far, by offset.
+func sortedCalls(o *fakeObject) []call {
+	cs := o.requests()
+	slices.SortFunc(cs, func(a, b call) int { return int(a.off - b.off) })
+	return cs
+}
+
+func sameRanges(got []call, want [][2]int) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i, c := range got {
+		if c.off != int64(want[i][0]) || c.n != want[i][1] {
+			return false
+		}
+	}
+	return true
+}
+
+// A window of ten chunks costs three requests of at most MaxRequest, every
+// byte read afterwards is right, and no read asks again.
+func TestPrefetchGroupsChunks(t *testing.T) {
+	o := newFake(t, testSize)
+	s := newStore(t, o, groupConfig())
+	s.Prefetch([][2]int64{{0, 3 * testChunk}, {3 * testChunk, 10 * testChunk}})
+	readAndCheck(t, s, o.data, 0, 10*testChunk)
+	want := [][2]int{{0, 4 * testChunk}, {4 * testChunk, 4 * testChunk}, {8 * testChunk, 2 * testChunk}}
+	if got := sortedCalls(o); !sameRanges(got, want) {
+		t.Fatalf("requests %v; want three of at most 4 chunks: %v", got, want)
+	}
+}
+
+// Chunks a fetch covers already break a run and are not asked for again;
+// a chunk with no neighbour to go with is left to the read; the object's
+// short last chunk ends the last group.
+func TestPrefetchSkipsCovered(t *testing.T) {
+	o := newFake(t, testSize)
+	s := newStore(t, o, groupConfig())
+	readAndCheck(t, s, o.data, 2*testChunk, testChunk)
+	s.Prefetch([][2]int64{{0, 7 * testChunk}, {9 * testChunk, 10 * testChunk}, {14 * testChunk, testSize + testChunk}})
+	readAndCheck(t, s, o.data, 0, 7*testChunk)
+	readAndCheck(t, s, o.data, 14*testChunk, testSize-14*testChunk)
+	want := [][2]int{{0, 2 * testChunk}, {2 * testChunk, testChunk}, {3 * testChunk, 4 * testChunk},
+		{14 * testChunk, testSize - 14*testChunk}}
+	if got := sortedCalls(o); !sameRanges(got, want) {
+		t.Fatalf("requests %v; want %v", got, want)
+	}
+}
+
+// With MaxRequest at a chunk, Prefetch asks for nothing.
+func TestPrefetchOff(t *testing.T) {
+	o := newFake(t, testSize)
+	cfg := testConfig()
+	cfg.MaxRequest = testChunk
+	s := newStore(t, o, cfg)
+	s.Prefetch([][2]int64{{0, 8 * testChunk}})
+	if n := len(o.requests()); n != 0 {
+		t.Fatalf("%d requests after Prefetch with MaxRequest = ChunkSize", n)
+	}
+}
+
+// A group's failure reaches the reads waiting for any of its chunks, naming
+// the bytes of the request, and is forgotten: the next reads fetch the
+// chunks again, each on its own.
+func TestPrefetchGroupFails(t *testing.T) {
+	o := newFake(t, testSize)
+	gate := make(chan struct{})
+	o.hook = func(ctx context.Context, c call) error {
+		if c.n <= testChunk {
+			return nil
+		}
+		select {
+		case <-gate:
+			return Permanent(errors.New("boom"))
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	s := newStore(t, o, groupConfig())
+	s.Prefetch([][2]int64{{0, 4 * testChunk}})
+	waitFor(t, "the group's request", func() bool { return len(o.requests()) == 1 })
+	done := readAsync(t, s, o.data, testChunk+100, 1000)
+	waitFor(t, "the read to wait for the group", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		fs := s.chunks[1]
+		return len(fs) == 1 && fs[0].refs == 1
+	})
+	close(gate)
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), "fetching bytes 0-262143") {
+		t.Fatalf("read of a failed group's chunk: %v; want the group's error naming bytes 0-262143", err)
+	}
+	readAndCheck(t, s, o.data, 0, 4*testChunk)
+	if got := o.requests(); len(got) != 5 {
+		t.Fatalf("requests %v; want the group's and one a chunk after it failed", got)
+	}
+}
+
+// A demand read of a chunk whose group waits for a slot behind a scan's
+// request promotes the group, which takes the slot kept for demand reads.
+func TestPrefetchPromoted(t *testing.T) {
+	o := newFake(t, testSize)
+	gate := make(chan struct{})
+	defer close(gate)
+	o.hook = func(ctx context.Context, c call) error {
+		if c.off != 12*testChunk {
+			return nil
+		}
+		select {
+		case <-gate:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	cfg := groupConfig()
+	cfg.Parallel = 2 // one slot for bulk fetches, one kept for demand
+	cfg.Timeout = time.Hour
+	s := newStore(t, o, cfg)
+	scan := readAsync(t, s, o.data, 12*testChunk, testChunk)
+	waitFor(t, "the scan's request", func() bool { return len(o.requests()) == 1 })
+	s.Prefetch([][2]int64{{0, 4 * testChunk}})
+	select {
+	case err := <-readAsync(t, s, o.data, 2*testChunk+4096, 4096):
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a demand read of a queued group's chunk still waits behind the scan: the group was not promoted")
+	}
+	if got := sortedCalls(o); !sameRanges(got, [][2]int{{0, 4 * testChunk}, {12 * testChunk, testChunk}}) {
+		t.Fatalf("requests %v; want the group's beside the scan's", got)
+	}
+	gate <- struct{}{}
+	if err := <-scan; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The group's buffer goes back when the last of its chunks lets go of it.
+func TestPrefetchBufferReleased(t *testing.T) {
+	o := newFake(t, testSize)
+	s := newStore(t, o, groupConfig())
+	s.Prefetch([][2]int64{{0, 4 * testChunk}})
+	s.mu.Lock()
+	g := s.chunks[0][0].group
+	s.mu.Unlock()
+	if g == nil {
+		t.Fatal("no group for chunk 0")
+	}
+	readAndCheck(t, s, o.data, 0, 4*testChunk)
+	s.mu.Lock()
+	live, held := g.live, g.buf != nil
+	s.mu.Unlock()
+	if live != 4 || !held {
+		t.Fatalf("after the reads: %d chunks use the buffer (held %v); want all 4 cached", live, held)
+	}
+	s.Idle()
+	s.mu.Lock()
+	live, held = g.live, g.buf != nil
+	s.mu.Unlock()
+	if live != 0 || held {
+		t.Fatalf("after Idle: %d chunks use the buffer (held %v); want it back in the pool", live, held)
+	}
+}
