@@ -126,6 +126,14 @@ func (s *spyStore) View(off int64, n int) ([]byte, func(), bool, error) {
 	return v.View(off, n)
 }
 
+// Prefetch passes a readahead window on to a store that plans its requests
+// (store.Prefetcher); the reads that follow are the spy's as ever.
+func (s *spyStore) Prefetch(ranges [][2]int64) {
+	if p, ok := s.Store.(store.Prefetcher); ok {
+		p.Prefetch(ranges)
+	}
+}
+
 // enter records a read of [off, off+n), tells began of it, waits for hold
 // and sleeps for delay; it returns the offset where the read is to fail,
 // or -1.

@@ -234,6 +234,16 @@ func (m *memCache) get(o *object, ci int64) []byte {
 	return nil
 }
 
+// has says whether chunk ci of o is in memory, without counting a use.
+func (m *memCache) has(o *object, ci int64) bool {
+	for i := range m.slots {
+		if s := &m.slots[i]; s.obj == o && s.ci == ci {
+			return true
+		}
+	}
+	return false
+}
+
 func (m *memCache) put(o *object, ci int64, buf []byte) {
 	if len(m.slots) == 0 {
 		return

@@ -2,9 +2,11 @@ package diskcache
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 
+	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/remote"
 )
 
@@ -65,5 +67,37 @@ func TestRemoteSecondScanMakesNoRequests(t *testing.T) {
 	readAll(t, st, data, pageSize)
 	if reqs := obj.requests(); len(reqs) != 0 {
 		t.Errorf("second scan: %d requests, want none: %v", len(reqs), reqs)
+	}
+}
+
+// A readahead window reaches the remote store below less the chunks on
+// disk (put there by an earlier daemon): the misses go out grouped
+// (MaxRequest), the cached chunks are not asked for, and the reads that
+// follow make no request of their own.
+func TestRemotePrefetchSkipsCached(t *testing.T) {
+	dir := t.TempDir()
+	data := pattern(size, 31)
+	cfg := remote.Config{ChunkSize: cs, MaxRequest: 4 * cs, HedgeAfter: -1}
+	c, _ := open(t, dir, 1<<30)
+	st := c.Wrap(remote.New(&rangeObject{data: data}, cfg))
+	buf := make([]byte, 2*cs)
+	if n, err := st.ReadAt(buf, 2*cs); n != len(buf) || err != nil {
+		t.Fatalf("ReadAt(chunks 2 and 3) = %d, %v", n, err)
+	}
+	st.Close()
+	c.Close()
+
+	c, _ = open(t, dir, 1<<30)
+	defer c.Close()
+	obj := &rangeObject{data: data}
+	st = c.Wrap(remote.New(obj, cfg))
+	defer st.Close()
+	st.(store.Prefetcher).Prefetch([][2]int64{{0, 3 * cs}, {3 * cs, size}})
+	readAll(t, st, data, pageSize)
+	got := obj.requests()
+	slices.SortFunc(got, func(a, b [2]int64) int { return int(a[0] - b[0]) })
+	want := [][2]int64{{0, 2 * cs}, {4 * cs, 4 * cs}, {8 * cs, size - 8*cs}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("requests %v; want the misses grouped, none for chunks 2 and 3 on disk: %v", got, want)
 	}
 }

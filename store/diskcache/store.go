@@ -129,6 +129,45 @@ func (s *cachedStore) Idle() {
 	}
 }
 
+// Prefetch passes a readahead window on to the store below, if it plans
+// its requests (store.Prefetcher), less the chunks this cache will serve:
+// those on disk, in memory or being loaded. Those left are the misses the
+// window's reads will ask the store below for, a chunk at a time.
+func (s *cachedStore) Prefetch(ranges [][2]int64) {
+	p, ok := s.st.(store.Prefetcher)
+	if !ok || s.closed.Load() {
+		return
+	}
+	if miss := s.c.misses(s.o, ranges); len(miss) > 0 {
+		p.Prefetch(miss)
+	}
+}
+
+// misses is the chunks of ranges that o has neither on disk, nor in
+// memory, nor in flight, as byte ranges, adjacent ones merged.
+func (c *Cache) misses(o *object, ranges [][2]int64) [][2]int64 {
+	cs := c.chunkSize
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var miss [][2]int64
+	for _, r := range ranges {
+		for ci := max(r[0], 0) / cs; ci*cs < min(r[1], o.size); ci++ {
+			if o.chunks[ci] != nil || o.flights[ci] != nil || c.mem.has(o, ci) {
+				continue
+			}
+			lo, hi := ci*cs, ci*cs+o.chunkLen(ci)
+			switch n := len(miss); {
+			case n > 0 && miss[n-1][1] == lo:
+				miss[n-1][1] = hi
+			case n > 0 && miss[n-1][1] > lo: // a chunk two ranges share
+			default:
+				miss = append(miss, [2]int64{lo, hi})
+			}
+		}
+	}
+	return miss
+}
+
 // Close closes the wrapped store. The object's cached chunks stay on disk.
 func (s *cachedStore) Close() error {
 	s.once.Do(func() {
