@@ -67,6 +67,11 @@ func startProc(t *testing.T, name string, cmd *exec.Cmd, socket string) *handler
 	t.Helper()
 	h := &handlerProc{name: name, cmd: cmd, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &h.stdout, &h.stderr
+	// filemap's keeper inherits the handler's stderr and outlives it while
+	// it keeps regions of a live client, this test process: without a
+	// bound, Wait would wait for it to close the pipe, and it waits for us
+	// to exit.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}

@@ -101,3 +101,68 @@ func TestRemotePrefetchSkipsCached(t *testing.T) {
 		t.Fatalf("requests %v; want the misses grouped, none for chunks 2 and 3 on disk: %v", got, want)
 	}
 }
+
+// Over a remote store, the cached store holds too: a Hold asks the store
+// below for the whole chunks the cache lacks and nothing of those on disk,
+// the reads of held bytes make no request of their own, and what they read
+// is on disk for the next daemon.
+func TestRemoteHoldThroughCache(t *testing.T) {
+	dir := t.TempDir()
+	data := pattern(size, 32)
+	cfg := remote.Config{ChunkSize: cs, HedgeAfter: -1}
+	c, _ := open(t, dir, 1<<30)
+	st := c.Wrap(remote.New(&rangeObject{data: data}, cfg))
+	readAll(t, &offsetStore{st, 2 * cs}, data[2*cs:3*cs], pageSize)
+	st.Close()
+	c.Close()
+
+	c, _ = open(t, dir, 1<<30)
+	obj := &rangeObject{data: data}
+	st = c.Wrap(remote.New(obj, cfg))
+	h, ok := st.(interface {
+		Hold([][2]int64) *remote.Held
+		ChunkSize() int64
+	})
+	if !ok || h.ChunkSize() != cs {
+		t.Fatalf("the cached store of a remote store holds: %v, chunk size %d", ok, h.ChunkSize())
+	}
+	held := h.Hold([][2]int64{{4096, 8192}, {2*cs + 4096, 2*cs + 8192}, {5 * cs, 5*cs + 100}})
+	if err := held.Wait(nil); err != nil {
+		t.Fatal(err)
+	}
+	want := [][2]int64{{0, cs}, {5 * cs, cs}}
+	got := obj.requests()
+	slices.SortFunc(got, func(a, b [2]int64) int { return int(a[0] - b[0]) })
+	if !slices.Equal(got, want) {
+		t.Fatalf("held %v; want the whole chunks not on disk: %v", got, want)
+	}
+	for _, ci := range []int64{0, 2, 5} {
+		readAll(t, &offsetStore{st, ci * cs}, data[ci*cs:(ci+1)*cs], pageSize)
+	}
+	held.Release()
+	if n := len(obj.requests()); n != len(want) {
+		t.Fatalf("%d requests after reading the held chunks; want none of their own", n-len(want))
+	}
+	st.Close()
+	c.Close()
+
+	c, _ = open(t, dir, 1<<30)
+	defer c.Close()
+	obj = &rangeObject{data: data}
+	st = c.Wrap(remote.New(obj, cfg))
+	defer st.Close()
+	for _, ci := range []int64{0, 2, 5} {
+		readAll(t, &offsetStore{st, ci * cs}, data[ci*cs:(ci+1)*cs], pageSize)
+	}
+	if reqs := obj.requests(); len(reqs) != 0 {
+		t.Fatalf("the next daemon sent %v for chunks read through the hold; want them from disk", reqs)
+	}
+}
+
+// offsetStore reads a store from off on: readAll of one chunk.
+type offsetStore struct {
+	store.Store
+	off int64
+}
+
+func (s *offsetStore) ReadAt(p []byte, off int64) (int, error) { return s.Store.ReadAt(p, s.off+off) }

@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/filemap/filemap/store"
+	"github.com/filemap/filemap/store/remote"
 )
 
 // Wrap returns a store that serves st's bytes through the cache, and owns
@@ -76,7 +77,11 @@ func (c *Cache) Wrap(st store.Store) store.Store {
 			}
 		}
 	}
-	return &cachedStore{c: c, o: o, st: st}
+	cs := &cachedStore{c: c, o: o, st: st}
+	if h, ok := st.(holder); ok {
+		return &holdingStore{cachedStore: cs, h: h}
+	}
+	return cs
 }
 
 // setStale moves o's chunks to the list of its new standing. Called with
@@ -167,6 +172,33 @@ func (c *Cache) misses(o *object, ranges [][2]int64) [][2]int64 {
 	}
 	return miss
 }
+
+// holder is a store that fetches planned byte ranges ahead of the reads
+// that want them and keeps the bytes until released: store/remote's Store,
+// which a VM restore's replay holds chunk by chunk.
+type holder interface {
+	Hold(ranges [][2]int64) *remote.Held
+}
+
+// holdingStore is a cachedStore over a holder, and a holder itself, so
+// that a replay through the disk cache plans its fetches as it does
+// without one, rather than reading page runs one request at a time.
+type holdingStore struct {
+	*cachedStore
+	h holder
+}
+
+// Hold holds, in the store below, the whole chunks of ranges this cache
+// lacks: a miss is read from below, and written to disk, a whole chunk at
+// a time, which a held whole chunk serves with no request of its own.
+// Chunks on disk need no hold: the replay's reads come from here.
+func (s *holdingStore) Hold(ranges [][2]int64) *remote.Held {
+	return s.h.Hold(s.c.misses(s.o, ranges))
+}
+
+// ChunkSize is the unit in which this cache, and so a replay through it,
+// fetches.
+func (s *holdingStore) ChunkSize() int64 { return s.c.chunkSize }
 
 // Close closes the wrapped store. The object's cached chunks stay on disk.
 func (s *cachedStore) Close() error {
