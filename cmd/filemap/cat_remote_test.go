@@ -145,6 +145,7 @@ func TestImmutableVersion(t *testing.T) {
 		{"s3://bucket/vm/mem", `"9b2cf535f27731c974343645a3985328"`, ""},
 		{"s3://bucket/vm/mem", `W/"9b2cf535"`, ""},
 		{"s3://bucket/vm/mem", "", ""},
+		{"s3://bucket/vm/mem", "null", ""}, // replaced in place while versioning is suspended
 		{"/var/lib/fc/mem", "1073741824@1795686572285920050", ""},
 		{"https://example.com/mem", "abc", ""},
 	} {

@@ -173,11 +173,12 @@ func memOpener(uri, version string, cfg server.RemoteConfig, log *slog.Logger) (
 }
 
 // immutableVersion is version if it names bytes that never change, an S3
-// VersionId, so that a restore may use the cache of it without asking the
-// store again; else "". An ETag or a file's version may stop being current
-// at any time, and each restore must check.
+// VersionId other than "null", so that a restore may use the cache of it
+// without asking the store again; else "". An ETag, S3's null version or a
+// file's version may stop being current at any time, and each restore must
+// check.
 func immutableVersion(uri, version string) string {
-	if u, err := store.ParseURI(uri); err != nil || u.Scheme != "s3" || version == "" || s3store.IsETag(version) {
+	if u, err := store.ParseURI(uri); err != nil || u.Scheme != "s3" || !s3store.Immutable(version) {
 		return ""
 	}
 	return version

@@ -200,3 +200,33 @@ func TestFakePresigned(t *testing.T) {
 		t.Errorf("%d GETs in all, want 4: one new presign per GetRange, no more", n)
 	}
 }
+
+// A VersionId of "null", which S3 gives a key written while versioning
+// was off or suspended and reuses for the next such write, pins nothing
+// (versitygw never sends one): the version is the ETag, and reads still
+// ask for the null version and check the ETag.
+func TestFakeNullVersionID(t *testing.T) {
+	var versionAsked atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("x-amz-version-id", "null")
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", strconv.Itoa(fakeSize))
+			w.Header().Set("ETag", `"v1"`)
+			return
+		}
+		versionAsked.Store(r.URL.Query().Get("versionId"))
+		rangeBody(w, r, `"v1"`, fakeSize)
+	}))
+	t.Cleanup(srv.Close)
+	obj := openObject(t, "s3://bucket/key", s3store.Options{Endpoint: srv.URL, Credentials: someCredentials})
+	if obj.Version() != `"v1"` || obj.VersionID() != "null" {
+		t.Fatalf("Version %q, VersionID %q; want the ETag, the VersionId kept as sent", obj.Version(), obj.VersionID())
+	}
+	p := make([]byte, 100)
+	if err := obj.GetRange(testContext(t), p, 10); err != nil || p[0] != 10 {
+		t.Fatalf("GetRange = %v, first byte %d", err, p[0])
+	}
+	if v, _ := versionAsked.Load().(string); v != "null" {
+		t.Errorf("GET asked for versionId %q; want the null version's", v)
+	}
+}

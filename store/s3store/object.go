@@ -100,6 +100,18 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 // never holds a quote: OpenVersion takes either.
 func IsETag(v string) bool { return strings.HasPrefix(v, `"`) || strings.HasPrefix(v, `W/"`) }
 
+// nullVersion is the VersionId of the version a key was written with while
+// its bucket's versioning was off or suspended: the next such write
+// replaces it, bytes and ETag, under the same id.
+const nullVersion = "null"
+
+// Immutable says whether version names bytes that never change: a
+// VersionId other than "null". An ETag, and the null version, name what the
+// key holds now, which a write may replace.
+func Immutable(version string) bool {
+	return version != "" && version != nullVersion && !IsETag(version)
+}
+
 // Size is the object's length, as HeadObject gave it at Open.
 func (o *Object) Size() int64 { return o.size }
 
@@ -107,9 +119,12 @@ func (o *Object) Size() int64 { return o.size }
 func (o *Object) Key() string { return "s3:" + o.where + "/" + o.loc.Bucket + "/" + o.loc.Key }
 
 // Version is the VersionId where the bucket is versioned (it names bytes
-// that never change), else the ETag.
+// that never change), else the ETag. The VersionId "null" is no such name:
+// S3 gives it to the version a key was written with while versioning was
+// off or suspended, and the next such write replaces that version in
+// place, so the ETag is what tells its bytes apart.
 func (o *Object) Version() string {
-	if o.versionID != "" {
+	if Immutable(o.versionID) {
 		return o.versionID
 	}
 	return o.etag

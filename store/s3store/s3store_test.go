@@ -19,6 +19,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
@@ -529,4 +530,36 @@ func BenchmarkGetRange4K(b *testing.B) {
 		}
 		i++
 	}
+}
+
+// In a bucket whose versioning is suspended, a PutObject replaces the
+// key's null version in place. AWS S3 and MinIO call it VersionId "null"
+// (TestFakeNullVersionID); versitygw gives no VersionId at all. Either
+// way the version pinned is the ETag, so that two Opens across a
+// replacement have different versions (a cache of the first is never taken
+// for the second), and the first reads its own bytes or ErrChanged.
+func TestSuspendedVersioningNullVersion(t *testing.T) {
+	srv := gw.Server(t)
+	bucket := srv.NewBucket(t, true)
+	if _, err := srv.Client.PutBucketVersioning(testContext(t), &s3.PutBucketVersioningInput{
+		Bucket:                  &bucket,
+		VersioningConfiguration: &types.VersioningConfiguration{Status: types.BucketVersioningStatusSuspended},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	uri := "s3://" + bucket + "/k"
+	old := pattern.Random(1<<20, 12)
+	etag, version := srv.Put(t, bucket, "k", old)
+	obj := openObject(t, uri, options(srv))
+	t.Logf("suspended versioning: PutObject gave VersionId %q; HeadObject %q", version, obj.VersionID())
+	if obj.Version() != etag {
+		t.Fatalf("Version %q (VersionId %q); want the ETag %s: a null version names no fixed bytes", obj.Version(), obj.VersionID(), etag)
+	}
+	checkRange(t, obj, old, 0, 4096)
+	etag2, _ := srv.Put(t, bucket, "k", pattern.Random(1<<20, 13))
+	again := openObject(t, uri, options(srv))
+	if again.Version() != etag2 || again.Version() == obj.Version() {
+		t.Fatalf("after a replacement: Version %q, before %q; want the new ETag %s", again.Version(), obj.Version(), etag2)
+	}
+	checkChanged(t, obj.GetRange(testContext(t), make([]byte, 4096), 8192), bucket, 8192)
 }
