@@ -34,6 +34,11 @@ const (
 	// several chunks that all miss should wait for one round trip, not one
 	// per chunk.
 	readParallel = 8
+
+	// partMax is the largest read that reads only the blocks it needs of
+	// a chunk on disk, when it has no neighbour read just before it: a
+	// fault's read-around (128 KiB) and a little more.
+	partMax = 256 << 10
 )
 
 // Option tunes a Cache.
@@ -61,11 +66,11 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 
 // Stats are a Cache's counters since Open.
 type Stats struct {
-	Hits    uint64 // chunk loads served from disk, checksum verified
+	Hits    uint64 // chunk loads, and scattered reads of a chunk's blocks, served from disk, checksums verified
 	MemHits uint64 // chunk loads served from the verified chunks kept in memory
 	Misses  uint64 // chunk loads read from the wrapped store
 
-	BytesRead    uint64 // chunk bytes read from disk by hits
+	BytesRead    uint64 // bytes read from disk by hits
 	BytesWritten uint64 // chunk bytes written to disk
 
 	// Corrupt counts chunks that were not served from disk although their
@@ -314,6 +319,11 @@ func (c *Cache) loadIndex(stem string) *object {
 		return nil
 	}
 	h, err := decodeHeader(b)
+	if errors.Is(err, errOldFormat) {
+		c.log.Info("diskcache: index of an older format: deleting its files", "file", idxPath, "err", err)
+		discard()
+		return nil
+	}
 	if err == nil && stemOf(h.key, h.version) != stem {
 		err = fmt.Errorf("the key and version it names (%q, %q) do not match its file name", h.key, h.version)
 	}

@@ -766,4 +766,80 @@ func TestFormat(t *testing.T) {
 	if stemOf("ab", "c") == stemOf("a", "bc") || !isStem(stemOf("a", "b")) {
 		t.Error("stems collide or are not recognised")
 	}
+	chunk := pattern(3*blockSize+100, 41) // a short last block
+	sums := blockSums(chunk)
+	if len(sums) != 4*4 || checkBlocks(chunk, 0, sums) != nil || checkBlocks(chunk[2*blockSize:], 2, sums) != nil {
+		t.Errorf("block sums of %d bytes: %d bytes, or they do not check", len(chunk), len(sums))
+	}
+	chunk[3*blockSize+99] ^= 1
+	if err := checkBlocks(chunk[blockSize:], 1, sums); err == nil || !strings.Contains(err.Error(), "block 3") {
+		t.Errorf("a flipped byte in the short last block: %v; want block 3 named", err)
+	}
+}
+
+// An index an earlier filemap wrote (format 1) is no corruption: its files
+// are deleted, quietly, and its chunks fetched again.
+func TestOldFormatIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	data := pattern(size, 42)
+	fill(t, dir, key, v1, data)
+	modify(t, only(t, dir, idxSuffix), 8, 4, func(b []byte) { le.PutUint32(b, 1) })
+	c, lb := open(t, dir, 1<<30)
+	defer c.Close()
+	f := newFake(key, v1, data)
+	st := c.Wrap(f)
+	defer st.Close()
+	readAll(t, st, data, cs)
+	if s := c.Stats(); s.CorruptIndexes != 0 || s.Hits != 0 || f.reads.Load() != 11 {
+		t.Errorf("stats %+v, %d store reads; want no corruption counted and every chunk fetched", s, f.reads.Load())
+	}
+	mustContain(t, "log", lb.String(), "older format")
+}
+
+// A small read with no neighbour read just before it (a scattered fault)
+// of a chunk on disk reads and checks only the 64 KiB blocks it needs, not
+// the chunk; a damaged block is caught by the read that needs it, and that
+// chunk alone is fetched again; reads that follow one another still load
+// whole chunks, which the memory tier keeps for them.
+func TestScatteredReadsReadBlocks(t *testing.T) {
+	const chunk = 4 * blockSize
+	dir := t.TempDir()
+	data := pattern(6*chunk+1000, 40)
+	c, _ := open(t, dir, 1<<30, WithChunkSize(chunk))
+	st := c.Wrap(newFake(key, v1, data))
+	readAll(t, st, data, chunk)
+	st.Close()
+	c.Close()
+	modify(t, only(t, dir, dataSuffix), 2*chunk+3*blockSize+10, 1, func(b []byte) { b[0] ^= 0x10 })
+
+	c, _ = open(t, dir, 1<<30, WithChunkSize(chunk))
+	defer c.Close()
+	f := newFake(key, v1, data)
+	st = c.Wrap(f)
+	defer st.Close()
+	read := func(off int64, n int) {
+		t.Helper()
+		buf := make([]byte, n)
+		if got, err := st.ReadAt(buf, off); got != n || err != nil || !bytes.Equal(buf, data[off:off+int64(n)]) {
+			t.Fatalf("ReadAt(%d bytes at %d) = %d, %v, or wrong bytes", n, off, got, err)
+		}
+	}
+	read(4*chunk+blockSize+100, 4096)
+	read(chunk+5000, 4096)
+	read(2*chunk+100, 8192) // the damaged chunk's intact first block
+	if s := c.Stats(); s.Hits != 3 || s.BytesRead != 3*blockSize || s.Misses != 0 || s.Corrupt != 0 || f.reads.Load() != 0 {
+		t.Fatalf("three scattered reads: stats %+v, %d store reads; want three blocks read from disk", s, f.reads.Load())
+	}
+	read(2*chunk+3*blockSize+5, 100)
+	if s := c.Stats(); s.Corrupt != 1 || s.Misses != 1 || f.reads.Load() != 1 {
+		t.Fatalf("read of the damaged block: stats %+v, %d store reads; want it caught and its chunk fetched", s, f.reads.Load())
+	}
+	before := c.Stats()
+	read(5*chunk, 4096)      // scattered: a block
+	read(5*chunk+4096, 4096) // its neighbour: the whole chunk, kept in memory
+	read(5*chunk+8192, 4096)
+	s := c.Stats()
+	if s.Hits-before.Hits != 2 || s.BytesRead-before.BytesRead != blockSize+chunk || s.MemHits-before.MemHits != 1 {
+		t.Fatalf("a sequential run: stats %+v, before %+v; want a block, then the chunk, then memory", s, before)
+	}
 }

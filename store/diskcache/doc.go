@@ -25,6 +25,13 @@
 // that the 4 KiB faults that follow one another through a chunk read the disk
 // once. Concurrent reads of one chunk share one fetch or disk read.
 //
+// A chunk's bytes are checksummed in 64 KiB blocks, so that a small read
+// with no neighbour read just before it (a scattered fault, up to 256 KiB)
+// reads and verifies only the blocks it needs: 64 KiB of disk, not 2 MiB.
+// BenchmarkRestoreS3's on-demand restore (10 % of 512 MiB touched at
+// random) through a new cache took 11.2-15.3 s with a checksum per chunk,
+// 6.0-6.3 s with one per block, against 4.8 s with no disk cache.
+//
 // # On-disk format
 //
 // A cache directory holds a lock file and two files per object version, named
@@ -40,7 +47,8 @@
 //
 //	off  size
 //	0    8     magic "FMDCACHE"
-//	8    4     format version, 1
+//	8    4     format version, 2 (an index of version 1, one checksum a
+//	           chunk, is deleted with its data at Open, as no corruption)
 //	12   4     chunk size in bytes
 //	16   8     object size in bytes
 //	24   4     key length K
@@ -53,7 +61,7 @@
 // bytes each, record i at recordsStart + 32*i:
 //
 //	off  size
-//	0    4     CRC32C of chunk i's bytes
+//	0    4     CRC32C of chunk i's block checksum table (below)
 //	4    4     length of chunk i (ChunkSize, less for the last chunk)
 //	8    8     sequence number: when the chunk was last written or read from disk
 //	16   12    zero
@@ -62,9 +70,15 @@
 // A record is present when its own checksum and its length are right; an
 // all-zero record (never written, or cleared, or a hole) never is, because no
 // chunk has length 0. The record's checksum binds it to its chunk index, so a
-// record cannot stand for another chunk. A chunk is served only when its record
-// is present and the chunk's bytes, read whole, match the record's data
-// checksum.
+// record cannot stand for another chunk.
+//
+// The block checksum tables follow the records, from the records' end
+// rounded up to 512 bytes: chunk i's at tablesStart + 4*B*i, where B is
+// ChunkSize/64 KiB rounded up, holding the CRC32C of each 64 KiB block of the
+// chunk (the last block short for a chunk that does not end on one), 4 bytes
+// each. Bytes of a chunk are served only when its record is present, its
+// table matches the record's checksum, and each block read matches its
+// entry in the table.
 //
 // # Crash safety
 //
@@ -72,10 +86,11 @@
 // one more fetch. What matters is that a crash never makes wrong bytes look
 // right:
 //
-//   - A chunk is written data first, record second. A daemon killed between
-//     the two leaves data without a record: a miss. Power lost after both may
-//     leave the record on disk without the data (writeback has no order); the
-//     data checksum then fails on the first read: a miss, counted in
+//   - A chunk is written data first, its block checksums second and its
+//     record last. A daemon killed before the record leaves data without a
+//     record: a miss. Power lost after all three may leave the record on
+//     disk without the data or the checksums (writeback has no order); a
+//     checksum then fails on the first read: a miss, counted in
 //     Stats.Corrupt, and the chunk is fetched again.
 //   - A chunk is dropped (evicted, or found corrupt) record first, hole
 //     second. A crash between the two, like a crash between a chunk's data
@@ -103,6 +118,6 @@
 // deleted outright. The order survives a restart approximately: records carry
 // the sequence number of their chunk's last disk write or disk read (reads
 // served from memory are not recorded, which would write the index on every
-// fault). The index files are not counted: 32 bytes per chunk, at most 16 KiB
-// per GiB of object, sparse like the data.
+// fault). The index files are not counted: 32 bytes per chunk and 4 per
+// 64 KiB block, 80 KiB per GiB of object, sparse like the data.
 package diskcache

@@ -12,10 +12,14 @@ import (
 // The index format; doc.go describes it.
 const (
 	magic         = "FMDCACHE"
-	formatVersion = 1
+	formatVersion = 2
 	headerFixed   = 32  // header bytes before the key
 	recordSize    = 32  // bytes per chunk record
 	recordAlign   = 512 // records start on a sector, so that no record straddles two
+	// blockSize is the unit a chunk's bytes are checksummed in, so that a
+	// small read of a chunk on disk reads and checks its blocks, not the
+	// chunk: a scattered fault costs 64 KiB of disk, not 2 MiB.
+	blockSize = 64 << 10
 	// maxIdentity bounds len(key)+len(version): a longer identity is not
 	// cached rather than given a huge header.
 	maxIdentity = 64 << 10
@@ -86,7 +90,12 @@ func recordsStart(key, version string) int64 {
 	return roundUp64(int64(headerFixed+len(key)+len(version)+4), recordAlign)
 }
 
-var errShortHeader = errors.New("shorter than its header")
+var (
+	errShortHeader = errors.New("shorter than its header")
+	// errOldFormat is an index an earlier filemap wrote (format 1: one
+	// checksum a chunk), not a damaged one.
+	errOldFormat = errors.New("an older format")
+)
 
 // decodeHeader parses the header at the start of b.
 func decodeHeader(b []byte) (header, error) {
@@ -97,6 +106,9 @@ func decodeHeader(b []byte) (header, error) {
 		return header{}, fmt.Errorf("bad magic %q", b[:8])
 	}
 	if v := le.Uint32(b[8:]); v != formatVersion {
+		if v > 0 && v < formatVersion {
+			return header{}, fmt.Errorf("%w: format version %d, want %d", errOldFormat, v, formatVersion)
+		}
 		return header{}, fmt.Errorf("format version %d, want %d", v, formatVersion)
 	}
 	kl, vl := int64(le.Uint32(b[24:])), int64(le.Uint32(b[28:]))
@@ -122,9 +134,41 @@ func decodeHeader(b []byte) (header, error) {
 	return h, nil
 }
 
+// sumsStart is where the block checksums of an index with this identity
+// and nchunks chunks begin, after the records.
+func sumsStart(key, version string, nchunks int64) int64 {
+	return roundUp64(recordsStart(key, version)+nchunks*recordSize, recordAlign)
+}
+
+// blocksIn is how many blocks a chunk of n bytes has; the last may be
+// short.
+func blocksIn(n int64) int64 { return (n + blockSize - 1) / blockSize }
+
+// blockSums is the checksum table of a chunk's bytes b: the CRC32C of each
+// block, 4 bytes each.
+func blockSums(b []byte) []byte {
+	t := make([]byte, 4*blocksIn(int64(len(b))))
+	for i := range blocksIn(int64(len(b))) {
+		le.PutUint32(t[4*i:], checksum(b[i*blockSize:min((i+1)*blockSize, int64(len(b)))]))
+	}
+	return t
+}
+
+// checkBlocks checks b, the blocks of a chunk from block first on, against
+// the chunk's checksum table.
+func checkBlocks(b []byte, first int64, sums []byte) error {
+	for i := range blocksIn(int64(len(b))) {
+		got, want := checksum(b[i*blockSize:min((i+1)*blockSize, int64(len(b)))]), le.Uint32(sums[4*(first+i):])
+		if got != want {
+			return fmt.Errorf("block %d: checksum %08x, want %08x", first+i, got, want)
+		}
+	}
+	return nil
+}
+
 // record is one chunk's entry in the index.
 type record struct {
-	crc    uint32 // of the chunk's bytes
+	crc    uint32 // of the chunk's block checksum table
 	length uint32
 	seq    uint64
 }

@@ -15,6 +15,7 @@ type object struct {
 	chunkSize          int64
 	nchunks            int64
 	recOff             int64 // where the index records start
+	sumOff             int64 // where the block checksum tables start
 	idxPath, dataPath  string
 
 	users  int  // open stores wrapping it
@@ -24,6 +25,7 @@ type object struct {
 
 	chunks  map[int64]*chunk  // on disk, being read from disk, or being written
 	flights map[int64]*flight // chunk loads in progress, by chunk index
+	lastEnd int64             // where the last read ended: a read from here is sequential
 
 	// idx and data are open while the object is in use or being evicted
 	// from; direct, the data file opened with O_DIRECT for reads, is nil
@@ -41,6 +43,7 @@ func (c *Cache) newObject(stem string, h header) *object {
 		chunkSize: h.chunkSize,
 		nchunks:   (h.size + h.chunkSize - 1) / h.chunkSize,
 		recOff:    recordsStart(h.key, h.version),
+		sumOff:    sumsStart(h.key, h.version, (h.size+h.chunkSize-1)/h.chunkSize),
 		idxPath:   filepath.Join(c.dir, stem+idxSuffix),
 		dataPath:  filepath.Join(c.dir, stem+dataSuffix),
 		chunks:    make(map[int64]*chunk),
@@ -125,6 +128,9 @@ func (o *object) closeFiles() {
 
 func (o *object) idle() bool { return o.users == 0 && o.active == 0 }
 
+// sumsAt is where chunk ci's block checksum table lies in the index.
+func (o *object) sumsAt(ci int64) int64 { return o.sumOff + ci*4*blocksIn(o.chunkSize) }
+
 // chunkLen is the length of chunk ci: ChunkSize, or less for the last.
 func (o *object) chunkLen(ci int64) int64 {
 	return min(o.chunkSize, o.size-ci*o.chunkSize)
@@ -204,7 +210,8 @@ type flight struct {
 	done    chan struct{}
 	buf     []byte // the chunk, set before done is closed; never written after
 	err     error
-	waiters int // reads waiting for it, for tests
+	waiters int  // reads waiting for it, for tests
+	part    bool // a read of a few blocks (readPart): no chunk for others
 }
 
 // memCache keeps the last few verified or fetched chunks in memory. Their

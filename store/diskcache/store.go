@@ -252,12 +252,16 @@ func (s *cachedStore) read(p []byte, off int64) (int, error) {
 		lo, hi := max(off, ci*cs), min(off+int64(len(p)), (ci+1)*cs)
 		return p[lo-off : hi-off]
 	}
+	scattered := s.c.scattered(s.o, off, int64(len(p)))
 	copyChunk := func(ci int64) error {
+		lo := max(off, ci*cs) - ci*cs
+		if scattered && s.c.readPart(s.o, ci, lo, part(ci)) {
+			return nil
+		}
 		buf, err := s.c.load(s, ci)
 		if err != nil {
 			return err
 		}
-		lo := max(off, ci*cs) - ci*cs
 		copy(part(ci), buf[lo:])
 		return nil
 	}
@@ -311,6 +315,9 @@ func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
 		f.waiters++
 		c.mu.Unlock()
 		<-f.done
+		if f.part { // a read of a few blocks, with no chunk to share
+			return c.load(s, ci)
+		}
 		return f.buf, f.err
 	}
 	f := &flight{done: make(chan struct{})}
@@ -334,15 +341,7 @@ func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
 			c.mu.Unlock()
 			return buf, nil
 		}
-		// Never serve it: drop it and fetch it again.
-		c.stats.corrupt.Add(1)
-		delete(o.chunks, ci)
-		c.bytes -= ch.alloc
-		if !c.closed {
-			c.log.Warn("diskcache: cached chunk is corrupt; fetching it again",
-				"key", o.key, "offset", ci*c.chunkSize, "file", o.dataPath, "err", err)
-			c.dropOnDisk(o, ci, "drop corrupt")
-		}
+		c.dropCorrupt(o, ch, err)
 		c.mu.Unlock()
 	}
 	if _, err := c.fetch(s, ci, buf); err != nil {
@@ -397,9 +396,73 @@ func (c *Cache) finish(o *object, ci int64, f *flight, buf []byte, err error) {
 	}
 }
 
+// dropCorrupt forgets chunk ch, which failed its checks on disk, and clears
+// it there: it is never served, and the read that found it fetches it
+// again. Called with mu held.
+func (c *Cache) dropCorrupt(o *object, ch *chunk, err error) {
+	c.stats.corrupt.Add(1)
+	delete(o.chunks, ch.ci)
+	c.bytes -= ch.alloc
+	if !c.closed {
+		c.log.Warn("diskcache: cached chunk is corrupt; fetching it again",
+			"key", o.key, "offset", ch.ci*c.chunkSize, "file", o.dataPath, "err", err)
+		c.dropOnDisk(o, ch.ci, "drop corrupt")
+	}
+}
+
+// scattered says whether a read of n bytes at off of o is a small one away
+// from the last read of o: a fault with no neighbour read just before it.
+// Such a read of a chunk on disk reads only the blocks it needs (readPart);
+// the others load whole chunks, which the memory tier keeps for the reads
+// that follow.
+func (c *Cache) scattered(o *object, off, n int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	near := off == o.lastEnd
+	o.lastEnd = off + n
+	return !near && n <= partMax
+}
+
+// readPart reads the blocks of chunk ci that [lo, lo+len(p)) (offsets in
+// the chunk) covers from disk into p, and checks them, when the chunk is
+// on disk, intact, and neither in memory nor being loaded; it reports
+// whether it did. Otherwise the read loads the chunk (load), which also
+// drops a chunk found corrupt here and fetches it again.
+func (c *Cache) readPart(o *object, ci, lo int64, p []byte) bool {
+	c.mu.Lock()
+	ch := o.chunks[ci]
+	if c.closed || o.gone || ch == nil || ch.list == nil || o.flights[ci] != nil ||
+		c.mem.has(o, ci) || o.openFiles(true) != nil {
+		c.mu.Unlock()
+		return false
+	}
+	f := &flight{done: make(chan struct{}), part: true}
+	o.flights[ci] = f
+	o.active++
+	ch.list.remove(ch) // in use: not to be evicted while we read it
+	c.io.Add(1)
+	c.mu.Unlock()
+
+	first := lo / blockSize
+	start := first * blockSize
+	buf := alignedBuf(min(roundUp64(lo+int64(len(p)), blockSize), o.chunkLen(ci)) - start)
+	err := c.readBlocks(o, ch, start, buf)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.io.Done()
+	if err != nil {
+		c.dropCorrupt(o, ch, err)
+	} else {
+		copy(p, buf[lo-start:])
+		c.listFor(o).pushFront(ch)
+	}
+	c.finish(o, ci, f, nil, nil)
+	return err == nil
+}
+
 // remember keeps a chunk in memory. Called with mu held.
 func (c *Cache) remember(o *object, ci int64, buf []byte) {
-	if !c.closed && !o.gone {
+	if buf != nil && !c.closed && !o.gone {
 		c.mem.put(o, ci, buf)
 	}
 }
@@ -408,7 +471,13 @@ func (c *Cache) remember(o *object, ci int64, buf []byte) {
 // It also rewrites the record with a new sequence number, so that a
 // restarted daemon knows the chunk was used.
 func (c *Cache) readDisk(o *object, ch *chunk, buf []byte) error {
-	off := ch.ci * c.chunkSize
+	return c.readBlocks(o, ch, 0, buf)
+}
+
+// readBlocks reads len(buf) bytes of chunk ch from start, a block boundary,
+// into buf (aligned, see alignedBuf), and checks them block by block.
+func (c *Cache) readBlocks(o *object, ch *chunk, start int64, buf []byte) error {
+	off := ch.ci*c.chunkSize + start
 	var n int
 	var err error
 	if o.direct != nil {
@@ -423,27 +492,52 @@ func (c *Cache) readDisk(o *object, ch *chunk, buf []byte) error {
 	}
 	if n < len(buf) {
 		if err == nil || err == io.EOF {
-			return fmt.Errorf("short read: %d of %d bytes", n, len(buf))
+			return fmt.Errorf("short read: %d of %d bytes at %d", n, len(buf), off)
 		}
 		return err
 	}
-	if got := checksum(buf); got != ch.crc {
-		return fmt.Errorf("checksum %08x, want %08x", got, ch.crc)
+	sums, err := c.readSums(o, ch)
+	if err != nil {
+		return err
 	}
-	c.stats.hits.Add(1)
-	c.stats.bytesRead.Add(uint64(len(buf)))
-	ch.seq = c.seq.Add(1)
-	r := record{crc: ch.crc, length: uint32(len(buf)), seq: ch.seq}.encode(ch.ci)
-	o.idx.WriteAt(r[:], o.recOff+ch.ci*recordSize) // a lost update only ages the chunk
+	if err := checkBlocks(buf, start/blockSize, sums); err != nil {
+		return err
+	}
+	c.readDone(o, ch, len(buf))
 	return nil
 }
 
-// store writes a fetched chunk to disk, data first and record second (see
+// readSums reads chunk ch's block checksum table and checks it against its
+// record.
+func (c *Cache) readSums(o *object, ch *chunk) ([]byte, error) {
+	sums := make([]byte, 4*blocksIn(o.chunkLen(ch.ci)))
+	if n, err := o.idx.ReadAt(sums, o.sumsAt(ch.ci)); n < len(sums) {
+		return nil, fmt.Errorf("block checksums: %d of %d bytes: %w", n, len(sums), err)
+	}
+	if got := checksum(sums); got != ch.crc {
+		return nil, fmt.Errorf("block checksums' checksum %08x, want %08x", got, ch.crc)
+	}
+	return sums, nil
+}
+
+// readDone counts a read of n bytes of ch from disk and rewrites its record
+// with a new sequence number, so that a restarted daemon knows the chunk
+// was used.
+func (c *Cache) readDone(o *object, ch *chunk, n int) {
+	c.stats.hits.Add(1)
+	c.stats.bytesRead.Add(uint64(n))
+	ch.seq = c.seq.Add(1)
+	r := record{crc: ch.crc, length: uint32(o.chunkLen(ch.ci)), seq: ch.seq}.encode(ch.ci)
+	o.idx.WriteAt(r[:], o.recOff+ch.ci*recordSize) // a lost update only ages the chunk
+}
+
+// store writes a fetched chunk to disk: data, block checksums, record (see
 // "Crash safety"), after making room for it. A failure is counted and
 // logged, and the chunk is not cached; the read that fetched it is served
 // all the same.
 func (c *Cache) store(o *object, ci int64, buf []byte) {
-	crc := checksum(buf) // outside mu: 2 MiB take tens of microseconds
+	sums := blockSums(buf) // outside mu: 2 MiB take tens of microseconds
+	crc := checksum(sums)
 	alloc := roundUp64(int64(len(buf)), pageSize)
 	c.mu.Lock()
 	if c.closed || o.gone {
@@ -464,6 +558,10 @@ func (c *Cache) store(o *object, ci int64, buf []byte) {
 	off := ci * c.chunkSize
 	op := "write data"
 	_, err := o.data.WriteAt(buf, off)
+	if err == nil {
+		op = "write checksums"
+		_, err = o.idx.WriteAt(sums, o.sumsAt(ci))
+	}
 	if err == nil {
 		op = "write record"
 		r := record{crc: crc, length: uint32(len(buf)), seq: ch.seq}.encode(ci)
