@@ -182,3 +182,24 @@ func TestPrefetchBufferReleased(t *testing.T) {
 		t.Fatalf("after Idle: %d chunks use the buffer (held %v); want it back in the pool", live, held)
 	}
 }
+
+// Whatever a window announces, reads that follow get the reference bytes,
+// and no request leaves the object.
+func FuzzPrefetch(f *testing.F) {
+	for _, seed := range [][4]int64{{0, 10 * testChunk, 0, 4096}, {testChunk / 2, 3 * testChunk, 2 * testChunk, testChunk},
+		{12 * testChunk, 8 * testChunk, testSize - 100, 200}, {-5, 1, 0, 1}} {
+		f.Add(seed[0], seed[1], seed[2], seed[3])
+	}
+	data := reference(testSize)
+	f.Fuzz(func(t *testing.T, lo, n, off, m int64) {
+		if lo > 2*testSize || n < 0 || n > 4*testSize || m <= 0 || m > 8*testChunk || off < 0 || off > 2*testSize {
+			return
+		}
+		o := &fakeObject{t: t, data: data}
+		s := New(o, groupConfig())
+		defer s.Close()
+		s.Prefetch([][2]int64{{lo, lo + n}, {off, off + m}})
+		checkReadAt(t, s, o.data, off, int(m))
+		checkReadAt(t, s, o.data, max(lo, 0), int(min(max(n, 1), 8*testChunk)))
+	})
+}
