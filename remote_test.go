@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,5 +333,60 @@ func TestRestartS3VersionDeleted(t *testing.T) {
 	a.OK("read 0 %d", ps)
 	if got := a.Do("read %d 8", 4<<20); got != fmt.Sprintf("sigbus %d", 4<<20) {
 		t.Fatalf("a page not cached, its version deleted: %q, want SIGBUS", got)
+	}
+}
+
+// A VersionId names bytes that never change: a second Open of one the
+// daemon has a cache of, open or idle, asks the store nothing (a HEAD is
+// tens of milliseconds on S3, for every process of a fleet that maps a
+// pinned model). The current version, and a version named by its ETag,
+// are asked for at every Open: a write may have replaced them.
+func TestS3PinnedVersionOpensWithoutHead(t *testing.T) {
+	gw := s3test.Start(t)
+	target, err := url.Parse(gw.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var heads atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			heads.Add(1)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	versioned, plain := gw.NewBucket(t, true), gw.NewBucket(t, false)
+	const key = "models/weights.bin"
+	v1, v2, d1, d2 := versions(t, 4<<20+11)
+	_, id1 := gw.Put(t, versioned, key, d1)
+	gw.Put(t, versioned, key, d2)
+	etag, _ := gw.Put(t, plain, key, d1)
+	cfg := s3Config(gw)
+	cfg.Remote.S3.Endpoint = proxy.URL
+	d := startDaemon(t, cfg)
+	uri, plainURI := "s3://"+versioned+"/"+key, "s3://"+plain+"/"+key
+
+	open := func(uri, opts string, data []byte) int64 {
+		t.Helper()
+		before := heads.Load()
+		c := startDriver(t, d.sock)
+		c.open(uri, opts)
+		c.OK("read 0 %d", len(data))
+		c.OK("close")
+		return heads.Load() - before
+	}
+	for i, want := range []int64{1, 0, 0} {
+		if n := open(uri, "version="+id1+" ref="+v1, d1); n != want {
+			t.Errorf("open %d of VersionId %s: %d HEADs, want %d", i+1, id1, n, want)
+		}
+	}
+	for i := range 2 {
+		if n := open(uri, "ref="+v2, d2); n != 1 {
+			t.Errorf("open %d of the current version: %d HEADs, want 1", i+1, n)
+		}
+		if n := open(plainURI, "version="+etag+" ref="+v1, d1); n != 1 {
+			t.Errorf("open %d by ETag: %d HEADs, want 1", i+1, n)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/diskcache"
 	"github.com/filemap/filemap/store/httpstore"
@@ -157,4 +158,27 @@ func (r *Remotes) Close() {
 	if r.disk != nil {
 		r.disk.Close()
 	}
+}
+
+// refImmutable finds the cache of the version req names of the S3 object
+// uri, when that version names bytes that never change (a VersionId, see
+// s3store.Immutable) and a client of uid opened it before, and counts a
+// reference to it: opening it again needs no HEAD, tens of milliseconds on
+// S3 for every process of a fleet that maps a pinned model or image. A
+// version's bytes may still have been deleted from the bucket since; the
+// pages not cached then get SIGBUS, as they would in the mapping that is
+// already open.
+func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open) *object {
+	if req.Cache || uri.Scheme != "s3" || !s3store.Immutable(req.Version) {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, o := range s.objects {
+		if k.uid == uid && k.adopted == 0 && k.version == req.Version && o.uri == req.URI {
+			s.ref(o)
+			return o
+		}
+	}
+	return nil
 }

@@ -178,6 +178,19 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		f.CloseFds()
 		return nil, nil, err
 	}
+	if o := ss.s.refImmutable(ss.cred.Uid, uri, req); o != nil {
+		if len(f.Fds) != 0 {
+			f.CloseFds()
+			ss.s.release(o)
+			return nil, nil, badFrame("open of remote object %s takes no descriptors, got %d", uri.Raw, len(f.Fds))
+		}
+		size := o.fo.Cache.Size()
+		if err := ss.client.reserveObject(uri.Raw, size); err != nil {
+			ss.s.release(o)
+			return nil, nil, err
+		}
+		return ss.opened(o, size)
+	}
 	// Before the store takes the descriptor: where the file lives decides
 	// whether its reads get a timeout (storetimeout.go).
 	hangs := len(f.Fds) == 1 && mayHang(f.Fds[0])
@@ -225,6 +238,12 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		o.keepFile(kept)
 	}
 	ss.s.mu.Unlock()
+	return ss.opened(o, size)
+}
+
+// opened gives the client a handle of o, which it has a reference to and
+// size bytes reserved for, and the cache file to map.
+func (ss *session) opened(o *object, size int64) (any, []*os.File, error) {
 	ro, err := o.fo.Cache.ReadOnlyFile()
 	if err != nil {
 		ss.s.release(o)
