@@ -122,6 +122,18 @@ func chunksOf(pages []int64, chunk int64) map[int64]bool {
 	return cs
 }
 
+// remoteReplay makes a memory file of size bytes served through
+// store/remote in chunks of chunk bytes, a 10 % working set of its pages
+// (from seed), and the file of those pages for the guest to touch.
+func remoteReplay(t *testing.T, size, chunk int64, seed uint64) (mem string, ws []int64, touch string, rm *remoteMem) {
+	t.Helper()
+	mem = memFile(t, size)
+	ws = workingSet(seed, size/PageSize, 0.1)
+	touch = filepath.Join(t.TempDir(), "touch")
+	writePages(t, touch, ws)
+	return mem, ws, touch, &remoteMem{path: mem, chunk: int(chunk), fail: -1}
+}
+
 // A replay from a remote store fetches by chunk: every chunk the record
 // touches is fetched once, by one request (a chunk holds less than the
 // hold's gap), and nothing else is; the recorded pages, and only they,
@@ -129,11 +141,7 @@ func chunksOf(pages []int64, chunk int64) map[int64]bool {
 // fault.
 func TestReplayFromRemoteFetchesByChunk(t *testing.T) {
 	const size, chunk = 32 << 20, 256 << 10
-	mem := memFile(t, size)
-	ws := workingSet(11, size/PageSize, 0.1)
-	touch := filepath.Join(t.TempDir(), "touch")
-	writePages(t, touch, ws)
-	rm := &remoteMem{path: mem, chunk: chunk, fail: -1}
+	mem, ws, touch, rm := remoteReplay(t, size, chunk, 11)
 	ts := startServer(t, mem, Config{Prefetch: writeRecord(t, ws, size, "v1"), Open: rm.open})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
 	waitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
@@ -259,12 +267,8 @@ func TestReplayHugePagesFromRemote(t *testing.T) {
 // touches it.
 func TestReplayThroughDiskCache(t *testing.T) {
 	const size, chunk = 32 << 20, 256 << 10
-	mem := memFile(t, size)
-	ws := workingSet(12, size/PageSize, 0.1)
-	touch := filepath.Join(t.TempDir(), "touch")
-	writePages(t, touch, ws)
+	mem, ws, touch, rm := remoteReplay(t, size, chunk, 12)
 	record := writeRecord(t, ws, size, "v1")
-	rm := &remoteMem{path: mem, chunk: chunk, fail: -1}
 	dir := t.TempDir()
 	restore := func() [][2]int64 {
 		c, err := diskcache.Open(dir, 1<<30, diskcache.WithChunkSize(chunk))
