@@ -3,6 +3,7 @@ package diskcache
 import (
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,7 +26,7 @@ type object struct {
 
 	chunks  map[int64]*chunk  // on disk, being read from disk, or being written
 	flights map[int64]*flight // chunk loads in progress, by chunk index
-	lastEnd int64             // where the last read ended: a read from here is sequential
+	lastEnd atomic.Int64      // where the last read ended, without mu: a read from here is sequential
 
 	// idx and data are open while the object is in use or being evicted
 	// from; direct, the data file opened with O_DIRECT for reads, is nil

@@ -416,18 +416,15 @@ func (c *Cache) dropCorrupt(o *object, ch *chunk, err error) {
 // the others load whole chunks, which the memory tier keeps for the reads
 // that follow.
 func (c *Cache) scattered(o *object, off, n int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	near := off == o.lastEnd
-	o.lastEnd = off + n
-	return !near && n <= partMax
+	return o.lastEnd.Swap(off+n) != off && n <= partMax
 }
 
 // readPart reads the blocks of chunk ci that [lo, lo+len(p)) (offsets in
 // the chunk) covers from disk into p, and checks them, when the chunk is
-// on disk, intact, and neither in memory nor being loaded; it reports
-// whether it did. Otherwise the read loads the chunk (load), which also
-// drops a chunk found corrupt here and fetches it again.
+// on disk and neither in memory nor being loaded; it reports whether it
+// did. Otherwise the read loads the chunk (load): from memory, from disk
+// whole, or, for a chunk whose blocks failed their checks here and which
+// was dropped, from the store.
 func (c *Cache) readPart(o *object, ci, lo int64, p []byte) bool {
 	c.mu.Lock()
 	ch := o.chunks[ci]
