@@ -167,9 +167,10 @@ func (r *Remotes) Close() {
 // S3 for every process of a fleet that maps a pinned model or image. A
 // version's bytes may still have been deleted from the bucket since; the
 // pages not cached then get SIGBUS, as they would in the mapping that is
-// already open.
-func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open) *object {
-	if req.Cache || uri.Scheme != "s3" || !s3store.Immutable(req.Version) {
+// already open. An open that brought descriptors (fds) is not one to
+// serve here.
+func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int) *object {
+	if fds != 0 || req.Cache || uri.Scheme != "s3" || !s3store.Immutable(req.Version) {
 		return nil
 	}
 	s.mu.Lock()

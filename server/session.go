@@ -178,12 +178,8 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		f.CloseFds()
 		return nil, nil, err
 	}
-	if o := ss.s.refImmutable(ss.cred.Uid, uri, req); o != nil {
-		if len(f.Fds) != 0 {
-			f.CloseFds()
-			ss.s.release(o)
-			return nil, nil, badFrame("open of remote object %s takes no descriptors, got %d", uri.Raw, len(f.Fds))
-		}
+	// A frame with descriptors goes the long way, which refuses it.
+	if o := ss.s.refImmutable(ss.cred.Uid, uri, req, len(f.Fds)); o != nil {
 		size := o.fo.Cache.Size()
 		if err := ss.client.reserveObject(uri.Raw, size); err != nil {
 			ss.s.release(o)

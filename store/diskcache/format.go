@@ -144,12 +144,17 @@ func sumsStart(key, version string, nchunks int64) int64 {
 // short.
 func blocksIn(n int64) int64 { return (n + blockSize - 1) / blockSize }
 
+// blockSum is the CRC32C of block i of b, bytes from a block boundary.
+func blockSum(b []byte, i int64) uint32 {
+	return checksum(b[i*blockSize : min((i+1)*blockSize, int64(len(b)))])
+}
+
 // blockSums is the checksum table of a chunk's bytes b: the CRC32C of each
 // block, 4 bytes each.
 func blockSums(b []byte) []byte {
 	t := make([]byte, 4*blocksIn(int64(len(b))))
 	for i := range blocksIn(int64(len(b))) {
-		le.PutUint32(t[4*i:], checksum(b[i*blockSize:min((i+1)*blockSize, int64(len(b)))]))
+		le.PutUint32(t[4*i:], blockSum(b, i))
 	}
 	return t
 }
@@ -158,7 +163,7 @@ func blockSums(b []byte) []byte {
 // the chunk's checksum table.
 func checkBlocks(b []byte, first int64, sums []byte) error {
 	for i := range blocksIn(int64(len(b))) {
-		got, want := checksum(b[i*blockSize:min((i+1)*blockSize, int64(len(b)))]), le.Uint32(sums[4*(first+i):])
+		got, want := blockSum(b, i), le.Uint32(sums[4*(first+i):])
 		if got != want {
 			return fmt.Errorf("block %d: checksum %08x, want %08x", first+i, got, want)
 		}

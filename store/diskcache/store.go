@@ -332,7 +332,7 @@ func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
 
 	buf := alignedBuf(o.chunkLen(ci))
 	if ch != nil {
-		err := c.readDisk(o, ch, buf)
+		err := c.readBlocks(o, ch, 0, buf)
 		c.mu.Lock()
 		c.io.Done()
 		if err == nil {
@@ -464,15 +464,9 @@ func (c *Cache) remember(o *object, ci int64, buf []byte) {
 	}
 }
 
-// readDisk reads chunk ch whole into buf and checks it against its record.
-// It also rewrites the record with a new sequence number, so that a
-// restarted daemon knows the chunk was used.
-func (c *Cache) readDisk(o *object, ch *chunk, buf []byte) error {
-	return c.readBlocks(o, ch, 0, buf)
-}
-
 // readBlocks reads len(buf) bytes of chunk ch from start, a block boundary,
-// into buf (aligned, see alignedBuf), and checks them block by block.
+// into buf (aligned, see alignedBuf; the whole chunk from 0 for a load),
+// and checks them block by block against the table its record vouches for.
 func (c *Cache) readBlocks(o *object, ch *chunk, start int64, buf []byte) error {
 	off := ch.ci*c.chunkSize + start
 	var n int
