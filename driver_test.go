@@ -24,14 +24,17 @@ import (
 	"unsafe"
 
 	"github.com/filemap/filemap/internal/sigbus"
+	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
 
 type driverState struct {
-	m       *Mapping
-	file    *os.File         // the same file, read directly: the truth
-	written map[int64][]byte // a copy-on-write mapping's pages written, by page: the truth there
+	m          *Mapping
+	file       *os.File         // the same file, read directly: the truth
+	written    map[int64][]byte // a copy-on-write mapping's pages written, by page: the truth there
+	held       *os.File         // a cache file kept after its mapping closed (holdcache, holdfd)
+	handedBack []*proto.Conn    // the connections that handed it back (handback)
 }
 
 func runDriver(in io.Reader, out io.Writer) int {
@@ -142,6 +145,19 @@ func (st *driverState) run(cmd string, args []string) (res string) {
 		return soak(args[0], args[1], int(num(2)), time.Duration(num(3))*time.Millisecond)
 	case "rawopen":
 		return rawOpen(args[0], args[1])
+	case "holdcache":
+		return st.holdCache()
+	case "holdfd":
+		st.held = os.NewFile(uintptr(num(0)), "held")
+		return "ok"
+	case "handback":
+		return st.handBack(args[0])
+	case "retime":
+		t := time.Unix(0, num(1))
+		if err := os.Chtimes(args[0], t, t); err != nil {
+			return "err " + err.Error()
+		}
+		return "ok"
 	case "write":
 		return st.write(num(0), num(1), uint64(num(2)))
 	case "writeat":

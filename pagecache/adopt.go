@@ -19,10 +19,13 @@ import (
 // huge folios: its wholly present extents are taken to be huge, so a punch
 // never cuts one.
 //
-// Adopt refuses what a daemon of this uid did not make: a file that is not
-// on a tmpfs, is owned by another uid, is not mode 0400, or is not the
-// object's size in whole pages. It cannot tell whose bytes a file holds:
-// the caller shares it only with the uid that handed it back.
+// Adopt refuses what no daemon of this uid could have made: a file that is
+// not on a tmpfs, is owned by another uid, is not mode 0400, or is not the
+// object's size in whole pages. That does not make a file one: a process of
+// this uid can make such a memfd with any bytes in it, and any client can
+// hand back the cache of another object of the same size. Adopt cannot
+// tell whose bytes a file holds, so the caller serves a cache adopted from
+// a client only to the clients that hold its file.
 func (b *Backing) Adopt(name string, size int64, f *os.File, resident func(start, end int64)) (*Object, error) {
 	defer f.Close()
 	if size < 0 {

@@ -157,7 +157,9 @@ type HelloReply struct {
 // A client whose daemon died (or handed over to another) opens its objects
 // again with Cache set: the cache file it maps travels last, after the
 // object's fd if any, and the daemon adopts it, warm, instead of making a
-// new one. Version and Size are then the ones the mapping shows; an object
+// new one. It cannot tell what bytes the file holds, so that cache serves
+// only the clients that hand back that file: another Open of the object
+// gets a cache of its own, read from the store. Version and Size are then the ones the mapping shows; an object
 // that has changed since is not an error, but every page the cache does not
 // hold gets SIGBUS, as a change under a live mapping does.
 type Open struct {

@@ -18,9 +18,11 @@ const DefaultMaxIdleCaches = 1024
 // table, a remote store's connections). A store's memory for reads to
 // come (store.Idler) is given back as soon as its object goes idle.
 //
-// An idle cache with fills still in flight (readahead a client started
-// before it let go) is passed over until they end: freeing it would close
-// the file they write into.
+// A private cache (a client's, adopted: server.go) is never kept for a
+// later Open: it waits at the back of the list, first to go, only while
+// fills are in flight. An idle cache with fills still in flight (readahead
+// a client started before it let go) is passed over until they end:
+// freeing it would close the file they write into.
 type idleCaches struct {
 	max int       // negative: none kept
 	lru list.List // of *object, the most recently released at the front
@@ -32,7 +34,11 @@ func (s *Server) idle(o *object) {
 	if i, ok := o.fo.Store.(store.Idler); ok {
 		i.Idle()
 	}
-	o.idle = s.idleCaches.lru.PushFront(o)
+	if o.private() {
+		o.idle = s.idleCaches.lru.PushBack(o)
+	} else {
+		o.idle = s.idleCaches.lru.PushFront(o)
+	}
 	s.trimIdle()
 }
 
@@ -52,13 +58,16 @@ func (s *Server) unidle(o *object) {
 	}
 }
 
-// trimIdle frees the least recently released caches past the bound, those
-// with no fill in flight. Called with s.mu held.
+// trimIdle frees the private caches and the least recently released ones
+// past the bound, those with no fill in flight. Called with s.mu held.
 func (s *Server) trimIdle() {
 	l := &s.idleCaches.lru
-	for e := l.Back(); e != nil && l.Len() > max(s.idleCaches.max, 0); {
+	for e := l.Back(); e != nil; {
 		o := e.Value.(*object)
 		e = e.Prev()
+		if !o.private() && l.Len() <= max(s.idleCaches.max, 0) {
+			return // the private ones, all at the back, are done with
+		}
 		if o.fo.Cache.Busy() {
 			continue
 		}

@@ -35,6 +35,7 @@ type keptRegion struct {
 	Version  string      `json:"version"`
 	Size     int64       `json:"size"`
 	Local    bool        `json:"local"`
+	Private  bool        `json:"private,omitempty"` // a cache a client handed back: it stays private (adopt)
 	Features uint64      `json:"features"`
 	Ranges   []keptRange `json:"ranges"`
 }
@@ -112,7 +113,7 @@ func (a *attachment) keep() {
 		return
 	}
 	d := keptRegion{UID: o.key.uid, URI: uri, Name: o.fo.Cache.Name(), Version: o.key.version,
-		Size: o.fo.Cache.Size(), Features: a.features, Local: file != nil}
+		Size: o.fo.Cache.Size(), Features: a.features, Local: file != nil, Private: o.private()}
 	a.mu.Lock()
 	for _, r := range a.regions {
 		d.Ranges = append(d.Ranges, keptRange{Addr: uint64(r.Addr), PgOff: r.PgOff, NPages: r.NPages, Advice: r.Advice().String()})
@@ -164,7 +165,7 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 		st.Close()
 		return nil, err
 	}
-	o, err := s.adopt(d.UID, d.Name, st, hangs, dupFile(e.Files[1]))
+	o, err := s.adopt(d.UID, d.Name, st, hangs, dupFile(e.Files[1]), d.Private)
 	if err != nil {
 		ss.client.releaseObject(st.Size())
 		return nil, err

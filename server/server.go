@@ -129,8 +129,8 @@ type Server struct {
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
-// adopted tells apart a second cache of the same bytes, adopted from a
-// client while the daemon had made one already; a new Open never finds it.
+// adopted, if not 0, makes the key of a private cache, one a new Open never
+// finds (object.private).
 type objectKey struct {
 	uid     uint32
 	key     string
@@ -147,6 +147,11 @@ type object struct {
 	file *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
 	idle *list.Element // in Server.idleCaches while refs is 0
 }
+
+// private reports whether o is a cache adopted from a client (adopt) that
+// serves only the clients that hold its file: the daemon did not read its
+// pages from the store, and cannot tell whose bytes they are.
+func (o *object) private() bool { return o.key.adopted != 0 }
 
 // keepFile remembers f, a local object's file, unless one is kept already.
 // Called with s.mu held or before the object is shared.
@@ -406,21 +411,28 @@ func (s *Server) wrapStore(st store.Store, mayHang bool) store.Store {
 
 // adopt makes the cache of st's object from file, the cache file a client
 // of uid maps and hands back after its daemon died or handed over, or finds
-// the cache another client of uid handed back already: a client's faults
-// must be filled into the very file it maps. It takes ownership of st and
-// file. The pages the file holds are accounted in the budget.
-func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File) (*object, error) {
+// the cache that is that file already: a client's faults must be filled
+// into the very file it maps, and two caches of one file would each fill
+// the other's pages. It takes ownership of st and file. The pages the file
+// holds are accounted in the budget.
+//
+// A file a client hands back (private) may hold any bytes: a client of the
+// daemon's uid can make one, and any client can hand back the cache of
+// another object it read, of the same size. So the cache stays private to
+// the clients that hold the file, who see its bytes anyway: no Open finds
+// it, and it goes when the last of them lets go. A cache kept by the keeper
+// is the daemon's own, and is shared again unless it was private already,
+// or its object has a cache already.
+func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File, private bool) (*object, error) {
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	for ok, o := range s.objects {
-		if ok.uid == uid && o.fo.Cache.Same(file) {
-			s.ref(o)
-			s.mu.Unlock()
-			file.Close()
-			st.Close()
-			return o, nil
-		}
+	o, err := s.cacheOf(uid, name, file)
+	if o != nil || err != nil {
+		s.mu.Unlock()
+		file.Close()
+		st.Close()
+		return o, err
 	}
 	var runs [][2]int64
 	cache, err := s.backing.Adopt(name, st.Size(), file, func(lo, hi int64) { runs = append(runs, [2]int64{lo, hi}) })
@@ -429,10 +441,10 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 		st.Close()
 		return nil, err
 	}
-	if _, taken := s.objects[k]; taken {
-		k.adopted = s.nextID.Add(1) // a second cache of the same bytes: both serve
+	if _, taken := s.objects[k]; taken || private {
+		k.adopted = s.nextID.Add(1)
 	}
-	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	o = &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	s.mu.Unlock()
 	var n int64
@@ -441,8 +453,25 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 		s.budget.Commit(cache, r[0], r[1], r[1]-r[0], r[1]-r[0], false)
 		n += r[1] - r[0]
 	}
-	s.log.Info("adopted a cache a client handed back", "object", name, "version", k.version, "resident_bytes", n*pagecache.PageSize)
+	s.log.Info("adopted a cache a client handed back", "object", name, "version", k.version,
+		"private", o.private(), "resident_bytes", n*pagecache.PageSize)
 	return o, nil
+}
+
+// cacheOf finds the cache whose file is file, with a reference taken; one
+// of another uid is an error. Called with s.mu held.
+func (s *Server) cacheOf(uid uint32, name string, file *os.File) (*object, error) {
+	for k, o := range s.objects {
+		if !o.fo.Cache.Same(file) {
+			continue
+		}
+		if k.uid != uid {
+			return nil, fmt.Errorf("%s: the cache file handed back is a cache of uid %d's, not of uid %d's", name, k.uid, uid)
+		}
+		s.ref(o)
+		return o, nil
+	}
+	return nil, nil
 }
 
 // dropStale frees the caches that nobody maps any more of other versions

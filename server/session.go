@@ -154,7 +154,8 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 // fd the client opened itself, so the kernel has checked the client's right
 // to read it; the daemon never opens a client's path with its own rights.
 // A client re-opening after a restart hands back the cache file it maps,
-// last, and the daemon adopts it (proto.Open.Cache).
+// last, and the daemon adopts it (proto.Open.Cache) as a cache of its own
+// that no other Open finds: the daemon did not read its bytes.
 func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	var req proto.Open
 	if err := proto.Unmarshal(f.Payload, &req); err != nil {
@@ -216,7 +217,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	}
 	var o *object
 	if cache != nil {
-		o, err = ss.s.adopt(ss.cred.Uid, name, st, hangs, cache)
+		o, err = ss.s.adopt(ss.cred.Uid, name, st, hangs, cache, true)
 		cache = nil
 	} else {
 		o, err = ss.s.acquire(ss.cred.Uid, name, st, hangs)
