@@ -1,9 +1,9 @@
 package filemap
 
-// The security boundary (issue 6, part 4; THREAT_MODEL.md), with a client of
-// another uid: the daemon runs as root, and a client running as nobody
-// reaches no file through it that it could not read itself, and shares no
-// cache with root's clients.
+// The security boundary (THREAT_MODEL.md), with clients of another uid:
+// the daemon runs as root, and a client running as nobody reaches no file
+// through it that it could not read itself, shares no cache with root's
+// clients, and plants no bytes in the caches of its own uid's.
 
 import (
 	"io"
