@@ -55,7 +55,7 @@ func TestRestoreRedactsAKeptName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ts.restore(fdstore.Entry{ID: 1, Pid: int(os.Getpid()), Desc: desc, Files: []*os.File{uf, dupFile(cache.File())}}); err != nil {
+	if _, err := ts.restore(fdstore.Entry{ID: 1, Pid: os.Getpid(), Desc: desc, Files: []*os.File{uf, dupFile(cache.File())}}); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	objs := ts.Objects(0)
