@@ -114,7 +114,8 @@ func WithVersion(version string) Option { return func(o *options) { o.version = 
 // threads wait in faults of the mapping, or that starts a garbage
 // collection meanwhile, waits for good (see THREAT_MODEL.md).
 type Mapping struct {
-	uri      string
+	uri      string // as the caller wrote it, credentials and all: what the handler opens
+	name     string // uri for people, its credentials redacted: in errors and logs
 	size     int64
 	version  string
 	mem      []byte   // the whole mapping, including pages past the object's end
@@ -165,25 +166,25 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	c, err := connect(ctx, o.socket)
 	if err != nil {
 		closeFile(f)
-		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
+		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
 	}
-	m, err := mapObject(ctx, c, uri, f, o)
+	m, err := mapObject(ctx, c, u, f, o)
 	if err != nil {
 		c.close()
 		closeFile(f)
-		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
+		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
 	}
 	go m.keepAttached(c)
 	return m, nil
 }
 
-func mapObject(ctx context.Context, c *client, uri string, f *os.File, o options) (*Mapping, error) {
+func mapObject(ctx context.Context, c *client, u store.URI, f *os.File, o options) (*Mapping, error) {
 	var or proto.OpenReply
 	var send []*os.File
 	if f != nil {
 		send = []*os.File{f}
 	}
-	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: uri, Version: o.version}, send, &or)
+	fds, err := c.call(ctx, proto.TOpen, proto.Open{URI: u.Raw, Version: o.version}, send, &or)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +192,7 @@ func mapObject(ctx context.Context, c *client, uri string, f *os.File, o options
 		closeFiles(fds)
 		return nil, fmt.Errorf("daemon sent %d descriptors with the cache, want 1", len(fds))
 	}
-	m := &Mapping{uri: uri, size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket, cow: o.cow,
+	m := &Mapping{uri: u.Raw, name: u.Name(), size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket, cow: o.cow,
 		c: c, handle: or.Handle, advice: o.advice, watched: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.setup(ctx, o); err != nil {
@@ -282,7 +283,7 @@ func (m *Mapping) Version() string { return m.version }
 // naming its offset, and the next ReadAt of it reads it again.
 func (m *Mapping) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("filemap: %s: ReadAt at negative offset %d", m.uri, off)
+		return 0, fmt.Errorf("filemap: %s: ReadAt at negative offset %d", m.name, off)
 	}
 	if off >= m.size {
 		return 0, io.EOF
@@ -310,10 +311,10 @@ func (m *Mapping) ReadAt(p []byte, off int64) (int, error) {
 // bytes of p past the object's end are not written, and are an error.
 func (m *Mapping) WriteAt(p []byte, off int64) (int, error) {
 	if !m.cow {
-		return 0, fmt.Errorf("filemap: %s: WriteAt: the mapping is read-only (open it WithCopyOnWrite)", m.uri)
+		return 0, fmt.Errorf("filemap: %s: WriteAt: the mapping is read-only (open it WithCopyOnWrite)", m.name)
 	}
 	if off < 0 || off > m.size {
-		return 0, fmt.Errorf("filemap: %s: WriteAt at offset %d, outside the object (size %d)", m.uri, off, m.size)
+		return 0, fmt.Errorf("filemap: %s: WriteAt at offset %d, outside the object (size %d)", m.name, off, m.size)
 	}
 	n := int(min(int64(len(p)), m.size-off))
 	if n > 0 {
@@ -326,7 +327,7 @@ func (m *Mapping) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	if n < len(p) {
-		return n, fmt.Errorf("filemap: %s: WriteAt of %d bytes at offset %d: past the object's end (size %d)", m.uri, len(p), off, m.size)
+		return n, fmt.Errorf("filemap: %s: WriteAt of %d bytes at offset %d: past the object's end (size %d)", m.name, len(p), off, m.size)
 	}
 	return n, nil
 }
@@ -343,7 +344,7 @@ func (m *Mapping) populate(off, n int64, advice int) (int64, error) {
 	for p := start; p < end; p += ps {
 		if err := populateRange(m.mem[p:p+ps], advice); err != nil {
 			unix.Madvise(m.mem[p:p+ps], unix.MADV_DONTNEED) // drop the poison marker: errors are not sticky
-			return max(p, off), fmt.Errorf("filemap: %s: cannot read the page at offset %d: %w", m.uri, p, err)
+			return max(p, off), fmt.Errorf("filemap: %s: cannot read the page at offset %d: %w", m.name, p, err)
 		}
 	}
 	return 0, nil // it failed, then worked: a transient error
@@ -361,8 +362,8 @@ func populateRange(b []byte, advice int) error {
 // FaultError is a page of a mapping that could not be read: the SIGBUS of
 // an access to it, caught by Guard.
 type FaultError struct {
-	URI    string
-	Offset int64 // the byte the access faulted on
+	URI    string // the object, its credentials redacted (store.Redact)
+	Offset int64  // the byte the access faulted on
 }
 
 func (e *FaultError) Error() string {
@@ -380,7 +381,7 @@ func (m *Mapping) Guard(f func()) error {
 	}
 	page := off &^ (ps - 1)
 	unix.Madvise(m.mem[page:page+ps], unix.MADV_DONTNEED) // drop the poison marker: errors are not sticky
-	return &FaultError{URI: m.uri, Offset: off}
+	return &FaultError{URI: m.name, Offset: off}
 }
 
 // Advise tells the handler how [off, off+length) will be read; length 0
@@ -393,7 +394,7 @@ func (m *Mapping) Guard(f func()) error {
 // private mapping of a file.
 func (m *Mapping) Advise(a Advice, off, length int64) error {
 	if off < 0 || length < 0 || off > m.size {
-		return fmt.Errorf("filemap: %s: advise %v: bad range offset %d length %d (size %d)", m.uri, a, off, length, m.size)
+		return fmt.Errorf("filemap: %s: advise %v: bad range offset %d length %d (size %d)", m.name, a, off, length, m.size)
 	}
 	if length == 0 || off+length > m.size {
 		length = m.size - off
@@ -401,7 +402,7 @@ func (m *Mapping) Advise(a Advice, off, length int64) error {
 	if a == DontNeed && length > 0 {
 		start, end := off&^(ps-1), min((off+length+ps-1)&^(ps-1), int64(len(m.mem)))
 		if err := unix.Madvise(m.mem[start:end], unix.MADV_DONTNEED); err != nil {
-			return fmt.Errorf("filemap: %s: madvise(MADV_DONTNEED) [%d, %d): %w", m.uri, start, end, err)
+			return fmt.Errorf("filemap: %s: madvise(MADV_DONTNEED) [%d, %d): %w", m.name, start, end, err)
 		}
 	}
 	m.mu.Lock()
@@ -417,7 +418,7 @@ func (m *Mapping) Advise(a Advice, off, length int64) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("filemap: %s: advise %v: %w", m.uri, a, err)
+		return fmt.Errorf("filemap: %s: advise %v: %w", m.name, a, err)
 	}
 	return nil
 }
@@ -439,7 +440,7 @@ func (m *Mapping) Close() error {
 	}
 	m.teardown()
 	if err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, errLost) {
-		return fmt.Errorf("filemap: close %s: %w", m.uri, err)
+		return fmt.Errorf("filemap: close %s: %w", m.name, err)
 	}
 	return nil
 }

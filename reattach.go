@@ -32,12 +32,12 @@ func (m *Mapping) keepAttached(c *client) {
 		}
 		lost := time.Now()
 		slog.Warn("filemap: lost the handler; the mapping's faults wait until it re-attaches",
-			"uri", m.uri, "err", c.err)
+			"uri", m.name, "err", c.err)
 		var err error
 		if c, err = m.reconnect(); err != nil {
 			return // closed
 		}
-		slog.Info("filemap: re-attached to a handler", "uri", m.uri, "after", time.Since(lost))
+		slog.Info("filemap: re-attached to a handler", "uri", m.name, "after", time.Since(lost))
 	}
 }
 
@@ -61,7 +61,7 @@ func (m *Mapping) reconnect() (*client, error) {
 			return nil, m.ctx.Err()
 		}
 		if time.Since(logged) >= reconnectLogEvery {
-			slog.Warn("filemap: cannot re-attach yet; retrying", "uri", m.uri, "err", err)
+			slog.Warn("filemap: cannot re-attach yet; retrying", "uri", m.name, "err", err)
 			logged = time.Now()
 		}
 		select {
@@ -101,19 +101,19 @@ func (m *Mapping) reattach(c *client) error {
 	var or proto.OpenReply
 	fds, err := c.call(m.ctx, proto.TOpen, proto.Open{URI: m.uri, Version: m.version, Cache: true, Size: m.size}, send, &or)
 	if err != nil {
-		return fmt.Errorf("re-open %s: %w", m.uri, err)
+		return fmt.Errorf("re-open %s: %w", m.name, err)
 	}
 	same := len(fds) == 1 && sameFile(fds[0], m.memfd)
 	closeFiles(fds)
 	if !same {
-		return fmt.Errorf("re-open %s: the handler did not adopt the cache file the mapping maps", m.uri)
+		return fmt.Errorf("re-open %s: the handler did not adopt the cache file the mapping maps", m.name)
 	}
 	m.mu.Lock()
 	advice := m.advice
 	m.mu.Unlock()
 	region, err := m.attach(m.ctx, c, or.Handle, advice)
 	if err != nil {
-		return fmt.Errorf("re-attach %s: %w", m.uri, err)
+		return fmt.Errorf("re-attach %s: %w", m.name, err)
 	}
 	m.mu.Lock()
 	m.c, m.handle, m.region = c, or.Handle, region

@@ -57,7 +57,7 @@ type Config struct {
 	// each restore: VMs restored from the same version share one cache,
 	// and a new version gets a new one.
 	Open func(ctx context.Context) (store.Store, error)
-	// Name is the memory file's name in logs (its URI).
+	// Name is the memory file's name in logs (its URI, credentials redacted: store.Redact).
 	Name string
 	// Pinned, if set, is a version of the memory file that never changes
 	// (an S3 VersionId) and that Open opens. A restore that finds the

@@ -150,7 +150,8 @@ type HelloReply struct {
 }
 
 // Open asks for an object's cache. For a local file the client sends the fd
-// it opened; URI names the object in messages and logs. A non-empty Version
+// it opened; URI names the object, and the daemon's messages and logs show
+// it with its credentials redacted (store.Redact). A non-empty Version
 // is the version to open: an S3 VersionId, old or current, that the bucket
 // keeps; any other version must be the object's current one, or Open fails.
 //
@@ -248,7 +249,7 @@ type Objects struct {
 
 // ObjectStat is one object's cache.
 type ObjectStat struct {
-	URI        string `json:"uri"` // a local file's path, or a remote object's URI
+	URI        string `json:"uri"` // a local file's path, or a remote object's URI, credentials redacted
 	Version    string `json:"version"`
 	Size       int64  `json:"size"`
 	CacheBytes int64  `json:"cache_bytes"` // resident in the cache

@@ -149,6 +149,11 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	if err := json.Unmarshal(e.Desc, &d); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
 	}
+	if !d.Local {
+		// A predecessor that named caches by the raw URI, password and
+		// all, must not pass that name on to this daemon's logs.
+		d.Name = store.Redact(d.URI)
+	}
 	want := 2
 	if d.Local {
 		want = 3

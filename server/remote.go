@@ -101,7 +101,7 @@ func (r *Remotes) Open(ctx context.Context, uri store.URI, version string) (stor
 		}
 		obj = o
 	default:
-		return nil, fmt.Errorf("%s: scheme %s is not a remote store", uri.Raw, uri.Scheme)
+		return nil, fmt.Errorf("%s: scheme %s is not a remote store", uri.Name(), uri.Scheme)
 	}
 	var st store.Store = remote.New(obj, r.cfg.Fetch)
 	if r.disk != nil {

@@ -141,7 +141,7 @@ type objectKey struct {
 // object is an object's cache and store, shared by the sessions that opened it.
 type object struct {
 	key  objectKey
-	uri  string
+	uri  string // as the client opened it, credentials and all: to open it again, never to show
 	fo   fault.Object
 	refs int
 	file *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)

@@ -165,7 +165,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	var cache *os.File
 	if req.Cache {
 		if len(f.Fds) == 0 {
-			return nil, nil, badFrame("open %s with the cache file it maps: no descriptors", req.URI)
+			return nil, nil, badFrame("open %s with the cache file it maps: no descriptors", store.Redact(req.URI))
 		}
 		cache, f.Fds = f.Fds[len(f.Fds)-1], f.Fds[:len(f.Fds)-1]
 		defer func() {
@@ -182,7 +182,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	// A frame with descriptors goes the long way, which refuses it.
 	if o := ss.s.refImmutable(ss.cred.Uid, uri, req, len(f.Fds)); o != nil {
 		size := o.fo.Cache.Size()
-		if err := ss.client.reserveObject(uri.Raw, size); err != nil {
+		if err := ss.client.reserveObject(uri.Name(), size); err != nil {
 			ss.s.release(o)
 			return nil, nil, err
 		}
@@ -256,19 +256,20 @@ func (ss *session) opened(o *object, size int64) (any, []*os.File, error) {
 
 // openStore opens the store of uri: a local file through the one fd the
 // client sent, a remote object with the daemon's own clients (and no fd).
-// It returns the name the cache goes by.
+// It returns the name the cache goes by in logs, errors, listings and
+// metrics: a remote object's has its credentials redacted (store.URI.Name).
 func (ss *session) openStore(uri store.URI, req proto.Open, f proto.Frame) (store.Store, string, error) {
 	if uri.Scheme != "file" {
 		if len(f.Fds) != 0 {
 			f.CloseFds()
-			return nil, "", badFrame("open of remote object %s takes no descriptors, got %d", uri.Raw, len(f.Fds))
+			return nil, "", badFrame("open of remote object %s takes no descriptors, got %d", uri.Name(), len(f.Fds))
 		}
 		open := ss.s.remotes.Open
 		if req.Cache {
 			open = ss.s.remotes.Reopen
 		}
 		st, err := open(context.Background(), uri, req.Version)
-		return st, uri.Raw, err
+		return st, uri.Name(), err
 	}
 	if got := len(f.Fds); got != 1 {
 		f.CloseFds()

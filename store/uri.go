@@ -12,8 +12,12 @@ import (
 type URI struct {
 	Scheme string // "file", "http", "https" or "s3"
 	Path   string // the local path for "file"; empty for remote objects
-	Raw    string // what the user wrote: for remote objects, what their stores open
+	Raw    string // what the user wrote: for remote objects, what their stores open; never shown, it may hold credentials
 }
+
+// Name is the object's name for people: in logs, errors, listings and
+// metric labels. It is Raw with its credentials redacted (Redact).
+func (u URI) Name() string { return Redact(u.Raw) }
 
 // ParseURI parses an object name. A bare path is a local file.
 func ParseURI(s string) (URI, error) {
@@ -29,30 +33,113 @@ func ParseURI(s string) (URI, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return URI{}, fmt.Errorf("object %q: bad URI: %w", s, err)
+		return URI{}, badURI(s, err)
 	}
+	name := Redact(s)
 	switch u.Scheme {
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
-			return URI{}, fmt.Errorf("object %q: file URI names host %q; only local files are supported", s, u.Host)
+			return URI{}, fmt.Errorf("object %q: file URI names host %q; only local files are supported", name, u.Host)
 		}
 		if u.Path == "" {
-			return URI{}, fmt.Errorf("object %q: file URI has no path", s)
+			return URI{}, fmt.Errorf("object %q: file URI has no path", name)
 		}
 		return URI{Scheme: "file", Path: u.Path, Raw: s}, nil
 	case "http", "https":
 		if u.Host == "" {
-			return URI{}, fmt.Errorf("object %q: %s URI has no host", s, u.Scheme)
+			return URI{}, fmt.Errorf("object %q: %s URI has no host", name, u.Scheme)
 		}
 		return URI{Scheme: u.Scheme, Raw: s}, nil
 	case "s3":
 		if u.Host == "" || strings.Trim(u.Path, "/") == "" {
-			return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", s)
+			return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", name)
 		}
 		return URI{Scheme: u.Scheme, Raw: s}, nil
 	default:
-		return URI{}, fmt.Errorf("object %q: unknown scheme %q (want a path, file://, http://, https:// or s3://)", s, u.Scheme)
+		return URI{}, fmt.Errorf("object %q: unknown scheme %q (want a path, file://, http://, https:// or s3://)", name, u.Scheme)
 	}
+}
+
+// badURI is the error for s, which does not parse as a URI. Where its
+// userinfo ends is then unknown (a password may hold a '/', '?' or '#'),
+// and the parser's reason may quote any part of it: if s has an '@', all
+// before the last one is hidden, and so is the reason.
+func badURI(s string, err error) error {
+	scheme, rest, _ := strings.Cut(s, "://")
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return fmt.Errorf("object %q: bad URI: %w", s, err)
+	}
+	return fmt.Errorf("object %q: bad URI", scheme+"://***"+rest[at:])
+}
+
+// Redact returns the object name s as people may see it. In a URI, the
+// password becomes "***", as net/http shows it; so does a user name that
+// stands alone, often a token sent as basic auth; and so does the value of
+// every query parameter that carries a credential (credentialParam), as
+// presigned URLs do. The rest is kept as written: the name must still say
+// which object it is. A local path is returned as is.
+func Redact(s string) string {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return s
+	}
+	// Split as url.Parse does: the authority runs to the first '/', '?'
+	// or '#', and its userinfo to its last '@'.
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		user, _, hasPassword := strings.Cut(authority[:at], ":")
+		if hasPassword {
+			authority = user + ":***" + authority[at:]
+		} else {
+			authority = "***" + authority[at:]
+		}
+	}
+	path, fragment, hasFragment := strings.Cut(tail, "#")
+	if path, query, hasQuery := strings.Cut(path, "?"); hasQuery {
+		tail = path + "?" + redactQuery(query)
+	} else {
+		tail = path
+	}
+	if hasFragment {
+		tail += "#" + fragment
+	}
+	return scheme + "://" + authority + tail
+}
+
+// redactQuery replaces the values of a raw query's credentials with "***",
+// keeping its order and encoding.
+func redactQuery(query string) string {
+	params := strings.Split(query, "&")
+	for i, p := range params {
+		k, _, hasValue := strings.Cut(p, "=")
+		name, err := url.QueryUnescape(k)
+		if err != nil {
+			name = k
+		}
+		if hasValue && credentialParam(name) {
+			params[i] = k + "=***"
+		}
+	}
+	return strings.Join(params, "&")
+}
+
+// credentialParam says whether a query parameter authenticates the
+// request rather than selects the object: the signatures and key ids of
+// presigned S3 (V4 and V2) and GCS URLs, S3's session token, CloudFront's
+// and Azure's signatures, and bearer tokens.
+func credentialParam(name string) bool {
+	switch strings.ToLower(name) {
+	case "x-amz-signature", "x-amz-credential", "x-amz-security-token", "awsaccesskeyid",
+		"x-goog-signature", "x-goog-credential", "googleaccessid",
+		"signature", "sig", "token", "access_token", "password":
+		return true
+	}
+	return false
 }
 
 // OpenLocal opens a local file for reading with the caller's own

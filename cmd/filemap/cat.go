@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/store"
 )
 
 func cat(args []string) error {
@@ -36,7 +37,7 @@ func cat(args []string) error {
 	b := m.Bytes()
 	start := int64(offset)
 	if start > int64(len(b)) {
-		return fmt.Errorf("%s: offset %d is past the end (size %d)", uri, start, len(b))
+		return fmt.Errorf("%s: offset %d is past the end (size %d)", store.Redact(uri), start, len(b))
 	}
 	end := int64(len(b))
 	if length > 0 {

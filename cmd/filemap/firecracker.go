@@ -80,7 +80,7 @@ func firecrackerCmd(args []string) error {
 	defer closeStores()
 	cfg := firecracker.Config{
 		Open:              open,
-		Name:              *mem,
+		Name:              store.Redact(*mem),
 		Pinned:            immutableVersion(*mem, *memVersion),
 		ReadaheadPages:    h.raPages,
 		MaxReadahead:      h.raMaxPages,
@@ -103,7 +103,7 @@ func firecrackerCmd(args []string) error {
 	// error now is better than one per restore.
 	st, err := open(context.Background())
 	if err != nil {
-		return fmt.Errorf("--mem %s: %w", *mem, err)
+		return fmt.Errorf("--mem %s: %w", store.Redact(*mem), err)
 	}
 	st.Close()
 	s, err := firecracker.New(cfg)
@@ -137,7 +137,7 @@ func firecrackerCmd(args []string) error {
 		defer stop()
 		log.Info("filemap firecracker: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
-	log.Info("filemap firecracker: listening", "socket", *socket, "mem", *mem, "record", *record, "prefetch", *prefetch,
+	log.Info("filemap firecracker: listening", "socket", *socket, "mem", store.Redact(*mem), "record", *record, "prefetch", *prefetch,
 		"readahead", int64(h.ra), "readahead-inflight", int64(h.inflight), "copy-around", int64(around), "cache-size", size(h.cacheBytes))
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)

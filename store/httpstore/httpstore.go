@@ -37,7 +37,9 @@ type Options struct {
 	Client *http.Client
 
 	// Header is sent with every request, e.g. Authorization. Prefer it to
-	// secrets in the URL's query, which is part of the Key and of errors.
+	// secrets in the URL's query: the query is part of the Key and of
+	// errors, with only the values of the parameters store.Redact knows
+	// for credentials (presigned URLs' signatures, tokens) hidden.
 	Header http.Header
 
 	// Parallel is how many requests the caller keeps in flight
@@ -49,7 +51,7 @@ type Options struct {
 // Object is one version of an HTTP resource, read by byte ranges.
 type Object struct {
 	url    string // as given, userinfo included: the client sends it as basic auth
-	name   string // the URL without userinfo, for Key and errors
+	name   string // the URL without userinfo or credentials (store.Redact), for Key and errors
 	client *http.Client
 	own    bool // the client is ours to clean up
 	header http.Header
@@ -68,12 +70,12 @@ var _ remote.Object = (*Object)(nil)
 func Open(ctx context.Context, rawURL string, opts Options) (*Object, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("httpstore: bad URL %q: %w", rawURL, err)
+		return nil, fmt.Errorf("httpstore: bad URL %q: %w", store.Redact(rawURL), parseReason(err))
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("httpstore: %q is not an http:// or https:// URL", u.Redacted())
 	}
-	o := &Object{url: rawURL, name: withoutUserinfo(u), client: opts.Client, header: opts.Header}
+	o := &Object{url: rawURL, name: store.Redact(withoutUserinfo(u)), client: opts.Client, header: opts.Header}
 	if o.client == nil {
 		parallel := opts.Parallel
 		if parallel <= 0 {
@@ -89,6 +91,15 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Object, error) {
 	return o, nil
 }
 
+// parseReason is why url.Parse refused a URL, without the URL, which may
+// hold credentials.
+func parseReason(err error) error {
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
 func withoutUserinfo(u *url.URL) string {
 	c := *u
 	c.User = nil
@@ -97,9 +108,11 @@ func withoutUserinfo(u *url.URL) string {
 
 func (o *Object) Size() int64 { return o.size }
 
-// Key is the URL without its userinfo. Its scheme already sets it apart
-// from other stores' keys; the query, which may select the resource, is
-// kept.
+// Key is the URL without its userinfo, and with the values of its query's
+// credentials hidden: they let the request in, they do not select the
+// resource, as userinfo does not. Its scheme already sets it apart from
+// other stores' keys; the rest of the query, which may select the
+// resource, is kept.
 func (o *Object) Key() string { return o.name }
 
 // Version is the strong ETag, "lm:" and the Last-Modified date, the weak
@@ -223,7 +236,7 @@ func (o *Object) condition() string {
 func (o *Object) do(ctx context.Context, method string, extra http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, o.url, nil)
 	if err != nil {
-		return nil, err
+		return nil, parseReason(err)
 	}
 	for k, vs := range o.header {
 		req.Header[k] = vs
@@ -234,7 +247,13 @@ func (o *Object) do(ctx context.Context, method string, extra http.Header) (*htt
 	// Ranges are of the bytes as stored: never let a transport ask for
 	// gzip and decompress it.
 	req.Header.Set("Accept-Encoding", "identity")
-	return o.client.Do(req)
+	resp, err := o.client.Do(req)
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		// net/http names the URL with its password hidden but its query,
+		// presigned signatures and all, in full.
+		ue.URL = o.name
+	}
+	return resp, err
 }
 
 // GetRange fills p with the bytes at off of the pinned version.
