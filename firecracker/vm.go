@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,9 +46,11 @@ type vm struct {
 	// the guest must see zeros.
 	mu sync.RWMutex
 	// installed and removed are indexed by the unit's offset in the
-	// memory file divided by the unit.
+	// memory file divided by the unit. They are st's: they outlive the
+	// handler.
 	installed bitset
 	removed   bitset
+	st        *vmState
 
 	deferMu  sync.Mutex
 	deferred []uintptr // faults to retry once the pending events are read, in order
@@ -94,24 +97,31 @@ func (fillOnly) Wake(uintptr, uintptr) error                    { return nil }
 func (fillOnly) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
 
 // newVM makes the handler of a VM. fresh says it starts now: a VM taken
-// over from a previous handler is neither recorded nor replayed into.
-func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool) (*vm, error) {
+// over from a previous handler is neither recorded nor replayed into, and
+// has the state the previous handler kept, if any (kept: its memfd).
+func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool, kept *os.File) (*vm, error) {
 	// Firecracker makes its userfaultfd non-blocking already; a VMM that
 	// did not would have the loop sleep in read(2) instead of poll(2).
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("userfaultfd: set non-blocking: %w", err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
 	unit := rs[0].PageSize
 	size := o.fo.Cache.Size()
 	nunits := (size + int64(unit) - 1) / int64(unit)
+	st, err := loadState(log, unit, nunits, o.key.version, fresh, kept)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(fd)
+		st.close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
 	v := &vm{s: s, id: id, log: log, conn: c, u: uffd.FromFd(fd), efd: efd, obj: o, unit: unit,
-		upages: int64(unit / PageSize), start: time.Now(), installed: newBitset(nunits), removed: newBitset(nunits),
+		upages: int64(unit / PageSize), start: time.Now(), installed: st.installed, removed: st.removed, st: st,
 		deferSet: make(map[uintptr]struct{}), busy: make(map[int64]struct{}), stopped: make(chan struct{})}
 	for _, r := range rs {
 		fr := &fault.Region{Obj: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
@@ -135,6 +145,27 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 		v.pf = newPrefetch(v, s.record)
 	}
 	return v, nil
+}
+
+// loadState maps the state a previous handler kept (kept, its memfd), or
+// makes a VM's state anew: for a VM restored now (fresh), or one whose
+// previous handler kept none that this one can read. The balloon's
+// removed pages of such a VM are unknown, and it is served all the same —
+// a VM left without a handler stalls for good — with a warning: its
+// pages that the balloon removed before read the memory file's bytes, not
+// zeros.
+func loadState(log *slog.Logger, unit uintptr, nunits int64, version string, fresh bool, kept *os.File) (*vmState, error) {
+	if kept != nil {
+		st, err := openVMState(kept, unit, nunits)
+		if err == nil {
+			return st, nil
+		}
+		log.Warn("firecracker: the pages the balloon removed before this handler started are unknown: they read the memory file's bytes, not zeros", "err", err)
+	} else if !fresh {
+		log.Warn("firecracker: the pages the balloon removed before this handler started are unknown: they read the memory file's bytes, not zeros",
+			"err", "the previous handler kept no state of the VM (an older version of filemap)")
+	}
+	return newVMState(unit, nunits, version)
 }
 
 // run serves the VM until its VMM disconnects or the server closes, then
@@ -169,6 +200,7 @@ func (v *vm) run() {
 	v.u.Close()
 	unix.Close(v.efd)
 	v.conn.Close()
+	v.st.close()
 }
 
 func (v *vm) guestBytes() uintptr {
@@ -226,7 +258,7 @@ const (
 // ones; only when no message is pending does it install a batch of the
 // prefetch, so the guest's own faults always go first.
 func (v *vm) serve() {
-	msgs := make([]uffd.Msg, 256)
+	msgs := make([]uffd.Msg, stateSlots)
 	wait := deferWaitMin
 	for !v.stopping.Load() {
 		n, err := v.readBatch(msgs)
@@ -264,12 +296,19 @@ func (v *vm) serve() {
 	}
 }
 
-// readBatch reads the pending messages and applies their REMOVEs, under mu
-// for writing (see vm.mu).
+// readBatch reads the pending messages, into the state's buffer (see
+// vmState), decodes them into msgs and applies their REMOVEs, under mu for
+// writing (see vm.mu).
 func (v *vm) readBatch(msgs []uffd.Msg) (int, error) {
 	v.mu.Lock()
-	n, err := v.u.Drain(msgs)
+	n, err := v.st.read(v.u.Fd())
+	var bad []error
 	for i := range msgs[:n] {
+		var derr error
+		if msgs[i], derr = v.st.msg(i); derr != nil {
+			bad = append(bad, derr)
+			continue
+		}
 		switch m := &msgs[i]; m.Event {
 		case uffd.EventPagefault:
 		case uffd.EventRemove:
@@ -282,13 +321,27 @@ func (v *vm) readBatch(msgs []uffd.Msg) (int, error) {
 		}
 	}
 	v.mu.Unlock()
+	if len(bad) > 0 {
+		v.log.Warn("firecracker: userfaultfd message not understood", "err", errors.Join(bad...))
+	}
 	if err != nil {
 		if n == 0 {
 			return 0, err
 		}
-		v.log.Warn("firecracker: userfaultfd message not understood", "err", err)
+		v.log.Warn("firecracker: cannot read the userfaultfd; retrying", "err", err)
 	}
 	return n, nil
+}
+
+// replayRemoves applies the REMOVE events in the read buffer of a state a
+// previous handler kept: it may have died between reading them and
+// applying them (see vmState). Called before the VM's loop starts.
+func (v *vm) replayRemoves() {
+	for i := range stateSlots {
+		if m, err := v.st.msg(i); err == nil && m.Event == uffd.EventRemove {
+			v.markRemoved(uintptr(m.Start), uintptr(m.End))
+		}
+	}
 }
 
 // idle waits for a message or a wake-up, polling for Config.Spin first.
@@ -329,11 +382,18 @@ func (v *vm) poll(timeout time.Duration) (bool, error) {
 	return n > 0, nil
 }
 
-// remove applies UFFD_EVENT_REMOVE [start, end): the pages wholly inside
-// read as zeros from now on. (MADV_DONTNEED zaps whole pages; hugetlbfs
-// rounds the range to whole huge pages.) Called with mu held for writing.
+// remove applies UFFD_EVENT_REMOVE [start, end). Called with mu held for
+// writing.
 func (v *vm) remove(start, end uintptr) {
 	v.s.n.removes.Add(1)
+	v.markRemoved(start, end)
+}
+
+// markRemoved makes the pages wholly inside [start, end) read as zeros from
+// now on. (MADV_DONTNEED zaps whole pages; hugetlbfs rounds the range to
+// whole huge pages.) The bit is never cleared: the memory file's bytes of
+// a removed page are the guest's no more.
+func (v *vm) markRemoved(start, end uintptr) {
 	for _, r := range v.regions {
 		lo, hi := max(start, r.Base), min(end, r.Base+r.Size)
 		if lo >= hi {
