@@ -581,3 +581,50 @@ func TestHandlerAdoptsVMWithoutState(t *testing.T) {
 		t.Errorf("the handler did not say the removed pages are unknown:\n%s", log)
 	}
 }
+
+// A handler started again after the memory file changed (another snapshot
+// written to its path) gives the VMs it takes over none of the new file's
+// bytes: pages in the guest keep theirs, removed pages read as zeros, and
+// the others get SIGBUS, never a guest made of two snapshots.
+func TestHandlerRestartAfterMemoryFileChanged(t *testing.T) {
+	const size = 8 << 20
+	mem := memFile(t, size)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	h := startHandler(t, sock, mem)
+	c := startClient(t, sock, mem, clientOpts{spans: []span{{0, size}}})
+	c.OK("check %d %d", 0, 2<<20)
+	c.OK("balloon %d %d", 4<<20, 1<<20)
+	h.Cmd.Process.Signal(syscall.SIGKILL)
+	h.Cmd.Wait()
+	// The new snapshot replaces the file; the client compares with the
+	// old one, which it holds open.
+	b, err := os.ReadFile(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] ^= 0xff
+	}
+	next := mem + ".new"
+	if err := os.WriteFile(next, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(next, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, mem); err != nil {
+		t.Fatal(err)
+	}
+	h = startHandler(t, sock, mem)
+	c.OK("check %d %d", 0, 2<<20)
+	c.OK("zeros %d %d", 4<<20, 1<<20)
+	for _, off := range []int64{2 << 20, 6 << 20} {
+		if l := c.Do("check %d %d", off, PageSize); l != fmt.Sprintf("sigbus %d", off) {
+			t.Errorf("a page the guest never had, of the changed file: %q, want SIGBUS", l)
+		}
+	}
+	if log := h.Stderr.String(); !strings.Contains(log, "memory file changed since this VM was restored") {
+		t.Errorf("the handler did not say the memory file changed:\n%s", log)
+	}
+}

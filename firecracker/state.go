@@ -39,6 +39,8 @@ type vmState struct {
 	msgs      []byte   // the loop's read buffer: stateSlots messages
 	removed   bitset   // by unit index: the balloon gave it back
 	installed bitset   // by unit index: copied into the guest
+	unit      uintptr  // the guest's page size
+	nunits    int64    // units of the memory file, as it was restored from
 	version   string   // of the memory file the VM was restored from
 }
 
@@ -85,7 +87,7 @@ func newVMState(unit uintptr, nunits int64, version string) (*vmState, error) {
 		f.Close()
 		return nil, fmt.Errorf("the VM's state: seal its memfd: %w", err)
 	}
-	st, err := mapVMState(f, nunits, len(version), size)
+	st, err := mapVMState(f, unit, nunits, len(version), size)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -102,9 +104,9 @@ func newVMState(unit uintptr, nunits int64, version string) (*vmState, error) {
 }
 
 // openVMState maps the state a previous handler kept, from its memfd f (a
-// copy of it: f stays the caller's), for a VM of nunits units of unit
-// bytes. A memfd that is not such a state is refused.
-func openVMState(f *os.File, unit uintptr, nunits int64) (*vmState, error) {
+// copy of it: f stays the caller's). A memfd that is not such a state is
+// refused.
+func openVMState(f *os.File) (*vmState, error) {
 	var sb unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &sb); err != nil {
 		return nil, fmt.Errorf("the kept VM state: fstat: %w", err)
@@ -114,16 +116,16 @@ func openVMState(f *os.File, unit uintptr, nunits int64) (*vmState, error) {
 		return nil, fmt.Errorf("the kept VM state: read its header: %w", err)
 	}
 	ne := binary.NativeEndian
-	gotUnit, gotUnits, vlen := ne.Uint64(h[len(stateMagic):]), ne.Uint64(h[len(stateMagic)+8:]), ne.Uint64(h[len(stateMagic)+16:])
+	unit, nunits, vlen := ne.Uint64(h[len(stateMagic):]), ne.Uint64(h[len(stateMagic)+8:]), ne.Uint64(h[len(stateMagic)+16:])
 	switch {
 	case !bytes.Equal(h[:len(stateMagic)], []byte(stateMagic)):
 		return nil, errors.New("the kept VM state has no header this handler knows")
-	case gotUnit != uint64(unit) || gotUnits != uint64(nunits):
-		return nil, fmt.Errorf("the kept VM state is of %d units of %d bytes; the VM has %d of %d", gotUnits, gotUnit, nunits, unit)
-	case vlen > uint64(sb.Size):
-		return nil, fmt.Errorf("the kept VM state's version is %d bytes long, its memfd %d", vlen, sb.Size)
+	case unit != PageSize && unit != HugePageSize:
+		return nil, fmt.Errorf("the kept VM state is of pages of %d bytes", unit)
+	case nunits > uint64(sb.Size)*8 || vlen > uint64(sb.Size):
+		return nil, fmt.Errorf("the kept VM state of %d units, version of %d bytes, is only %d bytes", nunits, vlen, sb.Size)
 	}
-	if _, _, _, size := stateLayout(nunits, int(vlen)); sb.Size != size {
+	if _, _, _, size := stateLayout(int64(nunits), int(vlen)); sb.Size != size {
 		return nil, fmt.Errorf("the kept VM state is %d bytes; want %d", sb.Size, size)
 	}
 	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
@@ -131,7 +133,7 @@ func openVMState(f *os.File, unit uintptr, nunits int64) (*vmState, error) {
 		return nil, fmt.Errorf("the kept VM state: dup: %w", err)
 	}
 	mine := os.NewFile(uintptr(fd), "vm-state")
-	st, err := mapVMState(mine, nunits, int(vlen), sb.Size)
+	st, err := mapVMState(mine, uintptr(unit), int64(nunits), int(vlen), sb.Size)
 	if err != nil {
 		mine.Close()
 		return nil, err
@@ -141,14 +143,14 @@ func openVMState(f *os.File, unit uintptr, nunits int64) (*vmState, error) {
 }
 
 // mapVMState maps memfd f, of size bytes, and finds its parts.
-func mapVMState(f *os.File, nunits int64, vlen int, size int64) (*vmState, error) {
+func mapVMState(f *os.File, unit uintptr, nunits int64, vlen int, size int64) (*vmState, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("the VM's state: map %d bytes: %w", size, err)
 	}
 	msgs, removed, installed, _ := stateLayout(nunits, vlen)
 	words := (nunits + 63) / 64
-	st := &vmState{f: f, mem: mem, msgs: mem[msgs:removed],
+	st := &vmState{f: f, mem: mem, msgs: mem[msgs:removed], unit: unit, nunits: nunits,
 		removed: sharedBitset(mem[removed:installed], words), installed: sharedBitset(mem[installed:], words)}
 	unix.Mlock(st.msgs) // best effort: see vmState
 	return st, nil

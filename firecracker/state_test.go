@@ -59,7 +59,7 @@ func TestRemoveReadButNotAppliedSurvives(t *testing.T) {
 	}
 	// The handler dies here, the event read and not applied. The next
 	// one maps the state it kept.
-	next, err := openVMState(st.f, PageSize, npages)
+	next, err := openVMState(st.f)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,12 @@ type vm struct {
 	installed bitset
 	removed   bitset
 	st        *vmState
+	// stale says the memory file is at another version than the one the
+	// VM was restored from, and was when this handler took the VM over:
+	// its pages not in the guest cannot be had any more, and get SIGBUS,
+	// never the other version's bytes (a guest of two snapshots' pages).
+	// Removed pages still read as zeros.
+	stale bool
 
 	deferMu  sync.Mutex
 	deferred []uintptr // faults to retry once the pending events are read, in order
@@ -122,7 +128,12 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 	}
 	v := &vm{s: s, id: id, log: log, conn: c, u: uffd.FromFd(fd), efd: efd, obj: o, unit: unit,
 		upages: int64(unit / PageSize), start: time.Now(), installed: st.installed, removed: st.removed, st: st,
+		stale:    st.version != o.key.version,
 		deferSet: make(map[uintptr]struct{}), busy: make(map[int64]struct{}), stopped: make(chan struct{})}
+	if v.stale {
+		log.Error("firecracker: the memory file changed since this VM was restored: its pages not in the guest yet get SIGBUS",
+			"memory", s.cfg.Name, "restored_version", st.version, "version", o.key.version)
+	}
 	for _, r := range rs {
 		fr := &fault.Region{Obj: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
 		if unit != PageSize {
@@ -153,20 +164,27 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 // removed pages of such a VM are unknown, and it is served all the same —
 // a VM left without a handler stalls for good — with a warning: its
 // pages that the balloon removed before read the memory file's bytes, not
-// zeros.
+// zeros. A kept state of another version of the memory file than
+// version, the one open now, is the state of a stale VM (see vm.stale).
 func loadState(log *slog.Logger, unit uintptr, nunits int64, version string, fresh bool, kept *os.File) (*vmState, error) {
 	if kept != nil {
-		st, err := openVMState(kept, unit, nunits)
-		if err == nil {
+		st, err := openVMState(kept)
+		switch {
+		case err != nil:
+		case st.unit != unit || st.nunits != nunits && st.version == version:
+			err = fmt.Errorf("the kept VM state is of %d units of %d bytes; the VM has %d of %d", st.nunits, st.unit, nunits, unit)
+			st.close()
+		default:
 			return st, nil
 		}
-		log.Warn("firecracker: the pages the balloon removed before this handler started are unknown: they read the memory file's bytes, not zeros", "err", err)
+		log.Warn(unknownRemoved, "err", err)
 	} else if !fresh {
-		log.Warn("firecracker: the pages the balloon removed before this handler started are unknown: they read the memory file's bytes, not zeros",
-			"err", "the previous handler kept no state of the VM (an older version of filemap)")
+		log.Warn(unknownRemoved, "err", "the previous handler kept no state of the VM (an older version of filemap)")
 	}
 	return newVMState(unit, nunits, version)
 }
+
+const unknownRemoved = "firecracker: the pages the balloon removed before this handler started are unknown: they read the memory file's bytes, not zeros"
 
 // run serves the VM until its VMM disconnects or the server closes, then
 // lets go of everything: the VMM keeps its own copy of the userfaultfd,
@@ -456,6 +474,10 @@ func (v *vm) fault(addr uintptr, first bool) {
 		v.zero(unit, idx, start)
 		return
 	}
+	if v.stale {
+		v.poison(unit, idx)
+		return
+	}
 	if v.installed.get(idx) && v.cacheState(idx) != pagecache.Uptodate {
 		// Copied in already (a duplicate message, or a page the prefetch or
 		// a neighbour's copy-around installed) and since evicted from the
@@ -736,13 +758,18 @@ func (v *vm) zero(unit uintptr, idx int64, start time.Time) {
 }
 
 // poison makes the guest's access to unit get SIGBUS: its bytes could not
-// be read from the memory file. (The fault path logged why.)
+// be read from the memory file (the fault path logged why), or the VM is
+// stale.
 func (v *vm) poison(unit uintptr, idx int64) {
 	_, err := v.u.Poison(unit, v.unit, 0)
 	if errors.Is(err, unix.EEXIST) {
-		err = v.u.Wake(unit, v.unit) // poisoned already: a duplicate message
+		err = v.u.Wake(unit, v.unit) // poisoned already, or in the guest: a duplicate message
 	}
 	switch {
+	case err == nil && v.stale:
+		v.s.counters.Sigbus.Add(1)
+		v.log.Error("firecracker: the memory file changed since this VM was restored: SIGBUS for the guest page",
+			"addr", fmt.Sprintf("%#x", unit), "offset", idx*int64(v.unit))
 	case err == nil:
 		if v.unit != PageSize {
 			v.s.counters.Sigbus.Add(1) // the fault path counted the 4 KiB ones
