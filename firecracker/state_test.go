@@ -1,6 +1,8 @@
 package firecracker
 
 import (
+	"os"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -72,4 +74,56 @@ func TestRemoveReadButNotAppliedSurvives(t *testing.T) {
 			t.Errorf("page %d: removed %v after the restart, want %v", i, got, want)
 		}
 	}
+}
+
+// A kept state is mapped as it was left, and a memfd that is not one (a
+// corrupt keeper entry) is refused rather than mapped: the VM is then
+// served as one whose removed pages are unknown.
+func TestOpenVMState(t *testing.T) {
+	st, err := newVMState(HugePageSize, 100, "etag-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	st.removed.set(7)
+	st.installed.set(99)
+	kept, err := openVMState(st.f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !kept.removed.get(7) || kept.removed.get(8) || !kept.installed.get(99) ||
+		kept.unit != HugePageSize || kept.nunits != 100 || kept.version != "etag-1" {
+		t.Errorf("kept state: removed 7 %v, 8 %v, installed 99 %v, %d units of %d, version %q",
+			kept.removed.get(7), kept.removed.get(8), kept.installed.get(99), kept.nunits, kept.unit, kept.version)
+	}
+	kept.close()
+
+	good := slices.Clone(st.mem)
+	for name, b := range map[string][]byte{
+		"another magic": append([]byte("not a VM state"), good[14:]...),
+		"short":         good[:len(good)-8],
+		"long":          append(slices.Clone(good), 0),
+		"empty":         nil,
+	} {
+		f := memfdOf(t, b)
+		if kept, err := openVMState(f); err == nil {
+			kept.close()
+			t.Errorf("%s: opened", name)
+		}
+		f.Close()
+	}
+}
+
+// memfdOf is a memfd holding b.
+func memfdOf(t *testing.T, b []byte) *os.File {
+	t.Helper()
+	fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "test")
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
