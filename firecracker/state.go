@@ -14,13 +14,17 @@ import (
 )
 
 // vmState is what decides which bytes each page of a VM gets besides the
-// memory file — which pages the balloon removed (zeros from then on) and
-// which are in the guest already — kept in a memfd that the handler maps
-// shared and the keeper holds beside the VM's connection and userfaultfd.
-// A handler that dies, or stops, leaves it there, up to the last bit set,
-// and the next one maps the same pages: the guest's removed memory reads
-// as zeros across any number of restarts, as anonymous memory that
-// MADV_DONTNEED zapped does under the kernel's own fault path.
+// memory file — which pages the balloon removed (zeros from then on), and
+// the version of the memory file the VM was restored from (see vm.stale) —
+// kept in a memfd that the handler maps shared and the keeper holds beside
+// the VM's connection and userfaultfd. A handler that dies, or stops,
+// leaves it there, up to the last bit set, and the next one maps the same
+// pages: the guest's removed memory reads as zeros across any number of
+// restarts, as anonymous memory that MADV_DONTNEED zapped does under the
+// kernel's own fault path. Which pages are in the guest already is kept
+// too, though no byte depends on it (a copy over a present page fails with
+// EEXIST, and only wakes): it spares the next handler reading from the
+// store pages the guest has.
 //
 // The loop's read buffer is in the memfd too. The kernel lets the balloon's
 // madvise go on, and zap the range, as soon as the handler has read its
@@ -29,10 +33,11 @@ import (
 // range from the memory file. With the buffer shared the event is in the
 // memfd once read(2) returns, and the next handler applies the REMOVEs it
 // finds there before it serves a fault (replayRemoves). Applying one again
-// is harmless: a removed bit is never cleared. What is left is the read
-// itself: read(2) hands the event over before it copies it out, so a
-// buffer page that must be swapped in, with the handler killed meanwhile,
-// loses it; the buffer is locked in memory, where RLIMIT_MEMLOCK allows.
+// is harmless: a removed bit is never cleared. What is left is inside
+// read(2): the kernel takes the event off the queue before it copies it
+// out, so a handler killed while that copy waits for a buffer page to be
+// swapped in loses it; the buffer is locked in memory, where
+// RLIMIT_MEMLOCK allows.
 type vmState struct {
 	f         *os.File // the memfd
 	mem       []byte   // all of it, mapped shared
