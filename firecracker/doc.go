@@ -15,7 +15,8 @@
 // socket before the VMM connects; one message carries a JSON array of the
 // guest memory regions and, as SCM_RIGHTS, the VMM's userfaultfd; the
 // connection then stays open until the VMM exits. UFFD_EVENT_REMOVE (the
-// balloon's MADV_DONTNEED) makes a range read as zeros from then on.
+// balloon's MADV_DONTNEED) makes a range read as zeros from then on, through
+// restarts of the handler too (keep.go, vmState).
 //
 // Several VMs restored from one memory file at once share one page cache:
 // the store is read once per page however many guests fault on it.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
@@ -447,5 +451,183 @@ func TestPinnedVersionOpensOnce(t *testing.T) {
 		if n := opens.Load(); n != c.opens {
 			t.Errorf("pinned %q: the memory file was opened %d times for 3 restores, want %d", c.pinned, n, c.opens)
 		}
+	}
+}
+
+// The balloon's removed memory survives the handler: a guest that ballooned
+// pages it had read, and pages it never touched, reads zeros there after
+// its handler was killed (kill -9) or stopped (SIGTERM, the graceful
+// hand-over) and started again, and the memory file's bytes everywhere
+// else; and so after a second hand-over, for what it ballooned in between.
+func TestHandlerRestartKeepsBalloon(t *testing.T) {
+	const size = 16 << 20
+	const mib = 1 << 20
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			mem := memFile(t, size)
+			sock := filepath.Join(t.TempDir(), "uffd.sock")
+			spans := twoRegions(size) // [0, 4 MiB), [4 MiB, 16 MiB)
+			h := startHandler(t, sock, mem)
+			c := startClient(t, sock, mem, clientOpts{spans: spans})
+			c.OK("check %d %d", 0, 4*mib)
+			c.OK("check %d %d", 8*mib, 2*mib)
+			// Read, never touched, and half of each.
+			removed := []span{{1 * mib, mib}, {8 * mib, mib}, {12 * mib, mib}, {9*mib + mib/2, mib}}
+			for _, r := range removed {
+				c.OK("balloon %d %d", r.off, r.size)
+			}
+			h = handOver(t, h, sig, sock, mem)
+			c.OK("check %d %d", 4*mib, mib)
+			more := []span{{4 * mib, mib / 2}, {14 * mib, mib}}
+			for _, r := range more {
+				c.OK("balloon %d %d", r.off, r.size)
+			}
+			handOver(t, h, sig, sock, mem)
+			checkBalloon(t, c, spans, append(removed, more...))
+		})
+	}
+}
+
+// handOver stops handler h with sig and starts the next one on sock.
+func handOver(t *testing.T, h *fcClient, sig syscall.Signal, sock, mem string) *fcClient {
+	t.Helper()
+	h.Cmd.Process.Signal(sig)
+	if sig == syscall.SIGTERM {
+		if l, _ := h.Reply(20 * time.Second); l != "closed" {
+			t.Fatalf("handler after SIGTERM: %q; stderr:\n%s", l, h.Stderr.String())
+		}
+	}
+	h.Cmd.Wait()
+	return startHandler(t, sock, mem)
+}
+
+// checkBalloon has the guest read zeros in every removed span and the
+// memory file's bytes in the rest of its regions.
+func checkBalloon(t *testing.T, c *fcClient, regions, removed []span) {
+	t.Helper()
+	isRemoved := func(off int64) bool {
+		for _, r := range removed {
+			if off >= r.off && off < r.off+r.size {
+				return true
+			}
+		}
+		return false
+	}
+	for _, g := range regions {
+		for off := g.off; off < g.off+g.size; {
+			end := off + PageSize
+			for end < g.off+g.size && isRemoved(end) == isRemoved(off) {
+				end += PageSize
+			}
+			if isRemoved(off) {
+				if l := c.Do("zeros %d %d", off, end-off); l != "ok" {
+					t.Errorf("removed bytes [%d, %d): %s", off, end, l)
+				}
+			} else if l := c.Do("check %d %d", off, end-off); l != "ok" {
+				t.Errorf("bytes [%d, %d): %s", off, end, l)
+			}
+			off = end
+		}
+	}
+}
+
+// A VM kept by a handler from before the VM state (its keeper entry has
+// the connection and the userfaultfd only) is served all the same by a
+// handler started on its socket, which says that the pages the balloon
+// removed before are unknown.
+func TestHandlerAdoptsVMWithoutState(t *testing.T) {
+	const size = 8 << 20
+	mem := memFile(t, size)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	// The older handler: it takes the handshake and keeps what it kept.
+	l, err := server.Listen(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan *net.UnixConn, 1)
+	go func() {
+		c, _ := l.AcceptUnix()
+		accepted <- c
+	}()
+	c := startClient(t, sock, mem, clientOpts{spans: twoRegions(size)})
+	conn := <-accepted
+	if conn == nil {
+		t.Fatal("accept failed")
+	}
+	payload, fd, err := recvHandshake(conn, 10*time.Second, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := fdstore.Start(sock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connFile, err := conn.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := os.NewFile(uintptr(fd), "uffd")
+	if err := k.Put(fdstore.Entry{ID: 1, Pid: c.Cmd.Process.Pid, Desc: payload, Files: []*os.File{connFile, u}}); err != nil {
+		t.Fatal(err)
+	}
+	k.Close(false)
+	connFile.Close()
+	u.Close()
+	conn.Close()
+	l.Close()
+
+	h := startHandler(t, sock, mem)
+	c.OK("checkall")
+	c.OK("balloon %d %d", 0, 1<<20)
+	c.OK("zeros %d %d", 0, 1<<20)
+	if log := h.Stderr.String(); !strings.Contains(log, "removed before this handler started are unknown") {
+		t.Errorf("the handler did not say the removed pages are unknown:\n%s", log)
+	}
+}
+
+// A handler started again after the memory file changed (another snapshot
+// written to its path) gives the VMs it takes over none of the new file's
+// bytes: pages in the guest keep theirs, removed pages read as zeros, and
+// the others get SIGBUS, never a guest made of two snapshots.
+func TestHandlerRestartAfterMemoryFileChanged(t *testing.T) {
+	const size = 8 << 20
+	mem := memFile(t, size)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	h := startHandler(t, sock, mem)
+	c := startClient(t, sock, mem, clientOpts{spans: []span{{0, size}}})
+	c.OK("check %d %d", 0, 2<<20)
+	c.OK("balloon %d %d", 4<<20, 1<<20)
+	h.Cmd.Process.Signal(syscall.SIGKILL)
+	h.Cmd.Wait()
+	// The new snapshot replaces the file; the client compares with the
+	// old one, which it holds open.
+	b, err := os.ReadFile(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] ^= 0xff
+	}
+	next := mem + ".new"
+	if err := os.WriteFile(next, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(next, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, mem); err != nil {
+		t.Fatal(err)
+	}
+	h = startHandler(t, sock, mem)
+	c.OK("check %d %d", 0, 2<<20)
+	c.OK("zeros %d %d", 4<<20, 1<<20)
+	for _, off := range []int64{2 << 20, 6 << 20} {
+		if l := c.Do("check %d %d", off, PageSize); l != fmt.Sprintf("sigbus %d", off) {
+			t.Errorf("a page the guest never had, of the changed file: %q, want SIGBUS", l)
+		}
+	}
+	if log := h.Stderr.String(); !strings.Contains(log, "memory file changed since this VM was restored") {
+		t.Errorf("the handler did not say the memory file changed:\n%s", log)
 	}
 }

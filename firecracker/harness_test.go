@@ -35,6 +35,7 @@ import (
 
 	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/sigbus"
 	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
@@ -471,7 +472,8 @@ func (g *guest) race(aoff, alen, boff, blen int64) string {
 	return fmt.Sprintf("ok %d", removes.Load())
 }
 
-// check compares guest bytes [off, off+n) with the file's (or zeros).
+// check compares guest bytes [off, off+n) with the file's (or zeros). A
+// page that cannot be read answers "sigbus OFFSET".
 func (g *guest) check(off, n int64, zeros bool) string {
 	want := make([]byte, 1<<20)
 	for pos := off; pos < off+n; pos += int64(len(want)) {
@@ -485,7 +487,11 @@ func (g *guest) check(off, n int64, zeros bool) string {
 		} else if _, err := g.file.ReadAt(want[:k], pos); err != nil {
 			return "error: " + err.Error()
 		}
-		if !bytes.Equal(m, want[:k]) {
+		var equal bool
+		if at, faulted := sigbus.Catch(m, func() { equal = bytes.Equal(m, want[:k]) }); faulted {
+			return fmt.Sprintf("sigbus %d", pos+at)
+		}
+		if !equal {
 			i := int64(0)
 			for m[i] == want[i] {
 				i++

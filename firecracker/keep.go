@@ -1,11 +1,12 @@
 package firecracker
 
 // Surviving the handler's death, as `filemap serve` does (server/keep.go):
-// every VM's connection and userfaultfd, and the regions its VMM sent, are
-// kept in a keeper process (internal/fdstore). A handler started again on
-// the same socket takes them, serves the VMs and wakes their regions: the
-// guests' faults that waited through the outage are served, and no VMM
-// does anything — Firecracker sends its handshake once.
+// every VM's connection, userfaultfd and state (vmState: which pages the
+// balloon removed), and the regions its VMM sent, are kept in a keeper
+// process (internal/fdstore). A handler started again on the same socket
+// takes them, serves the VMs and wakes their regions: the guests' faults
+// that waited through the outage are served, and no VMM does anything —
+// Firecracker sends its handshake once.
 
 import (
 	"context"
@@ -52,16 +53,22 @@ func (s *Server) Keep(socket string) error {
 }
 
 // adoptVM makes the handler of a VM the previous handler served, from what
-// its keeper held: [the VMM's connection, its userfaultfd] and the
-// handshake's regions.
+// its keeper held: [the VMM's connection, its userfaultfd, its state's
+// memfd] and the handshake's regions. A handler before the state kept the
+// first two only: its VM is served with its removed pages unknown.
 func (s *Server) adoptVM(e fdstore.Entry) (*vm, error) {
 	defer func() {
 		for _, f := range e.Files {
 			f.Close()
 		}
 	}()
-	if len(e.Files) != 2 {
-		return nil, fmt.Errorf("%d descriptors kept, want 2", len(e.Files))
+	var kept *os.File
+	switch len(e.Files) {
+	case 2:
+	case 3:
+		kept = e.Files[2]
+	default:
+		return nil, fmt.Errorf("%d descriptors kept, want 3 (or 2)", len(e.Files))
 	}
 	nc, err := net.FileConn(e.Files[0])
 	if err != nil {
@@ -90,13 +97,14 @@ func (s *Server) adoptVM(e fdstore.Entry) (*vm, error) {
 		s.release(o)
 		return nil, err
 	}
-	v, err := newVM(s, e.ID, s.log.With("vm", e.ID, "pid", e.Pid, "adopted", true), c, fd, o, regions, false)
+	v, err := newVM(s, e.ID, s.log.With("vm", e.ID, "pid", e.Pid, "adopted", true), c, fd, o, regions, false, kept)
 	if err != nil {
 		c.Close()
 		s.release(o)
 		return nil, err
 	}
 	v.pid, v.payload = e.Pid, e.Desc
+	v.replayRemoves()
 	s.adopted.Add(1)
 	// The guests' threads that faulted while no handler ran wait on
 	// messages the dead one read: woken, they fault again, to us.
@@ -128,7 +136,7 @@ func (v *vm) keep() {
 	}
 	u := os.NewFile(uintptr(fd), "uffd")
 	defer u.Close()
-	if err := k.Put(fdstore.Entry{ID: v.id, Pid: v.pid, Desc: v.payload, Files: []*os.File{conn, u}}); err != nil {
+	if err := k.Put(fdstore.Entry{ID: v.id, Pid: v.pid, Desc: v.payload, Files: []*os.File{conn, u, v.st.f}}); err != nil {
 		v.log.Error("firecracker: the keeper lost a VM: it will not survive this handler's death", "err", err)
 	}
 }

@@ -427,7 +427,7 @@ func (s *Server) restore(c *net.UnixConn, id uint64, log *slog.Logger) (*vm, err
 		s.release(o)
 		return nil, fmt.Errorf("%w (memory file %s, %d bytes; received %s)", err, s.cfg.Name, o.fo.Cache.Size(), clip(payload))
 	}
-	v, err := newVM(s, id, log, c, fd, o, regions, true)
+	v, err := newVM(s, id, log, c, fd, o, regions, true, nil)
 	if err != nil {
 		s.release(o)
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,9 +46,17 @@ type vm struct {
 	// the guest must see zeros.
 	mu sync.RWMutex
 	// installed and removed are indexed by the unit's offset in the
-	// memory file divided by the unit.
+	// memory file divided by the unit. They are st's: they outlive the
+	// handler.
 	installed bitset
 	removed   bitset
+	st        *vmState
+	// stale says the memory file is at another version than the one the
+	// VM was restored from, and was when this handler took the VM over:
+	// its pages not in the guest cannot be had any more, and get SIGBUS,
+	// never the other version's bytes (a guest of two snapshots' pages).
+	// Removed pages still read as zeros.
+	stale bool
 
 	deferMu  sync.Mutex
 	deferred []uintptr // faults to retry once the pending events are read, in order
@@ -94,25 +103,37 @@ func (fillOnly) Wake(uintptr, uintptr) error                    { return nil }
 func (fillOnly) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
 
 // newVM makes the handler of a VM. fresh says it starts now: a VM taken
-// over from a previous handler is neither recorded nor replayed into.
-func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool) (*vm, error) {
+// over from a previous handler is neither recorded nor replayed into, and
+// has the state the previous handler kept, if any (kept: its memfd).
+func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool, kept *os.File) (*vm, error) {
 	// Firecracker makes its userfaultfd non-blocking already; a VMM that
 	// did not would have the loop sleep in read(2) instead of poll(2).
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("userfaultfd: set non-blocking: %w", err)
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
 	unit := rs[0].PageSize
 	size := o.fo.Cache.Size()
 	nunits := (size + int64(unit) - 1) / int64(unit)
+	st, err := loadState(log, unit, nunits, o.key.version, fresh, kept)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(fd)
+		st.close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
 	v := &vm{s: s, id: id, log: log, conn: c, u: uffd.FromFd(fd), efd: efd, obj: o, unit: unit,
-		upages: int64(unit / PageSize), start: time.Now(), installed: newBitset(nunits), removed: newBitset(nunits),
+		upages: int64(unit / PageSize), start: time.Now(), installed: st.installed, removed: st.removed, st: st,
+		stale:    st.version != o.key.version,
 		deferSet: make(map[uintptr]struct{}), busy: make(map[int64]struct{}), stopped: make(chan struct{})}
+	if v.stale {
+		log.Error("firecracker: the memory file changed since this VM was restored: its pages not in the guest yet get SIGBUS",
+			"memory", s.cfg.Name, "restored_version", st.version, "version", o.key.version)
+	}
 	for _, r := range rs {
 		fr := &fault.Region{Obj: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
 		if unit != PageSize {
@@ -136,6 +157,34 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 	}
 	return v, nil
 }
+
+// loadState maps the state a previous handler kept (kept, its memfd), or
+// makes a VM's state anew: for a VM restored now (fresh), or one whose
+// previous handler kept none that this one can read. The balloon's
+// removed pages of such a VM are unknown, and it is served all the same —
+// a VM left without a handler stalls for good — with a warning: its
+// pages that the balloon removed before read the memory file's bytes, not
+// zeros. A kept state of another version of the memory file than
+// version, the one open now, is the state of a stale VM (see vm.stale).
+func loadState(log *slog.Logger, unit uintptr, nunits int64, version string, fresh bool, kept *os.File) (*vmState, error) {
+	if kept != nil {
+		st, err := openVMState(kept)
+		switch {
+		case err != nil:
+		case st.unit != unit || st.nunits != nunits && st.version == version:
+			err = fmt.Errorf("the kept VM state is of %d units of %d bytes; the VM has %d of %d", st.nunits, st.unit, nunits, unit)
+			st.close()
+		default:
+			return st, nil
+		}
+		log.Warn(unknownRemoved, "err", err)
+	} else if !fresh {
+		log.Warn(unknownRemoved, "err", "the previous handler kept no state of the VM (an older version of filemap)")
+	}
+	return newVMState(unit, nunits, version)
+}
+
+const unknownRemoved = "firecracker: the pages the balloon removed before this handler started are unknown: they read the memory file's bytes, not zeros"
 
 // run serves the VM until its VMM disconnects or the server closes, then
 // lets go of everything: the VMM keeps its own copy of the userfaultfd,
@@ -169,6 +218,7 @@ func (v *vm) run() {
 	v.u.Close()
 	unix.Close(v.efd)
 	v.conn.Close()
+	v.st.close()
 }
 
 func (v *vm) guestBytes() uintptr {
@@ -226,7 +276,7 @@ const (
 // ones; only when no message is pending does it install a batch of the
 // prefetch, so the guest's own faults always go first.
 func (v *vm) serve() {
-	msgs := make([]uffd.Msg, 256)
+	msgs := make([]uffd.Msg, stateSlots)
 	wait := deferWaitMin
 	for !v.stopping.Load() {
 		n, err := v.readBatch(msgs)
@@ -264,12 +314,19 @@ func (v *vm) serve() {
 	}
 }
 
-// readBatch reads the pending messages and applies their REMOVEs, under mu
-// for writing (see vm.mu).
+// readBatch reads the pending messages, into the state's buffer (see
+// vmState), decodes them into msgs and applies their REMOVEs, under mu for
+// writing (see vm.mu).
 func (v *vm) readBatch(msgs []uffd.Msg) (int, error) {
 	v.mu.Lock()
-	n, err := v.u.Drain(msgs)
+	n, err := v.st.read(v.u.Fd())
+	var bad []error
 	for i := range msgs[:n] {
+		var derr error
+		if msgs[i], derr = v.st.msg(i); derr != nil {
+			bad = append(bad, derr)
+			continue
+		}
 		switch m := &msgs[i]; m.Event {
 		case uffd.EventPagefault:
 		case uffd.EventRemove:
@@ -282,13 +339,27 @@ func (v *vm) readBatch(msgs []uffd.Msg) (int, error) {
 		}
 	}
 	v.mu.Unlock()
+	if len(bad) > 0 {
+		v.log.Warn("firecracker: userfaultfd message not understood", "err", errors.Join(bad...))
+	}
 	if err != nil {
 		if n == 0 {
 			return 0, err
 		}
-		v.log.Warn("firecracker: userfaultfd message not understood", "err", err)
+		v.log.Warn("firecracker: cannot read the userfaultfd; retrying", "err", err)
 	}
 	return n, nil
+}
+
+// replayRemoves applies the REMOVE events in the read buffer of a state a
+// previous handler kept: it may have died between reading them and
+// applying them (see vmState). Called before the VM's loop starts.
+func (v *vm) replayRemoves() {
+	for i := range stateSlots {
+		if m, err := v.st.msg(i); err == nil && m.Event == uffd.EventRemove {
+			v.markRemoved(uintptr(m.Start), uintptr(m.End))
+		}
+	}
 }
 
 // idle waits for a message or a wake-up, polling for Config.Spin first.
@@ -329,11 +400,18 @@ func (v *vm) poll(timeout time.Duration) (bool, error) {
 	return n > 0, nil
 }
 
-// remove applies UFFD_EVENT_REMOVE [start, end): the pages wholly inside
-// read as zeros from now on. (MADV_DONTNEED zaps whole pages; hugetlbfs
-// rounds the range to whole huge pages.) Called with mu held for writing.
+// remove applies UFFD_EVENT_REMOVE [start, end). Called with mu held for
+// writing.
 func (v *vm) remove(start, end uintptr) {
 	v.s.n.removes.Add(1)
+	v.markRemoved(start, end)
+}
+
+// markRemoved makes the pages wholly inside [start, end) read as zeros from
+// now on. (MADV_DONTNEED zaps whole pages; hugetlbfs rounds the range to
+// whole huge pages.) The bit is never cleared: the memory file's bytes of
+// a removed page are the guest's no more.
+func (v *vm) markRemoved(start, end uintptr) {
 	for _, r := range v.regions {
 		lo, hi := max(start, r.Base), min(end, r.Base+r.Size)
 		if lo >= hi {
@@ -394,6 +472,10 @@ func (v *vm) fault(addr uintptr, first bool) {
 	}
 	if v.removed.get(idx) {
 		v.zero(unit, idx, start)
+		return
+	}
+	if v.stale {
+		v.poison(unit, idx)
 		return
 	}
 	if v.installed.get(idx) && v.cacheState(idx) != pagecache.Uptodate {
@@ -676,13 +758,18 @@ func (v *vm) zero(unit uintptr, idx int64, start time.Time) {
 }
 
 // poison makes the guest's access to unit get SIGBUS: its bytes could not
-// be read from the memory file. (The fault path logged why.)
+// be read from the memory file (the fault path logged why), or the VM is
+// stale.
 func (v *vm) poison(unit uintptr, idx int64) {
 	_, err := v.u.Poison(unit, v.unit, 0)
 	if errors.Is(err, unix.EEXIST) {
-		err = v.u.Wake(unit, v.unit) // poisoned already: a duplicate message
+		err = v.u.Wake(unit, v.unit) // poisoned already, or in the guest: a duplicate message
 	}
 	switch {
+	case err == nil && v.stale:
+		v.s.counters.Sigbus.Add(1)
+		v.log.Error("firecracker: the memory file changed since this VM was restored: SIGBUS for the guest page",
+			"addr", fmt.Sprintf("%#x", unit), "offset", idx*int64(v.unit))
 	case err == nil:
 		if v.unit != PageSize {
 			v.s.counters.Sigbus.Add(1) // the fault path counted the 4 KiB ones
