@@ -27,6 +27,9 @@ func ParseURI(s string) (URI, error) {
 		}
 		return URI{Scheme: "file", Path: abs, Raw: s}, nil
 	}
+	if scheme, rest, _ := strings.Cut(s, "://"); strings.EqualFold(scheme, "s3") {
+		return parseS3(s, rest)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return URI{}, fmt.Errorf("object %q: bad URI: %w", s, err)
@@ -45,14 +48,23 @@ func ParseURI(s string) (URI, error) {
 			return URI{}, fmt.Errorf("object %q: %s URI has no host", s, u.Scheme)
 		}
 		return URI{Scheme: u.Scheme, Raw: s}, nil
-	case "s3":
-		if u.Host == "" || strings.Trim(u.Path, "/") == "" {
-			return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", s)
-		}
-		return URI{Scheme: u.Scheme, Raw: s}, nil
 	default:
 		return URI{}, fmt.Errorf("object %q: unknown scheme %q (want a path, file://, http://, https:// or s3://)", s, u.Scheme)
 	}
+}
+
+// parseS3 checks the shape of s3://BUCKET/KEY (rest is what follows the
+// "://") without URL-decoding it: an S3 key is taken literally, as the AWS
+// CLI takes it: "100%.bin", "a%20b" and "a+b?c#d" are the keys they spell.
+// url.Parse would refuse the first ("invalid URL escape") and read '?' and
+// '#' as a query and a fragment, leaving such objects out of reach: "%25"
+// names another key. store/s3store checks the bucket and key.
+func parseS3(s, rest string) (URI, error) {
+	bucket, key, _ := strings.Cut(rest, "/")
+	if bucket == "" || key == "" {
+		return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", s)
+	}
+	return URI{Scheme: "s3", Raw: s}, nil
 }
 
 // OpenLocal opens a local file for reading with the caller's own
