@@ -148,6 +148,21 @@ func (r *Remotes) httpClient() *http.Client {
 	return r.http
 }
 
+// DiskStats are the disk cache's counters, nil without one.
+func (r *Remotes) DiskStats() *proto.DiskCacheStats {
+	if r.disk == nil {
+		return nil
+	}
+	d := r.disk.Stats()
+	return &proto.DiskCacheStats{
+		Dir: r.disk.Dir(), Hits: d.Hits, MemHits: d.MemHits, Misses: d.Misses,
+		BytesRead: d.BytesRead, BytesWritten: d.BytesWritten,
+		Corrupt: d.Corrupt, CorruptIndexes: d.CorruptIndexes, WriteErrors: d.WriteErrors,
+		Uncached: d.Uncached, Evictions: d.Evictions,
+		Bytes: d.BytesOnDisk, MaxBytes: d.MaxBytes, Objects: d.Objects,
+	}
+}
+
 // Close drops idle connections and closes the disk cache.
 func (r *Remotes) Close() {
 	r.mu.Lock()
