@@ -80,8 +80,10 @@ type Stats struct {
 	// CorruptIndexes counts index files found damaged at Open: their
 	// objects were treated as empty and their files deleted.
 	CorruptIndexes uint64
-	// WriteErrors counts chunks that could not be written to disk. The read
-	// that fetched them was served anyway.
+	// WriteErrors counts chunks that could not be written to disk, and
+	// objects whose files could not be made or opened, whose chunks are
+	// then not cached (on a full disk, say). Their reads are served
+	// anyway.
 	WriteErrors uint64
 	// Uncached counts fetched chunks not written because the budget was
 	// taken entirely by chunks being read or written at that moment.

@@ -41,6 +41,9 @@ func TestFullDiskServesFromDisk(t *testing.T) {
 	if n := f2.reads.Load(); n != 4 {
 		t.Errorf("an object new to a full disk: %d store reads, want 4", n)
 	}
+	if s := c.Stats(); s.WriteErrors != 1 {
+		t.Errorf("an object new to a full disk: %d write errors, want 1 (its files could not be made)", s.WriteErrors)
+	}
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
