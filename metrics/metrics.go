@@ -135,7 +135,7 @@ var diskStatMetrics = []statMetric{
 	diskStat("written_bytes_total", "Chunk bytes written to the disk cache.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.BytesWritten) }),
 	diskStat("corrupt_chunks_total", "Chunks that failed their checks on disk: dropped and fetched again, never served.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Corrupt) }),
 	diskStat("corrupt_indexes_total", "Index files found damaged at start: their objects' chunks dropped.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.CorruptIndexes) }),
-	diskStat("write_errors_total", "Chunks that could not be written to disk (a full or failing disk): served, not cached.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.WriteErrors) }),
+	diskStat("write_errors_total", "Chunks, or objects' files, that could not be written to disk (a full or failing disk): served, not cached.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.WriteErrors) }),
 	diskStat("uncached_total", "Chunks not written because the budget was all in use at that moment.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Uncached) }),
 	diskStat("evictions_total", "Chunks dropped from disk to stay within the budget, or superseded by a newer version.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Evictions) }),
 	diskStat("bytes", "Chunk bytes on disk, each rounded up to 4 KiB.", prometheus.GaugeValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Bytes) }),

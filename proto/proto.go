@@ -307,8 +307,11 @@ type Stats struct {
 	ObjectChanged      uint64 `json:"object_changed"`
 
 	// DiskCache is the disk cache of remote objects (serve --disk-cache),
-	// nil without one.
-	DiskCache *DiskCacheStats `json:"disk_cache,omitempty"`
+	// nil without one. DiskCacheOff says why there is none when one was
+	// asked for (at start its file system was read-only, failing, or too
+	// full to make the directory in).
+	DiskCache    *DiskCacheStats `json:"disk_cache,omitempty"`
+	DiskCacheOff string          `json:"disk_cache_off,omitempty"`
 
 	// FaultLatency is fault service time by kind (major, minor, marker),
 	// and the latency of store reads ("store").
@@ -327,7 +330,7 @@ type DiskCacheStats struct {
 
 	Corrupt        uint64 `json:"corrupt"`         // chunks that failed their checks on disk: dropped, fetched again, never served
 	CorruptIndexes uint64 `json:"corrupt_indexes"` // index files found damaged at start: their objects' chunks dropped
-	WriteErrors    uint64 `json:"write_errors"`    // chunks that could not be written (a full or failing disk): served, not cached
+	WriteErrors    uint64 `json:"write_errors"`    // chunks, or objects' files, that could not be written (a full or failing disk): served, not cached
 	Uncached       uint64 `json:"uncached"`        // chunks not written: the budget was all in use at that moment
 	Evictions      uint64 `json:"evictions"`       // chunks dropped to stay within the budget, or superseded
 

@@ -562,7 +562,7 @@ func (s *Server) countersNow() proto.Stats {
 	st.FillBufferBytes, st.FillBufferLimit, st.FillBufferWaits = fm.Lent+fm.Idle, fm.Limit, fm.Waits
 	dq := s.faults.DiskQueue()
 	st.DiskReadBytes, st.DiskReadaheadLimit, st.DiskReadaheadQueueWaits = dq.Inflight, dq.Limit, dq.Waits
-	st.DiskCache = s.remotes.DiskStats()
+	st.DiskCache, st.DiskCacheOff = s.remotes.DiskStats()
 	cs := s.backing.CollapseStats()
 	st.HugeExtents, st.CollapsesPending, st.CollapsesFailed = cs.Collapsed, cs.Pending, cs.Failed
 	rs := s.budget.Stats()

@@ -10,12 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/tmpfs"
 )
 
 // objectServer serves objects over HTTP with ranges and ETags, as a real
@@ -177,4 +179,88 @@ func flipByte(t *testing.T, path string, off int64) {
 	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A disk cache whose file system is full does not stop the daemon: it
+// starts, serves the chunks on disk with no request, serves new objects
+// from their store, and caches again once there is room.
+func TestServeDiskCacheFullDisk(t *testing.T) {
+	fs := tmpfs.Mount(t, 16<<20)
+	dir := filepath.Join(fs, "cache")
+	diskFlags := []string{"--disk-cache", dir, "--disk-cache-size", "64M"}
+	srv := newObjectServer(t)
+	uriA, a := srv.put("/a", 3<<20, 41)
+	uriB, b := srv.put("/b", 3<<20, 42)
+	uriC, c := srv.put("/c", 3<<20, 43)
+
+	first := startDaemon(t, diskFlags...)
+	catVia(t, first, uriA, a)
+	first.stop(t)
+	filler := tmpfs.Fill(t, fs, 0)
+
+	d := startDaemon(t, diskFlags...)
+	before := srv.ranged.Load()
+	catVia(t, d, uriA, a)
+	if n := srv.ranged.Load() - before; n != 0 {
+		t.Errorf("the object cached before the disk filled: %d ranged requests, want 0 (all from disk)", n)
+	}
+	catVia(t, d, uriB, b)
+	st := statJSON(t, d.socket)
+	if st.DiskCache == nil || st.DiskCache.Hits == 0 || st.DiskCache.WriteErrors == 0 {
+		t.Fatalf("on a full disk: disk cache %+v (off: %q), want it in use, with hits, and write errors for the new object",
+			st.DiskCache, st.DiskCacheOff)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	written := st.DiskCache.BytesWritten
+	catVia(t, d, uriC, c)
+	if st := statJSON(t, d.socket); st.DiskCache.BytesWritten-written != uint64(len(c)) {
+		t.Errorf("once there was room: %d bytes written to the disk cache, want the new object's %d", st.DiskCache.BytesWritten-written, len(c))
+	}
+	d.stop(t)
+	if !bytes.Contains(d.stderr.Bytes(), []byte("file system is full")) {
+		t.Errorf("the daemon did not log that the disk cache's file system was full:\n%s", d.stderr.Bytes())
+	}
+}
+
+// A disk cache on a file system remounted read-only (as after errors) does
+// not stop the daemon: it runs without one, says why in its log and in
+// `filemap stat`, and serves remote objects from their store.
+func TestServeDiskCacheReadOnly(t *testing.T) {
+	fs := tmpfs.Mount(t, 4<<20)
+	dir := filepath.Join(fs, "cache")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tmpfs.ReadOnly(t, fs)
+	srv := newObjectServer(t)
+	uri, data := srv.put("/a", 1<<20, 51)
+	d := startDaemon(t, "--disk-cache", dir, "--disk-cache-size", "64M")
+	catVia(t, d, uri, data)
+	st := statJSON(t, d.socket)
+	if st.DiskCache != nil || !strings.Contains(st.DiskCacheOff, "read-only file system") || !strings.Contains(st.DiskCacheOff, dir) {
+		t.Errorf("disk cache %+v, off %q; want none, and why, naming %s", st.DiskCache, st.DiskCacheOff, dir)
+	}
+	r := filemapCLI(t, "stat", "--socket", d.socket)
+	r.wantCode(t, 0)
+	if !regexp.MustCompile(`(?m)^\s*disk cache\s+off: .*read-only file system`).Match(r.stdout) {
+		t.Errorf("filemap stat does not say the disk cache is off, and why:\n%s", r.stdout)
+	}
+	d.stop(t)
+	if !bytes.Contains(d.stderr.Bytes(), []byte("running without a disk cache")) {
+		t.Errorf("the daemon did not log that it runs without a disk cache:\n%s", d.stderr.Bytes())
+	}
+}
+
+// What the operator must fix is an error at start, naming the directory.
+func TestServeDiskCacheMisconfigured(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(t.TempDir(), "s.sock")
+	r := filemapCLI(t, "serve", "--socket", socket, "--disk-cache", file, "--disk-cache-size", "64M")
+	r.wantCode(t, 1)
+	r.wantStderr(t, file, "not a directory")
 }

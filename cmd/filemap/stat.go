@@ -81,6 +81,8 @@ func stat(args []string) error {
 			{"disk cache chunks not written (budget in use)", d.Uncached},
 			{"disk cache evictions", d.Evictions},
 		}...)
+	} else if st.DiskCacheOff != "" {
+		rows = append(rows, statRow{"disk cache", "off: " + st.DiskCacheOff})
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%v\t\n", r.name, r.v)
