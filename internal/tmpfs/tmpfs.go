@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Mount mounts a tmpfs of size bytes on a new temporary directory and
-// unmounts it when the test ends. Mounting needs root (CAP_SYS_ADMIN): the
+// Mount mounts a tmpfs of size bytes and of at most Inodes files on a new
+// temporary directory and unmounts it when the test ends. Mounting needs root (CAP_SYS_ADMIN): the
 // test skips, saying so, without it.
 func Mount(t testing.TB, size int64) string {
 	t.Helper()
@@ -22,7 +22,7 @@ func Mount(t testing.TB, size int64) string {
 		t.Skip("needs root: mounting a small tmpfs to fill (CAP_SYS_ADMIN)")
 	}
 	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,nr_inodes=%d,mode=0700", size, Inodes)); err != nil {
 		t.Skipf("cannot mount a tmpfs on %s: %v", dir, err)
 	}
 	t.Cleanup(func() {
@@ -31,6 +31,29 @@ func Mount(t testing.TB, size int64) string {
 		}
 	})
 	return dir
+}
+
+// Inodes is how many files (and directories) a tmpfs of Mount holds: few,
+// so that FillInodes is quick.
+const Inodes = 256
+
+// FillInodes makes empty files in dir until the file system has no inode
+// left, so that making a file fails with ENOSPC although bytes are free.
+func FillInodes(t testing.TB, dir string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("inode-%d", i)))
+		if errors.Is(err, unix.ENOSPC) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if i > Inodes {
+			t.Fatalf("made %d files in %s, a tmpfs of %d inodes", i, dir, Inodes)
+		}
+	}
 }
 
 // Fill fills the file system of dir with a file of its own, leaving leave

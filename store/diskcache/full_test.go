@@ -66,6 +66,25 @@ func TestFullDiskServesFromDisk(t *testing.T) {
 	}
 }
 
+// With no inode left, a cache whose directory and lock file exist opens,
+// probing hole punching without a file of its own, and serves what it holds.
+func TestNoInodeLeftServesFromDisk(t *testing.T) {
+	fs := tmpfs.Mount(t, 4<<20)
+	dir := filepath.Join(fs, "cache")
+	data := pattern(4*cs, 24)
+	fill(t, dir, key, v1, data)
+	tmpfs.FillInodes(t, fs)
+	c, lb := open(t, dir, 1<<30)
+	mustContain(t, "log", lb.String(), "full", "no space left on device")
+	f := newFake(key, v1, data)
+	st := c.Wrap(f)
+	defer st.Close()
+	readAll(t, st, data, cs)
+	if n := f.reads.Load(); n != 0 {
+		t.Errorf("%d store reads, want 0: every chunk from disk", n)
+	}
+}
+
 // A chunk that fills the disk midway is undone whole, even when its index
 // record lies in a page of the index that was never written (a hole, which
 // a write of zeros would need room for): no byte of it stays allocated.
