@@ -141,7 +141,8 @@ type Mapping struct {
 // Open maps the object named by uri: a path, a file:// URI, an http:// or
 // https:// URL, or s3://BUCKET/KEY. Everything that can be checked before
 // the first fault is checked here: a bad URI, a missing or unreadable file,
-// a directory, a missing object or one whose server does not serve byte
+// a directory, a file that reports size 0 but has bytes (/proc/self/status,
+// which mmap(2) refuses too), a missing object or one whose server does not serve byte
 // ranges are errors from Open, never SIGBUS later. A local file is opened
 // with the caller's own credentials and handed to the handler, which never
 // opens it with its own. A remote object is fetched by the handler, with its

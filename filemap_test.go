@@ -473,3 +473,31 @@ func TestCachedObjects(t *testing.T) {
 		t.Errorf("another uid sees %+v; want nothing", other)
 	}
 }
+
+// Open refuses a file that reports size 0 but has bytes, as mmap(2) does,
+// with an error naming it and saying why; a truly empty file maps as an
+// object of size 0.
+func TestOpenSizeZero(t *testing.T) {
+	t.Setenv("FILEMAP_SOCKET", "")
+	const status = "/proc/self/status"
+	if m, err := Open(context.Background(), status); err == nil {
+		m.Close()
+		t.Errorf("Open(%s) succeeded: its mapping would be empty", status)
+	} else if !strings.Contains(err.Error(), status) || !strings.Contains(err.Error(), "cannot be mapped") {
+		t.Errorf("Open(%s) = %v; want an error naming it and saying it cannot be mapped", status, err)
+	} else {
+		t.Log(err)
+	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Open(context.Background(), empty)
+	if err != nil {
+		t.Fatalf("Open of an empty file: %v", err)
+	}
+	defer m.Close()
+	if m.Size() != 0 || len(m.Bytes()) != 0 {
+		t.Errorf("an empty file maps %d bytes (Size %d), want none", len(m.Bytes()), m.Size())
+	}
+}

@@ -77,6 +77,9 @@ func checkVersionPinned(t *testing.T, d *daemon, uri, v1, v2 string, replace fun
 	if n := testutil.ToFloat64(d.s.Metrics().ChangedCount(uri)); n < 1 {
 		t.Errorf("filemap_object_changed_total{object=%q} = %v, want >= 1", uri, n)
 	}
+	if st := d.s.Stats(); st.ObjectChanged < 1 || st.RemoteRequests == 0 {
+		t.Errorf("Stats: %d fills failed for a changed object, %d remote requests; want >= 1 of each", st.ObjectChanged, st.RemoteRequests)
+	}
 
 	b := startDriver(t, d.sock)
 	b.open(uri, "ref="+v2)
@@ -229,6 +232,9 @@ func TestS3DiskCacheSurvivesRestart(t *testing.T) {
 	scan(second)
 	if n := remoteRequests(t, second); n != 0 {
 		t.Errorf("the restarted daemon made %d ranged requests; want 0, every chunk from the disk cache", n)
+	}
+	if dc := second.s.Stats().DiskCache; dc == nil || dc.Hits == 0 || dc.Misses != 0 || dc.Corrupt != 0 {
+		t.Errorf("the restarted daemon's disk cache stats %+v; want hits only", dc)
 	}
 }
 

@@ -30,6 +30,7 @@ type Metrics struct {
 	hedges      prometheus.Counter
 	prefetch    *prometheus.CounterVec
 	latencies   *prometheus.Registry // the latency histograms alone, for Latencies
+	remote      *prometheus.Registry // the remote objects' counters alone, for RemoteTotals
 }
 
 // latencyBuckets run from 1 µs to about 4 s, doubling.
@@ -72,6 +73,8 @@ func New(stats func() proto.Stats) *Metrics {
 		m.changed, m.remoteReq, m.remoteBytes, m.retries, m.hedges, m.prefetch, &statsCollector{stats})
 	m.latencies = prometheus.NewRegistry()
 	m.latencies.MustRegister(m.faults, m.storeRead)
+	m.remote = prometheus.NewRegistry()
+	m.remote.MustRegister(m.remoteReq, m.remoteBytes, m.retries, m.hedges, m.changed)
 	return m
 }
 
@@ -118,8 +121,33 @@ var statMetrics = []statMetric{
 	stat("filemap_disk_readahead_queue_waits_total", "Readahead reads of local files that waited for room under the bound.", prometheus.CounterValue, func(s proto.Stats) float64 { return float64(s.DiskReadaheadQueueWaits) }),
 }
 
+// diskStat is a metric of the disk cache, exported by a daemon that has
+// one.
+func diskStat(name, help string, kind prometheus.ValueType, value func(*proto.DiskCacheStats) float64) statMetric {
+	return stat("filemap_disk_cache_"+name, help, kind, func(s proto.Stats) float64 { return value(s.DiskCache) })
+}
+
+var diskStatMetrics = []statMetric{
+	diskStat("hits_total", "Chunk loads and scattered reads served from the disk cache, checksums verified.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Hits) }),
+	diskStat("memory_hits_total", "Chunk loads served from the verified chunks the disk cache keeps in memory.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.MemHits) }),
+	diskStat("misses_total", "Chunk loads the disk cache fetched from the remote store.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Misses) }),
+	diskStat("read_bytes_total", "Bytes read from the disk cache by hits.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.BytesRead) }),
+	diskStat("written_bytes_total", "Chunk bytes written to the disk cache.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.BytesWritten) }),
+	diskStat("corrupt_chunks_total", "Chunks that failed their checks on disk: dropped and fetched again, never served.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Corrupt) }),
+	diskStat("corrupt_indexes_total", "Index files found damaged at start: their objects' chunks dropped.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.CorruptIndexes) }),
+	diskStat("write_errors_total", "Chunks, or objects' files, that could not be written to disk (a full or failing disk): served, not cached.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.WriteErrors) }),
+	diskStat("uncached_total", "Chunks not written because the budget was all in use at that moment.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Uncached) }),
+	diskStat("evictions_total", "Chunks dropped from disk to stay within the budget, or superseded by a newer version.", prometheus.CounterValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Evictions) }),
+	diskStat("bytes", "Chunk bytes on disk, each rounded up to 4 KiB.", prometheus.GaugeValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Bytes) }),
+	diskStat("limit_bytes", "The bound on filemap_disk_cache_bytes.", prometheus.GaugeValue, func(d *proto.DiskCacheStats) float64 { return float64(d.MaxBytes) }),
+	diskStat("objects", "Object versions with files in the disk cache.", prometheus.GaugeValue, func(d *proto.DiskCacheStats) float64 { return float64(d.Objects) }),
+}
+
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range statMetrics {
+		ch <- m.desc
+	}
+	for _, m := range diskStatMetrics {
 		ch <- m.desc
 	}
 }
@@ -127,6 +155,12 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.stats()
 	for _, m := range statMetrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(st))
+	}
+	if st.DiskCache == nil {
+		return
+	}
+	for _, m := range diskStatMetrics {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(st))
 	}
 }
@@ -179,6 +213,30 @@ func (m *Metrics) Hedge() { m.hedges.Inc() }
 // "late" or "wasted".
 func (m *Metrics) Prefetch(outcome string, n uint64) {
 	m.prefetch.WithLabelValues(outcome).Add(float64(n))
+}
+
+// RemoteTotals sets st's counts of remote objects from the metrics that
+// count them by outcome, kind or object: `filemap stat` shows their sums.
+func (m *Metrics) RemoteTotals(st *proto.Stats) {
+	mfs, err := m.remote.Gather()
+	if err != nil {
+		return
+	}
+	sums := make(map[string]uint64)
+	for _, mf := range mfs {
+		for _, met := range mf.GetMetric() {
+			if h := met.GetHistogram(); h != nil {
+				sums[mf.GetName()] += h.GetSampleCount()
+			} else {
+				sums[mf.GetName()] += uint64(met.GetCounter().GetValue())
+			}
+		}
+	}
+	st.RemoteRequests = sums["filemap_remote_request_seconds"]
+	st.RemoteRequestBytes = sums["filemap_remote_request_bytes_total"]
+	st.RemoteRetries = sums["filemap_remote_retries_total"]
+	st.RemoteHedges = sums["filemap_remote_hedges_total"]
+	st.ObjectChanged = sums["filemap_object_changed_total"]
 }
 
 // Registry is where the metrics live.

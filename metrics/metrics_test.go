@@ -2,10 +2,12 @@ package metrics
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/store/remote"
 )
 
 func TestQuantile(t *testing.T) {
@@ -41,4 +43,70 @@ func TestLatencies(t *testing.T) {
 	if s := l["store"]; s.Count != 1 {
 		t.Errorf("store latency %+v", s)
 	}
+}
+
+// A daemon with a disk cache exports each of its counts, each from its own
+// field; one without exports none of them.
+func TestDiskCacheMetrics(t *testing.T) {
+	d := &proto.DiskCacheStats{Dir: "/var/cache/filemap", Hits: 1, MemHits: 2, Misses: 3, BytesRead: 4, BytesWritten: 5,
+		Corrupt: 6, CorruptIndexes: 7, WriteErrors: 8, Uncached: 9, Evictions: 10, Bytes: 11, MaxBytes: 12, Objects: 13}
+	want := map[string]float64{
+		"filemap_disk_cache_hits_total": 1, "filemap_disk_cache_memory_hits_total": 2, "filemap_disk_cache_misses_total": 3,
+		"filemap_disk_cache_read_bytes_total": 4, "filemap_disk_cache_written_bytes_total": 5,
+		"filemap_disk_cache_corrupt_chunks_total": 6, "filemap_disk_cache_corrupt_indexes_total": 7,
+		"filemap_disk_cache_write_errors_total": 8, "filemap_disk_cache_uncached_total": 9,
+		"filemap_disk_cache_evictions_total": 10, "filemap_disk_cache_bytes": 11,
+		"filemap_disk_cache_limit_bytes": 12, "filemap_disk_cache_objects": 13,
+	}
+	got := gather(t, New(func() proto.Stats { return proto.Stats{DiskCache: d} }))
+	for name, v := range want {
+		if g, ok := got[name]; !ok || g != v {
+			t.Errorf("%s = %v (exported: %v), want %v", name, g, ok, v)
+		}
+	}
+	for name := range gather(t, New(func() proto.Stats { return proto.Stats{} })) {
+		if strings.HasPrefix(name, "filemap_disk_cache_") {
+			t.Errorf("a daemon without a disk cache exports %s", name)
+		}
+	}
+}
+
+// RemoteTotals sums the remote objects' metrics over their labels.
+func TestRemoteTotals(t *testing.T) {
+	m := New(func() proto.Stats { return proto.Stats{} })
+	m.Request(remote.RequestStats{Bytes: 100, Latency: time.Millisecond})
+	m.Request(remote.RequestStats{Bytes: 50, Latency: time.Millisecond, Err: remote.ErrTransient})
+	m.Retry(remote.ErrTransient)
+	m.Retry(remote.ErrTimeout)
+	m.Retry(remote.ErrTimeout)
+	m.Hedge()
+	m.Changed("s3://bucket/a")
+	m.Changed("s3://bucket/b")
+	var st proto.Stats
+	m.RemoteTotals(&st)
+	if st.RemoteRequests != 2 || st.RemoteRequestBytes != 150 || st.RemoteRetries != 3 || st.RemoteHedges != 1 || st.ObjectChanged != 2 {
+		t.Errorf("RemoteTotals: requests %d, bytes %d, retries %d, hedges %d, changed %d; want 2, 150, 3, 1, 2",
+			st.RemoteRequests, st.RemoteRequestBytes, st.RemoteRetries, st.RemoteHedges, st.ObjectChanged)
+	}
+}
+
+// gather is the value of each unlabelled metric m exports.
+func gather(t *testing.T, m *Metrics) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]float64)
+	for _, mf := range mfs {
+		for _, met := range mf.GetMetric() {
+			switch {
+			case met.GetCounter() != nil:
+				out[mf.GetName()] = met.GetCounter().GetValue()
+			case met.GetGauge() != nil:
+				out[mf.GetName()] = met.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
 }

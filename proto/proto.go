@@ -298,9 +298,48 @@ type Stats struct {
 	CollapsesPending int64  `json:"collapses_pending"`
 	CollapsesFailed  uint64 `json:"collapses_failed"`
 
+	// Remote objects (http(s)://, s3://): ranged requests made, whatever
+	// their outcome; the bytes they asked for; fetches tried again;
+	// second requests started for stragglers; and fills that failed
+	// because their object changed since it was opened (its pages not
+	// cached got SIGBUS).
+	RemoteRequests     uint64 `json:"remote_requests"`
+	RemoteRequestBytes uint64 `json:"remote_request_bytes"`
+	RemoteRetries      uint64 `json:"remote_retries"`
+	RemoteHedges       uint64 `json:"remote_hedges"`
+	ObjectChanged      uint64 `json:"object_changed"`
+
+	// DiskCache is the disk cache of remote objects (serve --disk-cache),
+	// nil without one. DiskCacheOff says why there is none when one was
+	// asked for (at start its file system was read-only, failing, or too
+	// full to make the directory in).
+	DiskCache    *DiskCacheStats `json:"disk_cache,omitempty"`
+	DiskCacheOff string          `json:"disk_cache_off,omitempty"`
+
 	// FaultLatency is fault service time by kind (major, minor, marker),
 	// and the latency of store reads ("store").
 	FaultLatency map[string]Latency `json:"fault_latency,omitempty"`
+}
+
+// DiskCacheStats are the disk cache's counters since the daemon started,
+// and what it holds now.
+type DiskCacheStats struct {
+	Dir          string `json:"dir"`
+	Hits         uint64 `json:"hits"`          // chunk loads and scattered reads served from disk, checksums verified
+	MemHits      uint64 `json:"mem_hits"`      // chunk loads served from the verified chunks kept in memory
+	Misses       uint64 `json:"misses"`        // chunk loads fetched from the remote store
+	BytesRead    uint64 `json:"bytes_read"`    // bytes read from disk by hits
+	BytesWritten uint64 `json:"bytes_written"` // chunk bytes written to disk
+
+	Corrupt        uint64 `json:"corrupt"`         // chunks that failed their checks on disk: dropped, fetched again, never served
+	CorruptIndexes uint64 `json:"corrupt_indexes"` // index files found damaged at start: their objects' chunks dropped
+	WriteErrors    uint64 `json:"write_errors"`    // chunks, or objects' files, that could not be written (a full or failing disk): served, not cached
+	Uncached       uint64 `json:"uncached"`        // chunks not written: the budget was all in use at that moment
+	Evictions      uint64 `json:"evictions"`       // chunks dropped to stay within the budget, or superseded
+
+	Bytes    int64 `json:"bytes"`     // chunk bytes on disk, each rounded up to 4 KiB
+	MaxBytes int64 `json:"max_bytes"` // the budget (--disk-cache-size)
+	Objects  int   `json:"objects"`   // object versions with files in the directory
 }
 
 // Latency summarises a latency histogram.

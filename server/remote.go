@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/filemap/filemap/proto"
@@ -34,6 +35,16 @@ type RemoteConfig struct {
 	// (store/diskcache), at most DiskCacheBytes of them: a restarted
 	// daemon, or a second daemon on the same host after this one, fetches
 	// them from disk.
+	//
+	// The disk cache is optional, and a daemon that does not start stalls
+	// every client, local files' included. So a condition of its disk
+	// that a crash may leave (full, remounted read-only after errors,
+	// failing) does not stop the daemon: a full disk's cache serves what
+	// it holds and caches again once there is room, and otherwise the
+	// daemon runs without a disk cache; either is logged. What the
+	// operator must fix (a path that is not a directory, no permission, a
+	// file system that cannot punch holes, a directory another daemon
+	// holds, a bad size) is an error.
 	DiskCache      string
 	DiskCacheBytes int64
 }
@@ -44,8 +55,9 @@ type RemoteConfig struct {
 // reused across objects. `filemap firecracker` opens its memory file with
 // one too.
 type Remotes struct {
-	cfg  RemoteConfig
-	disk *diskcache.Cache // nil without a disk cache
+	cfg     RemoteConfig
+	disk    *diskcache.Cache // nil without a disk cache
+	diskOff error            // why there is none although one was asked for
 
 	mu   sync.Mutex
 	s3   *s3store.Client
@@ -66,12 +78,26 @@ func NewRemotes(cfg RemoteConfig, log *slog.Logger) (*Remotes, error) {
 			chunk = remote.DefaultChunkSize
 		}
 		d, err := diskcache.Open(cfg.DiskCache, cfg.DiskCacheBytes, diskcache.WithChunkSize(chunk), diskcache.WithLogger(log))
-		if err != nil {
+		switch {
+		case err == nil:
+			r.disk = d
+		case diskUnavailable(err):
+			r.diskOff = err
+			log.Error("filemap: the disk cache's file system cannot be used now: running without a disk cache "+
+				"(remote objects are fetched, not cached on disk) until a restart finds it usable",
+				"dir", cfg.DiskCache, "err", err)
+		default:
 			return nil, err
 		}
-		r.disk = d
 	}
 	return r, nil
+}
+
+// diskUnavailable tells the errors of a disk cache's file system that a
+// crash may leave and that pass without a change of configuration: full,
+// out of quota, remounted read-only after errors, failing.
+func diskUnavailable(err error) bool {
+	return diskcache.Full(err) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EIO)
 }
 
 // Open pins the object at uri at version, or at its current version if
@@ -146,6 +172,25 @@ func (r *Remotes) httpClient() *http.Client {
 		r.http = &http.Client{Transport: httpstore.NewTransport(max(r.cfg.Fetch.Parallel, remote.DefaultParallel))}
 	}
 	return r.http
+}
+
+// DiskStats are the disk cache's counters, nil without one, and why there
+// is none if one was asked for ("" otherwise).
+func (r *Remotes) DiskStats() (*proto.DiskCacheStats, string) {
+	if r.disk == nil {
+		if r.diskOff != nil {
+			return nil, r.diskOff.Error()
+		}
+		return nil, ""
+	}
+	d := r.disk.Stats()
+	return &proto.DiskCacheStats{
+		Dir: r.disk.Dir(), Hits: d.Hits, MemHits: d.MemHits, Misses: d.Misses,
+		BytesRead: d.BytesRead, BytesWritten: d.BytesWritten,
+		Corrupt: d.Corrupt, CorruptIndexes: d.CorruptIndexes, WriteErrors: d.WriteErrors,
+		Uncached: d.Uncached, Evictions: d.Evictions,
+		Bytes: d.BytesOnDisk, MaxBytes: d.MaxBytes, Objects: d.Objects,
+	}, ""
 }
 
 // Close drops idle connections and closes the disk cache.

@@ -570,6 +570,7 @@ func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
 func (s *Server) Stats() proto.Stats {
 	st := s.countersNow()
 	st.FaultLatency = s.metrics.Latencies()
+	s.metrics.RemoteTotals(&st)
 	return st
 }
 
@@ -590,6 +591,7 @@ func (s *Server) countersNow() proto.Stats {
 	st.FillBufferBytes, st.FillBufferLimit, st.FillBufferWaits = fm.Lent+fm.Idle, fm.Limit, fm.Waits
 	dq := s.faults.DiskQueue()
 	st.DiskReadBytes, st.DiskReadaheadLimit, st.DiskReadaheadQueueWaits = dq.Inflight, dq.Limit, dq.Waits
+	st.DiskCache, st.DiskCacheOff = s.remotes.DiskStats()
 	cs := s.backing.CollapseStats()
 	st.HugeExtents, st.CollapsesPending, st.CollapsesFailed = cs.Collapsed, cs.Pending, cs.Failed
 	rs := s.budget.Stats()

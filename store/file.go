@@ -42,6 +42,15 @@ func NewFile(f *os.File, name string) (*File, error) {
 	if err := checkRegular(name, st.Mode); err != nil {
 		return nil, err
 	}
+	if st.Size == 0 {
+		var sfs unix.Statfs_t
+		if err := unix.Fstatfs(int(f.Fd()), &sfs); err != nil {
+			return nil, &os.PathError{Op: "fstatfs", Path: name, Err: err}
+		}
+		if err := checkEmpty(name, sfs.Type, f); err != nil {
+			return nil, err
+		}
+	}
 	return &File{
 		f:       f,
 		direct:  openDirect(f),
@@ -62,6 +71,60 @@ func checkRegular(name string, mode uint32) error {
 	default:
 		return &os.PathError{Op: "open", Path: name, Err: errors.New("not a regular file")}
 	}
+}
+
+// checkEmpty refuses a file that reports size 0 on a file system of type
+// fsType but may hold bytes: a mapping of it would be empty where reading it
+// is not. Such files are made as they are read (/proc/self/status, sysfs
+// and debugfs attributes, a FUSE file system's synthetic files); their file
+// systems have no mmap, and the kernel's mmap(2) refuses them too. On the
+// pseudo file systems the size says nothing, and reading may block
+// (/proc/kmsg, trace_pipe) or consume what it reads, so they are refused
+// unread; elsewhere a 1-byte read at offset 0 tells an empty file from one
+// whose size is not known.
+func checkEmpty(name string, fsType int64, r io.ReaderAt) error {
+	if fs := pseudoFS(fsType); fs != "" {
+		return fmt.Errorf("%s: it is on %s, whose files report size 0 whatever they hold, so it cannot be "+
+			"mapped (mmap(2) refuses it too): copy it to a regular file first", name, fs)
+	}
+	var b [1]byte
+	n, err := r.ReadAt(b[:], 0)
+	if n > 0 {
+		return fmt.Errorf("%s: the file reports size 0 but has bytes (its file system makes them as they "+
+			"are read), so it cannot be mapped (mmap(2) refuses it too): copy it to a regular file first", name)
+	}
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("%s: the file reports size 0; reading its first byte to tell whether it is empty: %w", name, err)
+	}
+	return nil
+}
+
+// pseudoFS names the file systems whose files are made as they are read,
+// and whose sizes therefore say nothing of their contents, or "".
+func pseudoFS(fsType int64) string {
+	switch uint32(fsType) {
+	case unix.PROC_SUPER_MAGIC:
+		return "procfs"
+	case unix.SYSFS_MAGIC:
+		return "sysfs"
+	case unix.DEBUGFS_MAGIC:
+		return "debugfs"
+	case unix.TRACEFS_MAGIC:
+		return "tracefs"
+	case unix.SECURITYFS_MAGIC:
+		return "securityfs"
+	case 0x62656570: // CONFIGFS_MAGIC
+		return "configfs"
+	case unix.CGROUP_SUPER_MAGIC, unix.CGROUP2_SUPER_MAGIC:
+		return "cgroupfs"
+	case unix.BPF_FS_MAGIC:
+		return "bpffs"
+	case unix.SELINUX_MAGIC:
+		return "selinuxfs"
+	case unix.SMACK_MAGIC:
+		return "smackfs"
+	}
+	return ""
 }
 
 func openDirect(f *os.File) *os.File {

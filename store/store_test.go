@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseURI(t *testing.T) {
@@ -25,6 +27,16 @@ func TestParseURI(t *testing.T) {
 		{in: "https://example.com/o", scheme: "https"},
 		{in: "http://127.0.0.1:8080/a/b?x=1", scheme: "http"},
 		{in: "s3://bucket/key/with/slashes", scheme: "s3"},
+		// S3 keys are taken literally: none of these is URL syntax.
+		{in: "s3://bucket/dir/100%.bin", scheme: "s3"},
+		{in: "s3://bucket/dir/100%25.bin", scheme: "s3"},
+		{in: "s3://bucket/a b+c", scheme: "s3"},
+		{in: "s3://bucket/what?x=1#frag", scheme: "s3"},
+		{in: "s3://bucket/?", scheme: "s3"},
+		{in: "s3://bucket/données/ü%zz", scheme: "s3"},
+		{in: "http://host/100%25.bin", scheme: "http"},
+		{in: "http://host/100%.bin", err: `object "http://host/100%.bin": bad URI: `},
+		{in: "https://host/a%zzb", err: `invalid URL escape "%zz"`},
 		{in: "http:///nohost", err: "no host"},
 		{in: "s3://bucket", err: "want s3://BUCKET/KEY"},
 		{in: "s3://bucket/", err: "want s3://BUCKET/KEY"},
@@ -153,4 +165,53 @@ func alignedBuf(n int) []byte {
 		off++
 	}
 	return b[off : off+n]
+}
+
+// A file that reports size 0 but has bytes is refused, naming the file and
+// saying why; a truly empty file is an object of size 0.
+func TestNewFileSizeZero(t *testing.T) {
+	const status = "/proc/self/status" // size 0, and hundreds of bytes
+	f, err := OpenLocal(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := NewFile(f, status); err == nil {
+		s.Close()
+		t.Errorf("NewFile(%s) succeeded: a mapping of it would be empty", status)
+	} else if !strings.Contains(err.Error(), status) || !strings.Contains(err.Error(), "procfs") ||
+		!strings.Contains(err.Error(), "cannot be mapped") {
+		t.Errorf("NewFile(%s) = %v; want an error naming it, procfs, and that it cannot be mapped", status, err)
+		f.Close()
+	} else {
+		f.Close()
+	}
+
+	if s := newFileStore(t, nil); s.Size() != 0 {
+		t.Errorf("an empty file: size %d", s.Size())
+	}
+
+	// A size-0 file of a file system that is not a pseudo one (a FUSE
+	// file made as it is read) is read to tell; here, a file with bytes
+	// stands for it.
+	withBytes := newFileStore(t, []byte("x"))
+	err = checkEmpty("fuse-file", unix.FUSE_SUPER_MAGIC, withBytes.f)
+	if err == nil || !strings.Contains(err.Error(), "fuse-file") || !strings.Contains(err.Error(), "reports size 0 but has bytes") {
+		t.Errorf("checkEmpty of a file with bytes = %v; want an error naming it and saying it has bytes", err)
+	}
+	if err := checkEmpty("empty", unix.FUSE_SUPER_MAGIC, newFileStore(t, nil).f); err != nil {
+		t.Errorf("checkEmpty of an empty file = %v", err)
+	}
+	// A pseudo file system's files are never read: a read may block or
+	// consume (/proc/kmsg).
+	if err := checkEmpty("/proc/kmsg", unix.PROC_SUPER_MAGIC, failReader{t}); err == nil {
+		t.Error("checkEmpty of a procfs file succeeded")
+	}
+}
+
+// failReader fails the test if it is read.
+type failReader struct{ t *testing.T }
+
+func (r failReader) ReadAt([]byte, int64) (int, error) {
+	r.t.Error("a file of a pseudo file system was read")
+	return 0, io.EOF
 }

@@ -31,6 +31,9 @@ func ParseURI(s string) (URI, error) {
 		}
 		return URI{Scheme: "file", Path: abs, Raw: s}, nil
 	}
+	if scheme, rest, _ := strings.Cut(s, "://"); strings.EqualFold(scheme, "s3") {
+		return parseS3(s, rest)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return URI{}, badURI(s, err)
@@ -48,11 +51,6 @@ func ParseURI(s string) (URI, error) {
 	case "http", "https":
 		if u.Host == "" {
 			return URI{}, fmt.Errorf("object %q: %s URI has no host", name, u.Scheme)
-		}
-		return URI{Scheme: u.Scheme, Raw: s}, nil
-	case "s3":
-		if u.Host == "" || strings.Trim(u.Path, "/") == "" {
-			return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", name)
 		}
 		return URI{Scheme: u.Scheme, Raw: s}, nil
 	default:
@@ -99,6 +97,9 @@ func Redact(s string) string {
 			authority = "***" + authority[at:]
 		}
 	}
+	if strings.EqualFold(scheme, "s3") {
+		return scheme + "://" + authority + tail // a key is literal: its '?' and '#' are its own
+	}
 	path, fragment, hasFragment := strings.Cut(tail, "#")
 	if path, query, hasQuery := strings.Cut(path, "?"); hasQuery {
 		tail = path + "?" + redactQuery(query)
@@ -140,6 +141,20 @@ func credentialParam(name string) bool {
 		return true
 	}
 	return false
+}
+
+// parseS3 checks the shape of s3://BUCKET/KEY (rest is what follows the
+// "://") without URL-decoding it: an S3 key is taken literally, as the AWS
+// CLI takes it: "100%.bin", "a%20b" and "a+b?c#d" are the keys they spell.
+// url.Parse would refuse the first ("invalid URL escape") and read '?' and
+// '#' as a query and a fragment, leaving such objects out of reach: "%25"
+// names another key. store/s3store checks the bucket and key.
+func parseS3(s, rest string) (URI, error) {
+	bucket, key, _ := strings.Cut(rest, "/")
+	if bucket == "" || key == "" {
+		return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", Redact(s))
+	}
+	return URI{Scheme: "s3", Raw: s}, nil
 }
 
 // OpenLocal opens a local file for reading with the caller's own

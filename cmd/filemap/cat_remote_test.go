@@ -65,6 +65,31 @@ func TestCatS3(t *testing.T) {
 	r.wantStderr(t, "s3://"+bucket+"/dir/missing.bin", "no such key")
 }
 
+// S3 keys are taken literally, as the AWS CLI takes them: an object whose
+// key holds '%', "%25", spaces, '+', '?', '#' or non-ASCII is reached by
+// writing that key after the bucket, and each is its own object, never
+// another's bytes.
+func TestCatS3LiteralKeys(t *testing.T) {
+	gw := s3test.Start(t)
+	gw.SetEnv(t)
+	bucket := gw.NewBucket(t, false)
+	keys := []string{"dir/100%.bin", "dir/100%25.bin", "dir/a b.bin", "dir/a+b.bin",
+		"dir/what?x=1", "dir/take#2", "dir/données-ü.bin", "dir/%zz%"}
+	objects := make(map[string][]byte)
+	for i, key := range keys {
+		objects[key] = pattern.Random(64<<10+i, uint64(100+i))
+		gw.Put(t, bucket, key, objects[key])
+	}
+	for _, key := range keys {
+		uri := "s3://" + bucket + "/" + key
+		r := filemapCLI(t, "cat", uri)
+		r.wantCode(t, 0)
+		if !bytes.Equal(r.stdout, objects[key]) {
+			t.Errorf("filemap cat %s: %d bytes that are not the object's %d", uri, len(r.stdout), len(objects[key]))
+		}
+	}
+}
+
 // cat --object-version of a version the key has moved past, by VersionId;
 // and of one the bucket does not have.
 func TestCatS3Version(t *testing.T) {

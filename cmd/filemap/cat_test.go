@@ -143,3 +143,32 @@ func TestCatUnreadable(t *testing.T) {
 		t.Errorf("filemap cat %s wrote %d bytes to stdout, want none", path, len(r.stdout))
 	}
 }
+
+// A file that reports size 0 but has bytes (/proc/self/status) is refused
+// with an error saying why, through a private handler and through the
+// daemon, never printed as nothing with exit status 0; a truly empty file
+// prints nothing and succeeds.
+func TestCatSizeZero(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t)
+	for _, handler := range [][]string{nil, {"--socket", d.socket}} {
+		args := append(append([]string{"cat"}, handler...), "/proc/self/status")
+		r := filemapCLI(t, args...)
+		r.wantCode(t, 1)
+		r.wantStderr(t, "/proc/self/status", "procfs", "cannot be mapped")
+		if len(r.stdout) != 0 {
+			t.Errorf("filemap %q wrote %d bytes to stdout, want none", args, len(r.stdout))
+		}
+
+		args = append(append([]string{"cat"}, handler...), empty)
+		r = filemapCLI(t, args...)
+		r.wantCode(t, 0)
+		if len(r.stdout) != 0 {
+			t.Errorf("filemap %q wrote %d bytes of an empty file", args, len(r.stdout))
+		}
+	}
+	d.stop(t)
+}

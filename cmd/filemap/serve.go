@@ -123,7 +123,7 @@ func serve(args []string) error {
 		"readahead", int64(h.ra), "readahead-max", int64(h.raMax), "readahead-inflight", int64(h.inflight), "retries", max(h.retries, 0),
 		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "max-idle-caches", *maxIdle, "store-timeout", *storeTimeout,
 		"per-client", fmt.Sprintf("%d objects, %s, %d regions, %d faults in flight", *maxObjects, size(int64(maxMapped)), *maxRegions, *maxFaults))
-	if remoteCfg.DiskCache != "" {
+	if s.Stats().DiskCache != nil { // else its file system could not be used: logged
 		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))
 	}
 	sig := make(chan os.Signal, 1)

@@ -36,10 +36,7 @@ func stat(args []string) error {
 		return e.Encode(st)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', tabwriter.AlignRight)
-	rows := []struct {
-		name string
-		v    any
-	}{
+	rows := []statRow{
 		{"major faults (store I/O)", st.MajorFaults},
 		{"minor faults (from cache)", st.MinorFaults},
 		{"SIGBUS (pages poisoned)", st.SIGBUS},
@@ -65,6 +62,27 @@ func stat(args []string) error {
 		{"clients", st.Clients},
 		{"regions", st.Regions},
 		{"connections closed for bad input", st.ProtocolErrors},
+		{"remote requests", st.RemoteRequests},
+		{"remote bytes requested", size(int64(st.RemoteRequestBytes))},
+		{"remote retries / hedged requests", fmt.Sprintf("%d / %d", st.RemoteRetries, st.RemoteHedges)},
+		{"fills failed: object changed since opened", st.ObjectChanged},
+	}
+	if d := st.DiskCache; d != nil {
+		rows = append(rows, []statRow{
+			{"disk cache", d.Dir},
+			{"disk cache hits / in memory / misses", fmt.Sprintf("%d / %d / %d", d.Hits, d.MemHits, d.Misses)},
+			{"disk cache bytes read", size(int64(d.BytesRead))},
+			{"disk cache bytes written", size(int64(d.BytesWritten))},
+			{"disk cache bytes / bound", size(d.Bytes) + " / " + size(d.MaxBytes)},
+			{"disk cache objects", d.Objects},
+			{"disk cache corrupt chunks (fetched again)", d.Corrupt},
+			{"disk cache corrupt indexes", d.CorruptIndexes},
+			{"disk cache write errors (not cached)", d.WriteErrors},
+			{"disk cache chunks not written (budget in use)", d.Uncached},
+			{"disk cache evictions", d.Evictions},
+		}...)
+	} else if st.DiskCacheOff != "" {
+		rows = append(rows, statRow{"disk cache", "off: " + st.DiskCacheOff})
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%v\t\n", r.name, r.v)
@@ -79,6 +97,12 @@ func stat(args []string) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// statRow is a row of stat's table: a counter's name and value.
+type statRow struct {
+	name string
+	v    any
 }
 
 // statObjects prints the daemon's objects: a table, or JSON.

@@ -80,8 +80,10 @@ type Stats struct {
 	// CorruptIndexes counts index files found damaged at Open: their
 	// objects were treated as empty and their files deleted.
 	CorruptIndexes uint64
-	// WriteErrors counts chunks that could not be written to disk. The read
-	// that fetched them was served anyway.
+	// WriteErrors counts chunks that could not be written to disk, and
+	// objects whose files could not be made or opened, whose chunks are
+	// then not cached (on a full disk, say). Their reads are served
+	// anyway.
 	WriteErrors uint64
 	// Uncached counts fetched chunks not written because the budget was
 	// taken entirely by chunks being read or written at that moment.
@@ -138,6 +140,13 @@ type Cache struct {
 // asked for a disk cache should say so at start rather than run without one.
 // A caller that prefers to run without the cache can ignore the error and not
 // wrap its stores.
+//
+// A full file system (ENOSPC, EDQUOT) is not an error once the directory is
+// locked: the Cache serves the chunks on disk, and a chunk that cannot be
+// written is counted (Stats.WriteErrors) and served all the same, as at
+// any other time the disk fills, until there is room again. Full(err) tells
+// an error of a full file system, which Open returns only when it could not
+// even make the directory or its lock file.
 func Open(dir string, maxBytes int64, opts ...Option) (*Cache, error) {
 	cfg := config{chunkSize: DefaultChunkSize, memChunks: DefaultMemChunks, log: slog.Default()}
 	for _, o := range opts {
@@ -172,7 +181,16 @@ func Open(dir string, maxBytes int64, opts ...Option) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := probe(dir); err != nil {
+	var full error // the file system is full: noted, and the cache used
+	if err := writeHolder(dir, lock); Full(err) {
+		full = err
+	} else if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if err := probe(dir, lock); Full(err) {
+		full = err
+	} else if err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -186,8 +204,18 @@ func Open(dir string, maxBytes int64, opts ...Option) (*Cache, error) {
 		mem:       memCache{slots: make([]memChunk, max(cfg.memChunks, 0))},
 		logged:    make(map[string]uint64),
 	}
+	if full != nil {
+		c.log.Warn("diskcache: the cache directory's file system is full: serving the chunks on disk; "+
+			"new chunks are cached once it has room", "err", full)
+	}
 	c.scan()
 	return c, nil
+}
+
+// Full reports whether err is that of a full file system, or of a quota
+// used up: a condition of the disk that passes, not of the configuration.
+func Full(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
 }
 
 // lockDir takes the directory's lock file, which names the holder's pid.
@@ -216,31 +244,59 @@ func lockDir(dir string) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("diskcache: lock %s: %w", name, err)
 	}
+	return f, nil
+}
+
+// writeHolder writes this process's pid into the lock file, for the error
+// of a daemon that finds the directory in use. The pid is written over the
+// old one before the file is cut to its length, so that on a full file
+// system the block the old pid held is reused; where there is none, the
+// lock holds without the pid, and the error says the file system is full.
+func writeHolder(dir string, lock *os.File) error {
 	pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
-	if err := f.Truncate(0); err == nil {
-		_, err = f.WriteAt(pid, 0)
+	_, err := lock.WriteAt(pid, 0)
+	if err == nil {
+		err = lock.Truncate(int64(len(pid)))
 	}
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("diskcache: cache directory %s is not usable (it must be writable): write %s: %w", dir, name, err)
+		return fmt.Errorf("diskcache: cache directory %s is not usable (it must be writable): write %s: %w", dir, lock.Name(), err)
 	}
-	return f, nil
+	return nil
 }
 
 // probe checks that files can be created in dir and holes punched in them,
 // which eviction needs: without hole punching the cache could not stay
-// within its budget.
-func probe(dir string) error {
+// within its budget. On a full file system, where nothing can be written,
+// it punches a hole where lock has none, which tells as well whether the
+// file system can, and returns the error of the full file system.
+func probe(dir string, lock *os.File) error {
 	f, err := os.CreateTemp(dir, ".probe-*")
+	if Full(err) {
+		return probeFull(dir, lock, err)
+	}
 	if err != nil {
 		return fmt.Errorf("diskcache: cache directory %s is not usable (it must be writable): %w", dir, err)
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	if _, err := f.WriteAt(make([]byte, 2*pageSize), 0); err != nil {
+	if _, err := f.WriteAt(make([]byte, 2*pageSize), 0); Full(err) {
+		return probeFull(dir, lock, err)
+	} else if err != nil {
 		return fmt.Errorf("diskcache: cache directory %s is not usable: write %s: %w", dir, f.Name(), err)
 	}
-	if err := punch(f, 0, pageSize); err != nil {
+	return probePunch(dir, f, 0)
+}
+
+// probeFull is probe on a full file system: full is its error.
+func probeFull(dir string, lock *os.File, full error) error {
+	if err := probePunch(dir, lock, pageSize); err != nil {
+		return err
+	}
+	return fmt.Errorf("diskcache: cache directory %s: %w", dir, full)
+}
+
+func probePunch(dir string, f *os.File, off int64) error {
+	if err := punch(f, off, pageSize); err != nil {
 		return fmt.Errorf("diskcache: cache directory %s is not usable: its file system cannot punch holes (fallocate FALLOC_FL_PUNCH_HOLE), which eviction needs: %w",
 			dir, err)
 	}
@@ -508,12 +564,14 @@ func (c *Cache) evict(ch *chunk, why string) {
 	}
 }
 
-// dropOnDisk clears chunk ci's record and punches its hole. Errors are
-// logged: a record that could not be cleared still guards its chunk, whose
-// bytes are checked on every read.
+// dropOnDisk clears chunk ci's record and punches its hole. The record is
+// cleared by a punch too, which zeroes it and never needs room, where a
+// write of zeros into a page of the index never written would: on a full
+// disk a chunk is still dropped, and a chunk that filled it midway undone.
+// Errors are logged: a record that could not be cleared still guards its
+// chunk, whose bytes are checked on every read.
 func (c *Cache) dropOnDisk(o *object, ci int64, why string) {
-	var zero [recordSize]byte
-	if _, err := o.idx.WriteAt(zero[:], o.recOff+ci*recordSize); err != nil {
+	if err := punch(o.idx, o.recOff+ci*recordSize, recordSize); err != nil {
 		c.logDiskError(why+": clear record", o, ci, err)
 		return
 	}

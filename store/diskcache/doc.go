@@ -105,7 +105,10 @@
 // A cache directory is used by one daemon at a time (flock on the lock
 // file; the kernel releases it however the daemon dies). Open fails on a
 // directory it cannot write, or whose file system cannot punch holes,
-// rather than run without caching unnoticed.
+// rather than run without caching unnoticed. A full file system is not such
+// a directory: a daemon that died with its disk full starts again, serves
+// the chunks on disk, and caches new ones once there is room. Nothing the
+// cache drops needs room: records are cleared by punching them.
 //
 // # Bounds
 //

@@ -55,11 +55,13 @@ func (c *Cache) Wrap(st store.Store) store.Store {
 	if o == nil {
 		var err error
 		if o, err = c.create(stem, h); err != nil {
+			c.stats.writeErrors.Add(1)
 			c.log.Warn("diskcache: cannot create cache files; reading the object uncached", "key", key, "err", err)
 			return st
 		}
 		c.objects[stem] = o
 	} else if err := o.openFiles(true); err != nil {
+		c.stats.writeErrors.Add(1)
 		c.log.Warn("diskcache: cannot open cache files; reading the object uncached", "key", key, "file", o.dataPath, "err", err)
 		if o.idle() {
 			c.forget(o)

@@ -18,6 +18,10 @@ func TestParseURI(t *testing.T) {
 		{"s3://abc/dir/", "abc", "dir/"},           // a "folder" object
 		{"s3://abc//double", "abc", "/double"},     // keys may start with a slash
 		{"s3://abc/a%20b?c#d", "abc", "a%20b?c#d"}, // taken literally, not URL-decoded
+		{"s3://abc/dir/100%.bin", "abc", "dir/100%.bin"},
+		{"s3://abc/dir/100%25.bin", "abc", "dir/100%25.bin"},
+		{"s3://abc/a b+c", "abc", "a b+c"},
+		{"s3://abc/données/ü.bin", "abc", "données/ü.bin"},
 		{"s3://" + strings.Repeat("a", 63) + "/k", strings.Repeat("a", 63), "k"},
 		{"s3://1.2.3/k", "1.2.3", "k"}, // dotted but not an IPv4 address
 	} {
