@@ -154,6 +154,9 @@ func parseS3(s, rest string) (URI, error) {
 	if bucket == "" || key == "" {
 		return URI{}, fmt.Errorf("object %q: want s3://BUCKET/KEY", Redact(s))
 	}
+	if strings.ContainsAny(bucket, "@:") {
+		return URI{}, fmt.Errorf("object %q: an s3:// URI takes no user or password: S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, a role)", Redact(s))
+	}
 	return URI{Scheme: "s3", Raw: s}, nil
 }
 
