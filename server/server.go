@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -259,29 +258,14 @@ func DefaultCacheBytes() int64 {
 
 // Listen makes the daemon's socket at path, readable and writable only as
 // mode allows (0600 keeps it to the daemon's own uid). A stale socket left
-// by a dead daemon is replaced; a live one is an error.
-func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("listen %s: a daemon is already serving this socket", path)
-	}
-	os.Remove(path)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	return l, nil
+// by a dead daemon is replaced; a live one, or any other file, is an error
+// (proto.Listen).
+func Listen(path string, mode os.FileMode) (*proto.Listener, error) {
+	return proto.Listen(path, mode)
 }
 
 // Serve accepts clients on l until l is closed or the server is.
-func (s *Server) Serve(l *net.UnixListener) error {
+func (s *Server) Serve(l *proto.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -289,7 +273,7 @@ func (s *Server) Serve(l *net.UnixListener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
-	return proto.Accept(l, s.log, s.ServeConn)
+	return proto.Accept(l.UnixListener, s.log, s.ServeConn)
 }
 
 // ServeConn serves one client connection until it closes or breaks the

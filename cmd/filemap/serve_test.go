@@ -379,3 +379,91 @@ func TestServeSocketOwner(t *testing.T) {
 		t.Error("the socket was made for a refused --socket-owner")
 	}
 }
+
+// A --socket that names a file, or a directory, is refused with an error
+// that names it and says what it is, and stays as it was: serve and
+// firecracker replace a stale socket only. So does the keeper's
+// SOCKET.keeper: the daemon serves without a keeper, and says why.
+func TestSocketPathIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	mem := filepath.Join(dir, "mem")
+	if err := os.WriteFile(mem, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("a user's data, not a socket")
+	victim := filepath.Join(dir, "victim.bin")
+	if err := os.WriteFile(victim, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	emptyDir := filepath.Join(dir, "empty")
+	if err := os.Mkdir(emptyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		what string
+	}{
+		{[]string{"serve", "--socket", victim}, "is a regular file, not a socket; refusing to replace it"},
+		{[]string{"serve", "--socket", emptyDir}, "is a directory, not a socket; refusing to replace it"},
+		{[]string{"firecracker", "--socket", victim, "--mem", mem}, "is a regular file, not a socket; refusing to replace it"},
+	} {
+		r := filemapCLI(t, c.args...)
+		r.wantCode(t, 1)
+		r.wantStderr(t, c.args[2], c.what)
+	}
+	if got, err := os.ReadFile(victim); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("%s after serve and firecracker were pointed at it: %q, %v; want it untouched", victim, got, err)
+	}
+	if fi, err := os.Stat(emptyDir); err != nil || !fi.IsDir() {
+		t.Errorf("%s after serve was pointed at it: %v, %v; want the directory", emptyDir, fi, err)
+	}
+
+	sockDir, err := os.MkdirTemp("", "fm-keeper-") // short: socket paths are limited to 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	socket := filepath.Join(sockDir, "s.sock")
+	keeperPath := socket + ".keeper"
+	if err := os.WriteFile(keeperPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemonAt(t, socket)
+	statJSON(t, socket) // it serves
+	d.stop(t)
+	if !bytes.Contains(d.stderr.Bytes(), []byte(keeperPath)) || !bytes.Contains(d.stderr.Bytes(), []byte("is a regular file, not a socket")) {
+		t.Errorf("serve with a regular file at %s: stderr does not say so:\n%s", keeperPath, d.stderr.Bytes())
+	}
+	if got, err := os.ReadFile(keeperPath); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("%s after a daemon ran on %s: %q, %v; want it untouched", keeperPath, socket, got, err)
+	}
+}
+
+// A daemon that shuts down removes its own socket only: if its path was
+// taken meanwhile (its socket removed by hand and another daemon started
+// there), the other daemon's socket stays and serves.
+func TestServeShutdownLeavesAnotherDaemonsSocket(t *testing.T) {
+	first := startDaemon(t, "--keep=false")
+	statJSON(t, first.socket) // serving, its SIGTERM handler installed
+	if err := os.Remove(first.socket); err != nil {
+		t.Fatal(err)
+	}
+	second := startDaemonAt(t, first.socket, "--keep=false")
+	statJSON(t, second.socket)
+	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the first daemon did not exit within 20s of SIGTERM; stderr:\n%s", first.stderr.Bytes())
+	}
+	if first.err != nil {
+		t.Fatalf("the first daemon after SIGTERM: %v; stderr:\n%s", first.err, first.stderr.Bytes())
+	}
+	if _, err := os.Lstat(second.socket); err != nil {
+		t.Fatalf("the first daemon's shutdown removed the second's socket: %v", err)
+	}
+	statJSON(t, second.socket) // the second still serves there
+	second.stop(t)
+}
