@@ -483,6 +483,8 @@ func CachedObjects(ctx context.Context, opts ...Option) ([]ObjectStat, error) {
 // DropCaches empties the caches of the handler that Open would use with the
 // same options, as writing 3 to /proc/sys/vm/drop_caches does for the
 // kernel's: every mapping's next access to a page reads the store again.
+// A daemon empties the caches of the caller's uid only; every uid's if the
+// caller is root.
 func DropCaches(ctx context.Context, opts ...Option) error {
 	return handlerCall(ctx, proto.TDrop, opts, nil)
 }

@@ -455,14 +455,18 @@ func (s *Server) release(o *object) {
 	}
 }
 
-// DropCaches punches every page out of every cache, as writing 3 to
-// /proc/sys/vm/drop_caches does for the kernel's: each client's next access
-// to a page faults again and reads the store. Pages being read are kept.
-func (s *Server) DropCaches() error {
+// DropCaches punches every page out of the caches of uid's objects, every
+// uid's for root, as writing 3 to /proc/sys/vm/drop_caches does for the
+// kernel's: each client's next access to a page faults again and reads the
+// store. Pages being read are kept. Another uid's caches are not the
+// caller's to empty: that would slow down every client of that uid.
+func (s *Server) DropCaches(uid uint32) error {
 	s.mu.Lock()
 	objs := make([]*object, 0, len(s.objects))
-	for _, o := range s.objects {
-		objs = append(objs, o)
+	for k, o := range s.objects {
+		if uid == 0 || k.uid == uid {
+			objs = append(objs, o)
+		}
 	}
 	s.mu.Unlock()
 	var errs []error

@@ -128,7 +128,7 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 	case proto.TStat:
 		return ss.s.Stats(), nil, nil
 	case proto.TDrop:
-		return proto.Empty{}, nil, ss.s.DropCaches()
+		return proto.Empty{}, nil, ss.s.DropCaches(ss.cred.Uid)
 	case proto.TObjects:
 		return proto.Objects{Objects: ss.s.Objects(ss.cred.Uid)}, nil, nil
 	case proto.TResume:
