@@ -399,10 +399,18 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	s.mu.Lock()
 	for ok, o := range s.objects {
 		if ok.uid == uid && o.fo.Cache.Same(file) {
-			s.ref(o)
+			// The client is accounted the size it names, and released the
+			// cache's when it closes: they must agree.
+			want, have := st.Size(), o.fo.Cache.Size()
+			if have == want {
+				s.ref(o)
+			}
 			s.mu.Unlock()
 			file.Close()
 			st.Close()
+			if have != want {
+				return nil, fmt.Errorf("open %s: the cache file handed back is the cache of %d bytes, not of %d", name, have, want)
+			}
 			return o, nil
 		}
 	}
