@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -167,7 +168,7 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 		closeFile(f)
 		return nil, fmt.Errorf("filemap: open %s: %w", uri, err)
 	}
-	m, err := mapObject(ctx, c, uri, f, o)
+	m, err := mapObject(ctx, c, handlerName(u), f, o)
 	if err != nil {
 		c.close()
 		closeFile(f)
@@ -175,6 +176,16 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	}
 	go m.keepAttached(c)
 	return m, nil
+}
+
+// handlerName is what the handler is told an object is called, and what
+// the mapping calls it: a bare path made absolute, since the handler's
+// working directory is not this process's; a URI as written.
+func handlerName(u store.URI) string {
+	if u.Scheme == "file" && !strings.Contains(u.Raw, "://") {
+		return u.Path
+	}
+	return u.Raw
 }
 
 func mapObject(ctx context.Context, c *client, uri string, f *os.File, o options) (*Mapping, error) {
