@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -169,7 +170,7 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 		closeFile(f)
 		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
 	}
-	m, err := mapObject(ctx, c, u, f, o)
+	m, err := mapObject(ctx, c, handlerURI(u), f, o)
 	if err != nil {
 		c.close()
 		closeFile(f)
@@ -177,6 +178,16 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	}
 	go m.keepAttached(c)
 	return m, nil
+}
+
+// handlerURI is u as the handler is told it, and as the mapping names it:
+// a bare path made absolute, since the handler's working directory is not
+// this process's; a URI as written.
+func handlerURI(u store.URI) store.URI {
+	if u.Scheme == "file" && !strings.Contains(u.Raw, "://") {
+		u.Raw = u.Path
+	}
+	return u
 }
 
 func mapObject(ctx context.Context, c *client, u store.URI, f *os.File, o options) (*Mapping, error) {
@@ -485,6 +496,8 @@ func CachedObjects(ctx context.Context, opts ...Option) ([]ObjectStat, error) {
 // DropCaches empties the caches of the handler that Open would use with the
 // same options, as writing 3 to /proc/sys/vm/drop_caches does for the
 // kernel's: every mapping's next access to a page reads the store again.
+// A daemon empties the caches of the caller's uid only; every uid's if the
+// caller is root.
 func DropCaches(ctx context.Context, opts ...Option) error {
 	return handlerCall(ctx, proto.TDrop, opts, nil)
 }

@@ -9,7 +9,6 @@ package filemap
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/syncbuf"
+	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 )
@@ -48,7 +48,7 @@ func runServe(socket string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	var l *net.UnixListener
+	var l *proto.Listener
 	var err error
 	if os.Getenv("FILEMAP_TEST_TAKEOVER") != "" {
 		l, err = server.Takeover(socket, 30*time.Second)

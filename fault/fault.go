@@ -733,8 +733,15 @@ func (h *Handler) poison(r *Region, page int64, cause error) {
 
 // WillNeed reads the absent pages of [start, end) in the background, as
 // MADV_WILLNEED does, with no marker. Faults on those pages meanwhile wait
-// for these reads.
+// for these reads. The range is clamped to the object's pages: readAhead
+// claims every fill of its window before it starts any, so a window far
+// past the end would hold those fills, and every fault on them, while it
+// stepped through nothing.
 func (h *Handler) WillNeed(o *Object, start, end int64) {
+	start, end = max(start, 0), min(end, o.Cache.NPages())
+	if start >= end {
+		return
+	}
 	h.readAhead(o, readahead.Window{Start: start, End: end, Marker: -1})
 }
 

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/reclaim"
@@ -554,5 +556,53 @@ func TestReadaheadPrefetches(t *testing.T) {
 		if absent := cached[p] == '.'; told[p] != absent {
 			t.Fatalf("page %d (state %q before WillNeed) prefetched %v; want exactly the absent pages", p, cached[p], told[p])
 		}
+	}
+}
+
+// WillNeed clamps its range to the object's pages, whatever range it is
+// given: one far past the end, negative, or as wide as an int64, returns
+// at once, reads the pages of the object it covers, and leaves the faults
+// of that object served. Unclamped, it stepped through the whole range a
+// chunk at a time holding the object's fills, and never returned.
+func TestWillNeedClampsToTheObject(t *testing.T) {
+	const npages = 1024
+	const huge = int64(1) << 62
+	for _, c := range []struct {
+		name       string
+		start, end int64
+		read       string // the pages of [0, npages) it must leave uptodate, as states shows them
+	}{
+		{"past the end", npages + 1, huge, strings.Repeat(".", npages)},
+		{"from the last page on", npages - 1, math.MaxInt64, strings.Repeat(".", npages-1) + "u"},
+		{"all of int64", math.MinInt64, math.MaxInt64, strings.Repeat("u", npages)},
+		{"negative to past the end", -huge, huge, strings.Repeat("u", npages)},
+		{"negative, ending in the object", -huge, 2, "uu" + strings.Repeat(".", npages-2)},
+		{"negative, ending before it", -huge, -1, strings.Repeat(".", npages)},
+		{"reversed", huge, -huge, strings.Repeat(".", npages)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := newRig(t, npages, Config{})
+			done := make(chan struct{})
+			go func() {
+				g.h.WillNeed(g.obj, c.start, c.end)
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				t.Fatalf("WillNeed(%d, %d) of a %d-page object still running after a minute", c.start, c.end, npages)
+			}
+			g.settle()
+			if s := g.states(0, npages); s != c.read {
+				t.Errorf("WillNeed(%d, %d) left %s, want %s", c.start, c.end, s, c.read)
+			}
+			g.fault(npages / 2)
+			g.wg.Wait()
+			if !g.tgt.woken[g.addr(npages/2)] {
+				t.Errorf("a fault after WillNeed(%d, %d) was not served", c.start, c.end)
+			}
+			g.settle()
+			g.check(t)
+		})
 	}
 }

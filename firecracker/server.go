@@ -342,7 +342,7 @@ func (o fillObserver) Changed(object string) { o.m.Changed(object) }
 
 // Serve accepts VMMs on l until l or the server is closed. The socket must
 // exist before the VMM is told to restore: Firecracker connects once.
-func (s *Server) Serve(l *net.UnixListener) error {
+func (s *Server) Serve(l *proto.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -350,7 +350,7 @@ func (s *Server) Serve(l *net.UnixListener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
-	return proto.Accept(l, s.log, s.ServeConn)
+	return proto.Accept(l.UnixListener, s.log, s.ServeConn)
 }
 
 // ServeConn serves one VMM: the handshake, then its faults until it

@@ -150,10 +150,12 @@ type HelloReply struct {
 }
 
 // Open asks for an object's cache. For a local file the client sends the fd
-// it opened; URI names the object, and the daemon's messages and logs show
-// it with its credentials redacted (store.Redact). A non-empty Version
-// is the version to open: an S3 VersionId, old or current, that the bucket
-// keeps; any other version must be the object's current one, or Open fails.
+// it opened; URI names the object, a local file by its absolute path (the
+// daemon refuses a relative one: it cannot know the client's working
+// directory), and the daemon's messages and logs show it with its
+// credentials redacted (store.Redact). A non-empty Version is the version
+// to open: an S3 VersionId, old or current, that the bucket keeps; any
+// other version must be the object's current one, or Open fails.
 //
 // A client whose daemon died (or handed over to another) opens its objects
 // again with Cache set: the cache file it maps travels last, after the

@@ -119,7 +119,9 @@ func (a *attachment) setAdvice(adv readahead.Advice) {
 	}
 }
 
-// willNeed reads the object's bytes [off, off+n) in the background.
+// willNeed reads the object's bytes [off, off+n) in the background. The
+// range is the client's word: it is clamped to the object, whatever its
+// sign or size, and off+n may overflow.
 func (a *attachment) willNeed(off, n int64) {
 	a.mu.Lock()
 	var r *fault.Region
@@ -127,10 +129,30 @@ func (a *attachment) willNeed(off, n int64) {
 		r = a.regions[0]
 	}
 	a.mu.Unlock()
-	if r == nil || n <= 0 {
+	if r == nil {
 		return
 	}
-	a.ss.s.faults.WillNeed(r.Obj, off/ps, (off+n+ps-1)/ps)
+	start, end := pageRange(off, n, r.Obj.Cache.Size())
+	if start < end {
+		a.ss.s.faults.WillNeed(r.Obj, start, end)
+	}
+}
+
+// pageRange is the pages of the bytes [off, off+n) of an object of size
+// bytes, clamped to it; empty (start >= end) if they miss it.
+func pageRange(off, n, size int64) (start, end int64) {
+	if n <= 0 {
+		return 0, 0
+	}
+	last := off + n
+	if last < off { // overflowed: the range runs past any object's end
+		last = size
+	}
+	lo, hi := max(off, 0), min(last, size)
+	if lo >= hi {
+		return 0, 0
+	}
+	return lo / ps, (hi + ps - 1) / ps
 }
 
 func (a *attachment) regionAt(addr uintptr) *fault.Region {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -348,5 +349,31 @@ func TestUnknownIDs(t *testing.T) {
 	c.callError(t, proto.TDetach, proto.Detach{}, nil, "no region 0")
 	if st := c.stat(t); st.ProtocolErrors != 0 || st.Clients != 1 {
 		t.Errorf("after requests for unknown ids: %d protocol errors, %d clients; want 0, 1", st.ProtocolErrors, st.Clients)
+	}
+}
+
+// A local file named by a relative path is refused, with an error that
+// says why: the daemon cannot know the client's working directory, and
+// must not name the file from its own. The descriptor sent is closed.
+func TestOpenRelativePathRefused(t *testing.T) {
+	ts := newTestServer(t)
+	c := ts.dial(t)
+	obj := tempFile(t, []byte("relative"))
+	before := openFds(t)
+	for _, name := range []string{"data.bin", "./data.bin", "../x/data.bin", filepath.Base(obj.Name())} {
+		c.callError(t, proto.TOpen, proto.Open{URI: name}, []*os.File{obj}, "must be named by its absolute path")
+	}
+	waitOpenFds(t, before)
+	if st := c.stat(t); st.ProtocolErrors != 0 || st.Objects != 0 {
+		t.Errorf("after refused opens: %d protocol errors, %d objects; want 0, 0", st.ProtocolErrors, st.Objects)
+	}
+	// The absolute path of the same file opens.
+	fds, err := c.call(t, proto.TOpen, proto.Open{URI: obj.Name()}, []*os.File{obj}, &proto.OpenReply{})
+	closeAll(fds)
+	if err != nil {
+		t.Fatalf("open %s: %v", obj.Name(), err)
+	}
+	if objs := ts.Objects(0); len(objs) != 1 || objs[0].URI != obj.Name() {
+		t.Errorf("objects after opening %s: %+v", obj.Name(), objs)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -264,29 +263,14 @@ func DefaultCacheBytes() int64 {
 
 // Listen makes the daemon's socket at path, readable and writable only as
 // mode allows (0600 keeps it to the daemon's own uid). A stale socket left
-// by a dead daemon is replaced; a live one is an error.
-func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("listen %s: a daemon is already serving this socket", path)
-	}
-	os.Remove(path)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	return l, nil
+// by a dead daemon is replaced; a live one, or any other file, is an error
+// (proto.Listen).
+func Listen(path string, mode os.FileMode) (*proto.Listener, error) {
+	return proto.Listen(path, mode)
 }
 
 // Serve accepts clients on l until l is closed or the server is.
-func (s *Server) Serve(l *net.UnixListener) error {
+func (s *Server) Serve(l *proto.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -294,7 +278,7 @@ func (s *Server) Serve(l *net.UnixListener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
-	return proto.Accept(l, s.log, s.ServeConn)
+	return proto.Accept(l.UnixListener, s.log, s.ServeConn)
 }
 
 // ServeConn serves one client connection until it closes or breaks the
@@ -427,7 +411,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	o, err := s.cacheOf(uid, name, file)
+	o, err := s.cacheOf(uid, name, file, st.Size())
 	if o != nil || err != nil {
 		s.mu.Unlock()
 		file.Close()
@@ -460,13 +444,18 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 
 // cacheOf finds the cache whose file is file, with a reference taken; one
 // of another uid is an error. Called with s.mu held.
-func (s *Server) cacheOf(uid uint32, name string, file *os.File) (*object, error) {
+func (s *Server) cacheOf(uid uint32, name string, file *os.File, size int64) (*object, error) {
 	for k, o := range s.objects {
 		if !o.fo.Cache.Same(file) {
 			continue
 		}
 		if k.uid != uid {
 			return nil, fmt.Errorf("%s: the cache file handed back is a cache of uid %d's, not of uid %d's", name, k.uid, uid)
+		}
+		// The client is accounted the size it names, and released the
+		// cache's when it closes: they must agree.
+		if have := o.fo.Cache.Size(); have != size {
+			return nil, fmt.Errorf("open %s: the cache file handed back is the cache of %d bytes, not of %d", name, have, size)
 		}
 		s.ref(o)
 		return o, nil
@@ -500,14 +489,18 @@ func (s *Server) release(o *object) {
 	}
 }
 
-// DropCaches punches every page out of every cache, as writing 3 to
-// /proc/sys/vm/drop_caches does for the kernel's: each client's next access
-// to a page faults again and reads the store. Pages being read are kept.
-func (s *Server) DropCaches() error {
+// DropCaches punches every page out of the caches of uid's objects, every
+// uid's for root, as writing 3 to /proc/sys/vm/drop_caches does for the
+// kernel's: each client's next access to a page faults again and reads the
+// store. Pages being read are kept. Another uid's caches are not the
+// caller's to empty: that would slow down every client of that uid.
+func (s *Server) DropCaches(uid uint32) error {
 	s.mu.Lock()
 	objs := make([]*object, 0, len(s.objects))
-	for _, o := range s.objects {
-		objs = append(objs, o)
+	for k, o := range s.objects {
+		if uid == 0 || k.uid == uid {
+			objs = append(objs, o)
+		}
 	}
 	s.mu.Unlock()
 	var errs []error

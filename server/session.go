@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/filemap/filemap/pagecache"
@@ -128,7 +130,7 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 	case proto.TStat:
 		return ss.s.Stats(), nil, nil
 	case proto.TDrop:
-		return proto.Empty{}, nil, ss.s.DropCaches()
+		return proto.Empty{}, nil, ss.s.DropCaches(ss.cred.Uid)
 	case proto.TObjects:
 		return proto.Objects{Objects: ss.s.Objects(ss.cred.Uid)}, nil, nil
 	case proto.TResume:
@@ -175,6 +177,9 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		}()
 	}
 	uri, err := store.ParseURI(req.URI)
+	if err == nil {
+		err = checkLocalName(uri)
+	}
 	if err != nil {
 		f.CloseFds()
 		return nil, nil, err
@@ -236,6 +241,21 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	}
 	ss.s.mu.Unlock()
 	return ss.opened(o, size)
+}
+
+// checkLocalName refuses a local file named by a relative path. The
+// daemon's working directory is not the client's, and the client's cannot
+// be read reliably: /proc/PID/cwd may have changed since the client opened
+// the file, names a directory of the client's mount namespace, and is not
+// readable by a daemon of another uid. A cache named from the wrong
+// directory would show a wrong name in `filemap stat --objects` and the
+// logs, and could take the place of the idle cache of the file that has
+// that name (dropStale). The library sends absolute paths.
+func checkLocalName(uri store.URI) error {
+	if uri.Scheme == "file" && !strings.Contains(uri.Raw, "://") && !filepath.IsAbs(uri.Raw) {
+		return fmt.Errorf("open %q: a local file must be named by its absolute path: the daemon cannot tell which directory a relative one starts from", uri.Raw)
+	}
+	return nil
 }
 
 // opened gives the client a handle of o, which it has a reference to and

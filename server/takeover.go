@@ -22,7 +22,7 @@ import (
 // Takeover asks the daemon listening at socket to hand over, and returns
 // its listening socket. That daemon then closes; Kept waits for it and
 // returns the regions it left, for Keep.
-func Takeover(socket string, timeout time.Duration) (*net.UnixListener, error) {
+func Takeover(socket string, timeout time.Duration) (*proto.Listener, error) {
 	nc, err := net.DialTimeout("unix", socket, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("takeover: connect to the running daemon at %s: %w", socket, err)
@@ -51,8 +51,8 @@ func Takeover(socket string, timeout time.Duration) (*net.UnixListener, error) {
 		fl.Close()
 		return nil, fmt.Errorf("takeover: %s: the descriptor sent is no Unix socket", socket)
 	}
-	l.SetUnlinkOnClose(true) // ours now: the path goes with the daemon that listens last
-	return l, nil
+	// Ours now: the path goes with the daemon that listens last.
+	return proto.AdoptListener(l), nil
 }
 
 // Kept returns the regions the previous daemon on socket left in its
@@ -77,7 +77,7 @@ func (ss *session) takeover() (*os.File, error) {
 	if len(s.listeners) == 0 || s.retired {
 		return nil, errors.New("takeover: this daemon is not listening")
 	}
-	l, ok := s.listeners[0].(*net.UnixListener)
+	l, ok := s.listeners[0].(*proto.Listener)
 	if !ok {
 		return nil, errors.New("takeover: the listening socket is not a Unix socket")
 	}
@@ -87,7 +87,7 @@ func (ss *session) takeover() (*os.File, error) {
 	}
 	s.retired = true
 	for _, l := range s.listeners {
-		if ul, ok := l.(*net.UnixListener); ok {
+		if ul, ok := l.(*proto.Listener); ok {
 			ul.SetUnlinkOnClose(false) // the successor listens there now
 		}
 	}

@@ -141,7 +141,8 @@ func bench(args []string) error {
 		"  sequential, cold   one load per page; the kernel's page cache dropped\n"+
 		"                     before each row (as root sync and drop_caches, else\n"+
 		"                     posix_fadvise(DONTNEED)) and filemap's emptied too\n"+
-		"                     (DropCaches: with a daemon, every client's cache)\n"+
+		"                     (DropCaches: with a daemon, the caches of every\n"+
+		"                     client of this user)\n"+
 		"  sequential, warm   the file in the kernel's page cache; a new filemap\n"+
 		"                     mapping of an object already in filemap's cache\n"+
 		"  random 4K, warm    one thread, distinct pages in a fixed random order of\n"+
@@ -235,7 +236,7 @@ func bench(args []string) error {
 	}
 
 	if b.report.Handler != "private" {
-		b.note("%s: its counters include every client's faults, and DropCaches empties every client's caches", b.report.Handler)
+		b.note("%s: its counters include every client's faults, and DropCaches empties the caches of every client of this user", b.report.Handler)
 	}
 
 	path := userFile

@@ -148,7 +148,7 @@ func firecrackerCmd(args []string) error {
 	}()
 	err = s.Serve(l)
 	s.Close() // finishes the record
-	os.Remove(*socket)
+	l.Close() // unlinks the socket, unless the path is another's now
 	return err
 }
 

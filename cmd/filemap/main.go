@@ -27,7 +27,9 @@ Usage:
   filemap serve [flags]       run the handler daemon on a Unix socket
   filemap cat [flags] URI     write an object to stdout, read through a mapping
   filemap stat [flags]        print the daemon's counters
-  filemap drop-caches [flags] empty the daemon's caches, as drop_caches does the kernel's
+  filemap drop-caches [flags] empty the daemon's caches of this user's
+                              objects (every user's, as root), as
+                              drop_caches does the kernel's
   filemap demo [flags]        map generated 256 MiB files, check every byte
                               read, and compare with the kernel's own mmap
   filemap bench [flags] [FILE]

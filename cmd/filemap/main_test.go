@@ -72,10 +72,17 @@ func filemapCLI(t *testing.T, args ...string) result {
 // filemapCLIEnv runs the CLI with env added to its environment.
 func filemapCLIEnv(t *testing.T, env []string, args ...string) result {
 	t.Helper()
+	return filemapCLICmd(t, func(cmd *exec.Cmd) { cmd.Env = cliEnv(env...) }, args...)
+}
+
+// filemapCLICmd runs the CLI, its command set up by setup: its environment,
+// and its credentials or working directory if need be.
+func filemapCLICmd(t *testing.T, setup func(*exec.Cmd), args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cliBinary(t), args...)
-	cmd.Env = cliEnv(env...)
+	setup(cmd)
 	// A private handler inherits stderr and exits when the CLI does; do not
 	// wait long for it to let go of the pipe.
 	cmd.WaitDelay = 10 * time.Second

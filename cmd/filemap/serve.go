@@ -89,7 +89,7 @@ func serve(args []string) error {
 	if *takeover && !*keep {
 		return fmt.Errorf("--takeover needs --keep: the regions come from the running daemon's keeper")
 	}
-	var l *net.UnixListener
+	var l *proto.Listener
 	start := time.Now()
 	if *takeover {
 		if l, err = server.Takeover(*socket, 30*time.Second); err != nil {
@@ -135,9 +135,9 @@ func serve(args []string) error {
 	}()
 	err = s.Serve(l)
 	s.Close()
-	if !s.Retired() {
-		os.Remove(*socket)
-	}
+	// Unlinks the socket, unless the path is a successor's now: handed
+	// over (--takeover), or bound by a daemon started since.
+	l.Close()
 	return err
 }
 

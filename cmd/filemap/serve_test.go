@@ -379,3 +379,168 @@ func TestServeSocketOwner(t *testing.T) {
 		t.Error("the socket was made for a refused --socket-owner")
 	}
 }
+
+// A --socket that names a file, or a directory, is refused with an error
+// that names it and says what it is, and stays as it was: serve and
+// firecracker replace a stale socket only. So does the keeper's
+// SOCKET.keeper: the daemon serves without a keeper, and says why.
+func TestSocketPathIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	mem := filepath.Join(dir, "mem")
+	if err := os.WriteFile(mem, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("a user's data, not a socket")
+	victim := filepath.Join(dir, "victim.bin")
+	if err := os.WriteFile(victim, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	emptyDir := filepath.Join(dir, "empty")
+	if err := os.Mkdir(emptyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		what string
+	}{
+		{[]string{"serve", "--socket", victim}, "is a regular file, not a socket; refusing to replace it"},
+		{[]string{"serve", "--socket", emptyDir}, "is a directory, not a socket; refusing to replace it"},
+		{[]string{"firecracker", "--socket", victim, "--mem", mem}, "is a regular file, not a socket; refusing to replace it"},
+	} {
+		r := filemapCLI(t, c.args...)
+		r.wantCode(t, 1)
+		r.wantStderr(t, c.args[2], c.what)
+	}
+	if got, err := os.ReadFile(victim); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("%s after serve and firecracker were pointed at it: %q, %v; want it untouched", victim, got, err)
+	}
+	if fi, err := os.Stat(emptyDir); err != nil || !fi.IsDir() {
+		t.Errorf("%s after serve was pointed at it: %v, %v; want the directory", emptyDir, fi, err)
+	}
+
+	sockDir, err := os.MkdirTemp("", "fm-keeper-") // short: socket paths are limited to 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	socket := filepath.Join(sockDir, "s.sock")
+	keeperPath := socket + ".keeper"
+	if err := os.WriteFile(keeperPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemonAt(t, socket)
+	statJSON(t, socket) // it serves
+	d.stop(t)
+	if !bytes.Contains(d.stderr.Bytes(), []byte(keeperPath)) || !bytes.Contains(d.stderr.Bytes(), []byte("is a regular file, not a socket")) {
+		t.Errorf("serve with a regular file at %s: stderr does not say so:\n%s", keeperPath, d.stderr.Bytes())
+	}
+	if got, err := os.ReadFile(keeperPath); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("%s after a daemon ran on %s: %q, %v; want it untouched", keeperPath, socket, got, err)
+	}
+}
+
+// A daemon that shuts down removes its own socket only: if its path was
+// taken meanwhile (its socket removed by hand and another daemon started
+// there), the other daemon's socket stays and serves.
+func TestServeShutdownLeavesAnotherDaemonsSocket(t *testing.T) {
+	first := startDaemon(t, "--keep=false")
+	statJSON(t, first.socket) // serving, its SIGTERM handler installed
+	if err := os.Remove(first.socket); err != nil {
+		t.Fatal(err)
+	}
+	second := startDaemonAt(t, first.socket, "--keep=false")
+	statJSON(t, second.socket)
+	if err := first.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the first daemon did not exit within 20s of SIGTERM; stderr:\n%s", first.stderr.Bytes())
+	}
+	if first.err != nil {
+		t.Fatalf("the first daemon after SIGTERM: %v; stderr:\n%s", first.err, first.stderr.Bytes())
+	}
+	if _, err := os.Lstat(second.socket); err != nil {
+		t.Fatalf("the first daemon's shutdown removed the second's socket: %v", err)
+	}
+	statJSON(t, second.socket) // the second still serves there
+	second.stop(t)
+}
+
+// drop-caches empties the caches of its own uid only; root's empties
+// every uid's. A client of another uid, let in by --socket-mode 0666, must
+// not make root's clients read their stores again.
+func TestDropCachesOfItsOwnUid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a client runs as uid 65534 (nobody)")
+	}
+	const nobody = 65534
+	// Everything nobody reaches lives in a directory it may enter: the
+	// CLI, the socket and the files.
+	dir, err := os.MkdirTemp("", "fm-drop-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "filemap")
+	if err := os.Link(cliBinary(t), exe); err != nil {
+		b, err := os.ReadFile(cliBinary(t))
+		if err == nil {
+			err = os.WriteFile(exe, b, 0o755)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	asNobody := func(cmd *exec.Cmd) {
+		cmd.Path, cmd.Dir, cmd.Env = exe, dir, cliEnv()
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: nobody, Gid: nobody},
+			// userfaultfd for kernel-mode faults (cat's write(2) from the
+			// mapping), as the README asks of any client.
+			AmbientCaps: []uintptr{unix.CAP_SYS_PTRACE},
+		}
+	}
+	rootPath, rootData := randomFile(t, dir, 1<<20, 1)
+	nobodyPath := filepath.Join(dir, "nobodys.bin")
+	if err := os.WriteFile(nobodyPath, rootData[:512<<10], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemonAt(t, filepath.Join(dir, "s.sock"), "--socket-mode", "0666")
+	filemapCLI(t, "cat", "--socket", d.socket, rootPath).wantCode(t, 0)
+	filemapCLICmd(t, asNobody, "cat", "--socket", d.socket, nobodyPath).wantCode(t, 0)
+	cached := func() (root, nobodys int64) {
+		t.Helper()
+		objs := objectsJSON(t, d.socket) // root's: every uid's objects
+		for _, o := range objs {
+			switch {
+			case o.URI == rootPath && o.Uid == 0:
+				root = o.CacheBytes
+			case o.URI == nobodyPath && o.Uid == nobody:
+				nobodys = o.CacheBytes
+			}
+		}
+		if len(objs) != 2 {
+			t.Fatalf("stat --objects: %+v; want root's object and nobody's", objs)
+		}
+		return root, nobodys
+	}
+	if root, nobodys := cached(); root != 1<<20 || nobodys != 512<<10 {
+		t.Fatalf("after a cat by each uid, root's cache holds %d bytes, nobody's %d; want both whole", root, nobodys)
+	}
+
+	filemapCLICmd(t, asNobody, "drop-caches", "--socket", d.socket).wantCode(t, 0)
+	if root, nobodys := cached(); root != 1<<20 || nobodys != 0 {
+		t.Errorf("after nobody's drop-caches, root's cache holds %d bytes, nobody's %d; want root's whole, nobody's empty", root, nobodys)
+	}
+	filemapCLICmd(t, asNobody, "cat", "--socket", d.socket, nobodyPath).wantCode(t, 0)
+	filemapCLI(t, "drop-caches", "--socket", d.socket).wantCode(t, 0)
+	if root, nobodys := cached(); root != 0 || nobodys != 0 {
+		t.Errorf("after root's drop-caches, root's cache holds %d bytes, nobody's %d; want both empty", root, nobodys)
+	}
+	d.stop(t)
+}

@@ -150,8 +150,9 @@ func size(n int64) string {
 }
 
 func dropCaches(args []string) error {
-	fs := newFlags("drop-caches", "[flags]", "Empties every cache of the daemon, as writing 3 to /proc/sys/vm/drop_caches\n"+
-		"does the kernel's: every mapping's next access to a page reads its store again.")
+	fs := newFlags("drop-caches", "[flags]", "Empties the daemon's caches of this user's objects (every user's, as root), as\n"+
+		"writing 3 to /proc/sys/vm/drop_caches does the kernel's: every such mapping's\n"+
+		"next access to a page reads its store again.")
 	socket := fs.String("socket", proto.DefaultSocket(), "daemon socket")
 	if err := fs.Parse(args); err != nil {
 		return err

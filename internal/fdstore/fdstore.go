@@ -89,7 +89,6 @@ func Start(socket string, respawn *Respawn) (*Store, error) {
 		return nil, fmt.Errorf("fdstore: socketpair: %w", err)
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "keeper"), os.NewFile(uintptr(fds[1]), "keeper")
-	defer theirs.Close()
 	cmd := exec.Command(exe)
 	// What ps shows: the executable is the daemon's, its job is not.
 	cmd.Args = []string{"filemap-keeper", Path(socket)}
@@ -101,7 +100,11 @@ func Start(socket string, respawn *Respawn) (*Store, error) {
 	}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// The keeper's end is the keeper's alone: a keeper that fails before it
+	// answers must leave us reading EOF, not waiting.
+	theirs.Close()
+	if err != nil {
 		ours.Close()
 		return nil, fmt.Errorf("fdstore: start a keeper (%s): %w", exe, err)
 	}
@@ -116,7 +119,7 @@ func Start(socket string, respawn *Respawn) (*Store, error) {
 	// successor that finds no keeper knows there is none.
 	if _, err := s.conn.ReadFrame(); err != nil {
 		s.conn.Close()
-		return nil, fmt.Errorf("fdstore: the keeper did not start: %w", err)
+		return nil, fmt.Errorf("fdstore: the keeper at %s did not start (its own message says why): %w", Path(socket), err)
 	}
 	return s, nil
 }

@@ -24,6 +24,7 @@ func init() {
 // keeper is the keeper process's state.
 type keeper struct {
 	path string
+	l    *proto.Listener // where a successor connects
 	mu   sync.Mutex
 	m    map[uint64]Entry
 }
@@ -45,13 +46,10 @@ func (k *keeper) run() error {
 		return err
 	}
 	daemon := proto.NewConn(nc.(*net.UnixConn))
-	os.Remove(k.path) // a keeper before us has exited: its successor, our daemon, took its entries
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: k.path, Net: "unix"})
-	if err != nil {
-		return err
-	}
-	l.SetUnlinkOnClose(false) // unlinked by hand, before the successor can start a keeper of its own
-	if err := os.Chmod(k.path, 0o600); err != nil {
+	// A keeper before us has exited, its successor (our daemon) having
+	// taken its entries; it may have left its socket. Listen replaces
+	// that, and nothing else.
+	if k.l, err = proto.Listen(k.path, 0o600); err != nil {
 		return err
 	}
 	if err := daemon.WriteFrame(proto.Frame{Type: tEnd, Payload: proto.Marshal(struct{}{})}); err != nil {
@@ -61,7 +59,7 @@ func (k *keeper) run() error {
 	quit := k.serveDaemon(daemon)
 	k.pruneOnce()
 	if quit || k.empty() {
-		os.Remove(k.path)
+		k.l.Close()
 		return nil
 	}
 	// A daemon that keeps dying within a second of its start is not run
@@ -77,7 +75,7 @@ func (k *keeper) run() error {
 		}
 	}
 	go k.prune()
-	return k.handOver(l)
+	return k.handOver()
 }
 
 // respawn runs the daemon again if it asked for it (Respawn), with the
@@ -153,7 +151,7 @@ func (k *keeper) prune() {
 		k.mu.Lock()
 		k.forgetExited()
 		if len(k.m) == 0 {
-			os.Remove(k.path)
+			k.l.Close()
 			os.Exit(0)
 		}
 		k.mu.Unlock()
@@ -179,9 +177,9 @@ func (k *keeper) forgetExited() {
 
 // handOver gives every entry to the first successor of this uid (or root)
 // that connects.
-func (k *keeper) handOver(l *net.UnixListener) error {
+func (k *keeper) handOver() error {
 	for {
-		c, err := l.AcceptUnix()
+		c, err := k.l.AcceptUnix()
 		if err != nil {
 			return err
 		}
@@ -191,7 +189,7 @@ func (k *keeper) handOver(l *net.UnixListener) error {
 			continue
 		}
 		k.mu.Lock() // held to the end: prune must not run after the hand-over
-		os.Remove(k.path)
+		k.l.Close() // unlinked before the successor can start a keeper of its own
 		conn := proto.NewConn(c)
 		for _, e := range k.m {
 			if err := conn.WriteFrame(proto.Frame{Type: tEntry, Payload: proto.Marshal(e), Fds: e.Files}); err != nil {
