@@ -443,7 +443,8 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 }
 
 // cacheOf finds the cache whose file is file, with a reference taken; one
-// of another uid is an error. Called with s.mu held.
+// of another uid, or of another size than the client names, is an error.
+// Called with s.mu held.
 func (s *Server) cacheOf(uid uint32, name string, file *os.File, size int64) (*object, error) {
 	for k, o := range s.objects {
 		if !o.fo.Cache.Same(file) {
