@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -166,16 +167,27 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	c, err := connect(ctx, o.socket)
 	if err != nil {
 		closeFile(f)
-		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
+		return nil, openError(u.Name(), err)
 	}
 	m, err := mapObject(ctx, c, u, f, o)
 	if err != nil {
 		c.close()
 		closeFile(f)
-		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
+		return nil, openError(u.Name(), err)
 	}
 	go m.keepAttached(c)
 	return m, nil
+}
+
+// openError is err of the Open of the object called name. It names the
+// object unless err does already: the handler's errors and the stores' name
+// it themselves, as os.PathError does, and a name said twice or three times
+// in one line only hides what went wrong.
+func openError(name string, err error) error {
+	if strings.Contains(err.Error(), name) {
+		return fmt.Errorf("filemap: %w", err)
+	}
+	return fmt.Errorf("filemap: open %s: %w", name, err)
 }
 
 func mapObject(ctx context.Context, c *client, u store.URI, f *os.File, o options) (*Mapping, error) {

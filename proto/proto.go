@@ -238,7 +238,9 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-func (e *Error) Error() string { return e.Op + ": " + e.Message }
+// Error is the daemon's message alone: the caller, who made the request,
+// names the operation in its own words, and would otherwise say it twice.
+func (e *Error) Error() string { return e.Message }
 
 // Objects lists the objects whose caches a daemon holds (TObjects), as
 // fincore(1) lists a file's pages in the kernel's page cache: the caller's
