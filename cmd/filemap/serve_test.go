@@ -43,11 +43,18 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 // startDaemonAt is startDaemon on socket.
 func startDaemonAt(t *testing.T, socket string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, socket, nil, args...)
+}
+
+// startDaemonEnv is startDaemonAt with env added to the daemon's
+// environment.
+func startDaemonEnv(t *testing.T, socket string, env []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{socket: socket, done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
 	d.cancel = cancel
 	d.cmd = exec.CommandContext(ctx, cliBinary(t), append([]string{"serve", "--socket", d.socket}, args...)...)
-	d.cmd.Env = cliEnv()
+	d.cmd.Env = cliEnv(env...)
 	d.cmd.Stderr = &d.stderr
 	d.cmd.WaitDelay = 10 * time.Second
 	if err := d.cmd.Start(); err != nil {
