@@ -275,7 +275,7 @@ type Stats struct {
 	MetadataBytes  int64  `json:"metadata_bytes"`  // page-state tables
 	Objects        int    `json:"objects"`         // caches held
 	IdleObjects    int    `json:"idle_objects"`    // of them, those no client has open
-	Clients        int    `json:"clients"`         // connected sessions
+	Clients        int    `json:"clients"`         // connected sessions, the asker's not counted
 	Regions        int    `json:"regions"`         // attached regions
 	FillsInFlight  int64  `json:"fills_in_flight"` // fills claimed and not ended: reading, or waiting for a read buffer
 	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames

@@ -126,7 +126,9 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 		}
 		return proto.Empty{}, nil, ss.closeHandle(req.Handle)
 	case proto.TStat:
-		return ss.s.Stats(), nil, nil
+		st := ss.s.Stats()
+		st.Clients-- // the asker's own session: the question is about the others
+		return st, nil, nil
 	case proto.TDrop:
 		return proto.Empty{}, nil, ss.s.DropCaches()
 	case proto.TObjects:
