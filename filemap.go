@@ -493,11 +493,22 @@ func CachedObjects(ctx context.Context, opts ...Option) ([]ObjectStat, error) {
 	return objs.Objects, err
 }
 
+// Dropped says what DropCaches emptied.
+type Dropped = proto.Dropped
+
 // DropCaches empties the caches of the handler that Open would use with the
 // same options, as writing 3 to /proc/sys/vm/drop_caches does for the
 // kernel's: every mapping's next access to a page reads the store again.
 func DropCaches(ctx context.Context, opts ...Option) error {
-	return handlerCall(ctx, proto.TDrop, opts, nil)
+	_, err := DropCachesCounted(ctx, opts...)
+	return err
+}
+
+// DropCachesCounted is DropCaches, and says what the handler dropped.
+func DropCachesCounted(ctx context.Context, opts ...Option) (Dropped, error) {
+	var d Dropped
+	err := handlerCall(ctx, proto.TDrop, opts, &d)
+	return d, err
 }
 
 // handlerCall makes one request that takes no arguments on a connection of

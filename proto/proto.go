@@ -54,7 +54,7 @@ const (
 	TDetach Type = 5 // Detach → Empty
 	TClose  Type = 6 // Close → Empty
 	TStat   Type = 7 // Empty → Stats
-	TDrop   Type = 8 // Empty → Empty: punch every cache's pages out (drop_caches)
+	TDrop   Type = 8 // Empty → Dropped: punch every cache's pages out (drop_caches)
 	TResume Type = 9 // Resume → ResumeReply: take back a region a previous daemon served
 
 	// TTakeover (Empty → Empty + the listening socket) asks the daemon to
@@ -241,6 +241,12 @@ type Error struct {
 // Error is the daemon's message alone: the caller, who made the request,
 // names the operation in its own words, and would otherwise say it twice.
 func (e *Error) Error() string { return e.Message }
+
+// Dropped says what a TDrop emptied.
+type Dropped struct {
+	Bytes   int64 `json:"bytes"`   // cached bytes punched out; pages being read are kept
+	Objects int   `json:"objects"` // objects whose caches held any
+}
 
 // Objects lists the objects whose caches a daemon holds (TObjects), as
 // fincore(1) lists a file's pages in the kernel's page cache: the caller's

@@ -504,20 +504,32 @@ func (s *Server) release(o *object) {
 // /proc/sys/vm/drop_caches does for the kernel's: each client's next access
 // to a page faults again and reads the store. Pages being read are kept.
 func (s *Server) DropCaches() error {
+	_, err := s.DropCachesCounted()
+	return err
+}
+
+// DropCachesCounted is DropCaches, and says what it dropped.
+func (s *Server) DropCachesCounted() (proto.Dropped, error) {
 	s.mu.Lock()
 	objs := make([]*object, 0, len(s.objects))
 	for _, o := range s.objects {
 		objs = append(objs, o)
 	}
 	s.mu.Unlock()
+	var d proto.Dropped
 	var errs []error
 	for _, o := range objs {
 		s.budget.Forget(o.fo.Cache)
-		if _, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages()); err != nil {
+		n, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages())
+		if err != nil {
 			errs = append(errs, err)
 		}
+		if n > 0 {
+			d.Bytes += n * pagecache.PageSize
+			d.Objects++
+		}
 	}
-	return errors.Join(errs...)
+	return d, errors.Join(errs...)
 }
 
 // Objects lists the caches of uid's objects, every uid's for root, the

@@ -130,7 +130,8 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 		st.Clients-- // the asker's own session: the question is about the others
 		return st, nil, nil
 	case proto.TDrop:
-		return proto.Empty{}, nil, ss.s.DropCaches()
+		d, err := ss.s.DropCachesCounted()
+		return d, nil, err
 	case proto.TObjects:
 		return proto.Objects{Objects: ss.s.Objects(ss.cred.Uid)}, nil, nil
 	case proto.TResume:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -470,5 +471,28 @@ func TestStatCountsOtherClients(t *testing.T) {
 	}
 	c.Close()
 	clientsBecome(0)
+	d.stop(t)
+}
+
+// drop-caches says what it dropped: the bytes the cache held, of how many
+// objects.
+func TestDropCachesSaysWhatItDropped(t *testing.T) {
+	d := startDaemon(t)
+	path, _ := randomFile(t, t.TempDir(), 1<<20, 10)
+	filemapCLI(t, "cat", "--socket", d.socket, path).wantCode(t, 0)
+	cached := statJSON(t, d.socket).CacheBytes
+	if cached == 0 {
+		t.Fatal("nothing cached after a cat")
+	}
+	r := filemapCLI(t, "drop-caches", "--socket", d.socket)
+	r.wantCode(t, 0)
+	if want := fmt.Sprintf("dropped %d bytes from the caches of 1 object\n", cached); string(r.stdout) != want {
+		t.Errorf("drop-caches printed %q, want %q", r.stdout, want)
+	}
+	r = filemapCLI(t, "drop-caches", "--socket", d.socket)
+	r.wantCode(t, 0)
+	if want := "dropped 0 bytes from the caches of 0 objects\n"; string(r.stdout) != want {
+		t.Errorf("drop-caches of empty caches printed %q, want %q", r.stdout, want)
+	}
 	d.stop(t)
 }

@@ -139,7 +139,20 @@ func dropCaches(args []string) error {
 		fs.Usage()
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	return filemap.DropCaches(context.Background(), filemap.WithSocket(*socket))
+	d, err := filemap.DropCachesCounted(context.Background(), filemap.WithSocket(*socket))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "dropped %s from the caches of %s\n", plural(int(d.Bytes), "byte"), plural(d.Objects, "object"))
+	return nil
+}
+
+// plural is n things, for a person.
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // diskBound is the bound on readahead reads in flight, for a person.
