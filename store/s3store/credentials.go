@@ -34,6 +34,19 @@ func (c markedChain) Retrieve(ctx context.Context) (aws.Credentials, error) {
 	return creds, nil
 }
 
+// ProviderSources and IsCredentialsProvider let the SDK see through the
+// mark to the chain, as it sees through its cache.
+func (c markedChain) ProviderSources() []aws.CredentialSource {
+	if s, ok := c.CredentialsProvider.(aws.CredentialProviderSource); ok {
+		return s.ProviderSources()
+	}
+	return nil
+}
+
+func (c markedChain) IsCredentialsProvider(target aws.CredentialsProvider) bool {
+	return aws.IsCredentialsProvider(c.CredentialsProvider, target)
+}
+
 // noCredentials is the error of an operation that found no credentials, or
 // nil if err is not that.
 func noCredentials(prefix string, err error) error {
