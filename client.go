@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 
 	"github.com/filemap/filemap/proto"
+	"golang.org/x/sys/unix"
 )
 
 // errLost is a call on a connection to a handler that has gone away.
@@ -34,20 +36,25 @@ type client struct {
 // connect reaches the handler at socket, else at $FILEMAP_SOCKET, else a
 // private handler of this process.
 func connect(ctx context.Context, socket string) (*client, error) {
-	path := socket
+	path, fromEnv, private := socket, false, false
 	if path == "" {
 		path = os.Getenv("FILEMAP_SOCKET")
+		fromEnv = path != ""
 	}
 	if path == "" {
 		var err error
 		if path, err = privateHandler(); err != nil {
 			return nil, err
 		}
+		private = true
 	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("connect to the filemap daemon at %s: %w (is `filemap serve` running?)", path, err)
+	switch {
+	case err != nil && private:
+		return nil, fmt.Errorf("connect to this process's private handler: %w", err)
+	case err != nil:
+		return nil, &dialError{path: path, why: whyNoDaemon(path, fromEnv, err), err: err}
 	}
 	c := &client{socket: socket, conn: proto.NewConn(nc.(*net.UnixConn)),
 		replies: make(chan proto.Frame, 1), lost: make(chan struct{})}
@@ -121,3 +128,80 @@ func (c *client) call(ctx context.Context, t proto.Type, req any, fds []*os.File
 }
 
 func (c *client) close() { c.fail(net.ErrClosed) }
+
+// dialError is a connect to a daemon's socket that failed, said in words
+// that tell the causes apart, since each has its own cure: nothing at the
+// path, a stale socket, another user's socket, something that is not a
+// socket.
+type dialError struct {
+	path string
+	why  string // what is at path, and what to do; names path
+	err  error  // the dial's
+}
+
+func (e *dialError) Error() string { return e.why }
+func (e *dialError) Unwrap() error { return e.err }
+
+// whyNoDaemon explains err, the failed dial of path; fromEnv says that
+// path came from $FILEMAP_SOCKET rather than from the caller.
+func whyNoDaemon(path string, fromEnv bool, err error) string {
+	errno := "(" + errnoText(err) + ")"
+	start := fmt.Sprintf("start `filemap serve --socket %s`", path)
+	checkPath := "is the socket's path right?"
+	if fromEnv {
+		start = "start `filemap serve` (which listens at $FILEMAP_SOCKET too), or unset FILEMAP_SOCKET to use a private handler"
+		checkPath = "is FILEMAP_SOCKET right?"
+	}
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Sprintf("no filemap daemon is listening at %s %s: %s", path, errno, start)
+	case errors.Is(err, unix.EACCES):
+		return fmt.Sprintf("may not connect to the filemap daemon at %s %s: %s", path, errno, whoseSocket(path))
+	case errors.Is(err, unix.ECONNREFUSED):
+		// connect(2) refuses a path that is not a socket the same way.
+		if fi, serr := os.Stat(path); serr == nil && fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Sprintf("%s is %s, not a filemap daemon's socket %s: %s", path, fileKind(fi.Mode()), errno, checkPath)
+		}
+		return fmt.Sprintf("no filemap daemon is running on %s %s: the socket is stale, left by a daemon that did not remove it; %s, which replaces it",
+			path, errno, start)
+	case errors.Is(err, unix.ENOTDIR):
+		return fmt.Sprintf("cannot reach a filemap daemon at %s %s: a component of the path is not a directory; %s", path, errno, checkPath)
+	}
+	return fmt.Sprintf("connect to the filemap daemon at %s: %s", path, errnoText(err))
+}
+
+// whoseSocket says why this process may not connect to the socket at path:
+// a directory it may not search, or a socket of another user.
+func whoseSocket(path string) string {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return "this user may not search a directory on the way to it"
+	}
+	return fmt.Sprintf("the socket belongs to uid %d, mode %#o, and this process runs as uid %d; "+
+		"the daemon's --socket-mode and --socket-owner let other users in", st.Uid, st.Mode&0o777, os.Geteuid())
+}
+
+// errnoText is the system call's word for err, without the path that
+// net.Dial's error repeats.
+func errnoText(err error) string {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// fileKind names the kind of file mode is, for a person.
+func fileKind(mode fs.FileMode) string {
+	switch mode.Type() {
+	case 0:
+		return "a regular file"
+	case fs.ModeDir:
+		return "a directory"
+	case fs.ModeNamedPipe:
+		return "a named pipe"
+	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
+		return "a device"
+	}
+	return "a " + mode.Type().String() + " file"
+}

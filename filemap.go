@@ -168,13 +168,13 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 	c, err := connect(ctx, o.socket)
 	if err != nil {
 		closeFile(f)
-		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
+		return nil, openError(u.Name(), err)
 	}
 	m, err := mapObject(ctx, c, handlerURI(u), f, o)
 	if err != nil {
 		c.close()
 		closeFile(f)
-		return nil, fmt.Errorf("filemap: open %s: %w", u.Name(), err)
+		return nil, openError(u.Name(), err)
 	}
 	go m.keepAttached(c)
 	return m, nil
@@ -188,6 +188,17 @@ func handlerURI(u store.URI) store.URI {
 		u.Raw = u.Path
 	}
 	return u
+}
+
+// openError is err of the Open of the object called name. It names the
+// object unless err does already: the handler's errors and the stores' name
+// it themselves, as os.PathError does, and a name said twice or three times
+// in one line only hides what went wrong.
+func openError(name string, err error) error {
+	if strings.Contains(err.Error(), name) {
+		return fmt.Errorf("filemap: %w", err)
+	}
+	return fmt.Errorf("filemap: open %s: %w", name, err)
 }
 
 func mapObject(ctx context.Context, c *client, u store.URI, f *os.File, o options) (*Mapping, error) {
@@ -493,13 +504,24 @@ func CachedObjects(ctx context.Context, opts ...Option) ([]ObjectStat, error) {
 	return objs.Objects, err
 }
 
+// Dropped says what DropCaches emptied.
+type Dropped = proto.Dropped
+
 // DropCaches empties the caches of the handler that Open would use with the
 // same options, as writing 3 to /proc/sys/vm/drop_caches does for the
 // kernel's: every mapping's next access to a page reads the store again.
 // A daemon empties the caches of the caller's uid only; every uid's if the
 // caller is root.
 func DropCaches(ctx context.Context, opts ...Option) error {
-	return handlerCall(ctx, proto.TDrop, opts, nil)
+	_, err := DropCachesCounted(ctx, opts...)
+	return err
+}
+
+// DropCachesCounted is DropCaches, and says what the handler dropped.
+func DropCachesCounted(ctx context.Context, opts ...Option) (Dropped, error) {
+	var d Dropped
+	err := handlerCall(ctx, proto.TDrop, opts, &d)
+	return d, err
 }
 
 // handlerCall makes one request that takes no arguments on a connection of

@@ -96,7 +96,7 @@ func TestHostileRangesAreAnswered(t *testing.T) {
 	// caches emptied first: a real fault, served by a store read.
 	readNext := func(after string) {
 		t.Helper()
-		if err := d.s.DropCaches(0); err != nil {
+		if _, err := d.s.DropCaches(0); err != nil {
 			t.Fatal(err)
 		}
 		if r := victim.Do("read %d %d", page*ps, ps); r != "ok" {

@@ -330,7 +330,7 @@ func TestKill100ClientsMidFault(t *testing.T) {
 	if alloc > budget+window {
 		t.Errorf("the cache holds %d bytes, more than the budget %d and a window %d", alloc, budget, window)
 	}
-	if err := d.s.DropCaches(0); err != nil {
+	if _, err := d.s.DropCaches(0); err != nil {
 		t.Fatal(err)
 	}
 	if alloc, err := d.s.AllocatedBytes(); err != nil || alloc != 0 {

@@ -82,7 +82,7 @@ func (m *Mapping) resume(c *client) error {
 	m.mu.Unlock()
 	var rr proto.ResumeReply
 	if _, err := c.call(m.ctx, proto.TResume, proto.Resume{Region: region}, nil, &rr); err != nil {
-		return err
+		return fmt.Errorf("resume region %d of %s: %w", region, m.name, err)
 	}
 	m.mu.Lock()
 	m.c, m.handle = c, rr.Handle

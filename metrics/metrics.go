@@ -3,6 +3,7 @@
 package metrics
 
 import (
+	"math"
 	"net"
 	"net/http"
 	"time"
@@ -268,9 +269,9 @@ func (m *Metrics) Latencies() map[string]proto.Latency {
 			}
 			out[kind] = proto.Latency{
 				Count:  h.GetSampleCount(),
-				P50Us:  quantile(0.5, bounds, counts, h.GetSampleCount()) * 1e6,
-				P99Us:  quantile(0.99, bounds, counts, h.GetSampleCount()) * 1e6,
-				MeanUs: h.GetSampleSum() / float64(max(h.GetSampleCount(), 1)) * 1e6,
+				P50Us:  microseconds(quantile(0.5, bounds, counts, h.GetSampleCount())),
+				P99Us:  microseconds(quantile(0.99, bounds, counts, h.GetSampleCount())),
+				MeanUs: microseconds(h.GetSampleSum() / float64(max(h.GetSampleCount(), 1))),
 			}
 		}
 	}
@@ -278,6 +279,10 @@ func (m *Metrics) Latencies() map[string]proto.Latency {
 }
 
 // quantile interpolates q within cumulative histogram buckets.
+// microseconds is s seconds in µs, rounded to 0.01 µs: the buckets are far
+// coarser than that, and further digits are float noise (2027.5199999999998).
+func microseconds(s float64) float64 { return math.Round(s*1e8) / 100 }
+
 func quantile(q float64, bounds []float64, cum []uint64, total uint64) float64 {
 	if total == 0 {
 		return 0

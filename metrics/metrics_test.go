@@ -1,7 +1,9 @@
 package metrics
 
 import (
+	"encoding/json"
 	"math"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -109,4 +111,27 @@ func gather(t *testing.T, m *Metrics) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// The latencies a stat reply carries are rounded to 0.01 µs: a mean of
+// thirds, and a p50 interpolated inside a bucket, encode with at most two
+// decimals, not as float noise.
+func TestLatenciesRounded(t *testing.T) {
+	m := New(func() proto.Stats { return proto.Stats{} })
+	for _, d := range []time.Duration{1000, 1000, 2001, 2027520, 3} {
+		m.Fault("minor", d)
+	}
+	l := m.Latencies()["minor"]
+	b, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, num := range regexp.MustCompile(`[0-9]+\.[0-9]+`).FindAllString(string(b), -1) {
+		if _, frac, _ := strings.Cut(num, "."); len(frac) > 2 {
+			t.Errorf("latency %s in %s: more than two decimals", num, b)
+		}
+	}
+	if l.MeanUs != 406.3 { // (1+1+2.001+2027.52+0.003)/5 = 406.3048 µs
+		t.Errorf("mean %v µs, want 406.3", l.MeanUs)
+	}
 }

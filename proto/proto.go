@@ -54,7 +54,7 @@ const (
 	TDetach Type = 5 // Detach → Empty
 	TClose  Type = 6 // Close → Empty
 	TStat   Type = 7 // Empty → Stats
-	TDrop   Type = 8 // Empty → Empty: punch every cache's pages out (drop_caches)
+	TDrop   Type = 8 // Empty → Dropped: punch every cache's pages out (drop_caches)
 	TResume Type = 9 // Resume → ResumeReply: take back a region a previous daemon served
 
 	// TTakeover (Empty → Empty + the listening socket) asks the daemon to
@@ -240,7 +240,15 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-func (e *Error) Error() string { return e.Op + ": " + e.Message }
+// Error is the daemon's message alone: the caller, who made the request,
+// names the operation in its own words, and would otherwise say it twice.
+func (e *Error) Error() string { return e.Message }
+
+// Dropped says what a TDrop emptied.
+type Dropped struct {
+	Bytes   int64 `json:"bytes"`   // cached bytes punched out; pages being read are kept
+	Objects int   `json:"objects"` // objects whose caches held any
+}
 
 // Objects lists the objects whose caches a daemon holds (TObjects), as
 // fincore(1) lists a file's pages in the kernel's page cache: the caller's
@@ -275,7 +283,7 @@ type Stats struct {
 	MetadataBytes  int64  `json:"metadata_bytes"`  // page-state tables
 	Objects        int    `json:"objects"`         // caches held
 	IdleObjects    int    `json:"idle_objects"`    // of them, those no client has open
-	Clients        int    `json:"clients"`         // connected sessions
+	Clients        int    `json:"clients"`         // connected sessions, the asker's not counted
 	Regions        int    `json:"regions"`         // attached regions
 	FillsInFlight  int64  `json:"fills_in_flight"` // fills claimed and not ended: reading, or waiting for a read buffer
 	ProtocolErrors uint64 `json:"protocol_errors"` // connections closed for bad frames

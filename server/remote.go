@@ -70,6 +70,9 @@ func NewRemotes(cfg RemoteConfig, log *slog.Logger) (*Remotes, error) {
 	if cfg.OpenTimeout <= 0 {
 		cfg.OpenTimeout = 30 * time.Second
 	}
+	if cfg.S3.Log == nil {
+		cfg.S3.Log = log // the SDK's own lines, at debug level
+	}
 	r := &Remotes{cfg: cfg}
 	if cfg.DiskCache != "" {
 		// One disk chunk is one remote request: the same size.

@@ -494,8 +494,9 @@ func (s *Server) release(o *object) {
 // uid's for root, as writing 3 to /proc/sys/vm/drop_caches does for the
 // kernel's: each client's next access to a page faults again and reads the
 // store. Pages being read are kept. Another uid's caches are not the
-// caller's to empty: that would slow down every client of that uid.
-func (s *Server) DropCaches(uid uint32) error {
+// caller's to empty: that would slow down every client of that uid. It
+// says what it dropped.
+func (s *Server) DropCaches(uid uint32) (proto.Dropped, error) {
 	s.mu.Lock()
 	objs := make([]*object, 0, len(s.objects))
 	for k, o := range s.objects {
@@ -504,14 +505,20 @@ func (s *Server) DropCaches(uid uint32) error {
 		}
 	}
 	s.mu.Unlock()
+	var d proto.Dropped
 	var errs []error
 	for _, o := range objs {
 		s.budget.Forget(o.fo.Cache)
-		if _, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages()); err != nil {
+		n, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages())
+		if err != nil {
 			errs = append(errs, err)
 		}
+		if n > 0 {
+			d.Bytes += n * pagecache.PageSize
+			d.Objects++
+		}
 	}
-	return errors.Join(errs...)
+	return d, errors.Join(errs...)
 }
 
 // Objects lists the caches of uid's objects, every uid's for root, the

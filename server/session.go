@@ -128,9 +128,12 @@ func (ss *session) handle(f proto.Frame) (any, []*os.File, error) {
 		}
 		return proto.Empty{}, nil, ss.closeHandle(req.Handle)
 	case proto.TStat:
-		return ss.s.Stats(), nil, nil
+		st := ss.s.Stats()
+		st.Clients-- // the asker's own session: the question is about the others
+		return st, nil, nil
 	case proto.TDrop:
-		return proto.Empty{}, nil, ss.s.DropCaches(ss.cred.Uid)
+		d, err := ss.s.DropCaches(ss.cred.Uid)
+		return d, nil, err
 	case proto.TObjects:
 		return proto.Objects{Objects: ss.s.Objects(ss.cred.Uid)}, nil, nil
 	case proto.TResume:

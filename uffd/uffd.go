@@ -5,6 +5,7 @@ package uffd
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sync/atomic"
 	"unsafe"
@@ -29,7 +30,8 @@ type UFFD struct {
 // Where the system call is refused (EPERM: vm.unprivileged_userfaultfd is 0
 // and the caller lacks CAP_SYS_PTRACE; ENOSYS: filtered by seccomp), New
 // falls back to /dev/userfaultfd (Linux 6.1), whose access is governed by
-// file permissions instead. The error of a double failure names both.
+// file permissions instead. The error of a double failure names both and,
+// where rights are what is missing, the ways to grant them.
 //
 // The descriptor still needs its API handshake (UFFD.API) before use.
 func New(flags int) (*UFFD, error) {
@@ -42,9 +44,44 @@ func New(flags int) (*UFFD, error) {
 	}
 	u, devErr := newFromDevice(flags)
 	if devErr != nil {
-		return nil, fmt.Errorf("uffd: userfaultfd(%#x): %w; fallback: %w", flags, err, devErr)
+		return nil, creationError(flags, err, devErr)
 	}
 	return u, nil
+}
+
+// creationError is the error of a userfaultfd that neither the system call
+// nor the device would make. Where both refusals are a matter of rights it
+// names the ways to grant them, since the one who reads it is the one who
+// must choose.
+func creationError(flags int, sysErr, devErr error) error {
+	err := fmt.Errorf("uffd: userfaultfd(%#x): %w; fallback: %w", flags, sysErr, devErr)
+	if hint := grantHint(sysErr, devErr); hint != "" {
+		return fmt.Errorf("%w: %s", err, hint)
+	}
+	return err
+}
+
+// ptraceCaveat warns that CAP_SYS_PTRACE grants far more than userfaultfd:
+// pidfd_getfd(2) on any process, a filemap daemon with every user's cache
+// files among them.
+const ptraceCaveat = "CAP_SYS_PTRACE, which also lets it take the descriptors of other processes (a filemap daemon's, every user's cached data)"
+
+// grantHint says how this process could be allowed a userfaultfd, given why
+// the system call (sysErr) and /dev/userfaultfd (devErr) refused it; "" if
+// the refusals are not about rights.
+func grantHint(sysErr, devErr error) string {
+	switch {
+	case errors.Is(sysErr, unix.ENOSYS) && errors.Is(devErr, fs.ErrPermission):
+		// A seccomp filter refuses the system call whatever the rights.
+		return "this process may not use userfaultfd (the system call is filtered): give its user read-write access to " + devicePath
+	case errors.Is(sysErr, unix.EPERM) && errors.Is(devErr, fs.ErrPermission):
+		return "this process may not use userfaultfd: give its user read-write access to " + devicePath +
+			" (the way to prefer), or set sysctl vm.unprivileged_userfaultfd=1, or give it " + ptraceCaveat
+	case errors.Is(sysErr, unix.EPERM) && errors.Is(devErr, fs.ErrNotExist):
+		return "this process may not use userfaultfd and this system has no " + devicePath +
+			" (Linux 6.1): set sysctl vm.unprivileged_userfaultfd=1, or give it " + ptraceCaveat
+	}
+	return ""
 }
 
 func newSyscall(flags int) (int, error) {

@@ -1515,3 +1515,44 @@ func rawFork() (int, error) {
 	}
 	return int(pid), nil
 }
+
+// When neither userfaultfd(2) nor /dev/userfaultfd will make a descriptor
+// for lack of rights, the error says how to grant them, warns about what
+// CAP_SYS_PTRACE gives besides, and still wraps both errnos. (The real
+// refusal, from a process of another uid: TestCatWithoutUserfaultfdRights
+// in cmd/filemap.)
+func TestCreationErrorSaysHowToGrant(t *testing.T) {
+	open := func(errno unix.Errno) error { return fmt.Errorf("open %s: %w", devicePath, errno) }
+	const flags = unix.O_CLOEXEC | unix.O_NONBLOCK
+	for _, c := range []struct {
+		name           string
+		sysErr, devErr error
+		want, notWant  []string
+	}{
+		{"no rights", unix.EPERM, open(unix.EACCES),
+			[]string{"userfaultfd(0x80800): operation not permitted", "permission denied", "may not use userfaultfd",
+				"read-write access to /dev/userfaultfd", "sysctl vm.unprivileged_userfaultfd=1", "CAP_SYS_PTRACE", "descriptors of other processes"}, nil},
+		{"no device", unix.EPERM, open(unix.ENOENT),
+			[]string{"no /dev/userfaultfd", "sysctl vm.unprivileged_userfaultfd=1", "CAP_SYS_PTRACE"}, []string{"access to /dev/userfaultfd"}},
+		{"seccomp", unix.ENOSYS, open(unix.EPERM),
+			[]string{"filtered", "read-write access to /dev/userfaultfd"}, []string{"sysctl", "CAP_SYS_PTRACE"}},
+		{"not about rights", unix.EPERM, fmt.Errorf("%s: USERFAULTFD_IOC_NEW(%#x): %w", devicePath, flags, unix.EINVAL),
+			[]string{"USERFAULTFD_IOC_NEW"}, []string{"may not use", "sysctl", "CAP_SYS_PTRACE"}},
+	} {
+		err := creationError(flags, c.sysErr, c.devErr)
+		msg := err.Error()
+		for _, w := range c.want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%s: %q does not say %q", c.name, msg, w)
+			}
+		}
+		for _, w := range c.notWant {
+			if strings.Contains(msg, w) {
+				t.Errorf("%s: %q says %q, which does not apply", c.name, msg, w)
+			}
+		}
+		if !errors.Is(err, c.sysErr) || !errors.Is(err, errors.Unwrap(c.devErr)) {
+			t.Errorf("%s: %v does not wrap both causes", c.name, err)
+		}
+	}
+}

@@ -25,7 +25,7 @@ func cat(args []string) error {
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
-		return fmt.Errorf("want exactly one URI, got %d arguments", fs.NArg())
+		return oneArgError(fs, "cat", "URI")
 	}
 	uri := fs.Arg(0)
 	m, err := filemap.Open(context.Background(), uri, filemap.WithSocket(*socket), filemap.WithAdvice(filemap.Sequential),

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,5 +178,75 @@ func TestImmutableVersion(t *testing.T) {
 		if got := immutableVersion(c.uri, c.version); got != c.want {
 			t.Errorf("immutableVersion(%q, %q) = %q, want %q", c.uri, c.version, got, c.want)
 		}
+	}
+}
+
+// cat of an s3:// object with no credentials anywhere: no keys in the
+// environment, no profile, an empty home, and an instance metadata service
+// that has no role (a stand-in refusing with 403 or 404, as a host that is
+// not an EC2 instance may). The error says no credentials were found and
+// where they are looked for, takes the metadata service's status for no S3
+// answer, and the AWS SDK's own log lines (its WARN about falling back to
+// IMDSv1) stay off stderr.
+func TestCatS3NoCredentials(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, false)
+	gw.Put(t, bucket, "obj", pattern.Random(4096, 7))
+	for _, status := range []int{http.StatusNotFound, http.StatusForbidden} {
+		imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, http.StatusText(status), status)
+		}))
+		t.Cleanup(imds.Close)
+		catS3NoCredentials(t, gw, "s3://"+bucket+"/obj", imds.URL)
+	}
+}
+
+func catS3NoCredentials(t *testing.T, gw *s3test.Server, uri, imds string) {
+	r := filemapCLIEnv(t, noCredentialsEnv(t, gw, imds), "cat", uri)
+	r.wantCode(t, 1)
+	r.wantStderr(t, uri, "no AWS credentials", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "~/.aws/credentials", "web identity", "instance or container role")
+	for _, sdk := range []string{"WARN", "IMDSv1", "access denied", "no such key"} {
+		if bytes.Contains(r.stderr, []byte(sdk)) {
+			t.Errorf("stderr shows %q:\n%s", sdk, r.stderr)
+		}
+	}
+}
+
+// A daemon asked for --log-level debug shows the AWS SDK's own log lines,
+// as its debug records.
+func TestServeLogsSDKLinesAtDebug(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, false)
+	gw.Put(t, bucket, "obj", pattern.Random(4096, 8))
+	imds := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(imds.Close)
+	d := startDaemonEnv(t, filepath.Join(shortTempDir(t), "s.sock"), noCredentialsEnv(t, gw, imds.URL), "--log-level", "debug")
+	uri := "s3://" + bucket + "/obj"
+	filemapCLI(t, "cat", "--socket", d.socket, uri).wantCode(t, 1)
+	d.stop(t)
+	lines := strings.Split(d.stderr.String(), "\n")
+	if !slices.ContainsFunc(lines, func(l string) bool {
+		return strings.Contains(l, "level=DEBUG") && strings.Contains(l, "aws sdk: falling back to IMDSv1")
+	}) {
+		t.Errorf("the daemon's debug log has no record of the AWS SDK's line:\n%s", d.stderr.Bytes())
+	}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "SDK ") {
+			t.Errorf("the SDK wrote to stderr itself: %s", l)
+		}
+	}
+}
+
+// noCredentialsEnv is an environment in which the AWS SDK finds no
+// credentials, with gw as the S3 endpoint and imds as the instance
+// metadata service.
+func noCredentialsEnv(t *testing.T, gw *s3test.Server, imds string) []string {
+	return []string{
+		"HOME=" + t.TempDir(),
+		"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=", "AWS_PROFILE=", "AWS_DEFAULT_PROFILE=",
+		"AWS_CONFIG_FILE=", "AWS_SHARED_CREDENTIALS_FILE=", "AWS_WEB_IDENTITY_TOKEN_FILE=", "AWS_ROLE_ARN=",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=", "AWS_CONTAINER_CREDENTIALS_FULL_URI=",
+		"AWS_REGION=" + gw.Region, "AWS_ENDPOINT_URL=" + gw.Endpoint,
+		"AWS_EC2_METADATA_DISABLED=false", "AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imds,
 	}
 }

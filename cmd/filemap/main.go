@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -75,25 +76,76 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
-		fmt.Fprintf(os.Stderr, "filemap %s: %v\n", name, err)
+		fmt.Fprintf(os.Stderr, "filemap %s: %s\n", name, errorText(name, err))
 		os.Exit(1)
 	}
 }
 
-// newFlags makes a command's flag set with a usage line.
+// errorText is err as it follows "filemap NAME: ", without the library's
+// "filemap: " and the operation after it when that is NAME: Go errors
+// start with their package's name, which the command has said already.
+func errorText(name string, err error) string {
+	msg := strings.TrimPrefix(err.Error(), "filemap: ")
+	return strings.TrimPrefix(msg, name+": ")
+}
+
+// newFlags makes a command's flag set with a usage line. A bad flag's error
+// is printed once, by main after the usage, with the command's name: the
+// flag package's own print of it, before the usage, goes nowhere.
 func newFlags(name, args, about string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: filemap %s %s\n\n%s\n\nFlags:\n", name, args, about)
+		fs.SetOutput(os.Stderr)
+		defer fs.SetOutput(io.Discard)
+		fmt.Fprintf(os.Stderr, "Usage: filemap %s %s\n\n%s\n\nFlags:\n", name, args, about)
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
+// oneArgError is the error of a command that takes one argument, called
+// what, and got fs.Args(). The flag package reads flags only up to the
+// first argument, so flags after it count as arguments: it says where they
+// go, with the command line they meant.
+func oneArgError(fs *flag.FlagSet, cmd, what string) error {
+	err := fmt.Errorf("want exactly one %s, got %d arguments", what, fs.NArg())
+	rest := fs.Args()[min(1, fs.NArg()):]
+	if !slices.ContainsFunc(rest, func(a string) bool { return strings.HasPrefix(a, "-") }) {
+		return err
+	}
+	line := []string{"filemap", cmd}
+	for _, a := range append(rest, fs.Arg(0)) {
+		line = append(line, shellWord(a))
+	}
+	return fmt.Errorf("%w: flags go before the %s: %s", err, what, strings.Join(line, " "))
+}
+
+// shellWord is s as one word of a shell command line.
+func shellWord(s string) string {
+	if s == "" || strings.ContainsAny(s, " \t\n'\"\\$`*?[]{}()<>|&;#~") {
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	return s
+}
+
 // byteSize is a flag holding a size such as 4096, 128K, 16M or 1G.
 type byteSize int64
 
-func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+// String is the size in the largest binary unit that holds it exactly, as
+// Set reads it back: 64T, 8M, 128K; 4097 stays a byte count.
+func (b *byteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}} {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
 
 func (b *byteSize) Set(s string) error {
 	n, err := parseSize(s)

@@ -159,3 +159,32 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// A size shows in the largest binary unit that holds it exactly, and reads
+// back as itself.
+func TestByteSizeString(t *testing.T) {
+	for n, want := range map[int64]string{
+		0: "0", 4096: "4K", 4097: "4097", 128 << 10: "128K", 8 << 20: "8M", 3 << 30: "3G", 64 << 40: "64T", 1536 << 10: "1536K", -1: "-1",
+	} {
+		b := byteSize(n)
+		if got := b.String(); got != want {
+			t.Errorf("byteSize(%d).String() = %q, want %q", n, got, want)
+		}
+		if n < 0 {
+			continue
+		}
+		if back, err := parseSize(want); err != nil || back != n {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", want, back, err, n)
+		}
+	}
+}
+
+// -h shows byte defaults in units, as a person would type them.
+func TestHelpShowsSizesInUnits(t *testing.T) {
+	r := filemapCLI(t, "serve", "-h")
+	r.wantCode(t, 0)
+	r.wantStderr(t, "(default 64T)", "(default 8M)", "(default 128K)", "(default 2M)")
+	if bytes.Contains(r.stderr, []byte("70368744177664")) || bytes.Contains(r.stderr, []byte("8388608")) {
+		t.Errorf("filemap serve -h shows a size as a raw byte count:\n%s", r.stderr)
+	}
+}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -96,7 +98,7 @@ func serve(args []string) error {
 			return err
 		}
 	} else if l, err = server.Listen(*socket, h.perm); err != nil {
-		return err
+		return listenError(err, flagGiven(fs, "socket") || os.Getenv("FILEMAP_SOCKET") != "")
 	}
 	if err := h.chownSocket(*socket); err != nil {
 		l.Close()
@@ -139,6 +141,31 @@ func serve(args []string) error {
 	// over (--takeover), or bound by a daemon started since.
 	l.Close()
 	return err
+}
+
+// listenError is err, a failed listen, with what to do when this
+// user may not make a socket there: choose another, which its clients must
+// then be told. chosen says the socket was given, not the default.
+func listenError(err error, chosen bool) error {
+	if !errors.Is(err, os.ErrPermission) {
+		return err
+	}
+	if chosen {
+		return fmt.Errorf("%w: this user may not make a socket there; choose one in a directory it may write, with --socket PATH or FILEMAP_SOCKET", err)
+	}
+	why := ""
+	if os.Getenv("XDG_RUNTIME_DIR") == "" {
+		why = " (there is no $XDG_RUNTIME_DIR)"
+	}
+	return fmt.Errorf("%w: this user may not make the default socket%s; choose a socket with --socket PATH, "+
+		"and give its clients the same path in FILEMAP_SOCKET", err, why)
+}
+
+// flagGiven reports whether the command line set the flag called name.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 // startServer makes the daemon and, with keep, takes the regions a

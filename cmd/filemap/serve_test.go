@@ -5,10 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -43,11 +47,18 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 // startDaemonAt is startDaemon on socket.
 func startDaemonAt(t *testing.T, socket string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, socket, nil, args...)
+}
+
+// startDaemonEnv is startDaemonAt with env added to the daemon's
+// environment.
+func startDaemonEnv(t *testing.T, socket string, env []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{socket: socket, done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
 	d.cancel = cancel
 	d.cmd = exec.CommandContext(ctx, cliBinary(t), append([]string{"serve", "--socket", d.socket}, args...)...)
-	d.cmd.Env = cliEnv()
+	d.cmd.Env = cliEnv(env...)
 	d.cmd.Stderr = &d.stderr
 	d.cmd.WaitDelay = 10 * time.Second
 	if err := d.cmd.Start(); err != nil {
@@ -204,7 +215,7 @@ func TestServeCatStat(t *testing.T) {
 
 	r := filemapCLI(t, "stat", "--socket", d.socket)
 	r.wantCode(t, 0)
-	for _, row := range []string{"major faults", "minor faults", "store reads", "MiB)", "major fault service p50 / p99"} {
+	for _, row := range []string{"major faults", "minor faults", "store reads", "MiB)", "fault latency major p50 / p99"} {
 		if !bytes.Contains(r.stdout, []byte(row)) {
 			t.Errorf("filemap stat printed no %q row:\n%s", row, r.stdout)
 		}
@@ -541,6 +552,112 @@ func TestDropCachesOfItsOwnUid(t *testing.T) {
 	filemapCLI(t, "drop-caches", "--socket", d.socket).wantCode(t, 0)
 	if root, nobodys := cached(); root != 0 || nobodys != 0 {
 		t.Errorf("after root's drop-caches, root's cache holds %d bytes, nobody's %d; want both empty", root, nobodys)
+	}
+	d.stop(t)
+}
+
+// stat's text and its JSON say the same things by the same names: every
+// JSON key, in words, begins a row of the text (fault_latency by kind), and
+// the JSON's latencies are rounded, not float noise.
+func TestStatTextNamesJSONKeys(t *testing.T) {
+	d := startDaemon(t)
+	path, _ := randomFile(t, t.TempDir(), 1<<20, 9)
+	filemapCLI(t, "cat", "--socket", d.socket, path).wantCode(t, 0)
+	r := filemapCLI(t, "stat", "--socket", d.socket, "--json")
+	r.wantCode(t, 0)
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(r.stdout, &keys); err != nil {
+		t.Fatalf("stat --json: %v\n%s", err, r.stdout)
+	}
+	var latency map[string]json.RawMessage
+	if err := json.Unmarshal(keys["fault_latency"], &latency); err != nil || len(latency) == 0 {
+		t.Fatalf("stat --json after a cat: fault_latency %s (%v), want the kinds", keys["fault_latency"], err)
+	}
+	for _, num := range regexp.MustCompile(`"(p50|p99|mean)_us": *([0-9.]+)`).FindAllStringSubmatch(string(r.stdout), -1) {
+		if _, frac, _ := strings.Cut(num[2], "."); len(frac) > 2 {
+			t.Errorf("stat --json: %s_us is %s, more than two decimals", num[1], num[2])
+		}
+	}
+	delete(keys, "fault_latency")
+	text := filemapCLI(t, "stat", "--socket", d.socket)
+	text.wantCode(t, 0)
+	var labels []string
+	for _, line := range strings.Split(string(text.stdout), "\n") {
+		labels = append(labels, strings.ToLower(strings.TrimSpace(line)))
+	}
+	hasRow := func(words string) bool {
+		return slices.ContainsFunc(labels, func(l string) bool {
+			rest, ok := strings.CutPrefix(l, words)
+			return ok && (rest == "" || rest[0] == ' ' || rest[0] == '(')
+		})
+	}
+	for key := range keys {
+		if !hasRow(strings.ReplaceAll(key, "_", " ")) {
+			t.Errorf("stat's text has no row for the JSON key %q:\n%s", key, text.stdout)
+		}
+	}
+	for kind := range latency {
+		if !hasRow("fault latency " + kind) {
+			t.Errorf("stat's text has no row for fault_latency %q:\n%s", kind, text.stdout)
+		}
+	}
+	d.stop(t)
+}
+
+// stat's clients are the daemon's connections other than the one asking:
+// none while nothing else is connected, one while another connection is
+// open.
+func TestStatCountsOtherClients(t *testing.T) {
+	d := startDaemon(t)
+	clientsBecome := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			st := statJSON(t, d.socket)
+			if st.Clients == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("stat says %d clients, want %d", st.Clients, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	clientsBecome(0) // the connection that saw the daemon listen has gone
+	c, err := net.Dial("unix", d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientsBecome(1)
+	r := filemapCLI(t, "stat", "--socket", d.socket)
+	r.wantCode(t, 0)
+	if !regexp.MustCompile(`clients \(besides this stat\)\s+1`).Match(r.stdout) {
+		t.Errorf("stat's text does not count the one other client:\n%s", r.stdout)
+	}
+	c.Close()
+	clientsBecome(0)
+	d.stop(t)
+}
+
+// drop-caches says what it dropped: the bytes the cache held, of how many
+// objects.
+func TestDropCachesSaysWhatItDropped(t *testing.T) {
+	d := startDaemon(t)
+	path, _ := randomFile(t, t.TempDir(), 1<<20, 10)
+	filemapCLI(t, "cat", "--socket", d.socket, path).wantCode(t, 0)
+	cached := statJSON(t, d.socket).CacheBytes
+	if cached == 0 {
+		t.Fatal("nothing cached after a cat")
+	}
+	r := filemapCLI(t, "drop-caches", "--socket", d.socket)
+	r.wantCode(t, 0)
+	if want := fmt.Sprintf("dropped %d bytes from the caches of 1 object\n", cached); string(r.stdout) != want {
+		t.Errorf("drop-caches printed %q, want %q", r.stdout, want)
+	}
+	r = filemapCLI(t, "drop-caches", "--socket", d.socket)
+	r.wantCode(t, 0)
+	if want := "dropped 0 bytes from the caches of 0 objects\n"; string(r.stdout) != want {
+		t.Errorf("drop-caches of empty caches printed %q, want %q", r.stdout, want)
 	}
 	d.stop(t)
 }

@@ -35,37 +35,41 @@ func stat(args []string) error {
 		e.SetIndent("", "  ")
 		return e.Encode(st)
 	}
+	// Each label is its JSON key in words, and says more in parentheses.
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', tabwriter.AlignRight)
 	rows := []statRow{
-		{"major faults (store I/O)", st.MajorFaults},
-		{"minor faults (from cache)", st.MinorFaults},
+		{"major faults (needed store I/O)", st.MajorFaults},
+		{"minor faults (served from the cache)", st.MinorFaults},
 		{"SIGBUS (pages poisoned)", st.SIGBUS},
 		{"store reads", st.StoreReads},
 		{"store bytes", size(int64(st.StoreBytes))},
 		{"store errors", st.StoreErrors},
 		{"fills in flight", st.FillsInFlight},
-		{"read buffers / bound", size(st.FillBufferBytes) + " / " + size(st.FillBufferLimit)},
-		{"fills that waited for a buffer", st.FillBufferWaits},
-		{"disk reads in flight / readahead's bound", size(st.DiskReadBytes) + " / " + diskBound(st.DiskReadaheadLimit)},
-		{"readahead reads that waited for the disk", st.DiskReadaheadQueueWaits},
+		{"fill buffer bytes (read buffers)", size(st.FillBufferBytes)},
+		{"fill buffer limit", size(st.FillBufferLimit)},
+		{"fill buffer waits (fills that waited)", st.FillBufferWaits},
+		{"disk read bytes (in flight)", size(st.DiskReadBytes)},
+		{"disk readahead limit", diskBound(st.DiskReadaheadLimit)},
+		{"disk readahead queue waits", st.DiskReadaheadQueueWaits},
 		{"cache bytes", size(st.CacheBytes)},
 		{"cache budget", size(st.CacheBudget)},
 		{"evictions", st.Evictions},
 		{"evicted bytes", size(int64(st.EvictedBytes))},
 		{"refaults", st.Refaults},
-		{"page-state bytes", size(st.MetadataBytes)},
+		{"metadata bytes (page state)", size(st.MetadataBytes)},
 		{"huge extents (2 MiB, collapsed)", st.HugeExtents},
 		{"collapses pending", st.CollapsesPending},
 		{"collapses failed", st.CollapsesFailed},
 		{"objects", st.Objects},
-		{"objects no client has open", st.IdleObjects},
-		{"clients", st.Clients},
+		{"idle objects (no client has them open)", st.IdleObjects},
+		{"clients (besides this stat)", st.Clients},
 		{"regions", st.Regions},
-		{"connections closed for bad input", st.ProtocolErrors},
+		{"protocol errors (connections closed for bad input)", st.ProtocolErrors},
 		{"remote requests", st.RemoteRequests},
-		{"remote bytes requested", size(int64(st.RemoteRequestBytes))},
-		{"remote retries / hedged requests", fmt.Sprintf("%d / %d", st.RemoteRetries, st.RemoteHedges)},
-		{"fills failed: object changed since opened", st.ObjectChanged},
+		{"remote request bytes", size(int64(st.RemoteRequestBytes))},
+		{"remote retries", st.RemoteRetries},
+		{"remote hedges (second requests for a slow one)", st.RemoteHedges},
+		{"object changed (fills failed: changed since opened)", st.ObjectChanged},
 	}
 	if d := st.DiskCache; d != nil {
 		rows = append(rows, []statRow{
@@ -82,18 +86,18 @@ func stat(args []string) error {
 			{"disk cache evictions", d.Evictions},
 		}...)
 	} else if st.DiskCacheOff != "" {
-		rows = append(rows, statRow{"disk cache", "off: " + st.DiskCacheOff})
+		rows = append(rows, statRow{"disk cache off (why)", st.DiskCacheOff})
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%v\t\n", r.name, r.v)
 	}
 	for _, kind := range []string{"major", "minor", "marker", "store"} {
 		if l, ok := st.FaultLatency[kind]; ok && l.Count > 0 {
-			what := kind + " fault service"
+			what := "fault latency " + kind
 			if kind == "store" {
-				what = "store read"
+				what += " (store reads)"
 			}
-			fmt.Fprintf(tw, "%s p50 / p99\t%.1f / %.1f µs (%d)\t\n", what, l.P50Us, l.P99Us, l.Count)
+			fmt.Fprintf(tw, "%s p50 / p99 / mean\t%.2f / %.2f / %.2f µs (count %d)\t\n", what, l.P50Us, l.P99Us, l.MeanUs, l.Count)
 		}
 	}
 	return tw.Flush()
@@ -161,7 +165,20 @@ func dropCaches(args []string) error {
 		fs.Usage()
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	return filemap.DropCaches(context.Background(), filemap.WithSocket(*socket))
+	d, err := filemap.DropCachesCounted(context.Background(), filemap.WithSocket(*socket))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "dropped %s from the caches of %s\n", plural(int(d.Bytes), "byte"), plural(d.Objects, "object"))
+	return nil
+}
+
+// plural is n things, for a person.
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 // diskBound is the bound on readahead reads in flight, for a person.

@@ -70,7 +70,7 @@ var _ remote.Object = (*Object)(nil)
 func Open(ctx context.Context, rawURL string, opts Options) (*Object, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("httpstore: bad URL %q: %w", store.Redact(rawURL), parseReason(err))
+		return nil, fmt.Errorf("httpstore: bad URL %q: %w", store.Redact(rawURL), withoutURL(err))
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("httpstore: %q is not an http:// or https:// URL", u.Redacted())
@@ -91,9 +91,10 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Object, error) {
 	return o, nil
 }
 
-// parseReason is why url.Parse refused a URL, without the URL, which may
-// hold credentials.
-func parseReason(err error) error {
+// withoutURL is the cause inside err's *url.Error, if it has one. That
+// error names the URL, with the credentials of its query in full; the
+// callers here name it themselves, redacted, and once.
+func withoutURL(err error) error {
 	if ue := (*url.Error)(nil); errors.As(err, &ue) {
 		return ue.Err
 	}
@@ -236,7 +237,7 @@ func (o *Object) condition() string {
 func (o *Object) do(ctx context.Context, method string, extra http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, o.url, nil)
 	if err != nil {
-		return nil, parseReason(err)
+		return nil, withoutURL(err)
 	}
 	for k, vs := range o.header {
 		req.Header[k] = vs
@@ -248,12 +249,8 @@ func (o *Object) do(ctx context.Context, method string, extra http.Header) (*htt
 	// gzip and decompress it.
 	req.Header.Set("Accept-Encoding", "identity")
 	resp, err := o.client.Do(req)
-	if ue := (*url.Error)(nil); errors.As(err, &ue) {
-		// net/http names the URL with its password hidden but its query,
-		// presigned signatures and all, in full.
-		ue.URL = o.name
-	}
-	return resp, err
+	// Every caller names the method and the URL already.
+	return resp, withoutURL(err)
 }
 
 // GetRange fills p with the bytes at off of the pinned version.

@@ -384,3 +384,28 @@ func TestEndToEnd(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// An error of a request that got no answer names the URL once: net/http's
+// *url.Error, which names it too (as "Head" or "Get" and the URL), is not
+// kept around its cause.
+func TestUnansweredRequestNamesURLOnce(t *testing.T) {
+	data := reference(testSize)
+	s := newServer(t, data, false, nil)
+	o := openServer(t, s, Options{})
+	url := s.URL + "/obj"
+	s.Close() // every request now fails in net/http
+	_, err := Open(context.Background(), url, Options{Client: testClient(t, s, 2)})
+	if err == nil {
+		t.Fatal("Open of a closed server's URL succeeded")
+	}
+	if n := strings.Count(err.Error(), url); n != 1 || !strings.Contains(err.Error(), "HEAD: ") {
+		t.Errorf("Open error names %s %d times, want once, after HEAD: %v", url, n, err)
+	}
+	err = o.GetRange(context.Background(), make([]byte, 4096), 0)
+	if err == nil {
+		t.Fatal("GetRange from a closed server succeeded")
+	}
+	if n := strings.Count(err.Error(), url); n != 1 {
+		t.Errorf("GetRange error names %s %d times, want once: %v", url, n, err)
+	}
+}

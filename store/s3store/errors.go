@@ -78,6 +78,10 @@ func isDeniedCode(code string) bool {
 func classify(err error) failure {
 	status, code := statusOf(err), codeOf(err)
 	switch {
+	case errors.As(err, new(credentialsError)):
+		// The status in err is the credential source's, not S3's; and
+		// the next refresh of the credentials may succeed.
+		return transient
 	case isTransientCode(code):
 		return transient
 	case isDeniedCode(code):
@@ -132,6 +136,9 @@ func (o *Object) readError(off, n int64, err error) error {
 func (c *Client) openError(ctx context.Context, loc Location, versionID string, head error) error {
 	prefix := fmt.Sprintf("open %s at %s", loc, c.where())
 	var send *smithyhttp.RequestSendError
+	if err := noCredentials(prefix, head); err != nil {
+		return remote.Permanent(err)
+	}
 	if errors.As(head, &send) && ctx.Err() == nil {
 		return fmt.Errorf("%s: endpoint %s unreachable: %w", prefix, c.endpointName(), head)
 	}

@@ -13,6 +13,7 @@ package s3store
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -81,8 +82,11 @@ type Options struct {
 
 	// Config, when set, is used instead of loading the default
 	// configuration, for a caller that has one already. The fields above
-	// still apply on top of it.
+	// still apply on top of it, except Log: the Config's logger stays.
 	Config *aws.Config
+
+	// Log gets the AWS SDK's own log lines, at debug level; nil drops them.
+	Log *slog.Logger
 }
 
 // Client opens S3 objects through one SDK client: a daemon makes one Client
@@ -183,6 +187,7 @@ func loadConfig(ctx context.Context, opts Options) (aws.Config, error) {
 	}
 	load := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(newHTTPClient(opts.ConnectTimeout)),
+		config.WithLogger(sdkLogger(opts.Log)),
 		// Ask for and check checksums only where S3 requires them: a
 		// ranged GET carries no checksum of its own, and S3-compatible
 		// servers vary in the checksums they know.
@@ -198,6 +203,9 @@ func loadConfig(ctx context.Context, opts Options) (aws.Config, error) {
 	cfg, err := config.LoadDefaultConfig(ctx, load...)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("s3store: load AWS configuration: %w", err)
+	}
+	if opts.Credentials == nil && cfg.Credentials != nil {
+		cfg.Credentials = markedChain{cfg.Credentials}
 	}
 	return cfg, nil
 }
