@@ -30,7 +30,7 @@ func TestRedact(t *testing.T) {
 		{"https://example.com/f#sig=x", "https://example.com/f#sig=x"}, // a fragment is no query
 		{"s3://bucket/dir/key", "s3://bucket/dir/key"},
 		{"s3://bucket/100%.bin", "s3://bucket/100%.bin"},
-		{"s3://bucket/a?token=b#c", "s3://bucket/a?token=b#c"}, // a key is literal
+		{"s3://bucket/a?token=b#c", "s3://bucket/a?token=b#c"},               // a key is literal
 		{"/data/alice:s3cr3tpw@model.bin", "/data/alice:s3cr3tpw@model.bin"}, // a path is a path
 		{"file:///data/model.bin", "file:///data/model.bin"},
 	} {

@@ -134,8 +134,8 @@ func TestServeDiskCacheCounts(t *testing.T) {
 	r = filemapCLI(t, "stat", "--socket", second.socket)
 	r.wantCode(t, 0)
 	for _, row := range []string{
-		`remote requests\s+[1-9]\d*`, `remote bytes requested\s+[1-9]\d* \(.*\)`, `remote retries / hedged requests\s+1 / 0`,
-		`fills failed: object changed since opened\s+0`, `disk cache\s+` + regexp.QuoteMeta(dir),
+		`remote requests\s+[1-9]\d*`, `remote request bytes\s+[1-9]\d* \(.*\)`, `remote retries\s+1`,
+		`remote hedges \(.*\)\s+0`, `object changed \(.*\)\s+0`, `disk cache\s+` + regexp.QuoteMeta(dir),
 		`disk cache corrupt chunks \(fetched again\)\s+1`, `disk cache corrupt indexes\s+0`,
 		`disk cache write errors \(not cached\)\s+0`, `disk cache hits / in memory / misses\s+\d+ / \d+ / 1`,
 	} {
@@ -244,7 +244,7 @@ func TestServeDiskCacheReadOnly(t *testing.T) {
 	}
 	r := filemapCLI(t, "stat", "--socket", d.socket)
 	r.wantCode(t, 0)
-	if !regexp.MustCompile(`(?m)^\s*disk cache\s+off: .*read-only file system`).Match(r.stdout) {
+	if !regexp.MustCompile(`(?m)^\s*disk cache off \(why\)\s+.*read-only file system`).Match(r.stdout) {
 		t.Errorf("filemap stat does not say the disk cache is off, and why:\n%s", r.stdout)
 	}
 	d.stop(t)

@@ -137,10 +137,11 @@ func firecrackerCmd(args []string) error {
 		defer stop()
 		log.Info("filemap firecracker: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
-	log.Info("filemap firecracker: listening", "socket", *socket, "mem", store.Redact(*mem), "record", *record, "prefetch", *prefetch,
-		"readahead", int64(h.ra), "readahead-inflight", int64(h.inflight), "copy-around", int64(around), "cache-size", size(h.cacheBytes))
+	// Before "listening": whoever waits for that line may signal at once.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	log.Info("filemap firecracker: listening", "socket", *socket, "mem", store.Redact(*mem), "record", *record, "prefetch", *prefetch,
+		"readahead", int64(h.ra), "readahead-inflight", int64(h.inflight), "copy-around", int64(around), "cache-size", size(h.cacheBytes))
 	go func() {
 		s2 := <-sig
 		log.Info("filemap firecracker: shutting down; restored VMs stall on their next fault until a handler starts again on this socket", "signal", s2.String())

@@ -121,6 +121,9 @@ func serve(args []string) error {
 		defer stop()
 		log.Info("filemap serve: metrics", "url", fmt.Sprintf("http://%s/metrics", addr))
 	}
+	// Before "listening": whoever waits for that line may signal at once.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", h.perm),
 		"readahead", int64(h.ra), "readahead-max", int64(h.raMax), "readahead-inflight", int64(h.inflight), "retries", max(h.retries, 0),
 		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "max-idle-caches", *maxIdle, "store-timeout", *storeTimeout,
@@ -128,8 +131,6 @@ func serve(args []string) error {
 	if s.Stats().DiskCache != nil { // else its file system could not be used: logged
 		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s2 := <-sig
 		log.Info("filemap serve: shutting down", "signal", s2.String())
