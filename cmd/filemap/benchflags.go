@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/filemap/filemap/internal/progress"
 )
 
 func bench(args []string) error {
@@ -26,7 +28,9 @@ func bench(args []string) error {
 	defer stop()
 	context.AfterFunc(ctx, stop) // a second signal kills, as usual
 
-	rep, err := runBench(ctx, fl)
+	p := progress.New(os.Stderr, "filemap bench: ")
+	rep, err := runBench(ctx, fl, p)
+	p.Clear() // before the table or the error, which may go to the same terminal
 	if err != nil {
 		return err
 	}

@@ -104,6 +104,15 @@ type benchReport struct {
 	Notes   []string      `json:"notes,omitempty"`
 }
 
+// rate is the row's throughput: faults a second on the random rows, else
+// megabytes (10^6 bytes) a second.
+func (row *benchRow) rate() string {
+	if row.FaultsPerSec > 0 {
+		return fmt.Sprintf("%.0f faults/s", row.FaultsPerSec)
+	}
+	return fmt.Sprintf("%.0f MB/s", row.MBps)
+}
+
 // summarise gives the 50th and 99th percentiles and the maximum of lat.
 func summarise(lat []time.Duration) *benchLatency {
 	s := slices.Clone(lat)
@@ -215,10 +224,6 @@ func (r *benchReport) printTable(w io.Writer) error {
 		return fmt.Sprintf("%.2fx", v)
 	}
 	for _, row := range r.Rows {
-		rate := fmt.Sprintf("%.0f MB/s", row.MBps)
-		if row.FaultsPerSec > 0 {
-			rate = fmt.Sprintf("%.0f faults/s", row.FaultsPerSec)
-		}
 		reads := "-"
 		if row.StoreReads != nil {
 			reads = fmt.Sprint(*row.StoreReads)
@@ -228,7 +233,7 @@ func (r *benchReport) printTable(w io.Writer) error {
 			spread = fmt.Sprintf("%.2fx", row.Spread)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", row.Case, row.Method, row.Threads, row.Pages,
-			fmtDuration(time.Duration(row.Seconds*float64(time.Second))), spread, rate,
+			fmtDuration(time.Duration(row.Seconds*float64(time.Second))), spread, row.rate(),
 			ratio(row.SpeedVsKernel), ratio(row.TimeVsKernel), ratio(row.SpeedVsPread), row.MajorFaults, row.MinorFaults, reads)
 	}
 	if err := tw.Flush(); err != nil {

@@ -14,10 +14,12 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/floor"
+	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/internal/touch"
 	"golang.org/x/sys/unix"
 )
@@ -40,8 +42,10 @@ const (
 
 // runBench measures every case on the file fl names, or on one it
 // generates, and returns the report of the rows, before ratios and targets.
-func runBench(ctx context.Context, fl benchFlags) (*benchReport, error) {
-	b := &benchRun{ctx: ctx, opts: []filemap.Option{filemap.WithSocket(fl.socket)}, buf: make([]byte, benchReadSize), check: make([]byte, benchReadSize)}
+// p shows which case runs, and each case's rates once it is done.
+func runBench(ctx context.Context, fl benchFlags, p *progress.Reporter) (*benchReport, error) {
+	b := &benchRun{ctx: ctx, p: p, opts: []filemap.Option{filemap.WithSocket(fl.socket)},
+		buf: make([]byte, benchReadSize), check: make([]byte, benchReadSize)}
 	for i := range b.buf {
 		b.buf[i] = 1 // fault the pread loop's buffer in now, not in its timed reads
 	}
@@ -65,12 +69,12 @@ func runBench(ctx context.Context, fl benchFlags) (*benchReport, error) {
 
 	path := fl.file
 	if path == "" {
-		p, cleanup, err := generateBenchFile(fl.dir, fl.size, fl.keep)
+		generated, cleanup, err := generateBenchFile(fl.dir, fl.size, fl.keep, p)
 		if err != nil {
 			return nil, err
 		}
 		defer cleanup()
-		path = p
+		path = generated
 		b.report.Generated = true
 	}
 	if err := b.openFile(path); err != nil {
@@ -90,25 +94,72 @@ func runBench(ctx context.Context, fl benchFlags) (*benchReport, error) {
 	b.order = samplePages(b.npages, n)
 
 	b.report.Rounds = fl.rounds
-	steps := []func() error{b.repeat(b.sequentialCold), b.sequentialWarm, b.repeat(b.randomWarm)}
-	for _, t := range fl.threads {
-		steps = append(steps, b.repeat(func() error { return b.randomCold(t) }))
+	cases := []benchCase{
+		{caseSeq, b.repeat(b.sequentialCold)},
+		{caseWarm, b.sequentialWarm},
+		{caseRandomWarm, b.repeat(b.randomWarm)},
 	}
-	steps = append(steps, b.shm)
-	for _, step := range steps {
+	for _, t := range fl.threads {
+		cases = append(cases, benchCase{withThreads(caseRandom, t), b.repeat(func() error { return b.randomCold(t) })})
+	}
+	cases = append(cases, benchCase{caseShm, b.shm})
+	for i, c := range cases {
 		if err := ctx.Err(); err != nil {
 			return nil, errors.New("interrupted by a signal")
 		}
-		if err := step(); err != nil {
+		if err := b.runCase(c, i, len(cases)); err != nil {
 			return nil, err
 		}
 	}
 	return &b.report, nil
 }
 
+// benchCase is one case of the run, as its progress lines name it.
+type benchCase struct {
+	name string
+	run  func() error
+}
+
+// runCase runs case i of n, showing which runs, then says what it measured.
+func (b *benchRun) runCase(c benchCase, i, n int) error {
+	b.caseName = fmt.Sprintf("%s (case %d of %d)", c.name, i+1, n)
+	first, start := len(b.report.Rows), time.Now()
+	if err := c.run(); err != nil {
+		return err
+	}
+	rates := make([]string, 0, 4)
+	for _, r := range b.report.Rows[first:] {
+		rates = append(rates, r.Method+" "+r.rate())
+	}
+	if len(rates) == 0 {
+		rates = append(rates, "skipped")
+	}
+	b.p.Done("%s: %s; %s", b.caseName, strings.Join(rates, ", "), fmtDuration(time.Since(start)))
+	return nil
+}
+
+// stage shows, on a terminal, what the case runs now. It is not redrawn
+// during a timed touch: a drawing thread woken then would share the
+// touches' CPUs.
+func (b *benchRun) stage(what string) {
+	if b.round > 0 {
+		b.p.Live("%s: round %d of %d, %s", b.caseName, b.round, b.report.Rounds, what)
+		return
+	}
+	b.p.Live("%s: %s", b.caseName, what)
+}
+
+// withThreads is a case's name with its thread count.
+func withThreads(name string, threads int) string {
+	if threads == 1 {
+		return name + ", 1 thread"
+	}
+	return fmt.Sprintf("%s, %d threads", name, threads)
+}
+
 // generateBenchFile writes a file of generated content in dir (else in a
 // new temporary directory). cleanup removes what it made unless keep.
-func generateBenchFile(dir string, size int64, keep bool) (path string, cleanup func(), err error) {
+func generateBenchFile(dir string, size int64, keep bool, p *progress.Reporter) (path string, cleanup func(), err error) {
 	cleanup = func() {}
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "filemap-bench-")
@@ -132,7 +183,7 @@ func generateBenchFile(dir string, size int64, keep bool) (path string, cleanup 
 		prev := cleanup
 		cleanup = func() { os.Remove(path); prev() }
 	}
-	err = writeGenerated(f, size, 1)
+	err = writeGenerated(f, size, 1, p)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -145,6 +196,7 @@ func generateBenchFile(dir string, size int64, keep bool) (path string, cleanup 
 
 type benchRun struct {
 	ctx    context.Context
+	p      *progress.Reporter
 	opts   []filemap.Option // which handler
 	f      *os.File         // the file, read-only
 	path   string
@@ -158,12 +210,16 @@ type benchRun struct {
 	dropTried, dropCaches bool
 	warnedWarm            bool
 	report                benchReport
+	// caseName is the case that runs, for its progress lines, and round
+	// its round (0: a case of one round).
+	caseName string
+	round    int
 }
 
 func (b *benchRun) note(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	b.report.Notes = append(b.report.Notes, msg)
-	fmt.Fprintln(os.Stderr, "filemap bench: note:", msg)
+	b.p.Println("note: %s", msg)
 }
 
 func (b *benchRun) openFile(path string) error {
@@ -274,6 +330,7 @@ func (b *benchRun) kernelRow(name string, f *os.File, size int64, order []int64,
 	}
 	defer unix.Munmap(mem)
 	row := benchRow{Case: name, Method: mapKernel, Threads: threads}
+	b.stage(mapKernel)
 	ru0 := rusage()
 	elapsed, lat, err := b.touch(mem, order, threads)
 	ru1 := rusage()
@@ -300,6 +357,7 @@ func (b *benchRun) filemapRow(name string, f *os.File, size int64, advice filema
 		return fmt.Errorf("%s: filemap maps %d bytes, the file has %d", f.Name(), m.Size(), size)
 	}
 	mem := m.Bytes()
+	b.stage(mapFilemap)
 	st0, err := b.stat()
 	if err != nil {
 		return err
@@ -469,7 +527,8 @@ func samplePages(npages, n int64) []int64 {
 func (b *benchRun) repeat(step func() error) func() error {
 	return func() error {
 		first := len(b.report.Rows)
-		for range b.report.Rounds {
+		defer func() { b.round = 0 }()
+		for b.round = 1; b.round <= b.report.Rounds; b.round++ {
 			if err := b.ctx.Err(); err != nil {
 				return errors.New("interrupted by a signal")
 			}
@@ -523,6 +582,7 @@ func (b *benchRun) sequentialCold() error {
 	if err := b.coldKernel(); err != nil {
 		return err
 	}
+	b.stage(methodPread)
 	runtime.GC()
 	ru0 := rusage()
 	start := time.Now()
@@ -540,6 +600,7 @@ func (b *benchRun) sequentialCold() error {
 	if err := b.coldKernel(); err != nil {
 		return err
 	}
+	b.stage(methodFloor)
 	if elapsed, err = floor.Copy(b.f.Name(), b.size); err != nil {
 		return fmt.Errorf("the fill path's floor: %w", err)
 	}
@@ -556,6 +617,7 @@ func (b *benchRun) sequentialCold() error {
 // background collapses of the extents it read have settled: a warm mapping
 // is one made after the cache has been filled, not while it is converted.
 func (b *benchRun) sequentialWarm() error {
+	b.stage("reading the file into the kernel's page cache")
 	if err := floor.Pread(b.f, b.buf, b.size); err != nil {
 		return err
 	}
@@ -573,6 +635,7 @@ func (b *benchRun) sequentialWarm() error {
 // settle waits until the handler has no collapse pending, for at most a
 // minute, and notes how long that took.
 func (b *benchRun) settle() error {
+	b.stage("waiting for filemap's collapse of its cache into huge folios")
 	st, waited, err := waitCollapses(b.stat, time.Minute)
 	switch {
 	case err != nil:
@@ -645,6 +708,7 @@ func (b *benchRun) shm() error {
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
+	b.stage("copying the file's first " + fmtSize(size) + " to /dev/shm")
 	if _, err := io.Copy(f, io.NewSectionReader(b.f, 0, size)); err != nil {
 		return fmt.Errorf("copy %s to %s: %w", b.path, f.Name(), err)
 	}
