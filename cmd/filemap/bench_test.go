@@ -61,6 +61,26 @@ func TestBench(t *testing.T) {
 			t.Errorf("the output has no %q", col)
 		}
 	}
+	// The targets say what they ask, in words.
+	if !strings.Contains(out, "\ntargets: what filemap aims for beside the kernel's own mmap and a pread loop\n") {
+		t.Error("no heading of the targets")
+	}
+	for _, goal := range [][2]string{
+		{caseSeq, "filemap's speed ≥ 1.5× the kernel mmap's"},
+		{caseSeq, "filemap's speed ≥ 0.8× the pread loop's"},
+		{caseWarm, "filemap's time ≤ 1.3× the kernel mmap's"},
+		{caseRandom + ", 2 threads", "filemap's speed ≥ 1× the kernel mmap's"},
+		{caseRandomWarm, "filemap's p50 latency ≤ 20µs"},
+		{caseRandomWarm, "filemap's p99 latency ≤ 100µs"},
+	} {
+		re := `(?m)^` + regexp.QuoteMeta(goal[0]) + `\s+` + regexp.QuoteMeta(goal[1]) + `\s+[0-9.]+(×|µs|ms)\s+(met|missed)\s`
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("no target %q of %q with its value in the output", goal[1], goal[0])
+		}
+	}
+	if strings.Contains(strings.ToLower(out), "issue") {
+		t.Error("the output names an issue, which means nothing to its reader")
+	}
 	if !regexp.MustCompile(`checked against pread of the file: [1-9]\d* bytes`).MatchString(out) {
 		t.Error("bench did not say how many bytes it checked")
 	}
