@@ -114,6 +114,17 @@ func TestBenchJSON(t *testing.T) {
 	if rep.ColdBy != "drop_caches" && rep.ColdBy != "posix_fadvise" {
 		t.Errorf("cold_by %q", rep.ColdBy)
 	}
+	// The warm rows' cache is the last cold round's: at most the file's
+	// extents are collapsed, however many rounds filled the cache before.
+	if extents := uint64(size / hugeSize); rep.HugeExtents > extents {
+		t.Errorf("%d extents of 2 MiB collapsed in the warm rows' cache, of a file of %d", rep.HugeExtents, extents)
+	}
+	if n := rep.HugeExtents; n > 0 {
+		note := fmt.Sprintf("(%d extents of 2 MiB, %s of %s;", n, fmtBytes(int64(n)*hugeSize), fmtBytes(size))
+		if !slices.ContainsFunc(rep.Notes, func(s string) bool { return strings.Contains(s, note) }) {
+			t.Errorf("no note says %q: %q", note, rep.Notes)
+		}
+	}
 	if rep.ShmSize != size || !strings.HasPrefix(rep.ShmFile, "/dev/shm/") {
 		t.Errorf("shm file %q of %d bytes", rep.ShmFile, rep.ShmSize)
 	}

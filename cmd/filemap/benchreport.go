@@ -121,8 +121,9 @@ type benchReport struct {
 	// during the run; absent where there is no such driver.
 	HaltPollNs *int64 `json:"halt_poll_ns,omitempty"`
 	// SettleSeconds is how long the warm rows waited for the handler's
-	// background collapses; HugeExtents is how many 2 MiB extents it had
-	// collapsed by then.
+	// background collapses; HugeExtents is how many 2 MiB extents of the
+	// cache they map it had collapsed by then: those of the last cold
+	// round's.
 	SettleSeconds float64 `json:"settle_seconds"`
 	HugeExtents   uint64  `json:"huge_extents"`
 	ShmFile       string  `json:"shm_file,omitempty"` // the /dev/shm copy; empty if skipped

@@ -209,7 +209,10 @@ type benchRun struct {
 	// tried once.
 	dropTried, dropCaches bool
 	warnedWarm            bool
-	report                benchReport
+	// hugeBase is the handler's count of extents collapsed into huge
+	// folios when filemap's caches were last emptied.
+	hugeBase uint64
+	report   benchReport
 	// caseName is the case that runs, for its progress lines, and round
 	// its round (0: a case of one round).
 	caseName string
@@ -294,13 +297,21 @@ func (b *benchRun) coldKernel() error {
 	return nil
 }
 
-// coldFilemap empties filemap's caches and then the kernel's.
+// coldFilemap empties filemap's caches and then the kernel's. It notes how
+// many extents the handler has collapsed into huge folios once no collapse
+// of the emptied caches is left: its counter counts every cache's since it
+// started, and settle wants those of the cache filled next.
 func (b *benchRun) coldFilemap() error {
 	ctx, cancel := b.callCtx()
 	defer cancel()
 	if err := filemap.DropCaches(ctx, b.opts...); err != nil {
 		return err
 	}
+	st, _, err := waitCollapses(b.stat, time.Minute)
+	if err != nil {
+		return err
+	}
+	b.hugeBase = st.HugeExtents
 	return b.coldKernel()
 }
 
@@ -644,10 +655,10 @@ func (b *benchRun) settle() error {
 		b.note("warm rows: %d collapses still pending after a minute; measuring anyway", st.CollapsesPending)
 	default:
 		b.report.SettleSeconds = waited.Seconds()
-		b.report.HugeExtents = st.HugeExtents
-		if st.HugeExtents > 0 {
-			b.note("warm rows: after filemap's background collapse of the cache into huge folios (%d extents of 2 MiB; %.1fs after the pread loop)",
-				st.HugeExtents, b.report.SettleSeconds)
+		b.report.HugeExtents = st.HugeExtents - b.hugeBase
+		if n := b.report.HugeExtents; n > 0 {
+			b.note("warm rows: after filemap's background collapse of its cache of the file into huge folios (%d extents of 2 MiB, %s of %s; %.1fs after the pread loop)",
+				n, fmtBytes(int64(n)*hugeSize), fmtBytes(b.size), b.report.SettleSeconds)
 		}
 	}
 	return nil

@@ -161,6 +161,7 @@ func demo(args []string) error {
 		}},
 		{caseSeq, []func() error{
 			func() error { return d.kernelRow(caseSeq, seq, nil, true) },
+			d.markCollapses,
 			func() error { return d.filemapRow(caseSeq, seq, nil, true) },
 		}},
 		{caseWarm, []func() error{
@@ -224,6 +225,15 @@ func (d *demoRun) stat() (filemap.Stats, error) {
 	return filemap.Stat(ctx, d.opts...)
 }
 
+// markCollapses notes how many extents the handler has collapsed into huge
+// folios before the sequential file's cache is filled, once no collapse of
+// another cache is left: its counter counts every cache's since it started.
+func (d *demoRun) markCollapses() error {
+	st, _, err := waitCollapses(d.stat, 30*time.Second)
+	d.hugeBase = st.HugeExtents
+	return err
+}
+
 // settle waits, up to 30 s, for the handler's background collapse of the
 // cache into huge folios, as bench does before its warm rows.
 func (d *demoRun) settle() error {
@@ -232,7 +242,7 @@ func (d *demoRun) settle() error {
 	if err == nil && st.CollapsesPending > 0 {
 		d.warn("%d collapses of the cache into huge folios still pending after 30 s; the warm row measures the cache as it is", st.CollapsesPending)
 	}
-	d.report.HugeExtents = st.HugeExtents
+	d.report.HugeExtents = st.HugeExtents - d.hugeBase
 	return err
 }
 
@@ -252,6 +262,7 @@ type demoRun struct {
 	report     demoReport
 	p          *progress.Reporter
 	caseName   string // the case that runs, for its progress lines
+	hugeBase   uint64 // the handler's collapsed extents before the sequential cold row
 }
 
 func (d *demoRun) warn(format string, args ...any) {

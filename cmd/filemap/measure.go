@@ -30,7 +30,10 @@ const (
 	mapFilemap = "filemap"
 )
 
-const pageSize = pagecache.PageSize
+const (
+	pageSize = pagecache.PageSize
+	hugeSize = pagecache.HugeSize
+)
 
 // residentPages counts f's pages in the page cache, with mincore(2).
 func residentPages(f *os.File, size int64) (int64, error) {
