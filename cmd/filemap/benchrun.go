@@ -94,15 +94,7 @@ func runBench(ctx context.Context, fl benchFlags, p *progress.Reporter) (*benchR
 	b.order = samplePages(b.npages, n)
 
 	b.report.Rounds = fl.rounds
-	cases := []benchCase{
-		{caseSeq, b.repeat(b.sequentialCold)},
-		{caseWarm, b.sequentialWarm},
-		{caseRandomWarm, b.repeat(b.randomWarm)},
-	}
-	for _, t := range fl.threads {
-		cases = append(cases, benchCase{withThreads(caseRandom, t), b.repeat(func() error { return b.randomCold(t) })})
-	}
-	cases = append(cases, benchCase{caseShm, b.shm})
+	cases := b.cases(fl.threads)
 	for i, c := range cases {
 		if err := ctx.Err(); err != nil {
 			return nil, errors.New("interrupted by a signal")
@@ -118,6 +110,20 @@ func runBench(ctx context.Context, fl benchFlags, p *progress.Reporter) (*benchR
 type benchCase struct {
 	name string
 	run  func() error
+}
+
+// cases are the run's cases, in order: the random cold case once for each
+// thread count.
+func (b *benchRun) cases(threads []int) []benchCase {
+	cases := []benchCase{
+		{caseSeq, b.repeat(b.sequentialCold)},
+		{caseWarm, b.sequentialWarm},
+		{caseRandomWarm, b.repeat(b.randomWarm)},
+	}
+	for _, t := range threads {
+		cases = append(cases, benchCase{withThreads(caseRandom, t), b.repeat(func() error { return b.randomCold(t) })})
+	}
+	return append(cases, benchCase{caseShm, b.shm})
 }
 
 // runCase runs case i of n, showing which runs, then says what it measured.
