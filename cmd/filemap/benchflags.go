@@ -94,7 +94,9 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 		"filemap's rows interleaved, and each row shown is the median round; its\n"+
 		"spread is the slowest round's time over the fastest's. A shared\n"+
 		"machine's disk and CPUs drift over seconds: a spread far above 1 says\n"+
-		"the row's ratios are loose.")
+		"the row's ratios are loose.\n\n"+
+		"Progress goes to stderr: on a terminal, a line rewritten in place;\n"+
+		"elsewhere, a line per case as it finishes, with its rates.")
 	size := byteSize(1 << 30)
 	fs.Var(&size, "size", "size of the generated file")
 	fs.StringVar(&fl.dir, "dir", "", "directory for the generated file (default: a new temporary directory)")

@@ -72,7 +72,8 @@ func demo(args []string) error {
 		"The random and sequential cases use two files, so that each is the first\n"+
 		"mapping of its file in the handler and filemap's cache starts cold; the\n"+
 		"kernel's is dropped with posix_fadvise(POSIX_FADV_DONTNEED) before every\n"+
-		"cold row.")
+		"cold row. Progress goes to stderr: on a terminal, a line rewritten in\n"+
+		"place; elsewhere, a line per case as it finishes.")
 	size := byteSize(256 << 20)
 	fs.Var(&size, "size", "size of each generated file")
 	dir := fs.String("dir", "", "directory for the files (default: a new temporary directory)")
