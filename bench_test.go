@@ -75,7 +75,8 @@ func parseBenchSize(s string) int64 {
 }
 
 // dropFileCache empties the kernel's page cache of path: all of it as
-// root (drop_caches, as the cold case asks), else just the file's.
+// root (drop_caches: nothing of the file cached, its inode included), else
+// just the file's.
 func dropFileCache(b *testing.B, path string) {
 	unix.Sync()
 	if os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0) == nil {

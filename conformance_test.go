@@ -1,8 +1,9 @@
 package filemap
 
-// Conformance with the kernel's filemap_fault, item by item from §5 of the
-// reference (shared/reference/kernel-filemap-fault.md). Each test names its
-// item. Faults happen in a driver process; the daemon serves them.
+// Conformance with the kernel's filemap_fault, promise by promise: each
+// test names one thing the kernel guarantees a program that maps a file
+// (the numbers order them) and checks that filemap keeps it. Faults happen
+// in a driver process; the daemon serves them.
 
 import (
 	"fmt"

@@ -407,7 +407,7 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// Reference §5 item 19, end to end: a sequential scan of a cold 16 MiB
+// The kernel's readahead, end to end: a sequential scan of a cold 16 MiB
 // object takes at most 2 major faults; readahead does the rest.
 func TestSequentialScanMajorFaults(t *testing.T) {
 	d := startDaemon(t, server.Config{})

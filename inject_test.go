@@ -1,9 +1,9 @@
 package filemap
 
-// Fault injection with real processes (issue 6, part 2): a store that fails,
-// is slow past the daemon's store timeout, or hangs for some pages; clients
-// SIGKILLed in the middle of faults, a hundred times; a 1 MiB cache under a
-// 256 MiB working set. Every wait is bounded, and each test stops by itself.
+// Fault injection with real processes: a store that fails, is slow past
+// the daemon's store timeout, or hangs for some pages; clients SIGKILLed in
+// the middle of faults, a hundred times; a 1 MiB cache under a 256 MiB
+// working set. Every wait is bounded, and each test stops by itself.
 
 import (
 	"fmt"

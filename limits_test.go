@@ -1,9 +1,9 @@
 package filemap
 
-// Per-client limits (issue 6, part 4), seen from client processes: a limit
-// reached is an error from Open that names it, its flag and the client; a
-// client over its faults in flight waits instead of failing; and nothing
-// of it touches the other clients.
+// Per-client limits, seen from client processes: a limit reached is an
+// error from Open that names it, its flag and the client; a client over its
+// faults in flight waits instead of failing; and nothing of it touches the
+// other clients.
 
 import (
 	"fmt"

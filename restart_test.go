@@ -73,7 +73,7 @@ func (p *daemonProc) stats() Stats {
 	return st
 }
 
-// Issue 6: kill -9 of the daemon in the middle of an 8-thread random read
+// A kill -9 of the daemon in the middle of an 8-thread random read
 // load in each of two clients, then a restart on the same socket. Every
 // client resumes: no SIGBUS, no wrong byte (each read is checked against
 // the file), and the faults that waited through the outage are served.
@@ -135,7 +135,7 @@ func TestRestartAdoptsWarmCache(t *testing.T) {
 	}
 }
 
-// Issue 6: a graceful takeover under load. A new daemon takes the socket
+// A graceful takeover under load. A new daemon takes the socket
 // and every region from the running one, which exits; the clients' 8-thread
 // random loads see no failed fault and no wrong byte.
 func TestTakeoverUnderLoad(t *testing.T) {

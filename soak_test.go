@@ -1,8 +1,8 @@
 package filemap
 
-// The soak (issue 6, part 3): many client processes, each reading a shared
-// object and a private one, at random and sequentially, every byte checked,
-// against one daemon with a cache budget well under the working set.
+// The soak: many client processes, each reading a shared object and a
+// private one, at random and sequentially, every byte checked, against one
+// daemon with a cache budget well under the working set.
 //
 // The short form runs by default (16 clients × 4 threads for 10 s, what two
 // CPUs running the race detector carry in CI); FILEMAP_SOAK=60s runs the

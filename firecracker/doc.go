@@ -8,8 +8,8 @@
 // resolves by filling a private page from a backing store — the snapshot's
 // memory file, as swap-in fills a page from the swap device — through
 // filemap's shared page cache and the swap cache's readahead. The page is
-// installed by copying (UFFDIO_COPY, the way-2 resolution of DESIGN.md),
-// never by mapping the cache: the guest owns and writes its memory.
+// installed by copying (UFFDIO_COPY), never by mapping the cache: the
+// guest owns and writes its memory.
 //
 // The protocol is Firecracker's, exactly: the handler listens on a Unix
 // socket before the VMM connects; one message carries a JSON array of the

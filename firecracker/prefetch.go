@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/remote"
@@ -39,9 +40,9 @@ type prefetch struct {
 	fetch sync.WaitGroup // the fetcher
 	t0    time.Time      // when the prefetch began
 	took  time.Duration  // how long it ran, once over
-	stopP chan struct{}  // stops the progress line
-	stopO sync.Once
-	progW sync.WaitGroup      // the progress line's goroutine
+
+	line  *progress.Reporter  // the progress line, on a terminal; nil if none
+	stopL func()              // stops redrawing it
 	bar   atomic.Pointer[bar] // what the progress line shows
 
 	installed, late, outside atomic.Uint64
@@ -102,6 +103,8 @@ func (v *vm) regionOfIndex(i int64) *vmRegion {
 func (p *prefetch) begin() {
 	p.t0 = time.Now()
 	p.bar.Store(&bar{total: len(p.units)})
+	p.v.log.Info("firecracker: prefetch started", "record", p.v.s.cfg.Prefetch, "planned", len(p.units),
+		"bytes", int64(len(p.units))*int64(p.v.unit))
 	p.fetch.Add(1)
 	if h, ok := p.v.obj.fo.Store.(holder); ok {
 		go p.fetchHeld(h)
@@ -109,27 +112,14 @@ func (p *prefetch) begin() {
 		go p.fetcher()
 	}
 	if w := p.v.s.cfg.Progress; w != nil {
-		p.stopP = make(chan struct{})
-		p.progW.Add(1)
-		go func() {
-			defer p.progW.Done()
-			t := time.NewTicker(200 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-p.stopP:
-					p.draw()
-					fmt.Fprintln(w)
-					return
-				case <-t.C:
-					p.draw()
-				}
-			}
-		}()
+		p.line = progress.NewWriter(w, true, "filemap firecracker: ")
+		p.line.Live("%s", p.progress())
+		p.stopL = p.line.Every(200*time.Millisecond, p.progress)
 	}
 }
 
-func (p *prefetch) draw() {
+// progress is the progress line's text.
+func (p *prefetch) progress() string {
 	b := p.bar.Load()
 	pct := 100.0
 	if b.total > 0 {
@@ -137,7 +127,7 @@ func (p *prefetch) draw() {
 	}
 	const width = 30
 	n := int(pct / 100 * width)
-	fmt.Fprintf(p.v.s.cfg.Progress, "\rfilemap firecracker: VM %d prefetch [%-*s] %d/%d pages (%.0f%%) %v ",
+	return fmt.Sprintf("VM %d prefetch [%-*s] %d/%d pages (%.0f%%) %v",
 		p.v.id, width, string(slices.Repeat([]byte("#"), n)), b.done, b.total, pct, time.Since(p.t0).Round(time.Millisecond))
 }
 
@@ -346,8 +336,11 @@ func (p *prefetch) finish() {
 	p.over = true
 	p.took = time.Since(p.t0)
 	p.v.s.n.prefetching.Add(-1)
-	if p.stopP != nil {
-		p.stopO.Do(func() { close(p.stopP) })
+	if p.line != nil {
+		// Erased before the log line below, which would go on the
+		// progress line's row if it is the same terminal.
+		p.stopL()
+		p.line.Clear()
 	}
 	p.v.log.Info("firecracker: prefetch done", "installed", p.installed.Load(), "planned", len(p.units),
 		"late", p.late.Load(), "took", p.took.Round(time.Millisecond))
@@ -363,7 +356,6 @@ func (p *prefetch) end() {
 	if !p.over {
 		p.finish()
 	}
-	p.progW.Wait()
 	lived := time.Since(p.v.start)
 	for i, u := range p.units {
 		if p.done.get(u) && p.at[i] > lived {

@@ -8,11 +8,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/internal/pty"
 )
 
 func sampleRecord(n int) *Record {
@@ -237,9 +240,25 @@ func TestRecordReplay(t *testing.T) {
 	if st.PrefetchLate != 0 {
 		t.Errorf("%d pages late", st.PrefetchLate)
 	}
-	waitFor(t, "the progress line to end", func() bool {
-		return strings.Contains(progress.String(), fmt.Sprintf("%d/%d pages (100%%)", len(ws), len(ws)))
+	// The replay logs its start and its end, with pages and time; on a
+	// terminal its line shows the planned pages, and is gone once it is
+	// over.
+	waitFor(t, "the replay's end in the log", func() bool { return strings.Contains(ts2.log.String(), "prefetch done") })
+	for _, want := range []string{
+		fmt.Sprintf(`msg="firecracker: prefetch started" .*record=%s planned=%d bytes=%d`, regexp.QuoteMeta(rec), len(ws), len(ws)*PageSize),
+		fmt.Sprintf(`msg="firecracker: prefetch done" .*installed=%d planned=%d late=0 took=\d`, len(ws), len(ws)),
+	} {
+		if !regexp.MustCompile(want).MatchString(ts2.log.String()) {
+			t.Errorf("the log has no line matching %q", want)
+		}
+	}
+	waitFor(t, "the progress line to be erased", func() bool {
+		rows, _ := pty.Screen([]byte(progress.String()), 0)
+		return strings.Join(rows, "") == ""
 	})
+	if !regexp.MustCompile(fmt.Sprintf(`\rfilemap firecracker: VM \d+ prefetch \[#* *\] \d+/%d pages \(`, len(ws))).MatchString(progress.String()) {
+		t.Errorf("the terminal never showed the replay's line of %d pages: %q", len(ws), progress.String())
+	}
 
 	// A guest that starts touching as soon as it is restored races the
 	// replay; whatever the race, every byte is right, and the guest's

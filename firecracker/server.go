@@ -106,8 +106,8 @@ type Config struct {
 	PrefetchBatch    int
 	PrefetchAhead    int
 	PrefetchParallel int
-	// Progress, if set, gets a progress line of each prefetch (a
-	// terminal: it is rewritten in place).
+	// Progress, if set, is a terminal that shows a progress line of each
+	// prefetch, rewritten in place and erased when the prefetch is over.
 	Progress io.Writer
 
 	// Spin is how long a VM's handler polls its userfaultfd before it

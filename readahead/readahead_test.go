@@ -14,7 +14,7 @@ func TestMissReadAround(t *testing.T) {
 		advice Advice
 		want   Window
 	}{
-		// Reference §1.4: a cold fault at 1000 with 32-page ra reads [984, 1016), marker 1008.
+		// The kernel's read-around: a cold fault at 1000 with 32-page ra reads [984, 1016), marker 1008.
 		{kernel, 1000, npages, Normal, Window{984, 1016, 1008}},
 		// A fault at 0 reads [0, 32) with the marker at 24.
 		{kernel, 0, npages, Normal, Window{0, 32, 24}},
@@ -71,8 +71,8 @@ func TestMarkerRampUp(t *testing.T) {
 	}
 }
 
-// Reference §5 item 19: a sequential scan of a cold 16 MiB file with
-// 128 KiB readahead takes at most 2 major faults: the first miss, then
+// As with the kernel's readahead, a sequential scan of a cold 16 MiB file
+// with 128 KiB readahead takes at most 2 major faults: the first miss, then
 // every later window is started by a marker before the reader gets there.
 func TestSequentialScan16MiB(t *testing.T) {
 	const pages = 16 << 20 >> 12
@@ -120,8 +120,8 @@ func TestParseAdvice(t *testing.T) {
 	}
 }
 
-// Reference §1.6 and §5 item 24: the 101st miss without hits reads its
-// page alone; hits bring read-around back.
+// The kernel's mmap_miss (MMAP_LOTSAMISS): the 101st miss without hits
+// reads its page alone; hits bring read-around back.
 func TestMmapMiss(t *testing.T) {
 	var s State
 	for i := range MmapLotsaMiss {

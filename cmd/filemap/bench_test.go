@@ -61,6 +61,26 @@ func TestBench(t *testing.T) {
 			t.Errorf("the output has no %q", col)
 		}
 	}
+	// The targets say what they ask, in words.
+	if !strings.Contains(out, "\ntargets: what filemap aims for beside the kernel's own mmap and a pread loop\n") {
+		t.Error("no heading of the targets")
+	}
+	for _, goal := range [][2]string{
+		{caseSeq, "filemap's speed ≥ 1.5× the kernel mmap's"},
+		{caseSeq, "filemap's speed ≥ 0.8× the pread loop's"},
+		{caseWarm, "filemap's time ≤ 1.3× the kernel mmap's"},
+		{caseRandom + ", 2 threads", "filemap's speed ≥ 1× the kernel mmap's"},
+		{caseRandomWarm, "filemap's p50 latency ≤ 20µs"},
+		{caseRandomWarm, "filemap's p99 latency ≤ 100µs"},
+	} {
+		re := `(?m)^` + regexp.QuoteMeta(goal[0]) + `\s+` + regexp.QuoteMeta(goal[1]) + `\s+[0-9.]+(×|µs|ms)\s+(met|missed)\s`
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("no target %q of %q with its value in the output", goal[1], goal[0])
+		}
+	}
+	if strings.Contains(strings.ToLower(out), "issue") {
+		t.Error("the output names an issue, which means nothing to its reader")
+	}
 	if !regexp.MustCompile(`checked against pread of the file: [1-9]\d* bytes`).MatchString(out) {
 		t.Error("bench did not say how many bytes it checked")
 	}
@@ -93,6 +113,17 @@ func TestBenchJSON(t *testing.T) {
 	}
 	if rep.ColdBy != "drop_caches" && rep.ColdBy != "posix_fadvise" {
 		t.Errorf("cold_by %q", rep.ColdBy)
+	}
+	// The warm rows' cache is the last cold round's: at most the file's
+	// extents are collapsed, however many rounds filled the cache before.
+	if extents := uint64(size / hugeSize); rep.HugeExtents > extents {
+		t.Errorf("%d extents of 2 MiB collapsed in the warm rows' cache, of a file of %d", rep.HugeExtents, extents)
+	}
+	if n := rep.HugeExtents; n > 0 {
+		note := fmt.Sprintf("(%d extents of 2 MiB, %s of %s;", n, fmtBytes(int64(n)*hugeSize), fmtBytes(size))
+		if !slices.ContainsFunc(rep.Notes, func(s string) bool { return strings.Contains(s, note) }) {
+			t.Errorf("no note says %q: %q", note, rep.Notes)
+		}
 	}
 	if rep.ShmSize != size || !strings.HasPrefix(rep.ShmFile, "/dev/shm/") {
 		t.Errorf("shm file %q of %d bytes", rep.ShmFile, rep.ShmSize)

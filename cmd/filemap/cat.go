@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
+	"time"
 
 	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/store"
 )
 
@@ -44,7 +47,9 @@ func cat(args []string) error {
 		end = min(end, start+int64(length))
 	}
 	w := bufio.NewWriterSize(os.Stdout, 1<<20)
-	if err := copyThrough(m, w, start, end); err != nil {
+	var copied atomic.Int64
+	defer showCopy(&copied, end-start)()
+	if err := copyThrough(m, w, start, end, &copied); err != nil {
 		w.Flush()
 		return err
 	}
@@ -53,8 +58,8 @@ func cat(args []string) error {
 
 // copyThrough writes the mapping's bytes [start, end) to w by user-mode
 // loads, so that a page which cannot be read raises SIGBUS here, where it
-// becomes an error that names its offset.
-func copyThrough(m *filemap.Mapping, w *bufio.Writer, start, end int64) error {
+// becomes an error that names its offset. It adds what it wrote to copied.
+func copyThrough(m *filemap.Mapping, w *bufio.Writer, start, end int64, copied *atomic.Int64) error {
 	b := m.Bytes()
 	buf := make([]byte, 1<<20)
 	for off := start; off < end; {
@@ -65,7 +70,30 @@ func copyThrough(m *filemap.Mapping, w *bufio.Writer, start, end int64) error {
 		if _, err := w.Write(buf[:n]); err != nil {
 			return err
 		}
+		copied.Add(int64(n))
 		off += int64(n)
 	}
 	return nil
+}
+
+// showCopy shows how far a cat has got, every second, on a terminal: a
+// large remote object takes minutes. It shows nothing when the bytes go to
+// that terminal too, or for a cat shorter than a second. The function it
+// returns stops it and erases the line.
+func showCopy(copied *atomic.Int64, total int64) (stop func()) {
+	if progress.IsTerminal(os.Stdout) || total == 0 {
+		return func() {}
+	}
+	p := progress.New(os.Stderr, "filemap cat: ")
+	last, lastAt := int64(0), time.Now()
+	stopEvery := p.Every(time.Second, func() string {
+		n, now := copied.Load(), time.Now()
+		rate := float64(n-last) / now.Sub(lastAt).Seconds() / 1e6
+		last, lastAt = n, now
+		return fmt.Sprintf("%s of %s (%.0f%%), %.1f MB/s", fmtBytes(n), fmtBytes(total), 100*float64(n)/float64(total), rate)
+	})
+	return func() {
+		stopEvery()
+		p.Clear()
+	}
 }

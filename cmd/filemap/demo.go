@@ -9,11 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/internal/progress"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,7 +72,8 @@ func demo(args []string) error {
 		"The random and sequential cases use two files, so that each is the first\n"+
 		"mapping of its file in the handler and filemap's cache starts cold; the\n"+
 		"kernel's is dropped with posix_fadvise(POSIX_FADV_DONTNEED) before every\n"+
-		"cold row.")
+		"cold row. Progress goes to stderr: on a terminal, a line rewritten in\n"+
+		"place; elsewhere, a line per case as it finishes.")
 	size := byteSize(256 << 20)
 	fs.Var(&size, "size", "size of each generated file")
 	dir := fs.String("dir", "", "directory for the files (default: a new temporary directory)")
@@ -100,6 +103,8 @@ func demo(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	context.AfterFunc(ctx, stop) // a second signal kills, as usual
+	d.p = progress.New(os.Stderr, "filemap demo: ")
+	defer d.p.Clear() // before the error, which may go to the same terminal
 
 	d.report.Size = d.size
 	d.report.Advice = *seqAdvice
@@ -142,7 +147,7 @@ func demo(args []string) error {
 		}
 	}()
 	for _, f := range d.files {
-		if err := writeGenerated(f.f, d.size, f.seed); err != nil {
+		if err := writeGenerated(f.f, d.size, f.seed, d.p); err != nil {
 			return fmt.Errorf("write %s: %w", f.path, err)
 		}
 	}
@@ -150,23 +155,28 @@ func demo(args []string) error {
 	rnd, seq := &d.files[0], &d.files[1]
 	npages := (d.size + pageSize - 1) / pageSize
 	order := samplePages(npages, max(npages/8, 1))
-	steps := []func() error{
-		func() error { return d.kernelRow(caseRandom, rnd, order, true) },
-		func() error { return d.filemapRow(caseRandom, rnd, order, true) },
-		func() error { return d.kernelRow(caseSeq, seq, nil, true) },
-		func() error { return d.filemapRow(caseSeq, seq, nil, true) },
-		func() error { return d.kernelRow(caseWarm, seq, nil, false) },
-		d.settle,
-		func() error { return d.filemapRow(caseWarm, seq, nil, false) },
+	cases := []demoCase{
+		{caseRandom, []func() error{
+			func() error { return d.kernelRow(caseRandom, rnd, order, true) },
+			func() error { return d.filemapRow(caseRandom, rnd, order, true) },
+		}},
+		{caseSeq, []func() error{
+			func() error { return d.kernelRow(caseSeq, seq, nil, true) },
+			d.markCollapses,
+			func() error { return d.filemapRow(caseSeq, seq, nil, true) },
+		}},
+		{caseWarm, []func() error{
+			func() error { return d.kernelRow(caseWarm, seq, nil, false) },
+			d.settle,
+			func() error { return d.filemapRow(caseWarm, seq, nil, false) },
+		}},
 	}
-	for _, step := range steps {
-		if err := ctx.Err(); err != nil {
-			return errors.New("interrupted by a signal")
-		}
-		if err := step(); err != nil {
+	for i, c := range cases {
+		if err := d.runCase(ctx, c, i, len(cases)); err != nil {
 			return err
 		}
 	}
+	d.p.Clear() // before the table, which may go to the same terminal
 	if *asJSON {
 		e := json.NewEncoder(stdout)
 		e.SetIndent("", "  ")
@@ -175,18 +185,65 @@ func demo(args []string) error {
 	return d.printTable()
 }
 
+// demoCase is one case of the demo: its rows, and what runs between them.
+type demoCase struct {
+	name  string
+	steps []func() error
+}
+
+// runCase runs case i of n, showing which runs, then says what it measured.
+func (d *demoRun) runCase(ctx context.Context, c demoCase, i, n int) error {
+	d.caseName = fmt.Sprintf("%s (case %d of %d)", c.name, i+1, n)
+	first := len(d.report.Rows)
+	for _, step := range c.steps {
+		if err := ctx.Err(); err != nil {
+			return errors.New("interrupted by a signal")
+		}
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	var rates []string
+	for _, r := range d.report.Rows[first:] {
+		rate := fmt.Sprintf("%s %.0f MB/s", r.Mapping, r.MBps)
+		if r.Mapping == mapFilemap {
+			rate += fmt.Sprintf(" (%.2fx the kernel's)", r.Ratio)
+		}
+		rates = append(rates, rate)
+	}
+	d.p.Done("%s: %s", d.caseName, strings.Join(rates, ", "))
+	return nil
+}
+
+// stage shows, on a terminal, what the case runs now.
+func (d *demoRun) stage(what string) {
+	d.p.Live("%s: %s", d.caseName, what)
+}
+
+func (d *demoRun) stat() (filemap.Stats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return filemap.Stat(ctx, d.opts...)
+}
+
+// markCollapses notes how many extents the handler has collapsed into huge
+// folios before the sequential file's cache is filled, once no collapse of
+// another cache is left: its counter counts every cache's since it started.
+func (d *demoRun) markCollapses() error {
+	st, _, err := waitCollapses(d.stat, 30*time.Second)
+	d.hugeBase = st.HugeExtents
+	return err
+}
+
 // settle waits, up to 30 s, for the handler's background collapse of the
 // cache into huge folios, as bench does before its warm rows.
 func (d *demoRun) settle() error {
-	st, _, err := waitCollapses(func() (filemap.Stats, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return filemap.Stat(ctx, d.opts...)
-	}, 30*time.Second)
+	d.stage("waiting for filemap's collapse of its cache into huge folios")
+	st, _, err := waitCollapses(d.stat, 30*time.Second)
 	if err == nil && st.CollapsesPending > 0 {
 		d.warn("%d collapses of the cache into huge folios still pending after 30 s; the warm row measures the cache as it is", st.CollapsesPending)
 	}
-	d.report.HugeExtents = st.HugeExtents
+	d.report.HugeExtents = st.HugeExtents - d.hugeBase
 	return err
 }
 
@@ -204,12 +261,15 @@ type demoRun struct {
 	filemapSeq filemap.Advice
 	files      []demoFile
 	report     demoReport
+	p          *progress.Reporter
+	caseName   string // the case that runs, for its progress lines
+	hugeBase   uint64 // the handler's collapsed extents before the sequential cold row
 }
 
 func (d *demoRun) warn(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	d.report.Warnings = append(d.report.Warnings, msg)
-	fmt.Fprintln(os.Stderr, "filemap demo: warning:", msg)
+	d.p.Println("warning: %s", msg)
 }
 
 // kernelRow measures the kernel's mmap of f (MAP_SHARED, PROT_READ): the
@@ -235,6 +295,7 @@ func (d *demoRun) kernelRow(name string, f *demoFile, order []int64, cold bool) 
 		return fmt.Errorf("madvise %s: %w", f.path, err)
 	}
 	row := demoRow{Case: name, Mapping: mapKernel}
+	d.stage(mapKernel)
 	ru0 := rusage()
 	elapsed, err := timeTouches(mem, order)
 	ru1 := rusage()
@@ -272,6 +333,7 @@ func (d *demoRun) filemapRow(name string, f *demoFile, order []int64, cold bool)
 	}
 	mem := m.Bytes()
 	row := demoRow{Case: name, Mapping: mapFilemap}
+	d.stage(mapFilemap)
 	st0, err := filemap.Stat(ctx, d.opts...)
 	if err != nil {
 		return err

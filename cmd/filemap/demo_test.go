@@ -67,6 +67,9 @@ func TestDemoJSON(t *testing.T) {
 	if os.Geteuid() == 0 && rep.HugeExtents == 0 {
 		t.Errorf("no extent collapsed into a huge folio before the warm row, as root")
 	}
+	if extents := uint64(rep.Size / hugeSize); rep.HugeExtents > extents {
+		t.Errorf("%d extents collapsed in the warm row's cache, of a file of %d", rep.HugeExtents, extents)
+	}
 	for i, row := range rep.Rows {
 		wantCase := []string{caseRandom, caseSeq, caseWarm}[i/2]
 		wantMap := []string{mapKernel, mapFilemap}[i%2]

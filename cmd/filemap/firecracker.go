@@ -8,9 +8,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/filemap/filemap/firecracker"
+	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
@@ -96,7 +95,7 @@ func firecrackerCmd(args []string) error {
 		Spin:              *spin,
 		Log:               log,
 	}
-	if _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); err == nil {
+	if progress.IsTerminal(os.Stderr) {
 		cfg.Progress = os.Stderr
 	}
 	// The memory file must open before a VMM is told to connect: an

@@ -4,10 +4,14 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/internal/sigbus"
 	"github.com/filemap/filemap/pagecache"
 	"golang.org/x/sys/unix"
@@ -26,7 +30,10 @@ const (
 	mapFilemap = "filemap"
 )
 
-const pageSize = pagecache.PageSize
+const (
+	pageSize = pagecache.PageSize
+	hugeSize = pagecache.HugeSize
+)
 
 // residentPages counts f's pages in the page cache, with mincore(2).
 func residentPages(f *os.File, size int64) (int64, error) {
@@ -116,8 +123,16 @@ func fillGenerated(b []byte, off int64, seed uint64) {
 }
 
 // writeGenerated writes size bytes of generated content to f and syncs it,
-// so that its pages are clean and POSIX_FADV_DONTNEED can drop them.
-func writeGenerated(f *os.File, size int64, seed uint64) error {
+// so that its pages are clean and POSIX_FADV_DONTNEED can drop them. A
+// gigabyte takes seconds: p shows how far it has got.
+func writeGenerated(f *os.File, size int64, seed uint64, p *progress.Reporter) error {
+	var written atomic.Int64
+	name := filepath.Base(f.Name()) // the directory is in the report
+	p.Live("writing %s (%s)", name, fmtBytes(size))
+	stop := p.Every(200*time.Millisecond, func() string {
+		return fmt.Sprintf("writing %s: %s of %s", name, fmtBytes(written.Load()), fmtBytes(size))
+	})
+	defer stop()
 	buf := make([]byte, 4<<20)
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		b := buf[:min(int64(len(buf)), size-off)]
@@ -125,6 +140,7 @@ func writeGenerated(f *os.File, size int64, seed uint64) error {
 		if _, err := f.WriteAt(b, off); err != nil {
 			return err
 		}
+		written.Store(off + int64(len(b)))
 	}
 	return f.Sync()
 }
@@ -138,6 +154,19 @@ func fmtDuration(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
 	}
+}
+
+// fmtBytes is n bytes for a person to read: 412.3 MiB, 1 GiB.
+func fmtBytes(n int64) string {
+	const units = "KMGTPE"
+	if n < 1<<10 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	i, v := 0, float64(n)/(1<<10)
+	for ; v >= 1<<10 && i < len(units)-1; i++ {
+		v /= 1 << 10
+	}
+	return strings.Replace(fmt.Sprintf("%.1f %ciB", v, units[i]), ".0 ", " ", 1)
 }
 
 func fmtSize(n int64) string {

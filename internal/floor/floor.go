@@ -3,7 +3,8 @@
 // cache fed by copies cannot go below, filemap's fill path with nothing
 // else, no fault, no message, no client. filemap over the fill path says
 // what the handler adds, and the fill path over the pread loop what copying
-// into new cache pages costs on the machine at hand.
+// into new cache pages costs on the machine at hand. (The floor of a
+// fault's round trip through a handler is in C, tools/uffdfloor.)
 package floor
 
 import (

@@ -22,10 +22,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file holds both ends of the Firecracker UFFD handshake
-// (/work/shared/reference/peers.md §3) as the tests use them: the handler
-// processes (the real `filemap firecracker`, or a small one in this test
-// binary) and the VMM's side, which the test process plays.
+// This file holds both ends of the Firecracker UFFD handshake (the guest
+// memory regions as JSON, the userfaultfd by SCM_RIGHTS) as the tests use
+// them: the handler processes (the real `filemap firecracker`, or a small
+// one in this test binary) and the VMM's side, which the test process
+// plays.
 
 // The environment of the in-test handler's process, this test binary run
 // again (see TestMain).

@@ -51,7 +51,7 @@ type sumRun struct {
 	stride uint32
 }
 
-// TestGuestOnFilemapFirecracker is issue 5's real-guest test: a KVM guest
+// TestGuestOnFilemapFirecracker is the real-guest test: a KVM guest
 // whose memory `filemap firecracker` serves over the Firecracker protocol
 // sums that memory, and the sums must be the memory file's.
 func TestGuestOnFilemapFirecracker(t *testing.T) {

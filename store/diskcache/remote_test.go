@@ -36,9 +36,10 @@ func (o *rangeObject) Key() string     { return "https://example.com/object" }
 func (o *rangeObject) Version() string { return `"etag"` }
 func (o *rangeObject) Close() error    { return nil }
 
-// The issue's target, with store/remote beneath: the first scan makes one
-// request per chunk, whole chunks; a second scan by a new daemon (a new
-// Cache and a new remote store on the same directory) makes none at all.
+// What the disk cache is for, with store/remote beneath: the first scan
+// makes one request per chunk, whole chunks; a second scan by a new daemon
+// (a new Cache and a new remote store on the same directory) makes none at
+// all.
 func TestRemoteSecondScanMakesNoRequests(t *testing.T) {
 	dir := t.TempDir()
 	data := pattern(size, 30)

@@ -1,27 +1,25 @@
+// bench's measurements: the cases, each a row per method, timed side by
+// side in one run and checked against the file.
+
 package main
 
 import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/signal"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/floor"
+	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/internal/touch"
 	"golang.org/x/sys/unix"
 )
@@ -42,194 +40,24 @@ const (
 	benchReadSize = 1 << 20
 )
 
-// benchRow is one measurement: one method in one case.
-type benchRow struct {
-	Case    string  `json:"case"`
-	Method  string  `json:"method"`
-	Threads int     `json:"threads"`  // OS threads touching the pages
-	Pages   int64   `json:"pages"`    // pages touched, one load each (or read, for pread)
-	Bytes   int64   `json:"bytes"`    // bytes of those pages
-	Seconds float64 `json:"seconds"`  // time of the touches alone
-	MBps    float64 `json:"mb_per_s"` // Bytes / Seconds, in 10^6 bytes
-	// FaultsPerSec is Pages / Seconds, on the random cases' rows.
-	FaultsPerSec float64 `json:"faults_per_s,omitempty"`
-	// SpeedVsKernel is this row's throughput over the kernel mmap row's of
-	// the same case and threads (above 1: faster than the kernel), and
-	// TimeVsKernel this row's time over that row's (below 1: faster). Not
-	// on kernel rows.
-	SpeedVsKernel float64 `json:"speed_vs_kernel,omitempty"`
-	TimeVsKernel  float64 `json:"time_vs_kernel,omitempty"`
-	// SpeedVsPread is this row's throughput over the pread loop's: the
-	// sequential cold case's kernel and filemap rows.
-	SpeedVsPread float64 `json:"speed_vs_pread,omitempty"`
-	// MajorFaults and MinorFaults are getrusage(RUSAGE_SELF) deltas on
-	// kernel and pread rows, and the handler's counters' deltas on filemap
-	// rows (faults that reached the handler: pages already in its cache
-	// are mapped by the kernel with no message).
-	MajorFaults uint64 `json:"major_faults"`
-	MinorFaults uint64 `json:"minor_faults"`
-	// StoreReads and StoreBytes are the handler's store I/O; filemap rows only.
-	StoreReads *uint64 `json:"store_reads,omitempty"`
-	StoreBytes *uint64 `json:"store_bytes,omitempty"`
-	// RusageMajor and RusageMinor are this process's getrusage deltas, on
-	// every row.
-	RusageMajor uint64 `json:"rusage_major_faults"`
-	RusageMinor uint64 `json:"rusage_minor_faults"`
-	// Latency is the time of each single load, on the random rows.
-	Latency *benchLatency `json:"latency,omitempty"`
-	// Checked is how many bytes read through the mapping were compared
-	// with pread of the file after the timed touches (filemap rows).
-	Checked int64 `json:"checked_bytes"`
-	// Spread is the slowest round's time over the fastest's, on rows that
-	// are the median of several rounds.
-	Spread float64 `json:"spread,omitempty"`
-}
-
-// benchLatency summarises per-touch times: time.Now around each load.
-type benchLatency struct {
-	Touches int     `json:"touches"`
-	P50us   float64 `json:"p50_us"`
-	P99us   float64 `json:"p99_us"`
-	MaxUs   float64 `json:"max_us"`
-}
-
-// benchTarget is one of issue 3's targets and what this run measured.
-type benchTarget struct {
-	Case    string  `json:"case"`
-	Measure string  `json:"measure"` // a row field: speed_vs_kernel, time_vs_kernel, speed_vs_pread, p50_us, p99_us
-	Value   float64 `json:"value"`
-	Target  string  `json:"target"` // e.g. ">= 1.5"
-	Met     bool    `json:"met"`
-}
-
-type benchReport struct {
-	File      string `json:"file"`
-	Generated bool   `json:"generated"` // a file bench wrote, rather than the user's
-	Size      int64  `json:"size"`
-	Pages     int64  `json:"pages"`
-	Handler   string `json:"handler"`
-	// ColdBy says how the kernel's page cache was emptied before each cold
-	// row: "drop_caches" (sync and echo 3 > /proc/sys/vm/drop_caches) or
-	// "posix_fadvise" (POSIX_FADV_DONTNEED on the file).
-	ColdBy      string `json:"cold_by"`
-	RandomPages int64  `json:"random_pages"`
-	Threads     []int  `json:"threads"`
-	// HaltPollNs is guest_halt_poll_ns of the haltpoll cpuidle driver
-	// during the run; absent where there is no such driver.
-	HaltPollNs *int64 `json:"halt_poll_ns,omitempty"`
-	// SettleSeconds is how long the warm rows waited for the handler's
-	// background collapses; HugeExtents is how many 2 MiB extents it had
-	// collapsed by then.
-	SettleSeconds float64 `json:"settle_seconds"`
-	HugeExtents   uint64  `json:"huge_extents"`
-	ShmFile       string  `json:"shm_file,omitempty"` // the /dev/shm copy; empty if skipped
-	ShmSize       int64   `json:"shm_size,omitempty"`
-	// Rounds is how many times each case but /dev/shm ran, its kernel,
-	// pread and filemap rows interleaved; each of its rows is the median
-	// round.
-	Rounds  int           `json:"rounds"`
-	Rows    []benchRow    `json:"rows"`
-	Targets []benchTarget `json:"targets"`
-	Checked int64         `json:"checked_bytes"`
-	Notes   []string      `json:"notes,omitempty"`
-}
-
-func bench(args []string) error {
-	fs := newFlags("bench", "[flags] [FILE]", "Measures filemap beside the kernel's own mmap, and a plain pread loop, on\n"+
-		"FILE (opened read-only), or on a generated file: side by side in one run,\n"+
-		"as ratios, since only ratios within one run mean much on a shared machine.\n\n"+
-		"  sequential, cold   one load per page; the kernel's page cache dropped\n"+
-		"                     before each row (as root sync and drop_caches, else\n"+
-		"                     posix_fadvise(DONTNEED)) and filemap's emptied too\n"+
-		"                     (DropCaches: with a daemon, the caches of every\n"+
-		"                     client of this user)\n"+
-		"  sequential, warm   the file in the kernel's page cache; a new filemap\n"+
-		"                     mapping of an object already in filemap's cache\n"+
-		"  random 4K, warm    one thread, distinct pages in a fixed random order of\n"+
-		"                     a new mapping, every page cached: the fault served\n"+
-		"                     from the cache (filemap's memfd, the kernel's page\n"+
-		"                     cache); the latency of each load\n"+
-		"  random 4K, cold    distinct pages in a fixed random order, split among\n"+
-		"                     --threads locked OS threads; MADV_RANDOM and\n"+
-		"                     filemap.Random; the latency of each load\n"+
-		"  random 4K, /dev/shm\n"+
-		"                     the same, one thread, on a copy of the file's first\n"+
-		"                     64 MiB in /dev/shm: faults served with no disk I/O,\n"+
-		"                     each one a round trip through the handler\n\n"+
-		"On a KVM guest whose cpuidle driver is haltpoll, an idle vCPU woken by\n"+
-		"another costs tens of microseconds unless it polls first: every fault\n"+
-		"that reaches the handler wakes two threads. --halt-poll-ns sets\n"+
-		"/sys/module/haltpoll/parameters/guest_halt_poll_ns for the run (root)\n"+
-		"and restores it after; the header shows the value in force.\n\n"+
-		"The sequential cold case also times a pread loop (1 MiB reads into one\n"+
-		"buffer): the I/O limit; and filemap's fill path alone (O_DIRECT reads of\n"+
-		"1 MiB, two in flight, each written into a new memfd; no fault, no message):\n"+
-		"the floor of filemap's row. Every page read through filemap is compared\n"+
-		"with pread of the file; a difference is an error naming its offset.\n\n"+
-		"Every case but /dev/shm runs --rounds times, the kernel's, pread's and\n"+
-		"filemap's rows interleaved, and each row shown is the median round; its\n"+
-		"spread is the slowest round's time over the fastest's. A shared\n"+
-		"machine's disk and CPUs drift over seconds: a spread far above 1 says\n"+
-		"the row's ratios are loose.")
-	size := byteSize(1 << 30)
-	fs.Var(&size, "size", "size of the generated file")
-	dir := fs.String("dir", "", "directory for the generated file (default: a new temporary directory)")
-	keep := fs.Bool("keep", false, "keep the generated file")
-	socket := fs.String("socket", "", "daemon socket (default $FILEMAP_SOCKET, else a private handler)")
-	threadsFlag := fs.String("threads", "1,2", "comma-separated thread counts for the random cases")
-	randomPages := fs.Int64("random-pages", 0, fmt.Sprintf("pages the random cases touch (0: 1/16 of the file's, at most %d)", benchRandomCap))
-	asJSON := fs.Bool("json", false, "print JSON for machines")
-	haltPoll := fs.Int64("halt-poll-ns", -1, "set the haltpoll cpuidle driver's guest_halt_poll_ns for the run (-1: leave it)")
-	rounds := fs.Int("rounds", 3, "rounds of each case but /dev/shm, the methods interleaved; each row is the median round")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 1 {
-		fs.Usage()
-		return fmt.Errorf("want at most one FILE, got %q", fs.Args())
-	}
-	threads, err := parseThreads(*threadsFlag)
-	if err != nil {
-		return err
-	}
-	if *randomPages < 0 {
-		return fmt.Errorf("--random-pages %d: want 0 or more", *randomPages)
-	}
-	if *rounds < 1 {
-		return fmt.Errorf("--rounds %d: want 1 or more", *rounds)
-	}
-	userFile := fs.Arg(0)
-	if userFile != "" {
-		var genOnly []string
-		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "size" || f.Name == "dir" || f.Name == "keep" {
-				genOnly = append(genOnly, "--"+f.Name)
-			}
-		})
-		if len(genOnly) > 0 {
-			return fmt.Errorf("%s: only for the generated file, not with FILE %s", strings.Join(genOnly, ", "), userFile)
-		}
-	} else if size < 1 {
-		return fmt.Errorf("--size %d: at least one byte (the kernel cannot map an empty file)", size)
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	context.AfterFunc(ctx, stop) // a second signal kills, as usual
-
-	b := &benchRun{ctx: ctx, opts: []filemap.Option{filemap.WithSocket(*socket)}, buf: make([]byte, benchReadSize), check: make([]byte, benchReadSize)}
+// runBench measures every case on the file fl names, or on one it
+// generates, and returns the report of the rows, before ratios and targets.
+// p shows which case runs, and each case's rates once it is done.
+func runBench(ctx context.Context, fl benchFlags, p *progress.Reporter) (*benchReport, error) {
+	b := &benchRun{ctx: ctx, p: p, opts: []filemap.Option{filemap.WithSocket(fl.socket)},
+		buf: make([]byte, benchReadSize), check: make([]byte, benchReadSize)}
 	for i := range b.buf {
 		b.buf[i] = 1 // fault the pread loop's buffer in now, not in its timed reads
 	}
-	b.report.Threads = threads
-	restore, err := setHaltPoll(*haltPoll)
+	b.report.Threads = fl.threads
+	restore, err := setHaltPoll(fl.haltPoll)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer restore()
 	b.report.HaltPollNs = haltPollNs()
 	b.report.Handler = "private"
-	if s := *socket; s != "" {
+	if s := fl.socket; s != "" {
 		b.report.Handler = "daemon at " + s
 	} else if s := os.Getenv("FILEMAP_SOCKET"); s != "" {
 		b.report.Handler = "daemon at " + s
@@ -239,22 +67,22 @@ func bench(args []string) error {
 		b.note("%s: its counters include every client's faults, and DropCaches empties the caches of every client of this user", b.report.Handler)
 	}
 
-	path := userFile
+	path := fl.file
 	if path == "" {
-		p, cleanup, err := generateBenchFile(*dir, int64(size), *keep)
+		generated, cleanup, err := generateBenchFile(fl.dir, fl.size, fl.keep, p)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer cleanup()
-		path = p
+		path = generated
 		b.report.Generated = true
 	}
 	if err := b.openFile(path); err != nil {
-		return err
+		return nil, err
 	}
 	defer b.f.Close()
 	b.report.File, b.report.Size, b.report.Pages = path, b.size, b.npages
-	n := *randomPages
+	n := fl.randomPages
 	if n == 0 {
 		n = min(max(b.npages/16, 1), benchRandomCap)
 	}
@@ -265,49 +93,79 @@ func bench(args []string) error {
 	b.report.RandomPages = n
 	b.order = samplePages(b.npages, n)
 
-	b.report.Rounds = *rounds
-	steps := []func() error{b.repeat(b.sequentialCold), b.sequentialWarm, b.repeat(b.randomWarm)}
-	for _, t := range threads {
-		steps = append(steps, b.repeat(func() error { return b.randomCold(t) }))
-	}
-	steps = append(steps, b.shm)
-	for _, step := range steps {
+	b.report.Rounds = fl.rounds
+	cases := b.cases(fl.threads)
+	for i, c := range cases {
 		if err := ctx.Err(); err != nil {
-			return errors.New("interrupted by a signal")
+			return nil, errors.New("interrupted by a signal")
 		}
-		if err := step(); err != nil {
-			return err
+		if err := b.runCase(c, i, len(cases)); err != nil {
+			return nil, err
 		}
 	}
-	b.ratios()
-	b.targets()
-	if *asJSON {
-		e := json.NewEncoder(stdout)
-		e.SetIndent("", "  ")
-		return e.Encode(b.report)
-	}
-	return b.printTable()
+	return &b.report, nil
 }
 
-// parseThreads parses --threads: distinct counts from 1 to 64.
-func parseThreads(s string) ([]int, error) {
-	var ts []int
-	for f := range strings.SplitSeq(s, ",") {
-		t, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || t < 1 || t > 64 {
-			return nil, fmt.Errorf("--threads %q: want comma-separated thread counts from 1 to 64", s)
-		}
-		if slices.Contains(ts, t) {
-			return nil, fmt.Errorf("--threads %q: %d twice", s, t)
-		}
-		ts = append(ts, t)
+// benchCase is one case of the run, as its progress lines name it.
+type benchCase struct {
+	name string
+	run  func() error
+}
+
+// cases are the run's cases, in order: the random cold case once for each
+// thread count.
+func (b *benchRun) cases(threads []int) []benchCase {
+	cases := []benchCase{
+		{caseSeq, b.repeat(b.sequentialCold)},
+		{caseWarm, b.sequentialWarm},
+		{caseRandomWarm, b.repeat(b.randomWarm)},
 	}
-	return ts, nil
+	for _, t := range threads {
+		cases = append(cases, benchCase{withThreads(caseRandom, t), b.repeat(func() error { return b.randomCold(t) })})
+	}
+	return append(cases, benchCase{caseShm, b.shm})
+}
+
+// runCase runs case i of n, showing which runs, then says what it measured.
+func (b *benchRun) runCase(c benchCase, i, n int) error {
+	b.caseName = fmt.Sprintf("%s (case %d of %d)", c.name, i+1, n)
+	first, start := len(b.report.Rows), time.Now()
+	if err := c.run(); err != nil {
+		return err
+	}
+	rates := make([]string, 0, 4)
+	for _, r := range b.report.Rows[first:] {
+		rates = append(rates, r.Method+" "+r.rate())
+	}
+	if len(rates) == 0 {
+		rates = append(rates, "skipped")
+	}
+	b.p.Done("%s: %s; %s", b.caseName, strings.Join(rates, ", "), fmtDuration(time.Since(start)))
+	return nil
+}
+
+// stage shows, on a terminal, what the case runs now. It is not redrawn
+// during a timed touch: a drawing thread woken then would share the
+// touches' CPUs.
+func (b *benchRun) stage(what string) {
+	if b.round > 0 {
+		b.p.Live("%s: round %d of %d, %s", b.caseName, b.round, b.report.Rounds, what)
+		return
+	}
+	b.p.Live("%s: %s", b.caseName, what)
+}
+
+// withThreads is a case's name with its thread count.
+func withThreads(name string, threads int) string {
+	if threads == 1 {
+		return name + ", 1 thread"
+	}
+	return fmt.Sprintf("%s, %d threads", name, threads)
 }
 
 // generateBenchFile writes a file of generated content in dir (else in a
 // new temporary directory). cleanup removes what it made unless keep.
-func generateBenchFile(dir string, size int64, keep bool) (path string, cleanup func(), err error) {
+func generateBenchFile(dir string, size int64, keep bool, p *progress.Reporter) (path string, cleanup func(), err error) {
 	cleanup = func() {}
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "filemap-bench-")
@@ -331,7 +189,7 @@ func generateBenchFile(dir string, size int64, keep bool) (path string, cleanup 
 		prev := cleanup
 		cleanup = func() { os.Remove(path); prev() }
 	}
-	err = writeGenerated(f, size, 1)
+	err = writeGenerated(f, size, 1, p)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -344,6 +202,7 @@ func generateBenchFile(dir string, size int64, keep bool) (path string, cleanup 
 
 type benchRun struct {
 	ctx    context.Context
+	p      *progress.Reporter
 	opts   []filemap.Option // which handler
 	f      *os.File         // the file, read-only
 	path   string
@@ -356,13 +215,20 @@ type benchRun struct {
 	// tried once.
 	dropTried, dropCaches bool
 	warnedWarm            bool
-	report                benchReport
+	// hugeBase is the handler's count of extents collapsed into huge
+	// folios when filemap's caches were last emptied.
+	hugeBase uint64
+	report   benchReport
+	// caseName is the case that runs, for its progress lines, and round
+	// its round (0: a case of one round).
+	caseName string
+	round    int
 }
 
 func (b *benchRun) note(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	b.report.Notes = append(b.report.Notes, msg)
-	fmt.Fprintln(os.Stderr, "filemap bench: note:", msg)
+	b.p.Println("note: %s", msg)
 }
 
 func (b *benchRun) openFile(path string) error {
@@ -437,13 +303,21 @@ func (b *benchRun) coldKernel() error {
 	return nil
 }
 
-// coldFilemap empties filemap's caches and then the kernel's.
+// coldFilemap empties filemap's caches and then the kernel's. It notes how
+// many extents the handler has collapsed into huge folios once no collapse
+// of the emptied caches is left: its counter counts every cache's since it
+// started, and settle wants those of the cache filled next.
 func (b *benchRun) coldFilemap() error {
 	ctx, cancel := b.callCtx()
 	defer cancel()
 	if err := filemap.DropCaches(ctx, b.opts...); err != nil {
 		return err
 	}
+	st, _, err := waitCollapses(b.stat, time.Minute)
+	if err != nil {
+		return err
+	}
+	b.hugeBase = st.HugeExtents
 	return b.coldKernel()
 }
 
@@ -473,6 +347,7 @@ func (b *benchRun) kernelRow(name string, f *os.File, size int64, order []int64,
 	}
 	defer unix.Munmap(mem)
 	row := benchRow{Case: name, Method: mapKernel, Threads: threads}
+	b.stage(mapKernel)
 	ru0 := rusage()
 	elapsed, lat, err := b.touch(mem, order, threads)
 	ru1 := rusage()
@@ -499,6 +374,7 @@ func (b *benchRun) filemapRow(name string, f *os.File, size int64, advice filema
 		return fmt.Errorf("%s: filemap maps %d bytes, the file has %d", f.Name(), m.Size(), size)
 	}
 	mem := m.Bytes()
+	b.stage(mapFilemap)
 	st0, err := b.stat()
 	if err != nil {
 		return err
@@ -637,23 +513,6 @@ func (b *benchRun) addRow(row benchRow, size int64, order []int64, elapsed time.
 	b.report.Rows = append(b.report.Rows, row)
 }
 
-// summarise gives the 50th and 99th percentiles and the maximum of lat.
-func summarise(lat []time.Duration) *benchLatency {
-	s := slices.Clone(lat)
-	slices.Sort(s)
-	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-	return &benchLatency{Touches: len(s), P50us: us(percentile(s, 50)), P99us: us(percentile(s, 99)), MaxUs: us(s[len(s)-1])}
-}
-
-// percentile is the nearest-rank q-th percentile of sorted.
-func percentile(sorted []time.Duration, q int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := (len(sorted)*q + 99) / 100 // ceil(n·q/100), a rank from 1
-	return sorted[min(max(i, 1), len(sorted))-1]
-}
-
 // samplePages is a fixed-seed choice of n distinct pages of npages, in
 // random order. It never builds a permutation of a large file's pages.
 func samplePages(npages, n int64) []int64 {
@@ -685,7 +544,8 @@ func samplePages(npages, n int64) []int64 {
 func (b *benchRun) repeat(step func() error) func() error {
 	return func() error {
 		first := len(b.report.Rows)
-		for range b.report.Rounds {
+		defer func() { b.round = 0 }()
+		for b.round = 1; b.round <= b.report.Rounds; b.round++ {
 			if err := b.ctx.Err(); err != nil {
 				return errors.New("interrupted by a signal")
 			}
@@ -739,6 +599,7 @@ func (b *benchRun) sequentialCold() error {
 	if err := b.coldKernel(); err != nil {
 		return err
 	}
+	b.stage(methodPread)
 	runtime.GC()
 	ru0 := rusage()
 	start := time.Now()
@@ -756,6 +617,7 @@ func (b *benchRun) sequentialCold() error {
 	if err := b.coldKernel(); err != nil {
 		return err
 	}
+	b.stage(methodFloor)
 	if elapsed, err = floor.Copy(b.f.Name(), b.size); err != nil {
 		return fmt.Errorf("the fill path's floor: %w", err)
 	}
@@ -772,6 +634,7 @@ func (b *benchRun) sequentialCold() error {
 // background collapses of the extents it read have settled: a warm mapping
 // is one made after the cache has been filled, not while it is converted.
 func (b *benchRun) sequentialWarm() error {
+	b.stage("reading the file into the kernel's page cache")
 	if err := floor.Pread(b.f, b.buf, b.size); err != nil {
 		return err
 	}
@@ -789,6 +652,7 @@ func (b *benchRun) sequentialWarm() error {
 // settle waits until the handler has no collapse pending, for at most a
 // minute, and notes how long that took.
 func (b *benchRun) settle() error {
+	b.stage("waiting for filemap's collapse of its cache into huge folios")
 	st, waited, err := waitCollapses(b.stat, time.Minute)
 	switch {
 	case err != nil:
@@ -797,10 +661,10 @@ func (b *benchRun) settle() error {
 		b.note("warm rows: %d collapses still pending after a minute; measuring anyway", st.CollapsesPending)
 	default:
 		b.report.SettleSeconds = waited.Seconds()
-		b.report.HugeExtents = st.HugeExtents
-		if st.HugeExtents > 0 {
-			b.note("warm rows: after filemap's background collapse of the cache into huge folios (%d extents of 2 MiB; %.1fs after the pread loop)",
-				st.HugeExtents, b.report.SettleSeconds)
+		b.report.HugeExtents = st.HugeExtents - b.hugeBase
+		if n := b.report.HugeExtents; n > 0 {
+			b.note("warm rows: after filemap's background collapse of its cache of the file into huge folios (%d extents of 2 MiB, %s of %s; %.1fs after the pread loop)",
+				n, fmtBytes(int64(n)*hugeSize), fmtBytes(b.size), b.report.SettleSeconds)
 		}
 	}
 	return nil
@@ -861,6 +725,7 @@ func (b *benchRun) shm() error {
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
+	b.stage("copying the file's first " + fmtSize(size) + " to /dev/shm")
 	if _, err := io.Copy(f, io.NewSectionReader(b.f, 0, size)); err != nil {
 		return fmt.Errorf("copy %s to %s: %w", b.path, f.Name(), err)
 	}
@@ -874,170 +739,4 @@ func (b *benchRun) shm() error {
 		return err
 	}
 	return b.filemapRow(caseShm, f, size, filemap.Random, order, 1, true)
-}
-
-// ratios relates each row to the kernel's and the pread loop's rows of
-// its case.
-func (b *benchRun) ratios() {
-	rows := b.report.Rows
-	find := func(c, method string, threads int) *benchRow {
-		for i := range rows {
-			if rows[i].Case == c && rows[i].Method == method && rows[i].Threads == threads {
-				return &rows[i]
-			}
-		}
-		return nil
-	}
-	for i := range rows {
-		r := &rows[i]
-		if k := find(r.Case, mapKernel, r.Threads); k != nil && r.Method != mapKernel && k.MBps > 0 && k.Seconds > 0 {
-			r.SpeedVsKernel, r.TimeVsKernel = r.MBps/k.MBps, r.Seconds/k.Seconds
-		}
-		if p := find(r.Case, methodPread, r.Threads); p != nil && r.Method != methodPread && p.MBps > 0 {
-			r.SpeedVsPread = r.MBps / p.MBps
-		}
-	}
-}
-
-// targets compares the filemap rows with issue 3's targets.
-func (b *benchRun) targets() {
-	b.report.Targets = []benchTarget{}
-	add := func(c string, threads int, measure string, atLeast bool, limit float64) {
-		var r *benchRow
-		for i := range b.report.Rows {
-			if x := &b.report.Rows[i]; x.Case == c && x.Method == mapFilemap && x.Threads == threads {
-				r = x
-			}
-		}
-		if r == nil {
-			return
-		}
-		var v float64
-		switch measure {
-		case "speed_vs_kernel":
-			v = r.SpeedVsKernel
-		case "time_vs_kernel":
-			v = r.TimeVsKernel
-		case "speed_vs_pread":
-			v = r.SpeedVsPread
-		case "p50_us":
-			v = r.Latency.P50us
-		case "p99_us":
-			v = r.Latency.P99us
-		}
-		t := benchTarget{Case: c, Measure: measure, Value: v, Target: fmt.Sprintf("<= %g", limit), Met: v <= limit}
-		if atLeast {
-			t.Target, t.Met = fmt.Sprintf(">= %g", limit), v >= limit
-		}
-		if threads > 1 {
-			t.Case = fmt.Sprintf("%s, %d threads", c, threads)
-		}
-		b.report.Targets = append(b.report.Targets, t)
-	}
-	add(caseSeq, 1, "speed_vs_kernel", true, 1.5)
-	add(caseSeq, 1, "speed_vs_pread", true, 0.8)
-	add(caseWarm, 1, "time_vs_kernel", false, 1.3)
-	t := slices.Max(b.report.Threads)
-	if slices.Contains(b.report.Threads, 2) {
-		t = 2
-	}
-	add(caseRandom, t, "speed_vs_kernel", true, 1.0)
-	add(caseRandomWarm, 1, "p50_us", false, 20)
-	add(caseRandomWarm, 1, "p99_us", false, 100)
-}
-
-func (b *benchRun) printTable() error {
-	r := &b.report
-	what := "yours, read-only"
-	if r.Generated {
-		what = "generated"
-	}
-	fmt.Fprintf(stdout, "filemap bench: %s (%s), %s, %d pages; handler: %s\n", r.File, what, fmtSize(r.Size), r.Pages, r.Handler)
-	fmt.Fprintf(stdout, "cold: %s before each cold row, and filemap.DropCaches; random: %d pages, threads %s", r.ColdBy, r.RandomPages, joinInts(r.Threads))
-	if r.ShmFile != "" {
-		fmt.Fprintf(stdout, "; /dev/shm: the first %s", fmtSize(r.ShmSize))
-	}
-	if r.HaltPollNs != nil {
-		fmt.Fprintf(stdout, "; guest_halt_poll_ns %d", *r.HaltPollNs)
-	}
-	fmt.Fprint(stdout, "\n\n")
-
-	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "case\tmethod\tthreads\tpages\ttime\tspread\trate\tspeed/kernel\ttime/kernel\tspeed/pread\tmajor faults\tminor faults\tstore reads\t")
-	ratio := func(v float64) string {
-		if v == 0 {
-			return ""
-		}
-		return fmt.Sprintf("%.2fx", v)
-	}
-	for _, row := range r.Rows {
-		rate := fmt.Sprintf("%.0f MB/s", row.MBps)
-		if row.FaultsPerSec > 0 {
-			rate = fmt.Sprintf("%.0f faults/s", row.FaultsPerSec)
-		}
-		reads := "-"
-		if row.StoreReads != nil {
-			reads = fmt.Sprint(*row.StoreReads)
-		}
-		spread := ""
-		if row.Spread > 0 {
-			spread = fmt.Sprintf("%.2fx", row.Spread)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", row.Case, row.Method, row.Threads, row.Pages,
-			fmtDuration(time.Duration(row.Seconds*float64(time.Second))), spread, rate,
-			ratio(row.SpeedVsKernel), ratio(row.TimeVsKernel), ratio(row.SpeedVsPread), row.MajorFaults, row.MinorFaults, reads)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-
-	fmt.Fprint(stdout, "\nfault service latency: time.Now around each single-byte load\n\n")
-	fmt.Fprintln(tw, "case\tmethod\tthreads\ttouches\tp50\tp99\tmax\t")
-	for _, row := range r.Rows {
-		if l := row.Latency; l != nil {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t\n", row.Case, row.Method, row.Threads, l.Touches, fmtMicros(l.P50us), fmtMicros(l.P99us), fmtMicros(l.MaxUs))
-		}
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-
-	fmt.Fprint(stdout, "\ntargets (issue 3):\n\n")
-	for _, t := range r.Targets {
-		met := "missed"
-		if t.Met {
-			met = "met"
-		}
-		fmt.Fprintf(tw, "%s\tfilemap %s\t%.3g\twant %s\t%s\t\n", t.Case, t.Measure, t.Value, t.Target, met)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-
-	fmt.Fprintln(stdout, "\nspeed/kernel: throughput over the kernel mmap row's (above 1 is faster); time/kernel: its inverse")
-	if r.Rounds > 1 {
-		fmt.Fprintf(stdout, "rows but /dev/shm: the median of %d rounds, the methods interleaved; spread: the slowest round's time over the fastest's\n", r.Rounds)
-	}
-	fmt.Fprintln(stdout, "faults: getrusage(RUSAGE_SELF) on kernel and pread rows; the handler's counters on filemap rows")
-	fmt.Fprintln(stdout, "fill path: filemap's fill path alone, the floor of its cold row: O_DIRECT reads of 1 MiB, two in flight, each written into a new memfd")
-	for _, n := range r.Notes {
-		fmt.Fprintln(stdout, "note:", n)
-	}
-	fmt.Fprintf(stdout, "checked against pread of the file: %d bytes read through filemap\n", r.Checked)
-	return nil
-}
-
-func fmtMicros(us float64) string {
-	if us >= 1000 {
-		return fmt.Sprintf("%.2fms", us/1000)
-	}
-	return fmt.Sprintf("%.1fµs", us)
-}
-
-func joinInts(xs []int) string {
-	s := make([]string, len(xs))
-	for i, x := range xs {
-		s[i] = strconv.Itoa(x)
-	}
-	return strings.Join(s, ",")
 }
