@@ -92,7 +92,7 @@ func TestRemotePrefetchSkipsCached(t *testing.T) {
 	obj := &rangeObject{data: data}
 	st = c.Wrap(remote.New(obj, cfg))
 	defer st.Close()
-	st.(store.Prefetcher).Prefetch([][2]int64{{0, 3 * cs}, {3 * cs, size}})
+	st.(store.Prefetcher).Prefetch(context.Background(), [][2]int64{{0, 3 * cs}, {3 * cs, size}})
 	readAll(t, st, data, pageSize)
 	got := obj.requests()
 	slices.SortFunc(got, func(a, b [2]int64) int { return int(a[0] - b[0]) })
