@@ -32,15 +32,15 @@ type client struct {
 }
 
 // connect reaches the handler at socket, else at $FILEMAP_SOCKET, else a
-// private handler of this process.
-func connect(ctx context.Context, socket string) (*client, error) {
+// private handler of this process with settings set.
+func connect(ctx context.Context, socket string, set handlerSettings) (*client, error) {
 	path := socket
 	if path == "" {
 		path = os.Getenv("FILEMAP_SOCKET")
 	}
 	if path == "" {
 		var err error
-		if path, err = privateHandler(); err != nil {
+		if path, err = privateHandler(set); err != nil {
 			return nil, err
 		}
 	}
