@@ -275,13 +275,22 @@ func (h *Handler) FillMemory() FillMemStats {
 // WaitFill waits for fill f to end, promoting it first, if it is a
 // readahead fill still waiting for a buffer or for the cache file, to the
 // precedence of a fault's own read: whoever waits for f is a faulter.
-func (h *Handler) WaitFill(f *pagecache.Fill) {
+func (h *Handler) WaitFill(f *pagecache.Fill) { h.waitFill(context.Background(), f) }
+
+// waitFill is WaitFill, giving up when ctx, the faulter's, is done; it
+// says whether f ended.
+func (h *Handler) waitFill(ctx context.Context, f *pagecache.Fill) bool {
 	done := f.Wait() // and its reads and writes go before readahead's
 	h.mem.promote(f)
 	if h.disk != nil {
 		h.disk.promote(f)
 	}
-	<-done
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // diskOf is the queue that bounds o's readahead reads, or nil.
@@ -338,6 +347,8 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 	cache := r.Obj.Cache
 	kind := "minor"
 	defer func() { h.cfg.Observer.Fault(kind, time.Since(start)) }()
+	ctx, cancel := h.deadline(start)
+	defer cancel() // what its reads started and left running, nobody waits for now
 	for {
 		var w readahead.Window
 		around := page &^ (readahead.FaultAroundPages - 1)
@@ -356,7 +367,11 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.wake(r, page, page+1)
 			return
 		case pagecache.InFlight:
-			h.WaitFill(f)
+			if !h.waitFill(ctx, f) {
+				h.poison(r, page, fmt.Errorf("%s page %d (offset %d): still being read, by a fill of pages [%d, %d), at the fault timeout (%v)",
+					cache.Name(), page, page*ps, f.Start, f.End, h.cfg.Timeout))
+				return
+			}
 			if f.Uptodate(page) {
 				h.c.Minor.Add(1)
 				r.hit()
@@ -384,9 +399,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.c.Major.Add(1)
 			refault := h.cfg.Budget.Refault(cache, page)
 			h.c.FillsInFlight.Add(1)
-			ctx, cancel := h.deadline(start)
 			h.fill(ctx, r.Obj, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
-			cancel() // what the fill's reads started and left running, nobody waits for now
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -397,7 +410,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 	}
 }
 
-// deadline is the context of the reads for a fault, or a readahead window,
+// deadline is the context of the reads for a fault, or a readahead fill,
 // that began at start: it ends Timeout after start.
 func (h *Handler) deadline(start time.Time) (context.Context, context.CancelFunc) {
 	if h.cfg.Timeout < 0 {
@@ -446,8 +459,8 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 // here before it waits for a buffer cannot promote it, and waits for its
 // turn: a buffer always comes, as every buffer lent is given back.)
 //
-// The window's reads share one deadline, Timeout from now, and end, with
-// what the store started for them, when the last of its fills does.
+// Each fill's reads end Timeout after it starts; what the store started
+// for the window (see prefetch) ends when the last of its fills does.
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
 	// Fills end on chunkPages boundaries, so that none straddles two of a
@@ -460,20 +473,30 @@ func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	if len(fills) == 0 {
 		return
 	}
-	ctx, cancel := h.deadline(time.Now())
-	left := atomic.Int64{}
-	left.Store(int64(len(fills)))
-	h.prefetch(ctx, o, fills)
+	window, filled := untilAll(len(fills))
+	h.prefetch(window, o, fills)
 	for _, f := range fills {
 		h.c.FillsInFlight.Add(1)
 		h.mem.get(f, h.piecePages(f), false, func(b *[]byte) {
 			go func() {
+				ctx, cancel := h.deadline(time.Now())
 				h.fill(ctx, o, f, b, w.Marker, false)
-				if left.Add(-1) == 0 {
-					cancel()
-				}
+				cancel()
+				filled()
 			}()
 		})
+	}
+}
+
+// untilAll returns a context that ends once done has been called n times.
+func untilAll(n int) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var left atomic.Int64
+	left.Store(int64(n))
+	return ctx, func() {
+		if left.Add(-1) == 0 {
+			cancel()
+		}
 	}
 }
 
