@@ -655,3 +655,24 @@ func TestRetriedStoreNotReadAgain(t *testing.T) {
 	g.settle()
 	g.check(t)
 }
+
+// A fault whose page another fill is reading waits for that fill within
+// its own deadline: here a readahead fill whose read of a store that cannot
+// be cut short never returns; the faulter gets SIGBUS at its deadline.
+func TestFaultWaitsWithinItsDeadline(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	g := newRig(t, 256, Config{Timeout: timeout, RetryBackoff: 1})
+	g.st.gateLo, g.st.gateHi = 0, 64
+	g.h.WillNeed(g.obj, 0, 64)
+	<-g.st.arrived // the readahead fill's read waits at the gate
+	start := time.Now()
+	g.fault(10)
+	g.wg.Wait()
+	if took := time.Since(start); !g.tgt.poisoned[g.addr(10)] || took > 3*timeout {
+		t.Errorf("the fault on a page whose read hangs: poisoned %v after %v; want SIGBUS within %v",
+			g.tgt.poisoned[g.addr(10)], took, timeout)
+	}
+	close(g.st.gate)
+	g.settle()
+	g.check(t)
+}
