@@ -561,7 +561,8 @@ func TestReadaheadPrefetches(t *testing.T) {
 }
 
 // ctxStore is a testStore whose reads take a context (store.ContextReader):
-// a read that reaches a page of hang waits there until its context ends.
+// none starts once it has ended, and a read that reaches a page of hang
+// waits there until it does.
 // With retried, its errors say the store retried them already, as a remote
 // store's do. It records every read.
 type ctxStore struct {
@@ -577,6 +578,9 @@ func (s *ctxStore) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 	s.mu.Lock()
 	s.reads = append(s.reads, [2]int64{off / ps, (off + int64(len(p)) + ps - 1) / ps})
 	s.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("read at offset %d not started: %w", off, err)
+	}
 	for n := 0; n < len(p); n += ps {
 		if s.hang[(off+int64(n))/ps] {
 			copy(p[:n], s.data[off:])

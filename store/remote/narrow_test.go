@@ -171,41 +171,56 @@ func TestNarrowGroup(t *testing.T) {
 }
 
 // A read's context bounds it: once it is done the read returns, and the
-// requests and retries made for it stop, even if each request alone would
-// run much longer.
+// requests and retries made for it stop, however many retries are allowed
+// and however long one request may run.
 func TestReadContextStopsRequests(t *testing.T) {
-	o := newFake(t, testSize)
-	h := newHolder()
-	o.hook = h.hook // every request hangs until its context ends
-	cfg := fastRetries(testConfig())
-	cfg.Timeout = 20 * time.Millisecond // requests time out, and are retried, until the read's deadline
-	s := newStore(t, o, cfg)
-	drained := make(chan struct{})
-	defer close(drained)
-	go func() { // answer nothing, but let the holder's queue drain
-		for {
-			select {
-			case <-h.arrived:
-			case <-drained:
-				return
+	for _, c := range []struct {
+		name    string
+		timeout time.Duration
+	}{
+		{"retries", 20 * time.Millisecond}, // requests time out, and would be retried for long
+		{"request", time.Hour},             // the request would hang for an hour
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := newFake(t, testSize)
+			h := newHolder()
+			o.hook = h.hook // every request hangs until its context ends
+			cfg := fastRetries(testConfig())
+			cfg.Timeout, cfg.Retries = c.timeout, 1000
+			s := newStore(t, o, cfg)
+			drained := make(chan struct{})
+			defer close(drained)
+			go func() { // answer nothing, but let the holder's queue drain
+				for {
+					select {
+					case <-h.arrived:
+					case <-drained:
+						return
+					}
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			_, err := s.ReadAtContext(ctx, make([]byte, testChunk), 2*testChunk)
+			if !errors.Is(err, context.DeadlineExceeded) || !store.IsRetried(err) {
+				t.Fatalf("read past its deadline: %v; want one wrapping context.DeadlineExceeded, marked retried", err)
 			}
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	_, err := s.ReadAtContext(ctx, make([]byte, testChunk), 2*testChunk)
-	if !errors.Is(err, context.DeadlineExceeded) || !store.IsRetried(err) {
-		t.Fatalf("read past its deadline: %v; want one wrapping context.DeadlineExceeded, marked retried", err)
-	}
-	settled := len(o.requests())
-	time.Sleep(200 * time.Millisecond) // several request timeouts and backoffs
-	if n := len(o.requests()); n != settled {
-		t.Fatalf("%d requests were made after the read returned", n-settled)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.chunks) != 0 {
-		t.Fatalf("fetches still listed after the read gave up: %v", s.chunks)
+			waitFor(t, "the requests to end", func() bool {
+				o.mu.Lock()
+				defer o.mu.Unlock()
+				return o.inflight == 0
+			})
+			settled := len(o.requests())
+			time.Sleep(200 * time.Millisecond) // several request timeouts and backoffs
+			if n := len(o.requests()); n != settled {
+				t.Fatalf("%d requests were made after the read returned", n-settled)
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if len(s.chunks) != 0 {
+				t.Fatalf("fetches still listed after the read gave up: %v", s.chunks)
+			}
+		})
 	}
 }
 
