@@ -139,8 +139,8 @@ type Config struct {
 	RetryBackoff time.Duration // first retry's delay, doubled each time
 
 	// Timeout bounds a fault from its message to its page or its SIGBUS,
-	// retries included, and a readahead window's reads from their start
-	// (see the package comment). DefaultTimeout if 0; none if negative.
+	// retries included, and a readahead fill's reads from its start (see
+	// the package comment). DefaultTimeout if 0; none if negative.
 	Timeout  time.Duration
 	Log      *slog.Logger
 	Budget   *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
@@ -555,9 +555,9 @@ func (h *Handler) fill(ctx context.Context, o *Object, f *pagecache.Fill, b *[]b
 	default:
 		// Read the faulting page alone: the window's failure may have been
 		// another page's. Not when the window's read began at the faulting
-		// page, brought nothing, and its store retried it already: then the
-		// failure was that page's own, tried as often as it is to be.
-		own := pcs[0][0] == f.Page && x.lo == x.hi && store.IsRetried(err) && wctx.Err() == nil
+		// page (so that page failed) within the window's time, and its store
+		// retried it already: it was tried as often as it is to be.
+		own := pcs[0][0] == f.Page && store.IsRetried(err) && wctx.Err() == nil
 		h.retry(ctx, x, err, pcs[0][1]-pcs[0][0] > 1 && !own)
 		return
 	}

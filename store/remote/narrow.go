@@ -24,9 +24,11 @@ import (
 //     requests, each for bytes not asked for before;
 //   - if both halves fail and no request of the fetch has brought a byte,
 //     the failure is not local: the range is retried whole, with backoff;
-//   - a page is given up once 1+Retries requests that asked for it have
-//     failed (each halving asked for it again), or the fetch's context
-//     ends, or an error is permanent (which fails the whole fetch).
+//   - a page alone is given up once 1+Retries requests that asked for it
+//     have failed (the halvings count), a range of pages once that many
+//     failed when it was not local; everything left is given up when the
+//     fetch's context ends, or an error is permanent (which fails the whole
+//     fetch).
 //
 // The pages given up are recorded as the fetch's bad runs; reads of the
 // others are served from it. As in the kernel, where readahead passes over
@@ -121,7 +123,8 @@ func (x *salvage) settle(m *failure) {
 			return
 		}
 		if !sleep(x.f.ctx, x.s.backoff(tries-1)) {
-			x.giveUp(m.lo, m.hi, x.s.ended(x.f))
+			x.stop = x.s.ended(x.f)
+			x.giveUp(m.lo, m.hi, x.stop)
 			return
 		}
 		m = x.once(m.lo, m.hi, m.err)
