@@ -34,8 +34,8 @@ type client struct {
 }
 
 // connect reaches the handler at socket, else at $FILEMAP_SOCKET, else a
-// private handler of this process.
-func connect(ctx context.Context, socket string) (*client, error) {
+// private handler of this process with settings set.
+func connect(ctx context.Context, socket string, set handlerSettings) (*client, error) {
 	path, fromEnv, private := socket, false, false
 	if path == "" {
 		path = os.Getenv("FILEMAP_SOCKET")
@@ -43,7 +43,7 @@ func connect(ctx context.Context, socket string) (*client, error) {
 	}
 	if path == "" {
 		var err error
-		if path, err = privateHandler(); err != nil {
+		if path, err = privateHandler(set); err != nil {
 			return nil, err
 		}
 		private = true

@@ -177,7 +177,7 @@ func parseAdvice(s string) (Advice, error) {
 	return 0, fmt.Errorf("unknown advice %q", s)
 }
 
-// open PATH [advice=A] [extra=BYTES] [events=remap,remove,unmap,fork]
+// open PATH [advice=A] [extra=BYTES] [events=remap,remove,unmap,fork] [faulttimeout=DURATION]
 func (st *driverState) open(args []string) string {
 	var opts []Option
 	var o options
@@ -197,6 +197,12 @@ func (st *driverState) open(args []string) string {
 			opts = append(opts, WithCopyOnWrite())
 		case "version":
 			opts = append(opts, WithVersion(v))
+		case "faulttimeout":
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return "err " + err.Error()
+			}
+			opts = append(opts, WithFaultTimeout(d))
 		case "extra":
 			o.extra, _ = strconv.ParseInt(v, 0, 64)
 		case "events":

@@ -39,6 +39,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/filemap/filemap/internal/sigbus"
@@ -69,6 +70,7 @@ type Option func(*options)
 
 type options struct {
 	socket   string
+	private  handlerSettings // of a private handler, if Open starts one
 	advice   Advice
 	cow      bool   // writable, copy-on-write
 	version  string // the version to map; "" for the current one
@@ -80,6 +82,16 @@ type options struct {
 // WithSocket connects to the daemon listening at path instead of
 // FILEMAP_SOCKET or a private handler.
 func WithSocket(path string) Option { return func(o *options) { o.socket = path } }
+
+// WithFaultTimeout bounds the time a private handler spends on one fault:
+// a page it has not read by then gets SIGBUS, and every request, read and
+// retry made for it stops (0 is the handler's default of two minutes;
+// negative is no bound). It configures the private handler only: a
+// daemon's faults are bounded by its own --fault-timeout. Mappings that
+// ask for different bounds get private handlers of their own.
+func WithFaultTimeout(d time.Duration) Option {
+	return func(o *options) { o.private.faultTimeout = d }
+}
 
 // WithAdvice sets the mapping's initial access advice.
 func WithAdvice(a Advice) Option { return func(o *options) { o.advice = a } }
@@ -123,9 +135,10 @@ type Mapping struct {
 	memfd    *os.File // the cache file this mapping maps
 	file     *os.File // a local object, as this process opened it; nil for a remote one
 	u        *uffd.UFFD
-	features uint64 // negotiated in UFFDIO_API
-	cow      bool   // writable, copy-on-write
-	socket   string // from WithSocket; "" for $FILEMAP_SOCKET or the private handler
+	features uint64          // negotiated in UFFDIO_API
+	cow      bool            // writable, copy-on-write
+	socket   string          // from WithSocket; "" for $FILEMAP_SOCKET or the private handler
+	private  handlerSettings // the private handler's, if it is one
 
 	ctx     context.Context // cancelled by Close: stops reconnecting
 	cancel  context.CancelFunc
@@ -165,7 +178,7 @@ func Open(ctx context.Context, uri string, opts ...Option) (*Mapping, error) {
 			return nil, fmt.Errorf("filemap: %w", err)
 		}
 	}
-	c, err := connect(ctx, o.socket)
+	c, err := connect(ctx, o.socket, o.private)
 	if err != nil {
 		closeFile(f)
 		return nil, openError(u.Name(), err)
@@ -215,7 +228,7 @@ func mapObject(ctx context.Context, c *client, u store.URI, f *os.File, o option
 		closeFiles(fds)
 		return nil, fmt.Errorf("daemon sent %d descriptors with the cache, want 1", len(fds))
 	}
-	m := &Mapping{uri: u.Raw, name: u.Name(), size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket, cow: o.cow,
+	m := &Mapping{uri: u.Raw, name: u.Name(), size: or.Size, version: or.Version, memfd: fds[0], file: f, socket: o.socket, private: o.private, cow: o.cow,
 		c: c, handle: or.Handle, advice: o.advice, watched: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.setup(ctx, o); err != nil {
@@ -531,7 +544,7 @@ func handlerCall(ctx context.Context, t proto.Type, opts []Option, reply any) er
 	for _, f := range opts {
 		f(&o)
 	}
-	c, err := connect(ctx, o.socket)
+	c, err := connect(ctx, o.socket, o.private)
 	if err != nil {
 		return fmt.Errorf("filemap: %v: %w", t, err)
 	}

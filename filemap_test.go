@@ -501,3 +501,30 @@ func TestOpenSizeZero(t *testing.T) {
 		t.Errorf("an empty file maps %d bytes (Size %d), want none", len(m.Bytes()), m.Size())
 	}
 }
+
+// WithFaultTimeout reaches a private handler through its environment: the
+// handler's configuration is the bound asked for, or the default, and a
+// bound it cannot read is an error, not the default.
+func TestPrivateHandlerSettings(t *testing.T) {
+	for _, c := range []struct {
+		set  handlerSettings
+		want time.Duration
+	}{
+		{handlerSettings{}, 0},
+		{handlerSettings{faultTimeout: 3 * time.Second}, 3 * time.Second},
+		{handlerSettings{faultTimeout: -1}, -1},
+	} {
+		env := map[string]string{}
+		for _, kv := range c.set.env() {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		cfg, err := handlerConfig(func(k string) string { return env[k] })
+		if err != nil || cfg.FaultTimeout != c.want || cfg.CacheBytes != server.DefaultCacheBytes() {
+			t.Errorf("handler of %+v: fault timeout %v, cache %d, %v; want %v and the default cache", c.set, cfg.FaultTimeout, cfg.CacheBytes, err, c.want)
+		}
+	}
+	if _, err := handlerConfig(func(string) string { return "soon" }); err == nil || !strings.Contains(err.Error(), envFaultTimeout) {
+		t.Errorf("a fault timeout of %q: %v; want an error naming %s", "soon", err, envFaultTimeout)
+	}
+}

@@ -20,9 +20,39 @@ import (
 // set. Its lifeline is fd 3: the other end is held by the parent only, so
 // EOF there means the parent is gone and the handler exits.
 const (
-	envHandler = "FILEMAP_PRIVATE_HANDLER" // the socket path to serve
-	lifelineFd = 3
+	envHandler      = "FILEMAP_PRIVATE_HANDLER" // the socket path to serve
+	envFaultTimeout = "FILEMAP_FAULT_TIMEOUT"   // its fault timeout (WithFaultTimeout), if not the default
+	lifelineFd      = 3
 )
+
+// handlerSettings are what a private handler is started with, from the
+// options of the Open that starts it: an Open with other settings gets a
+// handler of its own.
+type handlerSettings struct {
+	faultTimeout time.Duration // 0: the default; negative: none
+}
+
+// env is s as the private handler's environment.
+func (s handlerSettings) env() []string {
+	if s.faultTimeout == 0 {
+		return nil
+	}
+	return []string{envFaultTimeout + "=" + s.faultTimeout.String()}
+}
+
+// handlerConfig is the configuration of the private handler that env, its
+// environment, describes.
+func handlerConfig(env func(string) string) (server.Config, error) {
+	cfg := server.Config{CacheBytes: server.DefaultCacheBytes()}
+	if v := env(envFaultTimeout); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return cfg, fmt.Errorf("%s=%q: %w", envFaultTimeout, v, err)
+		}
+		cfg.FaultTimeout = d
+	}
+	return cfg, nil
+}
 
 func init() {
 	if path := os.Getenv(envHandler); path != "" {
@@ -35,7 +65,13 @@ func runPrivateHandler(path string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("handler", "private", "parent", os.Getppid())
 	lifeline := os.NewFile(lifelineFd, "lifeline")
-	s, err := server.New(server.Config{Log: log, CacheBytes: server.DefaultCacheBytes()})
+	cfg, err := handlerConfig(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "filemap private handler:", err)
+		return 1
+	}
+	cfg.Log = log
+	s, err := server.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "filemap private handler:", err)
 		return 1
@@ -61,47 +97,55 @@ func runPrivateHandler(path string) int {
 	return 0
 }
 
-// The private handler is what a process truly has one of. lifeline is the
-// parent's end of the handler's lifeline, kept reachable so that the garbage
-// collector never closes it: only this process's exit does. If the handler
-// dies, the lifeline reads EOF, dead is closed, and the next connect starts
-// another: the mappings re-attach to it.
+// The private handlers are what a process truly has one of (one for each
+// handlerSettings its Opens ask for). lifeline is the parent's end of a
+// handler's lifeline, kept reachable so that the garbage collector never
+// closes it: only this process's exit does. If the handler dies, the
+// lifeline reads EOF, dead is closed, and the next connect starts another:
+// the mappings re-attach to it.
 var private struct {
 	mu       sync.Mutex
+	handlers map[handlerSettings]*privateProc
+}
+
+type privateProc struct {
 	socket   string
 	lifeline *os.File
 	dead     chan struct{}
 }
 
-// privateHandler returns the socket of this process's handler, starting
-// one if there is none or it has died.
-func privateHandler() (string, error) {
+// privateHandler returns the socket of this process's handler with
+// settings set, starting one if there is none or it has died.
+func privateHandler(set handlerSettings) (string, error) {
 	private.mu.Lock()
 	defer private.mu.Unlock()
-	if private.dead != nil {
+	if p := private.handlers[set]; p != nil {
 		select {
-		case <-private.dead:
-			os.RemoveAll(filepath.Dir(private.socket)) // it could not
-			private.socket, private.dead = "", nil
+		case <-p.dead:
+			os.RemoveAll(filepath.Dir(p.socket)) // it could not
+			delete(private.handlers, set)
 		default:
-			return private.socket, nil
+			return p.socket, nil
 		}
 	}
-	socket, lifeline, err := startPrivateHandler()
+	socket, lifeline, err := startPrivateHandler(set)
 	if err != nil {
 		return "", err
 	}
-	dead := make(chan struct{})
-	private.socket, private.lifeline, private.dead = socket, lifeline, dead
+	p := &privateProc{socket: socket, lifeline: lifeline, dead: make(chan struct{})}
+	if private.handlers == nil {
+		private.handlers = make(map[handlerSettings]*privateProc)
+	}
+	private.handlers[set] = p
 	go func() {
 		io.Copy(io.Discard, lifeline) // returns when the handler has exited
 		lifeline.Close()
-		close(dead)
+		close(p.dead)
 	}()
 	return socket, nil
 }
 
-func startPrivateHandler() (string, *os.File, error) {
+func startPrivateHandler(set handlerSettings) (string, *os.File, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", nil, fmt.Errorf("start a private handler: %w", err)
@@ -118,7 +162,7 @@ func startPrivateHandler() (string, *os.File, error) {
 	unix.SetNonblock(fds[0], true) // so that the wait below can time out
 	ours, theirs := os.NewFile(uintptr(fds[0]), "lifeline"), os.NewFile(uintptr(fds[1]), "lifeline")
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), envHandler+"="+socket)
+	cmd.Env = append(append(os.Environ(), envHandler+"="+socket), set.env()...)
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

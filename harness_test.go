@@ -7,6 +7,7 @@ package filemap
 // and are served by another, as in production.
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -104,17 +105,22 @@ type spy struct {
 }
 
 func (s *spyStore) ReadAt(p []byte, off int64) (int, error) {
+	return s.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext passes ctx, the fault's deadline, on to the store.
+func (s *spyStore) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if bad := s.enter(off, int64(len(p))); bad >= 0 {
-		n, _ := s.Store.ReadAt(p[:bad-off], off)
+		n, _ := store.ReadAtContext(ctx, s.Store, p[:bad-off], off)
 		return n, fmt.Errorf("injected I/O error at offset %d", bad)
 	}
-	return s.Store.ReadAt(p, off)
+	return store.ReadAtContext(ctx, s.Store, p, off)
 }
 
 // View lends the store's own bytes if it can (store.Viewer), recorded,
 // held and delayed as ReadAt's reads are. A read that is to fail is
 // declined, so that ReadAt fails it, after the bytes before the failure.
-func (s *spyStore) View(off int64, n int) ([]byte, func(), bool, error) {
+func (s *spyStore) View(ctx context.Context, off int64, n int) ([]byte, func(), bool, error) {
 	v, ok := s.Store.(store.Viewer)
 	s.h.mu.Lock()
 	fail := s.h.fail
@@ -123,14 +129,14 @@ func (s *spyStore) View(off int64, n int) ([]byte, func(), bool, error) {
 		return nil, nil, false, nil
 	}
 	s.enter(off, int64(n))
-	return v.View(off, n)
+	return v.View(ctx, off, n)
 }
 
 // Prefetch passes a readahead window on to a store that plans its requests
 // (store.Prefetcher); the reads that follow are the spy's as ever.
-func (s *spyStore) Prefetch(ranges [][2]int64) {
+func (s *spyStore) Prefetch(ctx context.Context, ranges [][2]int64) {
 	if p, ok := s.Store.(store.Prefetcher); ok {
-		p.Prefetch(ranges)
+		p.Prefetch(ctx, ranges)
 	}
 }
 

@@ -1,7 +1,7 @@
 package filemap
 
 // Fault injection with real processes: a store that fails, is slow past
-// the daemon's store timeout, or hangs for some pages; clients SIGKILLed in
+// the daemon's fault timeout, or hangs for some pages; clients SIGKILLed in
 // the middle of faults, a hundred times; a 1 MiB cache under a 256 MiB
 // working set. Every wait is bounded, and each test stops by itself.
 
@@ -26,7 +26,7 @@ import (
 )
 
 // A store that fails some pages, answers others only after the daemon's
-// store timeout, and never answers for one: the faulting accesses of
+// fault timeout, and never answers for one: the faulting accesses of
 // exactly those pages get SIGBUS after the retries, every other page of the
 // object is served with the right bytes, another client is served all
 // along, and the daemon's hung reads and goroutines stay bounded and go
@@ -36,10 +36,10 @@ func TestInjectStoreFailTimeoutHang(t *testing.T) {
 		failA, failB = 100, 1500 // reads covering these fail
 		slow         = 2500      // reads covering this answer after 4 timeouts
 		hang         = 3000      // reads covering this never answer (until the test ends)
-		timeout      = 200 * time.Millisecond
+		timeout      = time.Second
 		npages       = 4096 // 16 MiB
 	)
-	d := startDaemon(t, server.Config{Retries: 2, StoreTimeout: timeout})
+	d := startDaemon(t, server.Config{Retries: 2, FaultTimeout: timeout, GuardAllStores: true})
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) }) // before the daemon closes: cleanups run last-in first-out
 	failing := failPages(failA, failB)
@@ -155,7 +155,7 @@ func TestInjectSlowFaultDoesNotBlockOthers(t *testing.T) {
 // The goroutines and descriptors of reads left hung by a test go away once
 // the store answers: the test above's release, checked here on its own.
 func TestInjectHungReadsReturn(t *testing.T) {
-	d := startDaemon(t, server.Config{Retries: 1, StoreTimeout: 100 * time.Millisecond})
+	d := startDaemon(t, server.Config{Retries: 1, FaultTimeout: time.Second, GuardAllStores: true})
 	release := make(chan struct{})
 	d.spy.set(func(s *spy) {
 		s.fail = func(off, n int64) int64 {

@@ -47,7 +47,7 @@ func (m *Mapping) reconnect() (*client, error) {
 	delay := reconnectMin
 	var logged time.Time
 	for {
-		c, err := connect(m.ctx, m.socket)
+		c, err := connect(m.ctx, m.socket, m.private)
 		if err == nil {
 			if err = m.resume(c); err == nil {
 				return c, nil

@@ -10,6 +10,13 @@
 // never poisons anything. Waking a faulter does not map the page: the woken
 // access runs again, finds the page in the memfd and the kernel maps it.
 //
+// A fault has one bound on its time, Config.Timeout: its reads, whatever
+// retries the store makes below them, and its own retries all stop at its
+// deadline, and the faulter gets SIGBUS. The window's reads get half the
+// time, so that the faulting page is still read alone in time when another
+// page of the window hangs (gVisor's Translate(required, optional): only
+// the required page may fail the fault).
+//
 // The read buffers of all fills together are bounded (Config.MaxFillBytes):
 // they are most of the daemon's heap. A fill reads its pages a bounded
 // piece at a time; readahead waits for buffers first, a fault's own read
@@ -20,6 +27,7 @@
 package fault
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -127,11 +135,16 @@ type Config struct {
 	RaPages      int64         // read-around window in pages (readahead.DefaultPages if 0)
 	MaxRaPages   int64         // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
 	RaLimit      int64         // no window larger, whatever a store asks (the cache budget's share); none if 0
-	Retries      int           // extra reads of a failing faulting page before SIGBUS
+	Retries      int           // extra reads of a failing faulting page before SIGBUS, for stores that do not retry themselves
 	RetryBackoff time.Duration // first retry's delay, doubled each time
-	Log          *slog.Logger
-	Budget       *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
-	Observer     Observer        // latencies; none if nil
+
+	// Timeout bounds a fault from its message to its page or its SIGBUS,
+	// retries included, and a readahead fill's reads from its start (see
+	// the package comment). DefaultTimeout if 0; none if negative.
+	Timeout  time.Duration
+	Log      *slog.Logger
+	Budget   *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
+	Observer Observer        // latencies; none if nil
 
 	// MaxFillBytes bounds the read buffers of all fills in flight together,
 	// idle ones kept for reuse included: the bulk of the daemon's heap (the
@@ -148,6 +161,15 @@ type Config struct {
 	// flight and are not bounded here.
 	ReadaheadInflight int64
 }
+
+// DefaultTimeout is a fault's bound unless told otherwise: two minutes,
+// after which the kernel reports a task blocked in a system call as hung
+// (hung_task_timeout_secs). It is long enough for a server that is slow or
+// failing over to answer, and for a remote store's full set of tries of a
+// request (five of up to 10 s, with backoff); short enough that a program
+// whose store is gone gets SIGBUS, an error it can handle, rather than
+// hanging with no word of why.
+const DefaultTimeout = 2 * time.Minute
 
 // DefaultReadaheadInflight is two of a fill's pieces: a disk keeps
 // streaming while one is written into the cache, and a fault's read waits
@@ -208,6 +230,9 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.ReadaheadInflight == 0 {
 		cfg.ReadaheadInflight = DefaultReadaheadInflight
 	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
 	h := &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c,
 		mem: newFillMem(cfg.MaxFillBytes)}
 	if cfg.ReadaheadInflight > 0 {
@@ -250,13 +275,22 @@ func (h *Handler) FillMemory() FillMemStats {
 // WaitFill waits for fill f to end, promoting it first, if it is a
 // readahead fill still waiting for a buffer or for the cache file, to the
 // precedence of a fault's own read: whoever waits for f is a faulter.
-func (h *Handler) WaitFill(f *pagecache.Fill) {
+func (h *Handler) WaitFill(f *pagecache.Fill) { h.waitFill(context.Background(), f) }
+
+// waitFill is WaitFill, giving up when ctx, the faulter's, is done; it
+// says whether f ended.
+func (h *Handler) waitFill(ctx context.Context, f *pagecache.Fill) bool {
 	done := f.Wait() // and its reads and writes go before readahead's
 	h.mem.promote(f)
 	if h.disk != nil {
 		h.disk.promote(f)
 	}
-	<-done
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // diskOf is the queue that bounds o's readahead reads, or nil.
@@ -313,6 +347,8 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 	cache := r.Obj.Cache
 	kind := "minor"
 	defer func() { h.cfg.Observer.Fault(kind, time.Since(start)) }()
+	ctx, cancel := h.deadline(start)
+	defer cancel() // what its reads started and left running, nobody waits for now
 	for {
 		var w readahead.Window
 		around := page &^ (readahead.FaultAroundPages - 1)
@@ -331,7 +367,11 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.wake(r, page, page+1)
 			return
 		case pagecache.InFlight:
-			h.WaitFill(f)
+			if !h.waitFill(ctx, f) {
+				h.poison(r, page, fmt.Errorf("%s page %d (offset %d): still being read, by a fill of pages [%d, %d), at the fault timeout (%v)",
+					cache.Name(), page, page*ps, f.Start, f.End, h.cfg.Timeout))
+				return
+			}
 			if f.Uptodate(page) {
 				h.c.Minor.Add(1)
 				r.hit()
@@ -359,7 +399,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.c.Major.Add(1)
 			refault := h.cfg.Budget.Refault(cache, page)
 			h.c.FillsInFlight.Add(1)
-			h.fill(r.Obj, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
+			h.fill(ctx, r.Obj, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -368,6 +408,15 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			return
 		}
 	}
+}
+
+// deadline is the context of the reads for a fault, or a readahead fill,
+// that began at start: it ends Timeout after start.
+func (h *Handler) deadline(start time.Time) (context.Context, context.CancelFunc) {
+	if h.cfg.Timeout < 0 {
+		return context.WithCancel(context.Background())
+	}
+	return context.WithDeadline(context.Background(), start.Add(h.cfg.Timeout))
 }
 
 // markerHit serves a marker from its held bytes, wakes the faulter, and
@@ -409,6 +458,9 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 // large a window MADV_WILLNEED asks for. (A fault that finds a fill claimed
 // here before it waits for a buffer cannot promote it, and waits for its
 // turn: a buffer always comes, as every buffer lent is given back.)
+//
+// Each fill's reads end Timeout after it starts; what the store started
+// for the window (see prefetch) ends when the last of its fills does.
 func (h *Handler) readAhead(o *Object, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
 	// Fills end on chunkPages boundaries, so that none straddles two of a
@@ -418,16 +470,40 @@ func (h *Handler) readAhead(o *Object, w readahead.Window) {
 		hi = min((lo/chunkPages+1)*chunkPages, w.End)
 		fills = append(fills, o.Cache.Claim(lo, hi)...)
 	}
-	h.prefetch(o, fills)
+	if len(fills) == 0 {
+		return
+	}
+	window, filled := untilAll(len(fills))
+	h.prefetch(window, o, fills)
 	for _, f := range fills {
 		h.c.FillsInFlight.Add(1)
-		h.mem.get(f, h.piecePages(f), false, func(b *[]byte) { go h.fill(o, f, b, w.Marker, false) })
+		h.mem.get(f, h.piecePages(f), false, func(b *[]byte) {
+			go func() {
+				ctx, cancel := h.deadline(time.Now())
+				h.fill(ctx, o, f, b, w.Marker, false)
+				cancel()
+				filled()
+			}()
+		})
+	}
+}
+
+// untilAll returns a context that ends once done has been called n times.
+func untilAll(n int) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var left atomic.Int64
+	left.Store(int64(n))
+	return ctx, func() {
+		if left.Add(-1) == 0 {
+			cancel()
+		}
 	}
 }
 
 // prefetch tells a store that plans requests for a window at once
-// (store.Prefetcher) what the fills of one are about to read.
-func (h *Handler) prefetch(o *Object, fills []*pagecache.Fill) {
+// (store.Prefetcher) what the fills of one are about to read; its requests
+// end with ctx.
+func (h *Handler) prefetch(ctx context.Context, o *Object, fills []*pagecache.Fill) {
 	p, ok := o.Store.(store.Prefetcher)
 	if !ok || len(fills) < 2 {
 		return
@@ -436,7 +512,7 @@ func (h *Handler) prefetch(o *Object, fills []*pagecache.Fill) {
 	for i, f := range fills {
 		ranges[i] = [2]int64{f.Start * ps, f.End * ps}
 	}
-	p.Prefetch(ranges)
+	p.Prefetch(ctx, ranges)
 }
 
 // piecePages is how many pages of f one store read reads.
@@ -446,17 +522,24 @@ func (h *Handler) piecePages(f *pagecache.Fill) int64 {
 
 // fill reads the pages f claimed into the cache with the buffer b, a piece
 // at a time, holds back marker if it is among them, gives b back and ends
-// the fill. For a fault's fill the faulting page decides the outcome: its
-// piece is read first, and if that read fails, the pages read before the
-// failure are kept only when they include the faulting page; otherwise the
-// faulting page is read alone, with retries. A failure in another piece
-// keeps what was written. A readahead fill keeps what it read. refault
-// says the fault missed a page evicted recently.
-func (h *Handler) fill(o *Object, f *pagecache.Fill, b *[]byte, marker int64, refault bool) {
+// the fill; its reads end with ctx. For a fault's fill the faulting page
+// decides the outcome: its piece is read first, and if that read fails, the
+// pages read before the failure are kept only when they include the
+// faulting page; otherwise the faulting page is read alone, with retries.
+// The window's pieces get half of the fault's time, the faulting page read
+// alone the rest. A failure in another piece keeps what was written. A
+// readahead fill keeps what it read. refault says the fault missed a page
+// evicted recently.
+func (h *Handler) fill(ctx context.Context, o *Object, f *pagecache.Fill, b *[]byte, marker int64, refault bool) {
 	defer h.c.FillsInFlight.Add(-1)
 	x := &filling{h: h, o: o, f: f, marker: marker, refault: refault}
 	pcs := pieces(f, h.piecePages(f))
-	err := x.readPieces(pcs, *b)
+	wctx, cancel := ctx, context.CancelFunc(func() {})
+	if d, ok := ctx.Deadline(); ok && f.Page >= 0 && f.End-f.Start > 1 {
+		wctx, cancel = context.WithTimeout(ctx, time.Until(d)/2)
+	}
+	err := x.readPieces(wctx, pcs, *b)
+	defer cancel()
 	h.mem.put(b)
 	writeFailed := errors.As(err, new(writeError)) // logged already
 	switch {
@@ -470,7 +553,12 @@ func (h *Handler) fill(o *Object, f *pagecache.Fill, b *[]byte, marker int64, re
 		x.end(err)
 		return
 	default:
-		h.retry(x, err, pcs[0][1]-pcs[0][0] > 1)
+		// Read the faulting page alone: the window's failure may have been
+		// another page's. Not when the window's read began at the faulting
+		// page (so that page failed) within the window's time, and its store
+		// retried it already: it was tried as often as it is to be.
+		own := pcs[0][0] == f.Page && store.IsRetried(err) && wctx.Err() == nil
+		h.retry(ctx, x, err, pcs[0][1]-pcs[0][0] > 1 && !own)
 		return
 	}
 	x.end(nil)
@@ -516,7 +604,7 @@ func pieces(f *pagecache.Fill, piece int64) [][2]int64 {
 // readPieces reads the pieces pcs into buf and writes each into the cache
 // as it arrives, until one fails. Of a piece whose read failed, the pages
 // read before the failure are written if they extend the run.
-func (x *filling) readPieces(pcs [][2]int64, buf []byte) error {
+func (x *filling) readPieces(ctx context.Context, pcs [][2]int64, buf []byte) error {
 	disk := x.h.diskOf(x.o)
 	for _, p := range pcs {
 		lo, hi := p[0], p[1]
@@ -524,7 +612,7 @@ func (x *filling) readPieces(pcs [][2]int64, buf []byte) error {
 		if disk != nil {
 			disk.start(x.f, int64(len(b)))
 		}
-		data, got, release, err := x.h.readView(x.o, b, lo)
+		data, got, release, err := x.h.readView(ctx, x.o, b, lo)
 		if disk != nil {
 			disk.done(int64(len(b)))
 		}
@@ -619,26 +707,27 @@ func (x *filling) end(err error) {
 
 // retry reads the faulting page of x's fill alone, whose read failed with
 // err, again (at once if again is set, else after the first backoff) and up
-// to Retries times more, then ends the fill. The window's buffer is back
-// already: a page's worth is enough, and no retry holds more.
-func (h *Handler) retry(x *filling, err error, again bool) {
+// to Retries times more, then ends the fill. It stops early when ctx, the
+// fault's, is done, or the error is one no read again cures: permanent, or
+// one the store has retried itself. The window's buffer is back already: a
+// page's worth is enough, and no retry holds more.
+func (h *Handler) retry(ctx context.Context, x *filling, err error, again bool) {
 	o, f := x.o, x.f
 	b := h.mem.wait(nil, 1, true)
 	one := (*b)[:ps]
 	delay := h.cfg.RetryBackoff
 	for try := 0; ; try++ {
 		if again || try > 0 {
-			if _, err = h.read(o, one, f.Page); err == nil {
+			if _, err = h.read(ctx, o, one, f.Page); err == nil {
 				err = x.write(f.Page, f.Page+1, one)
 				h.mem.put(b)
 				x.end(err)
 				return
 			}
 		}
-		if try >= h.cfg.Retries || permanent(err) {
+		if try >= h.cfg.Retries || permanent(err) || store.IsRetried(err) || !sleep(ctx, delay) {
 			break
 		}
-		time.Sleep(delay)
 		delay *= 2
 	}
 	h.mem.put(b)
@@ -647,7 +736,23 @@ func (h *Handler) retry(x *filling, err error, again bool) {
 			"object", o.Cache.Name(), "offset", f.Page*ps, "err", err)
 		h.cfg.Observer.Changed(o.Cache.Name())
 	}
-	x.end(fmt.Errorf("read %s page %d (offset %d): %w", o.Cache.Name(), f.Page, f.Page*ps, err))
+	what := ""
+	if ctx.Err() != nil {
+		what = fmt.Sprintf(" within the fault timeout (%v)", h.cfg.Timeout)
+	}
+	x.end(fmt.Errorf("read %s page %d (offset %d)%s: %w", o.Cache.Name(), f.Page, f.Page*ps, what, err))
+}
+
+// sleep waits d, or until ctx is done, and says whether it waited d.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // permanent reports a read error that no retry can cure: the object
@@ -656,11 +761,12 @@ func permanent(err error) bool {
 	return errors.Is(err, store.ErrChanged) || remote.IsPermanent(err)
 }
 
-// read reads whole pages from page on into buf; the part past the object's
-// end is zeroed, as the kernel zeroes the tail of the last page.
-func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
+// read reads whole pages from page on into buf, within ctx; the part past
+// the object's end is zeroed, as the kernel zeroes the tail of the last
+// page.
+func (h *Handler) read(ctx context.Context, o *Object, buf []byte, page int64) (int, error) {
 	start := time.Now()
-	n, err := store.ReadFull(o.Store, buf, page*ps)
+	n, err := store.ReadFullContext(ctx, o.Store, buf, page*ps)
 	h.counted(start, n, err)
 	if err != nil {
 		return n, err
@@ -672,21 +778,22 @@ func (h *Handler) read(o *Object, buf []byte, page int64) (int, error) {
 // readView is read, but when the store can lend its own bytes of the pages
 // (store.Viewer: a remote store's fetched chunk), data is those, valid
 // until release, and the copy into buf is saved; else data is buf. Either
-// way release must be called, once.
-func (h *Handler) readView(o *Object, buf []byte, page int64) (data []byte, n int, release func(), err error) {
+// way release must be called, once. On an error, n is the bytes read
+// before the failure.
+func (h *Handler) readView(ctx context.Context, o *Object, buf []byte, page int64) (data []byte, n int, release func(), err error) {
 	if v, ok := o.Store.(store.Viewer); ok {
 		start := time.Now()
-		b, rel, lent, err := v.View(page*ps, len(buf))
+		b, rel, lent, err := v.View(ctx, page*ps, len(buf))
+		if lent {
+			h.counted(start, len(b), err)
+			return b, len(b), rel, err
+		}
 		if err != nil {
 			h.counted(start, 0, err)
 			return buf, 0, func() {}, err
 		}
-		if lent {
-			h.counted(start, len(b), nil)
-			return b, len(b), rel, nil
-		}
 	}
-	n, err = h.read(o, buf, page)
+	n, err = h.read(ctx, o, buf, page)
 	return buf, n, func() {}, err
 }
 

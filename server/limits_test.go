@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -256,12 +257,12 @@ type raFakeStore struct{ *fakeStore }
 
 func (raFakeStore) ReadaheadBytes() int64 { return 42 }
 
-// A read that outlives the timeout fails with ErrStoreTimeout, leaves the
-// caller's buffer alone even when it returns later, and blocks only reads
-// that would wait for the same bytes: a window over it fails at once, a
-// page next to it is read.
+// A read that outlives its fault's deadline fails with ErrStoreTimeout,
+// leaves the caller's buffer alone even when it returns later, and blocks
+// only reads that would wait for the same bytes: a window over it fails at
+// once, a page next to it is read.
 func TestStoreTimeout(t *testing.T) {
-	g := newHangGuard(50*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g := newHangGuard(50*time.Millisecond, true, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	fs := &fakeStore{size: 8 << 20, block: 10 * ps, release: make(chan struct{})}
 	st := g.wrap(fs, false)
 	if _, ok := st.(store.Readaheader); ok {
@@ -271,9 +272,11 @@ func TestStoreTimeout(t *testing.T) {
 		t.Error("the wrapper of a Readaheader lost its ReadaheadBytes")
 	}
 	win := make([]byte, 32*ps)
-	n, err := st.ReadAt(win, 0)
-	if !errors.Is(err, ErrStoreTimeout) || n != 0 {
-		t.Fatalf("a window over the hung page: %d, %v; want 0, ErrStoreTimeout", n, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	n, err := st.(store.ContextReader).ReadAtContext(ctx, win, 0)
+	if !errors.Is(err, ErrStoreTimeout) || !errors.Is(err, context.DeadlineExceeded) || n != 0 {
+		t.Fatalf("a window over the hung page: %d, %v; want 0, ErrStoreTimeout at the fault's deadline", n, err)
 	}
 	if g.hung.Load() != 1 {
 		t.Fatalf("%d reads hung, want 1", g.hung.Load())
@@ -325,12 +328,12 @@ func TestStoreTimeout(t *testing.T) {
 	if n, err := st.ReadAt(make([]byte, 2*ps), fs.size-ps); n != ps || err != io.EOF {
 		t.Fatalf("a read across the end: %d, %v; want %d, EOF", n, err, ps)
 	}
-	if g := newHangGuard(-1, nil); g.wrap(fs, true) != store.Store(fs) {
-		t.Error("a negative timeout still wraps the store")
+	if g := newHangGuard(-1, true, nil); g.wrap(fs, true) != store.Store(fs) {
+		t.Error("no fault timeout still wraps the store")
 	}
 	// By default, only stores that may hang.
-	if g := newHangGuard(0, nil); g.wrap(fs, false) != store.Store(fs) || g.wrap(fs, true) == store.Store(fs) {
-		t.Error("the default timeout wraps a store that does not hang, or not one that may")
+	if g := newHangGuard(DefaultFaultTimeout, false, nil); g.wrap(fs, false) != store.Store(fs) || g.wrap(fs, true) == store.Store(fs) {
+		t.Error("the default wraps a store that does not hang, or not one that may")
 	}
 	if f := tempFile(t, nil); mayHang(f) {
 		t.Errorf("%s is on a network or FUSE file system?", f.Name())

@@ -39,7 +39,7 @@ import (
 type Config struct {
 	ReadaheadPages int64         // read-around window; readahead.DefaultPages if 0
 	MaxReadahead   int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
-	Retries        int           // re-reads of a failing page before SIGBUS; 3 if 0, none if negative
+	Retries        int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; 3 if 0, none if negative
 	RetryBackoff   time.Duration // delay before the first retry, doubled after each; 10ms if 0
 	Log            *slog.Logger  // slog.Default() if nil
 
@@ -82,12 +82,18 @@ type Config struct {
 	// Remote tunes http(s):// and s3:// objects.
 	Remote RemoteConfig
 
-	// StoreTimeout bounds one store read: a read still running after it
-	// fails, and the faults that wait for it get SIGBUS after the retries
-	// (storetimeout.go). If 0, DefaultStoreTimeout for files on network and
-	// FUSE file systems only; if positive, for every store; if negative,
-	// never.
-	StoreTimeout time.Duration
+	// FaultTimeout bounds a fault from its message to its page or its
+	// SIGBUS: every read, request and retry made for it stops at its
+	// deadline (fault.Config.Timeout). DefaultFaultTimeout if 0; none if
+	// negative.
+	FaultTimeout time.Duration
+
+	// GuardAllStores abandons a read still running at its fault's
+	// deadline whatever its store (storetimeout.go), not only reads of
+	// files on network and FUSE file systems, which may hang where others
+	// do not. It costs every read a goroutine hand-off and a copy; tests
+	// of stores that hang set it.
+	GuardAllStores bool
 
 	// Per-client limits (limits.go), for a client process as SO_PEERCRED
 	// names it: its open objects, the bytes of those objects, its attached
@@ -110,7 +116,7 @@ type Server struct {
 	remotes  *Remotes
 	counters fault.Counters
 	clients  clientTable // per-client accounts and limits
-	hangs    *hangGuard  // store reads past StoreTimeout
+	hangs    *hangGuard  // store reads past their fault's deadline
 	readers  *readerPool // read every attached uffd
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
@@ -213,7 +219,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
 		clients:    clientTable{lim: newLimits(cfg)},
-		hangs:      newHangGuard(cfg.StoreTimeout, cfg.Log),
+		hangs:      newHangGuard(cmp.Or(cfg.FaultTimeout, DefaultFaultTimeout), cfg.GuardAllStores, cfg.Log),
 	}
 	s.metrics = metrics.New(s.countersNow)
 	if cfg.Remote.Fetch.Observer == nil {
@@ -237,6 +243,7 @@ func New(cfg Config) (*Server, error) {
 		RaLimit:      budgetPages / 8,
 		Retries:      cfg.Retries,
 		RetryBackoff: cfg.RetryBackoff,
+		Timeout:      cfg.FaultTimeout,
 		Log:          cfg.Log,
 		Budget:       s.budget,
 		Observer:     s.metrics,

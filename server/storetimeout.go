@@ -1,18 +1,22 @@
 package server
 
 // A store read that never returns — a hard NFS mount whose server is gone,
-// a FUSE daemon that is stuck — must not hold its faulters forever. A store
-// is wrapped so that a read still running after StoreTimeout fails: the
-// fault path retries it and then gives the faulting page SIGBUS, as for any
-// read error, while every other page is served.
+// a FUSE daemon that is stuck — must not hold its faulters forever. Every
+// fault has a deadline (FaultTimeout), which the fault path passes to its
+// reads; a remote store's requests end at it, but a read of a file cannot
+// be cut short. So a store whose reads may hang is wrapped: a read still
+// running at its fault's deadline is abandoned and fails, and the faulting
+// page gets SIGBUS, as for any read error, while every other page is
+// served. The window around a fault gets half the fault's time (see
+// package fault), so the page next to one that hangs is still read alone
+// in time.
 //
 // By default only files on network and FUSE file systems are wrapped, where
 // such hangs happen. The wrapper costs every read a goroutine hand-off
 // (about 2 µs) and a copy (a 1 MiB read from memory takes 175 µs instead of
 // 78); a local disk does not hang short of dying (and then the kernel's own
-// mmap hangs too), and remote objects time out on their own (every request
-// has --remote-timeout, retried a bounded number of times). A StoreTimeout
-// set explicitly applies to every store.
+// mmap hangs too), and remote objects end their requests at the deadline
+// themselves. GuardAllStores wraps every store.
 //
 // A blocking read cannot be cancelled, only abandoned. It runs in a
 // goroutine of its own, into a buffer of its own: the caller's buffer goes
@@ -20,12 +24,11 @@ package server
 // returns after all must never write into it. Abandoned reads are bounded,
 // so that a store that hangs every read costs a fixed amount of memory and
 // goroutines: a new window that overlaps an abandoned read fails at once,
-// and so does a read of the very page that hung (the retries of the
-// faulting page: a page that hangs costs one timeout for its window and one
-// for itself); beyond maxHungReads in the whole daemon, every read fails at
-// once until some return.
+// and so does a read of the very page that hung; beyond maxHungReads in the
+// whole daemon, every read fails at once until some return.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,47 +38,41 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/filemap/filemap/fault"
 	"github.com/filemap/filemap/store"
 	"golang.org/x/sys/unix"
 )
 
-// DefaultStoreTimeout is the timeout of reads of files on network and FUSE
-// file systems: long enough for a server that is slow, or failing over, to
-// answer, and longer than a remote store's own worst case (five tries of
-// 10 s, if a timeout is set for every store); short enough that a client
-// stuck on a dead one gets SIGBUS within minutes.
-const DefaultStoreTimeout = 2 * time.Minute
+// DefaultFaultTimeout is the bound on a fault's time unless told
+// otherwise: fault.DefaultTimeout, which says why.
+const DefaultFaultTimeout = fault.DefaultTimeout
 
 // maxHungReads bounds the abandoned reads of the whole daemon: each holds a
 // goroutine and a buffer of up to a fill (1 MiB).
 const maxHungReads = 64
 
-// ErrStoreTimeout is wrapped by the error of a read that took longer than
-// StoreTimeout, or that was not tried because earlier reads are hung.
+// ErrStoreTimeout is wrapped by the error of a read that was still running
+// at its fault's deadline, or that was not tried because earlier reads are
+// hung.
 var ErrStoreTimeout = errors.New("store read timed out")
 
-// hangGuard applies StoreTimeout to the stores of one server.
+// hangGuard abandons the hung reads of the stores of one server.
 type hangGuard struct {
-	timeout time.Duration // 0: reads are not wrapped
+	timeout time.Duration // a read's bound when it has no deadline; 0: reads are not wrapped
 	all     bool          // every store, not only those that may hang
 	log     *slog.Logger
 	hung    atomic.Int64 // abandoned reads still running
 	bufs    [40]sync.Pool
 }
 
-func newHangGuard(timeout time.Duration, log *slog.Logger) *hangGuard {
-	all := timeout > 0
-	switch {
-	case timeout == 0:
-		timeout = DefaultStoreTimeout
-	case timeout < 0:
-		timeout = 0
-	}
-	return &hangGuard{timeout: timeout, all: all, log: log}
+// newHangGuard guards the stores of a server whose faults have timeout
+// (none if 0 or less), all of them or only those that may hang.
+func newHangGuard(timeout time.Duration, all bool, log *slog.Logger) *hangGuard {
+	return &hangGuard{timeout: max(timeout, 0), all: all, log: log}
 }
 
-// HungStoreReads is the number of store reads that outlived StoreTimeout and
-// have still not returned.
+// HungStoreReads is the number of store reads that outlived their fault's
+// deadline and have still not returned.
 func (s *Server) HungStoreReads() int64 { return s.hangs.hung.Load() }
 
 // wrap returns st with its reads bounded in time, keeping the optional
@@ -152,19 +149,29 @@ type timedRead struct {
 // private buffer costs well under a tenth of the read.
 const segmentBytes = 1 << 20
 
+// ReadAt is ReadAtContext bounded by the fault timeout: the fault path
+// passes its deadline, and nothing else reads a store.
 func (s *timedStore) ReadAt(p []byte, off int64) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.g.timeout)
+	defer cancel()
+	return s.ReadAtContext(ctx, p, off)
+}
+
+// ReadAtContext reads p at off, abandoning the read of the store below if
+// it is still running when ctx is done.
+func (s *timedStore) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return s.Store.ReadAt(p, off)
 	}
 	if h, ok := s.hungOver(span{off, off + int64(len(p))}); ok {
-		return 0, fmt.Errorf("%s: read of %d bytes at offset %d: an earlier read of [%d, %d) has not returned after %v: %w",
-			s.Key(), len(p), off, h.off, h.end, s.g.timeout, ErrStoreTimeout)
+		return 0, fmt.Errorf("%s: read of %d bytes at offset %d: an earlier read of [%d, %d) ran out of its fault's time and has not returned: %w",
+			s.Key(), len(p), off, h.off, h.end, ErrStoreTimeout)
 	}
 	bp := s.g.getBuf(min(len(p), segmentBytes))
 	done := 0
 	for done < len(p) {
 		seg := p[done:min(len(p), done+segmentBytes)]
-		n, abandoned, err := s.readSegment(seg, off+int64(done), bp)
+		n, abandoned, err := s.readSegment(ctx, seg, off+int64(done), bp)
 		done += n
 		if abandoned {
 			return done, err // the buffer is the abandoned read's now
@@ -179,18 +186,21 @@ func (s *timedStore) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // readSegment reads len(p) bytes at off into p, through the buffer bp in
-// a goroutine of its own. If the read outlives the timeout it is abandoned,
-// with bp, and abandoned is true.
-func (s *timedStore) readSegment(p []byte, off int64, bp *[]byte) (n int, abandoned bool, err error) {
+// a goroutine of its own. If the read outlives ctx it is abandoned, with
+// bp, and abandoned is true.
+func (s *timedStore) readSegment(ctx context.Context, p []byte, off int64, bp *[]byte) (n int, abandoned bool, err error) {
 	sp := span{off, off + int64(len(p))}
 	if n := s.g.hung.Load(); n >= maxHungReads {
-		return 0, false, fmt.Errorf("%s: read of %d bytes at offset %d not tried: %d store reads have not returned after %v: %w",
-			s.Key(), len(p), off, n, s.g.timeout, ErrStoreTimeout)
+		return 0, false, fmt.Errorf("%s: read of %d bytes at offset %d not tried: %d store reads ran out of their faults' time and have not returned: %w",
+			s.Key(), len(p), off, n, ErrStoreTimeout)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, false, fmt.Errorf("%s: read of %d bytes at offset %d not started: %w: %w", s.Key(), len(p), off, ErrStoreTimeout, context.Cause(ctx))
 	}
 	buf := (*bp)[:len(p)]
 	r := &timedRead{done: make(chan struct{})}
 	go func() {
-		n, err := s.Store.ReadAt(buf, off)
+		n, err := store.ReadAtContext(ctx, s.Store, buf, off) // a store that can stops at the deadline
 		r.mu.Lock()
 		r.n, r.err, r.finished = n, err, true
 		abandoned := r.abandoned
@@ -211,11 +221,10 @@ func (s *timedStore) readSegment(p []byte, off int64, bp *[]byte) (n int, abando
 		s.g.putBuf(bp)
 		s.g.log.Info("a store read that had timed out returned", "object", s.Key(), "offset", off, "bytes", len(p), "err", err)
 	}()
-	t := time.NewTimer(s.g.timeout)
-	defer t.Stop()
+	start := time.Now()
 	select {
 	case <-r.done:
-	case <-t.C:
+	case <-ctx.Done():
 		r.mu.Lock()
 		if !r.finished {
 			r.abandoned = true
@@ -224,9 +233,10 @@ func (s *timedStore) readSegment(p []byte, off int64, bp *[]byte) (n int, abando
 			s.mu.Unlock()
 			s.g.hung.Add(1)
 			r.mu.Unlock()
-			s.g.log.Warn("store read timed out; abandoning it", "object", s.Key(), "offset", off, "bytes", len(p), "timeout", s.g.timeout)
-			return 0, true, fmt.Errorf("%s: read of %d bytes at offset %d took longer than %v (filemap serve --store-timeout): %w",
-				s.Key(), len(p), off, s.g.timeout, ErrStoreTimeout)
+			waited := time.Since(start).Round(time.Millisecond)
+			s.g.log.Warn("store read ran out of its fault's time; abandoning it", "object", s.Key(), "offset", off, "bytes", len(p), "after", waited)
+			return 0, true, fmt.Errorf("%s: read of %d bytes at offset %d still running after %v, the fault's time (filemap serve --fault-timeout): %w: %w",
+				s.Key(), len(p), off, waited, ErrStoreTimeout, context.Cause(ctx))
 		}
 		r.mu.Unlock() // it returned just now
 	}

@@ -7,6 +7,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -37,14 +38,38 @@ type Readaheader interface {
 	ReadaheadBytes() int64
 }
 
+// ContextReader is a Store whose reads can be bounded: ReadAtContext is
+// ReadAt, but once ctx is done it makes no more requests or retries and
+// returns, with an error wrapping ctx's. The fault path reads through it,
+// so that the deadline of a fault bounds everything done for it, however
+// many layers retry below. A Store that cannot cut a read short (a local
+// file: its reads do not hang short of a dying disk) still starts no read
+// once ctx is done.
+type ContextReader interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// ReadAtContext reads with s's ReadAtContext if it has one; else, unless
+// ctx is done already, with ReadAt, which ctx cannot cut short.
+func ReadAtContext(ctx context.Context, s Store, p []byte, off int64) (int, error) {
+	if c, ok := s.(ContextReader); ok {
+		return c.ReadAtContext(ctx, p, off)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("%s: read %d bytes at offset %d not started: %w", s.Key(), len(p), off, context.Cause(ctx))
+	}
+	return s.ReadAt(p, off)
+}
+
 // Prefetcher is a Store that can plan the reads of a readahead window at
 // once, before they come one piece at a time: a network store then asks for
 // a run of its chunks in one larger request, where reads would have made a
 // request per chunk. The ranges are byte ranges within the object, in the
 // order the reader wants them. Prefetch must not block; the reads that
-// follow find the bytes in flight.
+// follow find the bytes in flight. Its requests end when ctx is done: the
+// window's reads have all ended, or run out of time.
 type Prefetcher interface {
-	Prefetch(ranges [][2]int64)
+	Prefetch(ctx context.Context, ranges [][2]int64)
 }
 
 // Idler is a Store that keeps memory for the reads to come, such as a
@@ -59,13 +84,36 @@ type Idler interface {
 // copying it into the caller's buffer: a remote store's fetched chunk, which
 // the fault path then writes into the page cache with no copy between.
 //
-// View returns the n bytes at off, which must lie within the object. It
-// returns ok false, and no error, when it cannot lend them (they span two
-// of its chunks, say): the caller reads them with ReadAt. The bytes must not
-// be written, and stay valid until release is called, once.
+// View returns the n bytes at off, which must lie within the object, or
+// with an error the bytes before the failure (perhaps none): as ReadAt
+// does, bounded by ctx as ReadAtContext is. It returns ok false, and no
+// error, when it cannot lend them (they span two of its chunks, say): the
+// caller reads them with ReadAt. With ok true, release must be called,
+// once; the bytes must not be written, and stay valid until then.
 type Viewer interface {
-	View(off int64, n int) (b []byte, release func(), ok bool, err error)
+	View(ctx context.Context, off int64, n int) (b []byte, release func(), ok bool, err error)
 }
+
+// Retried marks err, the failure of a read, as one the store has retried
+// already, as often as it is configured to (a network store's requests):
+// the fault path does not read the page again on top of that, which would
+// multiply the two layers' retries.
+func Retried(err error) error {
+	if err == nil || IsRetried(err) {
+		return err
+	}
+	return retriedError{err}
+}
+
+// IsRetried reports whether err, or an error it wraps, was marked Retried.
+func IsRetried(err error) bool {
+	var r retriedError
+	return errors.As(err, &r)
+}
+
+type retriedError struct{ error }
+
+func (e retriedError) Unwrap() error { return e.error }
 
 // ErrChanged reports that an object no longer has the version pinned at Open.
 var ErrChanged = errors.New("object changed since it was opened")
@@ -74,13 +122,19 @@ var ErrChanged = errors.New("object changed since it was opened")
 // reaches the store's Size. Any other short read is an error: a store that
 // returns less than it promised must never become zero-filled pages.
 func ReadFull(s Store, p []byte, off int64) (int, error) {
+	return ReadFullContext(context.Background(), s, p, off)
+}
+
+// ReadFullContext is ReadFull, with its reads bounded by ctx
+// (ReadAtContext).
+func ReadFullContext(ctx context.Context, s Store, p []byte, off int64) (int, error) {
 	want := len(p)
 	if end := s.Size(); off+int64(want) > end {
 		want = int(max(end-off, 0))
 	}
 	n := 0
 	for n < want {
-		m, err := s.ReadAt(p[n:want], off+int64(n))
+		m, err := ReadAtContext(ctx, s, p[n:want], off+int64(n))
 		n += m
 		if n >= want {
 			break

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/progress"
+	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 )
 
@@ -23,6 +25,8 @@ func cat(args []string) error {
 	socket := fs.String("socket", "", "daemon socket (default $FILEMAP_SOCKET, else a private handler)")
 	version := fs.String("object-version", "", "the version to read (default: the current one): an S3 VersionId, old or\n"+
 		"current; an ETag, which must be the current one")
+	faultTimeout := fs.Duration("fault-timeout", server.DefaultFaultTimeout, "bound on a page's time in the private handler: a page not read by then is an error,\n"+
+		"and every request and retry for it stops (0: none; a daemon's is its own --fault-timeout)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -31,8 +35,11 @@ func cat(args []string) error {
 		return oneArgError(fs, "cat", "URI")
 	}
 	uri := fs.Arg(0)
+	if *faultTimeout < 0 {
+		return fmt.Errorf("--fault-timeout %v: must be 0 (none) or more", *faultTimeout)
+	}
 	m, err := filemap.Open(context.Background(), uri, filemap.WithSocket(*socket), filemap.WithAdvice(filemap.Sequential),
-		filemap.WithVersion(*version))
+		filemap.WithVersion(*version), filemap.WithFaultTimeout(noLimit(*faultTimeout)))
 	if err != nil {
 		return err
 	}
@@ -58,13 +65,23 @@ func cat(args []string) error {
 
 // copyThrough writes the mapping's bytes [start, end) to w by user-mode
 // loads, so that a page which cannot be read raises SIGBUS here, where it
-// becomes an error that names its offset. It adds what it wrote to copied.
+// becomes an error that names its offset; the bytes before that page are
+// written first. It adds what it wrote to copied.
 func copyThrough(m *filemap.Mapping, w *bufio.Writer, start, end int64, copied *atomic.Int64) error {
 	b := m.Bytes()
 	buf := make([]byte, 1<<20)
 	for off := start; off < end; {
 		var n int
 		if err := m.Guard(func() { n = copy(buf, b[off:end]) }); err != nil {
+			var fe *filemap.FaultError
+			if errors.As(err, &fe) && fe.Offset > off {
+				// The copy stopped somewhere in the faulting page; the
+				// pages before it are mapped now, and copy again cleanly.
+				good := fe.Offset &^ (pageSize - 1)
+				if m.Guard(func() { n = copy(buf, b[off:max(off, good)]) }) == nil {
+					w.Write(buf[:n])
+				}
+			}
 			return err
 		}
 		if _, err := w.Write(buf[:n]); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/server"
@@ -248,5 +250,45 @@ func noCredentialsEnv(t *testing.T, gw *s3test.Server, imds string) []string {
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=", "AWS_CONTAINER_CREDENTIALS_FULL_URI=",
 		"AWS_REGION=" + gw.Region, "AWS_ENDPOINT_URL=" + gw.Endpoint,
 		"AWS_EC2_METADATA_DISABLED=false", "AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imds,
+	}
+}
+
+// cat of an HTTP object whose server fails every request for one page, as
+// in the field: the bytes before that page are written, every one of them
+// (the chunk's pages before it too, not only the chunks before), and the
+// error names the page's offset.
+func TestCatBadPage(t *testing.T) {
+	const bad = 10649600 // 40 pages into the 2 MiB chunk at 10 MiB
+	data := pattern.Random(16<<20+123, 7)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(bad, faultyhttp.Status500)
+	r := filemapCLI(t, "cat", srv.URL)
+	r.wantCode(t, 1)
+	r.wantStderr(t, "offset 10649600")
+	if !bytes.Equal(r.stdout, data[:bad]) {
+		t.Fatalf("filemap cat wrote %d bytes; want the %d before the bad page", len(r.stdout), bad)
+	}
+}
+
+// cat --fault-timeout bounds, in cat's private handler, the time a page
+// takes: of a server that sends part of a body and then holds the
+// connection open, the bytes before the stall are written, and cat fails
+// naming the stalled page's offset within the bound, where the default of
+// two minutes would outlast the test.
+func TestCatFaultTimeout(t *testing.T) {
+	const stall, timeout = 5<<20 + 3*4096, 2 * time.Second
+	data := pattern.Random(8<<20, 8)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(stall, faultyhttp.Stall)
+	start := time.Now()
+	r := filemapCLI(t, "cat", "--fault-timeout", timeout.String(), srv.URL)
+	took := time.Since(start)
+	r.wantCode(t, 1)
+	r.wantStderr(t, fmt.Sprintf("offset %d", stall))
+	if !bytes.Equal(r.stdout, data[:stall]) {
+		t.Errorf("filemap cat wrote %d bytes; want the %d before the stall", len(r.stdout), stall)
+	}
+	if took > 3*timeout+5*time.Second { // the bound, and starting two processes on a busy machine
+		t.Errorf("filemap cat --fault-timeout %v took %v", timeout, took)
 	}
 }

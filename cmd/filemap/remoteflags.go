@@ -20,8 +20,9 @@ func remoteFlags(fs *flag.FlagSet) func() (server.RemoteConfig, error) {
 	maxReq := byteSize(remote.DefaultMaxRequest)
 	fs.Var(&maxReq, "remote-max-request", "largest ranged request for a run of chunks that a sequential reader's readahead wants; at most --remote-chunk turns grouping off")
 	parallel := fs.Int("remote-parallel", remote.DefaultParallel, "ranged requests in flight per remote object")
-	timeout := fs.Duration("remote-timeout", remote.DefaultTimeout, "bound on one ranged request")
-	retries := fs.Int("remote-retries", remote.DefaultRetries, "retries of a failed ranged request, with exponential backoff and jitter")
+	timeout := fs.Duration("remote-timeout", remote.DefaultTimeout, "bound on one ranged request (all of a fault's end at --fault-timeout)")
+	retries := fs.Int("remote-retries", remote.DefaultRetries, "retries of a failed ranged request, with exponential backoff and jitter; a chunk that keeps failing\n"+
+		"is then narrowed down to the pages that fail, which alone get SIGBUS")
 	hedge := fs.Duration("remote-hedge", 0, "start a second request for one still running after this long (0: adaptive, 3× the recent median; negative: never)")
 	diskDir := fs.String("disk-cache", "", "keep fetched chunks of remote objects in sparse files in this directory, checksummed, across restarts")
 	diskSize := byteSize(0)

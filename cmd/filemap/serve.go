@@ -34,8 +34,9 @@ func serve(args []string) error {
 	readBuffers := byteSize(0)
 	fs.Var(&readBuffers, "read-buffers", "bound on the daemon's read buffers, the bulk of its own memory (0: a quarter of --cache-size, within 4M-64M); readahead waits for them, a fault's own read goes first")
 	huge := fs.Bool("huge", true, "keep caches on a private tmpfs whose fully read 2 MiB extents become huge folios (needs CAP_SYS_ADMIN; memfds otherwise)")
-	storeTimeout := fs.String("store-timeout", "auto", "a store read still running after this long fails: its faulting page gets SIGBUS after the retries.\n"+
-		"auto: "+server.DefaultStoreTimeout.String()+" for files on network and FUSE file systems only; a duration: for every store; 0: never")
+	faultTimeout := fs.Duration("fault-timeout", server.DefaultFaultTimeout, "bound on a fault's time: a page not read by then gets SIGBUS, and every request, read\n"+
+		"and retry for it stops (a hung read of a network or FUSE file system is abandoned); 0: none")
+	storeTimeout := fs.String("store-timeout", "", "deprecated: --fault-timeout, which bounds a fault's every read and retry together")
 	maxObjects := fs.Int("max-objects-per-client", server.DefaultMaxObjectsPerClient, "objects one client process may have open (0: no limit)")
 	maxMapped := byteSize(server.DefaultMaxMappedBytesPerClient)
 	fs.Var(&maxMapped, "max-mapped-per-client", "bytes of the objects one client process may have open (0: no limit)")
@@ -60,14 +61,15 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	var timeout time.Duration // auto
-	if *storeTimeout != "auto" {
-		if timeout, err = time.ParseDuration(*storeTimeout); err != nil || timeout < 0 {
-			return fmt.Errorf("--store-timeout %q: want auto, a duration such as 30s, or 0", *storeTimeout)
-		}
-		timeout = noLimit(timeout)
-	}
 	log := h.log
+	timeout, guardAll, err := faultTimeoutFlags(fs, *faultTimeout, *storeTimeout)
+	if err != nil {
+		return err
+	}
+	if *storeTimeout != "" {
+		log.Warn("filemap serve: --store-timeout is deprecated; it sets --fault-timeout, which bounds a fault's reads and retries together",
+			"fault-timeout", timeout)
+	}
 	cfg := server.Config{
 		ReadaheadPages:    h.raPages,
 		MaxReadahead:      h.raMaxPages,
@@ -81,7 +83,8 @@ func serve(args []string) error {
 		NoHuge:            !*huge,
 		Remote:            remoteCfg,
 		// On the command line 0 is no limit; in server.Config, negative.
-		StoreTimeout:               timeout,
+		FaultTimeout:               noLimit(timeout),
+		GuardAllStores:             guardAll,
 		MaxObjectsPerClient:        noLimit(*maxObjects),
 		MaxMappedBytesPerClient:    noLimit(int64(maxMapped)),
 		MaxRegionsPerClient:        noLimit(*maxRegions),
@@ -126,7 +129,7 @@ func serve(args []string) error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	log.Info("filemap serve: listening", "socket", *socket, "mode", fmt.Sprintf("%#o", h.perm),
 		"readahead", int64(h.ra), "readahead-max", int64(h.raMax), "readahead-inflight", int64(h.inflight), "retries", max(h.retries, 0),
-		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "max-idle-caches", *maxIdle, "store-timeout", *storeTimeout,
+		"cache-size", size(h.cacheBytes), "read-buffers", size(s.Stats().FillBufferLimit), "cache-policy", h.policyName, "max-idle-caches", *maxIdle, "fault-timeout", timeout,
 		"per-client", fmt.Sprintf("%d objects, %s, %d regions, %d faults in flight", *maxObjects, size(int64(maxMapped)), *maxRegions, *maxFaults))
 	if s.Stats().DiskCache != nil { // else its file system could not be used: logged
 		log.Info("filemap serve: disk cache for remote objects", "dir", remoteCfg.DiskCache, "size", size(remoteCfg.DiskCacheBytes))
@@ -211,6 +214,29 @@ func serveMetrics(s *server.Server, addr string, takeover bool) (net.Addr, func(
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// faultTimeoutFlags is the fault timeout that --fault-timeout, or the
+// deprecated --store-timeout in its stead, sets, and whether every store's
+// reads are guarded against hanging, as an explicit --store-timeout had
+// them.
+func faultTimeoutFlags(fs *flag.FlagSet, fault time.Duration, store string) (time.Duration, bool, error) {
+	if fault < 0 {
+		return 0, false, fmt.Errorf("--fault-timeout %v: must be 0 (none) or more", fault)
+	}
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "fault-timeout" })
+	switch {
+	case store == "" || store == "auto":
+		return fault, false, nil
+	case set:
+		return 0, false, fmt.Errorf("--store-timeout is --fault-timeout, deprecated: give only --fault-timeout")
+	}
+	d, err := time.ParseDuration(store)
+	if err != nil || d < 0 {
+		return 0, false, fmt.Errorf("--store-timeout %q: want auto, a duration such as 30s, or 0", store)
+	}
+	return d, d > 0, nil
 }
 
 // noLimit maps a flag's "0: no limit" to server.Config's negative.

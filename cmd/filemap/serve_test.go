@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap"
+	"github.com/filemap/filemap/server"
 	"golang.org/x/sys/unix"
 )
 
@@ -322,6 +324,9 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--readahead-inflight", "lots"}, []string{`invalid value "lots" for flag -readahead-inflight`}},
 		{[]string{"--readahead", "lots"}, []string{`invalid value "lots" for flag -readahead`, "bad size"}},
 		{[]string{"--retries", "-1"}, []string{"--retries -1"}},
+		{[]string{"--fault-timeout", "-1s"}, []string{"--fault-timeout -1s"}},
+		{[]string{"--store-timeout", "soon"}, []string{`--store-timeout "soon"`}},
+		{[]string{"--store-timeout", "30s", "--fault-timeout", "1m"}, []string{"give only --fault-timeout"}},
 		{[]string{"--log-level", "chatty"}, []string{"--log-level"}},
 		{[]string{"extra"}, []string{"extra"}},
 	} {
@@ -335,7 +340,35 @@ func TestServeFlags(t *testing.T) {
 
 	r := filemapCLI(t, "serve", "-h")
 	r.wantCode(t, 0)
-	r.wantStderr(t, "Usage: filemap serve", "-socket", "-socket-mode", "-readahead", "-retries", "-log-level", "-read-buffers", "-takeover", "-keep")
+	r.wantStderr(t, "Usage: filemap serve", "-socket", "-socket-mode", "-readahead", "-retries", "-log-level", "-read-buffers", "-takeover", "-keep", "-fault-timeout")
+}
+
+// --fault-timeout is a fault's bound; the deprecated --store-timeout sets
+// it instead, and guards every store's reads as it used to.
+func TestFaultTimeoutFlags(t *testing.T) {
+	for _, c := range []struct {
+		args     []string
+		timeout  time.Duration
+		guardAll bool
+	}{
+		{nil, server.DefaultFaultTimeout, false},
+		{[]string{"--fault-timeout", "30s"}, 30 * time.Second, false},
+		{[]string{"--fault-timeout", "0"}, 0, false},
+		{[]string{"--store-timeout", "auto"}, server.DefaultFaultTimeout, false},
+		{[]string{"--store-timeout", "45s"}, 45 * time.Second, true},
+		{[]string{"--store-timeout", "0"}, 0, false},
+	} {
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fault := fs.Duration("fault-timeout", server.DefaultFaultTimeout, "")
+		store := fs.String("store-timeout", "", "")
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		timeout, guardAll, err := faultTimeoutFlags(fs, *fault, *store)
+		if err != nil || timeout != c.timeout || guardAll != c.guardAll {
+			t.Errorf("%q: fault timeout %v, every store guarded %v, %v; want %v, %v", c.args, timeout, guardAll, err, c.timeout, c.guardAll)
+		}
+	}
 }
 
 // --max-idle-caches 0 keeps no cache once its last client lets go; by

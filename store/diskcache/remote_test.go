@@ -2,9 +2,12 @@ package diskcache
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/remote"
@@ -93,7 +96,7 @@ func TestRemotePrefetchSkipsCached(t *testing.T) {
 	obj := &rangeObject{data: data}
 	st = c.Wrap(remote.New(obj, cfg))
 	defer st.Close()
-	st.(store.Prefetcher).Prefetch([][2]int64{{0, 3 * cs}, {3 * cs, size}})
+	st.(store.Prefetcher).Prefetch(context.Background(), [][2]int64{{0, 3 * cs}, {3 * cs, size}})
 	readAll(t, st, data, pageSize)
 	got := obj.requests()
 	slices.SortFunc(got, func(a, b [2]int64) int { return int(a[0] - b[0]) })
@@ -167,3 +170,41 @@ type offsetStore struct {
 }
 
 func (s *offsetStore) ReadAt(p []byte, off int64) (int, error) { return s.Store.ReadAt(p, s.off+off) }
+
+// stallObject is a remote.Object whose requests hang until their context
+// ends; it counts those still running.
+type stallObject struct {
+	rangeObject
+	running atomic.Int64
+}
+
+func (o *stallObject) GetRange(ctx context.Context, p []byte, off int64) error {
+	o.running.Add(1)
+	defer o.running.Add(-1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A read through the cache is bounded by its context down to the remote
+// store's requests: a miss whose request hangs (for as long as a request
+// may, an hour here) ends with the read's deadline, and so does the
+// request.
+func TestRemoteReadContext(t *testing.T) {
+	c, _ := open(t, t.TempDir(), 1<<30)
+	defer c.Close()
+	obj := &stallObject{rangeObject: rangeObject{data: pattern(size, 32)}}
+	st := c.Wrap(remote.New(obj, remote.Config{ChunkSize: cs, HedgeAfter: -1, Timeout: time.Hour}))
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := store.ReadAtContext(ctx, st, make([]byte, pageSize), 3*cs); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("read of a miss whose request hangs: %v; want its deadline", err)
+	}
+	deadline := time.Now().Add(10 * time.Second) // a bound for a busy machine, not a timing assertion
+	for obj.running.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the miss's request still runs after the read's deadline")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

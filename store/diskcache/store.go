@@ -1,6 +1,7 @@
 package diskcache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -140,13 +141,13 @@ func (s *cachedStore) Idle() {
 // its requests (store.Prefetcher), less the chunks this cache will serve:
 // those on disk, in memory or being loaded. Those left are the misses the
 // window's reads will ask the store below for, a chunk at a time.
-func (s *cachedStore) Prefetch(ranges [][2]int64) {
+func (s *cachedStore) Prefetch(ctx context.Context, ranges [][2]int64) {
 	p, ok := s.st.(store.Prefetcher)
 	if !ok || s.closed.Load() {
 		return
 	}
 	if miss := s.c.misses(s.o, ranges); len(miss) > 0 {
-		p.Prefetch(miss)
+		p.Prefetch(ctx, miss)
 	}
 }
 
@@ -221,6 +222,12 @@ func (s *cachedStore) Close() error {
 // ReadAt reads like an io.ReaderAt: all of p, or the bytes up to Size and
 // io.EOF, or an error naming the object and offset.
 func (s *cachedStore) ReadAt(p []byte, off int64) (int, error) {
+	return s.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext is ReadAt whose misses read the store below within ctx
+// (store.ContextReader): a fault's deadline reaches the requests they make.
+func (s *cachedStore) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if s.closed.Load() {
 		return 0, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.o.key, len(p), off, errClosed)
 	}
@@ -234,7 +241,7 @@ func (s *cachedStore) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	want := p[:min(int64(len(p)), s.o.size-off)]
-	n, err := s.read(want, off)
+	n, err := s.read(ctx, want, off)
 	if err != nil {
 		return n, err
 	}
@@ -247,7 +254,7 @@ func (s *cachedStore) ReadAt(p []byte, off int64) (int, error) {
 // read fills p, which lies within the object, chunk by chunk. The chunks of
 // a read that spans several are loaded concurrently (readParallel at a
 // time), so that a readahead window of misses costs one round trip.
-func (s *cachedStore) read(p []byte, off int64) (int, error) {
+func (s *cachedStore) read(ctx context.Context, p []byte, off int64) (int, error) {
 	cs := s.c.chunkSize
 	first, last := off/cs, (off+int64(len(p))-1)/cs
 	part := func(ci int64) []byte { // the bytes of p in chunk ci
@@ -260,7 +267,7 @@ func (s *cachedStore) read(p []byte, off int64) (int, error) {
 		if scattered && s.c.readPart(s.o, ci, lo, part(ci)) {
 			return nil
 		}
-		buf, err := s.c.load(s, ci)
+		buf, err := s.c.load(ctx, s, ci)
 		if err != nil {
 			return err
 		}
@@ -297,13 +304,13 @@ func (s *cachedStore) read(p []byte, off int64) (int, error) {
 // load returns chunk ci's bytes: from memory, from another read's load in
 // progress, from disk if present and intact, else from the wrapped store.
 // The returned buffer must not be written.
-func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
+func (c *Cache) load(ctx context.Context, s *cachedStore, ci int64) ([]byte, error) {
 	o := s.o
 	c.mu.Lock()
 	if c.closed || o.gone || o.openFiles(true) != nil {
 		// Only a read racing with Close gets here: serve it uncached.
 		c.mu.Unlock()
-		return c.fetch(s, ci, make([]byte, o.chunkLen(ci)))
+		return c.fetch(ctx, s, ci, make([]byte, o.chunkLen(ci)))
 	}
 	if buf := c.mem.get(o, ci); buf != nil {
 		if ch := o.chunks[ci]; ch != nil {
@@ -316,9 +323,13 @@ func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
 	if f := o.flights[ci]; f != nil {
 		f.waiters++
 		c.mu.Unlock()
-		<-f.done
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("diskcache: %s: waiting for the chunk at offset %d: %w", o.key, ci*c.chunkSize, context.Cause(ctx))
+		}
 		if f.part { // a read of a few blocks, with no chunk to share
-			return c.load(s, ci)
+			return c.load(ctx, s, ci)
 		}
 		return f.buf, f.err
 	}
@@ -346,7 +357,7 @@ func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
 		c.dropCorrupt(o, ch, err)
 		c.mu.Unlock()
 	}
-	if _, err := c.fetch(s, ci, buf); err != nil {
+	if _, err := c.fetch(ctx, s, ci, buf); err != nil {
 		c.mu.Lock()
 		c.finish(o, ci, f, nil, err)
 		c.mu.Unlock()
@@ -364,11 +375,11 @@ func (c *Cache) load(s *cachedStore, ci int64) ([]byte, error) {
 	return buf, nil
 }
 
-// fetch reads chunk ci from the wrapped store into buf.
-func (c *Cache) fetch(s *cachedStore, ci int64, buf []byte) ([]byte, error) {
+// fetch reads chunk ci from the wrapped store into buf, within ctx.
+func (c *Cache) fetch(ctx context.Context, s *cachedStore, ci int64, buf []byte) ([]byte, error) {
 	c.stats.misses.Add(1)
 	off := ci * c.chunkSize
-	n, err := store.ReadFull(s.st, buf, off)
+	n, err := store.ReadFullContext(ctx, s.st, buf, off)
 	if err == nil && n < len(buf) {
 		err = io.ErrUnexpectedEOF
 	}

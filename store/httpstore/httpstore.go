@@ -355,16 +355,17 @@ func changed(format string, args ...any) error {
 	return remote.Permanent(fmt.Errorf("%w: "+format, append([]any{store.ErrChanged}, args...)...))
 }
 
-// readBody fills p from body. A body that ends early is retried; one that
-// goes on past p is a broken server (the bytes it sent may be any), and p
-// is never overrun either way.
+// readBody fills p from body. A body that ends early, or stalls until the
+// request's context ends, is retried, from where it broke off (remote.Short);
+// one that goes on past p is a broken server (the bytes it sent may be
+// any), and p is never overrun either way.
 func readBody(body io.Reader, p []byte) error {
 	n, err := io.ReadFull(body, p)
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return fmt.Errorf("body ended after %d of %d bytes: %w", n, len(p), err)
+		return remote.Short(n, fmt.Errorf("body ended after %d of %d bytes: %w", n, len(p), err))
 	}
 	var extra [1]byte
 	if m, _ := body.Read(extra[:]); m > 0 {

@@ -12,15 +12,28 @@ import (
 	"github.com/filemap/filemap/store"
 )
 
-// A fetch is the bytes [off, off+n) of one chunk (all of it, or a partial
-// span for a lone small read), in flight or cached. It plays the locked
-// folio of filemap_fault: every read that wants its bytes waits on it.
+// A fetch is the bytes [off, off+n) of one chunk (all of it, a partial
+// span for a lone small read, or pages a fetch gave up on, asked for
+// again), in flight or cached. It plays the locked folio of filemap_fault:
+// every read that wants its bytes waits on it.
 type fetch struct {
 	off    int64
 	n      int
 	demand atomic.Bool // a demand read waits for it: see slots
-	turn   *waiter     // its place in the queue for its first attempt
+	turn   *waiter     // its place in the queue for its next request
 	done   chan struct{}
+
+	// ctx bounds f's requests, retries and backoffs: it ends when the
+	// read that started f is done (it returned, gave up, or ran out of
+	// time) or the Store closes. stop releases it once f has run. Set
+	// before f is listed; a group's fetches but its first have none (see
+	// lead).
+	ctx  context.Context
+	stop func()
+
+	// retries is how often a failed page of f is asked for again:
+	// Config.Retries, or fewer for pages a fetch gave up on just now.
+	retries int
 
 	// group is the request of several chunks that f is one of (see
 	// Prefetch), or nil when f has a request of its own. Set before f is
@@ -31,27 +44,63 @@ type fetch struct {
 	// demand reads go (see Store.span). Set before it is listed.
 	held bool
 
-	// Under Store.mu; buf and err are set before done is closed.
-	buf        *[]byte // the bytes; nil on error or once recycled
-	err        error
-	ended      bool // buf and err are set
-	refs       int  // reads using buf, and Holds keeping it
-	pins       int  // Holds keeping it: it joins the lru only when none does
-	listed     bool // in Store.chunks: findable by reads
-	cached     bool // in Store.lru
+	// Under Store.mu; buf, bad and err are set before done is closed.
+	buf        *[]byte  // the bytes; nil on error or once recycled
+	bad        []badRun // pages given up while the others arrived, in offset order
+	err        error    // every page failed
+	ended      bool     // buf, bad and err are set
+	refs       int      // reads using buf, and Holds keeping it
+	pins       int      // Holds keeping it: it joins the lru only when none does
+	listed     bool     // in Store.chunks: findable by reads
+	cached     bool     // in Store.lru
 	prev, next *fetch
 }
 
-// run fetches f, retrying, and records the outcome: f's, or that of every
-// fetch of f's group, which f leads.
+// bind gives f its context: base's (the Store's), ended too when ctx, the
+// context of the read that starts f, is done. Only ctx's end does it, not a
+// deadline of its own, so that a read whose ctx has time left never sees
+// a fetch it started end for lack of time.
+func (f *fetch) bind(base, ctx context.Context) {
+	c, cancel := context.WithCancelCause(base)
+	after := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
+	f.ctx = c
+	f.stop = func() {
+		after()
+		cancel(context.Canceled)
+	}
+}
+
+// badAt returns the run of pages f gave up on that holds byte off.
+func (f *fetch) badAt(off int64) (badRun, bool) {
+	for _, r := range f.bad {
+		if r.off <= off && off < r.end {
+			return r, true
+		}
+	}
+	return badRun{}, false
+}
+
+// badIn returns the first run of pages f gave up on that meets [lo, hi).
+func (f *fetch) badIn(lo, hi int64) (badRun, bool) {
+	for _, r := range f.bad {
+		if r.off < hi && lo < r.end {
+			return r, true
+		}
+	}
+	return badRun{}, false
+}
+
+// run fetches f, retrying and narrowing down failures, and records the
+// outcome: f's, or that of every fetch of f's group, which f leads.
 func (s *Store) run(f *fetch) {
 	defer s.wg.Done()
-	buf, err := s.fetchRetrying(f)
+	buf, bad, err := s.fetchRetrying(f)
+	f.stop()
 	if f.group != nil {
-		s.finishGroup(f.group, buf, err)
+		s.finishGroup(f.group, buf, bad, err)
 		return
 	}
-	s.finish(f, buf, err)
+	s.finish(f, buf, bad, err)
 }
 
 // lead is the fetch whose request brings f's bytes: f, or its group's
@@ -71,37 +120,25 @@ func (f *fetch) want() int {
 	return f.n
 }
 
-// fetchRetrying makes attempts at f until one succeeds, one fails for good,
-// the retries run out or the Store is closed. It waits for a slot before
-// each attempt and holds none while it backs off.
-func (s *Store) fetchRetrying(f *fetch) (*[]byte, error) {
-	for try := 0; ; try++ {
-		if try > 0 {
-			f.turn = s.slots.enqueue(&f.demand)
-		}
-		if s.slots.wait(s.ctx, f.turn) != nil {
-			return nil, s.fetchError(f, 0, ErrClosed)
-		}
-		buf, err := s.attempt(f)
-		switch {
-		case err == nil:
-			return buf, nil
-		case s.ctx.Err() != nil:
-			return nil, s.fetchError(f, 0, ErrClosed)
-		case permanent(err) || try >= s.cfg.Retries:
-			return nil, s.fetchError(f, try+1, err)
-		}
-		s.cfg.Observer.Retry(Kind(err))
-		if !s.sleep(s.backoff(try)) {
-			return nil, s.fetchError(f, 0, ErrClosed)
-		}
+// fetchRetrying gets the bytes of f: with one request, and when that
+// fails, with more (narrow.go): those of the pages that fail are given up,
+// and the others are returned with them. It fails only when no byte
+// arrived, or a failure was permanent.
+func (s *Store) fetchRetrying(f *fetch) (*[]byte, []badRun, error) {
+	lo, hi := f.off, f.off+int64(f.want())
+	bp, got, err := s.request(f, lo, hi)
+	if err == nil {
+		return bp, nil, nil
 	}
+	x := &salvage{s: s, f: f, base: lo, limit: 1 + f.retries, fails: make([]uint8, (hi-lo+pageSize-1)/pageSize)}
+	x.settle(x.failed(lo, hi, bp, got, err))
+	return x.result()
 }
 
 // fetchError says which bytes failed, and after how many tries if more
 // than one.
-func (s *Store) fetchError(f *fetch, tries int, err error) error {
-	what := fmt.Sprintf("fetching bytes %d-%d", f.off, f.off+int64(f.want())-1)
+func fetchError(lo, hi int64, tries int, err error) error {
+	what := fmt.Sprintf("fetching bytes %d-%d", lo, hi-1)
 	if tries > 1 {
 		what += fmt.Sprintf(" (%d tries)", tries)
 	}
@@ -124,43 +161,79 @@ func (s *Store) backoff(try int) time.Duration {
 	return rand.N(min(d, s.cfg.BackoffMax))
 }
 
-func (s *Store) sleep(d time.Duration) bool {
+// sleep waits d, or until ctx is done, and says whether it waited d.
+func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-s.ctx.Done():
+	case <-ctx.Done():
 		return false
 	}
 }
 
-// attempt is one try at f, holding a slot acquired for it: one request, and
-// a hedge if that one straggles and a slot is spare. The first success
-// wins and cancels the other request.
+// An endedError is the failure of bytes a fetch gave up on because its
+// context ended: the read that started it is done. Another read that
+// waited for those bytes, and has time left, asks for them again.
+type endedError struct{ cause error }
+
+func (e endedError) Error() string {
+	return "not fetched: the read that asked first is done: " + e.cause.Error()
+}
+func (e endedError) Unwrap() error { return e.cause }
+
+// ended is the error of f's bytes once its context has ended.
+func (s *Store) ended(f *fetch) error {
+	if s.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return endedError{context.Cause(f.lead().ctx)}
+}
+
+// request makes one attempt at bytes [lo, hi) of f, which leads its
+// request: it waits for a slot (f's first, queued when f was listed, or a
+// new one) and runs the attempt. It returns the winning request's buffer,
+// of which the first got bytes are good (all of them on success), or nil.
+func (s *Store) request(f *fetch, lo, hi int64) (bp *[]byte, got int, err error) {
+	turn := f.turn
+	if turn == nil {
+		turn = s.slots.enqueue(&f.demand)
+	}
+	f.turn = nil
+	if err := s.slots.wait(f.ctx, turn); err != nil {
+		return nil, 0, s.ended(f)
+	}
+	return s.attempt(f, lo, hi)
+}
+
+// attempt is one try at bytes [lo, hi) of f, holding a slot acquired for
+// it: one request, and a hedge if that one straggles and a slot is spare.
+// The first success wins and cancels the other request.
 //
 // The first request runs in attempt's own goroutine (which, for a demand
 // read, is the faulting read's: see Store.read) and only a hedge gets a
 // goroutine of its own: every hand-off between goroutines is a wake-up
 // that a fault waits for, and a scheduling delay on a busy machine.
-func (s *Store) attempt(f *fetch) (*[]byte, error) {
-	ctx, cancel := context.WithCancel(s.ctx)
+func (s *Store) attempt(f *fetch, lo, hi int64) (*[]byte, int, error) {
+	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
+	n := int(hi - lo)
 	r := &race{pending: 1, decided: make(chan struct{}), stop: cancel}
-	if d := s.hedgeDelay(f.want()); d > 0 {
+	if d := s.hedgeDelay(n); d > 0 {
 		// A late call finds the race decided and starts nothing.
-		t := time.AfterFunc(d, func() { s.hedge(ctx, f, r) })
+		t := time.AfterFunc(d, func() { s.hedge(ctx, f, lo, n, r) })
 		defer t.Stop()
 	}
-	s.doRequest(ctx, f, r, false)
+	s.doRequest(ctx, lo, n, r, false)
 	<-r.decided // the hedge may still be running when the first fails
-	return r.buf, r.err
+	return r.buf, r.got, r.err
 }
 
-// hedge starts a second request for f if a slot is spare. Hedges never
-// wait for a slot: a straggler is worth a spare slot, not another fetch's
-// turn.
-func (s *Store) hedge(ctx context.Context, f *fetch, r *race) {
+// hedge starts a second request for bytes [lo, lo+n) of f if a slot is
+// spare. Hedges never wait for a slot: a straggler is worth a spare slot,
+// not another fetch's turn.
+func (s *Store) hedge(ctx context.Context, f *fetch, lo int64, n int, r *race) {
 	if !s.slots.tryAcquire(f.demand.Load()) {
 		return
 	}
@@ -169,7 +242,11 @@ func (s *Store) hedge(ctx context.Context, f *fetch, r *race) {
 		return
 	}
 	s.cfg.Observer.Hedge()
-	s.request(ctx, f, r, true)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.doRequest(ctx, lo, n, r, true)
+	}()
 }
 
 // hedgeDelay is how long a request of n bytes may run before it is hedged;
@@ -200,31 +277,23 @@ func (s *Store) sizeClass(n int) int {
 	return 0
 }
 
-// request runs doRequest in a goroutine of its own.
-func (s *Store) request(ctx context.Context, f *fetch, r *race, hedged bool) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.doRequest(ctx, f, r, hedged)
-	}()
-}
-
-// doRequest runs one ranged request for f into a buffer of its own, holding
-// a slot until the Object returns, and reports to r.
-func (s *Store) doRequest(ctx context.Context, f *fetch, r *race, hedged bool) {
+// doRequest runs one ranged request for n bytes at off into a buffer of
+// its own, holding a slot until the Object returns, and reports to r.
+func (s *Store) doRequest(ctx context.Context, off int64, n int, r *race, hedged bool) {
 	defer s.slots.release()
-	n := f.want()
 	bp := s.bufs.get(n)
 	start := time.Now()
-	err := s.getRange(ctx, *bp, f.off)
+	err := s.getRange(ctx, *bp, off)
 	lat := time.Since(start)
 	s.cfg.Observer.Request(RequestStats{Bytes: n, Latency: lat, Hedge: hedged, Err: Kind(err)})
 	if err == nil {
 		s.lat[s.sizeClass(n)].add(lat)
 	}
-	if !r.end(bp, err) {
-		s.bufs.put(bp)
+	got := 0
+	if err != nil {
+		got = min(arrived(err), n) / pageSize * pageSize // whole pages, which the fault path fills
 	}
+	s.bufs.put(r.end(bp, got, err))
 }
 
 // getRange calls the Object with the per-request timeout. An Object may
@@ -246,7 +315,8 @@ type race struct {
 	mu      sync.Mutex
 	pending int // requests running
 	done    bool
-	buf     *[]byte
+	buf     *[]byte // the winner's; or, failing, the one whose first got bytes arrived
+	got     int
 	err     error
 	decided chan struct{} // closed when done
 	stop    func()        // cancels the requests still running once decided
@@ -263,25 +333,31 @@ func (r *race) join() bool {
 	return true
 }
 
-// end reports a request's outcome and says whether the race took bp.
-func (r *race) end(bp *[]byte, err error) bool {
+// end reports a request's outcome: its buffer bp, of which the first got
+// bytes are good, and its error. It returns the buffer the race does not
+// keep, if any, for the pool.
+func (r *race) end(bp *[]byte, got int, err error) (spare *[]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.pending--
 	if r.done {
-		return false
+		return bp
 	}
 	switch {
 	case err == nil:
-		r.buf, r.err = bp, nil
+		spare, r.buf, r.got, r.err = r.buf, bp, len(*bp), nil
 	case permanent(err):
-		r.err = err
+		spare, r.err = bp, err
 	default:
+		spare = bp
+		if got > r.got {
+			spare, r.buf, r.got = r.buf, bp, got
+		}
 		if r.err == nil {
 			r.err = err
 		}
 		if r.pending > 0 {
-			return false // the other request may still succeed
+			return spare // the other request may still succeed
 		}
 	}
 	r.done = true
@@ -289,7 +365,7 @@ func (r *race) end(bp *[]byte, err error) bool {
 	if r.pending > 0 {
 		r.stop()
 	}
-	return err == nil
+	return spare
 }
 
 // lruList is an intrusive list of cached fetches, most recent first.

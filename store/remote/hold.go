@@ -81,10 +81,13 @@ func (h *Held) Wait(stop <-chan struct{}) error {
 		case <-stop:
 			return fmt.Errorf("%s: waiting for held bytes %d-%d: %w", s.Key(), f.off, f.off+int64(f.n)-1, context.Canceled)
 		}
-		if err := s.wait(f); errors.Is(err, ErrClosed) {
+		if err := s.wait(context.Background(), f); errors.Is(err, ErrClosed) {
 			return fmt.Errorf("%s: held bytes %d-%d: %w", s.Key(), f.off, f.off+int64(f.n)-1, err)
 		} else if err != nil {
 			return fmt.Errorf("%s: %w", s.Key(), err) // it names the bytes
+		}
+		if len(f.bad) > 0 { // the other bytes are held
+			return fmt.Errorf("%s: %w", s.Key(), f.bad[0].err)
 		}
 	}
 	return nil
@@ -117,7 +120,7 @@ func (h *Held) Release() {
 // its bytes. Called with s.mu held.
 func (s *Store) wholeBesides(f *fetch) bool {
 	for _, g := range s.chunks[f.off/int64(s.cfg.ChunkSize)] {
-		if g != f && g.ended && g.err == nil && s.wholeChunk(g) {
+		if g != f && g.ended && g.err == nil && len(g.bad) == 0 && s.wholeChunk(g) {
 			return true
 		}
 	}
@@ -137,7 +140,8 @@ func (s *Store) hold(lo, hi int64) (*fetch, error) {
 	f := s.lookup(ci, lo, hi)
 	switch {
 	case f == nil:
-		f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), listed: true, held: true}
+		f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), listed: true, held: true, retries: s.cfg.Retries}
+		f.bind(s.ctx, context.Background()) // the Hold's: until it is released or the Store closes
 		f.turn = s.slots.enqueue(&f.demand)
 		s.chunks[ci] = append(s.chunks[ci], f)
 		s.wg.Add(1)

@@ -19,7 +19,9 @@ type Object interface {
 	// GetRange fills p with the bytes at off of the pinned version: exactly
 	// len(p) bytes (off+len(p) never passes Size), or an error. An error
 	// that retrying cannot cure (the object changed, access denied, a
-	// server that ignores ranges) is wrapped with Permanent.
+	// server that ignores ranges) is wrapped with Permanent. An error after
+	// some of the bytes arrived (a body cut short, or stalled until ctx
+	// ended) may say so with Short: the Store keeps those.
 	GetRange(ctx context.Context, p []byte, off int64) error
 
 	Size() int64
@@ -46,4 +48,32 @@ func Permanent(err error) error {
 func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
+}
+
+type shortError struct {
+	n   int
+	err error
+}
+
+func (e shortError) Error() string { return e.err.Error() }
+func (e shortError) Unwrap() error { return e.err }
+
+// Short marks err, the failure of a GetRange, as one that came after the
+// first n bytes of p had been filled with the object's bytes: a body that
+// broke off, or stalled. The Store keeps them and asks again only for the
+// rest, starting with the page where the body broke off.
+func Short(n int, err error) error {
+	if err == nil || n <= 0 {
+		return err
+	}
+	return shortError{n, err}
+}
+
+// arrived is how many bytes a failed GetRange brought before err (Short).
+func arrived(err error) int {
+	var s shortError
+	if errors.As(err, &s) {
+		return s.n
+	}
+	return 0
 }

@@ -1,5 +1,7 @@
 package remote
 
+import "context"
+
 // A group is the fetches of a run of adjacent chunks that one request
 // brings (see Prefetch). Each chunk stays a fetch of its own, found,
 // waited for, cached and evicted as any other; they share the request's
@@ -24,8 +26,9 @@ type group struct {
 // The requests are bulk ones, queued behind those already waiting; a
 // demand read that wants a chunk of one still queued promotes it, and then
 // waits for the whole request, as a fault on a page under readahead waits
-// for the kernel's readahead I/O.
-func (s *Store) Prefetch(ranges [][2]int64) {
+// for the kernel's readahead I/O. They end, retries and all, when ctx is
+// done: the window's reads are over.
+func (s *Store) Prefetch(ctx context.Context, ranges [][2]int64) {
 	per := s.cfg.MaxRequest / s.cfg.ChunkSize
 	if per < 2 {
 		return
@@ -47,23 +50,24 @@ func (s *Store) Prefetch(ranges [][2]int64) {
 			last = ci
 			a, b := ci*cs, s.chunkEnd(ci*cs)
 			if len(run) > 0 && (run[len(run)-1].off+cs != a || len(run) == per) {
-				s.startGroup(run)
+				s.startGroup(ctx, run)
 				run = nil
 			}
-			if s.lookup(ci, a, b) != nil {
-				s.startGroup(run)
+			if s.lookup(ci, a, b) != nil || s.gaveUp(ci) { // the latter's reads ask for what they need
+				s.startGroup(ctx, run)
 				run = nil
 				continue
 			}
 			run = append(run, &fetch{off: a, n: int(b - a)})
 		}
 	}
-	s.startGroup(run)
+	s.startGroup(ctx, run)
 }
 
 // startGroup lists the fetches of run, one request's chunks, and starts
-// their request; a run of one is left to reads. Called with s.mu held.
-func (s *Store) startGroup(run []*fetch) {
+// their request, which ends when ctx is done; a run of one is left to
+// reads. Called with s.mu held.
+func (s *Store) startGroup(ctx context.Context, run []*fetch) {
 	if len(run) < 2 {
 		return
 	}
@@ -75,27 +79,51 @@ func (s *Store) startGroup(run []*fetch) {
 		s.chunks[ci] = append(s.chunks[ci], f)
 	}
 	lead := run[0]
+	lead.bind(s.ctx, ctx)
+	lead.retries = s.cfg.Retries
 	lead.turn = s.slots.enqueue(&lead.demand)
 	s.wg.Add(1)
 	go s.run(lead)
 }
 
 // finishGroup records the outcome of g's request for each of its fetches,
-// as finish does for one.
-func (s *Store) finishGroup(g *group, buf *[]byte, err error) {
+// as finish does for one: each gets its part of the bytes and of the pages
+// given up, and fails if it got none of the bytes.
+func (s *Store) finishGroup(g *group, buf *[]byte, bad []badRun, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err == nil {
-		g.buf, g.live = buf, len(g.fetches)
-	}
 	base := g.fetches[0].off
 	for _, f := range g.fetches {
+		lo, hi := f.off, f.off+int64(f.n)
 		var b *[]byte
-		if err == nil {
-			at := int(f.off - base)
+		fb, ferr := clipRuns(bad, lo, hi), err
+		switch {
+		case err != nil:
+		case len(fb) == 1 && fb[0].off == lo && fb[0].end == hi:
+			fb, ferr = nil, fb[0].err
+		default:
+			at := int(lo - base)
 			part := (*buf)[at : at+f.n : at+f.n]
 			b = &part
+			g.live++
 		}
-		s.finishLocked(f, b, err)
+		s.finishLocked(f, b, fb, ferr)
 	}
+	if g.live > 0 {
+		g.buf = buf
+	} else {
+		s.bufs.put(buf)
+	}
+}
+
+// clipRuns is the parts of runs within [lo, hi).
+func clipRuns(runs []badRun, lo, hi int64) []badRun {
+	var out []badRun
+	for _, r := range runs {
+		if r.off < hi && lo < r.end {
+			r.off, r.end = max(r.off, lo), min(r.end, hi)
+			out = append(out, r)
+		}
+	}
+	return out
 }

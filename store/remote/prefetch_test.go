@@ -40,7 +40,7 @@ func sameRanges(got []call, want [][2]int) bool {
 func TestPrefetchGroupsChunks(t *testing.T) {
 	o := newFake(t, testSize)
 	s := newStore(t, o, groupConfig())
-	s.Prefetch([][2]int64{{0, 3 * testChunk}, {3 * testChunk, 10 * testChunk}})
+	s.Prefetch(context.Background(), [][2]int64{{0, 3 * testChunk}, {3 * testChunk, 10 * testChunk}})
 	readAndCheck(t, s, o.data, 0, 10*testChunk)
 	want := [][2]int{{0, 4 * testChunk}, {4 * testChunk, 4 * testChunk}, {8 * testChunk, 2 * testChunk}}
 	if got := sortedCalls(o); !sameRanges(got, want) {
@@ -55,7 +55,7 @@ func TestPrefetchSkipsCovered(t *testing.T) {
 	o := newFake(t, testSize)
 	s := newStore(t, o, groupConfig())
 	readAndCheck(t, s, o.data, 2*testChunk, testChunk)
-	s.Prefetch([][2]int64{{0, 7 * testChunk}, {9 * testChunk, 10 * testChunk}, {14 * testChunk, testSize + testChunk}})
+	s.Prefetch(context.Background(), [][2]int64{{0, 7 * testChunk}, {9 * testChunk, 10 * testChunk}, {14 * testChunk, testSize + testChunk}})
 	readAndCheck(t, s, o.data, 0, 7*testChunk)
 	readAndCheck(t, s, o.data, 14*testChunk, testSize-14*testChunk)
 	want := [][2]int{{0, 2 * testChunk}, {2 * testChunk, testChunk}, {3 * testChunk, 4 * testChunk},
@@ -71,7 +71,7 @@ func TestPrefetchOff(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxRequest = testChunk
 	s := newStore(t, o, cfg)
-	s.Prefetch([][2]int64{{0, 8 * testChunk}})
+	s.Prefetch(context.Background(), [][2]int64{{0, 8 * testChunk}})
 	if n := len(o.requests()); n != 0 {
 		t.Fatalf("%d requests after Prefetch with MaxRequest = ChunkSize", n)
 	}
@@ -95,7 +95,7 @@ func TestPrefetchGroupFails(t *testing.T) {
 		}
 	}
 	s := newStore(t, o, groupConfig())
-	s.Prefetch([][2]int64{{0, 4 * testChunk}})
+	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
 	waitFor(t, "the group's request", func() bool { return len(o.requests()) == 1 })
 	done := readAsync(t, s, o.data, testChunk+100, 1000)
 	waitFor(t, "the read to wait for the group", func() bool {
@@ -138,7 +138,7 @@ func TestPrefetchPromoted(t *testing.T) {
 	s := newStore(t, o, cfg)
 	scan := readAsync(t, s, o.data, 12*testChunk, testChunk)
 	waitFor(t, "the scan's request", func() bool { return len(o.requests()) == 1 })
-	s.Prefetch([][2]int64{{0, 4 * testChunk}})
+	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
 	select {
 	case err := <-readAsync(t, s, o.data, 2*testChunk+4096, 4096):
 		if err != nil {
@@ -160,7 +160,7 @@ func TestPrefetchPromoted(t *testing.T) {
 func TestPrefetchBufferReleased(t *testing.T) {
 	o := newFake(t, testSize)
 	s := newStore(t, o, groupConfig())
-	s.Prefetch([][2]int64{{0, 4 * testChunk}})
+	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
 	s.mu.Lock()
 	g := s.chunks[0][0].group
 	s.mu.Unlock()
@@ -198,7 +198,7 @@ func FuzzPrefetch(f *testing.F) {
 		o := &fakeObject{t: t, data: data}
 		s := New(o, groupConfig())
 		defer s.Close()
-		s.Prefetch([][2]int64{{lo, lo + n}, {off, off + m}})
+		s.Prefetch(context.Background(), [][2]int64{{lo, lo + n}, {off, off + m}})
 		checkReadAt(t, s, o.data, off, int(m))
 		checkReadAt(t, s, o.data, max(lo, 0), int(min(max(n, 1), 8*testChunk)))
 	})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/filemap/filemap/store"
 )
@@ -69,6 +70,15 @@ func (s *Store) ReadaheadBytes() int64 { return 2 * int64(s.cfg.Parallel) * int6
 // io.EOF, or an error that names the object, offset and length and wraps
 // the cause. Reads of at most Config.SmallRead bytes are demand reads.
 func (s *Store) ReadAt(p []byte, off int64) (int, error) {
+	return s.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext is ReadAt bounded by ctx (store.ContextReader): once ctx is
+// done, the requests this read started, their retries and their hedges
+// stop, unless another read waits for them, and it returns. Of a failed
+// read, n is the bytes before the first that failed, and the error, marked
+// store.Retried, says which those are.
+func (s *Store) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("%s: read %d bytes at negative offset %d", s.Key(), len(p), off)
 	}
@@ -79,69 +89,124 @@ func (s *Store) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	want := p[:min(int64(len(p)), s.size-off)]
-	n, err := s.read(want, off, len(p) <= s.cfg.SmallRead)
-	if err != nil {
-		return n, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.Key(), len(p), off, err)
+	demand := len(p) <= s.cfg.SmallRead
+	n := 0
+	for {
+		m, err := s.read(ctx, want[n:], off+int64(n), demand)
+		n += m
+		switch {
+		case err == nil && len(want) < len(p):
+			return n, io.EOF
+		case err == nil:
+			return n, nil
+		case !s.again(ctx, err):
+			return n, s.readError(len(p), off, err)
+		}
 	}
-	if len(want) < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+}
+
+// readError names the object and the read, and marks err as retried
+// already: the Store retries its requests itself.
+func (s *Store) readError(n int, off int64, err error) error {
+	return store.Retried(fmt.Errorf("%s: read %d bytes at offset %d: %w", s.Key(), n, off, err))
+}
+
+// again says whether a read with ctx that failed with err should ask again
+// for what it failed to get: the fetch it waited for was started by another
+// read, which is done, while this one has time left.
+func (s *Store) again(ctx context.Context, err error) bool {
+	var e endedError
+	return errors.As(err, &e) && ctx.Err() == nil && s.ctx.Err() == nil
 }
 
 // View lends the bytes [off, off+n) of the fetch that holds them, when
 // they lie in one chunk (store.Viewer): the read a fill of the page cache
 // makes, one chunk at most, then costs no copy into the fill's buffer. The
-// fetch is found, started, promoted and waited for as ReadAt does it.
-func (s *Store) View(off int64, n int) (b []byte, release func(), ok bool, err error) {
+// fetch is found, started, promoted and waited for as ReadAt does it; when
+// some of its pages failed, the bytes before the first of them are lent,
+// with its error.
+func (s *Store) View(ctx context.Context, off int64, n int) (b []byte, release func(), ok bool, err error) {
 	end := off + int64(n)
 	if off < 0 || n <= 0 || end > s.size || end > s.chunkEnd(off) {
 		return nil, nil, false, nil
 	}
+	s.mu.Lock()
+	split := s.gaveUp(off / int64(s.cfg.ChunkSize))
+	s.mu.Unlock()
+	if split { // ReadAt reads around the pages given up on, in segments
+		return nil, nil, false, nil
+	}
 	demand := n <= s.cfg.SmallRead
-	f, started, err := s.get(off, end, demand, demand && s.lone(off, end), true)
-	if err != nil {
-		return nil, nil, false, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.Key(), n, off, err)
+	lone := demand && s.lone(off, end)
+	for {
+		f, until, started, err := s.get(ctx, off, end, demand, lone, true)
+		if err != nil {
+			return nil, nil, false, s.readError(n, off, err)
+		}
+		if started {
+			s.run(f)
+		}
+		if until < end { // a fetch gave up on pages since: as above
+			s.release(f)
+			return nil, nil, false, nil
+		}
+		if err := s.wait(ctx, f); err != nil {
+			s.release(f)
+			if s.again(ctx, err) {
+				continue
+			}
+			return nil, nil, false, s.readError(n, off, err)
+		}
+		b := (*f.buf)[off-f.off : end-f.off]
+		release := func() { s.release(f) }
+		if r, bad := f.badIn(off, end); bad {
+			if s.again(ctx, r.err) { // ReadAt asks again for the rest
+				release()
+				return nil, nil, false, nil
+			}
+			return b[:max(r.off-off, 0)], release, true, s.readError(n, off, r.err)
+		}
+		return b, release, true, nil
 	}
-	if started {
-		s.run(f)
-	}
-	if err := s.wait(f); err != nil {
-		s.release(f)
-		return nil, nil, false, fmt.Errorf("%s: read %d bytes at offset %d: %w", s.Key(), n, off, err)
-	}
-	return (*f.buf)[off-f.off : end-f.off], func() { s.release(f) }, true, nil
+}
+
+// A segment is bytes [f's first, end) of a read, which fetch f brings.
+type segment struct {
+	f   *fetch
+	end int64
 }
 
 // read fills p from off, which lies within the object. The chunks of a
 // large read are fetched in a sliding window of at most Parallel chunks, so
 // that one huge read neither queues hundreds of fetches ahead of everyone
-// else nor holds hundreds of chunk buffers while it copies the first.
+// else nor holds hundreds of chunk buffers while it copies the first. A
+// chunk some of whose pages a fetch gave up on is read in segments: the
+// pages that arrived from that fetch, the others from a fetch of their own.
 //
 // A demand read runs the last fetch it starts itself rather than in a new
 // goroutine: it would only wait for it, and a fault's latency is mostly
 // hand-offs once the request is small (see attempt). A large read starts
 // all of its fetches in goroutines, to keep its window in flight while it
 // copies.
-func (s *Store) read(p []byte, off int64, demand bool) (n int, err error) {
+func (s *Store) read(ctx context.Context, p []byte, off int64, demand bool) (n int, err error) {
 	end := off + int64(len(p))
 	next := off // the first byte not yet asked for
-	var stack [4]*fetch
+	var stack [4]segment
 	window := stack[:0]
 	var mine *fetch // started by this read, for it to run
 	defer func() {
 		if mine != nil { // failed before running it: others may wait for it
 			go s.run(mine)
 		}
-		for _, f := range window {
-			s.release(f)
+		for _, sg := range window {
+			s.release(sg.f)
 		}
 	}()
 	lone := demand && s.lone(off, end)
 	for n < len(p) {
 		for len(window) < s.cfg.Parallel && next < end {
 			b := min(end, s.chunkEnd(next))
-			f, started, err := s.get(next, b, demand, lone, demand)
+			f, b, started, err := s.get(ctx, next, b, demand, lone, demand)
 			if err != nil {
 				return n, err
 			}
@@ -151,17 +216,17 @@ func (s *Store) read(p []byte, off int64, demand bool) (n int, err error) {
 				}
 				mine = f
 			}
-			window = append(window, f)
+			window = append(window, segment{f, b})
 			next = b
 		}
 		if f := mine; f != nil {
 			mine = nil
 			s.run(f)
 		}
-		f := window[0]
+		sg := window[0]
 		window = append(window[:0], window[1:]...)
-		m, err := s.copyOut(f, p[n:], off+int64(n))
-		s.release(f)
+		m, err := s.copyOut(ctx, sg, p[n:], off+int64(n))
+		s.release(sg.f)
 		n += m
 		if err != nil {
 			return n, err
@@ -170,28 +235,42 @@ func (s *Store) read(p []byte, off int64, demand bool) (n int, err error) {
 	return n, nil
 }
 
-// copyOut waits for f and copies its bytes from off, up to the end of
-// off's chunk, into p.
-func (s *Store) copyOut(f *fetch, p []byte, off int64) (int, error) {
-	if err := s.wait(f); err != nil {
+// copyOut waits for sg's fetch and copies its bytes from off, up to the end
+// of sg or the first page the fetch gave up on, into p.
+func (s *Store) copyOut(ctx context.Context, sg segment, p []byte, off int64) (int, error) {
+	f := sg.f
+	if err := s.wait(ctx, f); err != nil {
 		return 0, err
 	}
-	b := min(off+int64(len(p)), s.chunkEnd(off))
-	return copy(p, (*f.buf)[off-f.off:b-f.off]), nil
+	b := min(off+int64(len(p)), sg.end)
+	r, bad := f.badIn(off, b)
+	if bad {
+		b = max(r.off, off)
+	}
+	n := copy(p, (*f.buf)[off-f.off:b-f.off])
+	if bad {
+		return n, r.err
+	}
+	return n, nil
 }
 
-func (s *Store) wait(f *fetch) error {
+// wait waits for f to end, or for ctx or the Store to be done.
+func (s *Store) wait(ctx context.Context, f *fetch) error {
 	select {
 	case <-f.done:
 		return f.err
 	case <-s.ctx.Done():
+	case <-ctx.Done():
 	}
 	select {
-	case <-f.done: // finished as we were closed: its bytes are good
+	case <-f.done: // finished as we gave up: its bytes are good
 		return f.err
 	default:
+	}
+	if s.ctx.Err() != nil {
 		return ErrClosed
 	}
+	return fmt.Errorf("waiting for bytes %d-%d: %w", f.off, f.off+int64(f.n)-1, context.Cause(ctx))
 }
 
 func (s *Store) chunkEnd(off int64) int64 {
@@ -218,15 +297,30 @@ func (s *Store) lone(a, b int64) bool {
 // A demand read promotes a fetch still waiting for its turn. lone asks a
 // demand read's new fetch to cover only [a, b)'s pages. With own, a new
 // fetch is queued for a slot but not run: started says the caller must run
-// it (s.run), in a goroutine or its own.
-func (s *Store) get(a, b int64, demand, lone, own bool) (f *fetch, started bool, err error) {
+// it (s.run), in a goroutine or its own. A new fetch's requests end when
+// ctx is done.
+//
+// The fetch brings [a, end): end is b, unless the read meets pages a fetch
+// gave up on before it came. It then takes from that fetch only the bytes
+// before them, and asks for them again with a fetch of their own, which
+// brings those pages alone (see givenUp): errors are not sticky.
+func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f *fetch, end int64, started bool, err error) {
 	ci := a / int64(s.cfg.ChunkSize)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, false, ErrClosed
+		return nil, 0, false, ErrClosed
 	}
-	if f := s.lookup(ci, a, b); f != nil {
+	f = s.lookup(ci, a, b)
+	r, refetch := s.givenUp(ci, a)
+	if f == nil && (refetch || s.gaveUp(ci)) {
+		f = s.coverAt(ci, a) // the pages given up on split the chunk
+	}
+	if f != nil {
+		end = min(b, f.off+int64(f.n))
+		if r, bad := f.badIn(a, end); bad && f.ended && !s.passOver(ci, r) {
+			end = r.off // not a: lookup and coverAt skip those
+		}
 		f.refs++
 		lead := f.lead() // whose request brings f's bytes
 		promote := demand && !lead.demand.Load()
@@ -237,30 +331,115 @@ func (s *Store) get(a, b int64, demand, lone, own bool) (f *fetch, started bool,
 		if promote {
 			s.slots.kick()
 		}
-		return f, false, nil
+		return f, end, false, nil
 	}
 	lo, hi := s.span(ci, a, b, demand, lone)
+	lo, hi = s.avoidGivenUp(ci, a, lo, hi)
+	retries := s.cfg.Retries
+	if refetch {
+		lo, hi = a&^(pageSize-1), min(r.end, roundUp64(b, pageSize), s.chunkEnd(a))
+		retries = max(s.cfg.Retries-r.tries, 0)
+	}
 	if demand && s.cfg.SubRange > 0 {
 		s.loc.add(a, b)
 	}
-	f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), refs: 1, listed: true}
+	f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), refs: 1, listed: true, retries: retries}
+	f.bind(s.ctx, ctx)
 	f.demand.Store(demand)
 	f.turn = s.slots.enqueue(&f.demand)
 	s.chunks[ci] = append(s.chunks[ci], f)
 	s.wg.Add(1)
 	s.mu.Unlock()
 	if own {
-		return f, true, nil
+		return f, min(b, hi), true, nil
 	}
 	go s.run(f)
-	return f, false, nil
+	return f, min(b, hi), false, nil
 }
 
-// lookup finds a listed fetch of chunk ci that covers [a, b). Called with
-// s.mu held.
+func roundUp64(n, to int64) int64 { return (n + to - 1) / to * to }
+
+// lookup finds a listed fetch of chunk ci that covers [a, b) and has not
+// given up on the page at a. Called with s.mu held.
 func (s *Store) lookup(ci, a, b int64) *fetch {
 	for _, f := range s.chunks[ci] {
-		if f.off <= a && b <= f.off+int64(f.n) {
+		if f.off <= a && b <= f.off+int64(f.n) && !s.failedAt(f, a) {
+			if f.cached {
+				s.lru.moveToFront(f)
+			}
+			return f
+		}
+	}
+	return nil
+}
+
+// failedAt says whether f has ended having given up on the page at a.
+// Called with s.mu held.
+func (s *Store) failedAt(f *fetch, a int64) bool {
+	_, bad := f.badAt(a)
+	return f.ended && bad
+}
+
+// givenUp returns the run of pages holding byte a that a listed fetch of
+// chunk ci gave up on. The read that starts there asks for them again —
+// errors are not sticky — but only for them, the rest of the chunk being
+// at hand, and with only what is left of their retries: they failed that
+// many requests just now. Called with s.mu held.
+func (s *Store) givenUp(ci, a int64) (badRun, bool) {
+	for _, f := range s.chunks[ci] {
+		if r, bad := f.badAt(a); bad && f.ended {
+			return r, true
+		}
+	}
+	return badRun{}, false
+}
+
+// avoidGivenUp narrows the span [lo, hi) of a new fetch for a read from a
+// so that it asks for no page a listed fetch of chunk ci gave up on: such a
+// request would fail for it, and be narrowed down all over again. The read
+// stops before those pages, and asks for them alone (see givenUp). Called
+// with s.mu held.
+func (s *Store) avoidGivenUp(ci, a int64, lo, hi int64) (int64, int64) {
+	for _, f := range s.chunks[ci] {
+		if !f.ended {
+			continue
+		}
+		for _, r := range f.bad {
+			switch {
+			case r.end <= a:
+				lo = max(lo, r.end)
+			case r.off > a:
+				hi = min(hi, r.off)
+			}
+		}
+	}
+	return lo, hi
+}
+
+// gaveUp says whether a listed fetch of chunk ci gave up on some of its
+// pages. Called with s.mu held.
+func (s *Store) gaveUp(ci int64) bool {
+	for _, f := range s.chunks[ci] {
+		if f.ended && len(f.bad) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// passOver says whether a read that reaches r, pages a fetch of chunk ci
+// gave up on, takes r's error rather than asking for them again: the
+// failure is recent, and no fetch has, or is bringing, those pages since.
+// Called with s.mu held.
+func (s *Store) passOver(ci int64, r badRun) bool {
+	return time.Since(r.at) < s.cfg.BackoffMax && s.coverAt(ci, r.off) == nil
+}
+
+// coverAt finds a listed fetch of chunk ci that holds the page at a, or is
+// bringing it. Called with s.mu held.
+func (s *Store) coverAt(ci, a int64) *fetch {
+	for _, f := range s.chunks[ci] {
+		if f.off <= a && a < f.off+int64(f.n) && !s.failedAt(f, a) {
 			if f.cached {
 				s.lru.moveToFront(f)
 			}
@@ -322,23 +501,24 @@ func (s *Store) readBefore(ci int64) bool {
 }
 
 // finish records the outcome of f. A fetched chunk joins the cache, or if
-// a Hold keeps it, stays listed outside the cache until released; a failed
-// one is forgotten, so that the next read tries again.
-func (s *Store) finish(f *fetch, buf *[]byte, err error) {
+// a Hold keeps it, stays listed outside the cache until released, even if
+// some of its pages were given up (bad): reads of the others are served
+// from it. A failed one is forgotten, so that the next read tries again.
+func (s *Store) finish(f *fetch, buf *[]byte, bad []badRun, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.finishLocked(f, buf, err)
+	s.finishLocked(f, buf, bad, err)
 }
 
 // finishLocked is finish, called with s.mu held.
-func (s *Store) finishLocked(f *fetch, buf *[]byte, err error) {
-	f.buf, f.err, f.ended = buf, err, true
+func (s *Store) finishLocked(f *fetch, buf *[]byte, bad []badRun, err error) {
+	f.buf, f.bad, f.err, f.ended = buf, bad, err, true
 	close(f.done)
 	if err != nil || s.closed {
 		s.unlist(f)
 		return
 	}
-	if s.wholeChunk(f) {
+	if s.wholeChunk(f) && len(f.bad) == 0 {
 		s.dropPartials(f)
 	}
 	if f.pins == 0 {

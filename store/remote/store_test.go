@@ -314,6 +314,9 @@ func failFirst(n int, err error) func(context.Context, call) error {
 	}
 }
 
+// A flaky server's failures are retried until the bytes arrive: the chunk
+// whole, then in halves (narrow.go). No byte is asked for more often than
+// 1+Retries times, and every request after the first counts as a retry.
 func TestRetriesThenSuccess(t *testing.T) {
 	o := newFake(t, testSize)
 	o.hook = failFirst(3, errFlaky)
@@ -323,13 +326,29 @@ func TestRetriesThenSuccess(t *testing.T) {
 	s := newStore(t, o, cfg)
 	readAndCheck(t, s, o.data, testChunk, testChunk)
 	got := obs.snapshot()
-	if n := len(o.requests()); n != 4 || got.retries != 3 || got.kinds[ErrTransient] != 3 || got.kinds[ErrNone] != 1 {
-		t.Fatalf("%d requests, observer %+v; want 4 requests, 3 retries", n, got)
+	n := len(o.requests())
+	if got.retries != n-1 || got.kinds[ErrTransient] != 3 || got.kinds[ErrNone] != n-3 {
+		t.Fatalf("%d requests, observer %+v; want 3 failures and every request after the first a retry", n, got)
+	}
+	checkAskedAtMost(t, o, 1+DefaultRetries)
+}
+
+// checkAskedAtMost fails the test if a byte was asked for by more than n
+// requests.
+func checkAskedAtMost(t *testing.T, o *fakeObject, n int) {
+	t.Helper()
+	asked := map[int64]int{} // by page
+	for _, c := range o.requests() {
+		for p := c.off / 4096; p < (c.off+int64(c.n)+4095)/4096; p++ {
+			if asked[p]++; asked[p] > n {
+				t.Fatalf("page %d asked for by %d requests, more than %d: %v", p, asked[p], n, o.requests())
+			}
+		}
 	}
 }
 
 // After the retries, the error names the object, offset and length and
-// wraps the cause.
+// wraps the cause, and no byte was asked for more than 1+Retries times.
 func TestRetriesExhausted(t *testing.T) {
 	o := newFake(t, testSize)
 	o.hook = failFirst(1000, errFlaky)
@@ -337,17 +356,15 @@ func TestRetriesExhausted(t *testing.T) {
 	cfg.Retries = 2
 	s := newStore(t, o, cfg)
 	_, err := s.ReadAt(make([]byte, 4096), 3*testChunk)
-	if !errors.Is(err, errFlaky) || IsPermanent(err) {
-		t.Fatalf("error %v; want the cause", err)
+	if !errors.Is(err, errFlaky) || IsPermanent(err) || !store.IsRetried(err) {
+		t.Fatalf("error %v; want the cause, marked retried", err)
 	}
 	for _, want := range []string{"fake:obj", "offset 196608", "4096 bytes", "3 tries"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
-	if n := len(o.requests()); n != 3 {
-		t.Fatalf("%d requests; want 3", n)
-	}
+	checkAskedAtMost(t, o, 3)
 	// A failed fetch is forgotten: the next read tries again.
 	o.hook = nil
 	readAndCheck(t, s, o.data, 3*testChunk, 4096)
@@ -687,7 +704,7 @@ func TestView(t *testing.T) {
 		{16 * testChunk, 4096, false},                // past the end
 		{-1, 10, false},
 	} {
-		b, release, ok, err := s.View(c.off, c.n)
+		b, release, ok, err := s.View(context.Background(), c.off, c.n)
 		if err != nil || ok != c.ok {
 			t.Fatalf("View(%d, %d) = ok %v, %v; want ok %v", c.off, c.n, ok, err, c.ok)
 		}
@@ -722,7 +739,7 @@ func TestViewError(t *testing.T) {
 	cfg := fastRetries(testConfig())
 	cfg.Retries = 2
 	s := newStore(t, o, cfg)
-	b, release, ok, err := s.View(2*testChunk, 4096)
+	b, release, ok, err := s.View(context.Background(), 2*testChunk, 4096)
 	if !errors.Is(err, errFlaky) || ok || b != nil || release != nil {
 		t.Fatalf("View of a failing chunk = %d bytes, ok %v, %v; want the cause and nothing lent", len(b), ok, err)
 	}
@@ -730,7 +747,7 @@ func TestViewError(t *testing.T) {
 		t.Fatalf("View error %q does not name the object and the bytes", err)
 	}
 	o.hook = nil // a failed fetch is forgotten: the next view fetches again
-	b, release, ok, err = s.View(2*testChunk, 4096)
+	b, release, ok, err = s.View(context.Background(), 2*testChunk, 4096)
 	if err != nil || !ok || !bytes.Equal(b, o.data[2*testChunk:2*testChunk+4096]) {
 		t.Fatalf("View after the failure = ok %v, %v", ok, err)
 	}
