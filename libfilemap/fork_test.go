@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/filemap/filemap"
@@ -47,6 +50,7 @@ func checkChild(t *testing.T, answer string, data []byte, other []byte) {
 // of its own on a connection of its own. The threads' calls all work. Then the parent's mapping is still
 // served: the child's close of what it inherited only unmapped it.
 func TestFork(t *testing.T) {
+	needPtrace(t)
 	path, data := testFile(t, objectSize)
 	otherPath := filepath.Join(t.TempDir(), "other.bin")
 	pattern.WriteFile(t, otherPath, 3<<20+17)
@@ -88,6 +92,7 @@ func TestFork(t *testing.T) {
 // range's registering and its failed attach must not wait forever for the
 // handler to read the fork event of a userfaultfd it never got.
 func TestForkWhileOpening(t *testing.T) {
+	needPtrace(t)
 	path, data := testFile(t, 1<<20)
 	otherPath := filepath.Join(t.TempDir(), "other.bin")
 	pattern.WriteFile(t, otherPath, 64<<10)
@@ -103,5 +108,50 @@ func TestForkWhileOpening(t *testing.T) {
 	if got := fields(t, c.OK("stop"), 3); got[1] != "0" || got[2] == got[0] {
 		t.Errorf("the parent's threads during the forks: %s reads, %s errors, %s failed opens; want no errors, and some opens to work",
 			got[0], got[1], got[2])
+	}
+}
+
+// needPtrace skips a test of fork children's mappings where this process
+// lacks CAP_SYS_PTRACE, without which the kernel refuses
+// UFFD_FEATURE_EVENT_FORK (TestForkWithoutEventFork tests that case).
+func needPtrace(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if caps&(1<<19) == 0 { // CAP_SYS_PTRACE
+				t.Skip("skipping: a fork child's mappings need UFFD_FEATURE_EVENT_FORK, which the kernel grants only with CAP_SYS_PTRACE: run as root")
+			}
+			return
+		}
+	}
+	t.Fatal("no CapEff in /proc/self/status")
+}
+
+// TestForkWithoutEventFork runs a client without CAP_SYS_PTRACE, which the
+// kernel refuses UFFD_FEATURE_EVENT_FORK: its mappings are MADV_DONTFORK,
+// so a fork child has no copy that would read the cache's holes as zeros
+// (and put them into the cache), and filemap_read_at of it says so.
+func TestForkWithoutEventFork(t *testing.T) {
+	path, data := testFile(t, 1<<20)
+	d := serve(t, nil)
+	c := driveOn(t, d)
+	c.OK("drop-ptrace")
+	id := fields(t, c.OK("open %s", path), 3)[0]
+	if got := fields(t, c.OK("stat %s", id), 4)[1]; got != "0x200" {
+		t.Errorf("stat flags %s, want 0x200 (FILEMAP_DONTFORK)", got)
+	}
+	if got, want := c.Do("fork %s", id), fmt.Sprintf("dontfork unmapped %d", syscall.EBADF); got != want {
+		t.Errorf("the child: %q, want %q", got, want)
+	}
+	if got := c.OK("sum %s", id); got != fnvSum(data) {
+		t.Errorf("the parent read sum %s, want %s", got, fnvSum(data))
 	}
 }

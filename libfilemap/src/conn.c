@@ -264,7 +264,8 @@ static int reply(const struct fm_call *call, struct fm_frame *f)
 		return fm_fail(EPROTO, -1, "the handler sent %d descriptors, want %d", f->nfds, call->rnfds);
 	if (fm_json_decode(f->payload, f->len, call->reply, call->nreply) < 0)
 		return -1;
-	memcpy(call->rfds, f->fds, (size_t)f->nfds * sizeof(int));
+	if (f->nfds > 0)
+		memcpy(call->rfds, f->fds, (size_t)f->nfds * sizeof(int));
 	f->nfds = 0; /* the caller's now */
 	return 0;
 }

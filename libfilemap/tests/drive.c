@@ -13,11 +13,12 @@
  *	write ID OFF BYTE			ok (a byte into a copy-on-write mapping)
  *	advise ID normal|random|sequential|willneed|dontneed OFF LEN	ok
  *	stat ID					ok SIZE FLAGS VERSION NAME
- *	map ID OFF LEN r|rw [fixed=ADDR]	ok RID ADDR (filemap_map, MAP_PRIVATE)
+ *	map ID OFF LEN r|rw [fixed=ADDR] [shared]	ok RID ADDR (filemap_map, MAP_PRIVATE or MAP_SHARED)
  *	rsum RID				ok SUM (the range's bytes up to the object's end, touched)
  *	unmap RID				ok
  *	close ID				ok
  *	cost					ok THREADS FDS SOCKETS SIGCGT CHILDREN
+ *	drop-ptrace				ok (CAP_SYS_PTRACE dropped, as a process without it runs)
  *	threads ID N [URI [socket=PATH]]	ok (N threads read ID with filemap_read_at, and
  *						open, read and close URI, until stop)
  *	stop					ok READS ERRORS URI_ERRORS
@@ -29,11 +30,14 @@
  * maps ID's bytes [4096, 69632) with filemap_map and sums them, closes
  * what it inherited and exits; the answer is the child's (with
  * n=K, K children one after another, and the first failure or the last
- * answer).
+ * answer). A child whose mapping was not inherited (MADV_DONTFORK)
+ * answers "dontfork mapped|unmapped ERRNO": whether the mapping's address
+ * is mapped in it, and filemap_read_at's errno.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -43,6 +47,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -139,9 +144,13 @@ static void cmd_map(filemap_t *m, char **arg, int n)
 {
 	int prot = strcmp(arg[3], "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ, flags = MAP_PRIVATE;
 	void *addr = NULL;
-	if (n > 4 && strncmp(arg[4], "fixed=", 6) == 0) {
-		addr = (void *)(uintptr_t)strtoull(arg[4] + 6, NULL, 0);
-		flags |= MAP_FIXED;
+	for (int i = 4; i < n; i++) {
+		if (strncmp(arg[i], "fixed=", 6) == 0) {
+			addr = (void *)(uintptr_t)strtoull(arg[i] + 6, NULL, 0);
+			flags |= MAP_FIXED;
+		} else if (strcmp(arg[i], "shared") == 0) {
+			flags = (flags & ~MAP_PRIVATE) | MAP_SHARED;
+		}
 	}
 	int id = 0;
 	while (id < MAX_RANGES && ranges[id] != NULL)
@@ -185,6 +194,27 @@ static int count_dir(const char *path, const char *link_prefix)
 static int sockets(void)
 {
 	return count_dir("/proc/self/fd", "socket:");
+}
+
+/* drop_ptrace drops CAP_SYS_PTRACE, without which the kernel refuses
+ * UFFD_FEATURE_EVENT_FORK. */
+static void cmd_drop_ptrace(void)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2];
+	if (syscall(SYS_capget, &h, d) < 0) {
+		printf("err %d -1 capget: %s\n", errno, strerror(errno));
+		return;
+	}
+	unsigned bit = 1u << (CAP_SYS_PTRACE % 32);
+	d[CAP_SYS_PTRACE / 32].effective &= ~bit;
+	d[CAP_SYS_PTRACE / 32].permitted &= ~bit;
+	d[CAP_SYS_PTRACE / 32].inheritable &= ~bit;
+	if (syscall(SYS_capset, &h, d) < 0) {
+		printf("err %d -1 capset: %s\n", errno, strerror(errno));
+		return;
+	}
+	printf("ok\n");
 }
 
 static void cmd_cost(void)
@@ -287,8 +317,15 @@ static void child(filemap_t *m, const char *uri, FILE *out)
 	uint64_t mem = 0, read = 0, other = 0;
 	struct filemap_stat st;
 	filemap_stat(m, &st);
-	if (!(st.flags & FILEMAP_DONTFORK))
-		mem = sum_mem(m);
+	if (st.flags & FILEMAP_DONTFORK) {
+		int mapped = msync(filemap_addr(m), 4096, MS_ASYNC) == 0;
+		unsigned char b;
+		int err = filemap_read_at(m, &b, 1, 0) < 0 ? filemap_errno() : 0;
+		fprintf(out, "dontfork %s %d\n", mapped ? "mapped" : "unmapped", err);
+		filemap_close(m);
+		return;
+	}
+	mem = sum_mem(m);
 	if (sum_read(m, &read) < 0) {
 		fprintf(out, "err %d %" PRId64 " child: %s\n", filemap_errno(), filemap_error_offset(), filemap_errmsg());
 		return;
@@ -383,6 +420,8 @@ static void cmd(char **arg, int n)
 		cmd_open(arg + 1, n - 1);
 	else if (strcmp(c, "cost") == 0)
 		cmd_cost();
+	else if (strcmp(c, "drop-ptrace") == 0)
+		cmd_drop_ptrace();
 	else if (strcmp(c, "stop") == 0)
 		cmd_stop();
 	else if (strcmp(c, "unmap") == 0 && n == 2) {
