@@ -190,7 +190,8 @@ func TestMapRanges(t *testing.T) {
 // TestSanitizers builds the library and its test programs with
 // AddressSanitizer and UndefinedBehaviorSanitizer, and runs a client
 // through opening, reading, a page that fails, ranges, bad names, fork and
-// closing: any report ends it with an error.
+// closing, and the JSON decoder through TestJSONDecoder's payloads: any
+// report ends them with an error.
 func TestSanitizers(t *testing.T) {
 	built(t)
 	dir := t.TempDir()
@@ -224,6 +225,8 @@ func TestSanitizers(t *testing.T) {
 	if err := c.Cmd.Wait(); err != nil {
 		t.Errorf("the sanitized client: %v\n%s", err, c.Stderr.String())
 	}
+	t.Setenv("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+	checkJSONDecoder(t, filepath.Join(dir, "tests", "json"))
 }
 
 // TestPkgConfig installs the library and compiles and runs a program with
