@@ -92,6 +92,7 @@ func checkJSONDecoder(t *testing.T, prog string) {
 			` "size" : -0 , "version" : "a\"b\\c\/d\b\f\n\r\t\u00e9\ud83d\ude00 \u2603" } `),
 		[]byte(`{"handle":1,"handle":2,"version":null,"size":12e0}`),
 		[]byte(`{}`),
+		[]byte(`{"handle":0,"size":0,"version":""}`),
 	}
 	var payloads [][]byte
 	skipped := 0
