@@ -141,6 +141,15 @@ static int hello(struct fm_conn *c)
 	return rc;
 }
 
+static void free_conn(struct fm_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	pthread_mutex_destroy(&c->call);
+	free(c->socket);
+	free(c);
+}
+
 static struct fm_conn *connect_to(const char *path, int private)
 {
 	struct fm_conn *c = calloc(1, sizeof *c);
@@ -157,15 +166,13 @@ static struct fm_conn *connect_to(const char *path, int private)
 		snprintf(why, sizeof why, "%s", filemap_errmsg());
 		fm_fail(ENOTCONN, -1, "connect to the filemap handler at %s: %s%s", path, why,
 			private ? "" : " (is `filemap serve` running?)");
-		free(c->socket);
-		free(c);
+		free_conn(c);
 		return NULL;
 	}
 	if (hello(c) < 0) {
 		fm_prefix("hello to the filemap handler at %s: ", path);
-		close(c->fd);
-		free(c->socket);
-		free(c);
+		free_conn(c);
+		errno = filemap_errno();
 		return NULL;
 	}
 	return c;
@@ -224,9 +231,11 @@ void fm_conn_put(struct fm_conn *c)
 	fm_unlock();
 	if (!last)
 		return;
+	if (fm_conn_mine(c)) {
+		free_conn(c);
+		return;
+	}
 	close(c->fd);
-	if (fm_conn_mine(c))
-		pthread_mutex_destroy(&c->call);
 	free(c->socket);
 	free(c);
 }
