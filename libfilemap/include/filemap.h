@@ -57,12 +57,13 @@
  * credentials, a URL's password or a presigned URL's signature, shown as
  * ***) and, where there is one, the offset; filemap_errno() and
  * filemap_error_offset() keep the rest. They are this thread's, until its
- * next failing call. errno is EIO for a page that cannot be read; ENOENT,
- * EACCES, EISDIR, EINVAL for an object that is missing, forbidden, a
- * directory, not a regular file or a bad URI; EMFILE or ENOMEM for the
- * handler's per-client limits; ENOTCONN when the handler is gone (its
- * faults wait for the next one: they never read zeros); ENOEXEC when no
- * handler can be started.
+ * next failing call. errno is EIO for a page that cannot be read (or any
+ * other failure of the handler's); ENOENT, EACCES, EISDIR, EINVAL for an
+ * object that is missing, forbidden, a directory, not a regular file or a
+ * bad URI; ESTALE for a version the object no longer has; EMFILE or ENOMEM
+ * for the handler's per-client limits; ENOTCONN when the handler is gone
+ * (its faults wait for the next one: they never read zeros); ENOEXEC when
+ * no handler can be started.
  */
 #ifndef FILEMAP_H
 #define FILEMAP_H
