@@ -68,6 +68,7 @@ func TestGoAndCShareCache(t *testing.T) {
 // longer has ESTALE, and the handler's per-client limits EMFILE (objects)
 // and ENOMEM (regions).
 func TestHandlerErrors(t *testing.T) {
+	built(t) // before starting an S3 server for nothing
 	path, _ := testFile(t, 1<<20)
 	t.Run("missing", func(t *testing.T) {
 		srv := gw.Server(t)
