@@ -1,0 +1,154 @@
+package libfilemap
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/filemap/filemap/internal/pattern"
+)
+
+// objectSize ends in a partial page, which must read as the object's bytes
+// and end there.
+const objectSize = 8<<20 + 123
+
+// testFile writes a file of size bytes whose every word says where it is.
+func testFile(t *testing.T, size int64) (string, []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "object.bin")
+	pattern.WriteFile(t, path, size)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, b
+}
+
+// serveHTTP serves data at /object.bin with ranges and an ETag, as a real
+// server does; while fail is set, a request for a range that holds the
+// byte at *bad gets 500.
+func serveHTTP(t *testing.T, data []byte, bad *atomic.Int64) string {
+	t.Helper()
+	mod := time.Now()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if bad != nil && bad.Load() >= 0 && coversByte(r.Header.Get("Range"), bad.Load()) {
+			http.Error(w, "injected failure", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("ETag", `"v1"`)
+		http.ServeContent(w, r, "object.bin", mod, bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/object.bin"
+}
+
+// coversByte says whether a "bytes=A-B" range holds byte off.
+func coversByte(rng string, off int64) bool {
+	a, b, ok := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
+	if !ok {
+		return false
+	}
+	first, err1 := strconv.ParseInt(a, 10, 64)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	return err1 == nil && err2 == nil && first <= off && off <= last
+}
+
+// checkSums opens uri in a C client and checks that what it reads, through
+// filemap_read_at and by touching the mapping, is data.
+func checkSums(t *testing.T, c interface {
+	OK(string, ...any) string
+}, uri string, data []byte) {
+	t.Helper()
+	f := fields(t, c.OK("open %s", uri), 3)
+	if f[1] != strconv.Itoa(len(data)) {
+		t.Errorf("open %s: size %s, want %d", uri, f[1], len(data))
+	}
+	want := fnvSum(data)
+	if got := c.OK("sum %s", f[0]); got != want {
+		t.Errorf("%s read with filemap_read_at: sum %s, want %s", uri, got, want)
+	}
+	if got := c.OK("memsum %s", f[0]); got != want {
+		t.Errorf("%s read through the mapping: sum %s, want %s", uri, got, want)
+	}
+	off := int64(len(data)) - 5000
+	if got := c.OK("read %s %d %d", f[0], off, 1<<20); got != fmt.Sprintf("5000 %s", fnvSum(data[off:])) {
+		t.Errorf("%s: read of 1 MiB at %d, 5000 bytes before the end: %q, want those 5000 bytes", uri, off, got)
+	}
+	if got := c.OK("read %s %d 10", f[0], len(data)); got != "0 "+fnvSum(nil) {
+		t.Errorf("%s: read at the end: %q, want 0 bytes", uri, got)
+	}
+	c.OK("close %s", f[0])
+}
+
+// TestObjectBytes maps a local file, an HTTP object and an S3 object (of a
+// real S3 server, versitygw) in a C client of a `filemap serve`, and checks
+// every byte it reads against the object, by filemap_read_at and by
+// touching the mapping; and the same for a client linked with
+// libfilemap.a.
+func TestObjectBytes(t *testing.T) {
+	built(t) // before starting an S3 server for nothing
+	path, data := testFile(t, objectSize)
+	t.Run("file", func(t *testing.T) {
+		d := serve(t, nil)
+		checkSums(t, driveOn(t, d), path, data)
+		checkSums(t, driveOn(t, d), "file://"+path, data)
+		dir, _ := built(t)
+		checkSums(t, drive(t, "static", dir, "FILEMAP_SOCKET="+d.sock), path, data)
+	})
+	t.Run("http", func(t *testing.T) {
+		d := serve(t, nil)
+		checkSums(t, driveOn(t, d), serveHTTP(t, data, nil), data)
+	})
+	t.Run("s3", func(t *testing.T) {
+		srv := gw.Server(t)
+		bucket := srv.NewBucket(t, false)
+		srv.Put(t, bucket, "dir/object.bin", data)
+		d := serve(t, srv.Env())
+		checkSums(t, driveOn(t, d), "s3://"+bucket+"/dir/object.bin", data)
+	})
+}
+
+// TestReadAtFailingPage reads a page whose HTTP range fails: filemap_read_at
+// returns -1 with errno EIO and the page's offset, where touching it would
+// raise SIGBUS; the process lives, its neighbours read, and once the server
+// serves it again the page reads too: the failure is not sticky.
+func TestReadAtFailingPage(t *testing.T) {
+	_, data := testFile(t, objectSize)
+	var bad atomic.Int64
+	// The handler fetches 64 KiB chunks, and fails the whole chunk that
+	// holds badOff, whose first page it is.
+	const badOff = 3<<20 + 64<<10
+	bad.Store(badOff)
+	uri := serveHTTP(t, data, &bad)
+	// No retries: the failure comes at once.
+	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
+	c := driveOn(t, d)
+	id := fields(t, c.OK("open %s advice=random", uri), 3)[0]
+
+	// A read that starts before the page copies up to it and says where it stopped.
+	got := c.Do("read %s %d %d", id, badOff-100, 8192)
+	want := fmt.Sprintf("err %d %d filemap: %s: cannot read the page at offset %d", syscall.EIO, badOff, uri, badOff)
+	if !strings.HasPrefix(got, want) {
+		t.Fatalf("read across the failing page: %q\nwant it to start %q", got, want)
+	}
+	if got := c.Do("read %s %d 4096", id, badOff); !strings.HasPrefix(got, fmt.Sprintf("err %d %d ", syscall.EIO, badOff)) {
+		t.Errorf("read of the failing page: %q, want EIO at %d", got, badOff)
+	}
+	neighbour := int64(badOff + 128<<10)
+	if got, want := c.OK("read %s %d 4096", id, neighbour), "4096 "+fnvSum(data[neighbour:neighbour+4096]); got != want {
+		t.Errorf("read of a page 128 KiB away: %q, want %q", got, want)
+	}
+	bad.Store(-1)
+	if got, want := c.OK("read %s %d 8192", id, badOff-100), "8192 "+fnvSum(data[badOff-100:badOff-100+8192]); got != want {
+		t.Errorf("read across the page once the server serves it: %q, want %q", got, want)
+	}
+}
