@@ -304,7 +304,7 @@ static PyObject *Mapping_close(Mapping *self, PyObject *unused)
 		struct filemap_stat st;
 		filemap_stat(self->m, &st);
 		PyErr_Format(PyExc_BufferError,
-			     "cannot close the mapping of %s: buffers of it are exported (%zd memoryviews or arrays alive)",
+			     "cannot close the mapping of %s: a memoryview or array of it is alive (%zd buffers exported)",
 			     st.name, self->exports);
 		return NULL;
 	}

@@ -1,6 +1,7 @@
 """A fork child keeps its parent's mappings and reads them, every byte; its
 close of an inherited mapping only unmaps it there."""
 
+import errno
 import multiprocessing
 import os
 import sys
@@ -35,6 +36,8 @@ def check_part(part):
 
 
 class Fork(support.TestCase):
+    """Run with CAP_SYS_PTRACE, which the kernel wants for UFFD_FEATURE_EVENT_FORK."""
+
     def open(self):
         return filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
 
@@ -90,6 +93,46 @@ class Fork(support.TestCase):
         finally:
             inherited.close()
             inherited = None
+
+
+class DontFork(support.TestCase):
+    """Run without CAP_SYS_PTRACE: the kernel does not tell the handler of fork
+    children, so the mapping is MADV_DONTFORK and a child has none of it."""
+
+    def test_child_without_mapping(self):
+        data = support.data()
+        m = filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
+        self.assertTrue(m.dontfork, "the mapping is inherited: run this test without CAP_SYS_PTRACE")
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                # An error, not a buffer at an address this process has nothing mapped at.
+                try:
+                    memoryview(m)
+                    print("child: memoryview(m) of a mapping it does not have", file=sys.stderr)
+                    os._exit(1)
+                except BufferError as e:
+                    if m.name not in str(e) or "MADV_DONTFORK" not in str(e):
+                        print("child: BufferError names neither the object nor why: %s" % e, file=sys.stderr)
+                        os._exit(1)
+                try:
+                    m.read_at(0, 10)
+                    print("child: read_at of a mapping it does not have", file=sys.stderr)
+                except OSError as e:
+                    if e.errno == errno.EBADF and m.inherited:
+                        m.close()
+                        code = 0
+                    else:
+                        print("child: read_at: %r, want EBADF" % e, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child failed (its stderr says why)")
+        self.assertBytes(bytes(memoryview(m)), data, "the parent, after its child closed")
+        m.close()
 
 
 if __name__ == "__main__":
