@@ -71,17 +71,19 @@ int fm_conn_mine(const struct fm_conn *c)
 }
 
 /* dead says whether the handler has closed c: it sends nothing but
- * answers, so between calls any sign of life on the socket is its end. */
+ * answers, so between calls any sign of life on the socket is its end. A
+ * call in flight is a sign of life: its answer may be waiting there. */
 static int dead(struct fm_conn *c)
 {
 	if (atomic_load(&c->lost))
 		return 1;
+	if (pthread_mutex_trylock(&c->call) != 0)
+		return 0;
 	struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
-	if (poll(&p, 1, 0) > 0 && p.revents) {
+	if (poll(&p, 1, 0) > 0 && p.revents)
 		atomic_store(&c->lost, ENOTCONN);
-		return 1;
-	}
-	return 0;
+	pthread_mutex_unlock(&c->call);
+	return atomic_load(&c->lost) != 0;
 }
 
 static int dial(const char *path)
