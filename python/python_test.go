@@ -160,9 +160,9 @@ func run(cmd *exec.Cmd) error {
 
 // cleanEnv is the test's environment without the variables that choose a
 // handler, an interpreter's path or pip's settings: each test says which it
-// uses.
+// uses. Python writes no bytecode into the source tree.
 func cleanEnv() []string {
-	var env []string
+	env := []string{"PYTHONDONTWRITEBYTECODE=1"}
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		switch {
@@ -333,25 +333,26 @@ func serve(t *testing.T, args ...string) string {
 // byte it reads against the object: through memoryview(m), through
 // numpy.frombuffer(m), which must be the mapping and no copy, with read_at
 // and readinto_at, after advise, and through a copy-on-write mapping, whose
-// writes no other mapping sees (tests/test_bytes.py).
+// writes no other mapping sees (tests/test_bytes.py); and an empty file
+// maps as no bytes.
 func TestBytes(t *testing.T) {
 	path, data := testFile(t, objectSize)
 	t.Run("file", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path), "test_bytes")
 	})
 	t.Run("file-uri", func(t *testing.T) {
-		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI=file://"+path, "FILEMAP_TEST_DATA="+path), "test_bytes")
+		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI=file://"+path, "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
 	})
 	t.Run("http", func(t *testing.T) {
 		o := serveHTTP(t, data)
-		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+o.url+"/object.bin", "FILEMAP_TEST_DATA="+path), "test_bytes")
+		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+o.url+"/object.bin", "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
 	})
 	t.Run("s3", func(t *testing.T) {
 		srv := gw.Server(t)
 		bucket := srv.NewBucket(t, false)
 		srv.Put(t, bucket, "dir/object.bin", data)
 		env := append(privateHandler(t), srv.Env()...) // the private handler inherits the credentials
-		unittest(t, append(env, "FILEMAP_TEST_URI=s3://"+bucket+"/dir/object.bin", "FILEMAP_TEST_DATA="+path), "test_bytes")
+		unittest(t, append(env, "FILEMAP_TEST_URI=s3://"+bucket+"/dir/object.bin", "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
 	})
 }
 

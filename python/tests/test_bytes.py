@@ -4,6 +4,7 @@ HTTP object, an S3 object).
 """
 
 import ctypes
+import tempfile
 import unittest
 
 import numpy as np
@@ -116,6 +117,19 @@ class Bytes(support.TestCase):
         # The write went to a private copy: the object and other mappings keep their bytes.
         self.assertBytes(self.m.read_at(off, 4), self.data[off:off + 4], "another mapping after a private write")
         self.assertBytes(support.data_at(off, 4), self.data[off:off + 4], "the object after a private write")
+
+
+class Empty(support.TestCase):
+    def test_empty_file(self):
+        with tempfile.NamedTemporaryFile(prefix="filemap-test-") as f:
+            with filemap.open(f.name) as m:
+                self.assertEqual(len(m), 0)
+                self.assertEqual(m.read_at(0, 10), b"")
+                self.assertEqual(m.readinto_at(bytearray(10), 0), 0)
+                with memoryview(m) as mv:
+                    self.assertEqual(mv.nbytes, 0)
+                self.assertEqual(np.frombuffer(m, dtype=np.uint8).size, 0)
+                m.advise(filemap.WILLNEED)
 
 
 class _PyBuffer(ctypes.Structure):
