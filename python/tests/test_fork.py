@@ -1,0 +1,139 @@
+"""A fork child keeps its parent's mappings and reads them, every byte; its
+close of an inherited mapping only unmaps it there."""
+
+import errno
+import multiprocessing
+import os
+import sys
+import traceback
+import unittest
+
+import numpy as np
+
+import filemap
+import support
+
+# The mapping the pool's workers inherit: fork copies it, pickle cannot.
+inherited = None
+
+
+def check_part(part):
+    """check_part runs in a pool worker: it reads part (start, end) of the
+    inherited mapping through the buffer and read_at and compares it with the
+    object's bytes. It returns what went wrong, or None."""
+    start, end = part
+    m = inherited
+    if not m.inherited:
+        return "[%d, %d): the worker's mapping is not inherited" % (start, end)
+    want = support.data_at(start, end - start)
+    got = np.frombuffer(m, dtype=np.uint8)[start:end].tobytes()
+    if got != want:
+        return "[%d, %d) through the buffer: %s" % (start, end, support.first_difference(got, want))
+    got = m.read_at(start, end - start)
+    if got != want:
+        return "[%d, %d) with read_at: %s" % (start, end, support.first_difference(got, want))
+    return None
+
+
+class Fork(support.TestCase):
+    """Run with CAP_SYS_PTRACE, which the kernel wants for UFFD_FEATURE_EVENT_FORK."""
+
+    def open(self):
+        return filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
+
+    def test_os_fork(self):
+        data = support.data()
+        m = self.open()
+        self.assertFalse(m.dontfork, "the mapping is MADV_DONTFORK: the tests need CAP_SYS_PTRACE (root)")
+        # The parent touches no page first: the child's faults are its own.
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if not m.inherited:
+                    print("child: the mapping is not inherited", file=sys.stderr)
+                elif bytes(memoryview(m)) != data:
+                    print("child: through the buffer: " + support.first_difference(bytes(memoryview(m)), data),
+                          file=sys.stderr)
+                elif m.read_at(0, len(data)) != data:
+                    print("child: with read_at: " + support.first_difference(m.read_at(0, len(data)), data),
+                          file=sys.stderr)
+                else:
+                    m.close()  # only unmaps: the parent's handle stays open
+                    code = 0 if m.closed else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child failed (its stderr says why)")
+        # After the child's close, the parent's mapping is served: its pages,
+        # dropped, fault again.
+        self.assertFalse(m.inherited)
+        m.advise(filemap.DONTNEED)
+        self.assertBytes(bytes(memoryview(m)), data, "the parent, after its child closed")
+        m.close()
+
+    def test_pool(self):
+        global inherited
+        size = len(support.data())
+        inherited = self.open()
+        try:
+            parts = 16
+            step = -(-size // parts) // 4096 * 4096 + 4096
+            bounds = [(s, min(s + step, size)) for s in range(0, size, step)]
+            bounds[-1] = (bounds[-1][0], size)
+            with multiprocessing.get_context("fork").Pool(4) as pool:
+                problems = pool.map(check_part, bounds, chunksize=1)
+            self.assertEqual(bounds[0][0], 0)
+            self.assertEqual(bounds[-1][1], size)
+            for (_, end), (start, _) in zip(bounds, bounds[1:]):
+                self.assertEqual(end, start, "the parts leave a gap")
+            self.assertEqual([p for p in problems if p], [])
+        finally:
+            inherited.close()
+            inherited = None
+
+
+class DontFork(support.TestCase):
+    """Run without CAP_SYS_PTRACE: the kernel does not tell the handler of fork
+    children, so the mapping is MADV_DONTFORK and a child has none of it."""
+
+    def test_child_without_mapping(self):
+        data = support.data()
+        m = filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
+        self.assertTrue(m.dontfork, "the mapping is inherited: run this test without CAP_SYS_PTRACE")
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                # An error, not a buffer at an address this process has nothing mapped at.
+                try:
+                    memoryview(m)
+                    print("child: memoryview(m) of a mapping it does not have", file=sys.stderr)
+                    os._exit(1)
+                except BufferError as e:
+                    if m.name not in str(e) or "MADV_DONTFORK" not in str(e):
+                        print("child: BufferError names neither the object nor why: %s" % e, file=sys.stderr)
+                        os._exit(1)
+                try:
+                    m.read_at(0, 10)
+                    print("child: read_at of a mapping it does not have", file=sys.stderr)
+                except OSError as e:
+                    if e.errno == errno.EBADF and m.inherited:
+                        m.close()
+                        code = 0
+                    else:
+                        print("child: read_at: %r, want EBADF" % e, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child failed (its stderr says why)")
+        self.assertBytes(bytes(memoryview(m)), data, "the parent, after its child closed")
+        m.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
