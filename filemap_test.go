@@ -451,10 +451,16 @@ func TestCachedObjects(t *testing.T) {
 	b.OK("read 0 %d", 100<<10+5)
 	b.OK("close")
 	settle(t, d)
-	objs, err := CachedObjects(context.Background(), WithSocket(d.sock))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The daemon lets go of a closed mapping's handle when its connection
+	// closes, just after the close returns.
+	var objs []ObjectStat
+	waitFor(t, "the closed mapping's object to have no users", func() bool {
+		var err error
+		if objs, err = CachedObjects(context.Background(), WithSocket(d.sock)); err != nil {
+			t.Fatal(err)
+		}
+		return len(objs) == 2 && objs[1].Users == 0
+	})
 	if len(objs) != 2 {
 		t.Fatalf("%d objects listed, want 2: %+v", len(objs), objs)
 	}

@@ -300,6 +300,8 @@ func jsonType(t *testing.T, e ast.Expr) string {
 		return "object of " + e.Name
 	case *ast.ArrayType:
 		return "array of " + strings.TrimPrefix(jsonType(t, e.Elt), "object of ")
+	case *ast.StarExpr: // a pointer: the object, or absent
+		return jsonType(t, e.X)
 	case *ast.MapType:
 		return "object of " + strings.TrimPrefix(jsonType(t, e.Value), "object of ")
 	}

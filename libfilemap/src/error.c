@@ -42,6 +42,14 @@ void fm_prefix(const char *fmt, ...)
 	errno = last.errnum; /* what the caller returns with */
 }
 
+void fm_prefix_open(const char *name)
+{
+	if (strstr(last.msg, name) != NULL)
+		fm_prefix("filemap: ");
+	else
+		fm_prefix("filemap: open %s: ", name);
+}
+
 const char *filemap_errmsg(void)
 {
 	return last.msg;

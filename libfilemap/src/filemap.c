@@ -168,7 +168,7 @@ filemap_t *filemap_open(const char *uri, const struct filemap_options *opts)
 	}
 	return m;
 fail:
-	fm_prefix("filemap: open %s: ", m->uri.name);
+	fm_prefix_open(m->uri.name);
 	release(m);
 	errno = filemap_errno();
 	return NULL;

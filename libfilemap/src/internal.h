@@ -39,6 +39,11 @@ enum {
 int fm_fail(int errnum, int64_t off, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* fm_prefix puts context before the last error's message: "filemap: open X: ". */
 void fm_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* fm_prefix_open prefixes the error of an open of the object called name,
+ * naming it unless the message does already: the handler's errors and the
+ * stores' name their object themselves, and a name said twice in one line
+ * only hides what went wrong (as the Go library's errors do). */
+void fm_prefix_open(const char *name);
 
 /* json.c: a tiny encoder, and a strict decoder of flat objects. */
 
