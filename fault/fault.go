@@ -24,6 +24,11 @@
 // fault waits for is moved ahead. Readahead reads of local files in flight
 // are bounded too (queue.go): a fault's own read goes to the disk at once,
 // and finds at most that much of a scan's readahead queued ahead of it.
+//
+// Lock order: a Region's raMu is taken under the cache's lock
+// (pagecache.Object.mu), by the window callback of Begin; the locks of the
+// fill buffers and the disk queue are innermost. The whole order is in
+// package server's documentation.
 package fault
 
 import (
@@ -69,7 +74,7 @@ type Region struct {
 
 	advice atomic.Uint32 // readahead.Advice
 	raMu   sync.Mutex
-	ra     readahead.Streams // file_ra_state, a few streams of it
+	ra     readahead.Streams // file_ra_state, a few streams of it; protected by raMu
 }
 
 // Advice is the region's current access advice.

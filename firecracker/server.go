@@ -144,7 +144,11 @@ type Server struct {
 	nextID   atomic.Uint64
 	n        counts
 
-	mu        sync.Mutex
+	conns     sync.WaitGroup
+	adopted   sync.WaitGroup // VMs taken from a previous handler's keeper, running
+	closeOnce sync.Once
+
+	mu        sync.Mutex // protects the fields below, and each object's refs
 	objects   map[objectKey]*object
 	vms       map[*vm]struct{}
 	pending   map[*net.UnixConn]struct{} // in their handshake
@@ -152,9 +156,6 @@ type Server struct {
 	keeper    *fdstore.Store // where VMs outlive the handler (keep.go); nil unless Keep was called
 	recorded  bool           // Config.Record was given to a VM
 	closed    bool
-	conns     sync.WaitGroup
-	adopted   sync.WaitGroup // VMs taken from a previous handler's keeper, running
-	closeOnce sync.Once
 }
 
 // counts are the server's own counters, beside the fault path's.
@@ -178,7 +179,7 @@ type object struct {
 	fo   fault.Object
 	view unsafe.Pointer // the cache file, mapped shared and read-only: UFFDIO_COPY's source
 	size uintptr        // of the view
-	refs int
+	refs int            // protected by Server.mu
 }
 
 // New makes a server. It refuses a kernel whose shmem huge page settings
@@ -485,7 +486,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 	// asked for again.
 	for ok, old := range s.objects {
 		if ok.key == k.key && old.refs == 0 {
-			s.free(old)
+			s.freeLocked(old)
 			delete(s.objects, ok)
 		}
 	}
@@ -573,8 +574,8 @@ func (s *Server) release(o *object) {
 	o.refs--
 }
 
-// free drops a cache. Called with s.mu held, when no VM uses it.
-func (s *Server) free(o *object) {
+// freeLocked drops a cache. Called with s.mu held, when no VM uses it.
+func (s *Server) freeLocked(o *object) {
 	s.budget.Forget(o.fo.Cache)
 	if o.view != nil {
 		unix.MunmapPtr(o.view, o.size) // unregisters it from the guard too
@@ -614,7 +615,7 @@ func (s *Server) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, o := range s.objects {
-		s.free(o)
+		s.freeLocked(o)
 		delete(s.objects, k)
 	}
 	if s.guard != nil {

@@ -58,8 +58,8 @@ type vm struct {
 	// Removed pages still read as zeros.
 	stale bool
 
-	deferMu  sync.Mutex
-	deferred []uintptr // faults to retry once the pending events are read, in order
+	deferMu  sync.Mutex // protects deferred, deferSet and busy
+	deferred []uintptr  // faults to retry once the pending events are read, in order
 	deferSet map[uintptr]struct{}
 	// busy holds the units a worker is reading and copying in. A second
 	// message for one of them is a duplicate (a signal made the faulting
@@ -330,7 +330,7 @@ func (v *vm) readBatch(msgs []uffd.Msg) (int, error) {
 		switch m := &msgs[i]; m.Event {
 		case uffd.EventPagefault:
 		case uffd.EventRemove:
-			v.remove(uintptr(m.Start), uintptr(m.End))
+			v.removeLocked(uintptr(m.Start), uintptr(m.End))
 		case uffd.EventFork:
 			unix.Close(m.UFD) // installed in our table by the read: ours to close
 			v.log.Warn("firecracker: unexpected fork event (the VMM asked for UFFD_FEATURE_EVENT_FORK); the child is not served")
@@ -400,9 +400,9 @@ func (v *vm) poll(timeout time.Duration) (bool, error) {
 	return n > 0, nil
 }
 
-// remove applies UFFD_EVENT_REMOVE [start, end). Called with mu held for
+// removeLocked applies UFFD_EVENT_REMOVE [start, end). Called with mu held for
 // writing.
-func (v *vm) remove(start, end uintptr) {
+func (v *vm) removeLocked(start, end uintptr) {
 	v.s.n.removes.Add(1)
 	v.markRemoved(start, end)
 }

@@ -323,9 +323,9 @@ type collapser struct {
 	workers int
 	running sync.WaitGroup
 
-	mu      sync.Mutex
-	pending int  // queued or running
-	stopped bool // close was called: enqueue turns everything away
+	mu      sync.Mutex // protects the fields below
+	pending int        // queued or running
+	stopped bool       // close was called: enqueue turns everything away
 	idle    sync.Cond
 
 	lastBusy atomic.Int64 // when a fill last started or ended, in UnixNano

@@ -11,6 +11,12 @@
 // pages are all uptodate is collapsed into one huge folio in the background,
 // as khugepaged would (mm/khugepaged.c), so that a client maps it with one
 // PMD per fault; a punch drops such an extent whole.
+//
+// Lock order: Object.mu is taken under reclaim.Budget.mu (eviction punches
+// with the budget's lock held) and before fault.Region.raMu (Begin's
+// window callback) and the collapser's mu; a cache file's write lock is
+// never held with it. The whole order is in package server's
+// documentation.
 package pagecache
 
 import (
@@ -82,14 +88,15 @@ type Object struct {
 
 	dev, ino uint64 // the cache file's identity, to know it when it comes back (Adopt)
 
-	mu         sync.Mutex
+	resident atomic.Int64 // pages in the cache file
+
+	mu         sync.Mutex // protects the fields below
 	states     table
 	fills      []*Fill          // in flight; few at a time, so a slice is enough
 	markers    map[int64][]byte // pages held back, with their bytes
 	collapsing []int64          // extents in MADV_COLLAPSE, one per collapser worker at most
 	collapsed  sync.Cond        // on mu: a collapse has ended
 	closed     bool
-	resident   atomic.Int64
 }
 
 // New makes the cache of an object of size bytes in a memfd of size rounded
@@ -236,7 +243,7 @@ func (o *Object) Lookup(page int64) (State, *Fill) {
 	defer o.mu.Unlock()
 	s := o.states.get(page)
 	if s == InFlight {
-		return s, o.fillOf(page)
+		return s, o.fillOfLocked(page)
 	}
 	if _, ok := o.markers[page]; ok {
 		return Marker, nil
@@ -244,7 +251,7 @@ func (o *Object) Lookup(page int64) (State, *Fill) {
 	return s, nil
 }
 
-func (o *Object) fillOf(page int64) *Fill {
+func (o *Object) fillOfLocked(page int64) *Fill {
 	for _, f := range o.fills {
 		if f.Start <= page && page < f.End {
 			return f
@@ -285,17 +292,17 @@ func (o *Object) Begin(page int64, window func() (lo, hi int64)) (State, *Fill) 
 	case Uptodate:
 		return s, nil
 	case InFlight:
-		return s, o.fillOf(page)
+		return s, o.fillOfLocked(page)
 	}
 	if held, ok := o.markers[page]; ok {
 		delete(o.markers, page)
 		o.states.set(page, InFlight)
-		f := o.newFill(page, page+1, page)
+		f := o.newFillLocked(page, page+1, page)
 		f.held = held
 		return Marker, f
 	}
 	lo, hi := window()
-	return Absent, o.claim(page, max(lo, 0), min(hi, o.npages))
+	return Absent, o.claimLocked(page, max(lo, 0), min(hi, o.npages))
 }
 
 // Claim claims every run of absent pages in [lo, hi) for reading ahead:
@@ -306,8 +313,8 @@ func (o *Object) Claim(lo, hi int64) []*Fill {
 	defer o.mu.Unlock()
 	var fs []*Fill
 	for p := lo; p < hi; p++ {
-		if o.claimable(p) {
-			f := o.claim(p, p, hi)
+		if o.claimableLocked(p) {
+			f := o.claimLocked(p, p, hi)
 			f.Page = -1
 			fs = append(fs, f)
 			p = f.End
@@ -316,22 +323,22 @@ func (o *Object) Claim(lo, hi int64) []*Fill {
 	return fs
 }
 
-// claim marks the claimable run around page inside [lo, hi) in flight.
-func (o *Object) claim(page, lo, hi int64) *Fill {
+// claimLocked marks the claimable run around page inside [lo, hi) in flight.
+func (o *Object) claimLocked(page, lo, hi int64) *Fill {
 	start, end := page, page+1
-	for start > lo && o.claimable(start-1) {
+	for start > lo && o.claimableLocked(start-1) {
 		start--
 	}
-	for end < hi && o.claimable(end) {
+	for end < hi && o.claimableLocked(end) {
 		end++
 	}
 	for p := start; p < end; p++ {
 		o.states.set(p, InFlight)
 	}
-	return o.newFill(start, end, page)
+	return o.newFillLocked(start, end, page)
 }
 
-func (o *Object) newFill(start, end, page int64) *Fill {
+func (o *Object) newFillLocked(start, end, page int64) *Fill {
 	f := &Fill{Start: start, End: end, Page: page, marker: -1, done: make(chan struct{})}
 	o.fills = append(o.fills, f)
 	if o.col != nil {
@@ -340,10 +347,10 @@ func (o *Object) newFill(start, end, page int64) *Fill {
 	return f
 }
 
-// claimable reports whether a fill may read the page: errors are not sticky,
+// claimableLocked reports whether a fill may read the page: errors are not sticky,
 // so an errored page is read again like an absent one. A marker is not: its
 // bytes are here already.
-func (o *Object) claimable(page int64) bool {
+func (o *Object) claimableLocked(page int64) bool {
 	s := o.states.get(page)
 	if s != Absent && s != Error {
 		return false
@@ -445,7 +452,7 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 		}
 	}
 	if n > 0 {
-		o.queueWhole(okStart, okEnd)
+		o.queueWholeLocked(okStart, okEnd)
 	}
 	o.mu.Unlock()
 	o.resident.Add(n)
@@ -456,11 +463,11 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 	close(f.done)
 }
 
-// queueWhole hands the collapser every extent overlapping pages [lo, hi)
+// queueWholeLocked hands the collapser every extent overlapping pages [lo, hi)
 // that is now wholly uptodate — no hole, no marker held back, no page in
 // flight or in error — and not huge or queued already. Called with o.mu
 // held; it never blocks.
-func (o *Object) queueWhole(lo, hi int64) {
+func (o *Object) queueWholeLocked(lo, hi int64) {
 	if o.col == nil || o.closed {
 		return
 	}
@@ -530,9 +537,9 @@ func (o *Object) unqueue(x int64) {
 	o.mu.Unlock()
 }
 
-// collapsingIn reports whether an extent overlapping pages [start, end) is
+// collapsingInLocked reports whether an extent overlapping pages [start, end) is
 // in MADV_COLLAPSE.
-func (o *Object) collapsingIn(start, end int64) bool {
+func (o *Object) collapsingInLocked(start, end int64) bool {
 	for _, x := range o.collapsing {
 		if x*HugePages < end && start < (x+1)*HugePages {
 			return true
@@ -541,11 +548,11 @@ func (o *Object) collapsingIn(start, end int64) bool {
 	return false
 }
 
-// widen grows pages [start, end) to whole extents where it cuts a huge one.
+// widenLocked grows pages [start, end) to whole extents where it cuts a huge one.
 // A punch of part of a huge folio zeroes that part and then tries to split
 // the folio (truncate_inode_partial_folio); if the split fails, the zeroed
 // pages stay in the cache, present, and clients would read zeros.
-func (o *Object) widen(start, end int64) (int64, int64) {
+func (o *Object) widenLocked(start, end int64) (int64, int64) {
 	if o.nhuge == 0 {
 		return start, end
 	}
@@ -580,8 +587,8 @@ func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		start, end = o.widen(start, end)
-		if !o.collapsingIn(start, end) {
+		start, end = o.widenLocked(start, end)
+		if !o.collapsingInLocked(start, end) {
 			break
 		}
 		o.collapsed.Wait()

@@ -14,8 +14,8 @@ const writePiece = 64 * PageSize
 // waits for go before the readahead writes queued ahead of them: a fault
 // never waits behind an unrelated large transfer.
 type writeLock struct {
-	mu             sync.Mutex
-	urgentQ, lateQ sync.Cond
+	mu             sync.Mutex // protects the fields below
+	urgentQ, lateQ sync.Cond  // on mu
 	held           bool
 	urgent, late   int // writers waiting
 }

@@ -20,6 +20,10 @@
 // holds a huge folio as one entry: a punch of part of a huge folio must be
 // widened to all of it, so per-fill extents would see pages of their
 // neighbours dropped with them and count them twice.
+//
+// Lock order: Budget.mu is taken before the lock of a cache it evicts from
+// (a Cache's Punch runs under it), and under the daemon's. The whole order
+// is in package server's documentation.
 package reclaim
 
 import (
@@ -100,7 +104,7 @@ type ghostKey struct {
 
 // Budget keeps the pages of many caches under a limit.
 type Budget struct {
-	mu       sync.Mutex
+	mu       sync.Mutex // protects the fields below
 	policy   Policy
 	budget   int64 // pages; 0 means no limit
 	resident int64

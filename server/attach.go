@@ -28,7 +28,7 @@ type attachment struct {
 	features uint64
 
 	mu      sync.Mutex
-	regions []*fault.Region
+	regions []*fault.Region // protected by mu
 
 	reading sync.WaitGroup // readers serving a message of it (reader.go)
 	readMu  sync.Mutex     // held from reading a message to applying it, if an event (reader.go)
@@ -294,7 +294,7 @@ func (a *attachment) close() {
 // and so may a forked child of it.
 func (a *attachment) hold(o *object) {
 	a.ss.s.mu.Lock()
-	a.ss.s.ref(o)
+	a.ss.s.refLocked(o)
 	a.ss.s.mu.Unlock()
 	a.held = append(a.held, o)
 }

@@ -28,9 +28,9 @@ type idleCaches struct {
 	lru list.List // of *object, the most recently released at the front
 }
 
-// idle puts o, whose last reference has gone, on the list, and frees what
+// idleLocked puts o, whose last reference has gone, on the list, and frees what
 // the bound no longer allows. Called with s.mu held.
-func (s *Server) idle(o *object) {
+func (s *Server) idleLocked(o *object) {
 	if i, ok := o.fo.Store.(store.Idler); ok {
 		i.Idle()
 	}
@@ -39,28 +39,28 @@ func (s *Server) idle(o *object) {
 	} else {
 		o.idle = s.idleCaches.lru.PushFront(o)
 	}
-	s.trimIdle()
+	s.trimIdleLocked()
 }
 
-// ref takes a reference to o, off the list if it was idle. Called with
+// refLocked takes a reference to o, off the list if it was idle. Called with
 // s.mu held.
-func (s *Server) ref(o *object) {
+func (s *Server) refLocked(o *object) {
 	o.refs++
-	s.unidle(o)
+	s.unidleLocked(o)
 }
 
-// unidle takes o off the list: it has a reference again, or is freed.
+// unidleLocked takes o off the list: it has a reference again, or is freed.
 // Called with s.mu held.
-func (s *Server) unidle(o *object) {
+func (s *Server) unidleLocked(o *object) {
 	if o.idle != nil {
 		s.idleCaches.lru.Remove(o.idle)
 		o.idle = nil
 	}
 }
 
-// trimIdle frees the private caches and the least recently released ones
+// trimIdleLocked frees the private caches and the least recently released ones
 // past the bound, those with no fill in flight. Called with s.mu held.
-func (s *Server) trimIdle() {
+func (s *Server) trimIdleLocked() {
 	l := &s.idleCaches.lru
 	for e := l.Back(); e != nil; {
 		o := e.Value.(*object)
@@ -71,7 +71,7 @@ func (s *Server) trimIdle() {
 		if o.fo.Cache.Busy() {
 			continue
 		}
-		s.free(o)
+		s.freeLocked(o)
 		delete(s.objects, o.key)
 	}
 }

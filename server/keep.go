@@ -177,7 +177,7 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	}
 	s.mu.Lock()
 	if d.Local {
-		o.keepFile(dupFile(e.Files[2]))
+		o.keepFileLocked(dupFile(e.Files[2]))
 	}
 	if o.uri == "" {
 		o.uri = d.URI

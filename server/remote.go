@@ -59,7 +59,7 @@ type Remotes struct {
 	disk    *diskcache.Cache // nil without a disk cache
 	diskOff error            // why there is none although one was asked for
 
-	mu   sync.Mutex
+	mu   sync.Mutex // protects the fields below
 	s3   *s3store.Client
 	http *http.Client
 }
@@ -225,7 +225,7 @@ func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int
 	defer s.mu.Unlock()
 	for k, o := range s.objects {
 		if k.uid == uid && k.adopted == 0 && k.version == req.Version && o.uri == req.URI {
-			s.ref(o)
+			s.refLocked(o)
 			return o
 		}
 	}

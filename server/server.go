@@ -1,13 +1,3 @@
-// Package server is filemap's handler daemon, `filemap serve`: the kernel's
-// memory-management side of mmap(2). It keeps one page cache per object,
-// shared by every client of one uid that opens the same version of it, and
-// serves the page faults of the regions clients attach, each through the
-// client's own userfaultfd.
-//
-// A client that misbehaves loses its own connection and nothing else: a bad
-// frame closes that session, a dead client's regions are torn down when its
-// socket closes, and one slow store read holds up only the faults that wait
-// for those pages.
 package server
 
 import (
@@ -120,8 +110,9 @@ type Server struct {
 	readers  *readerPool // read every attached uffd
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
+	conns    sync.WaitGroup // sessions being served
 
-	mu         sync.Mutex
+	mu         sync.Mutex // protects the fields below, and each object's that say so
 	objects    map[objectKey]*object
 	idleCaches idleCaches // objects no client has open (idle.go)
 	sessions   map[*session]struct{}
@@ -130,7 +121,6 @@ type Server struct {
 	listeners  []net.Listener
 	closed     bool
 	retired    bool // handed over to a successor (takeover.go)
-	conns      sync.WaitGroup
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -145,9 +135,11 @@ type objectKey struct {
 
 // object is an object's cache and store, shared by the sessions that opened it.
 type object struct {
-	key  objectKey
+	key objectKey
+	fo  fault.Object
+
+	// Protected by Server.mu.
 	uri  string // as the client opened it, credentials and all: to open it again, never to show
-	fo   fault.Object
 	refs int
 	file *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
 	idle *list.Element // in Server.idleCaches while refs is 0
@@ -158,9 +150,9 @@ type object struct {
 // pages from the store, and cannot tell whose bytes they are.
 func (o *object) private() bool { return o.key.adopted != 0 }
 
-// keepFile remembers f, a local object's file, unless one is kept already.
+// keepFileLocked remembers f, a local object's file, unless one is kept already.
 // Called with s.mu held or before the object is shared.
-func (o *object) keepFile(f *os.File) {
+func (o *object) keepFileLocked(f *os.File) {
 	if o.file == nil {
 		o.file = f
 		return
@@ -339,7 +331,7 @@ func (s *Server) Close() error {
 	s.readers.closePool()
 	s.mu.Lock()
 	for k, o := range s.objects {
-		s.free(o)
+		s.freeLocked(o)
 		delete(s.objects, k)
 	}
 	s.mu.Unlock()
@@ -356,10 +348,10 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// free releases an object's cache and store, and takes it off the idle
+// freeLocked releases an object's cache and store, and takes it off the idle
 // list. Called with s.mu held.
-func (s *Server) free(o *object) {
-	s.unidle(o)
+func (s *Server) freeLocked(o *object) {
+	s.unidleLocked(o)
 	if o.file != nil {
 		o.file.Close()
 	}
@@ -378,7 +370,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 	defer s.mu.Unlock()
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
-		s.ref(o)
+		s.refLocked(o)
 		return o, nil
 	}
 	cache, err := s.backing.New(name, st.Size())
@@ -386,7 +378,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 		st.Close()
 		return nil, err
 	}
-	s.dropStale(k, name)
+	s.dropStaleLocked(k, name)
 	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	return o, nil
@@ -418,7 +410,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	o, err := s.cacheOf(uid, name, file, st.Size())
+	o, err := s.cacheOfLocked(uid, name, file, st.Size())
 	if o != nil || err != nil {
 		s.mu.Unlock()
 		file.Close()
@@ -449,10 +441,10 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	return o, nil
 }
 
-// cacheOf finds the cache whose file is file, with a reference taken; one
+// cacheOfLocked finds the cache whose file is file, with a reference taken; one
 // of another uid, or of another size than the client names, is an error.
 // Called with s.mu held.
-func (s *Server) cacheOf(uid uint32, name string, file *os.File, size int64) (*object, error) {
+func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int64) (*object, error) {
 	for k, o := range s.objects {
 		if !o.fo.Cache.Same(file) {
 			continue
@@ -465,20 +457,20 @@ func (s *Server) cacheOf(uid uint32, name string, file *os.File, size int64) (*o
 		if have := o.fo.Cache.Size(); have != size {
 			return nil, fmt.Errorf("open %s: the cache file handed back is the cache of %d bytes, not of %d", name, have, size)
 		}
-		s.ref(o)
+		s.refLocked(o)
 		return o, nil
 	}
 	return nil, nil
 }
 
-// dropStale frees the caches that nobody maps any more of other versions
+// dropStaleLocked frees the caches that nobody maps any more of other versions
 // of k's object, or of another object under the same name (a file replaced
 // by rename): their bytes will not be asked for again. Called with s.mu
 // held, before k's own cache is added.
-func (s *Server) dropStale(k objectKey, name string) {
+func (s *Server) dropStaleLocked(k objectKey, name string) {
 	for ok, o := range s.objects {
 		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
-			s.free(o)
+			s.freeLocked(o)
 			delete(s.objects, ok)
 		}
 	}
@@ -486,14 +478,14 @@ func (s *Server) dropStale(k objectKey, name string) {
 
 // release drops a reference. The cache stays when the last goes: a later
 // Open of the same bytes finds it warm. It goes when its object changes
-// (dropStale), or when MaxIdleCaches caches released since want its
+// (dropStaleLocked), or when MaxIdleCaches caches released since want its
 // place (idle.go).
 func (s *Server) release(o *object) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o.refs--
 	if o.refs == 0 && !s.closed {
-		s.idle(o)
+		s.idleLocked(o)
 	}
 }
 

@@ -31,7 +31,7 @@ type session struct {
 
 	retire bool // close the server once the reply in hand is sent (takeover.go)
 
-	mu          sync.Mutex
+	mu          sync.Mutex // protects the fields below
 	closed      bool
 	handles     map[uint64]*object
 	attachments map[uint64]*attachment
@@ -240,7 +240,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		o.uri = req.URI
 	}
 	if kept != nil {
-		o.keepFile(kept)
+		o.keepFileLocked(kept)
 	}
 	ss.s.mu.Unlock()
 	return ss.opened(o, size)
@@ -253,7 +253,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 // readable by a daemon of another uid. A cache named from the wrong
 // directory would show a wrong name in `filemap stat --objects` and the
 // logs, and could take the place of the idle cache of the file that has
-// that name (dropStale). The library sends absolute paths.
+// that name (dropStaleLocked). The library sends absolute paths.
 func checkLocalName(uri store.URI) error {
 	if uri.Scheme == "file" && !strings.Contains(uri.Raw, "://") && !filepath.IsAbs(uri.Raw) {
 		return fmt.Errorf("open %q: a local file must be named by its absolute path: the daemon cannot tell which directory a relative one starts from", uri.Raw)

@@ -5,6 +5,11 @@
 // per-request timeouts, retries with backoff and jitter, and hedged requests
 // for stragglers. In the kernel it stands where the block layer's request
 // queue does under mm/readahead.c.
+//
+// Lock order: Store.mu comes before its slots' lock; a fetch's race.mu and
+// latencies' lock are innermost. The daemon takes Store.mu with its own
+// held (an idle object's Idle); the whole order is in package server's
+// documentation.
 package remote
 
 import (

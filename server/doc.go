@@ -1,0 +1,52 @@
+// Package server is filemap's handler daemon, `filemap serve`: the kernel's
+// memory-management side of mmap(2). It keeps one page cache per object,
+// shared by every client of one uid that opens the same version of it, and
+// serves the page faults of the regions clients attach, each through the
+// client's own userfaultfd.
+//
+// A client that misbehaves loses its own connection and nothing else: a bad
+// frame closes that session, a dead client's regions are torn down when its
+// socket closes, and one slow store read holds up only the faults that wait
+// for those pages.
+//
+// # Names
+//
+// The daemon is `filemap serve`, a Server. A private handler is the child
+// process that package filemap starts for a program when no daemon is
+// named; it runs a Server of its own. fault.Handler is the fault path both
+// run, the kernel's handle_mm_fault. An object is what a client maps (a
+// file, an HTTP resource, an S3 object); its pages are held by a
+// pagecache.Object, which a fault.Object pairs with the store they are
+// read from; the daemon keeps one object (object, in this package) per
+// version and uid, shared by the clients that open it. A fault.Region is a
+// range of a client's memory that maps one: the kernel's vm_area_struct.
+//
+// # Lock order
+//
+// Locks nest in this order, outermost first: a lock may be taken while
+// those above it on its branch are held, never while one below it is, and
+// locks on different branches are never held together. Each protects the
+// fields its struct marks "Protected by mu"; a function that must be
+// called with a lock held ends in Locked.
+//
+//	attachment.readMu          a uffd's next message, from its read until an event in it is applied (reader.go)
+//	  Server.mu                the objects, idle caches, sessions, orphans, keeper and listeners
+//	    session.mu             a session's handles and attachments
+//	      attachment.mu        an attachment's regions
+//	    clientTable.mu         the table of client accounts (limits.go)
+//	      client.mu            one client's account and faults in flight
+//	    reclaim.Budget.mu      the LRU lists and resident count of all caches; eviction punches under it
+//	      pagecache.Object.mu  one cache's page states, fills and markers
+//	        fault.Region.raMu  a region's readahead state: a miss's window is chosen under the cache's lock
+//	        collapser.mu       the collapses queued and running (pagecache)
+//	    remote.Store.mu        a remote store's fetches in flight and chunks cached
+//	      slots.mu             its request slots (remote)
+//	    diskcache.Cache.mu     the disk cache's objects, chunks and LRU
+//
+// Remotes.mu closes the disk cache under it: it comes before
+// diskcache.Cache.mu and is never held with Server.mu. The other locks
+// are leaves, innermost wherever they are taken: readerPool.mu,
+// timedStore.mu, the fault path's buffers' and disk queue's, a remote
+// fetch's race.mu, and a cache file's write lock (pagecache.writeLock),
+// which is never held with the cache's own.
+package server
