@@ -156,6 +156,7 @@ type Server struct {
 	keeper    *fdstore.Store // where VMs outlive the handler (keep.go); nil unless Keep was called
 	recorded  bool           // Config.Record was given to a VM
 	closed    bool
+	freed     []*object // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // counts are the server's own counters, beside the fault path's.
@@ -465,7 +466,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 	}
 	k := objectKey{key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock() // and closes the caches of old versions it frees
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
 		o.refs++
@@ -487,7 +488,6 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 	for ok, old := range s.objects {
 		if ok.key == k.key && old.refs == 0 {
 			s.freeLocked(old)
-			delete(s.objects, ok)
 		}
 	}
 	s.objects[k] = o
@@ -574,9 +574,28 @@ func (s *Server) release(o *object) {
 	o.refs--
 }
 
-// freeLocked drops a cache. Called with s.mu held, when no VM uses it.
+// freeLocked drops a cache that no VM uses: no restore finds it any more.
+// It is closed by unlock, once s.mu is released: closing a store waits for
+// its requests to end, and no restore or stat must wait with it.
 func (s *Server) freeLocked(o *object) {
-	s.budget.Forget(o.fo.Cache)
+	delete(s.objects, o.key)
+	s.freed = append(s.freed, o)
+}
+
+// unlock releases s.mu and closes the caches freed under it.
+func (s *Server) unlock() {
+	freed := s.freed
+	s.freed = nil
+	s.mu.Unlock()
+	for _, o := range freed {
+		o.close(s.budget)
+	}
+}
+
+// close releases the view, cache and store of an object that has been
+// freed.
+func (o *object) close(budget *reclaim.Budget) {
+	budget.Forget(o.fo.Cache)
 	if o.view != nil {
 		unix.MunmapPtr(o.view, o.size) // unregisters it from the guard too
 	}
@@ -613,11 +632,10 @@ func (s *Server) close() {
 		k.Close(false) // the VMs wait there for the next handler
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, o := range s.objects {
+	for _, o := range s.objects {
 		s.freeLocked(o)
-		delete(s.objects, k)
 	}
+	s.unlock()
 	if s.guard != nil {
 		s.guard.Close()
 	}

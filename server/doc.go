@@ -43,6 +43,10 @@
 //	      slots.mu             its request slots (remote)
 //	    diskcache.Cache.mu     the disk cache's objects, chunks and LRU
 //
+// Server.mu is held for bookkeeping, never across I/O or a wait: an
+// object it frees is closed (its cache's collapses waited for, its store's
+// requests ended) once it is released (Server.unlock).
+//
 // Remotes.mu closes the disk cache under it: it comes before
 // diskcache.Cache.mu and is never held with Server.mu. The other locks
 // are leaves, innermost wherever they are taken: readerPool.mu,

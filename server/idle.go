@@ -72,6 +72,5 @@ func (s *Server) trimIdleLocked() {
 			continue
 		}
 		s.freeLocked(o)
-		delete(s.objects, o.key)
 	}
 }

@@ -120,7 +120,8 @@ type Server struct {
 	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
-	retired    bool // handed over to a successor (takeover.go)
+	retired    bool      // handed over to a successor (takeover.go)
+	freed      []*object // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -330,11 +331,10 @@ func (s *Server) Close() error {
 	s.waitFills()
 	s.readers.closePool()
 	s.mu.Lock()
-	for k, o := range s.objects {
+	for _, o := range s.objects {
 		s.freeLocked(o)
-		delete(s.objects, k)
 	}
-	s.mu.Unlock()
+	s.unlock()
 	s.remotes.Close()
 	s.backing.Close()
 	s.mu.Lock()
@@ -348,14 +348,33 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// freeLocked releases an object's cache and store, and takes it off the idle
-// list. Called with s.mu held.
+// freeLocked drops an object: no Open finds it any more, and it is off the
+// idle list. Its cache and store are closed by unlock, once s.mu is
+// released: closing them waits (for a collapse in progress, for a remote
+// store's requests to end, for the disk cache's lock), and every Open,
+// stat and release of the daemon would wait with them.
 func (s *Server) freeLocked(o *object) {
 	s.unidleLocked(o)
+	delete(s.objects, o.key)
+	s.freed = append(s.freed, o)
+}
+
+// unlock releases s.mu and closes the objects freed under it.
+func (s *Server) unlock() {
+	freed := s.freed
+	s.freed = nil
+	s.mu.Unlock()
+	for _, o := range freed {
+		o.close(s.budget)
+	}
+}
+
+// close releases the cache and store of an object that has been freed.
+func (o *object) close(budget *reclaim.Budget) {
 	if o.file != nil {
 		o.file.Close()
 	}
-	s.budget.Forget(o.fo.Cache)
+	budget.Forget(o.fo.Cache)
 	o.fo.Cache.Close()
 	o.fo.Store.Close()
 }
@@ -367,7 +386,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock() // and closes the stale caches it frees
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
 		s.refLocked(o)
@@ -471,7 +490,6 @@ func (s *Server) dropStaleLocked(k objectKey, name string) {
 	for ok, o := range s.objects {
 		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
 			s.freeLocked(o)
-			delete(s.objects, ok)
 		}
 	}
 }
@@ -482,7 +500,7 @@ func (s *Server) dropStaleLocked(k objectKey, name string) {
 // place (idle.go).
 func (s *Server) release(o *object) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock() // and closes what went past the idle bound
 	o.refs--
 	if o.refs == 0 && !s.closed {
 		s.idleLocked(o)
