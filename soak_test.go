@@ -268,7 +268,7 @@ func TestSoak(t *testing.T) {
 	}
 	// Nor under load: the peak counts, since that is what the machine must
 	// have. (The read buffers of the fills in flight are the most of it;
-	// fault.Config.MaxFillBytes bounds them.)
+	// fault.Config.ReadBuffers bounds them.)
 	if growth := atEnd["VmHWM"] - before["VmRSS"]; !raceEnabled && growth > budget*11/10 {
 		t.Errorf("the daemon's RSS peaked %d MiB above its start, more than the cache budget %d MiB + 10%%", growth>>20, budget>>20)
 	}

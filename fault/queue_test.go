@@ -81,7 +81,7 @@ func TestDiskQueueDemandAndPromote(t *testing.T) {
 // behind the readahead, this test hangs until its timeout.
 func TestFaultPassesDiskQueue(t *testing.T) {
 	const npages = 8192
-	g := newRig(t, npages, Config{MaxFillBytes: 8192 * ps, ReadaheadInflight: chunkPages * ps, RetryBackoff: 1})
+	g := newRig(t, npages, Config{ReadBuffers: 8192 * ps, ReadaheadInflight: chunkPages * ps, RetryBackoff: 1})
 	g.st.gateLo, g.st.gateHi = 0, 4096
 	g.h.WillNeed(g.obj, 0, 4096) // 16 fills of chunkPages, all with buffers
 	first := <-g.st.arrived      // one of the fills, whichever had its goroutine run first

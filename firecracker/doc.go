@@ -34,13 +34,13 @@
 // # Lock order
 //
 // Outermost first, as in package server's documentation, whose lower part
-// (reclaim.Budget.mu, then pagecache.Object.mu, then fault.Region.raMu)
+// (reclaim.Budget.mu, then pagecache.Cache.mu, then fault.Region.raMu)
 // applies here too:
 //
 //	Server.mu            the caches (objects), VMs, handshakes in progress, listeners, keeper
 //	  reclaim.Budget.mu  as in package server
 //	vm.mu                orders copies into the guest (read) against REMOVE events (write)
-//	  pagecache.Object.mu
+//	  pagecache.Cache.mu
 //	  recorder.mu        the record being written
 //	vm.deferMu           the deferred faults and busy units; innermost
 //

@@ -67,9 +67,9 @@ type Config struct {
 
 	// ReadaheadPages is the read-around window of a miss in 4 KiB pages
 	// (DefaultReadahead if 0; 1 reads the faulting page alone), and
-	// MaxReadahead the largest window a sequential stream ramps up to.
-	ReadaheadPages int64
-	MaxReadahead   int64
+	// ReadaheadMaxPages the largest window a sequential stream ramps up to.
+	ReadaheadPages    int64
+	ReadaheadMaxPages int64
 	// CopyAround, a power of two, is the block of 4 KiB pages around a
 	// fault whose pages already in the cache are copied into the guest
 	// with it (DefaultCopyAround if 0; 1 copies the faulting page alone).
@@ -149,14 +149,14 @@ type Server struct {
 	closeOnce sync.Once
 
 	mu        sync.Mutex // protects the fields below, and each object's refs
-	objects   map[objectKey]*object
+	objects   map[objectKey]*cachedObject
 	vms       map[*vm]struct{}
 	pending   map[*net.UnixConn]struct{} // in their handshake
 	listeners []net.Listener
 	keeper    *fdstore.Store // where VMs outlive the handler (keep.go); nil unless Keep was called
 	recorded  bool           // Config.Record was given to a VM
 	closed    bool
-	freed     []*object // dropped from objects, to be closed once mu is released (unlock)
+	freed     []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // counts are the server's own counters, beside the fault path's.
@@ -173,11 +173,11 @@ type counts struct {
 // out of it, so a guest cannot plant a page in it for another.
 type objectKey struct{ key, version string }
 
-// object is the cache of one version of the memory file, and the handler's
+// cachedObject is the cache of one version of the memory file, and the handler's
 // view of it.
-type object struct {
+type cachedObject struct {
 	key  objectKey
-	fo   fault.Object
+	fo   fault.File
 	view unsafe.Pointer // the cache file, mapped shared and read-only: UFFDIO_COPY's source
 	size uintptr        // of the view
 	refs int            // protected by Server.mu
@@ -233,7 +233,7 @@ func New(cfg Config) (*Server, error) {
 	default:
 		return nil, fmt.Errorf("firecracker: unknown cache policy %q (want %s or %s)", cfg.CachePolicy, reclaim.S3FIFO, reclaim.FIFO)
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, objects: make(map[objectKey]*object), vms: make(map[*vm]struct{}),
+	s := &Server{cfg: cfg, log: cfg.Log, objects: make(map[objectKey]*cachedObject), vms: make(map[*vm]struct{}),
 		pending: make(map[*net.UnixConn]struct{})}
 	if cfg.Prefetch != "" {
 		b, err := os.ReadFile(cfg.Prefetch)
@@ -275,14 +275,14 @@ func New(cfg Config) (*Server, error) {
 	s.budget = reclaim.New(budgetPages, cfg.CachePolicy)
 	s.metrics = metrics.New(s.protoStats)
 	s.faults = fault.NewHandler(fault.Config{
-		RaPages:      cfg.ReadaheadPages,
-		MaxRaPages:   cfg.MaxReadahead,
-		RaLimit:      budgetPages / 8,
-		Retries:      cfg.Retries,
-		RetryBackoff: cfg.RetryBackoff,
-		Log:          cfg.Log,
-		Budget:       s.budget,
-		Observer:     fillObserver{s.metrics},
+		ReadaheadPages:    cfg.ReadaheadPages,
+		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
+		RaLimit:           budgetPages / 8,
+		Retries:           cfg.Retries,
+		RetryBackoff:      cfg.RetryBackoff,
+		Log:               cfg.Log,
+		Budget:            s.budget,
+		Observer:          fillObserver{s.metrics},
 
 		ReadaheadInflight: cfg.ReadaheadInflight,
 	}, &s.counters)
@@ -453,7 +453,7 @@ func (s *Server) takeRecord() bool {
 // acquire opens the memory file and returns the cache of its current
 // version, making it if needed: the cache of the pinned version, if it is
 // open already, without opening the file.
-func (s *Server) acquire(ctx context.Context) (*object, error) {
+func (s *Server) acquire(ctx context.Context) (*cachedObject, error) {
 	if o := s.pinnedCache(); o != nil {
 		return o, nil
 	}
@@ -477,7 +477,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 		st.Close()
 		return nil, err
 	}
-	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	o := &cachedObject{key: k, fo: fault.File{Cache: cache, Store: st}, refs: 1}
 	if err := s.mapView(o); err != nil {
 		cache.Close()
 		st.Close()
@@ -496,7 +496,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 
 // pinnedCache returns the cache of Config.Pinned, counting a reference to
 // it, if there is one.
-func (s *Server) pinnedCache() *object {
+func (s *Server) pinnedCache() *cachedObject {
 	if s.cfg.Pinned == "" {
 		return nil
 	}
@@ -514,7 +514,7 @@ func (s *Server) pinnedCache() *object {
 // mapView maps o's cache file into the handler, shared and read-only, and
 // arms the mapping with the guard: UFFDIO_COPY reads the guest's pages from
 // there, so a page is copied from the cache with no copy of our own.
-func (s *Server) mapView(o *object) error {
+func (s *Server) mapView(o *cachedObject) error {
 	n := uintptr(o.fo.Cache.NPages()) * pagecache.PageSize
 	if n == 0 {
 		return nil
@@ -537,7 +537,7 @@ func (s *Server) mapView(o *object) error {
 // all the same, but userfaultfd registers a shared mapping only if it
 // could be made writable (VM_MAYWRITE): a MAP_SHARED mapping of an
 // O_RDONLY descriptor is refused with EPERM.
-func openWritable(c *pagecache.Object) (*os.File, error) {
+func openWritable(c *pagecache.Cache) (*os.File, error) {
 	ro, err := c.ReadOnlyFile()
 	if err != nil {
 		return nil, err
@@ -568,7 +568,7 @@ func mapGuarded(guard *uffd.UFFD, fd int, n uintptr) (unsafe.Pointer, error) {
 }
 
 // release drops a VM's reference. The cache stays, for the next restore.
-func (s *Server) release(o *object) {
+func (s *Server) release(o *cachedObject) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o.refs--
@@ -577,7 +577,7 @@ func (s *Server) release(o *object) {
 // freeLocked drops a cache that no VM uses: no restore finds it any more.
 // It is closed by unlock, once s.mu is released: closing a store waits for
 // its requests to end, and no restore or stat must wait with it.
-func (s *Server) freeLocked(o *object) {
+func (s *Server) freeLocked(o *cachedObject) {
 	delete(s.objects, o.key)
 	s.freed = append(s.freed, o)
 }
@@ -594,7 +594,7 @@ func (s *Server) unlock() {
 
 // close releases the view, cache and store of an object that has been
 // freed.
-func (o *object) close(budget *reclaim.Budget) {
+func (o *cachedObject) close(budget *reclaim.Budget) {
 	budget.Forget(o.fo.Cache)
 	if o.view != nil {
 		unix.MunmapPtr(o.view, o.size) // unregisters it from the guard too

@@ -31,7 +31,7 @@ type vm struct {
 	conn    *net.UnixConn
 	u       *uffd.UFFD
 	efd     int // eventfd: wakes the loop for deferred faults, prefetch batches, shutdown
-	obj     *object
+	obj     *cachedObject
 	regions []*vmRegion
 	unit    uintptr // the guest's page size: 4 KiB, or 2 MiB for hugetlbfs
 	upages  int64   // cache pages per unit
@@ -85,7 +85,7 @@ type vm struct {
 
 // vmRegion is a guest region with the fault path's view of it.
 type vmRegion struct {
-	Region
+	GuestRegion
 	fr         *fault.Region // the fault path's region: read-around and its state
 	first, end int64         // its units, by index in the memory file
 }
@@ -105,7 +105,7 @@ func (fillOnly) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil 
 // newVM makes the handler of a VM. fresh says it starts now: a VM taken
 // over from a previous handler is neither recorded nor replayed into, and
 // has the state the previous handler kept, if any (kept: its memfd).
-func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool, kept *os.File) (*vm, error) {
+func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *cachedObject, rs []GuestRegion, fresh bool, kept *os.File) (*vm, error) {
 	// Firecracker makes its userfaultfd non-blocking already; a VMM that
 	// did not would have the loop sleep in read(2) instead of poll(2).
 	if err := unix.SetNonblock(fd, true); err != nil {
@@ -135,13 +135,13 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 			"memory", s.cfg.Name, "restored_version", st.version, "version", o.key.version)
 	}
 	for _, r := range rs {
-		fr := &fault.Region{Obj: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
+		fr := &fault.Region{File: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
 		if unit != PageSize {
 			// A huge page is read whole, in one go (fillHuge); the fault
 			// path is only asked for the odd page of it that failed.
 			fr.SetAdvice(readahead.Random)
 		}
-		v.regions = append(v.regions, &vmRegion{Region: r, fr: fr,
+		v.regions = append(v.regions, &vmRegion{GuestRegion: r, fr: fr,
 			first: r.Offset / int64(unit), end: (r.Offset + int64(r.Size)) / int64(unit)})
 	}
 	if fresh && s.takeRecord() {

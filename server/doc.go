@@ -11,15 +11,28 @@
 //
 // # Names
 //
-// The daemon is `filemap serve`, a Server. A private handler is the child
-// process that package filemap starts for a program when no daemon is
-// named; it runs a Server of its own. fault.Handler is the fault path both
-// run, the kernel's handle_mm_fault. An object is what a client maps (a
-// file, an HTTP resource, an S3 object); its pages are held by a
-// pagecache.Object, which a fault.Object pairs with the store they are
-// read from; the daemon keeps one object (object, in this package) per
-// version and uid, shared by the clients that open it. A fault.Region is a
-// range of a client's memory that maps one: the kernel's vm_area_struct.
+// One name per thing, in every package:
+//
+//   - The daemon is `filemap serve`: a Server. A private handler is the
+//     child process package filemap starts for a program when no daemon
+//     is named; it runs a Server of its own. fault.Handler is the fault
+//     path both run (the kernel's handle_mm_fault); in package firecracker
+//     the handler is Firecracker's word for the process that serves a
+//     VM's faults.
+//   - An object is what a client maps: a file, an HTTP resource, an S3
+//     object. Its pages are held by a pagecache.Cache (an address_space);
+//     a fault.File pairs that cache with the store its pages are read
+//     from, as the kernel's struct file leads to both. The daemon's
+//     cachedObject is one of them with its key, references and idle-list
+//     place, shared by the clients of one uid that open that version.
+//   - A fault.Region is a range of a client's memory that maps a cache:
+//     the kernel's vm_area_struct. A firecracker.GuestRegion is one of a
+//     VM's guest memory regions, as Firecracker's handshake describes it.
+//   - A knob has one name from its flag to its use: --readahead is
+//     ReadaheadPages, --readahead-max ReadaheadMaxPages, --read-buffers
+//     ReadBuffers and --readahead-inflight ReadaheadInflight, in every
+//     Config that has it (the flags take bytes; a field says Pages where
+//     it counts pages).
 //
 // # Lock order
 //
@@ -36,7 +49,7 @@
 //	    clientTable.mu         the table of client accounts (limits.go)
 //	      client.mu            one client's account and faults in flight
 //	    reclaim.Budget.mu      the LRU lists and resident count of all caches; eviction punches under it
-//	      pagecache.Object.mu  one cache's page states, fills and markers
+//	      pagecache.Cache.mu  one cache's page states, fills and markers
 //	        fault.Region.raMu  a region's readahead state: a miss's window is chosen under the cache's lock
 //	        collapser.mu       the collapses queued and running (pagecache)
 //	    remote.Store.mu        a remote store's fetches in flight and chunks cached

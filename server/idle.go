@@ -30,7 +30,7 @@ type idleCaches struct {
 
 // idleLocked puts o, whose last reference has gone, on the list, and frees what
 // the bound no longer allows. Called with s.mu held.
-func (s *Server) idleLocked(o *object) {
+func (s *Server) idleLocked(o *cachedObject) {
 	if i, ok := o.fo.Store.(store.Idler); ok {
 		i.Idle()
 	}
@@ -44,14 +44,14 @@ func (s *Server) idleLocked(o *object) {
 
 // refLocked takes a reference to o, off the list if it was idle. Called with
 // s.mu held.
-func (s *Server) refLocked(o *object) {
+func (s *Server) refLocked(o *cachedObject) {
 	o.refs++
 	s.unidleLocked(o)
 }
 
 // unidleLocked takes o off the list: it has a reference again, or is freed.
 // Called with s.mu held.
-func (s *Server) unidleLocked(o *object) {
+func (s *Server) unidleLocked(o *cachedObject) {
 	if o.idle != nil {
 		s.idleCaches.lru.Remove(o.idle)
 		o.idle = nil
@@ -63,7 +63,7 @@ func (s *Server) unidleLocked(o *object) {
 func (s *Server) trimIdleLocked() {
 	l := &s.idleCaches.lru
 	for e := l.Back(); e != nil; {
-		o := e.Value.(*object)
+		o := e.Value.(*cachedObject)
 		e = e.Prev()
 		if !o.private() && l.Len() <= max(s.idleCaches.max, 0) {
 			return // the private ones, all at the back, are done with

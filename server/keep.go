@@ -254,7 +254,7 @@ func (s *Server) orphanSession(pid int32, uid uint32) *session {
 	}
 	cred := &unix.Ucred{Pid: pid, Uid: uid}
 	ss := &session{s: s, cred: cred, log: s.log.With("pid", pid, "uid", uid, "orphan", true),
-		client: s.clients.join(cred), handles: make(map[uint64]*object), attachments: make(map[uint64]*attachment)}
+		client: s.clients.join(cred), handles: make(map[uint64]*cachedObject), attachments: make(map[uint64]*attachment)}
 	s.orphans[pid] = ss
 	return ss
 }

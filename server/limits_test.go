@@ -488,4 +488,3 @@ func TestClosingStoreStallsNoOne(t *testing.T) {
 		t.Errorf("close of the first object's handle: %v", err)
 	}
 }
-

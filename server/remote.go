@@ -217,7 +217,7 @@ func (r *Remotes) Close() {
 // pages not cached then get SIGBUS, as they would in the mapping that is
 // already open. An open that brought descriptors (fds) is not one to
 // serve here.
-func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int) *object {
+func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int) *cachedObject {
 	if fds != 0 || req.Cache || uri.Scheme != "s3" || !s3store.Immutable(req.Version) {
 		return nil
 	}

@@ -27,11 +27,11 @@ import (
 
 // Config tunes a Server. The zero value is the kernel's defaults.
 type Config struct {
-	ReadaheadPages int64         // read-around window; readahead.DefaultPages if 0
-	MaxReadahead   int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
-	Retries        int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; 3 if 0, none if negative
-	RetryBackoff   time.Duration // delay before the first retry, doubled after each; 10ms if 0
-	Log            *slog.Logger  // slog.Default() if nil
+	ReadaheadPages    int64         // read-around window; readahead.DefaultPages if 0
+	ReadaheadMaxPages int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
+	Retries           int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; 3 if 0, none if negative
+	RetryBackoff      time.Duration // delay before the first retry, doubled after each; 10ms if 0
+	Log               *slog.Logger  // slog.Default() if nil
 
 	// CacheBytes bounds the bytes resident in all caches together; 0 is
 	// no limit. CachePolicy picks what to evict (reclaim.S3FIFO if empty).
@@ -39,7 +39,7 @@ type Config struct {
 	CachePolicy reclaim.Policy
 
 	// ReadBuffers bounds the daemon's read buffers, the bulk of its heap
-	// (fault.Config.MaxFillBytes); fault.DefaultMaxFillBytes(CacheBytes)
+	// (fault.Config.ReadBuffers); fault.DefaultReadBuffers(CacheBytes)
 	// if 0.
 	ReadBuffers int64
 
@@ -113,15 +113,15 @@ type Server struct {
 	conns    sync.WaitGroup // sessions being served
 
 	mu         sync.Mutex // protects the fields below, and each object's that say so
-	objects    map[objectKey]*object
+	objects    map[objectKey]*cachedObject
 	idleCaches idleCaches // objects no client has open (idle.go)
 	sessions   map[*session]struct{}
 	orphans    map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
 	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
-	retired    bool      // handed over to a successor (takeover.go)
-	freed      []*object // dropped from objects, to be closed once mu is released (unlock)
+	retired    bool            // handed over to a successor (takeover.go)
+	freed      []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -134,10 +134,10 @@ type objectKey struct {
 	adopted uint64
 }
 
-// object is an object's cache and store, shared by the sessions that opened it.
-type object struct {
+// cachedObject is an cachedObject's cache and store, shared by the sessions that opened it.
+type cachedObject struct {
 	key objectKey
-	fo  fault.Object
+	fo  fault.File
 
 	// Protected by Server.mu.
 	uri  string // as the client opened it, credentials and all: to open it again, never to show
@@ -149,11 +149,11 @@ type object struct {
 // private reports whether o is a cache adopted from a client (adopt) that
 // serves only the clients that hold its file: the daemon did not read its
 // pages from the store, and cannot tell whose bytes they are.
-func (o *object) private() bool { return o.key.adopted != 0 }
+func (o *cachedObject) private() bool { return o.key.adopted != 0 }
 
 // keepFileLocked remembers f, a local object's file, unless one is kept already.
 // Called with s.mu held or before the object is shared.
-func (o *object) keepFileLocked(f *os.File) {
+func (o *cachedObject) keepFileLocked(f *os.File) {
 	if o.file == nil {
 		o.file = f
 		return
@@ -191,13 +191,13 @@ func New(cfg Config) (*Server, error) {
 		budgetPages = max(budgetPages, 1)
 		// A readahead window that is a large share of the budget evicts
 		// what the reader is about to use: keep windows to an eighth.
-		if cfg.MaxReadahead == 0 {
-			cfg.MaxReadahead = readahead.DefaultMaxPages
+		if cfg.ReadaheadMaxPages == 0 {
+			cfg.ReadaheadMaxPages = readahead.DefaultMaxPages
 		}
-		cfg.MaxReadahead = max(min(cfg.MaxReadahead, budgetPages/8), 1)
-		cfg.ReadaheadPages = min(max(cfg.ReadaheadPages, 0), cfg.MaxReadahead)
+		cfg.ReadaheadMaxPages = max(min(cfg.ReadaheadMaxPages, budgetPages/8), 1)
+		cfg.ReadaheadPages = min(max(cfg.ReadaheadPages, 0), cfg.ReadaheadMaxPages)
 		if cfg.ReadaheadPages == 0 {
-			cfg.ReadaheadPages = min(readahead.DefaultPages, cfg.MaxReadahead)
+			cfg.ReadaheadPages = min(readahead.DefaultPages, cfg.ReadaheadMaxPages)
 		}
 	}
 	backing := pagecache.NewBacking(!cfg.NoHuge)
@@ -207,7 +207,7 @@ func New(cfg Config) (*Server, error) {
 		log:        cfg.Log,
 		backing:    backing,
 		budget:     reclaim.New(budgetPages, cfg.CachePolicy),
-		objects:    make(map[objectKey]*object),
+		objects:    make(map[objectKey]*cachedObject),
 		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
@@ -231,16 +231,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.remotes = r
 	s.faults = fault.NewHandler(fault.Config{
-		RaPages:      cfg.ReadaheadPages,
-		MaxRaPages:   cfg.MaxReadahead,
-		RaLimit:      budgetPages / 8,
-		Retries:      cfg.Retries,
-		RetryBackoff: cfg.RetryBackoff,
-		Timeout:      cfg.FaultTimeout,
-		Log:          cfg.Log,
-		Budget:       s.budget,
-		Observer:     s.metrics,
-		MaxFillBytes: cfg.ReadBuffers,
+		ReadaheadPages:    cfg.ReadaheadPages,
+		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
+		RaLimit:           budgetPages / 8,
+		Retries:           cfg.Retries,
+		RetryBackoff:      cfg.RetryBackoff,
+		Timeout:           cfg.FaultTimeout,
+		Log:               cfg.Log,
+		Budget:            s.budget,
+		Observer:          s.metrics,
+		ReadBuffers:       cfg.ReadBuffers,
 
 		ReadaheadInflight: cfg.ReadaheadInflight,
 	}, &s.counters)
@@ -353,7 +353,7 @@ func (s *Server) Close() error {
 // released: closing them waits (for a collapse in progress, for a remote
 // store's requests to end, for the disk cache's lock), and every Open,
 // stat and release of the daemon would wait with them.
-func (s *Server) freeLocked(o *object) {
+func (s *Server) freeLocked(o *cachedObject) {
 	s.unidleLocked(o)
 	delete(s.objects, o.key)
 	s.freed = append(s.freed, o)
@@ -370,7 +370,7 @@ func (s *Server) unlock() {
 }
 
 // close releases the cache and store of an object that has been freed.
-func (o *object) close(budget *reclaim.Budget) {
+func (o *cachedObject) close(budget *reclaim.Budget) {
 	if o.file != nil {
 		o.file.Close()
 	}
@@ -382,7 +382,7 @@ func (o *object) close(budget *reclaim.Budget) {
 // acquire returns the cache for st's object and version in uid's domain,
 // making it if needed. It takes ownership of st. mayHang says st is a file
 // on a network or FUSE file system.
-func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) (*object, error) {
+func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) (*cachedObject, error) {
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
@@ -398,7 +398,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 		return nil, err
 	}
 	s.dropStaleLocked(k, name)
-	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	o := &cachedObject{key: k, fo: fault.File{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	return o, nil
 }
@@ -425,7 +425,7 @@ func (s *Server) wrapStore(st store.Store, mayHang bool) store.Store {
 // it, and it goes when the last of them lets go. A cache kept by the keeper
 // is the daemon's own, and is shared again unless it was private already,
 // or its object has a cache already.
-func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File, private bool) (*object, error) {
+func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File, private bool) (*cachedObject, error) {
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
@@ -446,7 +446,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	if _, taken := s.objects[k]; taken || private {
 		k.adopted = s.nextID.Add(1)
 	}
-	o = &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	o = &cachedObject{key: k, fo: fault.File{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	s.mu.Unlock()
 	var n int64
@@ -463,7 +463,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 // cacheOfLocked finds the cache whose file is file, with a reference taken; one
 // of another uid, or of another size than the client names, is an error.
 // Called with s.mu held.
-func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int64) (*object, error) {
+func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int64) (*cachedObject, error) {
 	for k, o := range s.objects {
 		if !o.fo.Cache.Same(file) {
 			continue
@@ -498,7 +498,7 @@ func (s *Server) dropStaleLocked(k objectKey, name string) {
 // Open of the same bytes finds it warm. It goes when its object changes
 // (dropStaleLocked), or when MaxIdleCaches caches released since want its
 // place (idle.go).
-func (s *Server) release(o *object) {
+func (s *Server) release(o *cachedObject) {
 	s.mu.Lock()
 	defer s.unlock() // and closes what went past the idle bound
 	o.refs--
@@ -515,7 +515,7 @@ func (s *Server) release(o *object) {
 // says what it dropped.
 func (s *Server) DropCaches(uid uint32) (proto.Dropped, error) {
 	s.mu.Lock()
-	objs := make([]*object, 0, len(s.objects))
+	objs := make([]*cachedObject, 0, len(s.objects))
 	for k, o := range s.objects {
 		if uid == 0 || k.uid == uid {
 			objs = append(objs, o)

@@ -33,7 +33,7 @@ type session struct {
 
 	mu          sync.Mutex // protects the fields below
 	closed      bool
-	handles     map[uint64]*object
+	handles     map[uint64]*cachedObject
 	attachments map[uint64]*attachment
 }
 
@@ -48,7 +48,7 @@ func newSession(s *Server, c *net.UnixConn) (*session, error) {
 		cred:        cred,
 		log:         s.log.With("pid", cred.Pid, "uid", cred.Uid),
 		client:      s.clients.join(cred),
-		handles:     make(map[uint64]*object),
+		handles:     make(map[uint64]*cachedObject),
 		attachments: make(map[uint64]*attachment),
 	}, nil
 }
@@ -223,7 +223,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		closeFile(kept)
 		return nil, nil, err
 	}
-	var o *object
+	var o *cachedObject
 	if cache != nil {
 		o, err = ss.s.adopt(ss.cred.Uid, name, st, hangs, cache, true)
 		cache = nil
@@ -263,7 +263,7 @@ func checkLocalName(uri store.URI) error {
 
 // opened gives the client a handle of o, which it has a reference to and
 // size bytes reserved for, and the cache file to map.
-func (ss *session) opened(o *object, size int64) (any, []*os.File, error) {
+func (ss *session) opened(o *cachedObject, size int64) (any, []*os.File, error) {
 	ro, err := o.fo.Cache.ReadOnlyFile()
 	if err != nil {
 		ss.s.release(o)
@@ -436,7 +436,7 @@ func (ss *session) close() {
 	ss.mu.Lock()
 	ss.closed = true
 	as, hs := ss.attachments, ss.handles
-	ss.attachments, ss.handles = map[uint64]*attachment{}, map[uint64]*object{}
+	ss.attachments, ss.handles = map[uint64]*attachment{}, map[uint64]*cachedObject{}
 	ss.mu.Unlock()
 	for _, a := range as {
 		a.close()
