@@ -44,7 +44,6 @@ import (
 	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/store"
-	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -135,21 +134,30 @@ func (nopObserver) StoreRead(time.Duration, int, error) {}
 func (nopObserver) Readahead(int64)                     {}
 func (nopObserver) Changed(string)                      {}
 
-// Config tunes the fault path.
+// Config tunes the fault path. NewHandler gives every field its default,
+// so that the daemon and the Firecracker handler default alike.
 type Config struct {
-	ReadaheadPages    int64         // read-around window in pages (readahead.DefaultPages if 0)
-	ReadaheadMaxPages int64         // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
-	RaLimit           int64         // no window larger, whatever a store asks (the cache budget's share); none if 0
-	Retries           int           // extra reads of a failing faulting page before SIGBUS, for stores that do not retry themselves
-	RetryBackoff      time.Duration // first retry's delay, doubled each time
+	ReadaheadPages    int64 // read-around window in pages (readahead.DefaultPages if 0)
+	ReadaheadMaxPages int64 // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
+
+	// Retries is how many times a failing faulting page is read again
+	// before SIGBUS, for stores that do not retry themselves:
+	// DefaultRetries if 0, none if negative. The first retry waits
+	// RetryBackoff (DefaultRetryBackoff if 0), each later one twice as long.
+	Retries      int
+	RetryBackoff time.Duration
 
 	// Timeout bounds a fault from its message to its page or its SIGBUS,
 	// retries included, and a readahead fill's reads from its start (see
 	// the package comment). DefaultTimeout if 0; none if negative.
-	Timeout  time.Duration
-	Log      *slog.Logger
-	Budget   *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
-	Observer Observer        // latencies; none if nil
+	Timeout time.Duration
+	Log     *slog.Logger
+	// Budget is where written pages are accounted and evicted (no limit if
+	// nil). No readahead window is larger than an eighth of it, whatever a
+	// store asks: a window that is a large share of the budget evicts what
+	// the reader is about to use.
+	Budget   *reclaim.Budget
+	Observer Observer // latencies; none if nil
 
 	// ReadBuffers bounds the read buffers of all fills in flight together,
 	// idle ones kept for reuse included: the bulk of the daemon's heap (the
@@ -167,6 +175,15 @@ type Config struct {
 	ReadaheadInflight int64
 }
 
+// DefaultRetries and DefaultRetryBackoff are the retries of a failing
+// faulting page unless told otherwise: three, 10, 20 and 40 ms after the
+// failure, enough to ride out a transient error of a local disk or a FUSE
+// daemon.
+const (
+	DefaultRetries      = 3
+	DefaultRetryBackoff = 10 * time.Millisecond
+)
+
 // DefaultTimeout is a fault's bound unless told otherwise: two minutes,
 // after which the kernel reports a task blocked in a system call as hung
 // (hung_task_timeout_secs). It is long enough for a server that is slow or
@@ -175,6 +192,20 @@ type Config struct {
 // whose store is gone gets SIGBUS, an error it can handle, rather than
 // hanging with no word of why.
 const DefaultTimeout = 2 * time.Minute
+
+// NewBudget makes the budget of a daemon's caches: cacheBytes of them,
+// rounded down to pages but at least one (0 is no limit), evicted under
+// policy (reclaim.S3FIFO if empty).
+func NewBudget(cacheBytes int64, policy reclaim.Policy) (*reclaim.Budget, error) {
+	if err := policy.Check(); err != nil {
+		return nil, err
+	}
+	pages := cacheBytes / ps
+	if cacheBytes > 0 {
+		pages = max(pages, 1)
+	}
+	return reclaim.New(pages, policy), nil
+}
 
 // DefaultReadaheadInflight is two of a fill's pieces: a disk keeps
 // streaming while one is written into the cache, and a fault's read waits
@@ -197,11 +228,12 @@ func DefaultReadBuffers(budget int64) int64 {
 
 // Handler resolves faults. It is safe for concurrent use.
 type Handler struct {
-	cfg  Config
-	ra   readahead.Config
-	c    *Counters
-	mem  *fillMem
-	disk *diskQueue // nil: readahead of local files is not bounded
+	cfg     Config
+	ra      readahead.Config
+	raLimit int64 // no window larger, whatever a store asks: a share of the budget; none if 0
+	c       *Counters
+	mem     *fillMem
+	disk    *diskQueue // nil: readahead of local files is not bounded
 }
 
 // chunkPages bounds one fill of a readahead window, and one store read of
@@ -219,6 +251,15 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	}
 	if cfg.ReadaheadMaxPages <= 0 {
 		cfg.ReadaheadMaxPages = max(cfg.ReadaheadPages, readahead.DefaultMaxPages)
+	}
+	switch {
+	case cfg.Retries == 0:
+		cfg.Retries = DefaultRetries
+	case cfg.Retries < 0:
+		cfg.Retries = 0
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = DefaultRetryBackoff
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -239,7 +280,7 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 		cfg.Timeout = DefaultTimeout
 	}
 	h := &Handler{cfg: cfg, ra: readahead.Config{ReadaheadPages: cfg.ReadaheadPages, ReadaheadMaxPages: cfg.ReadaheadMaxPages}, c: c,
-		mem: newFillMem(cfg.ReadBuffers)}
+		raLimit: cfg.Budget.Stats().BudgetPages / 8, mem: newFillMem(cfg.ReadBuffers)}
 	if cfg.ReadaheadInflight > 0 {
 		h.disk = newDiskQueue(cfg.ReadaheadInflight)
 	}
@@ -339,8 +380,8 @@ func (h *Handler) raOf(o *File) readahead.Config {
 			ra.ReadaheadMaxPages = n
 		}
 	}
-	if h.cfg.RaLimit > 0 {
-		ra.ReadaheadMaxPages = min(ra.ReadaheadMaxPages, h.cfg.RaLimit)
+	if h.raLimit > 0 {
+		ra.ReadaheadMaxPages = min(ra.ReadaheadMaxPages, h.raLimit)
 	}
 	return ra
 }
@@ -763,7 +804,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // permanent reports a read error that no retry can cure: the object
 // changed, or its store said so (access denied, gone).
 func permanent(err error) bool {
-	return errors.Is(err, store.ErrChanged) || remote.IsPermanent(err)
+	return errors.Is(err, store.ErrChanged) || store.IsPermanent(err)
 }
 
 // read reads whole pages from page on into buf, within ctx; the part past

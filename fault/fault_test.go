@@ -135,6 +135,9 @@ func newRig(t *testing.T, npages int64, cfg Config) *rig {
 	g.r = &Region{File: g.obj, Addr: rigAddr, NPages: npages, Target: g.tgt}
 	cfg.Budget = g.budget
 	cfg.Log = slog.New(slog.DiscardHandler)
+	if cfg.Retries == 0 {
+		cfg.Retries = -1 // a failing page is read once, unless the test asks for retries
+	}
 	g.h = NewHandler(cfg, &g.c)
 	return g
 }

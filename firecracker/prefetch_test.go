@@ -37,7 +37,7 @@ func (o *fileObject) GetRange(_ context.Context, p []byte, off int64) error {
 	}
 	o.mu.Unlock()
 	if fail {
-		return remote.Permanent(errors.New("403 injected"))
+		return store.Permanent(errors.New("403 injected"))
 	}
 	_, err := o.f.ReadAt(p, off)
 	return err

@@ -80,8 +80,9 @@ type Config struct {
 	CacheBytes  int64
 	CachePolicy reclaim.Policy
 	// Retries is how many times a failing page is read again before the
-	// faulting access gets SIGBUS (3 if 0, none if negative), the first
-	// after RetryBackoff (10 ms if 0), doubling.
+	// faulting access gets SIGBUS (fault.DefaultRetries if 0, none if
+	// negative), the first after RetryBackoff (fault.DefaultRetryBackoff
+	// if 0), doubling.
 	Retries      int
 	RetryBackoff time.Duration
 	// ReadaheadInflight bounds the bytes of readahead and prefetch reads
@@ -190,9 +191,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Open == nil {
 		return nil, errors.New("firecracker: Config.Open is nil: no memory file")
 	}
-	if cfg.THPSysfs == "" {
-		cfg.THPSysfs = pagecache.THPSysfs
-	}
 	if err := pagecache.CheckTHP(cfg.THPSysfs); err != nil {
 		return nil, err
 	}
@@ -208,14 +206,6 @@ func New(cfg Config) (*Server, error) {
 	case cfg.CopyAround&(cfg.CopyAround-1) != 0:
 		return nil, fmt.Errorf("firecracker: copy-around %d pages is not a power of two", cfg.CopyAround)
 	}
-	if cfg.Retries == 0 {
-		cfg.Retries = 3
-	} else if cfg.Retries < 0 {
-		cfg.Retries = 0
-	}
-	if cfg.RetryBackoff == 0 {
-		cfg.RetryBackoff = 10 * time.Millisecond
-	}
 	if cfg.PrefetchBatch <= 0 {
 		cfg.PrefetchBatch = DefaultPrefetchBatch
 	}
@@ -228,10 +218,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	switch cfg.CachePolicy {
-	case "", reclaim.S3FIFO, reclaim.FIFO:
-	default:
-		return nil, fmt.Errorf("firecracker: unknown cache policy %q (want %s or %s)", cfg.CachePolicy, reclaim.S3FIFO, reclaim.FIFO)
+	if err := cfg.CachePolicy.Check(); err != nil {
+		return nil, fmt.Errorf("firecracker: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, objects: make(map[objectKey]*cachedObject), vms: make(map[*vm]struct{}),
 		pending: make(map[*net.UnixConn]struct{})}
@@ -267,17 +255,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("firecracker: map a zero page: %w", err)
 	}
 	s.zeros = zeros
-	budgetPages := cfg.CacheBytes / pagecache.PageSize
-	if cfg.CacheBytes > 0 {
-		budgetPages = max(budgetPages, 1)
-	}
 	s.cfg = cfg
-	s.budget = reclaim.New(budgetPages, cfg.CachePolicy)
+	s.budget, _ = fault.NewBudget(cfg.CacheBytes, cfg.CachePolicy) // the policy is checked above
 	s.metrics = metrics.New(s.protoStats)
 	s.faults = fault.NewHandler(fault.Config{
 		ReadaheadPages:    cfg.ReadaheadPages,
 		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
-		RaLimit:           budgetPages / 8,
 		Retries:           cfg.Retries,
 		RetryBackoff:      cfg.RetryBackoff,
 		Log:               cfg.Log,

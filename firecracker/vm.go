@@ -93,14 +93,20 @@ type vmRegion struct {
 // addr is the guest address of unit index i of the region.
 func (r *vmRegion) addr(i int64) uintptr { return r.Base + uintptr(i-r.first)*r.PageSize }
 
-// fillOnly is the fault path's Target in copy mode: the fault path fills
-// the cache, and the VM handler copies the page into the guest and wakes
-// it itself; a page the fault path gives up on is left in the Error state,
-// which the handler poisons in the guest.
-type fillOnly struct{}
+// leftToVM is the fault path's Target in copy mode, which acts on no
+// guest: the fault path fills the cache, and the VM handler does the rest
+// once it returns (install). It copies a filled page into the guest and
+// wakes its faulters, and poisons in the guest (vm.poison) a page the fault
+// path gave up on, which it finds in the Error state.
+type leftToVM struct{}
 
-func (fillOnly) Wake(uintptr, uintptr) error                    { return nil }
-func (fillOnly) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
+// Wake wakes nobody: install wakes the faulters once the page is copied in.
+func (leftToVM) Wake(uintptr, uintptr) error { return nil }
+
+// Poison poisons nothing, and reports the page poisoned: install poisons it
+// in the guest. Reporting success has the fault path count and log the
+// SIGBUS, once, as it does for a client's page.
+func (leftToVM) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
 
 // newVM makes the handler of a VM. fresh says it starts now: a VM taken
 // over from a previous handler is neither recorded nor replayed into, and
@@ -135,7 +141,7 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *c
 			"memory", s.cfg.Name, "restored_version", st.version, "version", o.key.version)
 	}
 	for _, r := range rs {
-		fr := &fault.Region{File: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
+		fr := &fault.Region{File: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: leftToVM{}}
 		if unit != PageSize {
 			// A huge page is read whole, in one go (fillHuge); the fault
 			// path is only asked for the odd page of it that failed.

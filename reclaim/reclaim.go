@@ -28,6 +28,7 @@ package reclaim
 
 import (
 	"container/list"
+	"fmt"
 	"sync"
 )
 
@@ -63,6 +64,15 @@ const (
 	S3FIFO Policy = "s3fifo" // the default: scan-resistant, refault-aware
 	FIFO   Policy = "fifo"   // UMap's: the oldest fill goes first
 )
+
+// Check refuses a policy that is none of the above (empty is S3FIFO).
+func (p Policy) Check() error {
+	switch p {
+	case "", S3FIFO, FIFO:
+		return nil
+	}
+	return fmt.Errorf("unknown cache policy %q (want %s or %s)", p, S3FIFO, FIFO)
+}
 
 // Stats are reclaim's counters.
 type Stats struct {

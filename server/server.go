@@ -29,8 +29,8 @@ import (
 type Config struct {
 	ReadaheadPages    int64         // read-around window; readahead.DefaultPages if 0
 	ReadaheadMaxPages int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
-	Retries           int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; 3 if 0, none if negative
-	RetryBackoff      time.Duration // delay before the first retry, doubled after each; 10ms if 0
+	Retries           int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; fault.DefaultRetries if 0, none if negative
+	RetryBackoff      time.Duration // delay before the first retry, doubled after each; fault.DefaultRetryBackoff if 0
 	Log               *slog.Logger  // slog.Default() if nil
 
 	// CacheBytes bounds the bytes resident in all caches together; 0 is
@@ -164,31 +164,17 @@ func (o *cachedObject) keepFileLocked(f *os.File) {
 // New makes a server. It refuses a kernel whose shmem huge page settings
 // would make the cache serve zeros.
 func New(cfg Config) (*Server, error) {
-	if cfg.THPSysfs == "" {
-		cfg.THPSysfs = pagecache.THPSysfs
-	}
 	if err := pagecache.CheckTHP(cfg.THPSysfs); err != nil {
 		return nil, err
-	}
-	if cfg.Retries == 0 {
-		cfg.Retries = 3
-	} else if cfg.Retries < 0 {
-		cfg.Retries = 0
-	}
-	if cfg.RetryBackoff == 0 {
-		cfg.RetryBackoff = 10 * time.Millisecond
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	switch cfg.CachePolicy {
-	case "", reclaim.S3FIFO, reclaim.FIFO:
-	default:
-		return nil, fmt.Errorf("unknown cache policy %q (want %s or %s)", cfg.CachePolicy, reclaim.S3FIFO, reclaim.FIFO)
+	budget, err := fault.NewBudget(cfg.CacheBytes, cfg.CachePolicy)
+	if err != nil {
+		return nil, err
 	}
-	budgetPages := cfg.CacheBytes / pagecache.PageSize
-	if cfg.CacheBytes > 0 {
-		budgetPages = max(budgetPages, 1)
+	if budgetPages := budget.Stats().BudgetPages; budgetPages > 0 {
 		// A readahead window that is a large share of the budget evicts
 		// what the reader is about to use: keep windows to an eighth.
 		if cfg.ReadaheadMaxPages == 0 {
@@ -206,7 +192,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:        cfg,
 		log:        cfg.Log,
 		backing:    backing,
-		budget:     reclaim.New(budgetPages, cfg.CachePolicy),
+		budget:     budget,
 		objects:    make(map[objectKey]*cachedObject),
 		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
 		sessions:   make(map[*session]struct{}),
@@ -218,7 +204,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Remote.Fetch.Observer == nil {
 		cfg.Remote.Fetch.Observer = s.metrics
 	}
-	var err error
 	if s.readers, err = newReaderPool(cfg.Log); err != nil {
 		backing.Close()
 		return nil, err
@@ -233,7 +218,6 @@ func New(cfg Config) (*Server, error) {
 	s.faults = fault.NewHandler(fault.Config{
 		ReadaheadPages:    cfg.ReadaheadPages,
 		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
-		RaLimit:           budgetPages / 8,
 		Retries:           cfg.Retries,
 		RetryBackoff:      cfg.RetryBackoff,
 		Timeout:           cfg.FaultTimeout,

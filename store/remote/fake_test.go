@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/store"
 )
 
 // fakeObject serves reference bytes, counts requests and in-flight
@@ -52,7 +54,7 @@ func reference(size int) []byte {
 func (o *fakeObject) GetRange(ctx context.Context, p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > int64(len(o.data)) || len(p) == 0 {
 		o.t.Errorf("GetRange(%d bytes at %d) outside the object of %d bytes", len(p), off, len(o.data))
-		return Permanent(errors.New("bad range"))
+		return store.Permanent(errors.New("bad range"))
 	}
 	o.mu.Lock()
 	c := call{seq: len(o.calls), off: off, n: len(p)}

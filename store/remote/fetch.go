@@ -148,7 +148,7 @@ func fetchError(lo, hi int64, tries int, err error) error {
 // permanent says whether retrying err is pointless. A changed object is,
 // even if the Object forgot to say so.
 func permanent(err error) bool {
-	return IsPermanent(err) || errors.Is(err, store.ErrChanged)
+	return store.IsPermanent(err) || errors.Is(err, store.ErrChanged)
 }
 
 // backoff is the wait before retry try+1: full jitter, so that the many

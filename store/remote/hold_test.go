@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/filemap/filemap/store"
 )
 
 // A Hold's plan: whole pages, split at chunk boundaries, sorted, merged
@@ -194,7 +196,7 @@ func TestHoldWaitErrors(t *testing.T) {
 	t.Run("failed", func(t *testing.T) {
 		o := newFake(t, testSize)
 		denied := errors.New("403 access denied")
-		o.hook = func(context.Context, call) error { return Permanent(denied) }
+		o.hook = func(context.Context, call) error { return store.Permanent(denied) }
 		s := newStore(t, o, testConfig())
 		h := s.Hold([][2]int64{{2 * testChunk, 2*testChunk + 4096}})
 		err := h.Wait(nil)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/store"
 )
 
 // groupConfig groups up to four test chunks in one request.
@@ -89,7 +91,7 @@ func TestPrefetchGroupFails(t *testing.T) {
 		}
 		select {
 		case <-gate:
-			return Permanent(errors.New("boom"))
+			return store.Permanent(errors.New("boom"))
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -356,7 +356,7 @@ func TestRetriesExhausted(t *testing.T) {
 	cfg.Retries = 2
 	s := newStore(t, o, cfg)
 	_, err := s.ReadAt(make([]byte, 4096), 3*testChunk)
-	if !errors.Is(err, errFlaky) || IsPermanent(err) || !store.IsRetried(err) {
+	if !errors.Is(err, errFlaky) || store.IsPermanent(err) || !store.IsRetried(err) {
 		t.Fatalf("error %v; want the cause, marked retried", err)
 	}
 	for _, want := range []string{"fake:obj", "offset 196608", "4096 bytes", "3 tries"} {
@@ -377,8 +377,8 @@ func TestPermanentErrorNotRetried(t *testing.T) {
 		err  error
 		is   error
 	}{
-		{"permanent", Permanent(denied), denied},
-		{"changed", Permanent(fmt.Errorf("etag now \"b\": %w", store.ErrChanged)), store.ErrChanged},
+		{"permanent", store.Permanent(denied), denied},
+		{"changed", store.Permanent(fmt.Errorf("etag now \"b\": %w", store.ErrChanged)), store.ErrChanged},
 		{"changed unmarked", fmt.Errorf("etag now \"b\": %w", store.ErrChanged), store.ErrChanged},
 	} {
 		t.Run(c.name, func(t *testing.T) {
