@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 )
 
@@ -219,7 +220,7 @@ func TestSoak(t *testing.T) {
 	for _, dr := range drivers {
 		dr.CloseInput()
 	}
-	waitFor(t, "the clients' sessions to end", func() bool {
+	testutil.WaitFor(t, "the clients' sessions to end", func() bool {
 		st, err := Stat(context.Background(), WithSocket(sock))
 		return err == nil && st.Clients == 0 && st.Regions == 0 // Clients leaves out this Stat's own connection
 	})

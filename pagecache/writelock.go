@@ -53,10 +53,3 @@ func (l *writeLock) unlock() {
 	}
 	l.mu.Unlock()
 }
-
-// waiting is how many writers wait, urgent and late; for tests.
-func (l *writeLock) waiting() (urgent, late int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.urgent, l.late
-}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/store"
 	"golang.org/x/sys/unix"
@@ -146,7 +147,7 @@ func TestLimitObjectsAndBytes(t *testing.T) {
 	}
 	// The account goes with the client's last connection.
 	c.Close()
-	waitFor(t, func() string { return fmt.Sprintf("usage %+v", usage(t, ts2.Server)) }, func() bool { return len(ts2.Clients()) == 0 })
+	testutil.WaitForState(t, func() string { return fmt.Sprintf("usage %+v", usage(t, ts2.Server)) }, func() bool { return len(ts2.Clients()) == 0 })
 }
 
 // errorOf turns an error reply back into the error it reports, for
@@ -243,6 +244,7 @@ func (f *fakeStore) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
 func (f *fakeStore) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store"
 )
 
@@ -147,26 +148,6 @@ func recv[T any](t *testing.T, ch <-chan T) T {
 	}
 }
 
-// waitFor waits until cond holds, failing the test if it does not for a
-// long while: a hang guard, not a timing assertion.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if !eventually(cond) {
-		t.Fatalf("timed out waiting for %s", what)
-	}
-}
-
-func eventually(cond func() bool) bool {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-	return true
-}
-
 // countingObserver counts what a Store reports.
 type countingObserver struct {
 	mu sync.Mutex
@@ -219,7 +200,7 @@ func newStore(t *testing.T, obj Object, cfg Config) *Store {
 // settleGoroutines waits for the goroutine count to come back to base.
 func settleGoroutines(t *testing.T, base int) {
 	t.Helper()
-	if !eventually(func() bool { return runtime.NumGoroutine() <= base }) {
+	if !testutil.Eventually(func() bool { return runtime.NumGoroutine() <= base }) {
 		buf := make([]byte, 1<<16)
 		t.Fatalf("goroutines leaked: %d, was %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store"
 )
 
@@ -147,7 +148,7 @@ func TestHoldLeavesFaultsFirst(t *testing.T) {
 	}
 
 	promoted := readAsync(t, s, o.data, 3*testChunk+4096, 4096)
-	waitFor(t, "the fault to promote held chunk 3", func() bool {
+	testutil.WaitFor(t, "the fault to promote held chunk 3", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return len(s.chunks[3]) == 1 && s.chunks[3][0].demand.Load()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store"
 )
 
@@ -252,7 +253,7 @@ func TestSmallReadNotStarvedByScan(t *testing.T) {
 	s := newStore(t, o, cfg)
 	scan := readAsync(t, s, o.data, 0, 12*testChunk) // fetches chunks 0-2: 0 and 1 run, 2 waits
 	scan0, scan1 := h.next(t), h.next(t)
-	waitFor(t, "the scan to queue chunk 2", func() bool {
+	testutil.WaitFor(t, "the scan to queue chunk 2", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return len(s.chunks[2]) == 1
