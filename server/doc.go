@@ -13,11 +13,12 @@
 //
 // One name per thing, in every package:
 //
-//   - The daemon is `filemap serve`: a Server. A private handler is the
-//     child process package filemap starts for a program when no daemon
-//     is named; it runs a Server of its own. fault.Handler is the fault
-//     path both run (the kernel's handle_mm_fault); in package firecracker
-//     the handler is Firecracker's word for the process that serves a
+//   - A handler is the process that serves a mapping's faults: the
+//     daemon, `filemap serve` (a Server), or a private handler, the child
+//     process package filemap starts for a program when no daemon is
+//     named, which runs a Server of its own. fault.Handler is the fault
+//     path both run (the kernel's handle_mm_fault). In package firecracker
+//     the handler is, in Firecracker's word, the process that serves a
 //     VM's faults.
 //   - An object is what a client maps: a file, an HTTP resource, an S3
 //     object. Its pages are held by a pagecache.Cache (an address_space);
@@ -39,8 +40,8 @@
 // Locks nest in this order, outermost first: a lock may be taken while
 // those above it on its branch are held, never while one below it is, and
 // locks on different branches are never held together. Each protects the
-// fields its struct marks "Protected by mu"; a function that must be
-// called with a lock held ends in Locked.
+// fields its struct says it does ("protects the fields below", "protected
+// by mu"); a function that must be called with a lock held ends in Locked.
 //
 //	attachment.readMu          a uffd's next message, from its read until an event in it is applied (reader.go)
 //	  Server.mu                the objects, idle caches, sessions, orphans, keeper and listeners
@@ -49,16 +50,17 @@
 //	    clientTable.mu         the table of client accounts (limits.go)
 //	      client.mu            one client's account and faults in flight
 //	    reclaim.Budget.mu      the LRU lists and resident count of all caches; eviction punches under it
-//	      pagecache.Cache.mu  one cache's page states, fills and markers
+//	      pagecache.Cache.mu   one cache's page states, fills and markers
 //	        fault.Region.raMu  a region's readahead state: a miss's window is chosen under the cache's lock
 //	        collapser.mu       the collapses queued and running (pagecache)
 //	    remote.Store.mu        a remote store's fetches in flight and chunks cached
 //	      slots.mu             its request slots (remote)
 //	    diskcache.Cache.mu     the disk cache's objects, chunks and LRU
 //
-// Server.mu is held for bookkeeping, never across I/O or a wait: an
-// object it frees is closed (its cache's collapses waited for, its store's
-// requests ended) once it is released (Server.unlock).
+// Server.mu is never held across a wait for another goroutine or for the
+// network: an object freed under it is closed (its cache's collapses
+// waited for, its store's requests ended) once it is released
+// (Server.unlock).
 //
 // Remotes.mu closes the disk cache under it: it comes before
 // diskcache.Cache.mu and is never held with Server.mu. The other locks
