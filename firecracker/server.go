@@ -178,7 +178,7 @@ type objectKey struct{ key, version string }
 // view of it.
 type cachedObject struct {
 	key  objectKey
-	fo   fault.File
+	file fault.File
 	view unsafe.Pointer // the cache file, mapped shared and read-only: UFFDIO_COPY's source
 	size uintptr        // of the view
 	refs int            // protected by Server.mu
@@ -406,11 +406,11 @@ func (s *Server) restore(c *net.UnixConn, id uint64, log *slog.Logger) (*vm, err
 		unix.Close(fd)
 		return nil, fmt.Errorf("open the memory file %s: %w", s.cfg.Name, err)
 	}
-	regions, err := ParseRegions(payload, o.fo.Cache.Size())
+	regions, err := ParseRegions(payload, o.file.Cache.Size())
 	if err != nil {
 		unix.Close(fd)
 		s.release(o)
-		return nil, fmt.Errorf("%w (memory file %s, %d bytes; received %s)", err, s.cfg.Name, o.fo.Cache.Size(), clip(payload))
+		return nil, fmt.Errorf("%w (memory file %s, %d bytes; received %s)", err, s.cfg.Name, o.file.Cache.Size(), clip(payload))
 	}
 	v, err := newVM(s, id, log, c, fd, o, regions, true, nil)
 	if err != nil {
@@ -460,7 +460,7 @@ func (s *Server) acquire(ctx context.Context) (*cachedObject, error) {
 		st.Close()
 		return nil, err
 	}
-	o := &cachedObject{key: k, fo: fault.File{Cache: cache, Store: st}, refs: 1}
+	o := &cachedObject{key: k, file: fault.File{Cache: cache, Store: st}, refs: 1}
 	if err := s.mapView(o); err != nil {
 		cache.Close()
 		st.Close()
@@ -498,18 +498,18 @@ func (s *Server) pinnedCache() *cachedObject {
 // arms the mapping with the guard: UFFDIO_COPY reads the guest's pages from
 // there, so a page is copied from the cache with no copy of our own.
 func (s *Server) mapView(o *cachedObject) error {
-	n := uintptr(o.fo.Cache.NPages()) * pagecache.PageSize
+	n := uintptr(o.file.Cache.NPages()) * pagecache.PageSize
 	if n == 0 {
 		return nil
 	}
-	f, err := openWritable(o.fo.Cache)
+	f, err := openWritable(o.file.Cache)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	view, err := mapGuarded(s.guard, int(f.Fd()), n)
 	if err != nil {
-		return fmt.Errorf("the cache of %s: %w", o.fo.Cache.Name(), err)
+		return fmt.Errorf("the cache of %s: %w", o.file.Cache.Name(), err)
 	}
 	o.view, o.size = view, n
 	return nil
@@ -578,12 +578,12 @@ func (s *Server) unlock() {
 // close releases the view, cache and store of an object that has been
 // freed.
 func (o *cachedObject) close(budget *reclaim.Budget) {
-	budget.Forget(o.fo.Cache)
+	budget.Forget(o.file.Cache)
 	if o.view != nil {
 		unix.MunmapPtr(o.view, o.size) // unregisters it from the guard too
 	}
-	o.fo.Cache.Close()
-	o.fo.Store.Close()
+	o.file.Cache.Close()
+	o.file.Store.Close()
 }
 
 // Close stops accepting and serving: every VM's handler stops (a guest
@@ -668,7 +668,7 @@ func (s *Server) Stats() Stats {
 	defer s.mu.Unlock()
 	st.VMs, st.Objects = len(s.vms), len(s.objects)
 	for _, o := range s.objects {
-		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
+		st.CacheBytes += o.file.Cache.Resident() * pagecache.PageSize
 	}
 	return st
 }
@@ -688,8 +688,8 @@ func (s *Server) protoStats() proto.Stats {
 	defer s.mu.Unlock()
 	st.Objects, st.Clients = len(s.objects), len(s.vms)
 	for _, o := range s.objects {
-		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
-		st.MetadataBytes += o.fo.Cache.MetadataBytes()
+		st.CacheBytes += o.file.Cache.Resident() * pagecache.PageSize
+		st.MetadataBytes += o.file.Cache.MetadataBytes()
 	}
 	for v := range s.vms {
 		st.Regions += len(v.regions)

@@ -119,7 +119,7 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *c
 		return nil, fmt.Errorf("userfaultfd: set non-blocking: %w", err)
 	}
 	unit := rs[0].PageSize
-	size := o.fo.Cache.Size()
+	size := o.file.Cache.Size()
 	nunits := (size + int64(unit) - 1) / int64(unit)
 	st, err := loadState(log, unit, nunits, o.key.version, fresh, kept)
 	if err != nil {
@@ -141,7 +141,7 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *c
 			"memory", s.cfg.Name, "restored_version", st.version, "version", o.key.version)
 	}
 	for _, r := range rs {
-		fr := &fault.Region{File: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: leftToVM{}}
+		fr := &fault.Region{File: &o.file, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: leftToVM{}}
 		if unit != PageSize {
 			// A huge page is read whole, in one go (fillHuge); the fault
 			// path is only asked for the odd page of it that failed.
@@ -513,7 +513,7 @@ func (v *vm) fault(addr uintptr, first bool) {
 		}
 		return
 	}
-	if v.obj.fo.Cache.CountUptodate(idx*v.upages, (idx+1)*v.upages) == v.upages {
+	if v.obj.file.Cache.CountUptodate(idx*v.upages, (idx+1)*v.upages) == v.upages {
 		v.s.counters.Minor.Add(1)
 		v.install(r, unit, idx, start, "minor", true)
 		return
@@ -558,12 +558,12 @@ func (v *vm) isBusy(idx int64) bool {
 // whose read failed is read again alone by the fault path, with retries.
 // It reports whether it had anything to read.
 func (v *vm) fillHuge(r *vmRegion, idx int64) bool {
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	lo, hi := idx*v.upages, (idx+1)*v.upages
 	if cache.CountUptodate(lo, hi) == hi-lo {
 		return false
 	}
-	v.s.faults.WillNeed(&v.obj.fo, lo, hi)
+	v.s.faults.WillNeed(&v.obj.file, lo, hi)
 	for p := lo; p < hi; p++ {
 		for try := 0; try < maxRefills; try++ {
 			s, f := cache.Lookup(p)
@@ -650,7 +650,7 @@ func (v *vm) install(r *vmRegion, unit uintptr, idx int64, start time.Time, kind
 // cacheState is the state of unit idx's pages in the cache: Uptodate if
 // all are, Error if a read of one failed, else Absent.
 func (v *vm) cacheState(idx int64) pagecache.State {
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	lo, hi := idx*v.upages, (idx+1)*v.upages
 	if v.upages == 1 {
 		switch s, _ := cache.Lookup(lo); s {
@@ -704,7 +704,7 @@ func (v *vm) copyAround(r *vmRegion, idx int64) {
 		return
 	}
 	lo, hi := max(idx&^(n-1), r.first), min(idx&^(n-1)+n, r.end)
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	want := func(i int64) bool {
 		if i == idx || v.installed.get(i) || v.removed.get(i) {
 			return false

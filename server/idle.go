@@ -31,7 +31,7 @@ type idleCaches struct {
 // idleLocked puts o, whose last reference has gone, on the list, and frees what
 // the bound no longer allows. Called with s.mu held.
 func (s *Server) idleLocked(o *cachedObject) {
-	if i, ok := o.fo.Store.(store.Idler); ok {
+	if i, ok := o.file.Store.(store.Idler); ok {
 		i.Idle()
 	}
 	if o.private() {
@@ -68,7 +68,7 @@ func (s *Server) trimIdleLocked() {
 		if !o.private() && l.Len() <= max(s.idleCaches.max, 0) {
 			return // the private ones, all at the back, are done with
 		}
-		if o.fo.Cache.Busy() {
+		if o.file.Cache.Busy() {
 			continue
 		}
 		s.freeLocked(o)

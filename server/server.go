@@ -136,14 +136,14 @@ type objectKey struct {
 
 // cachedObject is an cachedObject's cache and store, shared by the sessions that opened it.
 type cachedObject struct {
-	key objectKey
-	fo  fault.File
+	key  objectKey
+	file fault.File
 
 	// Protected by Server.mu.
-	uri  string // as the client opened it, credentials and all: to open it again, never to show
-	refs int
-	file *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
-	idle *list.Element // in Server.idleCaches while refs is 0
+	uri       string // as the client opened it, credentials and all: to open it again, never to show
+	refs      int
+	localFile *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
+	idle      *list.Element // in Server.idleCaches while refs is 0
 }
 
 // private reports whether o is a cache adopted from a client (adopt) that
@@ -154,8 +154,8 @@ func (o *cachedObject) private() bool { return o.key.adopted != 0 }
 // keepFileLocked remembers f, a local object's file, unless one is kept already.
 // Called with s.mu held or before the object is shared.
 func (o *cachedObject) keepFileLocked(f *os.File) {
-	if o.file == nil {
-		o.file = f
+	if o.localFile == nil {
+		o.localFile = f
 		return
 	}
 	f.Close()
@@ -355,12 +355,12 @@ func (s *Server) unlock() {
 
 // close releases the cache and store of an object that has been freed.
 func (o *cachedObject) close(budget *reclaim.Budget) {
-	if o.file != nil {
-		o.file.Close()
+	if o.localFile != nil {
+		o.localFile.Close()
 	}
-	budget.Forget(o.fo.Cache)
-	o.fo.Cache.Close()
-	o.fo.Store.Close()
+	budget.Forget(o.file.Cache)
+	o.file.Cache.Close()
+	o.file.Store.Close()
 }
 
 // acquire returns the cache for st's object and version in uid's domain,
@@ -382,7 +382,7 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 		return nil, err
 	}
 	s.dropStaleLocked(k, name)
-	o := &cachedObject{key: k, fo: fault.File{Cache: cache, Store: st}, refs: 1}
+	o := &cachedObject{key: k, file: fault.File{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	return o, nil
 }
@@ -430,7 +430,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	if _, taken := s.objects[k]; taken || private {
 		k.adopted = s.nextID.Add(1)
 	}
-	o = &cachedObject{key: k, fo: fault.File{Cache: cache, Store: st}, refs: 1}
+	o = &cachedObject{key: k, file: fault.File{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	s.mu.Unlock()
 	var n int64
@@ -449,7 +449,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 // Called with s.mu held.
 func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int64) (*cachedObject, error) {
 	for k, o := range s.objects {
-		if !o.fo.Cache.Same(file) {
+		if !o.file.Cache.Same(file) {
 			continue
 		}
 		if k.uid != uid {
@@ -457,7 +457,7 @@ func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int6
 		}
 		// The client is accounted the size it names, and released the
 		// cache's when it closes: they must agree.
-		if have := o.fo.Cache.Size(); have != size {
+		if have := o.file.Cache.Size(); have != size {
 			return nil, fmt.Errorf("open %s: the cache file handed back is the cache of %d bytes, not of %d", name, have, size)
 		}
 		s.refLocked(o)
@@ -472,7 +472,7 @@ func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int6
 // held, before k's own cache is added.
 func (s *Server) dropStaleLocked(k objectKey, name string) {
 	for ok, o := range s.objects {
-		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
+		if ok.uid == k.uid && (ok.key == k.key || o.file.Cache.Name() == name) && o.refs == 0 {
 			s.freeLocked(o)
 		}
 	}
@@ -509,8 +509,8 @@ func (s *Server) DropCaches(uid uint32) (proto.Dropped, error) {
 	var d proto.Dropped
 	var errs []error
 	for _, o := range objs {
-		s.budget.Forget(o.fo.Cache)
-		n, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages())
+		s.budget.Forget(o.file.Cache)
+		n, err := o.file.Cache.Punch(0, o.file.Cache.NPages())
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -532,7 +532,7 @@ func (s *Server) Objects(uid uint32) []proto.ObjectStat {
 		if uid != 0 && k.uid != uid {
 			continue
 		}
-		c := o.fo.Cache
+		c := o.file.Cache
 		out = append(out, proto.ObjectStat{URI: c.Name(), Version: k.version, Size: c.Size(),
 			CacheBytes: c.Resident() * pagecache.PageSize, Users: o.refs, Uid: k.uid})
 	}
@@ -548,7 +548,7 @@ func (s *Server) AllocatedBytes() (int64, error) {
 	defer s.mu.Unlock()
 	var n int64
 	for _, o := range s.objects {
-		b, err := o.fo.Cache.AllocatedBytes()
+		b, err := o.file.Cache.AllocatedBytes()
 		if err != nil {
 			return 0, err
 		}
@@ -605,8 +605,8 @@ func (s *Server) countersNow() proto.Stats {
 	st.IdleObjects = s.idleCaches.lru.Len()
 	st.Clients = len(s.sessions)
 	for _, o := range s.objects {
-		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
-		st.MetadataBytes += o.fo.Cache.MetadataBytes()
+		st.CacheBytes += o.file.Cache.Resident() * pagecache.PageSize
+		st.MetadataBytes += o.file.Cache.MetadataBytes()
 	}
 	for ss := range s.sessions {
 		st.Regions += ss.regionCount()
