@@ -176,9 +176,7 @@ type Config struct {
 }
 
 // DefaultRetries and DefaultRetryBackoff are the retries of a failing
-// faulting page unless told otherwise: three, 10, 20 and 40 ms after the
-// failure, enough to ride out a transient error of a local disk or a FUSE
-// daemon.
+// faulting page unless told otherwise: three, waiting 10, 20 and 40 ms.
 const (
 	DefaultRetries      = 3
 	DefaultRetryBackoff = 10 * time.Millisecond

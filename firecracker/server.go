@@ -174,8 +174,8 @@ type counts struct {
 // out of it, so a guest cannot plant a page in it for another.
 type objectKey struct{ key, version string }
 
-// cachedObject is the cache of one version of the memory file, and the handler's
-// view of it.
+// cachedObject is the cache of one version of the memory file, and the
+// handler's view of it.
 type cachedObject struct {
 	key  objectKey
 	file fault.File

@@ -134,7 +134,7 @@ type objectKey struct {
 	adopted uint64
 }
 
-// cachedObject is an cachedObject's cache and store, shared by the sessions that opened it.
+// cachedObject is an object's cache and store, shared by the sessions that opened it.
 type cachedObject struct {
 	key  objectKey
 	file fault.File
