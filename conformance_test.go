@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 )
 
@@ -255,7 +256,7 @@ func TestConformance34_SignalDuringFault(t *testing.T) {
 		t.Fatalf("signals during one fault: %d major faults, %d reads; want 1 and 1", st.MajorFaults, d.spy.readsOf(10*ps))
 	}
 	// The duplicates' waits end with the fill; they are counted just after.
-	waitFor(t, "the duplicate fault messages to be counted", func() bool { return d.s.Stats().MinorFaults > 0 })
+	testutil.WaitFor(t, "the duplicate fault messages to be counted", func() bool { return d.s.Stats().MinorFaults > 0 })
 }
 
 // 35. Duplicate messages for a page already poisoned (EEXIST from
@@ -295,7 +296,7 @@ func TestConformance36_RemapUnmapRemove(t *testing.T) {
 	}
 	a.OK("munmap %d %d", 768*ps, 256*ps) // UNMAP of the tail
 	a.OK("read %d %d", 700*ps, ps)
-	waitFor(t, "the daemon to apply the unmap", func() bool { return d.s.Stats().Regions == 1 })
+	testutil.WaitFor(t, "the daemon to apply the unmap", func() bool { return d.s.Stats().Regions == 1 })
 }
 
 // 37. The client forks: the child sees correct data, served through the

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/server"
 )
@@ -118,8 +119,8 @@ func TestClientKilledDuringFault(t *testing.T) {
 	d.spy.set(func(s *spy) { s.delay, s.began = 0, nil })
 
 	other.OK("read %d %d", 1000*ps, 64*ps)
-	waitFor(t, "the victim's session to end", func() bool { return d.s.Stats().Clients == 1 })
-	waitFor(t, "descriptors and goroutines to return to their count", func() bool {
+	testutil.WaitFor(t, "the victim's session to end", func() bool { return d.s.Stats().Clients == 1 })
+	testutil.WaitFor(t, "descriptors and goroutines to return to their count", func() bool {
 		return openFds(t) == fds && goroutines() <= gs
 	})
 	other.OK("read %d %d", 2000*ps, ps)
@@ -184,7 +185,7 @@ func TestPrivateHandlerExitsWithParent(t *testing.T) {
 	}
 	a.Cmd.Process.Signal(syscall.SIGKILL)
 	a.Cmd.Wait()
-	waitFor(t, "the private handler to exit", func() bool {
+	testutil.WaitFor(t, "the private handler to exit", func() bool {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", handler))
 		return err != nil || strings.Contains(string(st), ") Z ")
 	})

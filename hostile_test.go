@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/uffd"
@@ -132,7 +133,7 @@ func TestHostileRangesAreAnswered(t *testing.T) {
 	if _, err := hc.call(proto.TAdvise, proto.Advise{Region: ar.Region, Advice: "willneed", Offset: ps, Length: math.MaxInt64}, nil, nil); err != nil {
 		t.Fatalf("willneed of 2^63-1 bytes from 4096: %v", err)
 	}
-	waitFor(t, "willneed of 2^63-1 bytes from 4096 to read the rest of the object", func() bool {
+	testutil.WaitFor(t, "willneed of 2^63-1 bytes from 4096 to read the rest of the object", func() bool {
 		objs := d.s.Objects(0)
 		i := slices.IndexFunc(objs, func(o proto.ObjectStat) bool { return o.URI == path })
 		return i >= 0 && objs[i].CacheBytes == size

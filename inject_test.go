@@ -22,6 +22,7 @@ import (
 
 	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 )
 
@@ -102,7 +103,7 @@ func TestInjectStoreFailTimeoutHang(t *testing.T) {
 	if hung == 0 || hung > 8 {
 		t.Errorf("%d store reads hung, want between 1 and 8", hung)
 	}
-	waitFor(t, "the goroutines to return to their count, plus one per hung read", func() bool {
+	testutil.WaitFor(t, "the goroutines to return to their count, plus one per hung read", func() bool {
 		return goroutines() <= gs+int(d.s.HungStoreReads())+8
 	})
 	// The pages are not poisoned for good: once the store answers (and the
@@ -110,7 +111,7 @@ func TestInjectStoreFailTimeoutHang(t *testing.T) {
 	// scan left its poison markers in place; the driver clears them first,
 	// as Guard and ReadAt do.
 	d.spy.set(func(s *spy) { s.fail = nil })
-	waitFor(t, "the slow reads to return", func() bool { return d.s.HungStoreReads() == blocked.Load() })
+	testutil.WaitFor(t, "the slow reads to return", func() bool { return d.s.HungStoreReads() == blocked.Load() })
 	for _, p := range []int64{failA, failB, slow} {
 		a.OK("dontneed %d %d", p*ps, ps)
 		if r := a.OK("scan %d %d", p, p+1); r != "1 -" {
@@ -177,7 +178,7 @@ func TestInjectHungReadsReturn(t *testing.T) {
 		t.Fatal("no read is hung")
 	}
 	close(release)
-	waitFor(t, "the hung reads to return and their goroutines to end", func() bool {
+	testutil.WaitFor(t, "the hung reads to return and their goroutines to end", func() bool {
 		return d.s.HungStoreReads() == 0 && goroutines() <= gs
 	})
 	a.OK("dontneed %d %d", 10*ps, ps) // drop the poison marker, as Guard does
@@ -279,7 +280,7 @@ func TestKill100ClientsMidFault(t *testing.T) {
 		st := d.s.Stats()
 		return st.Clients == 0 && st.Regions == 0 && st.FillsInFlight == 0 && len(d.s.Clients()) == 0
 	}
-	waitFor(t, "the first client's session to end", idle)
+	testutil.WaitFor(t, "the first client's session to end", idle)
 	time.Sleep(100 * time.Millisecond) // let the goroutines of the first kill finish exiting
 	fds, gs, caches, objects := openFds(t), goroutines(), cacheFds(t), d.s.Stats().Objects
 
@@ -305,9 +306,9 @@ func TestKill100ClientsMidFault(t *testing.T) {
 		return
 	}
 	took := time.Since(start)
-	waitFor(t, "every session, region, client account and fill to end", idle)
+	testutil.WaitFor(t, "every session, region, client account and fill to end", idle)
 	var nowFds, nowGs int
-	waitFor(t, "descriptors and goroutines to return to their count", func() bool {
+	testutil.WaitFor(t, "descriptors and goroutines to return to their count", func() bool {
 		nowFds, nowGs = openFds(t), goroutines()
 		return nowFds == fds && nowGs <= gs
 	})
@@ -349,7 +350,7 @@ func TestKill100ClientsMidFault(t *testing.T) {
 // into a closed cache is a data race; a test that ends on a read waits.
 func settle(t *testing.T, d *daemon) {
 	t.Helper()
-	waitFor(t, "the readahead in flight to end", func() bool { return d.s.Stats().FillsInFlight == 0 })
+	testutil.WaitFor(t, "the readahead in flight to end", func() bool { return d.s.Stats().FillsInFlight == 0 })
 }
 
 // A 1 MiB cache under a 256 MiB working set: eight threads reading at

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 )
 
@@ -42,7 +43,7 @@ func TestLimitObjectsPerClient(t *testing.T) {
 	a.open(path, "") // the driver keeps the first mapping open
 	pid := a.Cmd.Process.Pid
 	wantRefused(t, a.Do("open %s", path), pid, "has 2 objects open", "--max-objects-per-client")
-	waitFor(t, "the refused Open's connection to end", func() bool { return usageOf(d, pid).Connections == 2 })
+	testutil.WaitFor(t, "the refused Open's connection to end", func() bool { return usageOf(d, pid).Connections == 2 })
 	if u := usageOf(d, pid); u.Objects != 2 || u.Regions != 2 || u.Connections != 2 {
 		t.Errorf("usage after the refusal %+v; want 2 objects, 2 regions, 2 connections", u)
 	}
@@ -76,7 +77,7 @@ func TestLimitRegionsPerClient(t *testing.T) {
 	pid := a.Cmd.Process.Pid
 	wantRefused(t, a.Do("open %s", path), pid, "has 1 regions attached", "--max-regions-per-client")
 	// The refused Open let go of its object too.
-	waitFor(t, "the refused Open's connection to end", func() bool { return usageOf(d, pid).Connections == 1 })
+	testutil.WaitFor(t, "the refused Open's connection to end", func() bool { return usageOf(d, pid).Connections == 1 })
 	if u := usageOf(d, pid); u.Objects != 1 || u.Regions != 1 {
 		t.Errorf("usage after the refusal %+v; want 1 object, 1 region", u)
 	}
@@ -111,14 +112,14 @@ func TestLimitFaultsInFlightPerClient(t *testing.T) {
 	a.open(path, "advice=random")
 	pid := a.Cmd.Process.Pid
 	a.Send("par %d %d", x*ps, y*ps)
-	waitFor(t, "one fault in flight and one waiting", func() bool {
+	testutil.WaitFor(t, "one fault in flight and one waiting", func() bool {
 		u := usageOf(d, pid)
 		return u.FaultsInFlight == 1 && u.FaultsQueued == 1
 	})
 	// The fault in flight is counted before its read begins: wait for
 	// the read, then check that the queued one has not begun one too.
 	reads := func() int { return d.spy.readsOf(x*ps) + d.spy.readsOf(y*ps) }
-	waitFor(t, "the read of the fault in flight", func() bool { return reads() >= 1 })
+	testutil.WaitFor(t, "the read of the fault in flight", func() bool { return reads() >= 1 })
 	if n := reads(); n != 1 {
 		t.Fatalf("%d reads of the two pages began; the limit lets one fault through", n)
 	}
@@ -132,7 +133,7 @@ func TestLimitFaultsInFlightPerClient(t *testing.T) {
 	}
 	// A fault is counted until its goroutine returns, just after the wake
 	// that let the driver answer.
-	waitFor(t, "no fault in flight", func() bool { return usageOf(d, pid).FaultsInFlight == 0 })
+	testutil.WaitFor(t, "no fault in flight", func() bool { return usageOf(d, pid).FaultsInFlight == 0 })
 	if u := usageOf(d, pid); u.PeakFaultsInFlight != 1 {
 		t.Errorf("usage %+v; want at most 1 fault in flight, ever", u)
 	}

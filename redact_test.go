@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store/remote"
 )
@@ -145,7 +146,7 @@ func TestHTTPPasswordNeverShown(t *testing.T) {
 	}
 	shown("the metrics page", string(page))
 
-	waitFor(t, "the daemon's log lines of the failed and the changed page", func() bool {
+	testutil.WaitFor(t, "the daemon's log lines of the failed and the changed page", func() bool {
 		log := d.log.String()
 		return strings.Contains(log, "read failed: SIGBUS for the faulting page") && strings.Contains(log, "object changed since it was opened")
 	})
@@ -157,7 +158,7 @@ func TestHTTPPasswordNeverShown(t *testing.T) {
 	if got := p.Do("readat %d %d", bad, ps); !strings.HasPrefix(got, "err ") {
 		t.Errorf("ReadAt of the failing page through a private handler: %q, want an error", got)
 	}
-	waitFor(t, "the private handler's log line of the failed page", func() bool {
+	testutil.WaitFor(t, "the private handler's log line of the failed page", func() bool {
 		return strings.Contains(p.Stderr.String(), "read failed: SIGBUS for the faulting page")
 	})
 	shown("the private handler's log", p.Stderr.String())

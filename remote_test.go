@@ -19,10 +19,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/store/s3store"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // remoteObjectSize is large enough that a short sequential read at the start
@@ -71,10 +72,10 @@ func checkVersionPinned(t *testing.T, d *daemon, uri, v1, v2 string, replace fun
 		t.Errorf("SIGBUS at offset %d, outside the page read at %d", at, last)
 	}
 	a.OK("read %d %d", 0, 4<<20) // cached: still the pinned version
-	waitFor(t, "the log line naming the changed object", func() bool {
+	testutil.WaitFor(t, "the log line naming the changed object", func() bool {
 		return strings.Contains(d.log.String(), "object changed since it was opened") && strings.Contains(d.log.String(), uri)
 	})
-	if n := testutil.ToFloat64(d.s.Metrics().ChangedCount(uri)); n < 1 {
+	if n := promtest.ToFloat64(d.s.Metrics().ChangedCount(uri)); n < 1 {
 		t.Errorf("filemap_object_changed_total{object=%q} = %v, want >= 1", uri, n)
 	}
 	if st := d.s.Stats(); st.ObjectChanged < 1 || st.RemoteRequests == 0 {
@@ -335,7 +336,7 @@ func TestRestartS3VersionDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	d2p := startDaemonProc(t, sock, env...)
-	waitFor(t, "the client to re-attach", func() bool { return d2p.stats().Regions == 1 })
+	testutil.WaitFor(t, "the client to re-attach", func() bool { return d2p.stats().Regions == 1 })
 	a.OK("read 0 %d", ps)
 	if got := a.Do("read %d 8", 4<<20); got != fmt.Sprintf("sigbus %d", 4<<20) {
 		t.Fatalf("a page not cached, its version deleted: %q, want SIGBUS", got)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/internal/testutil"
 )
 
 // A daemon in a process of its own, which a test may kill -9 and start
@@ -122,7 +124,7 @@ func TestRestartAdoptsWarmCache(t *testing.T) {
 	a.OK("read 0 %d", 16<<20)
 	d.kill()
 	d2 := startDaemonProc(t, sock)
-	waitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
+	testutil.WaitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
 	a.OK("clear 0 %d", 16<<20) // drop its page tables: every access faults again
 	a.OK("read 0 %d", 16<<20)
 	b := startDriver(t, sock)
@@ -162,7 +164,7 @@ func TestTakeoverUnderLoad(t *testing.T) {
 		// Reported, not asserted: times on this shared machine are hints.
 		t.Logf("client %d across the takeover: %d reads checked, none failed; read latency p99 %d µs, max %d µs", i, reads, p99, worst)
 	}
-	waitFor(t, "both clients to resume", func() bool { return d2.stats().Clients >= 2 })
+	testutil.WaitFor(t, "both clients to resume", func() bool { return d2.stats().Clients >= 2 })
 	a.OK("advise random 0 0") // the resumed region takes requests
 	a.OK("read 0 %d", 256<<20)
 	if st := d2.stats(); st.Regions != 2 || st.SIGBUS != 0 || st.MajorFaults == 0 {
@@ -170,7 +172,7 @@ func TestTakeoverUnderLoad(t *testing.T) {
 			st.Regions, st.SIGBUS, st.MajorFaults)
 	}
 	a.OK("close")
-	waitFor(t, "the closed region to go", func() bool { return d2.stats().Regions == 1 })
+	testutil.WaitFor(t, "the closed region to go", func() bool { return d2.stats().Regions == 1 })
 }
 
 // With no keeper, the library re-attaches by itself: it re-opens the object
@@ -186,7 +188,7 @@ func TestRestartWithoutKeeperHandsBackCache(t *testing.T) {
 	a.OK("read 0 %d", 8<<20)
 	d.kill()
 	d2 := startDaemonProc(t, sock, "FILEMAP_TEST_NOKEEP=1")
-	waitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
+	testutil.WaitFor(t, "the client to re-attach", func() bool { return d2.stats().Regions == 1 })
 	if st := d2.stats(); st.CacheBytes < 8<<20 || st.StoreReads != 0 {
 		t.Fatalf("after the hand-back: %d cache bytes, %d store reads; want the 8 MiB read before, adopted, and no read", st.CacheBytes, st.StoreReads)
 	}
@@ -197,7 +199,7 @@ func TestRestartWithoutKeeperHandsBackCache(t *testing.T) {
 	}
 	a.OK("advise random 0 0")
 	a.OK("close")
-	waitFor(t, "the region to go", func() bool { return d2.stats().Regions == 0 })
+	testutil.WaitFor(t, "the region to go", func() bool { return d2.stats().Regions == 0 })
 }
 
 // An object rewritten while no daemon served its mapping: the restarted
@@ -253,7 +255,7 @@ func TestPrivateHandlerRestarts(t *testing.T) {
 func childOf(t *testing.T, pid int) int {
 	t.Helper()
 	var c int
-	waitFor(t, fmt.Sprintf("a child of process %d", pid), func() bool { c = childOfOrZero(pid); return c != 0 })
+	testutil.WaitFor(t, fmt.Sprintf("a child of process %d", pid), func() bool { c = childOfOrZero(pid); return c != 0 })
 	return c
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/server"
 	"golang.org/x/sys/unix"
@@ -147,7 +148,7 @@ func TestHandedBackCacheServesOnlyItsClient(t *testing.T) {
 	attacker.open(decoy, "")
 	attacker.OK("read 0 %d", size) // the decoy's cache now holds the planted bytes
 	attacker.OK("holdcache")
-	waitFor(t, "the decoy's cache to be unused", func() bool {
+	testutil.WaitFor(t, "the decoy's cache to be unused", func() bool {
 		for _, o := range d.s.Objects(nobody) {
 			if o.URI == decoy && o.Users == 0 {
 				return true

@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 )
 
@@ -219,7 +220,7 @@ func TestSoak(t *testing.T) {
 	for _, dr := range drivers {
 		dr.CloseInput()
 	}
-	waitFor(t, "the clients' sessions to end", func() bool {
+	testutil.WaitFor(t, "the clients' sessions to end", func() bool {
 		st, err := Stat(context.Background(), WithSocket(sock))
 		return err == nil && st.Clients == 0 && st.Regions == 0 // Clients leaves out this Stat's own connection
 	})
@@ -268,7 +269,7 @@ func TestSoak(t *testing.T) {
 	}
 	// Nor under load: the peak counts, since that is what the machine must
 	// have. (The read buffers of the fills in flight are the most of it;
-	// fault.Config.MaxFillBytes bounds them.)
+	// fault.Config.ReadBuffers bounds them.)
 	if growth := atEnd["VmHWM"] - before["VmRSS"]; !raceEnabled && growth > budget*11/10 {
 		t.Errorf("the daemon's RSS peaked %d MiB above its start, more than the cache budget %d MiB + 10%%", growth>>20, budget>>20)
 	}

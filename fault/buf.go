@@ -34,7 +34,7 @@ type fillMem struct {
 	raLimit int64        // bytes lent that readahead fills may take
 	queued  atomic.Int64 // readahead fills waiting: promote's fast path
 
-	mu     sync.Mutex
+	mu     sync.Mutex // protects the fields below
 	lent   int64
 	idle   int64                             // bytes in fresh and old
 	fresh  [nclass][]*[]byte                 // idle buffers returned since the last GC
@@ -97,7 +97,7 @@ func (m *fillMem) piecePages(n, maxPages int64, demand bool) int64 {
 func (m *fillMem) get(f *pagecache.Fill, pages int64, demand bool, grant func(*[]byte)) {
 	w := &memWait{fill: f, size: classBytes(pages), demand: demand, grant: grant}
 	m.mu.Lock()
-	if m.demand.Len() == 0 && (demand || m.ahead.Len() == 0) && m.fits(w) {
+	if m.demand.Len() == 0 && (demand || m.ahead.Len() == 0) && m.fitsLocked(w) {
 		b := m.take(w)
 		m.mu.Unlock()
 		grant(b)
@@ -164,7 +164,7 @@ func (m *fillMem) admit() {
 			q = &m.ahead
 		}
 		e := q.Front()
-		if e == nil || !m.fits(e.Value.(*memWait)) {
+		if e == nil || !m.fitsLocked(e.Value.(*memWait)) {
 			break
 		}
 		w := q.Remove(e).(*memWait)
@@ -180,12 +180,12 @@ func (m *fillMem) admit() {
 	}
 }
 
-// fits reports whether w's buffer may be lent now. Called with m.mu held.
-func (m *fillMem) fits(w *memWait) bool { return m.fitsSize(w.demand, w.size) }
+// fitsLocked reports whether w's buffer may be lent now. Called with m.mu held.
+func (m *fillMem) fitsLocked(w *memWait) bool { return m.fitsSizeLocked(w.demand, w.size) }
 
-// fitsSize reports whether a buffer of size bytes may be lent now to a
+// fitsSizeLocked reports whether a buffer of size bytes may be lent now to a
 // demand fill or a readahead one. Called with m.mu held.
-func (m *fillMem) fitsSize(demand bool, size int64) bool {
+func (m *fillMem) fitsSizeLocked(demand bool, size int64) bool {
 	if demand {
 		return m.lent+size <= m.limit
 	}
@@ -199,25 +199,25 @@ func (m *fillMem) fitsSize(demand bool, size int64) bool {
 func (m *fillMem) take(w *memWait) *[]byte {
 	for c := class(w.size / ps); c < nclass; c++ {
 		size := int64(1) << c * ps
-		if !m.fitsSize(w.demand, size) {
+		if !m.fitsSizeLocked(w.demand, size) {
 			break
 		}
-		if b := m.popIdle(c); b != nil {
+		if b := m.popIdleLocked(c); b != nil {
 			m.lent += size
 			m.idle -= size
 			return b
 		}
 	}
 	m.lent += w.size
-	m.makeRoom()
+	m.makeRoomLocked()
 	m.peak = max(m.peak, m.lent+m.idle)
 	b := make([]byte, w.size)
 	return &b
 }
 
-// popIdle takes an idle buffer of class c, the most recently used, or nil.
+// popIdleLocked takes an idle buffer of class c, the most recently used, or nil.
 // Called with m.mu held.
-func (m *fillMem) popIdle(c int) *[]byte {
+func (m *fillMem) popIdleLocked(c int) *[]byte {
 	for _, l := range []*[nclass][]*[]byte{&m.fresh, &m.old} {
 		if n := len(l[c]); n > 0 {
 			b := l[c][n-1]
@@ -228,9 +228,9 @@ func (m *fillMem) popIdle(c int) *[]byte {
 	return nil
 }
 
-// makeRoom drops idle buffers, the older first, until the lent and the idle
+// makeRoomLocked drops idle buffers, the older first, until the lent and the idle
 // fit the limit again. Called with m.mu held.
-func (m *fillMem) makeRoom() {
+func (m *fillMem) makeRoomLocked() {
 	for _, l := range []*[nclass][]*[]byte{&m.old, &m.fresh} {
 		for c := range l {
 			for m.lent+m.idle > m.limit && len(l[c]) > 0 {
@@ -248,15 +248,15 @@ func (m *fillMem) makeRoom() {
 func (m *fillMem) trim() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.drop(&m.old)
+	m.dropLocked(&m.old)
 	m.old, m.fresh = m.fresh, [nclass][]*[]byte{}
 	if m.lent == 0 {
-		m.drop(&m.old)
+		m.dropLocked(&m.old)
 	}
 }
 
-// drop forgets the idle buffers of l. Called with m.mu held.
-func (m *fillMem) drop(l *[nclass][]*[]byte) {
+// dropLocked forgets the idle buffers of l. Called with m.mu held.
+func (m *fillMem) dropLocked(l *[nclass][]*[]byte) {
 	for c := range l {
 		for _, b := range l[c] {
 			m.idle -= int64(len(*b))

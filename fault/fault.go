@@ -17,13 +17,18 @@
 // page of the window hangs (gVisor's Translate(required, optional): only
 // the required page may fail the fault).
 //
-// The read buffers of all fills together are bounded (Config.MaxFillBytes):
+// The read buffers of all fills together are bounded (Config.ReadBuffers):
 // they are most of the daemon's heap. A fill reads its pages a bounded
 // piece at a time; readahead waits for buffers first, a fault's own read
 // never waits for buffers that readahead holds, and a readahead fill that a
 // fault waits for is moved ahead. Readahead reads of local files in flight
 // are bounded too (queue.go): a fault's own read goes to the disk at once,
 // and finds at most that much of a scan's readahead queued ahead of it.
+//
+// Lock order: a Region's raMu is taken under the cache's lock
+// (pagecache.Cache.mu), by the window callback of Begin; the locks of the
+// fill buffers and the disk queue are innermost. The whole order is in
+// package server's documentation.
 package fault
 
 import (
@@ -39,16 +44,15 @@ import (
 	"github.com/filemap/filemap/readahead"
 	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/store"
-	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
 
 const ps = pagecache.PageSize
 
-// Object is an object as the fault path sees it: its cache and its store.
-type Object struct {
-	Cache *pagecache.Object
+// File is an object as the fault path sees it: its cache and its store.
+type File struct {
+	Cache *pagecache.Cache
 	Store store.Store
 }
 
@@ -61,7 +65,7 @@ type Target interface {
 // Region is one contiguous range of a client's memory that maps an object's
 // cache: the user-space vm_area_struct.
 type Region struct {
-	Obj    *Object
+	File   *File
 	Addr   uintptr // first byte of the range in the client
 	PgOff  int64   // object page mapped at Addr
 	NPages int64
@@ -69,7 +73,7 @@ type Region struct {
 
 	advice atomic.Uint32 // readahead.Advice
 	raMu   sync.Mutex
-	ra     readahead.Streams // file_ra_state, a few streams of it
+	ra     readahead.Streams // file_ra_state, a few streams of it; protected by raMu
 }
 
 // Advice is the region's current access advice.
@@ -130,28 +134,37 @@ func (nopObserver) StoreRead(time.Duration, int, error) {}
 func (nopObserver) Readahead(int64)                     {}
 func (nopObserver) Changed(string)                      {}
 
-// Config tunes the fault path.
+// Config tunes the fault path. NewHandler gives every field its default,
+// so that the daemon and the Firecracker handler default alike.
 type Config struct {
-	RaPages      int64         // read-around window in pages (readahead.DefaultPages if 0)
-	MaxRaPages   int64         // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
-	RaLimit      int64         // no window larger, whatever a store asks (the cache budget's share); none if 0
-	Retries      int           // extra reads of a failing faulting page before SIGBUS, for stores that do not retry themselves
-	RetryBackoff time.Duration // first retry's delay, doubled each time
+	ReadaheadPages    int64 // read-around window in pages (readahead.DefaultPages if 0)
+	ReadaheadMaxPages int64 // largest async window of a sequential stream (readahead.DefaultMaxPages if 0)
+
+	// Retries is how many times a failing faulting page is read again
+	// before SIGBUS, for stores that do not retry themselves:
+	// DefaultRetries if 0, none if negative. The first retry waits
+	// RetryBackoff (DefaultRetryBackoff if 0), each later one twice as long.
+	Retries      int
+	RetryBackoff time.Duration
 
 	// Timeout bounds a fault from its message to its page or its SIGBUS,
 	// retries included, and a readahead fill's reads from its start (see
 	// the package comment). DefaultTimeout if 0; none if negative.
-	Timeout  time.Duration
-	Log      *slog.Logger
-	Budget   *reclaim.Budget // where written pages are accounted and evicted; no limit if nil
-	Observer Observer        // latencies; none if nil
+	Timeout time.Duration
+	Log     *slog.Logger
+	// Budget is where written pages are accounted and evicted (no limit if
+	// nil). No readahead window is larger than an eighth of it, whatever a
+	// store asks: a window that is a large share of the budget evicts what
+	// the reader is about to use.
+	Budget   *reclaim.Budget
+	Observer Observer // latencies; none if nil
 
-	// MaxFillBytes bounds the read buffers of all fills in flight together,
+	// ReadBuffers bounds the read buffers of all fills in flight together,
 	// idle ones kept for reuse included: the bulk of the daemon's heap (the
-	// cache's pages live in memfds, outside it). DefaultMaxFillBytes of the
+	// cache's pages live in memfds, outside it). DefaultReadBuffers of the
 	// budget if 0 or less; at least two pages. A quarter of it is kept for
 	// faults' own reads: readahead waits for buffers before they do.
-	MaxFillBytes int64
+	ReadBuffers int64
 
 	// ReadaheadInflight bounds the bytes of readahead reads in flight to
 	// local files, all of them together (diskQueue), so that a fault's own
@@ -162,6 +175,13 @@ type Config struct {
 	ReadaheadInflight int64
 }
 
+// DefaultRetries and DefaultRetryBackoff are the retries of a failing
+// faulting page unless told otherwise: three, waiting 10, 20 and 40 ms.
+const (
+	DefaultRetries      = 3
+	DefaultRetryBackoff = 10 * time.Millisecond
+)
+
 // DefaultTimeout is a fault's bound unless told otherwise: two minutes,
 // after which the kernel reports a task blocked in a system call as hung
 // (hung_task_timeout_secs). It is long enough for a server that is slow or
@@ -171,18 +191,32 @@ type Config struct {
 // hanging with no word of why.
 const DefaultTimeout = 2 * time.Minute
 
+// NewBudget makes the budget of a daemon's caches: cacheBytes of them,
+// rounded down to pages but at least one (0 is no limit), evicted under
+// policy (reclaim.S3FIFO if empty).
+func NewBudget(cacheBytes int64, policy reclaim.Policy) (*reclaim.Budget, error) {
+	if err := policy.Check(); err != nil {
+		return nil, err
+	}
+	pages := cacheBytes / ps
+	if cacheBytes > 0 {
+		pages = max(pages, 1)
+	}
+	return reclaim.New(pages, policy), nil
+}
+
 // DefaultReadaheadInflight is two of a fill's pieces: a disk keeps
 // streaming while one is written into the cache, and a fault's read waits
 // behind at most this much of it.
 const DefaultReadaheadInflight = 2 * chunkPages * ps
 
-// DefaultMaxFillBytes is the bound on read buffers for a cache budget of
+// DefaultReadBuffers is the bound on read buffers for a cache budget of
 // budget bytes (0: none): a quarter of the budget, so that the daemon's
 // heap, twice its live bytes under the garbage collector's default pacing,
 // stays within half the budget; at least 4 MiB, enough for a few sequential
 // streams' windows in flight, and at most 64 MiB, more than a disk or a
 // network link needs in flight.
-func DefaultMaxFillBytes(budget int64) int64 {
+func DefaultReadBuffers(budget int64) int64 {
 	const lo, hi = 4 << 20, 64 << 20
 	if budget <= 0 {
 		return hi
@@ -192,11 +226,12 @@ func DefaultMaxFillBytes(budget int64) int64 {
 
 // Handler resolves faults. It is safe for concurrent use.
 type Handler struct {
-	cfg  Config
-	ra   readahead.Config
-	c    *Counters
-	mem  *fillMem
-	disk *diskQueue // nil: readahead of local files is not bounded
+	cfg     Config
+	ra      readahead.Config
+	raLimit int64 // no window larger, whatever a store asks: a share of the budget; none if 0
+	c       *Counters
+	mem     *fillMem
+	disk    *diskQueue // nil: readahead of local files is not bounded
 }
 
 // chunkPages bounds one fill of a readahead window, and one store read of
@@ -209,11 +244,20 @@ const chunkPages = 256
 
 // NewHandler makes a fault path that counts into c.
 func NewHandler(cfg Config, c *Counters) *Handler {
-	if cfg.RaPages <= 0 {
-		cfg.RaPages = readahead.DefaultPages
+	if cfg.ReadaheadPages <= 0 {
+		cfg.ReadaheadPages = readahead.DefaultPages
 	}
-	if cfg.MaxRaPages <= 0 {
-		cfg.MaxRaPages = max(cfg.RaPages, readahead.DefaultMaxPages)
+	if cfg.ReadaheadMaxPages <= 0 {
+		cfg.ReadaheadMaxPages = max(cfg.ReadaheadPages, readahead.DefaultMaxPages)
+	}
+	switch {
+	case cfg.Retries == 0:
+		cfg.Retries = DefaultRetries
+	case cfg.Retries < 0:
+		cfg.Retries = 0
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = DefaultRetryBackoff
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -224,8 +268,8 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	if cfg.MaxFillBytes <= 0 {
-		cfg.MaxFillBytes = DefaultMaxFillBytes(cfg.Budget.Stats().BudgetPages * ps)
+	if cfg.ReadBuffers <= 0 {
+		cfg.ReadBuffers = DefaultReadBuffers(cfg.Budget.Stats().BudgetPages * ps)
 	}
 	if cfg.ReadaheadInflight == 0 {
 		cfg.ReadaheadInflight = DefaultReadaheadInflight
@@ -233,8 +277,8 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	h := &Handler{cfg: cfg, ra: readahead.Config{RaPages: cfg.RaPages, MaxPages: cfg.MaxRaPages}, c: c,
-		mem: newFillMem(cfg.MaxFillBytes)}
+	h := &Handler{cfg: cfg, ra: readahead.Config{ReadaheadPages: cfg.ReadaheadPages, ReadaheadMaxPages: cfg.ReadaheadMaxPages}, c: c,
+		raLimit: cfg.Budget.Stats().BudgetPages / 8, mem: newFillMem(cfg.ReadBuffers)}
 	if cfg.ReadaheadInflight > 0 {
 		h.disk = newDiskQueue(cfg.ReadaheadInflight)
 	}
@@ -245,7 +289,7 @@ func NewHandler(cfg Config, c *Counters) *Handler {
 type FillMemStats struct {
 	Lent  int64  // bytes lent to fills now
 	Idle  int64  // bytes kept for reuse
-	Limit int64  // the bound on both together (Config.MaxFillBytes)
+	Limit int64  // the bound on both together (Config.ReadBuffers)
 	Waits uint64 // fills that had to wait for a buffer
 }
 
@@ -294,7 +338,7 @@ func (h *Handler) waitFill(ctx context.Context, f *pagecache.Fill) bool {
 }
 
 // diskOf is the queue that bounds o's readahead reads, or nil.
-func (h *Handler) diskOf(o *Object) *diskQueue {
+func (h *Handler) diskOf(o *File) *diskQueue {
 	if _, ok := o.Store.(store.Readaheader); ok {
 		return nil
 	}
@@ -307,14 +351,14 @@ func (h *Handler) diskOf(o *Object) *diskQueue {
 // to r's userfaultfd.
 func (h *Handler) Fault(r *Region, addr uintptr, spawn func(func())) {
 	page := r.Page(addr)
-	if page >= r.Obj.Cache.NPages() {
+	if page >= r.File.Cache.NPages() {
 		// The kernel sends SIGBUS past the memfd's end before userfaultfd
 		// sees the fault; only a lying client gets here.
-		h.poison(r, page, fmt.Errorf("page %d is past the end of %s", page, r.Obj.Cache.Name()))
+		h.poison(r, page, fmt.Errorf("page %d is past the end of %s", page, r.File.Cache.Name()))
 		return
 	}
 	start := time.Now()
-	if s, _ := r.Obj.Cache.Lookup(page); s == pagecache.Uptodate {
+	if s, _ := r.File.Cache.Lookup(page); s == pagecache.Uptodate {
 		h.c.Minor.Add(1)
 		r.hit()
 		h.wake(r, page, page+1)
@@ -327,15 +371,15 @@ func (h *Handler) Fault(r *Region, addr uintptr, spawn func(func())) {
 // raOf is the readahead configuration for o: the handler's, with a larger
 // maximum window if o's store asks for one, as a block device's queue sets
 // its bdi's ra_pages (a network store needs more in flight than a disk).
-func (h *Handler) raOf(o *Object) readahead.Config {
+func (h *Handler) raOf(o *File) readahead.Config {
 	ra := h.ra
 	if s, ok := o.Store.(store.Readaheader); ok {
-		if n := s.ReadaheadBytes() / ps; n > ra.MaxPages {
-			ra.MaxPages = n
+		if n := s.ReadaheadBytes() / ps; n > ra.ReadaheadMaxPages {
+			ra.ReadaheadMaxPages = n
 		}
 	}
-	if h.cfg.RaLimit > 0 {
-		ra.MaxPages = min(ra.MaxPages, h.cfg.RaLimit)
+	if h.raLimit > 0 {
+		ra.ReadaheadMaxPages = min(ra.ReadaheadMaxPages, h.raLimit)
 	}
 	return ra
 }
@@ -344,7 +388,7 @@ func (h *Handler) raOf(o *Object) readahead.Config {
 // is counted before its faulter is woken, so counters never lag behind
 // what a client has seen.
 func (h *Handler) resolve(r *Region, page int64, start time.Time) {
-	cache := r.Obj.Cache
+	cache := r.File.Cache
 	kind := "minor"
 	defer func() { h.cfg.Observer.Fault(kind, time.Since(start)) }()
 	ctx, cancel := h.deadline(start)
@@ -357,7 +401,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			r.raMu.Lock()
 			defer r.raMu.Unlock()
 			r.ra.Mapped(neighbours)
-			w = r.ra.Miss(h.raOf(r.Obj), page, cache.NPages(), r.Advice())
+			w = r.ra.Miss(h.raOf(r.File), page, cache.NPages(), r.Advice())
 			return w.Start, w.End
 		})
 		switch s {
@@ -399,7 +443,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.c.Major.Add(1)
 			refault := h.cfg.Budget.Refault(cache, page)
 			h.c.FillsInFlight.Add(1)
-			h.fill(ctx, r.Obj, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
+			h.fill(ctx, r.File, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -423,10 +467,10 @@ func (h *Handler) deadline(start time.Time) (context.Context, context.CancelFunc
 // reads the next window in the background: the faulter does not wait for
 // that I/O.
 func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
-	cache := r.Obj.Cache
+	cache := r.File.Cache
 	r.raMu.Lock()
 	r.ra.Hit()
-	w, ok := r.ra.MarkerHit(h.raOf(r.Obj), f.Page, cache.NPages())
+	w, ok := r.ra.MarkerHit(h.raOf(r.File), f.Page, cache.NPages())
 	r.raMu.Unlock()
 	if ok {
 		// Claim the next window before the marker's bytes are in the
@@ -437,7 +481,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 		// with no message by any access that runs again: this faulter's,
 		// when a signal (Go's preemption, every 10 ms) interrupts its
 		// wait.
-		h.readAhead(r.Obj, w)
+		h.readAhead(r.File, w)
 	}
 	h.cfg.Budget.Reserve(1)
 	if err := cache.WritePagesUrgent(f.Page, f.Held()); err != nil {
@@ -461,7 +505,7 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 //
 // Each fill's reads end Timeout after it starts; what the store started
 // for the window (see prefetch) ends when the last of its fills does.
-func (h *Handler) readAhead(o *Object, w readahead.Window) {
+func (h *Handler) readAhead(o *File, w readahead.Window) {
 	h.cfg.Observer.Readahead(w.Len())
 	// Fills end on chunkPages boundaries, so that none straddles two of a
 	// remote store's chunks (a multiple of it) and waits for both.
@@ -503,7 +547,7 @@ func untilAll(n int) (ctx context.Context, done func()) {
 // prefetch tells a store that plans requests for a window at once
 // (store.Prefetcher) what the fills of one are about to read; its requests
 // end with ctx.
-func (h *Handler) prefetch(ctx context.Context, o *Object, fills []*pagecache.Fill) {
+func (h *Handler) prefetch(ctx context.Context, o *File, fills []*pagecache.Fill) {
 	p, ok := o.Store.(store.Prefetcher)
 	if !ok || len(fills) < 2 {
 		return
@@ -530,7 +574,7 @@ func (h *Handler) piecePages(f *pagecache.Fill) int64 {
 // alone the rest. A failure in another piece keeps what was written. A
 // readahead fill keeps what it read. refault says the fault missed a page
 // evicted recently.
-func (h *Handler) fill(ctx context.Context, o *Object, f *pagecache.Fill, b *[]byte, marker int64, refault bool) {
+func (h *Handler) fill(ctx context.Context, o *File, f *pagecache.Fill, b *[]byte, marker int64, refault bool) {
 	defer h.c.FillsInFlight.Add(-1)
 	x := &filling{h: h, o: o, f: f, marker: marker, refault: refault}
 	pcs := pieces(f, h.piecePages(f))
@@ -568,7 +612,7 @@ func (h *Handler) fill(ctx context.Context, o *Object, f *pagecache.Fill, b *[]b
 // cache so far, all but the marker if held.
 type filling struct {
 	h       *Handler
-	o       *Object
+	o       *File
 	f       *pagecache.Fill
 	marker  int64 // the window's marker, held back if this fill reads it
 	refault bool
@@ -758,13 +802,13 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // permanent reports a read error that no retry can cure: the object
 // changed, or its store said so (access denied, gone).
 func permanent(err error) bool {
-	return errors.Is(err, store.ErrChanged) || remote.IsPermanent(err)
+	return errors.Is(err, store.ErrChanged) || store.IsPermanent(err)
 }
 
 // read reads whole pages from page on into buf, within ctx; the part past
 // the object's end is zeroed, as the kernel zeroes the tail of the last
 // page.
-func (h *Handler) read(ctx context.Context, o *Object, buf []byte, page int64) (int, error) {
+func (h *Handler) read(ctx context.Context, o *File, buf []byte, page int64) (int, error) {
 	start := time.Now()
 	n, err := store.ReadFullContext(ctx, o.Store, buf, page*ps)
 	h.counted(start, n, err)
@@ -780,7 +824,7 @@ func (h *Handler) read(ctx context.Context, o *Object, buf []byte, page int64) (
 // until release, and the copy into buf is saved; else data is buf. Either
 // way release must be called, once. On an error, n is the bytes read
 // before the failure.
-func (h *Handler) readView(ctx context.Context, o *Object, buf []byte, page int64) (data []byte, n int, release func(), err error) {
+func (h *Handler) readView(ctx context.Context, o *File, buf []byte, page int64) (data []byte, n int, release func(), err error) {
 	if v, ok := o.Store.(store.Viewer); ok {
 		start := time.Now()
 		b, rel, lent, err := v.View(ctx, page*ps, len(buf))
@@ -809,7 +853,7 @@ func (h *Handler) counted(start time.Time, n int, err error) {
 
 func (h *Handler) wake(r *Region, start, end int64) {
 	if err := r.wake(start, end); err != nil && !gone(err) {
-		h.cfg.Log.Warn("UFFDIO_WAKE failed", "object", r.Obj.Cache.Name(), "page", start, "err", err)
+		h.cfg.Log.Warn("UFFDIO_WAKE failed", "object", r.File.Cache.Name(), "page", start, "err", err)
 	}
 }
 
@@ -828,13 +872,13 @@ func (h *Handler) poison(r *Region, page int64, cause error) {
 	case err == nil:
 		// Counted and logged once per page, before the faulter sees it.
 		h.c.Sigbus.Add(1)
-		h.cfg.Log.Warn("read failed: SIGBUS for the faulting page", "object", r.Obj.Cache.Name(),
+		h.cfg.Log.Warn("read failed: SIGBUS for the faulting page", "object", r.File.Cache.Name(),
 			"offset", page*ps, "addr", fmt.Sprintf("%#x", addr), "err", cause)
 		h.wake(r, page, page+1)
 	case errors.Is(err, unix.EEXIST):
 		h.wake(r, page, page+1) // poisoned already: a duplicate message; wake it onto the marker
 	case !gone(err):
-		h.cfg.Log.Error("UFFDIO_POISON failed", "object", r.Obj.Cache.Name(), "addr", fmt.Sprintf("%#x", addr), "err", err)
+		h.cfg.Log.Error("UFFDIO_POISON failed", "object", r.File.Cache.Name(), "addr", fmt.Sprintf("%#x", addr), "err", err)
 	}
 }
 
@@ -844,7 +888,7 @@ func (h *Handler) poison(r *Region, page int64, cause error) {
 // claims every fill of its window before it starts any, so a window far
 // past the end would hold those fills, and every fault on them, while it
 // stepped through nothing.
-func (h *Handler) WillNeed(o *Object, start, end int64) {
+func (h *Handler) WillNeed(o *File, start, end int64) {
 	start, end = max(start, 0), min(end, o.Cache.NPages())
 	if start >= end {
 		return

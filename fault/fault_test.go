@@ -113,7 +113,7 @@ type rig struct {
 	c      Counters
 	budget *reclaim.Budget
 	st     *testStore
-	obj    *Object
+	obj    *File
 	r      *Region
 	tgt    *testTarget
 	wg     sync.WaitGroup // resolves
@@ -130,11 +130,14 @@ func newRig(t *testing.T, npages int64, cfg Config) *rig {
 	t.Cleanup(func() { cache.Close() })
 	g := &rig{st: newTestStore(t, npages), budget: reclaim.New(0, ""),
 		tgt: &testTarget{woken: map[uintptr]bool{}, poisoned: map[uintptr]bool{}}}
-	g.st.limit = cfg.MaxFillBytes
-	g.obj = &Object{Cache: cache, Store: g.st}
-	g.r = &Region{Obj: g.obj, Addr: rigAddr, NPages: npages, Target: g.tgt}
+	g.st.limit = cfg.ReadBuffers
+	g.obj = &File{Cache: cache, Store: g.st}
+	g.r = &Region{File: g.obj, Addr: rigAddr, NPages: npages, Target: g.tgt}
 	cfg.Budget = g.budget
 	cfg.Log = slog.New(slog.DiscardHandler)
+	if cfg.Retries == 0 {
+		cfg.Retries = -1 // a failing page is read once, unless the test asks for retries
+	}
 	g.h = NewHandler(cfg, &g.c)
 	return g
 }
@@ -217,7 +220,7 @@ func (g *rig) states(lo, hi int64) string {
 // all of them have been asked for.
 func TestFillMemoryBound(t *testing.T) {
 	const npages = 8192
-	g := newRig(t, npages, Config{MaxFillBytes: 32 * ps, RetryBackoff: 1})
+	g := newRig(t, npages, Config{ReadBuffers: 32 * ps, RetryBackoff: 1})
 	g.st.gateLo, g.st.gateHi = 0, npages
 	for lo := int64(0); lo < 4096; lo += 1024 {
 		g.h.WillNeed(g.obj, lo, lo+1024)
@@ -249,7 +252,7 @@ func TestFillMemoryBound(t *testing.T) {
 // fill wait behind readahead, this test hangs until its timeout.
 func TestDemandPassesThrottledReadahead(t *testing.T) {
 	const npages = 16384
-	g := newRig(t, npages, Config{MaxFillBytes: 32 * ps, RetryBackoff: 1})
+	g := newRig(t, npages, Config{ReadBuffers: 32 * ps, RetryBackoff: 1})
 	g.st.gateLo, g.st.gateHi = 0, 4096
 	// Fills of 8 pages: three take the readahead share of 24 pages, whole.
 	for lo := int64(0); lo < 4096; lo += 256 {
@@ -280,7 +283,7 @@ func TestDemandPassesThrottledReadahead(t *testing.T) {
 // readahead ahead of it. Without that, this test hangs until its timeout.
 func TestFaultPromotesWaitingReadahead(t *testing.T) {
 	const npages = 4096
-	g := newRig(t, npages, Config{MaxFillBytes: 32 * ps, RetryBackoff: 1})
+	g := newRig(t, npages, Config{ReadBuffers: 32 * ps, RetryBackoff: 1})
 	g.st.gateLo, g.st.gateHi = 0, 256 // the first fill's reads wait
 	g.h.WillNeed(g.obj, 0, npages)
 	<-g.st.arrived
@@ -325,7 +328,7 @@ func TestPieces(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const npages = 256
-			g := newRig(t, npages, Config{RaPages: 64, MaxFillBytes: 32 * ps, Retries: retries, RetryBackoff: 1})
+			g := newRig(t, npages, Config{ReadaheadPages: 64, ReadBuffers: 32 * ps, Retries: retries, RetryBackoff: 1})
 			for _, p := range tc.bad {
 				g.st.bad[p] = true
 			}
@@ -389,14 +392,14 @@ func TestPiecePages(t *testing.T) {
 	}
 }
 
-func TestDefaultMaxFillBytes(t *testing.T) {
+func TestDefaultReadBuffers(t *testing.T) {
 	for _, tc := range []struct{ budget, want int64 }{
 		{0, 64 << 20},
 		{1 << 20, 4 << 20},
 		{64 << 20, 16 << 20},
 		{1 << 30, 64 << 20},
 	} {
-		if got := DefaultMaxFillBytes(tc.budget); got != tc.want {
+		if got := DefaultReadBuffers(tc.budget); got != tc.want {
 			t.Errorf("budget %d: %d, want %d", tc.budget, got, tc.want)
 		}
 	}
@@ -664,7 +667,7 @@ func (s *ctxStore) readsOf(p int64) int {
 // gets half of the time, and the page read alone the rest.
 func TestFaultTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	g := newRig(t, 256, Config{RaPages: 32, Retries: 1000, RetryBackoff: time.Millisecond, Timeout: timeout})
+	g := newRig(t, 256, Config{ReadaheadPages: 32, Retries: 1000, RetryBackoff: time.Millisecond, Timeout: timeout})
 	cs := &ctxStore{testStore: g.st, hang: map[int64]bool{100: true}}
 	g.obj.Store = cs
 	start := time.Now()
@@ -693,7 +696,7 @@ func TestFaultTimeout(t *testing.T) {
 // top: the faulting page whose read fails is read in its window, and alone
 // (the window's failure may have been another page's), and no more.
 func TestRetriedStoreNotReadAgain(t *testing.T) {
-	g := newRig(t, 256, Config{RaPages: 32, Retries: 3, RetryBackoff: 1})
+	g := newRig(t, 256, Config{ReadaheadPages: 32, Retries: 3, RetryBackoff: 1})
 	cs := &ctxStore{testStore: g.st, retried: true}
 	g.obj.Store = cs
 	g.st.bad[100] = true

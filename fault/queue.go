@@ -22,10 +22,10 @@ import (
 type diskQueue struct {
 	limit int64 // bytes of readahead reads in flight
 
-	mu       sync.Mutex
-	inflight int64     // bytes of reads in flight, demand reads included
-	waiting  list.List // of *diskWait, first come first served
-	waits    uint64    // readahead reads that had to wait
+	mu       sync.Mutex // protects the fields below
+	inflight int64      // bytes of reads in flight, demand reads included
+	waiting  list.List  // of *diskWait, first come first served
+	waits    uint64     // readahead reads that had to wait
 }
 
 type diskWait struct {
@@ -65,7 +65,7 @@ func (q *diskQueue) done(n int64) {
 		if q.inflight > 0 && q.inflight+w.n > q.limit {
 			return
 		}
-		q.admit(e)
+		q.admitLocked(e)
 	}
 }
 
@@ -76,7 +76,7 @@ func (q *diskQueue) promote(f *pagecache.Fill) {
 	defer q.mu.Unlock()
 	for e := q.waiting.Front(); e != nil; e = e.Next() {
 		if e.Value.(*diskWait).f == f {
-			q.admit(e)
+			q.admitLocked(e)
 			return
 		}
 	}
@@ -90,8 +90,8 @@ func (q *diskQueue) stats() (inflight int64, waits uint64) {
 	return q.inflight, q.waits
 }
 
-// admit sends the waiting read e to the disk. Called with q.mu held.
-func (q *diskQueue) admit(e *list.Element) {
+// admitLocked sends the waiting read e to the disk. Called with q.mu held.
+func (q *diskQueue) admitLocked(e *list.Element) {
 	w := q.waiting.Remove(e).(*diskWait)
 	q.inflight += w.n
 	close(w.ready)

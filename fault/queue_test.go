@@ -1,10 +1,11 @@
 package fault
 
 import (
+	"fmt"
 	"sync"
 	"testing"
-	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/pagecache"
 )
 
@@ -26,11 +27,11 @@ func TestDiskQueueBound(t *testing.T) {
 			order = append(order, i)
 			mu.Unlock()
 		})
-		waitFor(t, func() bool { return q.waitingLen() == i+1 }, "read %d to queue", i)
+		testutil.WaitFor(t, fmt.Sprintf("read %d to queue", i), func() bool { return q.waitingLen() == i+1 })
 	}
 	for i := range 3 {
 		q.done(ps) // room for one
-		waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == i+1 }, "a read to leave the queue")
+		testutil.WaitFor(t, "a read to leave the queue", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) == i+1 })
 		if order[i] != i {
 			t.Errorf("read %d left the queue in place %d", order[i], i)
 		}
@@ -66,7 +67,7 @@ func TestDiskQueueDemandAndPromote(t *testing.T) {
 		q.start(queued, ps)
 		close(went)
 	}()
-	waitFor(t, func() bool { return q.waitingLen() == 1 }, "the readahead read to queue")
+	testutil.WaitFor(t, "the readahead read to queue", func() bool { return q.waitingLen() == 1 })
 	queued.Wait()
 	q.promote(queued)
 	<-went // without promote, this waits for ever
@@ -81,11 +82,11 @@ func TestDiskQueueDemandAndPromote(t *testing.T) {
 // behind the readahead, this test hangs until its timeout.
 func TestFaultPassesDiskQueue(t *testing.T) {
 	const npages = 8192
-	g := newRig(t, npages, Config{MaxFillBytes: 8192 * ps, ReadaheadInflight: chunkPages * ps, RetryBackoff: 1})
+	g := newRig(t, npages, Config{ReadBuffers: 8192 * ps, ReadaheadInflight: chunkPages * ps, RetryBackoff: 1})
 	g.st.gateLo, g.st.gateHi = 0, 4096
 	g.h.WillNeed(g.obj, 0, 4096) // 16 fills of chunkPages, all with buffers
 	first := <-g.st.arrived      // one of the fills, whichever had its goroutine run first
-	waitFor(t, func() bool { return g.h.disk.waitingLen() == 15 }, "the other readahead reads to queue")
+	testutil.WaitFor(t, "the other readahead reads to queue", func() bool { return g.h.disk.waitingLen() == 15 })
 
 	g.fault(6000) // not under the readahead: its own read
 	g.wg.Wait()
@@ -113,27 +114,5 @@ func TestFaultPassesDiskQueue(t *testing.T) {
 	g.check(t)
 	if got := g.h.disk.inflightNow(); got != 0 {
 		t.Errorf("%d bytes in the disk queue once settled", got)
-	}
-}
-
-func (q *diskQueue) waitingLen() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.waiting.Len()
-}
-
-func (q *diskQueue) inflightNow() int64 {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.inflight
-}
-
-// waitFor polls cond until it holds, failing the test after a minute.
-func waitFor(t *testing.T, cond func() bool, what string, args ...any) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for "+what, args...)
-		}
 	}
 }

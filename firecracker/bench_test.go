@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 )
 
 // BenchmarkRestore restores a guest from a memory image (1 GiB, or
@@ -131,7 +132,7 @@ func restoreRun(b *testing.B, mem string, spans []span, touch string, cfg Config
 	c := startClient(b, ts.sock, mem, clientOpts{spans: spans})
 	r := parseTouch(b, c.OK("touch %s", touch))
 	c.close()
-	waitFor(b, "the VM to be gone", func() bool { return ts.Stats().VMs == 0 })
+	testutil.WaitFor(b, "the VM to be gone", func() bool { return ts.Stats().VMs == 0 })
 	st := ts.Stats()
 	r.faults, r.prefetched, r.late, r.around = st.Faults, st.Prefetched, st.PrefetchLate, st.CopyAround
 	r.storeReads, r.storeMiB = st.StoreReads, float64(st.StoreBytes)/(1<<20)

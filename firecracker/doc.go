@@ -30,4 +30,19 @@
 // the record touches is fetched once, by one request or a few, a window of
 // chunks at a time, in the order the record first needs them, and only the
 // recorded pages of it go into the cache and the guest.
+//
+// # Lock order
+//
+// Outermost first, as in package server's documentation, whose lower part
+// (reclaim.Budget.mu, then pagecache.Cache.mu, then fault.Region.raMu)
+// applies here too:
+//
+//	Server.mu            the caches (objects), VMs, handshakes in progress, listeners, keeper
+//	  reclaim.Budget.mu  as in package server
+//	vm.mu                orders copies into the guest (read) against REMOVE events (write)
+//	  pagecache.Cache.mu
+//	  recorder.mu        the record being written
+//	vm.deferMu           the deferred faults and busy units; innermost
+//
+// Server.mu and a vm's mu are never held together.
 package firecracker

@@ -20,6 +20,7 @@ import (
 
 	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/server"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/uffd"
@@ -64,7 +65,7 @@ func TestRestoreReadsEveryPageAndBalloonZeros(t *testing.T) {
 		t.Errorf("%d pages poisoned", st.Sigbus)
 	}
 	c.close()
-	waitFor(t, "the VM to be gone", func() bool { return ts.Stats().VMs == 0 })
+	testutil.WaitFor(t, "the VM to be gone", func() bool { return ts.Stats().VMs == 0 })
 	if !strings.Contains(ts.log.String(), "VM gone") {
 		t.Errorf("no end-of-VM log line:\n%s", ts.log.String())
 	}
@@ -245,14 +246,14 @@ func TestBadHandshakes(t *testing.T) {
 			if n, err := conn.Read(make([]byte, 1)); err != io.EOF {
 				t.Fatalf("read after a bad handshake: %d, %v; want EOF (the handler closes the connection)", n, err)
 			}
-			waitFor(t, "the rejection to be counted", func() bool { return ts.Stats().Rejected == rejected+1 })
+			testutil.WaitFor(t, "the rejection to be counted", func() bool { return ts.Stats().Rejected == rejected+1 })
 			if !strings.Contains(ts.log.String(), c.want) {
 				t.Errorf("the log does not say %q:\n%s", c.want, ts.log.String())
 			}
 		})
 	}
 	// Every descriptor a rejected handshake brought was closed.
-	waitFor(t, "the descriptors of rejected handshakes to be closed", func() bool { return openFds(t) <= fds })
+	testutil.WaitFor(t, "the descriptors of rejected handshakes to be closed", func() bool { return openFds(t) <= fds })
 	after := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
 	after.OK("checkall")
 	before.OK("checkall")
@@ -281,14 +282,14 @@ func TestMessageWithoutFdIsRetried(t *testing.T) {
 	defer conn.Close()
 	// Once the handler has read it: unread, it would be glued in front of
 	// the next message by the kernel.
-	waitFor(t, "the handler to read the message", func() bool {
+	testutil.WaitFor(t, "the handler to read the message", func() bool {
 		return strings.Contains(ts.log.String(), "without a descriptor")
 	})
 	payload := fmt.Sprintf(`[{"base_host_virt_addr":%d,"size":%d,"offset":0,"page_size":4096}]`, 1<<30, size)
 	if _, _, err := conn.WriteMsgUnix([]byte(payload), unix.UnixRights(fd), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the restore", func() bool { return ts.Stats().Restores == 1 })
+	testutil.WaitFor(t, "the restore", func() bool { return ts.Stats().Restores == 1 })
 	if st := ts.Stats(); st.Rejected != 0 || st.VMs != 1 {
 		t.Errorf("stats %+v", st)
 	}
@@ -360,7 +361,7 @@ func TestHugePages(t *testing.T) {
 	c.OK("check %d %d", 6<<20, 2<<20)
 	// The guest sees a copy before the handler counts it: wait for the
 	// counts to catch up with what the guest has checked.
-	waitFor(t, fmt.Sprintf("%d huge pages copied and one zero-filled", size/HugePageSize), func() bool {
+	testutil.WaitFor(t, fmt.Sprintf("%d huge pages copied and one zero-filled", size/HugePageSize), func() bool {
 		st := ts.Stats()
 		return st.Copied == size/HugePageSize && st.ZeroFilled >= 1
 	})

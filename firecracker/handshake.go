@@ -15,10 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Region is one region of guest memory as Firecracker describes it
+// GuestRegion is one region of guest memory as Firecracker describes it
 // (GuestRegionUffdMapping): Size bytes of the VMM's address space from
 // Base hold the bytes of the memory file from Offset, in pages of PageSize.
-type Region struct {
+type GuestRegion struct {
 	Base     uintptr // base_host_virt_addr: the region's first byte in the VMM
 	Size     uintptr // size, in bytes
 	Offset   int64   // offset: where the region's bytes start in the memory file
@@ -55,7 +55,7 @@ type wireRegion struct {
 // nor in the file, and which lie inside the file. A region with neither
 // page_size nor page_size_kib (Firecracker before v1.7) has 4 KiB pages.
 // Errors name the region, by index, and the field.
-func ParseRegions(payload []byte, fileSize int64) ([]Region, error) {
+func ParseRegions(payload []byte, fileSize int64) ([]GuestRegion, error) {
 	var raw []json.RawMessage
 	if err := json.Unmarshal(payload, &raw); err != nil {
 		return nil, fmt.Errorf("the handshake is not a JSON array of regions: %w", err)
@@ -66,7 +66,7 @@ func ParseRegions(payload []byte, fileSize int64) ([]Region, error) {
 	if len(raw) > maxRegions {
 		return nil, fmt.Errorf("the handshake has %d regions, more than %d", len(raw), maxRegions)
 	}
-	rs := make([]Region, len(raw))
+	rs := make([]GuestRegion, len(raw))
 	for i, m := range raw {
 		r, err := parseRegion(m, fileSize)
 		if err != nil {
@@ -84,30 +84,30 @@ func ParseRegions(payload []byte, fileSize int64) ([]Region, error) {
 	return rs, nil
 }
 
-func parseRegion(m json.RawMessage, fileSize int64) (Region, error) {
+func parseRegion(m json.RawMessage, fileSize int64) (GuestRegion, error) {
 	var w wireRegion
 	if err := json.Unmarshal(m, &w); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return Region{}, fmt.Errorf("field %s: want %s, got JSON %s", te.Field, te.Type, te.Value)
+			return GuestRegion{}, fmt.Errorf("field %s: want %s, got JSON %s", te.Field, te.Type, te.Value)
 		}
-		return Region{}, fmt.Errorf("not a region object: %w", err)
+		return GuestRegion{}, fmt.Errorf("not a region object: %w", err)
 	}
 	for _, f := range []struct {
 		v    *uint64
 		name string
 	}{{w.Base, "base_host_virt_addr"}, {w.Size, "size"}, {w.Offset, "offset"}} {
 		if f.v == nil {
-			return Region{}, fmt.Errorf("field %s is missing", f.name)
+			return GuestRegion{}, fmt.Errorf("field %s is missing", f.name)
 		}
 	}
 	if w.GuestMemfd != nil && *w.GuestMemfd {
-		return Region{}, errors.New("is_guest_memfd: guest_memfd regions (Firecracker's secret-hiding branch) are not supported")
+		return GuestRegion{}, errors.New("is_guest_memfd: guest_memfd regions (Firecracker's secret-hiding branch) are not supported")
 	}
 	ps := uint64(PageSize)
 	switch {
 	case w.PageSize != nil && w.PageSizeKib != nil && *w.PageSize != *w.PageSizeKib:
-		return Region{}, fmt.Errorf("page_size %d and page_size_kib %d disagree (page_size_kib holds bytes too)", *w.PageSize, *w.PageSizeKib)
+		return GuestRegion{}, fmt.Errorf("page_size %d and page_size_kib %d disagree (page_size_kib holds bytes too)", *w.PageSize, *w.PageSizeKib)
 	case w.PageSize != nil:
 		ps = *w.PageSize
 	case w.PageSizeKib != nil:
@@ -118,43 +118,43 @@ func parseRegion(m json.RawMessage, fileSize int64) (Region, error) {
 		field = "page_size_kib"
 	}
 	if ps == 0 || ps&(ps-1) != 0 {
-		return Region{}, fmt.Errorf("%s %d is not a power of two", field, ps)
+		return GuestRegion{}, fmt.Errorf("%s %d is not a power of two", field, ps)
 	}
 	if ps != PageSize && ps != HugePageSize {
-		return Region{}, fmt.Errorf("%s %d: want %d, or %d for 2 MiB hugetlbfs pages", field, ps, PageSize, HugePageSize)
+		return GuestRegion{}, fmt.Errorf("%s %d: want %d, or %d for 2 MiB hugetlbfs pages", field, ps, PageSize, HugePageSize)
 	}
 	base, size, off := *w.Base, *w.Size, *w.Offset
 	switch {
 	case size == 0:
-		return Region{}, errors.New("size is 0")
+		return GuestRegion{}, errors.New("size is 0")
 	case base%ps != 0:
-		return Region{}, fmt.Errorf("base_host_virt_addr %#x is not a multiple of the page size %d", base, ps)
+		return GuestRegion{}, fmt.Errorf("base_host_virt_addr %#x is not a multiple of the page size %d", base, ps)
 	case size%ps != 0:
-		return Region{}, fmt.Errorf("size %d is not a multiple of the page size %d", size, ps)
+		return GuestRegion{}, fmt.Errorf("size %d is not a multiple of the page size %d", size, ps)
 	case off%ps != 0:
-		return Region{}, fmt.Errorf("offset %d is not a multiple of the page size %d", off, ps)
+		return GuestRegion{}, fmt.Errorf("offset %d is not a multiple of the page size %d", off, ps)
 	case base+size < base || base+size > 1<<63:
-		return Region{}, fmt.Errorf("base_host_virt_addr %#x + size %d is not an address", base, size)
+		return GuestRegion{}, fmt.Errorf("base_host_virt_addr %#x + size %d is not an address", base, size)
 	case off > uint64(fileSize) || size > uint64(fileSize)-off:
-		return Region{}, fmt.Errorf("bytes [%d, %d) of the memory file (offset + size) lie beyond its end (%d bytes)",
+		return GuestRegion{}, fmt.Errorf("bytes [%d, %d) of the memory file (offset + size) lie beyond its end (%d bytes)",
 			off, off+size, fileSize)
 	}
-	return Region{Base: uintptr(base), Size: uintptr(size), Offset: int64(off), PageSize: uintptr(ps)}, nil
+	return GuestRegion{Base: uintptr(base), Size: uintptr(size), Offset: int64(off), PageSize: uintptr(ps)}, nil
 }
 
 // checkOverlaps refuses two regions that share an address of the VMM or a
 // byte of the memory file: a fault there would have two answers.
-func checkOverlaps(rs []Region) error {
+func checkOverlaps(rs []GuestRegion) error {
 	idx := make([]int, len(rs))
 	for i := range idx {
 		idx[i] = i
 	}
 	for _, by := range []struct {
 		what       string
-		start, end func(Region) uint64
+		start, end func(GuestRegion) uint64
 	}{
-		{"the VMM's address space", func(r Region) uint64 { return uint64(r.Base) }, func(r Region) uint64 { return uint64(r.Base + r.Size) }},
-		{"the memory file", func(r Region) uint64 { return uint64(r.Offset) }, func(r Region) uint64 { return uint64(r.Offset) + uint64(r.Size) }},
+		{"the VMM's address space", func(r GuestRegion) uint64 { return uint64(r.Base) }, func(r GuestRegion) uint64 { return uint64(r.Base + r.Size) }},
+		{"the memory file", func(r GuestRegion) uint64 { return uint64(r.Offset) }, func(r GuestRegion) uint64 { return uint64(r.Offset) + uint64(r.Size) }},
 	} {
 		slices.SortFunc(idx, func(a, b int) int {
 			return cmpU64(by.start(rs[a]), by.start(rs[b]))

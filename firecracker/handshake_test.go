@@ -9,20 +9,20 @@ func TestParseRegions(t *testing.T) {
 	const file = 1 << 30
 	ok := []struct {
 		name, json string
-		want       []Region
+		want       []GuestRegion
 	}{
 		{"v1.12: page_size and page_size_kib, in bytes both",
 			`[{"base_host_virt_addr":140245012086784,"size":805306368,"offset":0,"page_size":4096,"page_size_kib":4096},
 			  {"base_host_virt_addr":140248233312256,"size":268435456,"offset":805306368,"page_size":4096,"page_size_kib":4096}]`,
-			[]Region{{140245012086784, 805306368, 0, 4096}, {140248233312256, 268435456, 805306368, 4096}}},
+			[]GuestRegion{{140245012086784, 805306368, 0, 4096}, {140248233312256, 268435456, 805306368, 4096}}},
 		{"v1.7: page_size_kib alone, in bytes", `[{"base_host_virt_addr":2097152,"size":4194304,"offset":0,"page_size_kib":2097152}]`,
-			[]Region{{2097152, 4194304, 0, HugePageSize}}},
+			[]GuestRegion{{2097152, 4194304, 0, HugePageSize}}},
 		{"v1.1: no page size", `[{"base_host_virt_addr":4096,"size":8192,"offset":4096}]`,
-			[]Region{{4096, 8192, 4096, PageSize}}},
+			[]GuestRegion{{4096, 8192, 4096, PageSize}}},
 		{"unknown fields are ignored", `[{"base_host_virt_addr":4096,"size":4096,"offset":0,"gpa_start":0,"is_guest_memfd":false}]`,
-			[]Region{{4096, 4096, 0, PageSize}}},
+			[]GuestRegion{{4096, 4096, 0, PageSize}}},
 		{"the whole file", `[{"base_host_virt_addr":4096,"size":1073741824,"offset":0}]`,
-			[]Region{{4096, file, 0, PageSize}}},
+			[]GuestRegion{{4096, file, 0, PageSize}}},
 	}
 	for _, c := range ok {
 		got, err := ParseRegions([]byte(c.json), file)

@@ -181,19 +181,6 @@ func startServer(t testing.TB, mem string, cfg Config) *testServer {
 	return ts
 }
 
-// waitFor polls cond until it holds; a deadline only turns a hang into a
-// failure.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // span is a region of the memory file a client maps: bytes [off, off+size).
 type span struct{ off, size int64 }
 

@@ -90,7 +90,7 @@ func (s *Server) adoptVM(e fdstore.Entry) (*vm, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("open the memory file %s: %w", s.cfg.Name, err)
 	}
-	regions, err := ParseRegions(e.Desc, o.fo.Cache.Size())
+	regions, err := ParseRegions(e.Desc, o.file.Cache.Size())
 	if err != nil {
 		c.Close()
 		unix.Close(fd)

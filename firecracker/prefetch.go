@@ -58,7 +58,7 @@ type bar struct{ done, total int }
 // of another version of it is replayed with a warning — the pages are read
 // from the current file, so only their choice may be stale.
 func newPrefetch(v *vm, rec *Record) *prefetch {
-	size := v.obj.fo.Cache.Size()
+	size := v.obj.file.Cache.Size()
 	if rec.ObjectSize != size {
 		v.log.Error("firecracker: not replaying the prefetch record: it is of a memory file of another size",
 			"record", v.s.cfg.Prefetch, "record_size", rec.ObjectSize, "memory_size", size)
@@ -106,7 +106,7 @@ func (p *prefetch) begin() {
 	p.v.log.Info("firecracker: prefetch started", "record", p.v.s.cfg.Prefetch, "planned", len(p.units),
 		"bytes", int64(len(p.units))*int64(p.v.unit))
 	p.fetch.Add(1)
-	if h, ok := p.v.obj.fo.Store.(holder); ok {
+	if h, ok := p.v.obj.file.Store.(holder); ok {
 		go p.fetchHeld(h)
 	} else {
 		go p.fetcher()
@@ -168,7 +168,7 @@ const prefetchAhead = 3
 // WillNeed claims them, so read finds them in flight later.
 func (p *prefetch) start(units []int64) {
 	for _, run := range p.runs(units) {
-		p.v.s.faults.WillNeed(&p.v.obj.fo, run[0], run[1])
+		p.v.s.faults.WillNeed(&p.v.obj.file, run[0], run[1])
 	}
 }
 
@@ -199,7 +199,7 @@ func (p *prefetch) runs(units []int64) [][2]int64 {
 // the guest's own fault will read that page, with retries.
 func (p *prefetch) read(b []int64) {
 	v := p.v
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	runs := p.runs(b)
 	sem := make(chan struct{}, v.s.cfg.PrefetchParallel)
 	var wg sync.WaitGroup
@@ -213,7 +213,7 @@ func (p *prefetch) read(b []int64) {
 			wg.Wait()
 			return
 		}
-		v.s.faults.WillNeed(&v.obj.fo, run[0], run[1])
+		v.s.faults.WillNeed(&v.obj.file, run[0], run[1])
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -499,7 +499,7 @@ func (p *prefetch) fetchChunk(h holder, units []int64) {
 // nor removed, adjacent ones merged. Pages in the cache, or being read for
 // a fault, are not fetched again.
 func (p *prefetch) claimable(units []int64) [][2]int64 {
-	cache := p.v.obj.fo.Cache
+	cache := p.v.obj.file.Cache
 	var rs [][2]int64
 	for _, run := range p.runs(units) {
 		for pg := run[0]; pg < run[1]; pg++ {

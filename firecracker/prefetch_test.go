@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/diskcache"
 	"github.com/filemap/filemap/store/remote"
@@ -37,7 +38,7 @@ func (o *fileObject) GetRange(_ context.Context, p []byte, off int64) error {
 	}
 	o.mu.Unlock()
 	if fail {
-		return remote.Permanent(errors.New("403 injected"))
+		return store.Permanent(errors.New("403 injected"))
 	}
 	_, err := o.f.ReadAt(p, off)
 	return err
@@ -144,7 +145,7 @@ func TestReplayFromRemoteFetchesByChunk(t *testing.T) {
 	mem, ws, touch, rm := remoteReplay(t, size, chunk, 11)
 	ts := startServer(t, mem, Config{Prefetch: writeRecord(t, ws, size, "v1"), Open: rm.open})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
-	waitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
+	testutil.WaitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
 
 	reqs := rm.last().sent()
 	chunks := chunksOf(ws, chunk)
@@ -183,7 +184,7 @@ func TestReplayFromRemoteFetchesByChunk(t *testing.T) {
 	c2.OK("touch %s", touch)
 	c2.OK("checkall")
 	c2.close()
-	waitFor(t, "the racing VM to be gone", func() bool { return ts2.Stats().VMs == 0 })
+	testutil.WaitFor(t, "the racing VM to be gone", func() bool { return ts2.Stats().VMs == 0 })
 	st = ts2.Stats()
 	t.Logf("racing replay: prefetched %d, late %d, faults %d (of %d pages touched, then all %d checked); %d requests for %d chunks",
 		st.Prefetched, st.PrefetchLate, st.Faults, len(ws), size/PageSize, len(rm.last().sent()), len(chunks))
@@ -202,7 +203,7 @@ func TestReplayFromRemoteSurvivesAFailedChunk(t *testing.T) {
 	rm := &remoteMem{path: mem, chunk: chunk, fail: bad}
 	ts := startServer(t, mem, Config{Prefetch: writeRecord(t, ws, size, "v1"), Open: rm.open})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
-	waitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
+	testutil.WaitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
 	if !strings.Contains(ts.log.String(), "cannot fetch recorded pages") {
 		t.Errorf("no warning of the failed chunk in the log:\n%s", ts.log.String())
 	}
@@ -238,7 +239,7 @@ func TestReplayHugePagesFromRemote(t *testing.T) {
 	recorded := []int64{3, 1}
 	ts := startServer(t, mem, Config{Prefetch: writeRecordOf(t, HugePageSize, recorded, size, "v1"), Open: rm.open})
 	c := startClient(t, ts.sock, mem, clientOpts{spans: []span{{0, 2 << 20}, {2 << 20, size - 2<<20}}, page: HugePageSize, huge: true})
-	waitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
+	testutil.WaitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
 	if st := ts.Stats(); st.Prefetched != uint64(len(recorded)) {
 		t.Fatalf("prefetched %d huge pages; want %d", st.Prefetched, len(recorded))
 	}
@@ -290,7 +291,7 @@ func TestReplayThroughDiskCache(t *testing.T) {
 		ts := startServer(t, mem, Config{Prefetch: record, Open: open})
 		defer ts.Close()
 		cl := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
-		waitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
+		testutil.WaitFor(t, "the prefetch", func() bool { st := ts.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
 		reqs := rm.last().sent()
 		cl.OK("touch %s", touch)
 		if st := ts.Stats(); st.Prefetched != uint64(len(ws)) || st.Faults != 0 {

@@ -316,7 +316,7 @@ type recorder struct {
 	path  string
 	start time.Time
 
-	mu      sync.Mutex
+	mu      sync.Mutex // protects the fields below
 	f       *os.File
 	w       *recordWriter
 	pending bool // entries added since the last flush

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/pty"
+	"github.com/filemap/filemap/internal/testutil"
 )
 
 func sampleRecord(n int) *Record {
@@ -165,7 +166,7 @@ func TestRecorderWritesAsItGoes(t *testing.T) {
 	for _, p := range []int64{7, 3, 3, 200} {
 		r.add(p)
 	}
-	waitFor(t, "the entries to be written", func() bool {
+	testutil.WaitFor(t, "the entries to be written", func() bool {
 		b, _ := os.ReadFile(path)
 		got, err := DecodeRecord(b)
 		return err == nil && len(got.Pages) == 3
@@ -209,7 +210,7 @@ func TestRecordReplay(t *testing.T) {
 	c := startClient(t, ts.sock, mem, clientOpts{spans: twoRegions(size)})
 	c.OK("touch %s", touch)
 	c.close()
-	waitFor(t, "the recorded VM to be gone", func() bool { return ts.Stats().VMs == 0 })
+	testutil.WaitFor(t, "the recorded VM to be gone", func() bool { return ts.Stats().VMs == 0 })
 	r := readRecord(t, rec)
 	if !r.Complete || r.PageSize != PageSize || r.ObjectSize != size {
 		t.Fatalf("record: complete %v, page size %d, size %d", r.Complete, r.PageSize, r.ObjectSize)
@@ -225,7 +226,7 @@ func TestRecordReplay(t *testing.T) {
 	progress := new(syncBuffer)
 	ts2 := startServer(t, mem, Config{Prefetch: rec, Progress: progress})
 	c2 := startClient(t, ts2.sock, mem, clientOpts{spans: twoRegions(size)})
-	waitFor(t, "the prefetch", func() bool { st := ts2.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
+	testutil.WaitFor(t, "the prefetch", func() bool { st := ts2.Stats(); return st.Restores == 1 && st.Prefetching == 0 })
 	c2.OK("touch %s", touch)
 	c2.OK("checkall")
 	st := ts2.Stats()
@@ -243,7 +244,7 @@ func TestRecordReplay(t *testing.T) {
 	// The replay logs its start and its end, with pages and time; on a
 	// terminal its line shows the planned pages, and is gone once it is
 	// over.
-	waitFor(t, "the replay's end in the log", func() bool { return strings.Contains(ts2.log.String(), "prefetch done") })
+	testutil.WaitFor(t, "the replay's end in the log", func() bool { return strings.Contains(ts2.log.String(), "prefetch done") })
 	for _, want := range []string{
 		fmt.Sprintf(`msg="firecracker: prefetch started" .*record=%s planned=%d bytes=%d`, regexp.QuoteMeta(rec), len(ws), len(ws)*PageSize),
 		fmt.Sprintf(`msg="firecracker: prefetch done" .*installed=%d planned=%d late=0 took=\d`, len(ws), len(ws)),
@@ -252,7 +253,7 @@ func TestRecordReplay(t *testing.T) {
 			t.Errorf("the log has no line matching %q", want)
 		}
 	}
-	waitFor(t, "the progress line to be erased", func() bool {
+	testutil.WaitFor(t, "the progress line to be erased", func() bool {
 		rows, _ := pty.Screen([]byte(progress.String()), 0)
 		return strings.Join(rows, "") == ""
 	})
@@ -268,7 +269,7 @@ func TestRecordReplay(t *testing.T) {
 	c3.OK("touch %s", touch)
 	c3.OK("checkall")
 	c3.close()
-	waitFor(t, "the racing VM to be gone", func() bool { return ts2.Stats().VMs == 1 })
+	testutil.WaitFor(t, "the racing VM to be gone", func() bool { return ts2.Stats().VMs == 1 })
 	after := ts2.Stats()
 	t.Logf("racing replay: prefetched %d, late %d, faults %d (of %d pages touched, then all %d checked)",
 		after.Prefetched-before.Prefetched, after.PrefetchLate-before.PrefetchLate, after.Faults-before.Faults, len(ws), size/PageSize)
@@ -290,7 +291,7 @@ func TestRecordAfterCrashAndSIGTERM(t *testing.T) {
 		c := startClient(t, sock, mem, clientOpts{spans: []span{{0, size}}})
 		c.OK("touch %s", touch)
 		// Written as it goes: the pages reach the file without a close.
-		waitFor(t, "the record to hold the pages", func() bool {
+		testutil.WaitFor(t, "the record to hold the pages", func() bool {
 			b, _ := os.ReadFile(rec)
 			r, err := DecodeRecord(b)
 			return err == nil && len(r.Pages) == len(ws)

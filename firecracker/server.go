@@ -67,9 +67,9 @@ type Config struct {
 
 	// ReadaheadPages is the read-around window of a miss in 4 KiB pages
 	// (DefaultReadahead if 0; 1 reads the faulting page alone), and
-	// MaxReadahead the largest window a sequential stream ramps up to.
-	ReadaheadPages int64
-	MaxReadahead   int64
+	// ReadaheadMaxPages the largest window a sequential stream ramps up to.
+	ReadaheadPages    int64
+	ReadaheadMaxPages int64
 	// CopyAround, a power of two, is the block of 4 KiB pages around a
 	// fault whose pages already in the cache are copied into the guest
 	// with it (DefaultCopyAround if 0; 1 copies the faulting page alone).
@@ -80,8 +80,9 @@ type Config struct {
 	CacheBytes  int64
 	CachePolicy reclaim.Policy
 	// Retries is how many times a failing page is read again before the
-	// faulting access gets SIGBUS (3 if 0, none if negative), the first
-	// after RetryBackoff (10 ms if 0), doubling.
+	// faulting access gets SIGBUS (fault.DefaultRetries if 0, none if
+	// negative), the first after RetryBackoff (fault.DefaultRetryBackoff
+	// if 0), doubling.
 	Retries      int
 	RetryBackoff time.Duration
 	// ReadaheadInflight bounds the bytes of readahead and prefetch reads
@@ -144,17 +145,19 @@ type Server struct {
 	nextID   atomic.Uint64
 	n        counts
 
-	mu        sync.Mutex
-	objects   map[objectKey]*object
+	conns     sync.WaitGroup
+	adopted   sync.WaitGroup // VMs taken from a previous handler's keeper, running
+	closeOnce sync.Once
+
+	mu        sync.Mutex // protects the fields below, and each object's refs
+	objects   map[objectKey]*cachedObject
 	vms       map[*vm]struct{}
 	pending   map[*net.UnixConn]struct{} // in their handshake
 	listeners []net.Listener
 	keeper    *fdstore.Store // where VMs outlive the handler (keep.go); nil unless Keep was called
 	recorded  bool           // Config.Record was given to a VM
 	closed    bool
-	conns     sync.WaitGroup
-	adopted   sync.WaitGroup // VMs taken from a previous handler's keeper, running
-	closeOnce sync.Once
+	freed     []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // counts are the server's own counters, beside the fault path's.
@@ -171,14 +174,14 @@ type counts struct {
 // out of it, so a guest cannot plant a page in it for another.
 type objectKey struct{ key, version string }
 
-// object is the cache of one version of the memory file, and the handler's
-// view of it.
-type object struct {
+// cachedObject is the cache of one version of the memory file, and the
+// handler's view of it.
+type cachedObject struct {
 	key  objectKey
-	fo   fault.Object
+	file fault.File
 	view unsafe.Pointer // the cache file, mapped shared and read-only: UFFDIO_COPY's source
 	size uintptr        // of the view
-	refs int
+	refs int            // protected by Server.mu
 }
 
 // New makes a server. It refuses a kernel whose shmem huge page settings
@@ -187,9 +190,6 @@ type object struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Open == nil {
 		return nil, errors.New("firecracker: Config.Open is nil: no memory file")
-	}
-	if cfg.THPSysfs == "" {
-		cfg.THPSysfs = pagecache.THPSysfs
 	}
 	if err := pagecache.CheckTHP(cfg.THPSysfs); err != nil {
 		return nil, err
@@ -206,14 +206,6 @@ func New(cfg Config) (*Server, error) {
 	case cfg.CopyAround&(cfg.CopyAround-1) != 0:
 		return nil, fmt.Errorf("firecracker: copy-around %d pages is not a power of two", cfg.CopyAround)
 	}
-	if cfg.Retries == 0 {
-		cfg.Retries = 3
-	} else if cfg.Retries < 0 {
-		cfg.Retries = 0
-	}
-	if cfg.RetryBackoff == 0 {
-		cfg.RetryBackoff = 10 * time.Millisecond
-	}
 	if cfg.PrefetchBatch <= 0 {
 		cfg.PrefetchBatch = DefaultPrefetchBatch
 	}
@@ -226,12 +218,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	switch cfg.CachePolicy {
-	case "", reclaim.S3FIFO, reclaim.FIFO:
-	default:
-		return nil, fmt.Errorf("firecracker: unknown cache policy %q (want %s or %s)", cfg.CachePolicy, reclaim.S3FIFO, reclaim.FIFO)
+	if err := cfg.CachePolicy.Check(); err != nil {
+		return nil, fmt.Errorf("firecracker: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, objects: make(map[objectKey]*object), vms: make(map[*vm]struct{}),
+	s := &Server{cfg: cfg, log: cfg.Log, objects: make(map[objectKey]*cachedObject), vms: make(map[*vm]struct{}),
 		pending: make(map[*net.UnixConn]struct{})}
 	if cfg.Prefetch != "" {
 		b, err := os.ReadFile(cfg.Prefetch)
@@ -265,22 +255,17 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("firecracker: map a zero page: %w", err)
 	}
 	s.zeros = zeros
-	budgetPages := cfg.CacheBytes / pagecache.PageSize
-	if cfg.CacheBytes > 0 {
-		budgetPages = max(budgetPages, 1)
-	}
 	s.cfg = cfg
-	s.budget = reclaim.New(budgetPages, cfg.CachePolicy)
+	s.budget, _ = fault.NewBudget(cfg.CacheBytes, cfg.CachePolicy) // the policy is checked above
 	s.metrics = metrics.New(s.protoStats)
 	s.faults = fault.NewHandler(fault.Config{
-		RaPages:      cfg.ReadaheadPages,
-		MaxRaPages:   cfg.MaxReadahead,
-		RaLimit:      budgetPages / 8,
-		Retries:      cfg.Retries,
-		RetryBackoff: cfg.RetryBackoff,
-		Log:          cfg.Log,
-		Budget:       s.budget,
-		Observer:     fillObserver{s.metrics},
+		ReadaheadPages:    cfg.ReadaheadPages,
+		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
+		Retries:           cfg.Retries,
+		RetryBackoff:      cfg.RetryBackoff,
+		Log:               cfg.Log,
+		Budget:            s.budget,
+		Observer:          fillObserver{s.metrics},
 
 		ReadaheadInflight: cfg.ReadaheadInflight,
 	}, &s.counters)
@@ -421,11 +406,11 @@ func (s *Server) restore(c *net.UnixConn, id uint64, log *slog.Logger) (*vm, err
 		unix.Close(fd)
 		return nil, fmt.Errorf("open the memory file %s: %w", s.cfg.Name, err)
 	}
-	regions, err := ParseRegions(payload, o.fo.Cache.Size())
+	regions, err := ParseRegions(payload, o.file.Cache.Size())
 	if err != nil {
 		unix.Close(fd)
 		s.release(o)
-		return nil, fmt.Errorf("%w (memory file %s, %d bytes; received %s)", err, s.cfg.Name, o.fo.Cache.Size(), clip(payload))
+		return nil, fmt.Errorf("%w (memory file %s, %d bytes; received %s)", err, s.cfg.Name, o.file.Cache.Size(), clip(payload))
 	}
 	v, err := newVM(s, id, log, c, fd, o, regions, true, nil)
 	if err != nil {
@@ -451,7 +436,7 @@ func (s *Server) takeRecord() bool {
 // acquire opens the memory file and returns the cache of its current
 // version, making it if needed: the cache of the pinned version, if it is
 // open already, without opening the file.
-func (s *Server) acquire(ctx context.Context) (*object, error) {
+func (s *Server) acquire(ctx context.Context) (*cachedObject, error) {
 	if o := s.pinnedCache(); o != nil {
 		return o, nil
 	}
@@ -464,7 +449,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 	}
 	k := objectKey{key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock() // and closes the caches of old versions it frees
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
 		o.refs++
@@ -475,7 +460,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 		st.Close()
 		return nil, err
 	}
-	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	o := &cachedObject{key: k, file: fault.File{Cache: cache, Store: st}, refs: 1}
 	if err := s.mapView(o); err != nil {
 		cache.Close()
 		st.Close()
@@ -485,8 +470,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 	// asked for again.
 	for ok, old := range s.objects {
 		if ok.key == k.key && old.refs == 0 {
-			s.free(old)
-			delete(s.objects, ok)
+			s.freeLocked(old)
 		}
 	}
 	s.objects[k] = o
@@ -495,7 +479,7 @@ func (s *Server) acquire(ctx context.Context) (*object, error) {
 
 // pinnedCache returns the cache of Config.Pinned, counting a reference to
 // it, if there is one.
-func (s *Server) pinnedCache() *object {
+func (s *Server) pinnedCache() *cachedObject {
 	if s.cfg.Pinned == "" {
 		return nil
 	}
@@ -513,19 +497,19 @@ func (s *Server) pinnedCache() *object {
 // mapView maps o's cache file into the handler, shared and read-only, and
 // arms the mapping with the guard: UFFDIO_COPY reads the guest's pages from
 // there, so a page is copied from the cache with no copy of our own.
-func (s *Server) mapView(o *object) error {
-	n := uintptr(o.fo.Cache.NPages()) * pagecache.PageSize
+func (s *Server) mapView(o *cachedObject) error {
+	n := uintptr(o.file.Cache.NPages()) * pagecache.PageSize
 	if n == 0 {
 		return nil
 	}
-	f, err := openWritable(o.fo.Cache)
+	f, err := openWritable(o.file.Cache)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	view, err := mapGuarded(s.guard, int(f.Fd()), n)
 	if err != nil {
-		return fmt.Errorf("the cache of %s: %w", o.fo.Cache.Name(), err)
+		return fmt.Errorf("the cache of %s: %w", o.file.Cache.Name(), err)
 	}
 	o.view, o.size = view, n
 	return nil
@@ -536,7 +520,7 @@ func (s *Server) mapView(o *object) error {
 // all the same, but userfaultfd registers a shared mapping only if it
 // could be made writable (VM_MAYWRITE): a MAP_SHARED mapping of an
 // O_RDONLY descriptor is refused with EPERM.
-func openWritable(c *pagecache.Object) (*os.File, error) {
+func openWritable(c *pagecache.Cache) (*os.File, error) {
 	ro, err := c.ReadOnlyFile()
 	if err != nil {
 		return nil, err
@@ -567,20 +551,39 @@ func mapGuarded(guard *uffd.UFFD, fd int, n uintptr) (unsafe.Pointer, error) {
 }
 
 // release drops a VM's reference. The cache stays, for the next restore.
-func (s *Server) release(o *object) {
+func (s *Server) release(o *cachedObject) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	o.refs--
 }
 
-// free drops a cache. Called with s.mu held, when no VM uses it.
-func (s *Server) free(o *object) {
-	s.budget.Forget(o.fo.Cache)
+// freeLocked drops a cache that no VM uses: no restore finds it any more.
+// It is closed by unlock, once s.mu is released: closing a store waits for
+// its requests to end, and no restore or stat must wait with it.
+func (s *Server) freeLocked(o *cachedObject) {
+	delete(s.objects, o.key)
+	s.freed = append(s.freed, o)
+}
+
+// unlock releases s.mu and closes the caches freed under it.
+func (s *Server) unlock() {
+	freed := s.freed
+	s.freed = nil
+	s.mu.Unlock()
+	for _, o := range freed {
+		o.close(s.budget)
+	}
+}
+
+// close releases the view, cache and store of an object that has been
+// freed.
+func (o *cachedObject) close(budget *reclaim.Budget) {
+	budget.Forget(o.file.Cache)
 	if o.view != nil {
 		unix.MunmapPtr(o.view, o.size) // unregisters it from the guard too
 	}
-	o.fo.Cache.Close()
-	o.fo.Store.Close()
+	o.file.Cache.Close()
+	o.file.Store.Close()
 }
 
 // Close stops accepting and serving: every VM's handler stops (a guest
@@ -612,11 +615,10 @@ func (s *Server) close() {
 		k.Close(false) // the VMs wait there for the next handler
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, o := range s.objects {
-		s.free(o)
-		delete(s.objects, k)
+	for _, o := range s.objects {
+		s.freeLocked(o)
 	}
+	s.unlock()
 	if s.guard != nil {
 		s.guard.Close()
 	}
@@ -666,7 +668,7 @@ func (s *Server) Stats() Stats {
 	defer s.mu.Unlock()
 	st.VMs, st.Objects = len(s.vms), len(s.objects)
 	for _, o := range s.objects {
-		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
+		st.CacheBytes += o.file.Cache.Resident() * pagecache.PageSize
 	}
 	return st
 }
@@ -686,8 +688,8 @@ func (s *Server) protoStats() proto.Stats {
 	defer s.mu.Unlock()
 	st.Objects, st.Clients = len(s.objects), len(s.vms)
 	for _, o := range s.objects {
-		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
-		st.MetadataBytes += o.fo.Cache.MetadataBytes()
+		st.CacheBytes += o.file.Cache.Resident() * pagecache.PageSize
+		st.MetadataBytes += o.file.Cache.MetadataBytes()
 	}
 	for v := range s.vms {
 		st.Regions += len(v.regions)

@@ -67,7 +67,7 @@ func TestRemoveReadButNotAppliedSurvives(t *testing.T) {
 	}
 	defer next.close()
 	v := &vm{st: next, removed: next.removed, installed: next.installed, unit: PageSize,
-		regions: []*vmRegion{{Region: Region{Base: base, Size: npages * PageSize, PageSize: PageSize}, first: 0, end: npages}}}
+		regions: []*vmRegion{{GuestRegion: GuestRegion{Base: base, Size: npages * PageSize, PageSize: PageSize}, first: 0, end: npages}}}
 	v.replayRemoves()
 	for i := int64(0); i < npages; i++ {
 		if got, want := v.removed.get(i), lo <= i && i < hi; got != want {

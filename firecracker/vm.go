@@ -31,7 +31,7 @@ type vm struct {
 	conn    *net.UnixConn
 	u       *uffd.UFFD
 	efd     int // eventfd: wakes the loop for deferred faults, prefetch batches, shutdown
-	obj     *object
+	obj     *cachedObject
 	regions []*vmRegion
 	unit    uintptr // the guest's page size: 4 KiB, or 2 MiB for hugetlbfs
 	upages  int64   // cache pages per unit
@@ -58,8 +58,8 @@ type vm struct {
 	// Removed pages still read as zeros.
 	stale bool
 
-	deferMu  sync.Mutex
-	deferred []uintptr // faults to retry once the pending events are read, in order
+	deferMu  sync.Mutex // protects deferred, deferSet and busy
+	deferred []uintptr  // faults to retry once the pending events are read, in order
 	deferSet map[uintptr]struct{}
 	// busy holds the units a worker is reading and copying in. A second
 	// message for one of them is a duplicate (a signal made the faulting
@@ -85,7 +85,7 @@ type vm struct {
 
 // vmRegion is a guest region with the fault path's view of it.
 type vmRegion struct {
-	Region
+	GuestRegion
 	fr         *fault.Region // the fault path's region: read-around and its state
 	first, end int64         // its units, by index in the memory file
 }
@@ -93,19 +93,25 @@ type vmRegion struct {
 // addr is the guest address of unit index i of the region.
 func (r *vmRegion) addr(i int64) uintptr { return r.Base + uintptr(i-r.first)*r.PageSize }
 
-// fillOnly is the fault path's Target in copy mode: the fault path fills
-// the cache, and the VM handler copies the page into the guest and wakes
-// it itself; a page the fault path gives up on is left in the Error state,
-// which the handler poisons in the guest.
-type fillOnly struct{}
+// leftToVM is the fault path's Target in copy mode, which acts on no
+// guest: the fault path fills the cache, and the VM handler does the rest
+// once it returns (install). It copies a filled page into the guest and
+// wakes its faulters, and poisons in the guest (vm.poison) a page the fault
+// path gave up on, which it finds in the Error state.
+type leftToVM struct{}
 
-func (fillOnly) Wake(uintptr, uintptr) error                    { return nil }
-func (fillOnly) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
+// Wake wakes nobody: install wakes the faulters once the page is copied in.
+func (leftToVM) Wake(uintptr, uintptr) error { return nil }
+
+// Poison poisons nothing, and reports the page poisoned: install poisons it
+// in the guest. Reporting success has the fault path count and log the
+// SIGBUS, once, as it does for a client's page.
+func (leftToVM) Poison(_, n uintptr, _ uint64) (uintptr, error) { return n, nil }
 
 // newVM makes the handler of a VM. fresh says it starts now: a VM taken
 // over from a previous handler is neither recorded nor replayed into, and
 // has the state the previous handler kept, if any (kept: its memfd).
-func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *object, rs []Region, fresh bool, kept *os.File) (*vm, error) {
+func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *cachedObject, rs []GuestRegion, fresh bool, kept *os.File) (*vm, error) {
 	// Firecracker makes its userfaultfd non-blocking already; a VMM that
 	// did not would have the loop sleep in read(2) instead of poll(2).
 	if err := unix.SetNonblock(fd, true); err != nil {
@@ -113,7 +119,7 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 		return nil, fmt.Errorf("userfaultfd: set non-blocking: %w", err)
 	}
 	unit := rs[0].PageSize
-	size := o.fo.Cache.Size()
+	size := o.file.Cache.Size()
 	nunits := (size + int64(unit) - 1) / int64(unit)
 	st, err := loadState(log, unit, nunits, o.key.version, fresh, kept)
 	if err != nil {
@@ -135,13 +141,13 @@ func newVM(s *Server, id uint64, log *slog.Logger, c *net.UnixConn, fd int, o *o
 			"memory", s.cfg.Name, "restored_version", st.version, "version", o.key.version)
 	}
 	for _, r := range rs {
-		fr := &fault.Region{Obj: &o.fo, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: fillOnly{}}
+		fr := &fault.Region{File: &o.file, Addr: r.Base, PgOff: r.Offset / PageSize, NPages: int64(r.Size / PageSize), Target: leftToVM{}}
 		if unit != PageSize {
 			// A huge page is read whole, in one go (fillHuge); the fault
 			// path is only asked for the odd page of it that failed.
 			fr.SetAdvice(readahead.Random)
 		}
-		v.regions = append(v.regions, &vmRegion{Region: r, fr: fr,
+		v.regions = append(v.regions, &vmRegion{GuestRegion: r, fr: fr,
 			first: r.Offset / int64(unit), end: (r.Offset + int64(r.Size)) / int64(unit)})
 	}
 	if fresh && s.takeRecord() {
@@ -330,7 +336,7 @@ func (v *vm) readBatch(msgs []uffd.Msg) (int, error) {
 		switch m := &msgs[i]; m.Event {
 		case uffd.EventPagefault:
 		case uffd.EventRemove:
-			v.remove(uintptr(m.Start), uintptr(m.End))
+			v.removeLocked(uintptr(m.Start), uintptr(m.End))
 		case uffd.EventFork:
 			unix.Close(m.UFD) // installed in our table by the read: ours to close
 			v.log.Warn("firecracker: unexpected fork event (the VMM asked for UFFD_FEATURE_EVENT_FORK); the child is not served")
@@ -400,9 +406,9 @@ func (v *vm) poll(timeout time.Duration) (bool, error) {
 	return n > 0, nil
 }
 
-// remove applies UFFD_EVENT_REMOVE [start, end). Called with mu held for
+// removeLocked applies UFFD_EVENT_REMOVE [start, end). Called with mu held for
 // writing.
-func (v *vm) remove(start, end uintptr) {
+func (v *vm) removeLocked(start, end uintptr) {
 	v.s.n.removes.Add(1)
 	v.markRemoved(start, end)
 }
@@ -507,7 +513,7 @@ func (v *vm) fault(addr uintptr, first bool) {
 		}
 		return
 	}
-	if v.obj.fo.Cache.CountUptodate(idx*v.upages, (idx+1)*v.upages) == v.upages {
+	if v.obj.file.Cache.CountUptodate(idx*v.upages, (idx+1)*v.upages) == v.upages {
 		v.s.counters.Minor.Add(1)
 		v.install(r, unit, idx, start, "minor", true)
 		return
@@ -552,12 +558,12 @@ func (v *vm) isBusy(idx int64) bool {
 // whose read failed is read again alone by the fault path, with retries.
 // It reports whether it had anything to read.
 func (v *vm) fillHuge(r *vmRegion, idx int64) bool {
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	lo, hi := idx*v.upages, (idx+1)*v.upages
 	if cache.CountUptodate(lo, hi) == hi-lo {
 		return false
 	}
-	v.s.faults.WillNeed(&v.obj.fo, lo, hi)
+	v.s.faults.WillNeed(&v.obj.file, lo, hi)
 	for p := lo; p < hi; p++ {
 		for try := 0; try < maxRefills; try++ {
 			s, f := cache.Lookup(p)
@@ -644,7 +650,7 @@ func (v *vm) install(r *vmRegion, unit uintptr, idx int64, start time.Time, kind
 // cacheState is the state of unit idx's pages in the cache: Uptodate if
 // all are, Error if a read of one failed, else Absent.
 func (v *vm) cacheState(idx int64) pagecache.State {
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	lo, hi := idx*v.upages, (idx+1)*v.upages
 	if v.upages == 1 {
 		switch s, _ := cache.Lookup(lo); s {
@@ -698,7 +704,7 @@ func (v *vm) copyAround(r *vmRegion, idx int64) {
 		return
 	}
 	lo, hi := max(idx&^(n-1), r.first), min(idx&^(n-1)+n, r.end)
-	cache := v.obj.fo.Cache
+	cache := v.obj.file.Cache
 	want := func(i int64) bool {
 		if i == idx || v.installed.get(i) || v.removed.get(i) {
 			return false

@@ -26,7 +26,7 @@ import (
 // hand back the cache of another object of the same size. Adopt cannot
 // tell whose bytes a file holds, so the caller serves a cache adopted from
 // a client only to the clients that hold its file.
-func (b *Backing) Adopt(name string, size int64, f *os.File, resident func(start, end int64)) (*Object, error) {
+func (b *Backing) Adopt(name string, size int64, f *os.File, resident func(start, end int64)) (*Cache, error) {
 	defer f.Close()
 	if size < 0 {
 		return nil, fmt.Errorf("pagecache %s: negative size %d", name, size)
@@ -118,7 +118,7 @@ func reopenWritable(f *os.File) (*os.File, error) {
 
 // scan marks the pages the cache file holds uptodate, run by run, and the
 // wholly present extents of a huge cache huge.
-func (o *Object) scan(resident func(start, end int64)) error {
+func (o *Cache) scan(resident func(start, end int64)) error {
 	fd := int(o.file.Fd())
 	end := o.npages * PageSize
 	for off := int64(0); off < end; {
@@ -144,7 +144,7 @@ func (o *Object) scan(resident func(start, end int64)) error {
 }
 
 // mark makes pages [lo, hi) uptodate and resident.
-func (o *Object) mark(lo, hi int64) {
+func (o *Cache) mark(lo, hi int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for p := lo; p < hi; p++ {

@@ -10,7 +10,7 @@ import (
 
 // handBack is what a client holds when its daemon dies: a read-only
 // descriptor of the cache file. The daemon's own object is closed.
-func handBack(t *testing.T, o *Object) *os.File {
+func handBack(t *testing.T, o *Cache) *os.File {
 	t.Helper()
 	ro, err := o.ReadOnlyFile()
 	if err != nil {
@@ -22,7 +22,7 @@ func handBack(t *testing.T, o *Object) *os.File {
 
 type run struct{ lo, hi int64 }
 
-func adopt(t *testing.T, b *Backing, size int64, f *os.File) (*Object, []run) {
+func adopt(t *testing.T, b *Backing, size int64, f *os.File) (*Cache, []run) {
 	t.Helper()
 	var runs []run
 	o, err := b.Adopt(t.Name(), size, f, func(lo, hi int64) { runs = append(runs, run{lo, hi}) })

@@ -164,7 +164,7 @@ func (b *Backing) WaitCollapses() {
 }
 
 // New makes the cache of an object of size bytes in this backing.
-func (b *Backing) New(name string, size int64) (*Object, error) {
+func (b *Backing) New(name string, size int64) (*Cache, error) {
 	if b.col == nil {
 		return New(name, size)
 	}
@@ -187,7 +187,7 @@ func (b *Backing) New(name string, size int64) (*Object, error) {
 		return nil, fmt.Errorf("pagecache %s: create a file on the private tmpfs: %w", name, err)
 	}
 	f := os.NewFile(uintptr(fd), "tmpfs:"+name)
-	o, err := newObject(name, size, f)
+	o, err := newCache(name, size, f)
 	if err != nil {
 		return nil, err
 	}
@@ -323,9 +323,9 @@ type collapser struct {
 	workers int
 	running sync.WaitGroup
 
-	mu      sync.Mutex
-	pending int  // queued or running
-	stopped bool // close was called: enqueue turns everything away
+	mu      sync.Mutex // protects the fields below
+	pending int        // queued or running
+	stopped bool       // close was called: enqueue turns everything away
 	idle    sync.Cond
 
 	lastBusy atomic.Int64 // when a fill last started or ended, in UnixNano
@@ -336,7 +336,7 @@ type collapser struct {
 }
 
 type collapseJob struct {
-	o     *Object
+	o     *Cache
 	x     int64
 	at    time.Time // not before
 	tries int       // attempts made
@@ -352,7 +352,7 @@ func newCollapser() *collapser {
 
 // enqueue asks for extent x of o to be collapsed. It never blocks: with the
 // queue full it reports false, and the extent stays in 4 KiB pages.
-func (c *collapser) enqueue(o *Object, x int64) bool {
+func (c *collapser) enqueue(o *Cache, x int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {

@@ -36,7 +36,7 @@ func hugeBacking(t *testing.T) *Backing {
 	return b
 }
 
-func mustNewIn(t *testing.T, b *Backing, size int64) *Object {
+func mustNewIn(t *testing.T, b *Backing, size int64) *Cache {
 	t.Helper()
 	o, err := b.New(t.Name(), size)
 	if err != nil {
@@ -61,7 +61,7 @@ func pageBytes(p int64) []byte {
 
 // fill reads pages [lo, hi) into o as the fault path does, except those
 // skip names, which stay holes.
-func fill(t *testing.T, o *Object, lo, hi int64, skip func(int64) bool) {
+func fill(t *testing.T, o *Cache, lo, hi int64, skip func(int64) bool) {
 	t.Helper()
 	for p := lo; p < hi; p++ {
 		if skip != nil && skip(p) {
@@ -87,7 +87,7 @@ func fill(t *testing.T, o *Object, lo, hi int64, skip func(int64) bool) {
 
 // checkBytes preads pages [lo, hi) of the cache file and compares them
 // with what fill wrote.
-func checkBytes(t *testing.T, o *Object, lo, hi int64, when string) {
+func checkBytes(t *testing.T, o *Cache, lo, hi int64, when string) {
 	t.Helper()
 	got := make([]byte, (hi-lo)*PageSize)
 	if _, err := unix.Pread(int(o.file.Fd()), got, lo*PageSize); err != nil {
@@ -105,7 +105,7 @@ func checkBytes(t *testing.T, o *Object, lo, hi int64, when string) {
 // hole through a shared mapping would allocate a page of zeros), and
 // returns how many bytes of the extent the kernel mapped with a PMD,
 // according to /proc/self/smaps.
-func pmdMapped(t *testing.T, o *Object, x int64, touch func(int64) bool) int64 {
+func pmdMapped(t *testing.T, o *Cache, x int64, touch func(int64) bool) int64 {
 	t.Helper()
 	length := uintptr(o.npages * PageSize)
 	ro, err := o.ReadOnlyFile()
@@ -163,7 +163,7 @@ func smapsPmd(t *testing.T, addr uintptr) int64 {
 
 // isHole reports whether page p of the cache file is a hole, as the kernel
 // sees it (SEEK_HOLE lands on it).
-func isHole(t *testing.T, o *Object, p int64) bool {
+func isHole(t *testing.T, o *Cache, p int64) bool {
 	t.Helper()
 	off, err := unix.Seek(int(o.file.Fd()), p*PageSize, unix.SEEK_HOLE)
 	if err != nil {
@@ -174,7 +174,7 @@ func isHole(t *testing.T, o *Object, p int64) bool {
 
 // dataIn reports whether any page of [lo, hi) of the cache file holds data
 // (SEEK_DATA finds one).
-func dataIn(t *testing.T, o *Object, lo, hi int64) bool {
+func dataIn(t *testing.T, o *Cache, lo, hi int64) bool {
 	t.Helper()
 	off, err := unix.Seek(int(o.file.Fd()), lo*PageSize, unix.SEEK_DATA)
 	if errors.Is(err, unix.ENXIO) {

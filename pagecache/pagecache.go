@@ -11,6 +11,12 @@
 // pages are all uptodate is collapsed into one huge folio in the background,
 // as khugepaged would (mm/khugepaged.c), so that a client maps it with one
 // PMD per fault; a punch drops such an extent whole.
+//
+// Lock order: Cache.mu is taken under reclaim.Budget.mu (eviction punches
+// with the budget's lock held) and before fault.Region.raMu (Begin's
+// window callback) and the collapser's mu; a cache file's write lock is
+// never held with it. The whole order is in package server's
+// documentation.
 package pagecache
 
 import (
@@ -62,8 +68,8 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", uint8(s))
 }
 
-// Object is the cache of one object.
-type Object struct {
+// Cache is the cache of one object.
+type Cache struct {
 	wlock  writeLock // serialises WritePages (writelock.go)
 	name   string
 	size   int64
@@ -82,21 +88,22 @@ type Object struct {
 
 	dev, ino uint64 // the cache file's identity, to know it when it comes back (Adopt)
 
-	mu         sync.Mutex
+	resident atomic.Int64 // pages in the cache file
+
+	mu         sync.Mutex // protects the fields below
 	states     table
 	fills      []*Fill          // in flight; few at a time, so a slice is enough
 	markers    map[int64][]byte // pages held back, with their bytes
 	collapsing []int64          // extents in MADV_COLLAPSE, one per collapser worker at most
 	collapsed  sync.Cond        // on mu: a collapse has ended
 	closed     bool
-	resident   atomic.Int64
 }
 
 // New makes the cache of an object of size bytes in a memfd of size rounded
 // up to a page, sealed against growing and shrinking so that no client can
 // truncate pages from under the others. Its pages stay 4 KiB; Backing.New
 // makes caches that may hold huge folios.
-func New(name string, size int64) (*Object, error) {
+func New(name string, size int64) (*Cache, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("pagecache %s: negative size %d", name, size)
 	}
@@ -104,7 +111,7 @@ func New(name string, size int64) (*Object, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pagecache %s: memfd_create: %w", name, err)
 	}
-	o, err := newObject(name, size, os.NewFile(uintptr(fd), "memfd:"+name))
+	o, err := newCache(name, size, os.NewFile(uintptr(fd), "memfd:"+name))
 	if err != nil {
 		return nil, err
 	}
@@ -123,9 +130,9 @@ func New(name string, size int64) (*Object, error) {
 	return o, nil
 }
 
-// newObject makes the cache of an object of size bytes in file, which it
+// newCache makes the cache of an object of size bytes in file, which it
 // sizes to whole pages and owns from now on.
-func newObject(name string, size int64, file *os.File) (*Object, error) {
+func newCache(name string, size int64, file *os.File) (*Cache, error) {
 	npages := (size + PageSize - 1) / PageSize
 	if err := unix.Ftruncate(int(file.Fd()), npages*PageSize); err != nil {
 		file.Close()
@@ -136,27 +143,27 @@ func newObject(name string, size int64, file *os.File) (*Object, error) {
 
 // wrap makes the cache of an object of size bytes held in file, a file of
 // whole pages that it owns from now on. Every page starts absent.
-func wrap(name string, size int64, file *os.File) (*Object, error) {
+func wrap(name string, size int64, file *os.File) (*Cache, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(file.Fd()), &st); err != nil {
 		file.Close()
 		return nil, fmt.Errorf("pagecache %s: fstat the cache file: %w", name, err)
 	}
 	npages := (size + PageSize - 1) / PageSize
-	o := &Object{name: name, size: size, npages: npages, file: file, states: newTable(npages),
+	o := &Cache{name: name, size: size, npages: npages, file: file, states: newTable(npages),
 		markers: make(map[int64][]byte), dev: st.Dev, ino: st.Ino}
 	o.collapsed.L = &o.mu
 	return o, nil
 }
 
 // Same reports whether f is this cache's file (another descriptor of it).
-func (o *Object) Same(f *os.File) bool {
+func (o *Cache) Same(f *os.File) bool {
 	var st unix.Stat_t
 	return unix.Fstat(int(f.Fd()), &st) == nil && st.Dev == o.dev && st.Ino == o.ino
 }
 
 // mapView makes o collapse its whole extents through col: it maps them.
-func (o *Object) mapView(col *collapser) error {
+func (o *Cache) mapView(col *collapser) error {
 	n := o.size / HugeSize
 	if n == 0 {
 		return nil // no extent lies wholly inside the object
@@ -172,7 +179,7 @@ func (o *Object) mapView(col *collapser) error {
 // HugePages is the number of pages that may become one huge folio, which a
 // punch drops whole: HugePages on a huge backing, 1 otherwise. Reclaim
 // evicts such a cache by whole aligned blocks of this many pages.
-func (o *Object) HugePages() int64 {
+func (o *Cache) HugePages() int64 {
 	if o.nhuge == 0 {
 		return 1
 	}
@@ -181,26 +188,26 @@ func (o *Object) HugePages() int64 {
 
 // IsHuge reports whether huge extent x (pages [x*HugePages, (x+1)*HugePages))
 // is one huge folio.
-func (o *Object) IsHuge(x int64) bool {
+func (o *Cache) IsHuge(x int64) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return x >= 0 && x < o.nhuge && o.states.isHuge(x)
 }
 
 // Name is the object's name in errors and logs.
-func (o *Object) Name() string { return o.name }
+func (o *Cache) Name() string { return o.name }
 
 // Size is the object's length in bytes.
-func (o *Object) Size() int64 { return o.size }
+func (o *Cache) Size() int64 { return o.size }
 
 // NPages is the number of pages, the last one possibly partial.
-func (o *Object) NPages() int64 { return o.npages }
+func (o *Cache) NPages() int64 { return o.npages }
 
 // Resident is the number of pages in the cache file.
-func (o *Object) Resident() int64 { return o.resident.Load() }
+func (o *Cache) Resident() int64 { return o.resident.Load() }
 
 // AllocatedBytes is the memory the cache file holds, as the kernel counts it.
-func (o *Object) AllocatedBytes() (int64, error) {
+func (o *Cache) AllocatedBytes() (int64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(o.file.Fd()), &st); err != nil {
 		return 0, fmt.Errorf("pagecache %s: fstat the cache file: %w", o.name, err)
@@ -209,7 +216,7 @@ func (o *Object) AllocatedBytes() (int64, error) {
 }
 
 // MetadataBytes is the memory the page-state table holds.
-func (o *Object) MetadataBytes() int64 {
+func (o *Cache) MetadataBytes() int64 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.states.bytes() + int64(len(o.fills))*64 + int64(len(o.markers))*(PageSize+32)
@@ -217,11 +224,11 @@ func (o *Object) MetadataBytes() int64 {
 
 // File is the cache file, open for reading and writing: the daemon's own
 // descriptor, for keeping it across a restart. Nobody else may write it.
-func (o *Object) File() *os.File { return o.file }
+func (o *Cache) File() *os.File { return o.file }
 
 // ReadOnlyFile opens the cache file again for reading only, through /proc,
 // so a client can map the cache but never write into the copy others share.
-func (o *Object) ReadOnlyFile() (*os.File, error) {
+func (o *Cache) ReadOnlyFile() (*os.File, error) {
 	path := fmt.Sprintf("/proc/self/fd/%d", o.file.Fd())
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -231,12 +238,12 @@ func (o *Object) ReadOnlyFile() (*os.File, error) {
 }
 
 // Lookup returns the state of a page and, when it is in flight, its fill.
-func (o *Object) Lookup(page int64) (State, *Fill) {
+func (o *Cache) Lookup(page int64) (State, *Fill) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s := o.states.get(page)
 	if s == InFlight {
-		return s, o.fillOf(page)
+		return s, o.fillOfLocked(page)
 	}
 	if _, ok := o.markers[page]; ok {
 		return Marker, nil
@@ -244,7 +251,7 @@ func (o *Object) Lookup(page int64) (State, *Fill) {
 	return s, nil
 }
 
-func (o *Object) fillOf(page int64) *Fill {
+func (o *Cache) fillOfLocked(page int64) *Fill {
 	for _, f := range o.fills {
 		if f.Start <= page && page < f.End {
 			return f
@@ -254,7 +261,7 @@ func (o *Object) fillOf(page int64) *Fill {
 }
 
 // CountUptodate is the number of uptodate pages in [lo, hi).
-func (o *Object) CountUptodate(lo, hi int64) int64 {
+func (o *Cache) CountUptodate(lo, hi int64) int64 {
 	lo, hi = max(lo, 0), min(hi, o.npages)
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -275,7 +282,7 @@ func (o *Object) CountUptodate(lo, hi int64) int64 {
 // pages around page inside them, marks them in flight and returns (Absent,
 // the new fill): the caller now owns the read and must call End. window
 // runs under the cache's lock, only for a miss.
-func (o *Object) Begin(page int64, window func() (lo, hi int64)) (State, *Fill) {
+func (o *Cache) Begin(page int64, window func() (lo, hi int64)) (State, *Fill) {
 	if page < 0 || page >= o.npages {
 		panic(fmt.Sprintf("pagecache %s: page %d outside [0, %d)", o.name, page, o.npages))
 	}
@@ -285,29 +292,29 @@ func (o *Object) Begin(page int64, window func() (lo, hi int64)) (State, *Fill) 
 	case Uptodate:
 		return s, nil
 	case InFlight:
-		return s, o.fillOf(page)
+		return s, o.fillOfLocked(page)
 	}
 	if held, ok := o.markers[page]; ok {
 		delete(o.markers, page)
 		o.states.set(page, InFlight)
-		f := o.newFill(page, page+1, page)
+		f := o.newFillLocked(page, page+1, page)
 		f.held = held
 		return Marker, f
 	}
 	lo, hi := window()
-	return Absent, o.claim(page, max(lo, 0), min(hi, o.npages))
+	return Absent, o.claimLocked(page, max(lo, 0), min(hi, o.npages))
 }
 
 // Claim claims every run of absent pages in [lo, hi) for reading ahead:
 // fills with no faulting page, whose failure poisons nothing.
-func (o *Object) Claim(lo, hi int64) []*Fill {
+func (o *Cache) Claim(lo, hi int64) []*Fill {
 	lo, hi = max(lo, 0), min(hi, o.npages)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var fs []*Fill
 	for p := lo; p < hi; p++ {
-		if o.claimable(p) {
-			f := o.claim(p, p, hi)
+		if o.claimableLocked(p) {
+			f := o.claimLocked(p, p, hi)
 			f.Page = -1
 			fs = append(fs, f)
 			p = f.End
@@ -316,22 +323,22 @@ func (o *Object) Claim(lo, hi int64) []*Fill {
 	return fs
 }
 
-// claim marks the claimable run around page inside [lo, hi) in flight.
-func (o *Object) claim(page, lo, hi int64) *Fill {
+// claimLocked marks the claimable run around page inside [lo, hi) in flight.
+func (o *Cache) claimLocked(page, lo, hi int64) *Fill {
 	start, end := page, page+1
-	for start > lo && o.claimable(start-1) {
+	for start > lo && o.claimableLocked(start-1) {
 		start--
 	}
-	for end < hi && o.claimable(end) {
+	for end < hi && o.claimableLocked(end) {
 		end++
 	}
 	for p := start; p < end; p++ {
 		o.states.set(p, InFlight)
 	}
-	return o.newFill(start, end, page)
+	return o.newFillLocked(start, end, page)
 }
 
-func (o *Object) newFill(start, end, page int64) *Fill {
+func (o *Cache) newFillLocked(start, end, page int64) *Fill {
 	f := &Fill{Start: start, End: end, Page: page, marker: -1, done: make(chan struct{})}
 	o.fills = append(o.fills, f)
 	if o.col != nil {
@@ -340,10 +347,10 @@ func (o *Object) newFill(start, end, page int64) *Fill {
 	return f
 }
 
-// claimable reports whether a fill may read the page: errors are not sticky,
+// claimableLocked reports whether a fill may read the page: errors are not sticky,
 // so an errored page is read again like an absent one. A marker is not: its
 // bytes are here already.
-func (o *Object) claimable(page int64) bool {
+func (o *Cache) claimableLocked(page int64) bool {
 	s := o.states.get(page)
 	if s != Absent && s != Error {
 		return false
@@ -355,7 +362,7 @@ func (o *Object) claimable(page int64) bool {
 // Hold keeps page of the fill f out of the cache file as a marker, with its
 // bytes (which it copies). It reports false, and the caller writes the page
 // as usual, when the object holds MaxMarkers already.
-func (o *Object) Hold(f *Fill, page int64, b []byte) bool {
+func (o *Cache) Hold(f *Fill, page int64, b []byte) bool {
 	if page < f.Start || page >= f.End || len(b) != PageSize {
 		panic(fmt.Sprintf("pagecache %s: hold page %d of fill [%d, %d)", o.name, page, f.Start, f.End))
 	}
@@ -372,15 +379,15 @@ func (o *Object) Hold(f *Fill, page int64, b []byte) bool {
 // which waits for the writes that faulters wait for (WritePagesUrgent). A
 // whole-page write is atomic for every mapper: the page is a hole until
 // the write completes.
-func (o *Object) WritePages(page int64, data []byte) error { return o.writePages(page, data, false) }
+func (o *Cache) WritePages(page int64, data []byte) error { return o.writePages(page, data, false) }
 
 // WritePagesUrgent is WritePages for pages a faulter waits for: it goes
 // before the readahead writes waiting for the file.
-func (o *Object) WritePagesUrgent(page int64, data []byte) error {
+func (o *Cache) WritePagesUrgent(page int64, data []byte) error {
 	return o.writePages(page, data, true)
 }
 
-func (o *Object) writePages(page int64, data []byte, urgent bool) error {
+func (o *Cache) writePages(page int64, data []byte, urgent bool) error {
 	if len(data)%PageSize != 0 {
 		return fmt.Errorf("pagecache %s: write of %d bytes at page %d is not whole pages", o.name, len(data), page)
 	}
@@ -396,7 +403,7 @@ func (o *Object) writePages(page int64, data []byte, urgent bool) error {
 }
 
 // pwrite writes one piece with the file's write lock held.
-func (o *Object) pwrite(data []byte, off int64, urgent bool) error {
+func (o *Cache) pwrite(data []byte, off int64, urgent bool) error {
 	o.wlock.lock(urgent)
 	defer o.wlock.unlock()
 	for len(data) > 0 {
@@ -417,7 +424,7 @@ func (o *Object) pwrite(data []byte, off int64, urgent bool) error {
 // Error; every other page of the fill goes back to absent. Waiters are woken.
 // On a huge backing, each extent the written pages made wholly uptodate is
 // handed to the collapser; nobody waits for it.
-func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
+func (o *Cache) End(f *Fill, okStart, okEnd int64, err error) {
 	okStart, okEnd = max(okStart, f.Start), min(okEnd, f.End)
 	o.mu.Lock()
 	var n int64
@@ -445,7 +452,7 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 		}
 	}
 	if n > 0 {
-		o.queueWhole(okStart, okEnd)
+		o.queueWholeLocked(okStart, okEnd)
 	}
 	o.mu.Unlock()
 	o.resident.Add(n)
@@ -456,11 +463,11 @@ func (o *Object) End(f *Fill, okStart, okEnd int64, err error) {
 	close(f.done)
 }
 
-// queueWhole hands the collapser every extent overlapping pages [lo, hi)
+// queueWholeLocked hands the collapser every extent overlapping pages [lo, hi)
 // that is now wholly uptodate — no hole, no marker held back, no page in
 // flight or in error — and not huge or queued already. Called with o.mu
 // held; it never blocks.
-func (o *Object) queueWhole(lo, hi int64) {
+func (o *Cache) queueWholeLocked(lo, hi int64) {
 	if o.col == nil || o.closed {
 		return
 	}
@@ -485,7 +492,7 @@ var errSkip = errors.New("extent no longer collapsible")
 // it, and faults on it wait in the kernel on the locked pages, never on us.
 // If retry is set and the collapse fails with EAGAIN, the extent stays
 // marked queued: the collapser tries it again.
-func (o *Object) collapse(x int64, retry bool) error {
+func (o *Cache) collapse(x int64, retry bool) error {
 	o.mu.Lock()
 	if o.closed || o.states.isHuge(x) || !o.states.extentUptodate(x) {
 		o.states.setQueued(x, false)
@@ -524,15 +531,15 @@ func (o *Object) collapse(x int64, retry bool) error {
 }
 
 // unqueue clears extent x's queued mark, for a retry that never happens.
-func (o *Object) unqueue(x int64) {
+func (o *Cache) unqueue(x int64) {
 	o.mu.Lock()
 	o.states.setQueued(x, false)
 	o.mu.Unlock()
 }
 
-// collapsingIn reports whether an extent overlapping pages [start, end) is
+// collapsingInLocked reports whether an extent overlapping pages [start, end) is
 // in MADV_COLLAPSE.
-func (o *Object) collapsingIn(start, end int64) bool {
+func (o *Cache) collapsingInLocked(start, end int64) bool {
 	for _, x := range o.collapsing {
 		if x*HugePages < end && start < (x+1)*HugePages {
 			return true
@@ -541,11 +548,11 @@ func (o *Object) collapsingIn(start, end int64) bool {
 	return false
 }
 
-// widen grows pages [start, end) to whole extents where it cuts a huge one.
+// widenLocked grows pages [start, end) to whole extents where it cuts a huge one.
 // A punch of part of a huge folio zeroes that part and then tries to split
 // the folio (truncate_inode_partial_folio); if the split fails, the zeroed
 // pages stay in the cache, present, and clients would read zeros.
-func (o *Object) widen(start, end int64) (int64, int64) {
+func (o *Cache) widenLocked(start, end int64) (int64, int64) {
 	if o.nhuge == 0 {
 		return start, end
 	}
@@ -565,14 +572,14 @@ func (o *Object) widen(start, end int64) (int64, int64) {
 // is being collapsed, Punch waits for that collapse: a punch racing
 // collapse_file could leave holes it fills with zeros. It returns the
 // number of pages dropped.
-func (o *Object) Punch(start, end int64) (int64, error) {
+func (o *Cache) Punch(start, end int64) (int64, error) {
 	_, _, n, err := o.PunchRange(start, end)
 	return n, err
 }
 
 // PunchRange is Punch, and also returns the range it punched: [start, end)
 // clipped to the object and widened to whole huge extents.
-func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error) {
+func (o *Cache) PunchRange(start, end int64) (lo, hi, dropped int64, err error) {
 	start, end = max(start, 0), min(end, o.npages)
 	if start >= end {
 		return start, start, 0, nil
@@ -580,8 +587,8 @@ func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		start, end = o.widen(start, end)
-		if !o.collapsingIn(start, end) {
+		start, end = o.widenLocked(start, end)
+		if !o.collapsingInLocked(start, end) {
 			break
 		}
 		o.collapsed.Wait()
@@ -622,7 +629,7 @@ func (o *Object) PunchRange(start, end int64) (lo, hi, dropped int64, err error)
 }
 
 // Busy reports whether a fill of the cache is in flight.
-func (o *Object) Busy() bool {
+func (o *Cache) Busy() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return len(o.fills) > 0
@@ -631,7 +638,7 @@ func (o *Object) Busy() bool {
 // Close releases the cache file. Clients that still map it keep their
 // pages; the file, unlinked from birth, is freed when the last of them
 // unmaps. A collapse in progress is waited for, and none starts after.
-func (o *Object) Close() error {
+func (o *Cache) Close() error {
 	o.mu.Lock()
 	o.closed = true
 	for len(o.collapsing) > 0 {

@@ -253,7 +253,7 @@ func write(t *testing.T, path, s string) {
 	}
 }
 
-func mustNew(t *testing.T, size int64) *Object {
+func mustNew(t *testing.T, size int64) *Cache {
 	t.Helper()
 	o, err := New(t.Name(), size)
 	if err != nil {

@@ -16,8 +16,12 @@ const THPSysfs = "/sys/kernel/mm/transparent_hugepage"
 // folios. With shmem_enabled=always, one 4 KiB pwrite allocates a 2 MiB folio
 // whose other pages read as zeros with no MISSING fault: clients would see
 // zeros instead of data. The error names the setting to change. dir is
-// THPSysfs outside tests; a missing directory means a kernel without THP.
+// THPSysfs if empty (tests name another); a missing directory means a
+// kernel without THP.
 func CheckTHP(dir string) error {
+	if dir == "" {
+		dir = THPSysfs
+	}
 	top, err := thpSetting(filepath.Join(dir, "shmem_enabled"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

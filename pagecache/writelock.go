@@ -14,8 +14,8 @@ const writePiece = 64 * PageSize
 // waits for go before the readahead writes queued ahead of them: a fault
 // never waits behind an unrelated large transfer.
 type writeLock struct {
-	mu             sync.Mutex
-	urgentQ, lateQ sync.Cond
+	mu             sync.Mutex // protects the fields below
+	urgentQ, lateQ sync.Cond  // on mu
 	held           bool
 	urgent, late   int // writers waiting
 }
@@ -52,11 +52,4 @@ func (l *writeLock) unlock() {
 		l.lateQ.Signal()
 	}
 	l.mu.Unlock()
-}
-
-// waiting is how many writers wait, urgent and late; for tests.
-func (l *writeLock) waiting() (urgent, late int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.urgent, l.late
 }

@@ -71,16 +71,16 @@ func (w Window) String() string {
 
 // Config is the readahead tuning of an object's mappings.
 type Config struct {
-	RaPages  int64 // read-around window of a miss (ra_pages)
-	MaxPages int64 // largest async window of a sequential stream
+	ReadaheadPages    int64 // read-around window of a miss (ra_pages)
+	ReadaheadMaxPages int64 // largest async window of a sequential stream
 }
 
 func (c Config) norm() Config {
-	if c.RaPages <= 0 {
-		c.RaPages = DefaultPages
+	if c.ReadaheadPages <= 0 {
+		c.ReadaheadPages = DefaultPages
 	}
-	if c.MaxPages < c.RaPages {
-		c.MaxPages = max(c.RaPages, DefaultMaxPages)
+	if c.ReadaheadMaxPages < c.ReadaheadPages {
+		c.ReadaheadMaxPages = max(c.ReadaheadPages, DefaultMaxPages)
 	}
 	return c
 }
@@ -121,12 +121,12 @@ func (s *State) Hit() {
 func (s *State) Miss(cfg Config, index, npages int64, advice Advice) Window {
 	cfg = cfg.norm()
 	switch {
-	case advice == Random || cfg.RaPages <= 1:
+	case advice == Random || cfg.ReadaheadPages <= 1:
 		return clip(Window{index, index + 1, -1}, npages)
 	case advice == Sequential:
 		// Twice ra_pages, forward, with the marker in the middle: a stream
 		// that keeps going keeps its I/O a window ahead.
-		size := 2 * cfg.RaPages
+		size := 2 * cfg.ReadaheadPages
 		s.Start, s.Size, s.AsyncSize = index, size, size/2
 	default:
 		if s.MmapMiss < 1000 {
@@ -136,7 +136,7 @@ func (s *State) Miss(cfg Config, index, npages int64, advice Advice) Window {
 			// Read-around is not paying: these misses are random.
 			return clip(Window{index, index + 1, -1}, npages)
 		}
-		s.Start, s.Size, s.AsyncSize = max(index-cfg.RaPages/2, 0), cfg.RaPages, cfg.RaPages/4
+		s.Start, s.Size, s.AsyncSize = max(index-cfg.ReadaheadPages/2, 0), cfg.ReadaheadPages, cfg.ReadaheadPages/4
 	}
 	return clip(s.window(), npages)
 }
@@ -148,12 +148,12 @@ func (s *State) MarkerHit(cfg Config, index, npages int64) (w Window, ok bool) {
 	cfg = cfg.norm()
 	if index == s.Start+s.Size-s.AsyncSize {
 		s.Start += s.Size
-		s.Size = nextSize(s.Size, cfg.MaxPages)
+		s.Size = nextSize(s.Size, cfg.ReadaheadMaxPages)
 	} else {
 		// A marker of a window this state no longer describes (another
 		// stream moved it): read ahead from the marker on.
 		s.Start = index + 1
-		s.Size = nextSize(cfg.RaPages, cfg.MaxPages)
+		s.Size = nextSize(cfg.ReadaheadPages, cfg.ReadaheadMaxPages)
 	}
 	s.AsyncSize = s.Size
 	w = clip(s.window(), npages)
@@ -236,7 +236,7 @@ func (s *Streams) MarkerHit(cfg Config, index, npages int64) (Window, bool) {
 	if i < 0 {
 		if i = s.near(index); i < 0 {
 			i = s.victim()
-			s.st[i], s.hits[i] = State{Start: index, Size: cfg.norm().RaPages}, 0
+			s.st[i], s.hits[i] = State{Start: index, Size: cfg.norm().ReadaheadPages}, 0
 		}
 	}
 	s.touch(i)

@@ -4,7 +4,7 @@ import "testing"
 
 const npages = 1 << 20
 
-var kernel = Config{RaPages: 32, MaxPages: 32} // ra_pages 32, as the reference measured
+var kernel = Config{ReadaheadPages: 32, ReadaheadMaxPages: 32} // ra_pages 32, as the reference measured
 
 func TestMissReadAround(t *testing.T) {
 	cases := []struct {
@@ -22,14 +22,14 @@ func TestMissReadAround(t *testing.T) {
 		{kernel, 99, 100, Normal, Window{83, 100, -1}}, // clipped at EOF: the marker would be past it
 		{kernel, 99, 110, Normal, Window{83, 110, 107}},
 		{kernel, 1000, npages, Random, Window{1000, 1001, -1}},
-		{Config{RaPages: 1}, 1000, npages, Normal, Window{1000, 1001, -1}},
+		{Config{ReadaheadPages: 1}, 1000, npages, Normal, Window{1000, 1001, -1}},
 		{kernel, 1000, npages, Sequential, Window{1000, 1064, 1032}},
 		{kernel, 0, 1, Normal, Window{0, 1, -1}},
 	}
 	for _, c := range cases {
 		var s State
 		if got := s.Miss(c.cfg, c.index, c.n, c.advice); got != c.want {
-			t.Errorf("Miss(ra %d, %d, npages %d, %v) = %v, want %v", c.cfg.RaPages, c.index, c.n, c.advice, got, c.want)
+			t.Errorf("Miss(ra %d, %d, npages %d, %v) = %v, want %v", c.cfg.ReadaheadPages, c.index, c.n, c.advice, got, c.want)
 		}
 	}
 }
@@ -51,7 +51,7 @@ func TestMarkerChainKernelDefault(t *testing.T) {
 
 // A sequential stream ramps up to the maximum window.
 func TestMarkerRampUp(t *testing.T) {
-	cfg := Config{RaPages: 32, MaxPages: 2048}
+	cfg := Config{ReadaheadPages: 32, ReadaheadMaxPages: 2048}
 	var s State
 	w := s.Miss(cfg, 0, npages, Normal)
 	var sizes []int64
@@ -80,9 +80,9 @@ func TestSequentialScan16MiB(t *testing.T) {
 	for p := range order {
 		order[p] = int64(p)
 	}
-	for _, cfg := range []Config{kernel, {RaPages: 32, MaxPages: 2048}} {
+	for _, cfg := range []Config{kernel, {ReadaheadPages: 32, ReadaheadMaxPages: 2048}} {
 		if majors := simulate(cfg, pages, order); majors > 2 {
-			t.Errorf("max %d pages: %d major faults for a 16 MiB sequential scan, want at most 2", cfg.MaxPages, majors)
+			t.Errorf("max %d pages: %d major faults for a 16 MiB sequential scan, want at most 2", cfg.ReadaheadMaxPages, majors)
 		}
 	}
 }
@@ -203,7 +203,7 @@ func TestStreamsTailFirstCopies(t *testing.T) {
 			order = append(order, p)
 		}
 	}
-	if m := simulate(Config{RaPages: 32, MaxPages: 2048}, pages, order); m > 3 {
+	if m := simulate(Config{ReadaheadPages: 32, ReadaheadMaxPages: 2048}, pages, order); m > 3 {
 		t.Fatalf("%d major faults for 64 MiB copied 1 MiB at a time, want at most 3", m)
 	}
 }
@@ -215,7 +215,7 @@ func TestStreamsInterleaved(t *testing.T) {
 	for p := int64(0); p < pages/2; p++ {
 		order = append(order, p, pages/2+p)
 	}
-	if m := simulate(Config{RaPages: 32, MaxPages: 2048}, pages, order); m > 4 {
+	if m := simulate(Config{ReadaheadPages: 32, ReadaheadMaxPages: 2048}, pages, order); m > 4 {
 		t.Fatalf("%d major faults for two interleaved sequential readers, want at most 4", m)
 	}
 }

@@ -20,10 +20,15 @@
 // holds a huge folio as one entry: a punch of part of a huge folio must be
 // widened to all of it, so per-fill extents would see pages of their
 // neighbours dropped with them and count them twice.
+//
+// Lock order: Budget.mu is taken before the lock of a cache it evicts from
+// (a Cache's Punch runs under it), and under the daemon's. The whole order
+// is in package server's documentation.
 package reclaim
 
 import (
 	"container/list"
+	"fmt"
 	"sync"
 )
 
@@ -59,6 +64,15 @@ const (
 	S3FIFO Policy = "s3fifo" // the default: scan-resistant, refault-aware
 	FIFO   Policy = "fifo"   // UMap's: the oldest fill goes first
 )
+
+// Check refuses a policy that is none of the above (empty is S3FIFO).
+func (p Policy) Check() error {
+	switch p {
+	case "", S3FIFO, FIFO:
+		return nil
+	}
+	return fmt.Errorf("unknown cache policy %q (want %s or %s)", p, S3FIFO, FIFO)
+}
 
 // Stats are reclaim's counters.
 type Stats struct {
@@ -100,7 +114,7 @@ type ghostKey struct {
 
 // Budget keeps the pages of many caches under a limit.
 type Budget struct {
-	mu       sync.Mutex
+	mu       sync.Mutex // protects the fields below
 	policy   Policy
 	budget   int64 // pages; 0 means no limit
 	resident int64

@@ -21,14 +21,14 @@ const ps = pagecache.PageSize
 type attachment struct {
 	id       uint64
 	ss       *session
-	obj      *object   // the object its regions map; nil for a FORK child's
-	held     []*object // the objects its regions map, kept from going idle until it closes
-	file     *os.File  // owns the fd; waits for it to be readable
+	obj      *cachedObject   // the object its regions map; nil for a FORK child's
+	held     []*cachedObject // the objects its regions map, kept from going idle until it closes
+	file     *os.File        // owns the fd; waits for it to be readable
 	u        *uffd.UFFD
 	features uint64
 
 	mu      sync.Mutex
-	regions []*fault.Region
+	regions []*fault.Region // protected by mu
 
 	reading sync.WaitGroup // readers serving a message of it (reader.go)
 	readMu  sync.Mutex     // held from reading a message to applying it, if an event (reader.go)
@@ -97,8 +97,8 @@ func checkUffd(fd int) error {
 	return nil
 }
 
-func (a *attachment) add(o *fault.Object, addr uintptr, pgoff, npages int64, advice readahead.Advice) {
-	r := &fault.Region{Obj: o, Addr: addr, PgOff: pgoff, NPages: npages, Target: a.u}
+func (a *attachment) add(o *fault.File, addr uintptr, pgoff, npages int64, advice readahead.Advice) {
+	r := &fault.Region{File: o, Addr: addr, PgOff: pgoff, NPages: npages, Target: a.u}
 	r.SetAdvice(advice)
 	a.mu.Lock()
 	a.regions = append(a.regions, r)
@@ -132,9 +132,9 @@ func (a *attachment) willNeed(off, n int64) {
 	if r == nil {
 		return
 	}
-	start, end := pageRange(off, n, r.Obj.Cache.Size())
+	start, end := pageRange(off, n, r.File.Cache.Size())
 	if start < end {
-		a.ss.s.faults.WillNeed(r.Obj, start, end)
+		a.ss.s.faults.WillNeed(r.File, start, end)
 	}
 }
 
@@ -205,7 +205,7 @@ func (a *attachment) fork(fd int) {
 	}
 	a.mu.Lock()
 	for _, r := range a.regions {
-		c := &fault.Region{Obj: r.Obj, Addr: r.Addr, PgOff: r.PgOff, NPages: r.NPages, Target: child.u}
+		c := &fault.Region{File: r.File, Addr: r.Addr, PgOff: r.PgOff, NPages: r.NPages, Target: child.u}
 		c.SetAdvice(r.Advice())
 		child.regions = append(child.regions, c)
 	}
@@ -266,7 +266,7 @@ func (a *attachment) edit(start, end uintptr, f func(*fault.Region) *fault.Regio
 }
 
 func (a *attachment) clone(r *fault.Region, addr uintptr, pgoff, npages int64) *fault.Region {
-	c := &fault.Region{Obj: r.Obj, Addr: addr, PgOff: pgoff, NPages: npages, Target: r.Target}
+	c := &fault.Region{File: r.File, Addr: addr, PgOff: pgoff, NPages: npages, Target: r.Target}
 	c.SetAdvice(r.Advice())
 	return c
 }
@@ -292,9 +292,9 @@ func (a *attachment) close() {
 // hold keeps o, whose cache a region of a maps, from going idle until a
 // closes: a client may close its handle and go on faulting on its mapping,
 // and so may a forked child of it.
-func (a *attachment) hold(o *object) {
+func (a *attachment) hold(o *cachedObject) {
 	a.ss.s.mu.Lock()
-	a.ss.s.ref(o)
+	a.ss.s.refLocked(o)
 	a.ss.s.mu.Unlock()
 	a.held = append(a.held, o)
 }

@@ -28,10 +28,10 @@ type idleCaches struct {
 	lru list.List // of *object, the most recently released at the front
 }
 
-// idle puts o, whose last reference has gone, on the list, and frees what
+// idleLocked puts o, whose last reference has gone, on the list, and frees what
 // the bound no longer allows. Called with s.mu held.
-func (s *Server) idle(o *object) {
-	if i, ok := o.fo.Store.(store.Idler); ok {
+func (s *Server) idleLocked(o *cachedObject) {
+	if i, ok := o.file.Store.(store.Idler); ok {
 		i.Idle()
 	}
 	if o.private() {
@@ -39,39 +39,38 @@ func (s *Server) idle(o *object) {
 	} else {
 		o.idle = s.idleCaches.lru.PushFront(o)
 	}
-	s.trimIdle()
+	s.trimIdleLocked()
 }
 
-// ref takes a reference to o, off the list if it was idle. Called with
+// refLocked takes a reference to o, off the list if it was idle. Called with
 // s.mu held.
-func (s *Server) ref(o *object) {
+func (s *Server) refLocked(o *cachedObject) {
 	o.refs++
-	s.unidle(o)
+	s.unidleLocked(o)
 }
 
-// unidle takes o off the list: it has a reference again, or is freed.
+// unidleLocked takes o off the list: it has a reference again, or is freed.
 // Called with s.mu held.
-func (s *Server) unidle(o *object) {
+func (s *Server) unidleLocked(o *cachedObject) {
 	if o.idle != nil {
 		s.idleCaches.lru.Remove(o.idle)
 		o.idle = nil
 	}
 }
 
-// trimIdle frees the private caches and the least recently released ones
+// trimIdleLocked frees the private caches and the least recently released ones
 // past the bound, those with no fill in flight. Called with s.mu held.
-func (s *Server) trimIdle() {
+func (s *Server) trimIdleLocked() {
 	l := &s.idleCaches.lru
 	for e := l.Back(); e != nil; {
-		o := e.Value.(*object)
+		o := e.Value.(*cachedObject)
 		e = e.Prev()
 		if !o.private() && l.Len() <= max(s.idleCaches.max, 0) {
 			return // the private ones, all at the back, are done with
 		}
-		if o.fo.Cache.Busy() {
+		if o.file.Cache.Busy() {
 			continue
 		}
-		s.free(o)
-		delete(s.objects, o.key)
+		s.freeLocked(o)
 	}
 }

@@ -106,20 +106,20 @@ func (a *attachment) keep() {
 	if o == nil {
 		return
 	}
-	s.mu.Lock() // o.uri and o.file are set under it, by the session that opens o
-	k, uri, file := s.keeper, o.uri, o.file
+	s.mu.Lock() // o.uri and o.localFile are set under it, by the session that opens o
+	k, uri, file := s.keeper, o.uri, o.localFile
 	s.mu.Unlock()
 	if k == nil {
 		return
 	}
-	d := keptRegion{UID: o.key.uid, URI: uri, Name: o.fo.Cache.Name(), Version: o.key.version,
-		Size: o.fo.Cache.Size(), Features: a.features, Local: file != nil, Private: o.private()}
+	d := keptRegion{UID: o.key.uid, URI: uri, Name: o.file.Cache.Name(), Version: o.key.version,
+		Size: o.file.Cache.Size(), Features: a.features, Local: file != nil, Private: o.private()}
 	a.mu.Lock()
 	for _, r := range a.regions {
 		d.Ranges = append(d.Ranges, keptRange{Addr: uint64(r.Addr), PgOff: r.PgOff, NPages: r.NPages, Advice: r.Advice().String()})
 	}
 	a.mu.Unlock()
-	files := []*os.File{a.file, o.fo.Cache.File()}
+	files := []*os.File{a.file, o.file.Cache.File()}
 	if file != nil {
 		files = append(files, file)
 	}
@@ -177,7 +177,7 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	}
 	s.mu.Lock()
 	if d.Local {
-		o.keepFile(dupFile(e.Files[2]))
+		o.keepFileLocked(dupFile(e.Files[2]))
 	}
 	if o.uri == "" {
 		o.uri = d.URI
@@ -193,7 +193,7 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	a.hold(o)
 	for _, r := range d.Ranges {
 		adv, _ := readahead.ParseAdvice(r.Advice)
-		a.add(&o.fo, uintptr(r.Addr), r.PgOff, r.NPages, adv)
+		a.add(&o.file, uintptr(r.Addr), r.PgOff, r.NPages, adv)
 	}
 	ss.client.addRegion()
 	h := s.nextID.Add(1)
@@ -254,7 +254,7 @@ func (s *Server) orphanSession(pid int32, uid uint32) *session {
 	}
 	cred := &unix.Ucred{Pid: pid, Uid: uid}
 	ss := &session{s: s, cred: cred, log: s.log.With("pid", pid, "uid", uid, "orphan", true),
-		client: s.clients.join(cred), handles: make(map[uint64]*object), attachments: make(map[uint64]*attachment)}
+		client: s.clients.join(cred), handles: make(map[uint64]*cachedObject), attachments: make(map[uint64]*attachment)}
 	s.orphans[pid] = ss
 	return ss
 }

@@ -132,7 +132,7 @@ type clientKey struct {
 type clientTable struct {
 	lim limits
 	mu  sync.Mutex
-	m   map[clientKey]*client
+	m   map[clientKey]*client // protected by mu
 }
 
 // client is one client process's account.
@@ -144,7 +144,7 @@ type client struct {
 	// slots has a token for each fault in flight; nil when unlimited.
 	slots chan struct{}
 
-	mu       sync.Mutex
+	mu       sync.Mutex // protects the fields below
 	sessions int
 	objects  int
 	mapped   int64

@@ -10,9 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/proto"
 	"github.com/filemap/filemap/store"
 	"golang.org/x/sys/unix"
@@ -145,7 +147,7 @@ func TestLimitObjectsAndBytes(t *testing.T) {
 	}
 	// The account goes with the client's last connection.
 	c.Close()
-	waitFor(t, func() string { return fmt.Sprintf("usage %+v", usage(t, ts2.Server)) }, func() bool { return len(ts2.Clients()) == 0 })
+	testutil.WaitForState(t, func() string { return fmt.Sprintf("usage %+v", usage(t, ts2.Server)) }, func() bool { return len(ts2.Clients()) == 0 })
 }
 
 // errorOf turns an error reply back into the error it reports, for
@@ -242,6 +244,7 @@ func (f *fakeStore) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
 func (f *fakeStore) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -428,5 +431,62 @@ func TestAttachedCacheNotIdle(t *testing.T) {
 	}
 	if st := c.stat(t); st.Objects != 0 {
 		t.Errorf("after the detach, with no idle cache kept: %d objects", st.Objects)
+	}
+}
+
+// slowCloseStore is a store whose Close waits until release is closed, as
+// a remote store's waits for its requests to end: it says on closing when
+// the wait begins.
+type slowCloseStore struct {
+	store.Store
+	closing chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s slowCloseStore) Close() error {
+	s.closing <- struct{}{}
+	<-s.release
+	return s.Store.Close()
+}
+
+// A cache that goes past the idle bound is closed, and closing its store
+// may take a while (a remote store waits for its requests to end, a cache
+// for a collapse in progress). Meanwhile the daemon serves everyone else:
+// another client's stat and Open are answered before that close returns.
+func TestClosingStoreStallsNoOne(t *testing.T) {
+	closing := make(chan struct{})
+	release := make(chan struct{})
+	var wrapped atomic.Int32
+	ts := newServerWith(t, Config{MaxIdleCaches: -1, WrapStore: func(st store.Store) store.Store {
+		if wrapped.Add(1) > 1 {
+			return st // only the first object's store is slow to close
+		}
+		return slowCloseStore{Store: st, closing: closing, release: release}
+	}})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+
+	c1 := ts.dial(t)
+	h := openHandle(t, c1)
+	closed := make(chan error, 1)
+	go func() {
+		_, err := c1.Call(proto.TClose, 100, proto.Close{Handle: h}, nil, nil)
+		closed <- err
+	}()
+	select {
+	case <-closing:
+	case <-time.After(testWait):
+		t.Fatalf("the first object's store was not closed within %v of its last handle's close, with no idle cache kept", testWait)
+	}
+
+	c2 := ts.dial(t)
+	if n := c2.stat(t).Objects; n != 0 {
+		t.Errorf("stat during the close: %d objects; want 0, the closing one dropped already", n)
+	}
+	openHandle(t, c2) // another object
+
+	releaseOnce.Do(func() { close(release) })
+	if err := <-closed; err != nil {
+		t.Errorf("close of the first object's handle: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/proto"
 	"golang.org/x/sys/unix"
 )
@@ -134,7 +135,7 @@ func TestBadInput(t *testing.T) {
 			tc.send(t, bad)
 			expectClosedByServer(t, bad)
 
-			waitFor(t, func() string {
+			testutil.WaitForState(t, func() string {
 				return "no log line with \"closing connection\" and " + quote(tc.reason) + " in:\n" + since(ts.log, logOff)
 			}, func() bool {
 				for _, line := range strings.Split(since(ts.log, logOff), "\n") {

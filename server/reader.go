@@ -47,11 +47,12 @@ type readerPool struct {
 	ep     int // the epoll set
 	stopfd int // eventfd: readable once the pool closes
 
-	mu    sync.Mutex
+	wg sync.WaitGroup // readers running
+
+	mu    sync.Mutex             // protects the fields below
 	atts  map[uint64]*attachment // by id, the epoll data of its uffd
 	n     int                    // readers started and not yet gone
 	idle  int                    // readers waiting in epoll_wait
-	wg    sync.WaitGroup
 	close bool
 }
 
@@ -99,7 +100,7 @@ func (p *readerPool) add(a *attachment) {
 	}
 	p.atts[a.id] = a
 	if p.n == 0 {
-		p.start()
+		p.startLocked()
 	}
 }
 
@@ -138,8 +139,8 @@ func (p *readerPool) closePool() {
 	unix.Close(p.stopfd)
 }
 
-// start starts a reader. Called with p.mu held.
-func (p *readerPool) start() {
+// startLocked starts a reader. Called with p.mu held.
+func (p *readerPool) startLocked() {
 	p.n++
 	p.wg.Add(1)
 	go p.reader()
@@ -211,7 +212,7 @@ func (p *readerPool) busy() bool {
 	if p.n >= maxReaders {
 		return false
 	}
-	p.start()
+	p.startLocked()
 	return true
 }
 

@@ -59,7 +59,7 @@ type Remotes struct {
 	disk    *diskcache.Cache // nil without a disk cache
 	diskOff error            // why there is none although one was asked for
 
-	mu   sync.Mutex
+	mu   sync.Mutex // protects the fields below
 	s3   *s3store.Client
 	http *http.Client
 }
@@ -217,7 +217,7 @@ func (r *Remotes) Close() {
 // pages not cached then get SIGBUS, as they would in the mapping that is
 // already open. An open that brought descriptors (fds) is not one to
 // serve here.
-func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int) *object {
+func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int) *cachedObject {
 	if fds != 0 || req.Cache || uri.Scheme != "s3" || !s3store.Immutable(req.Version) {
 		return nil
 	}
@@ -225,7 +225,7 @@ func (s *Server) refImmutable(uid uint32, uri store.URI, req proto.Open, fds int
 	defer s.mu.Unlock()
 	for k, o := range s.objects {
 		if k.uid == uid && k.adopted == 0 && k.version == req.Version && o.uri == req.URI {
-			s.ref(o)
+			s.refLocked(o)
 			return o
 		}
 	}

@@ -1,13 +1,3 @@
-// Package server is filemap's handler daemon, `filemap serve`: the kernel's
-// memory-management side of mmap(2). It keeps one page cache per object,
-// shared by every client of one uid that opens the same version of it, and
-// serves the page faults of the regions clients attach, each through the
-// client's own userfaultfd.
-//
-// A client that misbehaves loses its own connection and nothing else: a bad
-// frame closes that session, a dead client's regions are torn down when its
-// socket closes, and one slow store read holds up only the faults that wait
-// for those pages.
 package server
 
 import (
@@ -37,11 +27,11 @@ import (
 
 // Config tunes a Server. The zero value is the kernel's defaults.
 type Config struct {
-	ReadaheadPages int64         // read-around window; readahead.DefaultPages if 0
-	MaxReadahead   int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
-	Retries        int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; 3 if 0, none if negative
-	RetryBackoff   time.Duration // delay before the first retry, doubled after each; 10ms if 0
-	Log            *slog.Logger  // slog.Default() if nil
+	ReadaheadPages    int64         // read-around window; readahead.DefaultPages if 0
+	ReadaheadMaxPages int64         // largest window of a sequential stream, in pages; readahead.DefaultMaxPages if 0
+	Retries           int           // re-reads of a failing page before SIGBUS, for stores that do not retry themselves; fault.DefaultRetries if 0, none if negative
+	RetryBackoff      time.Duration // delay before the first retry, doubled after each; fault.DefaultRetryBackoff if 0
+	Log               *slog.Logger  // slog.Default() if nil
 
 	// CacheBytes bounds the bytes resident in all caches together; 0 is
 	// no limit. CachePolicy picks what to evict (reclaim.S3FIFO if empty).
@@ -49,7 +39,7 @@ type Config struct {
 	CachePolicy reclaim.Policy
 
 	// ReadBuffers bounds the daemon's read buffers, the bulk of its heap
-	// (fault.Config.MaxFillBytes); fault.DefaultMaxFillBytes(CacheBytes)
+	// (fault.Config.ReadBuffers); fault.DefaultReadBuffers(CacheBytes)
 	// if 0.
 	ReadBuffers int64
 
@@ -120,17 +110,18 @@ type Server struct {
 	readers  *readerPool // read every attached uffd
 	badConns atomic.Uint64
 	nextID   atomic.Uint64
+	conns    sync.WaitGroup // sessions being served
 
-	mu         sync.Mutex
-	objects    map[objectKey]*object
+	mu         sync.Mutex // protects the fields below, and each object's that say so
+	objects    map[objectKey]*cachedObject
 	idleCaches idleCaches // objects no client has open (idle.go)
 	sessions   map[*session]struct{}
 	orphans    map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
 	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
-	retired    bool // handed over to a successor (takeover.go)
-	conns      sync.WaitGroup
+	retired    bool            // handed over to a successor (takeover.go)
+	freed      []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -143,26 +134,28 @@ type objectKey struct {
 	adopted uint64
 }
 
-// object is an object's cache and store, shared by the sessions that opened it.
-type object struct {
+// cachedObject is an object's cache and store, shared by the sessions that opened it.
+type cachedObject struct {
 	key  objectKey
-	uri  string // as the client opened it, credentials and all: to open it again, never to show
-	fo   fault.Object
-	refs int
-	file *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
-	idle *list.Element // in Server.idleCaches while refs is 0
+	file fault.File
+
+	// Protected by Server.mu.
+	uri       string // as the client opened it, credentials and all: to open it again, never to show
+	refs      int
+	localFile *os.File      // a local object's file, as a client opened it: kept across a restart (keep.go)
+	idle      *list.Element // in Server.idleCaches while refs is 0
 }
 
 // private reports whether o is a cache adopted from a client (adopt) that
 // serves only the clients that hold its file: the daemon did not read its
 // pages from the store, and cannot tell whose bytes they are.
-func (o *object) private() bool { return o.key.adopted != 0 }
+func (o *cachedObject) private() bool { return o.key.adopted != 0 }
 
-// keepFile remembers f, a local object's file, unless one is kept already.
+// keepFileLocked remembers f, a local object's file, unless one is kept already.
 // Called with s.mu held or before the object is shared.
-func (o *object) keepFile(f *os.File) {
-	if o.file == nil {
-		o.file = f
+func (o *cachedObject) keepFileLocked(f *os.File) {
+	if o.localFile == nil {
+		o.localFile = f
 		return
 	}
 	f.Close()
@@ -171,40 +164,26 @@ func (o *object) keepFile(f *os.File) {
 // New makes a server. It refuses a kernel whose shmem huge page settings
 // would make the cache serve zeros.
 func New(cfg Config) (*Server, error) {
-	if cfg.THPSysfs == "" {
-		cfg.THPSysfs = pagecache.THPSysfs
-	}
 	if err := pagecache.CheckTHP(cfg.THPSysfs); err != nil {
 		return nil, err
-	}
-	if cfg.Retries == 0 {
-		cfg.Retries = 3
-	} else if cfg.Retries < 0 {
-		cfg.Retries = 0
-	}
-	if cfg.RetryBackoff == 0 {
-		cfg.RetryBackoff = 10 * time.Millisecond
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	switch cfg.CachePolicy {
-	case "", reclaim.S3FIFO, reclaim.FIFO:
-	default:
-		return nil, fmt.Errorf("unknown cache policy %q (want %s or %s)", cfg.CachePolicy, reclaim.S3FIFO, reclaim.FIFO)
+	budget, err := fault.NewBudget(cfg.CacheBytes, cfg.CachePolicy)
+	if err != nil {
+		return nil, err
 	}
-	budgetPages := cfg.CacheBytes / pagecache.PageSize
-	if cfg.CacheBytes > 0 {
-		budgetPages = max(budgetPages, 1)
+	if budgetPages := budget.Stats().BudgetPages; budgetPages > 0 {
 		// A readahead window that is a large share of the budget evicts
 		// what the reader is about to use: keep windows to an eighth.
-		if cfg.MaxReadahead == 0 {
-			cfg.MaxReadahead = readahead.DefaultMaxPages
+		if cfg.ReadaheadMaxPages == 0 {
+			cfg.ReadaheadMaxPages = readahead.DefaultMaxPages
 		}
-		cfg.MaxReadahead = max(min(cfg.MaxReadahead, budgetPages/8), 1)
-		cfg.ReadaheadPages = min(max(cfg.ReadaheadPages, 0), cfg.MaxReadahead)
+		cfg.ReadaheadMaxPages = max(min(cfg.ReadaheadMaxPages, budgetPages/8), 1)
+		cfg.ReadaheadPages = min(max(cfg.ReadaheadPages, 0), cfg.ReadaheadMaxPages)
 		if cfg.ReadaheadPages == 0 {
-			cfg.ReadaheadPages = min(readahead.DefaultPages, cfg.MaxReadahead)
+			cfg.ReadaheadPages = min(readahead.DefaultPages, cfg.ReadaheadMaxPages)
 		}
 	}
 	backing := pagecache.NewBacking(!cfg.NoHuge)
@@ -213,8 +192,8 @@ func New(cfg Config) (*Server, error) {
 		cfg:        cfg,
 		log:        cfg.Log,
 		backing:    backing,
-		budget:     reclaim.New(budgetPages, cfg.CachePolicy),
-		objects:    make(map[objectKey]*object),
+		budget:     budget,
+		objects:    make(map[objectKey]*cachedObject),
 		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
@@ -225,7 +204,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Remote.Fetch.Observer == nil {
 		cfg.Remote.Fetch.Observer = s.metrics
 	}
-	var err error
 	if s.readers, err = newReaderPool(cfg.Log); err != nil {
 		backing.Close()
 		return nil, err
@@ -238,16 +216,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.remotes = r
 	s.faults = fault.NewHandler(fault.Config{
-		RaPages:      cfg.ReadaheadPages,
-		MaxRaPages:   cfg.MaxReadahead,
-		RaLimit:      budgetPages / 8,
-		Retries:      cfg.Retries,
-		RetryBackoff: cfg.RetryBackoff,
-		Timeout:      cfg.FaultTimeout,
-		Log:          cfg.Log,
-		Budget:       s.budget,
-		Observer:     s.metrics,
-		MaxFillBytes: cfg.ReadBuffers,
+		ReadaheadPages:    cfg.ReadaheadPages,
+		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
+		Retries:           cfg.Retries,
+		RetryBackoff:      cfg.RetryBackoff,
+		Timeout:           cfg.FaultTimeout,
+		Log:               cfg.Log,
+		Budget:            s.budget,
+		Observer:          s.metrics,
+		ReadBuffers:       cfg.ReadBuffers,
 
 		ReadaheadInflight: cfg.ReadaheadInflight,
 	}, &s.counters)
@@ -338,11 +315,10 @@ func (s *Server) Close() error {
 	s.waitFills()
 	s.readers.closePool()
 	s.mu.Lock()
-	for k, o := range s.objects {
-		s.free(o)
-		delete(s.objects, k)
+	for _, o := range s.objects {
+		s.freeLocked(o)
 	}
-	s.mu.Unlock()
+	s.unlock()
 	s.remotes.Close()
 	s.backing.Close()
 	s.mu.Lock()
@@ -356,29 +332,48 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// free releases an object's cache and store, and takes it off the idle
-// list. Called with s.mu held.
-func (s *Server) free(o *object) {
-	s.unidle(o)
-	if o.file != nil {
-		o.file.Close()
+// freeLocked drops an object: no Open finds it any more, and it is off the
+// idle list. Its cache and store are closed by unlock, once s.mu is
+// released: closing them waits (for a collapse in progress, for a remote
+// store's requests to end, for the disk cache's lock), and every Open,
+// stat and release of the daemon would wait with them.
+func (s *Server) freeLocked(o *cachedObject) {
+	s.unidleLocked(o)
+	delete(s.objects, o.key)
+	s.freed = append(s.freed, o)
+}
+
+// unlock releases s.mu and closes the objects freed under it.
+func (s *Server) unlock() {
+	freed := s.freed
+	s.freed = nil
+	s.mu.Unlock()
+	for _, o := range freed {
+		o.close(s.budget)
 	}
-	s.budget.Forget(o.fo.Cache)
-	o.fo.Cache.Close()
-	o.fo.Store.Close()
+}
+
+// close releases the cache and store of an object that has been freed.
+func (o *cachedObject) close(budget *reclaim.Budget) {
+	if o.localFile != nil {
+		o.localFile.Close()
+	}
+	budget.Forget(o.file.Cache)
+	o.file.Cache.Close()
+	o.file.Store.Close()
 }
 
 // acquire returns the cache for st's object and version in uid's domain,
 // making it if needed. It takes ownership of st. mayHang says st is a file
 // on a network or FUSE file system.
-func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) (*object, error) {
+func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) (*cachedObject, error) {
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock() // and closes the stale caches it frees
 	if o, ok := s.objects[k]; ok {
 		st.Close() // the cache has a store of these very bytes already
-		s.ref(o)
+		s.refLocked(o)
 		return o, nil
 	}
 	cache, err := s.backing.New(name, st.Size())
@@ -386,8 +381,8 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 		st.Close()
 		return nil, err
 	}
-	s.dropStale(k, name)
-	o := &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	s.dropStaleLocked(k, name)
+	o := &cachedObject{key: k, file: fault.File{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	return o, nil
 }
@@ -414,11 +409,11 @@ func (s *Server) wrapStore(st store.Store, mayHang bool) store.Store {
 // it, and it goes when the last of them lets go. A cache kept by the keeper
 // is the daemon's own, and is shared again unless it was private already,
 // or its object has a cache already.
-func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File, private bool) (*object, error) {
+func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, file *os.File, private bool) (*cachedObject, error) {
 	st = s.wrapStore(st, mayHang)
 	k := objectKey{uid: uid, key: st.Key(), version: st.Version()}
 	s.mu.Lock()
-	o, err := s.cacheOf(uid, name, file, st.Size())
+	o, err := s.cacheOfLocked(uid, name, file, st.Size())
 	if o != nil || err != nil {
 		s.mu.Unlock()
 		file.Close()
@@ -435,7 +430,7 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	if _, taken := s.objects[k]; taken || private {
 		k.adopted = s.nextID.Add(1)
 	}
-	o = &object{key: k, fo: fault.Object{Cache: cache, Store: st}, refs: 1}
+	o = &cachedObject{key: k, file: fault.File{Cache: cache, Store: st}, refs: 1}
 	s.objects[k] = o
 	s.mu.Unlock()
 	var n int64
@@ -449,12 +444,12 @@ func (s *Server) adopt(uid uint32, name string, st store.Store, mayHang bool, fi
 	return o, nil
 }
 
-// cacheOf finds the cache whose file is file, with a reference taken; one
+// cacheOfLocked finds the cache whose file is file, with a reference taken; one
 // of another uid, or of another size than the client names, is an error.
 // Called with s.mu held.
-func (s *Server) cacheOf(uid uint32, name string, file *os.File, size int64) (*object, error) {
+func (s *Server) cacheOfLocked(uid uint32, name string, file *os.File, size int64) (*cachedObject, error) {
 	for k, o := range s.objects {
-		if !o.fo.Cache.Same(file) {
+		if !o.file.Cache.Same(file) {
 			continue
 		}
 		if k.uid != uid {
@@ -462,38 +457,37 @@ func (s *Server) cacheOf(uid uint32, name string, file *os.File, size int64) (*o
 		}
 		// The client is accounted the size it names, and released the
 		// cache's when it closes: they must agree.
-		if have := o.fo.Cache.Size(); have != size {
+		if have := o.file.Cache.Size(); have != size {
 			return nil, fmt.Errorf("open %s: the cache file handed back is the cache of %d bytes, not of %d", name, have, size)
 		}
-		s.ref(o)
+		s.refLocked(o)
 		return o, nil
 	}
 	return nil, nil
 }
 
-// dropStale frees the caches that nobody maps any more of other versions
+// dropStaleLocked frees the caches that nobody maps any more of other versions
 // of k's object, or of another object under the same name (a file replaced
 // by rename): their bytes will not be asked for again. Called with s.mu
 // held, before k's own cache is added.
-func (s *Server) dropStale(k objectKey, name string) {
+func (s *Server) dropStaleLocked(k objectKey, name string) {
 	for ok, o := range s.objects {
-		if ok.uid == k.uid && (ok.key == k.key || o.fo.Cache.Name() == name) && o.refs == 0 {
-			s.free(o)
-			delete(s.objects, ok)
+		if ok.uid == k.uid && (ok.key == k.key || o.file.Cache.Name() == name) && o.refs == 0 {
+			s.freeLocked(o)
 		}
 	}
 }
 
 // release drops a reference. The cache stays when the last goes: a later
 // Open of the same bytes finds it warm. It goes when its object changes
-// (dropStale), or when MaxIdleCaches caches released since want its
+// (dropStaleLocked), or when MaxIdleCaches caches released since want its
 // place (idle.go).
-func (s *Server) release(o *object) {
+func (s *Server) release(o *cachedObject) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock() // and closes what went past the idle bound
 	o.refs--
 	if o.refs == 0 && !s.closed {
-		s.idle(o)
+		s.idleLocked(o)
 	}
 }
 
@@ -505,7 +499,7 @@ func (s *Server) release(o *object) {
 // says what it dropped.
 func (s *Server) DropCaches(uid uint32) (proto.Dropped, error) {
 	s.mu.Lock()
-	objs := make([]*object, 0, len(s.objects))
+	objs := make([]*cachedObject, 0, len(s.objects))
 	for k, o := range s.objects {
 		if uid == 0 || k.uid == uid {
 			objs = append(objs, o)
@@ -515,8 +509,8 @@ func (s *Server) DropCaches(uid uint32) (proto.Dropped, error) {
 	var d proto.Dropped
 	var errs []error
 	for _, o := range objs {
-		s.budget.Forget(o.fo.Cache)
-		n, err := o.fo.Cache.Punch(0, o.fo.Cache.NPages())
+		s.budget.Forget(o.file.Cache)
+		n, err := o.file.Cache.Punch(0, o.file.Cache.NPages())
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -538,7 +532,7 @@ func (s *Server) Objects(uid uint32) []proto.ObjectStat {
 		if uid != 0 && k.uid != uid {
 			continue
 		}
-		c := o.fo.Cache
+		c := o.file.Cache
 		out = append(out, proto.ObjectStat{URI: c.Name(), Version: k.version, Size: c.Size(),
 			CacheBytes: c.Resident() * pagecache.PageSize, Users: o.refs, Uid: k.uid})
 	}
@@ -554,7 +548,7 @@ func (s *Server) AllocatedBytes() (int64, error) {
 	defer s.mu.Unlock()
 	var n int64
 	for _, o := range s.objects {
-		b, err := o.fo.Cache.AllocatedBytes()
+		b, err := o.file.Cache.AllocatedBytes()
 		if err != nil {
 			return 0, err
 		}
@@ -611,8 +605,8 @@ func (s *Server) countersNow() proto.Stats {
 	st.IdleObjects = s.idleCaches.lru.Len()
 	st.Clients = len(s.sessions)
 	for _, o := range s.objects {
-		st.CacheBytes += o.fo.Cache.Resident() * pagecache.PageSize
-		st.MetadataBytes += o.fo.Cache.MetadataBytes()
+		st.CacheBytes += o.file.Cache.Resident() * pagecache.PageSize
+		st.MetadataBytes += o.file.Cache.MetadataBytes()
 	}
 	for ss := range s.sessions {
 		st.Regions += ss.regionCount()

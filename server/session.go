@@ -31,9 +31,9 @@ type session struct {
 
 	retire bool // close the server once the reply in hand is sent (takeover.go)
 
-	mu          sync.Mutex
+	mu          sync.Mutex // protects the fields below
 	closed      bool
-	handles     map[uint64]*object
+	handles     map[uint64]*cachedObject
 	attachments map[uint64]*attachment
 }
 
@@ -48,7 +48,7 @@ func newSession(s *Server, c *net.UnixConn) (*session, error) {
 		cred:        cred,
 		log:         s.log.With("pid", cred.Pid, "uid", cred.Uid),
 		client:      s.clients.join(cred),
-		handles:     make(map[uint64]*object),
+		handles:     make(map[uint64]*cachedObject),
 		attachments: make(map[uint64]*attachment),
 	}, nil
 }
@@ -189,7 +189,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 	}
 	// A frame with descriptors goes the long way, which refuses it.
 	if o := ss.s.refImmutable(ss.cred.Uid, uri, req, len(f.Fds)); o != nil {
-		size := o.fo.Cache.Size()
+		size := o.file.Cache.Size()
 		if err := ss.client.reserveObject(uri.Name(), size); err != nil {
 			ss.s.release(o)
 			return nil, nil, err
@@ -223,7 +223,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		closeFile(kept)
 		return nil, nil, err
 	}
-	var o *object
+	var o *cachedObject
 	if cache != nil {
 		o, err = ss.s.adopt(ss.cred.Uid, name, st, hangs, cache, true)
 		cache = nil
@@ -240,7 +240,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 		o.uri = req.URI
 	}
 	if kept != nil {
-		o.keepFile(kept)
+		o.keepFileLocked(kept)
 	}
 	ss.s.mu.Unlock()
 	return ss.opened(o, size)
@@ -253,7 +253,7 @@ func (ss *session) open(f proto.Frame) (any, []*os.File, error) {
 // readable by a daemon of another uid. A cache named from the wrong
 // directory would show a wrong name in `filemap stat --objects` and the
 // logs, and could take the place of the idle cache of the file that has
-// that name (dropStale). The library sends absolute paths.
+// that name (dropStaleLocked). The library sends absolute paths.
 func checkLocalName(uri store.URI) error {
 	if uri.Scheme == "file" && !strings.Contains(uri.Raw, "://") && !filepath.IsAbs(uri.Raw) {
 		return fmt.Errorf("open %q: a local file must be named by its absolute path: the daemon cannot tell which directory a relative one starts from", uri.Raw)
@@ -263,8 +263,8 @@ func checkLocalName(uri store.URI) error {
 
 // opened gives the client a handle of o, which it has a reference to and
 // size bytes reserved for, and the cache file to map.
-func (ss *session) opened(o *object, size int64) (any, []*os.File, error) {
-	ro, err := o.fo.Cache.ReadOnlyFile()
+func (ss *session) opened(o *cachedObject, size int64) (any, []*os.File, error) {
+	ro, err := o.file.Cache.ReadOnlyFile()
 	if err != nil {
 		ss.s.release(o)
 		ss.client.releaseObject(size)
@@ -274,7 +274,7 @@ func (ss *session) opened(o *object, size int64) (any, []*os.File, error) {
 	ss.mu.Lock()
 	ss.handles[h] = o
 	ss.mu.Unlock()
-	return proto.OpenReply{Handle: h, Size: o.fo.Cache.Size(), Version: o.key.version}, []*os.File{ro}, nil
+	return proto.OpenReply{Handle: h, Size: o.file.Cache.Size(), Version: o.key.version}, []*os.File{ro}, nil
 }
 
 // openStore opens the store of uri: a local file through the one fd the
@@ -336,18 +336,18 @@ func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
 	if req.Addr%ps != 0 || req.Len%ps != 0 || req.Offset%ps != 0 || req.Len == 0 || req.Offset < 0 {
 		f.CloseFds()
 		return nil, nil, fmt.Errorf("attach %s: region addr %#x len %d offset %d is not page-aligned and non-empty",
-			o.fo.Cache.Name(), req.Addr, req.Len, req.Offset)
+			o.file.Cache.Name(), req.Addr, req.Len, req.Offset)
 	}
-	if err := ss.client.reserveRegion(o.fo.Cache.Name(), req.Addr, req.Len); err != nil {
+	if err := ss.client.reserveRegion(o.file.Cache.Name(), req.Addr, req.Len); err != nil {
 		f.CloseFds()
 		return nil, nil, err
 	}
 	a, err := newAttachment(ss, f.Fds[0], req.Features)
 	if err != nil {
 		ss.client.releaseRegion()
-		return nil, nil, fmt.Errorf("attach %s: %w", o.fo.Cache.Name(), err)
+		return nil, nil, fmt.Errorf("attach %s: %w", o.file.Cache.Name(), err)
 	}
-	a.add(&o.fo, uintptr(req.Addr), req.Offset/ps, int64(req.Len/ps), advice)
+	a.add(&o.file, uintptr(req.Addr), req.Offset/ps, int64(req.Len/ps), advice)
 	a.obj = o
 	a.hold(o)
 	ss.mu.Lock()
@@ -359,7 +359,7 @@ func (ss *session) attach(f proto.Frame) (any, []*os.File, error) {
 	// waiting on faults that daemon read and never answered: the kernel
 	// will not send them again. Woken, they fault again, and we get them.
 	if err := a.u.Wake(uintptr(req.Addr), uintptr(req.Len)); err != nil {
-		ss.log.Warn("UFFDIO_WAKE of a newly attached region failed", "object", o.fo.Cache.Name(), "err", err)
+		ss.log.Warn("UFFDIO_WAKE of a newly attached region failed", "object", o.file.Cache.Name(), "err", err)
 	}
 	return proto.AttachReply{Region: a.id}, nil, nil
 }
@@ -412,7 +412,7 @@ func (ss *session) closeHandle(h uint64) error {
 		return fmt.Errorf("close: no open handle %d", h)
 	}
 	ss.s.release(o)
-	ss.client.releaseObject(o.fo.Cache.Size())
+	ss.client.releaseObject(o.file.Cache.Size())
 	return nil
 }
 
@@ -436,14 +436,14 @@ func (ss *session) close() {
 	ss.mu.Lock()
 	ss.closed = true
 	as, hs := ss.attachments, ss.handles
-	ss.attachments, ss.handles = map[uint64]*attachment{}, map[uint64]*object{}
+	ss.attachments, ss.handles = map[uint64]*attachment{}, map[uint64]*cachedObject{}
 	ss.mu.Unlock()
 	for _, a := range as {
 		a.close()
 	}
 	for _, o := range hs {
 		ss.s.release(o)
-		ss.client.releaseObject(o.fo.Cache.Size())
+		ss.client.releaseObject(o.file.Cache.Size())
 	}
 	ss.s.clients.leave(ss.client)
 }

@@ -110,7 +110,7 @@ type timedStore struct {
 	g *hangGuard
 
 	mu   sync.Mutex
-	hung []span // the ranges of abandoned reads still running
+	hung []span // the ranges of abandoned reads still running; protected by mu
 }
 
 type timedReadaheadStore struct {
@@ -132,7 +132,7 @@ type span struct{ off, end int64 }
 
 // timedRead is one read running in its goroutine.
 type timedRead struct {
-	mu        sync.Mutex
+	mu        sync.Mutex // protects the fields below but done
 	n         int
 	err       error
 	finished  bool // n and err are set; the buffer is no longer written

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/syncbuf"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/proto"
 	"golang.org/x/sys/unix"
 )
@@ -159,18 +160,6 @@ func expectClosedByServer(t *testing.T, c *net.UnixConn) {
 	}
 }
 
-// waitFor polls cond until it holds; after testWait it fails, saying what.
-func waitFor(t *testing.T, what func() string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testWait)
-	for d := time.Millisecond; !cond(); d = min(2*d, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v: %s", testWait, what())
-		}
-		time.Sleep(d)
-	}
-}
-
 // openFds lists /proc/self/fd: number → what it refers to.
 func openFds(t *testing.T) map[string]string {
 	t.Helper()
@@ -194,7 +183,7 @@ func openFds(t *testing.T) map[string]string {
 func waitOpenFds(t *testing.T, before map[string]string) {
 	t.Helper()
 	var now map[string]string
-	waitFor(t, func() string {
+	testutil.WaitForState(t, func() string {
 		return fmt.Sprintf("%d descriptors open, %d before: %s", len(now), len(before), fdDiff(before, now))
 	}, func() bool {
 		now = openFds(t)

@@ -118,6 +118,28 @@ func (e retriedError) Unwrap() error { return e.error }
 // ErrChanged reports that an object no longer has the version pinned at Open.
 var ErrChanged = errors.New("object changed since it was opened")
 
+// Permanent marks err, the failure of a read, as one that no retry can
+// cure: access denied, the object gone or changed, a server that ignores
+// ranges. Neither a store's own retries nor the fault path's read again.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err, or any error it wraps, was marked
+// Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
 // ReadFull reads exactly len(p) bytes at off, or fewer only when the read
 // reaches the store's Size. Any other short read is an error: a store that
 // returns less than it promised must never become zero-filled pages.

@@ -19,6 +19,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/syncbuf"
 	"golang.org/x/sys/unix"
 )
@@ -82,15 +83,6 @@ func mmapAnon(t *testing.T, pages int) []byte {
 }
 
 func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
-
-// pattern returns n bytes that differ from page to page and within a page.
-func pattern(n int, seed byte) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(i*7+i/4096) ^ seed
-	}
-	return b
-}
 
 func sum(b []byte) uint64 {
 	var s uint64
@@ -459,7 +451,7 @@ func TestCopyManyPages(t *testing.T) {
 	if _, err := u.Register(addrOf(b), uintptr(len(b)), ModeMissing); err != nil {
 		t.Fatal(err)
 	}
-	src := pattern(len(b), 0)
+	src := pattern.Random(len(b), 0)
 	n, err := copyFrom(u, addrOf(b), src, 0)
 	if err != nil || n != uintptr(len(b)) {
 		t.Fatalf("Copy = %#x, %v, want %#x, nil", n, err, len(b))
@@ -482,7 +474,7 @@ func TestCopyOverPresentPages(t *testing.T) {
 	if _, err := u.Register(addrOf(b), uintptr(len(b)), ModeMissing); err != nil {
 		t.Fatal(err)
 	}
-	src := pattern(len(b), 0x55)
+	src := pattern.Random(len(b), 0x55)
 	n, err := copyFrom(u, addrOf(b), src, 0)
 	if err != nil || n != uintptr(len(b)) {
 		t.Fatalf("Copy = %#x, %v, want %#x, nil", n, err, len(b))
@@ -506,7 +498,7 @@ func TestCopyOverPresentPages(t *testing.T) {
 func TestCopyErrors(t *testing.T) {
 	u := newUFFD(t, 0, 0)
 	b := mmapAnon(t, 4)
-	src := pattern(len(b), 0)
+	src := pattern.Random(len(b), 0)
 	if _, err := copyFrom(u, addrOf(b), src, 0); !errors.Is(err, unix.ENOENT) {
 		t.Errorf("Copy to an unregistered range: %v, want ENOENT", err)
 	}
@@ -552,7 +544,7 @@ func TestCopyHuge(t *testing.T) {
 		return b
 	}
 	a, b := mapHuge(), mapHuge()
-	src := pattern(2*huge, 0x77)
+	src := pattern.Random(2*huge, 0x77)
 
 	n, err := u.CopyHuge(addrOf(a), addrOf(src), uintptr(len(src)), huge, 0)
 	runtime.KeepAlive(src)
@@ -616,7 +608,7 @@ func TestUnregister(t *testing.T) {
 	if err := u.Unregister(start, length); err != nil {
 		t.Fatal(err)
 	}
-	src := pattern(len(b), 0)
+	src := pattern.Random(len(b), 0)
 	if _, err := copyFrom(u, start, src, 0); !errors.Is(err, unix.ENOENT) {
 		t.Fatalf("Copy after Unregister: %v, want ENOENT", err)
 	}
@@ -637,7 +629,7 @@ func TestWriteProtect(t *testing.T) {
 	if ioctls&IoctlWriteProtect == 0 {
 		t.Fatalf("ioctls %#x lack WRITEPROTECT", ioctls)
 	}
-	if _, err := copyFrom(u, start, pattern(len(b), 0), CopyModeWP); err != nil {
+	if _, err := copyFrom(u, start, pattern.Random(len(b), 0), CopyModeWP); err != nil {
 		t.Fatal(err)
 	}
 	if err := u.WriteProtect(start, length, WriteProtectModeWP); err != nil {
@@ -839,7 +831,7 @@ func TestCopyCrossProcess(t *testing.T) {
 	if c.features&FeatureExactAddress == 0 || c.features&FeatureThreadID == 0 {
 		t.Fatalf("child features %s lack EXACT_ADDRESS|THREAD_ID", FeatureNames(c.features))
 	}
-	src := pattern(int(c.length), 0x3C)
+	src := pattern.Random(int(c.length), 0x3C)
 	var first *Msg
 	c.send("go")
 	rec := c.serve(func(m Msg) {
@@ -893,7 +885,7 @@ func TestCopyWakesOnEEXIST(t *testing.T) {
 	skipIfShmemTHP(t)
 	c := startChild(t, "memfd")
 	pg := int(pageSize())
-	src := pattern(int(c.length), 0x11)
+	src := pattern.Random(int(c.length), 0x11)
 	page0 := bytes.Repeat([]byte{0x5A}, pg)
 	filled := false
 	c.send("go")
@@ -933,7 +925,7 @@ func TestCopyWakesOnEEXIST(t *testing.T) {
 func TestWake(t *testing.T) {
 	skipIfShmemTHP(t)
 	c := startChild(t, "memfd")
-	src := pattern(int(c.length), 0x22)
+	src := pattern.Random(int(c.length), 0x22)
 	faults := 0
 	c.send("go")
 	rec := c.serve(func(m Msg) {
@@ -1065,7 +1057,7 @@ func TestEvents(t *testing.T) {
 	if err != nil || !readable {
 		t.Fatalf("Poll = %v, %v, want the REMOVE event", readable, err)
 	}
-	src := pattern(int(pg), 0)
+	src := pattern.Random(int(pg), 0)
 	n, err := copyFrom(c.u, c.addr+6*pg, src, 0)
 	if n != 0 || !errors.Is(err, unix.EAGAIN) {
 		t.Errorf("Copy with an unread event = %#x, %v, want 0, EAGAIN", n, err)

@@ -82,7 +82,7 @@ func firecrackerCmd(args []string) error {
 		Name:              store.Redact(*mem),
 		Pinned:            immutableVersion(*mem, *memVersion),
 		ReadaheadPages:    h.raPages,
-		MaxReadahead:      h.raMaxPages,
+		ReadaheadMaxPages: h.raMaxPages,
 		ReadaheadInflight: h.raInflight,
 		CopyAround:        int64(around) / pagecache.PageSize,
 		CacheBytes:        h.cacheBytes,

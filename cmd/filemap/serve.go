@@ -72,7 +72,7 @@ func serve(args []string) error {
 	}
 	cfg := server.Config{
 		ReadaheadPages:    h.raPages,
-		MaxReadahead:      h.raMaxPages,
+		ReadaheadMaxPages: h.raMaxPages,
 		ReadaheadInflight: h.raInflight,
 		Retries:           h.retries,
 		RetryBackoff:      h.backoff,

@@ -149,7 +149,7 @@ func (k *keeper) empty() bool {
 func (k *keeper) prune() {
 	for range time.Tick(time.Second) {
 		k.mu.Lock()
-		k.forgetExited()
+		k.forgetExitedLocked()
 		if len(k.m) == 0 {
 			k.l.Close()
 			os.Exit(0)
@@ -161,12 +161,12 @@ func (k *keeper) prune() {
 func (k *keeper) pruneOnce() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.forgetExited()
+	k.forgetExitedLocked()
 }
 
-// forgetExited drops the entries whose process has exited. Called with
+// forgetExitedLocked drops the entries whose process has exited. Called with
 // k.mu held.
-func (k *keeper) forgetExited() {
+func (k *keeper) forgetExitedLocked() {
 	for id, e := range k.m {
 		if err := unix.Kill(e.Pid, 0); errors.Is(err, unix.ESRCH) {
 			closeEntries([]Entry{e})

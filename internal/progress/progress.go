@@ -62,7 +62,7 @@ func (r *Reporter) Live(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.line = fmt.Sprintf(format, args...)
-	r.draw()
+	r.drawLocked()
 }
 
 // Done reports a finished step: a line of its own where there is no live
@@ -81,10 +81,10 @@ func (r *Reporter) Done(format string, args ...any) {
 func (r *Reporter) Println(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.erase()
+	r.eraseLocked()
 	fmt.Fprintf(r.w, "%s%s\n", r.prefix, fmt.Sprintf(format, args...))
 	if r.line != "" {
-		r.draw()
+		r.drawLocked()
 	}
 }
 
@@ -92,7 +92,7 @@ func (r *Reporter) Println(format string, args ...any) {
 func (r *Reporter) Clear() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.erase()
+	r.eraseLocked()
 	r.line = ""
 }
 
@@ -127,11 +127,11 @@ func (r *Reporter) Every(d time.Duration, line func() string) (stop func()) {
 	})
 }
 
-// draw writes the live line over the one shown, padded with spaces over
+// drawLocked writes the live line over the one shown, padded with spaces over
 // what is left of a longer one. A line wider than the terminal would wrap,
 // and \r returns only to the start of its last row: it is cut to fit.
 // Called with mu held.
-func (r *Reporter) draw() {
+func (r *Reporter) drawLocked() {
 	s := r.prefix + r.line
 	n := utf8.RuneCountInString(s)
 	if r.cols > 0 && n >= r.cols {
@@ -141,9 +141,9 @@ func (r *Reporter) draw() {
 	r.shown = n
 }
 
-// erase blanks the live line and returns to its start. Called with mu
+// eraseLocked blanks the live line and returns to its start. Called with mu
 // held.
-func (r *Reporter) erase() {
+func (r *Reporter) eraseLocked() {
 	if r.shown > 0 {
 		fmt.Fprintf(r.w, "\r%s\r", strings.Repeat(" ", r.shown))
 		r.shown = 0

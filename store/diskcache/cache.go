@@ -121,7 +121,7 @@ type Cache struct {
 	// not wait for the network.
 	io sync.WaitGroup
 
-	mu      sync.Mutex
+	mu      sync.Mutex // protects the fields below, and every object's
 	closed  bool
 	objects map[string]*object // by file stem
 	lru     chunkList          // chunks on disk and not in use, most recent first
@@ -350,7 +350,7 @@ func (c *Cache) scan() {
 		top = max(top, ch.seq)
 	}
 	c.seq.Store(top)
-	c.reserve(0) // a smaller budget than last time: evict down to it now
+	c.reserveLocked(0) // a smaller budget than last time: evict down to it now
 }
 
 // cutSuffix returns the stem of a file name of ours.
@@ -521,10 +521,10 @@ func (c *Cache) Close() error {
 	return c.lock.Close() // and with it the flock
 }
 
-// reserve makes room for n more bytes by evicting chunks, superseded
+// reserveLocked makes room for n more bytes by evicting chunks, superseded
 // versions first, least recently used first. It reports false if the
 // chunks that could be evicted do not make enough room. Called with mu held.
-func (c *Cache) reserve(n int64) bool {
+func (c *Cache) reserveLocked(n int64) bool {
 	for c.bytes+n > c.max {
 		ch := c.stale.back()
 		if ch == nil {
@@ -533,16 +533,16 @@ func (c *Cache) reserve(n int64) bool {
 		if ch == nil {
 			return false
 		}
-		c.evict(ch, "evict")
+		c.evictLocked(ch, "evict")
 	}
 	return true
 }
 
-// evict drops a chunk that is on disk and not in use: its record first, then
+// evictLocked drops a chunk that is on disk and not in use: its record first, then
 // its bytes (see "Crash safety"). Called with mu held: a hole punch and a
 // 32-byte write cost microseconds, and holding mu means no read of the chunk
 // can start meanwhile.
-func (c *Cache) evict(ch *chunk, why string) {
+func (c *Cache) evictLocked(ch *chunk, why string) {
 	o := ch.obj
 	ch.list.remove(ch)
 	delete(o.chunks, ch.ci)
@@ -560,7 +560,7 @@ func (c *Cache) evict(ch *chunk, why string) {
 	}
 	c.dropOnDisk(o, ch.ci, why)
 	if idle {
-		c.retire(o)
+		c.retireLocked(o)
 	}
 }
 
@@ -590,21 +590,21 @@ func (c *Cache) logDiskError(op string, o *object, ci int64, err error) {
 	}
 }
 
-// retire closes the files of an object nobody uses, or deletes them if the
+// retireLocked closes the files of an object nobody uses, or deletes them if the
 // object holds no chunk or has been superseded. Called with mu held.
-func (c *Cache) retire(o *object) {
+func (c *Cache) retireLocked(o *object) {
 	if !o.idle() || o.gone {
 		return
 	}
 	if o.stale || len(o.chunks) == 0 {
-		c.forget(o)
+		c.forgetLocked(o)
 		return
 	}
 	o.closeFiles()
 }
 
-// forget deletes an idle object's files and chunks. Called with mu held.
-func (c *Cache) forget(o *object) {
+// forgetLocked deletes an idle object's files and chunks. Called with mu held.
+func (c *Cache) forgetLocked(o *object) {
 	for _, ch := range o.chunks {
 		ch.list.remove(ch)
 		c.bytes -= ch.alloc

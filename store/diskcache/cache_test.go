@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/store/remote"
 )
 
@@ -27,7 +28,7 @@ const size = 10*cs + 1234
 // serves every byte from disk, with no read of the wrapped store.
 func TestRestartServesEveryByteFromDisk(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 1)
+	data := pattern.Random(size, 1)
 
 	c1, _ := open(t, dir, 1<<30)
 	f1 := newFake(key, v1, data)
@@ -70,7 +71,7 @@ func TestRestartServesEveryByteFromDisk(t *testing.T) {
 // buffer in order; the memory tier serves the faults that follow.
 func TestMemChunksServeNeighbours(t *testing.T) {
 	c, _ := open(t, t.TempDir(), 1<<30)
-	data := pattern(size, 2)
+	data := pattern.Random(size, 2)
 	f := newFake(key, v1, data)
 	st := c.Wrap(f)
 	defer st.Close()
@@ -86,7 +87,7 @@ func TestMemChunksServeNeighbours(t *testing.T) {
 
 func TestCorruptDataByteIsRefetched(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 3)
+	data := pattern.Random(size, 3)
 	fill(t, dir, key, v1, data)
 	dataPath := only(t, dir, dataSuffix)
 	modify(t, dataPath, 3*cs+777, 1, func(b []byte) { b[0] ^= 0x40 })
@@ -120,7 +121,7 @@ func TestCorruptDataByteIsRefetched(t *testing.T) {
 func TestCorruptionWhileRunning(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := open(t, dir, 1<<30, WithMemChunks(0))
-	data := pattern(size, 4)
+	data := pattern.Random(size, 4)
 	f := newFake(key, v1, data)
 	st := c.Wrap(f)
 	defer st.Close()
@@ -137,7 +138,7 @@ func TestCorruptionWhileRunning(t *testing.T) {
 
 func TestTruncatedDataFileIsRefetched(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 5)
+	data := pattern.Random(size, 5)
 	fill(t, dir, key, v1, data)
 	if err := os.Truncate(only(t, dir, dataSuffix), 4*cs+cs/2); err != nil {
 		t.Fatal(err)
@@ -162,7 +163,7 @@ func TestCorruptIndexIsSurvived(t *testing.T) {
 			modify(t, idx, headerFixed+2, 1, func(b []byte) { b[0]++ })
 		},
 		"garbage": func(t *testing.T, idx string) {
-			if err := os.WriteFile(idx, pattern(4096, 6), 0o600); err != nil {
+			if err := os.WriteFile(idx, pattern.Random(4096, 6), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -175,7 +176,7 @@ func TestCorruptIndexIsSurvived(t *testing.T) {
 	for name, fn := range damage {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			data := pattern(size, 7)
+			data := pattern.Random(size, 7)
 			fill(t, dir, key, v1, data)
 			idx := only(t, dir, idxSuffix)
 			fn(t, idx)
@@ -212,7 +213,7 @@ func TestCorruptIndexIsSurvived(t *testing.T) {
 // A damaged record loses its chunk only.
 func TestCorruptRecord(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 8)
+	data := pattern.Random(size, 8)
 	fill(t, dir, key, v1, data)
 	modify(t, only(t, dir, idxSuffix), recordsStart(key, v1)+2*recordSize+1, 1, func(b []byte) { b[0]++ })
 	c, lb := open(t, dir, 1<<30)
@@ -234,7 +235,7 @@ func TestCorruptRecord(t *testing.T) {
 // and no space lost.
 func TestCrashLeftovers(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 9)
+	data := pattern.Random(size, 9)
 	fill(t, dir, key, v1, data)
 	idx, dataPath := only(t, dir, idxSuffix), only(t, dir, dataSuffix)
 	// Killed before chunk 1's record was written: data, no record.
@@ -275,7 +276,7 @@ func TestCrashLeftovers(t *testing.T) {
 func TestBudget(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := open(t, dir, 4*cs)
-	data := pattern(20*cs, 10)
+	data := pattern.Random(20*cs, 10)
 	f := newFake(key, v1, data)
 	st := c.Wrap(f)
 	for i := range 20 {
@@ -328,7 +329,7 @@ func (w *window) Close() error                            { return nil }
 func TestBudgetAcrossObjects(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := open(t, dir, 6*cs)
-	a, b := pattern(8*cs, 11), pattern(8*cs, 12)
+	a, b := pattern.Random(8*cs, 11), pattern.Random(8*cs, 12)
 	fa, fb := newFake("a", v1, a), newFake("b", v1, b)
 	sa, sb := c.Wrap(fa), c.Wrap(fb)
 	readAll(t, sa, a[:4*cs], cs) // a0..a3
@@ -354,7 +355,7 @@ func TestBudgetAcrossObjects(t *testing.T) {
 // Concurrent reads of one chunk wait for one fetch.
 func TestSingleFlight(t *testing.T) {
 	c, _ := open(t, t.TempDir(), 1<<30)
-	data := pattern(size, 13)
+	data := pattern.Random(size, 13)
 	f := newFake(key, v1, data)
 	f.gate = make(chan struct{})
 	st := c.Wrap(f)
@@ -388,7 +389,7 @@ func TestSingleFlight(t *testing.T) {
 func TestVersionsDoNotMix(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := open(t, dir, 1<<30)
-	d1, d2 := pattern(size, 14), pattern(size+cs, 15)
+	d1, d2 := pattern.Random(size, 14), pattern.Random(size+cs, 15)
 	f1, f2 := newFake(key, v1, d1), newFake(key, v2, d2)
 	s1 := c.Wrap(f1)
 	s2 := c.Wrap(f2) // supersedes v1, which is still open
@@ -430,7 +431,7 @@ func TestVersionsDoNotMix(t *testing.T) {
 func TestStoreErrorPropagates(t *testing.T) {
 	dir := t.TempDir()
 	c, _ := open(t, dir, 1<<30)
-	data := pattern(size, 16)
+	data := pattern.Random(size, 16)
 	f := newFake(key, v1, data)
 	errBoom := errors.New("boom")
 	fail := func(off int64) error {
@@ -472,7 +473,7 @@ func TestShortLastChunk(t *testing.T) {
 	for _, n := range []int{3*cs + 1000, 100, cs} {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
 			dir := t.TempDir()
-			data := pattern(n, uint64(n))
+			data := pattern.Random(n, uint64(n))
 			fill(t, dir, key, v1, data)
 			if a := allocated(t, dir); a > roundUp64(int64(n), pageSize)+pageSize {
 				t.Errorf("%d bytes allocated for %d", a, n)
@@ -528,7 +529,7 @@ func TestReadOnlyDirFailsOpen(t *testing.T) {
 		t.Run(fmt.Sprint("populated=", populated), func(t *testing.T) {
 			dir := t.TempDir()
 			if populated {
-				fill(t, dir, key, v1, pattern(cs, 17))
+				fill(t, dir, key, v1, pattern.Random(cs, 17))
 			}
 			makeReadOnly(t, dir)
 			_, err := Open(dir, 1<<30)
@@ -616,7 +617,7 @@ func TestOpenArguments(t *testing.T) {
 // Files written with one chunk size are not read with another.
 func TestChunkSizeChange(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 18)
+	data := pattern.Random(size, 18)
 	fill(t, dir, key, v1, data)
 	c, err := Open(dir, 1<<30, WithChunkSize(2*cs))
 	if err != nil {
@@ -646,7 +647,7 @@ func TestChunkSizeMatchesRemote(t *testing.T) {
 func TestWriteErrorServesRead(t *testing.T) {
 	dir := t.TempDir()
 	c, lb := open(t, dir, 1<<30)
-	data := pattern(size, 19)
+	data := pattern.Random(size, 19)
 	f := newFake(key, v1, data)
 	st := c.Wrap(f)
 	defer st.Close()
@@ -678,7 +679,7 @@ func TestWriteErrorServesRead(t *testing.T) {
 // Stores keep working after their Cache closes, uncached.
 func TestReadAfterCacheClose(t *testing.T) {
 	c, _ := open(t, t.TempDir(), 1<<30)
-	data := pattern(size, 20)
+	data := pattern.Random(size, 20)
 	f := newFake(key, v1, data)
 	st := c.Wrap(f)
 	readAll(t, st, data[:cs], cs)
@@ -701,7 +702,7 @@ func TestConcurrentReaders(t *testing.T) {
 	objs := []struct {
 		data []byte
 		st   io.ReaderAt
-	}{{data: pattern(12*cs+99, 21)}, {data: pattern(9*cs, 22)}}
+	}{{data: pattern.Random(12*cs+99, 21)}, {data: pattern.Random(9*cs, 22)}}
 	for i := range objs {
 		st := c.Wrap(newFake("obj"+strconv.Itoa(i), v1, objs[i].data))
 		defer st.Close()
@@ -766,7 +767,7 @@ func TestFormat(t *testing.T) {
 	if stemOf("ab", "c") == stemOf("a", "bc") || !isStem(stemOf("a", "b")) {
 		t.Error("stems collide or are not recognised")
 	}
-	chunk := pattern(3*blockSize+100, 41) // a short last block
+	chunk := pattern.Random(3*blockSize+100, 41) // a short last block
 	sums := blockSums(chunk)
 	if len(sums) != 4*4 || checkBlocks(chunk, 0, sums) != nil || checkBlocks(chunk[2*blockSize:], 2, sums) != nil {
 		t.Errorf("block sums of %d bytes: %d bytes, or they do not check", len(chunk), len(sums))
@@ -781,7 +782,7 @@ func TestFormat(t *testing.T) {
 // are deleted, quietly, and its chunks fetched again.
 func TestOldFormatIsDropped(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 42)
+	data := pattern.Random(size, 42)
 	fill(t, dir, key, v1, data)
 	modify(t, only(t, dir, idxSuffix), 8, 4, func(b []byte) { le.PutUint32(b, 1) })
 	c, lb := open(t, dir, 1<<30)
@@ -804,7 +805,7 @@ func TestOldFormatIsDropped(t *testing.T) {
 func TestScatteredReadsReadBlocks(t *testing.T) {
 	const chunk = 4 * blockSize
 	dir := t.TempDir()
-	data := pattern(6*chunk+1000, 40)
+	data := pattern.Random(6*chunk+1000, 40)
 	c, _ := open(t, dir, 1<<30, WithChunkSize(chunk))
 	st := c.Wrap(newFake(key, v1, data))
 	readAll(t, st, data, chunk)

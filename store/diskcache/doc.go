@@ -123,4 +123,12 @@
 // served from memory are not recorded, which would write the index on every
 // fault). The index files are not counted: 32 bytes per chunk and 4 per
 // 64 KiB block, 80 KiB per GiB of object, sparse like the data.
+//
+// # Locks
+//
+// One lock, Cache.mu, protects every object's index, the chunks in memory
+// and the LRU; a hole punch and a record's write run under it. A Store's
+// Close takes it and lets it go before it closes the store below. The
+// daemon takes it with its own lock held (package server's documentation
+// has the whole order).
 package diskcache

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -69,20 +68,6 @@ func (f *fakeStore) Version() string { return f.version }
 func (f *fakeStore) Close() error    { f.closed.Store(true); return nil }
 
 var _ store.Store = (*fakeStore)(nil)
-
-// pattern is n bytes that differ from chunk to chunk and from seed to seed,
-// so that a chunk served at the wrong offset or of the wrong version shows.
-func pattern(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := 0; i < n; i += 8 {
-		v := r.Uint64()
-		for j := 0; j < 8 && i+j < n; j++ {
-			b[i+j] = byte(v >> (8 * j))
-		}
-	}
-	return b
-}
 
 // logBuf is a log destination that tests read.
 type logBuf struct {

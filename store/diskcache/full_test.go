@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/tmpfs"
 )
 
@@ -15,7 +16,7 @@ import (
 func TestFullDiskServesFromDisk(t *testing.T) {
 	fs := tmpfs.Mount(t, 4<<20)
 	dir := filepath.Join(fs, "cache")
-	data := pattern(8*cs, 21)
+	data := pattern.Random(8*cs, 21)
 	fill(t, dir, key, v1, data)
 	filler := tmpfs.Fill(t, fs, 0)
 
@@ -33,7 +34,7 @@ func TestFullDiskServesFromDisk(t *testing.T) {
 	}
 
 	const key2 = "s3:bucket/other"
-	other := pattern(4*cs, 22)
+	other := pattern.Random(4*cs, 22)
 	f2 := newFake(key2, v1, other)
 	st2 := c.Wrap(f2)
 	readAll(t, st2, other, cs)
@@ -71,7 +72,7 @@ func TestFullDiskServesFromDisk(t *testing.T) {
 func TestNoInodeLeftServesFromDisk(t *testing.T) {
 	fs := tmpfs.Mount(t, 4<<20)
 	dir := filepath.Join(fs, "cache")
-	data := pattern(4*cs, 24)
+	data := pattern.Random(4*cs, 24)
 	fill(t, dir, key, v1, data)
 	tmpfs.FillInodes(t, fs)
 	c, lb := open(t, dir, 1<<30)
@@ -91,7 +92,7 @@ func TestNoInodeLeftServesFromDisk(t *testing.T) {
 func TestFullDiskWriteLeavesNothing(t *testing.T) {
 	fs := tmpfs.Mount(t, 4<<20)
 	c, lb := open(t, filepath.Join(fs, "cache"), 1<<30)
-	data := pattern(256*cs, 23)
+	data := pattern.Random(256*cs, 23)
 	st := c.Wrap(newFake(key, v1, data)) // its index header written
 	defer st.Close()
 	tmpfs.Fill(t, fs, 8*pageSize) // room for half of a chunk

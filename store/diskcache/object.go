@@ -52,10 +52,10 @@ func (c *Cache) newObject(stem string, h header) *object {
 	}
 }
 
-// create starts the files of a new object, replacing any left over. The
+// createLocked starts the files of a new object, replacing any left over. The
 // index is truncated first, so that no record outlives the data it vouched
 // for, and its header is written last. Called with mu held.
-func (c *Cache) create(stem string, h header) (*object, error) {
+func (c *Cache) createLocked(stem string, h header) (*object, error) {
 	o := c.newObject(stem, h)
 	idx, err := os.OpenFile(o.idxPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/store"
 	"github.com/filemap/filemap/store/remote"
 )
@@ -45,7 +46,7 @@ func (o *rangeObject) Close() error    { return nil }
 // all.
 func TestRemoteSecondScanMakesNoRequests(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 30)
+	data := pattern.Random(size, 30)
 	cfg := remote.Config{ChunkSize: cs, HedgeAfter: -1}
 
 	c, _ := open(t, dir, 1<<30)
@@ -80,7 +81,7 @@ func TestRemoteSecondScanMakesNoRequests(t *testing.T) {
 // follow make no request of their own.
 func TestRemotePrefetchSkipsCached(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 31)
+	data := pattern.Random(size, 31)
 	cfg := remote.Config{ChunkSize: cs, MaxRequest: 4 * cs, HedgeAfter: -1}
 	c, _ := open(t, dir, 1<<30)
 	st := c.Wrap(remote.New(&rangeObject{data: data}, cfg))
@@ -112,7 +113,7 @@ func TestRemotePrefetchSkipsCached(t *testing.T) {
 // is on disk for the next daemon.
 func TestRemoteHoldThroughCache(t *testing.T) {
 	dir := t.TempDir()
-	data := pattern(size, 32)
+	data := pattern.Random(size, 32)
 	cfg := remote.Config{ChunkSize: cs, HedgeAfter: -1}
 	c, _ := open(t, dir, 1<<30)
 	st := c.Wrap(remote.New(&rangeObject{data: data}, cfg))
@@ -192,7 +193,7 @@ func (o *stallObject) GetRange(ctx context.Context, p []byte, off int64) error {
 func TestRemoteReadContext(t *testing.T) {
 	c, _ := open(t, t.TempDir(), 1<<30)
 	defer c.Close()
-	obj := &stallObject{rangeObject: rangeObject{data: pattern(size, 32)}}
+	obj := &stallObject{rangeObject: rangeObject{data: pattern.Random(size, 32)}}
 	st := c.Wrap(remote.New(obj, remote.Config{ChunkSize: cs, HedgeAfter: -1, Timeout: time.Hour}))
 	defer st.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)

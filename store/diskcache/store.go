@@ -50,12 +50,12 @@ func (c *Cache) Wrap(st store.Store) store.Store {
 				"key", key, "version", version, "size", size, "cached_size", o.size)
 			return st
 		}
-		c.forget(o)
+		c.forgetLocked(o)
 		o = nil
 	}
 	if o == nil {
 		var err error
-		if o, err = c.create(stem, h); err != nil {
+		if o, err = c.createLocked(stem, h); err != nil {
 			c.stats.writeErrors.Add(1)
 			c.log.Warn("diskcache: cannot create cache files; reading the object uncached", "key", key, "err", err)
 			return st
@@ -65,18 +65,18 @@ func (c *Cache) Wrap(st store.Store) store.Store {
 		c.stats.writeErrors.Add(1)
 		c.log.Warn("diskcache: cannot open cache files; reading the object uncached", "key", key, "file", o.dataPath, "err", err)
 		if o.idle() {
-			c.forget(o)
+			c.forgetLocked(o)
 		}
 		return st
 	}
 	o.users++
-	c.setStale(o, false)
+	c.setStaleLocked(o, false)
 	for _, other := range c.objects {
 		if other != o && other.key == key {
 			if other.idle() {
-				c.forget(other)
+				c.forgetLocked(other)
 			} else {
-				c.setStale(other, true)
+				c.setStaleLocked(other, true)
 			}
 		}
 	}
@@ -87,9 +87,9 @@ func (c *Cache) Wrap(st store.Store) store.Store {
 	return cs
 }
 
-// setStale moves o's chunks to the list of its new standing. Called with
+// setStaleLocked moves o's chunks to the list of its new standing. Called with
 // mu held.
-func (c *Cache) setStale(o *object, stale bool) {
+func (c *Cache) setStaleLocked(o *object, stale bool) {
 	if o.stale == stale {
 		return
 	}
@@ -212,7 +212,7 @@ func (s *cachedStore) Close() error {
 		s.o.users--
 		if s.o.users == 0 {
 			c.mem.drop(s.o) // nobody will read them from memory
-			c.retire(s.o)
+			c.retireLocked(s.o)
 		}
 		c.mu.Unlock()
 	})
@@ -350,27 +350,27 @@ func (c *Cache) load(ctx context.Context, s *cachedStore, ci int64) ([]byte, err
 		c.io.Done()
 		if err == nil {
 			c.listFor(o).pushFront(ch)
-			c.finish(o, ci, f, buf, nil)
+			c.finishLocked(o, ci, f, buf, nil)
 			c.mu.Unlock()
 			return buf, nil
 		}
-		c.dropCorrupt(o, ch, err)
+		c.dropCorruptLocked(o, ch, err)
 		c.mu.Unlock()
 	}
 	if _, err := c.fetch(ctx, s, ci, buf); err != nil {
 		c.mu.Lock()
-		c.finish(o, ci, f, nil, err)
+		c.finishLocked(o, ci, f, nil, err)
 		c.mu.Unlock()
 		return nil, err
 	}
 	c.mu.Lock()
-	c.remember(o, ci, buf)
+	c.rememberLocked(o, ci, buf)
 	f.buf = buf
 	close(f.done) // readers need not wait for the disk write
 	c.mu.Unlock()
 	c.store(o, ci, buf)
 	c.mu.Lock()
-	c.finish(o, ci, f, buf, nil)
+	c.finishLocked(o, ci, f, buf, nil)
 	c.mu.Unlock()
 	return buf, nil
 }
@@ -389,30 +389,30 @@ func (c *Cache) fetch(ctx context.Context, s *cachedStore, ci int64, buf []byte)
 	return buf, nil
 }
 
-// finish ends flight f of chunk ci: publishes its outcome if that has not
+// finishLocked ends flight f of chunk ci: publishes its outcome if that has not
 // been done, unlists it, and lets the object's files close if nobody uses
 // them. Called with mu held.
-func (c *Cache) finish(o *object, ci int64, f *flight, buf []byte, err error) {
+func (c *Cache) finishLocked(o *object, ci int64, f *flight, buf []byte, err error) {
 	select {
 	case <-f.done:
 	default:
 		f.buf, f.err = buf, err
 		if err == nil {
-			c.remember(o, ci, buf)
+			c.rememberLocked(o, ci, buf)
 		}
 		close(f.done)
 	}
 	delete(o.flights, ci)
 	o.active--
 	if o.idle() {
-		c.retire(o)
+		c.retireLocked(o)
 	}
 }
 
-// dropCorrupt forgets chunk ch, which failed its checks on disk, and clears
+// dropCorruptLocked forgets chunk ch, which failed its checks on disk, and clears
 // it there: it is never served, and the read that found it fetches it
 // again. Called with mu held.
-func (c *Cache) dropCorrupt(o *object, ch *chunk, err error) {
+func (c *Cache) dropCorruptLocked(o *object, ch *chunk, err error) {
 	c.stats.corrupt.Add(1)
 	delete(o.chunks, ch.ci)
 	c.bytes -= ch.alloc
@@ -461,17 +461,17 @@ func (c *Cache) readPart(o *object, ci, lo int64, p []byte) bool {
 	defer c.mu.Unlock()
 	c.io.Done()
 	if err != nil {
-		c.dropCorrupt(o, ch, err)
+		c.dropCorruptLocked(o, ch, err)
 	} else {
 		copy(p, buf[lo-start:])
 		c.listFor(o).pushFront(ch)
 	}
-	c.finish(o, ci, f, nil, nil)
+	c.finishLocked(o, ci, f, nil, nil)
 	return err == nil
 }
 
-// remember keeps a chunk in memory. Called with mu held.
-func (c *Cache) remember(o *object, ci int64, buf []byte) {
+// rememberLocked keeps a chunk in memory. Called with mu held.
+func (c *Cache) rememberLocked(o *object, ci int64, buf []byte) {
 	if buf != nil && !c.closed && !o.gone {
 		c.mem.put(o, ci, buf)
 	}
@@ -548,7 +548,7 @@ func (c *Cache) store(o *object, ci int64, buf []byte) {
 		c.mu.Unlock()
 		return
 	}
-	if !c.reserve(alloc) {
+	if !c.reserveLocked(alloc) {
 		c.mu.Unlock()
 		c.stats.uncached.Add(1)
 		return

@@ -268,15 +268,15 @@ func (o *Object) GetRange(ctx context.Context, p []byte, off int64) error {
 // mark.
 func (o *Object) rangeError(p []byte, off int64, err error) error {
 	e := fmt.Errorf("GET %s: %d bytes at offset %d: %w", o.name, len(p), off, err)
-	if remote.IsPermanent(err) {
-		return remote.Permanent(e)
+	if store.IsPermanent(err) {
+		return store.Permanent(e)
 	}
 	return e
 }
 
 func (o *Object) getRange(ctx context.Context, p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > o.size {
-		return remote.Permanent(fmt.Errorf("range outside the %d-byte object", o.size))
+		return store.Permanent(fmt.Errorf("range outside the %d-byte object", o.size))
 	}
 	h := http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1)}}
 	o.conditions(h)
@@ -307,7 +307,7 @@ func (o *Object) checkResponse(resp *http.Response, off int64, n int) error {
 		if o.byLastModified() { // we sent If-Range
 			return changed("server answered If-Range %s with the whole object", o.lastMod)
 		}
-		return remote.Permanent(fmt.Errorf("server ignored the Range header and answered 200 with the whole object"))
+		return store.Permanent(fmt.Errorf("server ignored the Range header and answered 200 with the whole object"))
 	default:
 		return statusError(resp)
 	}
@@ -333,26 +333,26 @@ func (o *Object) checkValidators(h http.Header) error {
 func (o *Object) checkContentRange(resp *http.Response, off int64, n int) error {
 	v := resp.Header.Get("Content-Range")
 	if v == "" {
-		return remote.Permanent(errors.New("206 response without Content-Range"))
+		return store.Permanent(errors.New("206 response without Content-Range"))
 	}
 	cr, err := parseContentRange(v)
 	if err != nil {
-		return remote.Permanent(err)
+		return store.Permanent(err)
 	}
 	if cr.size >= 0 && cr.size != o.size {
 		return changed("Content-Range %q: the object now has %d bytes, not %d", v, cr.size, o.size)
 	}
 	if last := off + int64(n) - 1; cr.first != off || cr.last != last {
-		return remote.Permanent(fmt.Errorf("asked for bytes %d-%d, got Content-Range %q", off, last, v))
+		return store.Permanent(fmt.Errorf("asked for bytes %d-%d, got Content-Range %q", off, last, v))
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != int64(n) {
-		return remote.Permanent(fmt.Errorf("Content-Length %d disagrees with Content-Range %q", resp.ContentLength, v))
+		return store.Permanent(fmt.Errorf("Content-Length %d disagrees with Content-Range %q", resp.ContentLength, v))
 	}
 	return nil
 }
 
 func changed(format string, args ...any) error {
-	return remote.Permanent(fmt.Errorf("%w: "+format, append([]any{store.ErrChanged}, args...)...))
+	return store.Permanent(fmt.Errorf("%w: "+format, append([]any{store.ErrChanged}, args...)...))
 }
 
 // readBody fills p from body. A body that ends early, or stalls until the
@@ -369,7 +369,7 @@ func readBody(body io.Reader, p []byte) error {
 	}
 	var extra [1]byte
 	if m, _ := body.Read(extra[:]); m > 0 {
-		return remote.Permanent(fmt.Errorf("body longer than the %d bytes of the range", len(p)))
+		return store.Permanent(fmt.Errorf("body longer than the %d bytes of the range", len(p)))
 	}
 	return nil
 }
@@ -404,7 +404,7 @@ func statusError(resp *http.Response) error {
 		err = fmt.Errorf("%w (%w)", err, fs.ErrPermission)
 	}
 	if isPermanentStatus(resp.StatusCode) || resp.StatusCode < 400 {
-		return remote.Permanent(err)
+		return store.Permanent(err)
 	}
 	return err
 }

@@ -175,7 +175,7 @@ func TestVersionsAndChanges(t *testing.T) {
 			changedData[200] ^= 0xff
 			s.change(changedData, c.newETag)
 			err := o.GetRange(context.Background(), make([]byte, 5000), 100)
-			if c.detected != errors.Is(err, store.ErrChanged) || (err != nil && !remote.IsPermanent(err)) {
+			if c.detected != errors.Is(err, store.ErrChanged) || (err != nil && !store.IsPermanent(err)) {
 				t.Fatalf("GetRange after a change = %v; want ErrChanged: %v", err, c.detected)
 			}
 			if !c.detected { // the size is all we can check
@@ -248,7 +248,7 @@ func TestGetRangeErrors(t *testing.T) {
 			const off, n = 3*4096 + 7, 10000
 			buf := bytes.Repeat([]byte{0xee}, n+16)
 			err := o.GetRange(context.Background(), buf[8:8+n], off)
-			if err == nil || remote.IsPermanent(err) != (c.kind == permanent) || (c.is != nil && !errors.Is(err, c.is)) {
+			if err == nil || store.IsPermanent(err) != (c.kind == permanent) || (c.is != nil && !errors.Is(err, c.is)) {
 				t.Fatalf("GetRange = %v; want a permanent: %v error wrapping %v", err, c.kind == permanent, c.is)
 			}
 			for _, want := range []string{s.URL + "/obj", "offset 12295", "10000 bytes", c.says} {

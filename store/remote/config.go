@@ -195,7 +195,7 @@ func Kind(err error) ErrorKind {
 		return ErrNone
 	case errors.Is(err, store.ErrChanged):
 		return ErrChanged
-	case IsPermanent(err):
+	case store.IsPermanent(err):
 		return ErrPermanent
 	case errors.Is(err, context.DeadlineExceeded):
 		return ErrTimeout

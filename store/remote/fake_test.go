@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/internal/testutil"
+	"github.com/filemap/filemap/store"
 )
 
 // fakeObject serves reference bytes, counts requests and in-flight
@@ -52,7 +55,7 @@ func reference(size int) []byte {
 func (o *fakeObject) GetRange(ctx context.Context, p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > int64(len(o.data)) || len(p) == 0 {
 		o.t.Errorf("GetRange(%d bytes at %d) outside the object of %d bytes", len(p), off, len(o.data))
-		return Permanent(errors.New("bad range"))
+		return store.Permanent(errors.New("bad range"))
 	}
 	o.mu.Lock()
 	c := call{seq: len(o.calls), off: off, n: len(p)}
@@ -145,26 +148,6 @@ func recv[T any](t *testing.T, ch <-chan T) T {
 	}
 }
 
-// waitFor waits until cond holds, failing the test if it does not for a
-// long while: a hang guard, not a timing assertion.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if !eventually(cond) {
-		t.Fatalf("timed out waiting for %s", what)
-	}
-}
-
-func eventually(cond func() bool) bool {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-	return true
-}
-
 // countingObserver counts what a Store reports.
 type countingObserver struct {
 	mu sync.Mutex
@@ -217,7 +200,7 @@ func newStore(t *testing.T, obj Object, cfg Config) *Store {
 // settleGoroutines waits for the goroutine count to come back to base.
 func settleGoroutines(t *testing.T, base int) {
 	t.Helper()
-	if !eventually(func() bool { return runtime.NumGoroutine() <= base }) {
+	if !testutil.Eventually(func() bool { return runtime.NumGoroutine() <= base }) {
 		buf := make([]byte, 1<<16)
 		t.Fatalf("goroutines leaked: %d, was %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
 	}

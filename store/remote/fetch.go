@@ -44,7 +44,7 @@ type fetch struct {
 	// demand reads go (see Store.span). Set before it is listed.
 	held bool
 
-	// Under Store.mu; buf, bad and err are set before done is closed.
+	// Protected by Store.mu; buf, bad and err are set before done is closed.
 	buf        *[]byte  // the bytes; nil on error or once recycled
 	bad        []badRun // pages given up while the others arrived, in offset order
 	err        error    // every page failed
@@ -148,7 +148,7 @@ func fetchError(lo, hi int64, tries int, err error) error {
 // permanent says whether retrying err is pointless. A changed object is,
 // even if the Object forgot to say so.
 func permanent(err error) bool {
-	return IsPermanent(err) || errors.Is(err, store.ErrChanged)
+	return store.IsPermanent(err) || errors.Is(err, store.ErrChanged)
 }
 
 // backoff is the wait before retry try+1: full jitter, so that the many
@@ -312,8 +312,8 @@ func (s *Store) getRange(ctx context.Context, p []byte, off int64) error {
 // A race is the requests of one attempt: the first success decides it, or
 // a permanent error, or the last failure.
 type race struct {
-	mu      sync.Mutex
-	pending int // requests running
+	mu      sync.Mutex // protects the fields below
+	pending int        // requests running
 	done    bool
 	buf     *[]byte // the winner's; or, failing, the one whose first got bytes arrived
 	got     int

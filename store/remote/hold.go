@@ -105,20 +105,20 @@ func (h *Held) Release() {
 			f.pins--
 			f.refs--
 			if f.pins == 0 && f.listed && f.ended && !f.cached {
-				if s.closed || s.wholeBesides(f) {
-					s.unlist(f) // as dropPartials would have, had f been cached
+				if s.closed || s.wholeBesidesLocked(f) {
+					s.unlistLocked(f) // as dropPartials would have, had f been cached
 				} else {
-					s.cache(f)
+					s.cacheLocked(f)
 				}
 			}
-			s.maybeFree(f)
+			s.maybeFreeLocked(f)
 		}
 	})
 }
 
-// wholeBesides says whether a fetch of f's whole chunk, other than f, has
+// wholeBesidesLocked says whether a fetch of f's whole chunk, other than f, has
 // its bytes. Called with s.mu held.
-func (s *Store) wholeBesides(f *fetch) bool {
+func (s *Store) wholeBesidesLocked(f *fetch) bool {
 	for _, g := range s.chunks[f.off/int64(s.cfg.ChunkSize)] {
 		if g != f && g.ended && g.err == nil && len(g.bad) == 0 && s.wholeChunk(g) {
 			return true
@@ -137,7 +137,7 @@ func (s *Store) hold(lo, hi int64) (*fetch, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	f := s.lookup(ci, lo, hi)
+	f := s.lookupLocked(ci, lo, hi)
 	switch {
 	case f == nil:
 		f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), listed: true, held: true, retries: s.cfg.Retries}

@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/filemap/filemap/internal/testutil"
+	"github.com/filemap/filemap/store"
 )
 
 // A Hold's plan: whole pages, split at chunk boundaries, sorted, merged
@@ -145,7 +148,7 @@ func TestHoldLeavesFaultsFirst(t *testing.T) {
 	}
 
 	promoted := readAsync(t, s, o.data, 3*testChunk+4096, 4096)
-	waitFor(t, "the fault to promote held chunk 3", func() bool {
+	testutil.WaitFor(t, "the fault to promote held chunk 3", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return len(s.chunks[3]) == 1 && s.chunks[3][0].demand.Load()
@@ -194,7 +197,7 @@ func TestHoldWaitErrors(t *testing.T) {
 	t.Run("failed", func(t *testing.T) {
 		o := newFake(t, testSize)
 		denied := errors.New("403 access denied")
-		o.hook = func(context.Context, call) error { return Permanent(denied) }
+		o.hook = func(context.Context, call) error { return store.Permanent(denied) }
 		s := newStore(t, o, testConfig())
 		h := s.Hold([][2]int64{{2 * testChunk, 2*testChunk + 4096}})
 		err := h.Wait(nil)

@@ -10,7 +10,7 @@ import (
 // for the adaptive hedge delay. Small and whole-chunk requests are kept
 // apart: a chunk's transfer time is not a straggling small request.
 type latencies struct {
-	mu   sync.Mutex
+	mu   sync.Mutex // protects the fields below
 	ring [64]time.Duration
 	n    int // samples in ring
 	next int

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store"
 )
 
@@ -205,7 +206,7 @@ func TestReadContextStopsRequests(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) || !store.IsRetried(err) {
 				t.Fatalf("read past its deadline: %v; want one wrapping context.DeadlineExceeded, marked retried", err)
 			}
-			waitFor(t, "the requests to end", func() bool {
+			testutil.WaitFor(t, "the requests to end", func() bool {
 				o.mu.Lock()
 				defer o.mu.Unlock()
 				return o.inflight == 0
@@ -248,7 +249,7 @@ func TestFollowerOutlivesLeader(t *testing.T) {
 		}
 		second <- err
 	}()
-	waitFor(t, "the second read to join the fetch", func() bool {
+	testutil.WaitFor(t, "the second read to join the fetch", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		fs := s.chunks[4]

@@ -5,6 +5,11 @@
 // per-request timeouts, retries with backoff and jitter, and hedged requests
 // for stragglers. In the kernel it stands where the block layer's request
 // queue does under mm/readahead.c.
+//
+// Lock order: Store.mu comes before its slots' lock; a fetch's race.mu and
+// latencies' lock are innermost. The daemon takes Store.mu with its own
+// held (an idle object's Idle); the whole order is in package server's
+// documentation.
 package remote
 
 import (
@@ -19,7 +24,7 @@ type Object interface {
 	// GetRange fills p with the bytes at off of the pinned version: exactly
 	// len(p) bytes (off+len(p) never passes Size), or an error. An error
 	// that retrying cannot cure (the object changed, access denied, a
-	// server that ignores ranges) is wrapped with Permanent. An error after
+	// server that ignores ranges) is wrapped with store.Permanent. An error after
 	// some of the bytes arrived (a body cut short, or stalled until ctx
 	// ended) may say so with Short: the Store keeps those.
 	GetRange(ctx context.Context, p []byte, off int64) error
@@ -28,26 +33,6 @@ type Object interface {
 	Key() string     // the object without its version, e.g. "s3:ENDPOINT/bucket/key" or a URL
 	Version() string // e.g. the ETag, or VersionId where versioning is on
 	Close() error
-}
-
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
-
-// Permanent marks err as one that a retry cannot cure.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return permanentError{err}
-}
-
-// IsPermanent reports whether err, or any error it wraps, was marked
-// Permanent.
-func IsPermanent(err error) bool {
-	var p permanentError
-	return errors.As(err, &p)
 }
 
 type shortError struct {

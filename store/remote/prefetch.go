@@ -50,24 +50,24 @@ func (s *Store) Prefetch(ctx context.Context, ranges [][2]int64) {
 			last = ci
 			a, b := ci*cs, s.chunkEnd(ci*cs)
 			if len(run) > 0 && (run[len(run)-1].off+cs != a || len(run) == per) {
-				s.startGroup(ctx, run)
+				s.startGroupLocked(ctx, run)
 				run = nil
 			}
-			if s.lookup(ci, a, b) != nil || s.gaveUp(ci) { // the latter's reads ask for what they need
-				s.startGroup(ctx, run)
+			if s.lookupLocked(ci, a, b) != nil || s.gaveUpLocked(ci) { // the latter's reads ask for what they need
+				s.startGroupLocked(ctx, run)
 				run = nil
 				continue
 			}
 			run = append(run, &fetch{off: a, n: int(b - a)})
 		}
 	}
-	s.startGroup(ctx, run)
+	s.startGroupLocked(ctx, run)
 }
 
-// startGroup lists the fetches of run, one request's chunks, and starts
+// startGroupLocked lists the fetches of run, one request's chunks, and starts
 // their request, which ends when ctx is done; a run of one is left to
 // reads. Called with s.mu held.
-func (s *Store) startGroup(ctx context.Context, run []*fetch) {
+func (s *Store) startGroupLocked(ctx context.Context, run []*fetch) {
 	if len(run) < 2 {
 		return
 	}

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/internal/testutil"
+	"github.com/filemap/filemap/store"
 )
 
 // groupConfig groups up to four test chunks in one request.
@@ -89,16 +92,16 @@ func TestPrefetchGroupFails(t *testing.T) {
 		}
 		select {
 		case <-gate:
-			return Permanent(errors.New("boom"))
+			return store.Permanent(errors.New("boom"))
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 	s := newStore(t, o, groupConfig())
 	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
-	waitFor(t, "the group's request", func() bool { return len(o.requests()) == 1 })
+	testutil.WaitFor(t, "the group's request", func() bool { return len(o.requests()) == 1 })
 	done := readAsync(t, s, o.data, testChunk+100, 1000)
-	waitFor(t, "the read to wait for the group", func() bool {
+	testutil.WaitFor(t, "the read to wait for the group", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		fs := s.chunks[1]
@@ -137,7 +140,7 @@ func TestPrefetchPromoted(t *testing.T) {
 	cfg.Timeout = time.Hour
 	s := newStore(t, o, cfg)
 	scan := readAsync(t, s, o.data, 12*testChunk, testChunk)
-	waitFor(t, "the scan's request", func() bool { return len(o.requests()) == 1 })
+	testutil.WaitFor(t, "the scan's request", func() bool { return len(o.requests()) == 1 })
 	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
 	select {
 	case err := <-readAsync(t, s, o.data, 2*testChunk+4096, 4096):

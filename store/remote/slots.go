@@ -22,7 +22,7 @@ import (
 // (and calling kick). With a single slot there is nothing to reserve, and
 // demand fetches only go first.
 type slots struct {
-	mu      sync.Mutex
+	mu      sync.Mutex // protects the fields below
 	limit   int
 	reserve int
 	busy    int

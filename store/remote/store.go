@@ -31,7 +31,7 @@ type Store struct {
 	bufs   *bufPool
 	lat    [3]latencies // by sizeClass
 
-	mu     sync.Mutex
+	mu     sync.Mutex // protects the fields below, and fetches' fields that say so
 	closed bool
 	loc    locality           // whether demand reads have neighbours
 	chunks map[int64][]*fetch // by chunk index: fetches in flight or cached
@@ -131,7 +131,7 @@ func (s *Store) View(ctx context.Context, off int64, n int) (b []byte, release f
 		return nil, nil, false, nil
 	}
 	s.mu.Lock()
-	split := s.gaveUp(off / int64(s.cfg.ChunkSize))
+	split := s.gaveUpLocked(off / int64(s.cfg.ChunkSize))
 	s.mu.Unlock()
 	if split { // ReadAt reads around the pages given up on, in segments
 		return nil, nil, false, nil
@@ -303,7 +303,7 @@ func (s *Store) lone(a, b int64) bool {
 // The fetch brings [a, end): end is b, unless the read meets pages a fetch
 // gave up on before it came. It then takes from that fetch only the bytes
 // before them, and asks for them again with a fetch of their own, which
-// brings those pages alone (see givenUp): errors are not sticky.
+// brings those pages alone (see givenUpLocked): errors are not sticky.
 func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f *fetch, end int64, started bool, err error) {
 	ci := a / int64(s.cfg.ChunkSize)
 	s.mu.Lock()
@@ -311,14 +311,14 @@ func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f 
 		s.mu.Unlock()
 		return nil, 0, false, ErrClosed
 	}
-	f = s.lookup(ci, a, b)
-	r, refetch := s.givenUp(ci, a)
-	if f == nil && (refetch || s.gaveUp(ci)) {
-		f = s.coverAt(ci, a) // the pages given up on split the chunk
+	f = s.lookupLocked(ci, a, b)
+	r, refetch := s.givenUpLocked(ci, a)
+	if f == nil && (refetch || s.gaveUpLocked(ci)) {
+		f = s.coverAtLocked(ci, a) // the pages given up on split the chunk
 	}
 	if f != nil {
 		end = min(b, f.off+int64(f.n))
-		if r, bad := f.badIn(a, end); bad && f.ended && !s.passOver(ci, r) {
+		if r, bad := f.badIn(a, end); bad && f.ended && !s.passOverLocked(ci, r) {
 			end = r.off // not a: lookup and coverAt skip those
 		}
 		f.refs++
@@ -334,7 +334,7 @@ func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f 
 		return f, end, false, nil
 	}
 	lo, hi := s.span(ci, a, b, demand, lone)
-	lo, hi = s.avoidGivenUp(ci, a, lo, hi)
+	lo, hi = s.avoidGivenUpLocked(ci, a, lo, hi)
 	retries := s.cfg.Retries
 	if refetch {
 		lo, hi = a&^(pageSize-1), min(r.end, roundUp64(b, pageSize), s.chunkEnd(a))
@@ -359,11 +359,11 @@ func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f 
 
 func roundUp64(n, to int64) int64 { return (n + to - 1) / to * to }
 
-// lookup finds a listed fetch of chunk ci that covers [a, b) and has not
+// lookupLocked finds a listed fetch of chunk ci that covers [a, b) and has not
 // given up on the page at a. Called with s.mu held.
-func (s *Store) lookup(ci, a, b int64) *fetch {
+func (s *Store) lookupLocked(ci, a, b int64) *fetch {
 	for _, f := range s.chunks[ci] {
-		if f.off <= a && b <= f.off+int64(f.n) && !s.failedAt(f, a) {
+		if f.off <= a && b <= f.off+int64(f.n) && !s.failedAtLocked(f, a) {
 			if f.cached {
 				s.lru.moveToFront(f)
 			}
@@ -373,19 +373,19 @@ func (s *Store) lookup(ci, a, b int64) *fetch {
 	return nil
 }
 
-// failedAt says whether f has ended having given up on the page at a.
+// failedAtLocked says whether f has ended having given up on the page at a.
 // Called with s.mu held.
-func (s *Store) failedAt(f *fetch, a int64) bool {
+func (s *Store) failedAtLocked(f *fetch, a int64) bool {
 	_, bad := f.badAt(a)
 	return f.ended && bad
 }
 
-// givenUp returns the run of pages holding byte a that a listed fetch of
+// givenUpLocked returns the run of pages holding byte a that a listed fetch of
 // chunk ci gave up on. The read that starts there asks for them again —
 // errors are not sticky — but only for them, the rest of the chunk being
 // at hand, and with only what is left of their retries: they failed that
 // many requests just now. Called with s.mu held.
-func (s *Store) givenUp(ci, a int64) (badRun, bool) {
+func (s *Store) givenUpLocked(ci, a int64) (badRun, bool) {
 	for _, f := range s.chunks[ci] {
 		if r, bad := f.badAt(a); bad && f.ended {
 			return r, true
@@ -394,12 +394,12 @@ func (s *Store) givenUp(ci, a int64) (badRun, bool) {
 	return badRun{}, false
 }
 
-// avoidGivenUp narrows the span [lo, hi) of a new fetch for a read from a
+// avoidGivenUpLocked narrows the span [lo, hi) of a new fetch for a read from a
 // so that it asks for no page a listed fetch of chunk ci gave up on: such a
 // request would fail for it, and be narrowed down all over again. The read
-// stops before those pages, and asks for them alone (see givenUp). Called
+// stops before those pages, and asks for them alone (see givenUpLocked). Called
 // with s.mu held.
-func (s *Store) avoidGivenUp(ci, a int64, lo, hi int64) (int64, int64) {
+func (s *Store) avoidGivenUpLocked(ci, a int64, lo, hi int64) (int64, int64) {
 	for _, f := range s.chunks[ci] {
 		if !f.ended {
 			continue
@@ -416,9 +416,9 @@ func (s *Store) avoidGivenUp(ci, a int64, lo, hi int64) (int64, int64) {
 	return lo, hi
 }
 
-// gaveUp says whether a listed fetch of chunk ci gave up on some of its
+// gaveUpLocked says whether a listed fetch of chunk ci gave up on some of its
 // pages. Called with s.mu held.
-func (s *Store) gaveUp(ci int64) bool {
+func (s *Store) gaveUpLocked(ci int64) bool {
 	for _, f := range s.chunks[ci] {
 		if f.ended && len(f.bad) > 0 {
 			return true
@@ -427,19 +427,19 @@ func (s *Store) gaveUp(ci int64) bool {
 	return false
 }
 
-// passOver says whether a read that reaches r, pages a fetch of chunk ci
+// passOverLocked says whether a read that reaches r, pages a fetch of chunk ci
 // gave up on, takes r's error rather than asking for them again: the
 // failure is recent, and no fetch has, or is bringing, those pages since.
 // Called with s.mu held.
-func (s *Store) passOver(ci int64, r badRun) bool {
-	return time.Since(r.at) < s.cfg.BackoffMax && s.coverAt(ci, r.off) == nil
+func (s *Store) passOverLocked(ci int64, r badRun) bool {
+	return time.Since(r.at) < s.cfg.BackoffMax && s.coverAtLocked(ci, r.off) == nil
 }
 
-// coverAt finds a listed fetch of chunk ci that holds the page at a, or is
+// coverAtLocked finds a listed fetch of chunk ci that holds the page at a, or is
 // bringing it. Called with s.mu held.
-func (s *Store) coverAt(ci, a int64) *fetch {
+func (s *Store) coverAtLocked(ci, a int64) *fetch {
 	for _, f := range s.chunks[ci] {
-		if f.off <= a && a < f.off+int64(f.n) && !s.failedAt(f, a) {
+		if f.off <= a && a < f.off+int64(f.n) && !s.failedAtLocked(f, a) {
 			if f.cached {
 				s.lru.moveToFront(f)
 			}
@@ -478,7 +478,7 @@ func (s *Store) span(ci, a, b int64, demand, lone bool) (lo, hi int64) {
 		return lo, hi
 	case lone:
 		return lo + (a-lo)/pageSize*pageSize, min(hi, lo+int64(roundUp(int(b-lo), pageSize)))
-	case s.readBefore(ci):
+	case s.readBeforeLocked(ci):
 		return lo, hi
 	}
 	slo := lo + (a-lo)/sub*sub
@@ -489,9 +489,9 @@ func (s *Store) span(ci, a, b int64, demand, lone bool) (lo, hi int64) {
 	return slo, shi
 }
 
-// readBefore says whether a read has fetched, or is fetching, bytes of
+// readBeforeLocked says whether a read has fetched, or is fetching, bytes of
 // chunk ci. Called with s.mu held.
-func (s *Store) readBefore(ci int64) bool {
+func (s *Store) readBeforeLocked(ci int64) bool {
 	for _, f := range s.chunks[ci] {
 		if !f.held {
 			return true
@@ -515,26 +515,26 @@ func (s *Store) finishLocked(f *fetch, buf *[]byte, bad []badRun, err error) {
 	f.buf, f.bad, f.err, f.ended = buf, bad, err, true
 	close(f.done)
 	if err != nil || s.closed {
-		s.unlist(f)
+		s.unlistLocked(f)
 		return
 	}
 	if s.wholeChunk(f) && len(f.bad) == 0 {
-		s.dropPartials(f)
+		s.dropPartialsLocked(f)
 	}
 	if f.pins == 0 {
-		s.cache(f)
+		s.cacheLocked(f)
 	}
 }
 
-// cache puts the fetched f at the front of the lru and evicts what passes
+// cacheLocked puts the fetched f at the front of the lru and evicts what passes
 // the budget. Called with s.mu held.
-func (s *Store) cache(f *fetch) {
+func (s *Store) cacheLocked(f *fetch) {
 	s.lru.pushFront(f)
 	f.cached = true
 	s.cached += int64(f.n)
 	budget := int64(s.cfg.CacheChunks) * int64(s.cfg.ChunkSize)
 	for s.cached > budget && s.lru.back() != f {
-		s.evict(s.lru.back())
+		s.evictLocked(s.lru.back())
 	}
 }
 
@@ -542,27 +542,27 @@ func (s *Store) wholeChunk(f *fetch) bool {
 	return f.off%int64(s.cfg.ChunkSize) == 0 && f.off+int64(f.n) == s.chunkEnd(f.off)
 }
 
-// dropPartials evicts the cached partial fetches of whole's chunk, which
+// dropPartialsLocked evicts the cached partial fetches of whole's chunk, which
 // whole makes redundant.
-func (s *Store) dropPartials(whole *fetch) {
+func (s *Store) dropPartialsLocked(whole *fetch) {
 	ci := whole.off / int64(s.cfg.ChunkSize)
 	for _, g := range s.chunks[ci] {
 		if g != whole && g.cached {
-			s.evict(g)
+			s.evictLocked(g)
 		}
 	}
 }
 
-func (s *Store) evict(f *fetch) {
+func (s *Store) evictLocked(f *fetch) {
 	s.lru.remove(f)
 	f.cached = false
 	s.cached -= int64(f.n)
-	s.unlist(f)
+	s.unlistLocked(f)
 }
 
-// unlist takes f out of s.chunks, so no new read finds it, and frees its
+// unlistLocked takes f out of s.chunks, so no new read finds it, and frees its
 // buffer if no read still uses it. Called with s.mu held.
-func (s *Store) unlist(f *fetch) {
+func (s *Store) unlistLocked(f *fetch) {
 	ci := f.off / int64(s.cfg.ChunkSize)
 	list := s.chunks[ci]
 	for i, g := range list {
@@ -577,19 +577,19 @@ func (s *Store) unlist(f *fetch) {
 		s.chunks[ci] = list
 	}
 	f.listed = false
-	s.maybeFree(f)
+	s.maybeFreeLocked(f)
 }
 
 func (s *Store) release(f *fetch) {
 	s.mu.Lock()
 	f.refs--
-	s.maybeFree(f)
+	s.maybeFreeLocked(f)
 	s.mu.Unlock()
 }
 
-// maybeFree recycles f's buffer once f is finished, out of the cache and
+// maybeFreeLocked recycles f's buffer once f is finished, out of the cache and
 // read by nobody. Called with s.mu held.
-func (s *Store) maybeFree(f *fetch) {
+func (s *Store) maybeFreeLocked(f *fetch) {
 	if f.listed || f.refs > 0 || f.buf == nil {
 		return
 	}
@@ -610,7 +610,7 @@ func (s *Store) Idle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for f := s.lru.back(); f != nil; f = s.lru.back() {
-		s.evict(f)
+		s.evictLocked(f)
 	}
 }
 
@@ -629,12 +629,12 @@ func (s *Store) Close() error {
 	s.wg.Wait()
 	s.mu.Lock()
 	for f := s.lru.back(); f != nil; f = s.lru.back() {
-		s.evict(f)
+		s.evictLocked(f)
 	}
 	// What is left is held: its buffers go when their Holds let go.
 	for _, list := range s.chunks {
 		for _, f := range slices.Clone(list) {
-			s.unlist(f)
+			s.unlistLocked(f)
 		}
 	}
 	s.mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store"
 )
 
@@ -252,7 +253,7 @@ func TestSmallReadNotStarvedByScan(t *testing.T) {
 	s := newStore(t, o, cfg)
 	scan := readAsync(t, s, o.data, 0, 12*testChunk) // fetches chunks 0-2: 0 and 1 run, 2 waits
 	scan0, scan1 := h.next(t), h.next(t)
-	waitFor(t, "the scan to queue chunk 2", func() bool {
+	testutil.WaitFor(t, "the scan to queue chunk 2", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return len(s.chunks[2]) == 1
@@ -356,7 +357,7 @@ func TestRetriesExhausted(t *testing.T) {
 	cfg.Retries = 2
 	s := newStore(t, o, cfg)
 	_, err := s.ReadAt(make([]byte, 4096), 3*testChunk)
-	if !errors.Is(err, errFlaky) || IsPermanent(err) || !store.IsRetried(err) {
+	if !errors.Is(err, errFlaky) || store.IsPermanent(err) || !store.IsRetried(err) {
 		t.Fatalf("error %v; want the cause, marked retried", err)
 	}
 	for _, want := range []string{"fake:obj", "offset 196608", "4096 bytes", "3 tries"} {
@@ -377,8 +378,8 @@ func TestPermanentErrorNotRetried(t *testing.T) {
 		err  error
 		is   error
 	}{
-		{"permanent", Permanent(denied), denied},
-		{"changed", Permanent(fmt.Errorf("etag now \"b\": %w", store.ErrChanged)), store.ErrChanged},
+		{"permanent", store.Permanent(denied), denied},
+		{"changed", store.Permanent(fmt.Errorf("etag now \"b\": %w", store.ErrChanged)), store.ErrChanged},
 		{"changed unmarked", fmt.Errorf("etag now \"b\": %w", store.ErrChanged), store.ErrChanged},
 	} {
 		t.Run(c.name, func(t *testing.T) {

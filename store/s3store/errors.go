@@ -12,7 +12,7 @@ import (
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
-	"github.com/filemap/filemap/store/remote"
+	"github.com/filemap/filemap/store"
 )
 
 // failure is what an SDK error means for the object.
@@ -120,9 +120,9 @@ func (o *Object) readError(off, n int64, err error) error {
 	case rangeGone:
 		return o.changed(off, n, fmt.Errorf("the object is now shorter: %w", err))
 	case denied:
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w: %w", o.loc, off, n, fs.ErrPermission, err))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w: %w", o.loc, off, n, fs.ErrPermission, err))
 	case redirected, rejected:
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w", o.loc, off, n, err))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w", o.loc, off, n, err))
 	default:
 		return fmt.Errorf("read %s at offset %d, length %d: %w", o.loc, off, n, err)
 	}
@@ -137,7 +137,7 @@ func (c *Client) openError(ctx context.Context, loc Location, versionID string, 
 	prefix := fmt.Sprintf("open %s at %s", loc, c.where())
 	var send *smithyhttp.RequestSendError
 	if err := noCredentials(prefix, head); err != nil {
-		return remote.Permanent(err)
+		return store.Permanent(err)
 	}
 	if errors.As(head, &send) && ctx.Err() == nil {
 		return fmt.Errorf("%s: endpoint %s unreachable: %w", prefix, c.endpointName(), head)
@@ -152,19 +152,19 @@ func (c *Client) openError(ctx context.Context, loc Location, versionID string, 
 	switch kind := classify(err); {
 	case versionID != "" && (code == "NoSuchVersion" || kind == rejected):
 		// A rejected request names a version id the server cannot parse.
-		return remote.Permanent(fmt.Errorf("%s: no version %q of key %q in bucket %q: %w: %w", prefix, versionID, loc.Key, loc.Bucket, fs.ErrNotExist, err))
+		return store.Permanent(fmt.Errorf("%s: no version %q of key %q in bucket %q: %w: %w", prefix, versionID, loc.Key, loc.Bucket, fs.ErrNotExist, err))
 	case kind == missing && code == "NoSuchBucket":
-		return remote.Permanent(fmt.Errorf("%s: no such bucket %q: %w: %w", prefix, loc.Bucket, fs.ErrNotExist, err))
+		return store.Permanent(fmt.Errorf("%s: no such bucket %q: %w: %w", prefix, loc.Bucket, fs.ErrNotExist, err))
 	case kind == missing:
-		return remote.Permanent(fmt.Errorf("%s: no such key %q in bucket %q: %w: %w", prefix, loc.Key, loc.Bucket, fs.ErrNotExist, err))
+		return store.Permanent(fmt.Errorf("%s: no such key %q in bucket %q: %w: %w", prefix, loc.Key, loc.Bucket, fs.ErrNotExist, err))
 	case kind == denied:
-		return remote.Permanent(fmt.Errorf("%s: access denied (%s): %w: %w", prefix, deniedHint(code), fs.ErrPermission, err))
+		return store.Permanent(fmt.Errorf("%s: access denied (%s): %w: %w", prefix, deniedHint(code), fs.ErrPermission, err))
 	case kind == redirected:
-		return remote.Permanent(fmt.Errorf("%s: redirected: is the bucket in another region than %q? %w", prefix, c.region, err))
+		return store.Permanent(fmt.Errorf("%s: redirected: is the bucket in another region than %q? %w", prefix, c.region, err))
 	case kind == transient:
 		return fmt.Errorf("%s: %w", prefix, err)
 	default:
-		return remote.Permanent(fmt.Errorf("%s: %w", prefix, err))
+		return store.Permanent(fmt.Errorf("%s: %w", prefix, err))
 	}
 }
 

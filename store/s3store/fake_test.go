@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/filemap/filemap/store"
-	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/store/s3store"
 )
 
@@ -92,7 +91,7 @@ func TestFakeChangedWithoutPrecondition(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			obj, _ := fakeS3(t, get)
 			err := obj.GetRange(testContext(t), make([]byte, 10), 20)
-			if !errors.Is(err, store.ErrChanged) || !remote.IsPermanent(err) {
+			if !errors.Is(err, store.ErrChanged) || !store.IsPermanent(err) {
 				t.Fatalf("GetRange = %v, want a permanent ErrChanged", err)
 			}
 			if !strings.Contains(err.Error(), "s3://bucket/key at offset 20, length 10") {
@@ -108,7 +107,7 @@ func TestFakeIgnoredRange(t *testing.T) {
 		w.Write(make([]byte, fakeSize))
 	})
 	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
-	if err == nil || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "ignored the Range") {
+	if err == nil || !store.IsPermanent(err) || !strings.Contains(err.Error(), "ignored the Range") {
 		t.Fatalf("GetRange = %v, want a permanent error about the ignored Range", err)
 	}
 	// The whole object in one read needs no Range.
@@ -123,7 +122,7 @@ func TestFakeWrongRange(t *testing.T) {
 		rangeBody(w, r, `"v1"`, fakeSize)
 	})
 	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
-	if err == nil || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "sent bytes 0-9") {
+	if err == nil || !store.IsPermanent(err) || !strings.Contains(err.Error(), "sent bytes 0-9") {
 		t.Fatalf("GetRange = %v, want a permanent error about the range sent", err)
 	}
 }
@@ -137,7 +136,7 @@ func TestFakeShortBody(t *testing.T) {
 		w.Write([]byte("12345")) // the server closes the connection after 5 of 10 bytes
 	})
 	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
-	if !errors.Is(err, io.ErrUnexpectedEOF) || remote.IsPermanent(err) {
+	if !errors.Is(err, io.ErrUnexpectedEOF) || store.IsPermanent(err) {
 		t.Fatalf("GetRange = %v, want a retryable io.ErrUnexpectedEOF", err)
 	}
 }
@@ -154,7 +153,7 @@ func TestFakeOneAttempt(t *testing.T) {
 			fmt.Fprintf(w, `<Error><Code>%s</Code><Message>later</Message></Error>`, c.code)
 		})
 		err := obj.GetRange(testContext(t), make([]byte, 10), 20)
-		if err == nil || remote.IsPermanent(err) {
+		if err == nil || store.IsPermanent(err) {
 			t.Errorf("%d %s: GetRange = %v, want a retryable error", c.status, c.code, err)
 		}
 		if n := gets.Load(); n != 1 {
@@ -193,7 +192,7 @@ func TestFakePresigned(t *testing.T) {
 	}
 	refuse.Store(2)
 	err := obj.GetRange(testContext(t), make([]byte, 10), 20)
-	if !errors.Is(err, fs.ErrPermission) || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "AccessDenied") {
+	if !errors.Is(err, fs.ErrPermission) || !store.IsPermanent(err) || !strings.Contains(err.Error(), "AccessDenied") {
 		t.Fatalf("GetRange after two 403s = %v, want a permanent ErrPermission naming AccessDenied", err)
 	}
 	if n := gets.Load(); n != 4 {

@@ -34,7 +34,7 @@ var _ remote.Object = (*Object)(nil)
 // and VersionId it answers. Errors name the URI and the endpoint, and say in
 // words whether the bucket or key does not exist (wrapping fs.ErrNotExist),
 // access was denied (fs.ErrPermission), or the endpoint could not be
-// reached; the first two are marked remote.Permanent. The HeadObject keeps
+// reached; the first two are marked store.Permanent. The HeadObject keeps
 // the SDK's retryer (3 attempts unless AWS_MAX_ATTEMPTS or the shared config
 // say otherwise), since nothing above Open retries it.
 func (c *Client) Open(ctx context.Context, uri string) (*Object, error) {
@@ -64,11 +64,11 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 		return nil, c.openError(ctx, loc, versionID, err)
 	}
 	if got := aws.ToString(head.VersionId); versionID != "" && got != versionID {
-		return nil, remote.Permanent(fmt.Errorf("open %s at %s: asked for version %q, the answer is of version %q: the server ignored the VersionId",
+		return nil, store.Permanent(fmt.Errorf("open %s at %s: asked for version %q, the answer is of version %q: the server ignored the VersionId",
 			loc, c.where(), versionID, got))
 	}
 	if got := aws.ToString(head.ETag); IsETag(version) && got != version {
-		return nil, remote.Permanent(fmt.Errorf("open %s at %s: %w: asked for ETag %s, the object now has ETag %s",
+		return nil, store.Permanent(fmt.Errorf("open %s at %s: %w: asked for ETag %s, the object now has ETag %s",
 			loc, c.where(), store.ErrChanged, version, got))
 	}
 	o := &Object{
@@ -81,12 +81,12 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 		versionID: aws.ToString(head.VersionId),
 	}
 	if head.ContentLength == nil || o.size < 0 {
-		return nil, remote.Permanent(fmt.Errorf("open %s at %s: HeadObject gave no object size", loc, o.where))
+		return nil, store.Permanent(fmt.Errorf("open %s at %s: HeadObject gave no object size", loc, o.where))
 	}
 	if o.etag == "" && o.versionID == "" {
 		// Without either there is nothing to pin, and a replaced object
 		// would go unnoticed.
-		return nil, remote.Permanent(fmt.Errorf("open %s at %s: HeadObject gave neither an ETag nor a VersionId to pin the version with", loc, o.where))
+		return nil, store.Permanent(fmt.Errorf("open %s at %s: HeadObject gave neither an ETag nor a VersionId to pin the version with", loc, o.where))
 	}
 	get := s3.GetObjectInput{Bucket: &o.loc.Bucket, Key: &o.loc.Key}
 	if o.versionID != "" {
@@ -161,7 +161,7 @@ func noSDKRetries(o *s3.Options) { o.Retryer = aws.NopRetryer{} }
 func (o *Object) GetRange(ctx context.Context, p []byte, off int64) error {
 	n := int64(len(p))
 	if off < 0 || n > o.size-off {
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: outside the object's %d bytes", o.loc, off, n, o.size))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: outside the object's %d bytes", o.loc, off, n, o.size))
 	}
 	if n == 0 {
 		return nil
@@ -234,16 +234,16 @@ func (o *Object) checkResponse(out answer, off, n int64) error {
 	case out.contentRange == nil && off == 0 && n == o.size:
 		// A whole-object answer (200) is the range asked for.
 	case out.contentRange == nil:
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: the server ignored the Range header", o.loc, off, n))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: the server ignored the Range header", o.loc, off, n))
 	case err != nil:
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w", o.loc, off, n, err))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w", o.loc, off, n, err))
 	case total >= 0 && total != o.size:
 		return o.changed(off, n, fmt.Errorf("the object is now %d bytes long, not %d", total, o.size))
 	case first != off || last != off+n-1:
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: the server sent bytes %d-%d instead", o.loc, off, n, first, last))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: the server sent bytes %d-%d instead", o.loc, off, n, first, last))
 	}
 	if out.length >= 0 && out.length != n {
-		return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: Content-Length is %d", o.loc, off, n, out.length))
+		return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: Content-Length is %d", o.loc, off, n, out.length))
 	}
 	return nil
 }
@@ -253,7 +253,7 @@ func rangeSpec(off, n int64) string { return fmt.Sprintf("bytes=%d-%d", off, off
 
 // changed is the error for a read that met another version of the object.
 func (o *Object) changed(off, n int64, why error) error {
-	return remote.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w (pinned version %s): %w",
+	return store.Permanent(fmt.Errorf("read %s at offset %d, length %d: %w (pinned version %s): %w",
 		o.loc, off, n, store.ErrChanged, o.Version(), why))
 }
 

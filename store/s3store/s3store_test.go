@@ -24,7 +24,6 @@ import (
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/store"
-	"github.com/filemap/filemap/store/remote"
 	"github.com/filemap/filemap/store/s3store"
 )
 
@@ -175,7 +174,7 @@ func TestZeroLength(t *testing.T) {
 		t.Fatalf("GetRange of nothing: %v", err)
 	}
 	err := obj.GetRange(testContext(t), make([]byte, 1), 0)
-	if err == nil || !remote.IsPermanent(err) {
+	if err == nil || !store.IsPermanent(err) {
 		t.Fatalf("GetRange past the end = %v, want a permanent error", err)
 	}
 }
@@ -190,7 +189,7 @@ func TestOutOfRange(t *testing.T) {
 		n   int
 	}{{-1, 1}, {0, 101}, {100, 1}, {99, 2}} {
 		err := obj.GetRange(testContext(t), make([]byte, c.n), c.off)
-		if err == nil || !remote.IsPermanent(err) || !strings.Contains(err.Error(), "s3://"+bucket+"/k") {
+		if err == nil || !store.IsPermanent(err) || !strings.Contains(err.Error(), "s3://"+bucket+"/k") {
 			t.Errorf("GetRange(off %d, len %d) = %v, want a permanent error naming the object", c.off, c.n, err)
 		}
 	}
@@ -255,7 +254,7 @@ func checkChanged(t *testing.T, err error, bucket string, off int64) {
 		t.Fatal("GetRange of a replaced object succeeded")
 	case !errors.Is(err, store.ErrChanged):
 		t.Fatalf("GetRange = %v, want ErrChanged", err)
-	case !remote.IsPermanent(err):
+	case !store.IsPermanent(err):
 		t.Fatalf("GetRange = %v, want a permanent error", err)
 	case !strings.Contains(err.Error(), fmt.Sprintf("s3://%s/k at offset %d", bucket, off)):
 		t.Fatalf("GetRange = %v, want it to name the object and offset", err)
@@ -348,7 +347,7 @@ func TestOpenVersion(t *testing.T) {
 	for _, bad := range []string{oldVersion, "no-such-version-id", "3/HL7qXGfb4B5ZY1tmx0UGm2vNl0qKl4"} {
 		_, err := c.OpenVersion(testContext(t), uri, bad)
 		checkOpenError(t, uri, err, fmt.Sprintf("no version %q of key", bad), fs.ErrNotExist, srv.Endpoint)
-		if !remote.IsPermanent(err) {
+		if !store.IsPermanent(err) {
 			t.Errorf("OpenVersion(%s) = %v, want a permanent error", bad, err)
 		}
 	}
@@ -375,7 +374,7 @@ func TestOpenNotFound(t *testing.T) {
 	} {
 		_, err := s3store.Open(testContext(t), c.uri, options(srv))
 		checkOpenError(t, c.uri, err, c.want, fs.ErrNotExist, srv.Endpoint)
-		if !remote.IsPermanent(err) {
+		if !store.IsPermanent(err) {
 			t.Errorf("Open(%s) = %v, want a permanent error", c.uri, err)
 		}
 	}
@@ -411,7 +410,7 @@ func TestWrongCredentials(t *testing.T) {
 			opts.Credentials = credentials.NewStaticCredentialsProvider(c.access, c.secret, "")
 			_, err := s3store.Open(testContext(t), uri, opts)
 			checkOpenError(t, uri, err, "access denied ("+c.want+")", fs.ErrPermission, srv.Endpoint)
-			if !remote.IsPermanent(err) {
+			if !store.IsPermanent(err) {
 				t.Errorf("Open = %v, want a permanent error", err)
 			}
 		})
@@ -434,7 +433,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	_, err = s3store.Open(testContext(t), "s3://bucket/key", opts)
 	checkOpenError(t, "s3://bucket/key", err, "endpoint "+endpoint+" unreachable", nil, endpoint)
-	if remote.IsPermanent(err) {
+	if store.IsPermanent(err) {
 		t.Errorf("Open = %v: an unreachable endpoint may come back, so the error should not be permanent", err)
 	}
 }
@@ -459,7 +458,7 @@ func TestCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	err := obj.GetRange(ctx, make([]byte, 10), 0)
-	if err == nil || remote.IsPermanent(err) || !errors.Is(err, context.Canceled) {
+	if err == nil || store.IsPermanent(err) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("GetRange with a canceled context = %v, want a retryable error wrapping context.Canceled", err)
 	}
 }
