@@ -455,7 +455,7 @@ func TestCachedObjects(t *testing.T) {
 	// The daemon lets go of a closed mapping's handle when its connection
 	// closes, just after the close returns.
 	var objs []ObjectStat
-	waitFor(t, "the closed mapping's object to have no users", func() bool {
+	testutil.WaitFor(t, "the closed mapping's object to have no users", func() bool {
 		var err error
 		if objs, err = CachedObjects(context.Background(), WithSocket(d.sock)); err != nil {
 			t.Fatal(err)
