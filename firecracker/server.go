@@ -85,6 +85,10 @@ type Config struct {
 	// if 0), doubling.
 	Retries      int
 	RetryBackoff time.Duration
+	// FaultTimeout bounds a fault's time, from its message to its page or
+	// its SIGBUS, every read and retry for it included
+	// (fault.DefaultTimeout if 0; none if negative).
+	FaultTimeout time.Duration
 	// ReadaheadInflight bounds the bytes of readahead and prefetch reads
 	// of a local memory file in flight, so that a vCPU's fault finds the
 	// disk's queue short (fault.Config.ReadaheadInflight): the default if
@@ -263,6 +267,7 @@ func New(cfg Config) (*Server, error) {
 		ReadaheadMaxPages: cfg.ReadaheadMaxPages,
 		Retries:           cfg.Retries,
 		RetryBackoff:      cfg.RetryBackoff,
+		Timeout:           cfg.FaultTimeout,
 		Log:               cfg.Log,
 		Budget:            s.budget,
 		Observer:          fillObserver{s.metrics},

@@ -89,6 +89,7 @@ func firecrackerCmd(args []string) error {
 		CachePolicy:       h.policy,
 		Retries:           h.retries,
 		RetryBackoff:      h.backoff,
+		FaultTimeout:      noLimit(h.faultTimeout),
 		Record:            *record,
 		Prefetch:          *prefetch,
 		PrefetchBatch:     *prefetchBatch,
@@ -139,7 +140,7 @@ func firecrackerCmd(args []string) error {
 	// Before "listening": whoever waits for that line may signal at once.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	log.Info("filemap firecracker: listening", "socket", *socket, "mem", store.Redact(*mem), "record", *record, "prefetch", *prefetch,
+	log.Info("filemap firecracker: listening", "socket", *socket, "mem", store.Redact(*mem), "record", *record, "prefetch", *prefetch, "fault-timeout", h.faultTimeout,
 		"readahead", int64(h.ra), "readahead-inflight", int64(h.inflight), "copy-around", int64(around), "cache-size", size(h.cacheBytes))
 	go func() {
 		s2 := <-sig

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/filemap/filemap/fault"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/reclaim"
 	"github.com/filemap/filemap/server"
@@ -30,8 +31,10 @@ type handlerOpts struct {
 	policy     reclaim.Policy
 	retries    int
 	backoff    time.Duration
-	log        *slog.Logger
-	metrics    string
+	// faultTimeout is --fault-timeout as given: 0 is no bound.
+	faultTimeout time.Duration
+	log          *slog.Logger
+	metrics      string
 
 	// As given, for the start-up log line.
 	ra, raMax, inflight byteSize
@@ -54,13 +57,15 @@ func handlerFlags(fs *flag.FlagSet, ra byteSize, raHelp, modeHelp string) func()
 	policy := fs.String("cache-policy", string(reclaim.S3FIFO), "what to evict: s3fifo (scan-resistant, refault-aware) or fifo")
 	retries := fs.Int("retries", 3, "re-reads of a failing page before its faulting access gets SIGBUS (a remote object's page is retried by its requests instead: --remote-retries)")
 	backoff := fs.Duration("retry-backoff", 10*time.Millisecond, "delay before the first re-read, doubled after each")
+	faultTimeout := fs.Duration("fault-timeout", fault.DefaultTimeout, "bound on a fault's time: a page not read by then gets SIGBUS, and every request, read\n"+
+		"and retry for it stops (a hung read of a network or FUSE file system is abandoned); 0: none")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)")
 	return func() (handlerOpts, error) {
 		o := handlerOpts{ra: ra, raMax: raMax, inflight: inflight, policyName: *policy, metrics: *metrics,
 			raPages: int64(ra) / pagecache.PageSize, raMaxPages: int64(raMax) / pagecache.PageSize,
 			raInflight: noLimit(int64(inflight)), cacheBytes: int64(cacheSize),
-			policy: reclaim.Policy(*policy), retries: *retries, backoff: *backoff}
+			policy: reclaim.Policy(*policy), retries: *retries, backoff: *backoff, faultTimeout: *faultTimeout}
 		var lv slog.Level
 		if err := lv.UnmarshalText([]byte(*level)); err != nil {
 			return o, fmt.Errorf("--log-level: %w", err)
@@ -76,6 +81,8 @@ func handlerFlags(fs *flag.FlagSet, ra byteSize, raHelp, modeHelp string) func()
 			return o, fmt.Errorf("--readahead-max %d is smaller than --readahead %d", raMax, ra)
 		case *retries < 0:
 			return o, fmt.Errorf("--retries %d: must be 0 or more", *retries)
+		case *faultTimeout < 0:
+			return o, fmt.Errorf("--fault-timeout %v: must be 0 (none) or more", *faultTimeout)
 		}
 		if *retries == 0 {
 			o.retries = -1 // none; 0 is the default in the configs

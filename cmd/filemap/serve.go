@@ -34,8 +34,6 @@ func serve(args []string) error {
 	readBuffers := byteSize(0)
 	fs.Var(&readBuffers, "read-buffers", "bound on the daemon's read buffers, the bulk of its own memory (0: a quarter of --cache-size, within 4M-64M); readahead waits for them, a fault's own read goes first")
 	huge := fs.Bool("huge", true, "keep caches on a private tmpfs whose fully read 2 MiB extents become huge folios (needs CAP_SYS_ADMIN; memfds otherwise)")
-	faultTimeout := fs.Duration("fault-timeout", server.DefaultFaultTimeout, "bound on a fault's time: a page not read by then gets SIGBUS, and every request, read\n"+
-		"and retry for it stops (a hung read of a network or FUSE file system is abandoned); 0: none")
 	storeTimeout := fs.String("store-timeout", "", "deprecated: --fault-timeout, which bounds a fault's every read and retry together")
 	maxObjects := fs.Int("max-objects-per-client", server.DefaultMaxObjectsPerClient, "objects one client process may have open (0: no limit)")
 	maxMapped := byteSize(server.DefaultMaxMappedBytesPerClient)
@@ -62,7 +60,7 @@ func serve(args []string) error {
 		return err
 	}
 	log := h.log
-	timeout, guardAll, err := faultTimeoutFlags(fs, *faultTimeout, *storeTimeout)
+	timeout, guardAll, err := faultTimeoutFlags(fs, h.faultTimeout, *storeTimeout)
 	if err != nil {
 		return err
 	}
