@@ -2,7 +2,7 @@ package filemap
 
 // Conformance with the kernel's filemap_fault, promise by promise: each
 // test names one thing the kernel guarantees a program that maps a file
-// (the numbers order them) and checks that filemap keeps it. Faults happen
+// and checks that filemap keeps it. Faults happen
 // in a driver process; the daemon serves them.
 
 import (
@@ -28,7 +28,7 @@ func patternFile(t *testing.T, size int64) string {
 }
 
 // 1. A cached page fault does no backing read, and its bytes equal pread().
-func TestConformance01_CachedFaultDoesNoRead(t *testing.T) {
+func TestConformanceCachedFaultDoesNoRead(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
@@ -46,7 +46,7 @@ func TestConformance01_CachedFaultDoesNoRead(t *testing.T) {
 
 // 2. Two threads fault the same uncached page at once: one backing read,
 // identical full-page data for both.
-func TestConformance02_SamePageOneRead(t *testing.T) {
+func TestConformanceSamePageOneRead(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	d.spy.set(func(s *spy) { s.delay = 200 * time.Millisecond }) // both faults arrive during the read
 	path := patternFile(t, 1<<20)
@@ -59,7 +59,7 @@ func TestConformance02_SamePageOneRead(t *testing.T) {
 }
 
 // 3. Concurrent faults anywhere in one in-flight window do not read it twice.
-func TestConformance03_WindowReadOnce(t *testing.T) {
+func TestConformanceWindowReadOnce(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	d.spy.set(func(s *spy) { s.delay = 200 * time.Millisecond })
 	path := patternFile(t, 8<<20)
@@ -75,7 +75,7 @@ func TestConformance03_WindowReadOnce(t *testing.T) {
 }
 
 // 4. No accessor ever observes a partially filled page.
-func TestConformance04_NoPartialPage(t *testing.T) {
+func TestConformanceNoPartialPage(t *testing.T) {
 	d := startDaemon(t, server.Config{ReadaheadPages: 64})
 	d.spy.set(func(s *spy) { s.delay = 20 * time.Millisecond })
 	path := patternFile(t, 16<<20)
@@ -91,7 +91,7 @@ func TestConformance04_NoPartialPage(t *testing.T) {
 
 // 5. An access at or past round_up(i_size, 4096) gets SIGBUS BUS_ADRERR at
 // the faulting address, with no backing read.
-func TestConformance05_SIGBUSPastEOF(t *testing.T) {
+func TestConformanceSIGBUSPastEOF(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	const size = 3*ps + 100
 	path := patternFile(t, size)
@@ -113,7 +113,7 @@ func TestConformance05_SIGBUSPastEOF(t *testing.T) {
 }
 
 // 6. The bytes of the last page past i_size read as zero.
-func TestConformance06_TailZeroed(t *testing.T) {
+func TestConformanceTailZeroed(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	const size = 5*ps + 123
 	path := patternFile(t, size)
@@ -124,7 +124,7 @@ func TestConformance06_TailZeroed(t *testing.T) {
 }
 
 // 7. An empty object: every access gets SIGBUS.
-func TestConformance07_EmptyObjectSIGBUS(t *testing.T) {
+func TestConformanceEmptyObjectSIGBUS(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 0)
 	a := startDriver(t, d.sock)
@@ -140,7 +140,7 @@ func TestConformance07_EmptyObjectSIGBUS(t *testing.T) {
 }
 
 // 11. Punching a hole in the cache: the next access in every process refaults.
-func TestConformance11_HolePunchRefaults(t *testing.T) {
+func TestConformanceHolePunchRefaults(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 1<<20)
 	a, b := startDriver(t, d.sock), startDriver(t, d.sock)
@@ -160,7 +160,7 @@ func TestConformance11_HolePunchRefaults(t *testing.T) {
 }
 
 // 12. An I/O error on the faulting page: SIGBUS for that page only.
-func TestConformance12_IOErrorSIGBUSThatPageOnly(t *testing.T) {
+func TestConformanceIOErrorSIGBUSThatPageOnly(t *testing.T) {
 	d := startDaemon(t, server.Config{Retries: 2})
 	d.spy.set(func(s *spy) { s.fail = failPages(40) })
 	path := patternFile(t, 1<<20)
@@ -182,7 +182,7 @@ func TestConformance12_IOErrorSIGBUSThatPageOnly(t *testing.T) {
 }
 
 // 13. The error is not cached: the next access reads the page again.
-func TestConformance13_ErrorNotSticky(t *testing.T) {
+func TestConformanceErrorNotSticky(t *testing.T) {
 	d := startDaemon(t, server.Config{Retries: 1})
 	d.spy.set(func(s *spy) { s.fail = failPages(40) })
 	path := patternFile(t, 1<<20)
@@ -217,7 +217,7 @@ func TestConformance13_ErrorNotSticky(t *testing.T) {
 
 // 14. An error in the readahead part alone never raises SIGBUS: the
 // faulting page is read once more, alone, and that decides.
-func TestConformance14_ReadaheadErrorNoSIGBUS(t *testing.T) {
+func TestConformanceReadaheadErrorNoSIGBUS(t *testing.T) {
 	d := startDaemon(t, server.Config{Retries: 3})
 	// Reads that cover page 1010 fail.
 	d.spy.set(func(s *spy) { s.fail = failPages(1010) })
@@ -243,7 +243,7 @@ func TestConformance14_ReadaheadErrorNoSIGBUS(t *testing.T) {
 
 // 34. A non-fatal signal during a blocked fault: the access runs again, the
 // duplicate message is handled, and the data is right.
-func TestConformance34_SignalDuringFault(t *testing.T) {
+func TestConformanceSignalDuringFault(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	d.spy.set(func(s *spy) { s.delay = 300 * time.Millisecond })
 	path := patternFile(t, 1<<20)
@@ -262,7 +262,7 @@ func TestConformance34_SignalDuringFault(t *testing.T) {
 // 35. Duplicate messages for a page already poisoned (EEXIST from
 // UFFDIO_POISON) are woken onto the marker; none stalls. The binding's
 // own EEXIST/EAGAIN handling for UFFDIO_COPY is tested in package uffd.
-func TestConformance35_PoisonEEXISTWakes(t *testing.T) {
+func TestConformancePoisonEEXISTWakes(t *testing.T) {
 	d := startDaemon(t, server.Config{Retries: 1})
 	d.spy.set(func(s *spy) { s.fail, s.delay = failPages(10), 100*time.Millisecond })
 	path := patternFile(t, 1<<20)
@@ -279,7 +279,7 @@ func TestConformance35_PoisonEEXISTWakes(t *testing.T) {
 // 36. mremap, munmap and MADV_DONTNEED by the client (REMAP, UNMAP, REMOVE
 // events) are handled without deadlock, and later faults use the new
 // addresses.
-func TestConformance36_RemapUnmapRemove(t *testing.T) {
+func TestConformanceRemapUnmapRemove(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 4<<20)
 	a := startDriver(t, d.sock)
@@ -301,7 +301,7 @@ func TestConformance36_RemapUnmapRemove(t *testing.T) {
 
 // 37. The client forks: the child sees correct data, served through the
 // uffd of the FORK event, and no zero page leaks into the shared cache.
-func TestConformance37_ForkServed(t *testing.T) {
+func TestConformanceForkServed(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 4<<20)
 	a := startDriver(t, d.sock)
@@ -317,7 +317,7 @@ func TestConformance37_ForkServed(t *testing.T) {
 
 // 37 (default). Mappings are MADV_DONTFORK: a forked child does not inherit
 // them, so it can never plant zero pages in the shared cache.
-func TestConformance37_DefaultNotInherited(t *testing.T) {
+func TestConformanceDefaultNotInherited(t *testing.T) {
 	d := startDaemon(t, server.Config{})
 	path := patternFile(t, 1<<20)
 	a := startDriver(t, d.sock)
@@ -329,7 +329,7 @@ func TestConformance37_DefaultNotInherited(t *testing.T) {
 }
 
 // 38. The handler dies: the client's faults stall, never read zeros.
-func TestConformance38_DeadHandlerStalls(t *testing.T) {
+func TestConformanceDeadHandlerStalls(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "filemap.sock")
 	srv := exec.Command(os.Args[0], "-test.run=^$")
 	srv.Env = append(os.Environ(), envRole+"=serve", envSocket+"="+sock)
@@ -358,7 +358,7 @@ func TestConformance38_DeadHandlerStalls(t *testing.T) {
 // 39. A poisoned page: every later access gets SIGBUS at the exact address
 // until it is cleared; the cache (what pread of it, or another client,
 // sees) is unaffected.
-func TestConformance39_PoisonUntilCleared(t *testing.T) {
+func TestConformancePoisonUntilCleared(t *testing.T) {
 	d := startDaemon(t, server.Config{Retries: 1})
 	d.spy.set(func(s *spy) { s.fail = failPages(7) })
 	path := patternFile(t, 1<<20)
