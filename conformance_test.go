@@ -2,8 +2,8 @@ package filemap
 
 // Conformance with the kernel's filemap_fault, promise by promise: each
 // test names one thing the kernel guarantees a program that maps a file
-// and checks that filemap keeps it. Faults happen
-// in a driver process; the daemon serves them.
+// and checks that filemap keeps it. Faults happen in a driver process; the
+// daemon serves them.
 
 import (
 	"fmt"
