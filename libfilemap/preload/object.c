@@ -1,0 +1,340 @@
+/*
+ * Objects: opened with filemap_open for a descriptor, described as
+ * stat(2) describes a file, and read as read(2) reads one.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "shim.h"
+
+/* The device every remote object is on: major 0 holds the kernel's
+ * anonymous devices (tmpfs, overlay...), numbered up from 0; one this far
+ * up is none of them, so that a tool comparing (st_dev, st_ino) never
+ * takes an object for a file of its own. */
+#define SHIM_DEV makedev(0, 0xff11e)
+
+enum {
+	BLKSIZE = 128 << 10,           /* filemap's read-around: coreutils and stdio size their reads by it */
+	MAX_RW = INT32_MAX & ~4095, /* the most one read(2) returns, as the kernel's MAX_RW_COUNT */
+};
+
+static uint64_t fnv(const char *s)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+	return h;
+}
+
+/*
+ * version_time is the mtime of a version: a local file's own (its
+ * version is SIZE@MTIME_NS); for a remote object, whose ETag or VersionId
+ * the library gives but not its Last-Modified, a time made from the
+ * version, in 2001-2033: the same version has the same mtime in every
+ * process, and a new version another.
+ */
+static struct timespec version_time(const char *version)
+{
+	const char *at = strchr(version, '@');
+	char *end;
+	if (at != NULL) {
+		unsigned long long ns = strtoull(at + 1, &end, 10);
+		if (*end == '\0')
+			return (struct timespec){.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+	}
+	uint64_t h = fnv(version);
+	return (struct timespec){.tv_sec = 1000000000 + (time_t)(h % 1000000000u), .tv_nsec = (long)(h >> 32) % 1000000000};
+}
+
+/* describe fills *st for an open object: a read-only regular file whose
+ * inode number is its name's, stable across processes and versions. */
+static void describe(filemap_t *m, struct stat *st)
+{
+	struct filemap_stat fs;
+	filemap_stat(m, &fs);
+	uint64_t ino = fnv(fs.name);
+	*st = (struct stat){
+		.st_dev = SHIM_DEV,
+		.st_ino = ino ? ino : 1,
+		.st_mode = S_IFREG | 0444,
+		.st_nlink = 1,
+		.st_uid = getuid(),
+		.st_gid = getgid(),
+		.st_size = (off_t)fs.size,
+		.st_blksize = BLKSIZE,
+		.st_blocks = (blkcnt_t)((fs.size + 511) / 512),
+	};
+	st->st_mtim = st->st_ctim = st->st_atim = version_time(fs.version);
+}
+
+/* open_errno is open(2)'s errno for the library's: a path under /filemap
+ * that is no URI is simply missing, and a handler that cannot be started
+ * is an I/O error, not "exec format error". */
+static int open_errno(int err)
+{
+	switch (err) {
+	case EINVAL:
+		return ENOENT;
+	case ENOEXEC:
+	case EPROTO:
+	case ETIMEDOUT:
+		return EIO;
+	}
+	return err;
+}
+
+static filemap_t *open_map(const char *uri)
+{
+	shim_enter();
+	filemap_t *m = filemap_open(uri, NULL);
+	shim_leave();
+	if (m == NULL)
+		errno = filemap_errno();
+	return m;
+}
+
+struct shim_file *shim_open_object(enum shim_kind kind, const char *uri, int flags)
+{
+	if (uri[0] == '\0') {
+		errno = ENOENT;
+		return NULL;
+	}
+	struct shim_file *f = calloc(1, sizeof *f);
+	if (f == NULL) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	shim_started();
+	if ((f->m = open_map(uri)) == NULL) {
+		int err = errno;
+		shim_report(err);
+		free(f);
+		errno = kind == SHIM_REMOTE ? open_errno(err) : err;
+		return NULL;
+	}
+	struct filemap_stat fs;
+	filemap_stat(f->m, &fs);
+	f->base = filemap_addr(f->m);
+	f->size = fs.size;
+	f->dontfork = (fs.flags & FILEMAP_DONTFORK) != 0;
+	f->pid = shim_pid;
+	f->local = kind == SHIM_LOCAL;
+	describe(f->m, &f->st);
+	f->status = flags & (O_NONBLOCK | O_NOATIME | O_DIRECT | O_NDELAY);
+	pthread_mutex_init(&f->pos_lock, NULL);
+	atomic_init(&f->refs, 1);
+	return f;
+}
+
+/*
+ * stand_in makes the descriptor a program holds for a remote object: an
+ * O_PATH descriptor of a memory file of the object's size and mode. The
+ * kernel answers fstat(2) of it, made without the shim (a static
+ * program's, a raw system call), with a regular file of the right size;
+ * read(2), mmap(2), sendfile(2), splice(2), copy_file_range(2) and
+ * io_uring fail with EBADF: never the memory file's zeros.
+ */
+static int stand_in(const struct shim_file *f, int flags)
+{
+	struct filemap_stat fs;
+	filemap_stat(f->m, &fs);
+	char name[200];
+	snprintf(name, sizeof name, "filemap:%s", fs.name);
+	int mem = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (mem < 0)
+		return REAL(open)("/", O_PATH | (flags & O_CLOEXEC)); /* no memfd: still a descriptor that reads nothing */
+	if (ftruncate(mem, (off_t)f->size) == 0)
+		fchmod(mem, 0444);
+	fcntl(mem, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE);
+	char self[64];
+	snprintf(self, sizeof self, "/proc/self/fd/%d", mem);
+	int fd = REAL(open)(self, O_PATH | (flags & O_CLOEXEC));
+	if (fd < 0)
+		fd = REAL(open)("/", O_PATH | (flags & O_CLOEXEC));
+	int saved = errno;
+	REAL(close)(mem);
+	errno = saved;
+	return fd;
+}
+
+/* write_access says whether open(2) flags ask to write or create. */
+static int write_access(int flags)
+{
+	return (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE));
+}
+
+/* local_stand_in opens a local file O_PATH, as the program named it; it
+ * is filemap's only if it is a regular file. */
+static int local_stand_in(int dirfd, const char *path, int flags)
+{
+	int fd = REAL(openat)(dirfd, path, O_PATH | (flags & (O_CLOEXEC | O_NOFOLLOW)));
+	if (fd < 0)
+		return -1;
+	struct stat st;
+	if (REAL(fstat)(fd, &st) == 0 && S_ISREG(st.st_mode))
+		return fd;
+	REAL(close)(fd);
+	return -1;
+}
+
+int shim_openat(enum shim_kind kind, const char *uri, int dirfd, const char *path, int flags, mode_t mode,
+		int (*realfn)(int, const char *, int, ...))
+{
+	int fd = -1;
+	if (kind == SHIM_LOCAL) {
+		/* Writes, directories and devices are the kernel's, and so is a
+		 * file filemap cannot serve (no handler): the file still opens. */
+		if (write_access(flags) || (flags & (O_DIRECTORY | O_PATH)) ||
+		    (fd = local_stand_in(dirfd, path, flags)) < 0)
+			return realfn(dirfd, path, flags, mode);
+	} else if (write_access(flags)) {
+		errno = EROFS; /* SQLite, refused O_RDWR|O_CREAT, opens O_RDONLY */
+		return -1;
+	}
+	struct shim_file *f = shim_open_object(kind, uri, flags);
+	if (f == NULL) {
+		int err = errno;
+		if (fd >= 0) {
+			REAL(close)(fd);
+			if (err != EACCES && err != ENOENT)
+				return realfn(dirfd, path, flags, mode);
+		}
+		errno = err;
+		return -1;
+	}
+	if (flags & O_DIRECTORY) {
+		shim_put(f);
+		errno = ENOTDIR;
+		return -1;
+	}
+	if (fd < 0 && (fd = stand_in(f, flags)) < 0) {
+		int err = errno;
+		shim_put(f);
+		errno = err;
+		return -1;
+	}
+	if (flags & O_PATH) { /* a descriptor for fstat and *at(2): it reads nothing, as the kernel's */
+		shim_enter();
+		filemap_close(f->m);
+		shim_leave();
+		f->m = NULL;
+	}
+	if (shim_install(fd, f) < 0) {
+		int err = errno;
+		REAL(close)(fd);
+		shim_put(f);
+		errno = err;
+		return -1;
+	}
+	shim_put(f); /* the table's reference is the descriptor's */
+	return fd;
+}
+
+int shim_stat_uri(const char *uri, struct stat *st)
+{
+	if (uri[0] == '\0') {
+		errno = ENOENT;
+		return -1;
+	}
+	shim_started();
+	filemap_t *m = open_map(uri);
+	if (m == NULL) {
+		int err = errno;
+		shim_report(err);
+		errno = open_errno(err);
+		return -1;
+	}
+	describe(m, st);
+	shim_enter();
+	filemap_close(m);
+	shim_leave();
+	return 0;
+}
+
+int shim_fstat(struct shim_file *f, int fd, struct stat *st)
+{
+	if (f->local)
+		return REAL(fstat)(fd, st);
+	*st = f->st;
+	return 0;
+}
+
+/* slow_read is filemap_read_at, with read(2)'s answer for a bad page: the
+ * bytes before it, else EIO. */
+static ssize_t slow_read(struct shim_file *f, void *buf, size_t n, uint64_t off)
+{
+	shim_enter();
+	ssize_t got = filemap_read_at(f->m, buf, n, off);
+	shim_leave();
+	if (got >= 0)
+		return got;
+	int err = filemap_errno();
+	int64_t at = filemap_error_offset();
+	shim_report(err);
+	if (err == EIO && at > (int64_t)off)
+		return (ssize_t)((uint64_t)at - off);
+	errno = err;
+	return -1;
+}
+
+ssize_t shim_pread(struct shim_file *f, void *buf, size_t len, uint64_t off)
+{
+	if (f->m == NULL) {
+		errno = EBADF;
+		return -1;
+	}
+	if (off >= f->size || len == 0)
+		return 0;
+	size_t n = len < MAX_RW ? len : MAX_RW;
+	if (n > f->size - off)
+		n = (size_t)(f->size - off);
+	/* A fork child without the mapping (MADV_DONTFORK) gets the library's EBADF. */
+	if (!(f->dontfork && f->pid != shim_pid) && shim_guarded_copy(buf, f->base + off, n) == 0)
+		return (ssize_t)n;
+	return slow_read(f, buf, n, off);
+}
+
+int shim_advise(struct shim_file *f, int advice, uint64_t off, uint64_t len)
+{
+	if (f->m == NULL)
+		return EBADF;
+	int a;
+	switch (advice) {
+	case POSIX_FADV_NORMAL:
+		a = FILEMAP_NORMAL;
+		break;
+	case POSIX_FADV_RANDOM:
+		a = FILEMAP_RANDOM;
+		break;
+	case POSIX_FADV_SEQUENTIAL:
+		a = FILEMAP_SEQUENTIAL;
+		break;
+	case POSIX_FADV_WILLNEED:
+		a = FILEMAP_WILLNEED;
+		break;
+	case POSIX_FADV_DONTNEED:
+		a = FILEMAP_DONTNEED;
+		break;
+	case POSIX_FADV_NOREUSE:
+		return 0;
+	default:
+		return EINVAL;
+	}
+	if (off >= f->size)
+		return 0; /* the kernel takes advice past the end, and does nothing */
+	shim_enter();
+	int rc = filemap_advise(f->m, a, off, len);
+	shim_leave();
+	if (rc == 0)
+		return 0;
+	int err = filemap_errno();
+	shim_report(err);
+	return err;
+}
