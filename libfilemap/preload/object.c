@@ -167,7 +167,7 @@ static int stand_in(const struct shim_file *f, int flags)
 /* write_access says whether open(2) flags ask to write or create. */
 static int write_access(int flags)
 {
-	return (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE));
+	return (flags & O_ACCMODE) != O_RDONLY || SHIM_CREATES(flags) || (flags & (O_TRUNC | O_APPEND));
 }
 
 /* local_stand_in opens a local file O_PATH, as the program named it; it

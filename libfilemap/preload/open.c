@@ -15,7 +15,7 @@
 #define MODE_OF(flags)                                                                                     \
 	({                                                                                                 \
 		mode_t m_ = 0;                                                                             \
-		if ((flags) & (O_CREAT | __O_TMPFILE)) {                                                   \
+		if (SHIM_CREATES(flags)) {                                                   \
 			va_list ap_;                                                                       \
 			va_start(ap_, flags);                                                              \
 			m_ = (mode_t)va_arg(ap_, int);                                                     \
@@ -122,7 +122,7 @@ int __openat64_2(int dirfd, const char *path, int flags);
 int __open_2(const char *path, int flags)
 {
 	int fd;
-	if (!(flags & (O_CREAT | __O_TMPFILE)) && intercept(AT_FDCWD, path, flags, 0, real_open, &fd))
+	if (!SHIM_CREATES(flags) && intercept(AT_FDCWD, path, flags, 0, real_open, &fd))
 		return fd;
 	return REAL(__open_2)(path, flags);
 }
@@ -130,7 +130,7 @@ int __open_2(const char *path, int flags)
 int __open64_2(const char *path, int flags)
 {
 	int fd;
-	if (!(flags & (O_CREAT | __O_TMPFILE)) && intercept(AT_FDCWD, path, flags, 0, real_open64, &fd))
+	if (!SHIM_CREATES(flags) && intercept(AT_FDCWD, path, flags, 0, real_open64, &fd))
 		return fd;
 	return REAL(__open64_2)(path, flags);
 }
@@ -138,7 +138,7 @@ int __open64_2(const char *path, int flags)
 int __openat_2(int dirfd, const char *path, int flags)
 {
 	int fd;
-	if (!(flags & (O_CREAT | __O_TMPFILE)) && intercept(dirfd, path, flags, 0, shim_real_openat, &fd))
+	if (!SHIM_CREATES(flags) && intercept(dirfd, path, flags, 0, shim_real_openat, &fd))
 		return fd;
 	return REAL(__openat_2)(dirfd, path, flags);
 }
@@ -146,7 +146,7 @@ int __openat_2(int dirfd, const char *path, int flags)
 int __openat64_2(int dirfd, const char *path, int flags)
 {
 	int fd;
-	if (!(flags & (O_CREAT | __O_TMPFILE)) && intercept(dirfd, path, flags, 0, real_openat64, &fd))
+	if (!SHIM_CREATES(flags) && intercept(dirfd, path, flags, 0, real_openat64, &fd))
 		return fd;
 	return REAL(__openat64_2)(dirfd, path, flags);
 }

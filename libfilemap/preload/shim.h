@@ -74,6 +74,11 @@ void shim_report(int err) SHIM_HIDDEN;
  * the SIGBUS guard. */
 void shim_started(void) SHIM_HIDDEN;
 
+/* open(2) reads a mode argument, and creates a file, with O_CREAT or
+ * O_TMPFILE (whose bits include O_DIRECTORY's), as glibc's
+ * __OPEN_NEEDS_MODE says. */
+#define SHIM_CREATES(flags) (((flags) & O_CREAT) != 0 || ((flags) & __O_TMPFILE) == __O_TMPFILE)
+
 /* path.c: which paths are filemap's. */
 
 enum shim_kind {
