@@ -83,7 +83,7 @@ func TestPreloadDescriptors(t *testing.T) {
 	want := map[string]string{
 		"open_rdwr": errnoLine(syscall.EROFS), "open_creat": errnoLine(syscall.EROFS),
 		"open_directory": errnoLine(syscall.ENOTDIR),
-		"fstat_size": size, "same_inode": "1", "fstat_regular": "1", "fstat_mode": "444",
+		"fstat_size":     size, "same_inode": "1", "fstat_regular": "1", "fstat_mode": "444",
 		"read_first": "100 0", "read_dup": "100 0",
 		"dup_shares_offset": "ok", "dup_moves_offset": "ok", "dup_reads_on": "1", "dup2_shares_offset": "ok",
 		"f_dupfd_cloexec": "1 1", "dup_outlives_close": "ok",
