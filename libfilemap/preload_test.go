@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 )
@@ -153,4 +156,257 @@ func TestPreloadNeverZeros(t *testing.T) {
 		"sendfile": ebadf, "copy_file_range": ebadf, "splice": ebadf, "sys_read": ebadf,
 		"sys_pread64": ebadf, "sys_readv": ebadf, "sys_mmap": ebadf, "read": "4096 0",
 	})
+}
+
+// statScript prints, as JSON, what Python's os.stat, os.lstat, os.fstat of
+// an open descriptor, os.access and os.open say of each path argument:
+// the fields, or the errno's name.
+const statScript = `
+import errno, json, os, stat, sys
+
+def fields(s):
+    return {"size": s.st_size, "regular": stat.S_ISREG(s.st_mode), "mode": oct(s.st_mode & 0o7777),
+            "ino": s.st_ino, "dev": s.st_dev, "mtime_ns": s.st_mtime_ns, "blocks": s.st_blocks}
+
+def attempt(f):
+    try:
+        return f()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+def fstat(p):
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        return fields(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+out = {}
+for p in sys.argv[1:]:
+    out[p] = {
+        "stat": attempt(lambda: fields(os.stat(p))),
+        "lstat": attempt(lambda: fields(os.lstat(p))),
+        "fstat": attempt(lambda: fstat(p)),
+        "access_r": os.access(p, os.R_OK), "access_w": os.access(p, os.W_OK), "access_x": os.access(p, os.X_OK),
+        "open_rdwr_creat": attempt(lambda: os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o644))),
+    }
+print(json.dumps(out))
+`
+
+type statFields struct {
+	Size    int64  `json:"size"`
+	Regular bool   `json:"regular"`
+	Mode    string `json:"mode"`
+	Ino     uint64 `json:"ino"`
+	Dev     uint64 `json:"dev"`
+	MtimeNs int64  `json:"mtime_ns"`
+	Blocks  int64  `json:"blocks"`
+}
+
+type statAnswer struct {
+	Stat, Lstat, Fstat json.RawMessage
+	AccessR            bool            `json:"access_r"`
+	AccessW            bool            `json:"access_w"`
+	AccessX            bool            `json:"access_x"`
+	OpenRdwrCreat      json.RawMessage `json:"open_rdwr_creat"`
+}
+
+// statPaths runs statScript on paths, in dir.
+func statPaths(t *testing.T, env []string, dir string, paths ...string) map[string]statAnswer {
+	t.Helper()
+	py := debianPython(t)
+	r := runIn(t, env, dir, py, append([]string{"-c", statScript}, paths...)...)
+	if r.err != nil {
+		t.Fatalf("stat script: %v\n%s", r.err, r.stderr)
+	}
+	var m map[string]statAnswer
+	if err := json.Unmarshal(r.out, &m); err != nil {
+		t.Fatalf("stat script's answer %q: %v", r.out, err)
+	}
+	return m
+}
+
+func statOf(t *testing.T, what string, raw json.RawMessage) statFields {
+	t.Helper()
+	var f statFields
+	if err := json.Unmarshal(raw, &f); err != nil {
+		t.Fatalf("%s: %s, want the fields of a file", what, raw)
+	}
+	return f
+}
+
+// TestPreloadStat stats an HTTP object, from Python, by each path form:
+// the URI, the /filemap/http/ prefix, and the URI as path normalisation
+// leaves it (http:/HOST/...), relative to a directory without an "http:"
+// entry. Each is a read-only regular file (0444) of the object's size,
+// with the same inode and device whether stat'ed, lstat'ed or fstat'ed
+// and in every process, an mtime stable across processes and another for
+// another version; access says readable, not writable or executable; an
+// open to write or create is EROFS. What names no object is ENOENT: the
+// prefix alone, a host, an unknown scheme, a missing object, and the
+// -journal and -wal files SQLite probes. coreutils' stat (statx) agrees.
+// With a local "http:" directory, the normalised form is a local path.
+func TestPreloadStat(t *testing.T) {
+	_, data := testFile(t, objectSize)
+	other := bytes.Repeat([]byte("x"), 5000)
+	host := httpServer(t, map[string][]byte{"object.bin": data, "other.bin": other}, nil)
+	d := serve(t, nil)
+	env := onSocket(t, d)
+	forms := []string{"/filemap/http/" + host + "/object.bin", "http://" + host + "/object.bin", "http:/" + host + "/object.bin"}
+	missing := []string{"/filemap", "/filemap/", "/filemap/http", "/filemap/http/" + host, "/filemap/gs/bucket/key",
+		"/filemap/http/" + host + "/missing.bin", forms[0] + "-journal", forms[0] + "-wal"}
+	cwd := t.TempDir()
+	first := statPaths(t, env, cwd, append(append([]string{"/filemap/http/" + host + "/other.bin"}, forms...), missing...)...)
+	again := statPaths(t, env, cwd, forms[0])
+
+	want := statOf(t, "stat", first[forms[0]].Stat)
+	if want.Size != int64(len(data)) || !want.Regular || want.Mode != "0o444" || want.Blocks != (int64(len(data))+511)/512 {
+		t.Errorf("stat %s: %+v, want a regular file of %d bytes, mode 0444", forms[0], want, len(data))
+	}
+	for _, p := range forms {
+		a := first[p]
+		for what, raw := range map[string]json.RawMessage{"stat": a.Stat, "lstat": a.Lstat, "fstat": a.Fstat} {
+			if got := statOf(t, what+" "+p, raw); got != want {
+				t.Errorf("%s %s: %+v, want %+v, as stat of %s", what, p, got, want, forms[0])
+			}
+		}
+		if !a.AccessR || a.AccessW || a.AccessX {
+			t.Errorf("access %s: read %v, write %v, execute %v; want read only", p, a.AccessR, a.AccessW, a.AccessX)
+		}
+		if string(a.OpenRdwrCreat) != `"EROFS"` {
+			t.Errorf("open %s O_RDWR|O_CREAT: %s, want EROFS", p, a.OpenRdwrCreat)
+		}
+	}
+	if got := statOf(t, "stat in another process", again[forms[0]].Stat); got != want {
+		t.Errorf("stat %s in another process: %+v, want %+v", forms[0], got, want)
+	}
+	if o := statOf(t, "other", first["/filemap/http/"+host+"/other.bin"].Stat); o.Ino == want.Ino || o.MtimeNs == want.MtimeNs {
+		t.Errorf("another object (another name, another version): inode %d, mtime %d; want both other than %d, %d",
+			o.Ino, o.MtimeNs, want.Ino, want.MtimeNs)
+	}
+	for _, p := range missing {
+		if a := first[p]; string(a.Stat) != `"ENOENT"` || string(a.Fstat) != `"ENOENT"` || a.AccessR {
+			t.Errorf("%s: stat %s, open %s, access %v; want ENOENT", p, a.Stat, a.Fstat, a.AccessR)
+		}
+	}
+
+	if stat, err := exec.LookPath("stat"); err == nil {
+		got := strings.TrimSpace(string(mustRun(t, env, stat, "-c", "%s %F %a %i", forms[0])))
+		if w := fmt.Sprintf("%d regular file 444 %d", len(data), want.Ino); got != w {
+			t.Errorf("coreutils stat %s: %q, want %q", forms[0], got, w)
+		}
+	}
+
+	// A local "http:" directory makes http:/HOST/object.bin its file.
+	local := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(local, "http:", host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(local, "http:", host, "object.bin"), []byte("local"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := runIn(t, env, local, "cat", forms[2]); r.err != nil || string(r.out) != "local" {
+		t.Errorf("cat %s beside a local http: directory: %q (%v), want the local file's bytes", forms[2], r.out, r.err)
+	}
+}
+
+// TestPreloadFailingPage reads an HTTP object one page of which the
+// server fails, under the shim: read(2) returns the bytes before the page
+// (a short read) and then EIO, and says on stderr which offset failed;
+// pread(2) of the page is EIO; a program touching the page through its
+// mmap(2) gets SIGBUS, as for a file's page that cannot be read, while a
+// page 128 KiB away reads; once the server serves it again, the whole
+// object reads: the failure is not sticky.
+func TestPreloadFailingPage(t *testing.T) {
+	_, data := testFile(t, objectSize)
+	var bad atomic.Int64
+	// The handler fetches 64 KiB chunks; the chunk holding badOff fails.
+	const badOff = 3<<20 + 64<<10
+	bad.Store(badOff)
+	host := httpServer(t, map[string][]byte{"object.bin": data}, &bad)
+	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
+	env := onSocket(t, d)
+	path := "/filemap/http/" + host + "/object.bin"
+
+	// 100000-byte reads: the one across the page comes back short.
+	dir, _ := built(t)
+	r := runIn(t, env, "", filepath.Join(dir, "tests", "preload-probe"), "readall", path, "100000")
+	wantLines(t, "readall", probeLines(r.out), map[string]string{
+		"bytes": fmt.Sprint(badOff), "errno": fmt.Sprint(int(syscall.EIO)), "sum": fnvSum(data[:badOff]),
+	})
+	if want := fmt.Sprintf("cannot read the page at offset %d", badOff); !strings.Contains(string(r.stderr), want) {
+		t.Errorf("the reader's stderr: %q, want it to say %q", r.stderr, want)
+	}
+	wantLines(t, "pread across the page", probe(t, env, "pread", path, fmt.Sprint(badOff-100), "8192"), map[string]string{
+		"n": "100", "errno": "0", "sum": fnvSum(data[badOff-100 : badOff]),
+	})
+	wantLines(t, "pread of the page", probe(t, env, "pread", path, fmt.Sprint(badOff), "4096"), map[string]string{
+		"n": "-1", "errno": fmt.Sprint(int(syscall.EIO)),
+	})
+
+	touch := runIn(t, env, "", filepath.Join(dir, "tests", "preload-probe"), "touch", path, fmt.Sprint(badOff+10))
+	if touch.signal() != syscall.SIGBUS {
+		t.Errorf("touching the page through mmap: %v, output %q; want death by SIGBUS", touch.err, touch.out)
+	}
+	neighbour := badOff + 128<<10
+	wantLines(t, "touching a page 128 KiB away", probe(t, env, "touch", path, fmt.Sprint(neighbour)), map[string]string{
+		"byte": fmt.Sprint(data[neighbour]),
+	})
+
+	bad.Store(-1)
+	wantLines(t, "readall once the server serves the page", probe(t, env, "readall", path, "100000"), map[string]string{
+		"bytes": fmt.Sprint(len(data)), "errno": "0", "sum": fnvSum(data),
+	})
+}
+
+// TestPreloadThreadsForkExec checks a remote object's descriptor shared
+// by threads, inherited by fork(2), and carried through execve(2): four
+// threads reading one descriptor read every byte once, each where it
+// belongs, as they would a file's; a fork child without exec reads the
+// descriptor and the mapping its parent made; a program exec'd without the
+// shim gets EBADF from read(2) of the inherited descriptor, never bytes,
+// while fstat(2) says a regular file of the object's size.
+func TestPreloadThreadsForkExec(t *testing.T) {
+	_, data := testFile(t, objectSize)
+	path, env, _ := remoteObject(t, data)
+	size, sum := fmt.Sprint(len(data)), fnvSum(data)
+	wantLines(t, "threads", probe(t, env, "threads", path, "4"), map[string]string{
+		"bytes": size, "misplaced": "0", "dups": "0",
+	})
+	wantLines(t, "fork", probe(t, env, "fork", path), map[string]string{
+		"child_pread": size + " " + sum, "child_mapping": sum, "child_status": "0", "parent_mapping": sum,
+	})
+	wantLines(t, "exec", probe(t, env, "exec", path), map[string]string{
+		"read": errnoLine(syscall.EBADF), "fstat": "0 0", "fstat_size": size,
+	})
+}
+
+// TestPreloadCost checks that the shim costs a program that opens no
+// filemap path nothing it can see: with no handler to be had (a socket
+// that does not exist), a program that stats and opens an ordinary file
+// has one thread, the default SIGBUS action, no child and no more
+// descriptors than before. Opening an object gives it a SIGBUS handler
+// and descriptors, but still no thread; with a private handler, one
+// child.
+func TestPreloadCost(t *testing.T) {
+	_, bin := built(t)
+	nowhere := shimEnv(t, "FILEMAP_SOCKET="+filepath.Join(t.TempDir(), "none.sock"), "FILEMAP_EXECUTABLE=/nonexistent")
+	got := probe(t, nowhere, "cost")
+	if got["before"] != got["libc"] || !strings.HasPrefix(got["libc"], "threads 1 sigbus_default 1 children 0 ") {
+		t.Errorf("a program under the shim, before and after an ordinary open: %q, %q; want one thread, SIGBUS default, no child, nothing more",
+			got["before"], got["libc"])
+	}
+	if got := mustRun(t, nowhere, "cat", "/proc/self/status"); !bytes.Contains(got, []byte("Threads:\t1\n")) {
+		t.Errorf("cat of an ordinary file under the shim, with no handler to be had: %q", got)
+	}
+
+	_, data := testFile(t, 1<<20)
+	path, env, _ := remoteObject(t, data)
+	if got := probe(t, env, "cost", path)["after"]; !strings.HasPrefix(got, "threads 1 sigbus_default 0 children 0 ") {
+		t.Errorf("after opening %s: %q; want one thread, the shim's SIGBUS handler, no child", path, got)
+	}
+	private := shimEnv(t, "FILEMAP_EXECUTABLE="+bin)
+	if got := probe(t, private, "cost", path)["after"]; !strings.HasPrefix(got, "threads 1 sigbus_default 0 children 1 ") {
+		t.Errorf("after opening %s with a private handler: %q; want one thread and one child, the handler", path, got)
+	}
 }
