@@ -210,6 +210,11 @@ func eachObject(t *testing.T, name string, data []byte, f func(t *testing.T, o s
 		d := serve(t, nil)
 		f(t, shimObject{kind: "file", path: path, data: data, d: d}, onSocket(t, d, "FILEMAP_PRELOAD_DIRS="+dir))
 	})
+	eachRemoteObject(t, name, data, f)
+}
+
+// eachRemoteObject is eachObject of the HTTP and the S3 object.
+func eachRemoteObject(t *testing.T, name string, data []byte, f func(t *testing.T, o shimObject, env []string)) {
 	t.Run("http", func(t *testing.T) {
 		host := httpServer(t, map[string][]byte{name: data}, nil)
 		d := serve(t, nil)
