@@ -71,6 +71,7 @@ void shim_put(struct shim_file *f)
 		shim_leave();
 	}
 	pthread_mutex_destroy(&f->pos_lock);
+	pthread_mutex_destroy(&f->ra_lock);
 	free(f);
 	errno = saved;
 }

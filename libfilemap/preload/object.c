@@ -21,8 +21,10 @@
 #define SHIM_DEV makedev(0, 0xff11e)
 
 enum {
-	BLKSIZE = 128 << 10,           /* filemap's read-around: coreutils and stdio size their reads by it */
+	BLKSIZE = 128 << 10,        /* filemap's read-around: coreutils and stdio size their reads by it */
 	MAX_RW = INT32_MAX & ~4095, /* the most one read(2) returns, as the kernel's MAX_RW_COUNT */
+	RA_MIN = 128 << 10,         /* follow's first window, the kernel's VM_READAHEAD_PAGES */
+	RA_MAX = 8 << 20,           /* and its largest, the handler's --readahead-max default */
 };
 
 static uint64_t fnv(const char *s)
@@ -129,6 +131,8 @@ struct shim_file *shim_open_object(enum shim_kind kind, const char *uri, int fla
 	describe(f->m, &f->st);
 	f->status = flags & (O_NONBLOCK | O_NOATIME | O_DIRECT | O_NDELAY);
 	pthread_mutex_init(&f->pos_lock, NULL);
+	pthread_mutex_init(&f->ra_lock, NULL);
+	f->ra_size = RA_MIN;
 	atomic_init(&f->refs, 1);
 	return f;
 }
@@ -284,6 +288,66 @@ static ssize_t slow_read(struct shim_file *f, void *buf, size_t n, uint64_t off)
 	return -1;
 }
 
+static int advise(struct shim_file *f, int advice, uint64_t off, uint64_t len)
+{
+	shim_enter();
+	int rc = filemap_advise(f->m, advice, off, len);
+	shim_leave();
+	if (rc == 0)
+		return 0;
+	int err = filemap_errno();
+	shim_report(err);
+	return err;
+}
+
+/* resident says whether the cache holds the pages of [off, off+len) of
+ * f's mapping: its first and last, as mincore(2) sees the cache file. */
+static int resident(struct shim_file *f, uint64_t off, uint64_t len)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	uint64_t pages[2] = {off / ps * ps, (off + len - 1) / ps * ps};
+	for (int i = 0; i < 2; i++) {
+		unsigned char in = 0;
+		if (mincore((void *)(f->base + pages[i]), ps, &in) < 0 || !(in & 1))
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * follow is the kernel's readahead for read(2) and pread(2)
+ * (ondemand_readahead): a reader that goes on where it left off gets a
+ * window read ahead of it, in the background, whatever the advice,
+ * doubling from 128 KiB to 8 MiB, asked for again when the reader is
+ * half way through the last. The handler's own readahead is made for a
+ * mapping's faults, whose read-around, under NORMAL advice, reads a
+ * stream several times slower. A window whose pages the cache holds is
+ * not asked for: a warm reader sends no message.
+ */
+static void follow(struct shim_file *f, uint64_t off, size_t n)
+{
+	uint64_t ask = 0, len = 0;
+	pthread_mutex_lock(&f->ra_lock);
+	if (!f->advised) {
+		if (off != f->next) { /* not a stream (yet): the handler's read-around */
+			f->ra_end = 0;
+			f->ra_size = RA_MIN;
+		} else if (off + n > f->ra_end || f->ra_end - (off + n) < f->ra_size / 2) {
+			ask = off > f->ra_end ? off : f->ra_end;
+			len = f->ra_size;
+			f->ra_end = ask + len;
+			f->ra_size = f->ra_size * 2 > RA_MAX ? RA_MAX : f->ra_size * 2;
+		}
+		f->next = off + n;
+	}
+	pthread_mutex_unlock(&f->ra_lock);
+	if (len > 0 && ask < f->size) {
+		len = len < f->size - ask ? len : f->size - ask;
+		if (!resident(f, ask, len))
+			advise(f, FILEMAP_WILLNEED, ask, len);
+	}
+}
+
 ssize_t shim_pread(struct shim_file *f, void *buf, size_t len, uint64_t off)
 {
 	if (f->m == NULL) {
@@ -295,6 +359,7 @@ ssize_t shim_pread(struct shim_file *f, void *buf, size_t len, uint64_t off)
 	size_t n = len < MAX_RW ? len : MAX_RW;
 	if (n > f->size - off)
 		n = (size_t)(f->size - off);
+	follow(f, off, n);
 	/* A fork child without the mapping (MADV_DONTFORK) gets the library's EBADF. */
 	if (!(f->dontfork && f->pid != shim_pid) && shim_guarded_copy(buf, f->base + off, n) == 0)
 		return (ssize_t)n;
@@ -327,14 +392,15 @@ int shim_advise(struct shim_file *f, int advice, uint64_t off, uint64_t len)
 	default:
 		return EINVAL;
 	}
+	if (a == FILEMAP_NORMAL || a == FILEMAP_RANDOM || a == FILEMAP_SEQUENTIAL) {
+		/* The mapping's advice is the program's now; under NORMAL, follow
+		 * reads ahead of a stream, as the kernel's read(2) does. */
+		pthread_mutex_lock(&f->ra_lock);
+		f->advised = a != FILEMAP_NORMAL;
+		pthread_mutex_unlock(&f->ra_lock);
+		return advise(f, a, 0, 0);
+	}
 	if (off >= f->size)
 		return 0; /* the kernel takes advice past the end, and does nothing */
-	shim_enter();
-	int rc = filemap_advise(f->m, a, off, len);
-	shim_leave();
-	if (rc == 0)
-		return 0;
-	int err = filemap_errno();
-	shim_report(err);
-	return err;
+	return advise(f, a, off, len);
 }

@@ -110,6 +110,14 @@ struct shim_file {
 	int status;       /* the F_GETFL bits a program may set: O_NONBLOCK, O_NOATIME... */
 	pthread_mutex_t pos_lock; /* read(2) and lseek(2) move pos one at a time, as the kernel's f_pos_lock */
 	uint64_t pos;
+
+	/* The kernel's readahead for read(2) (object.c, follow): a window
+	 * asked ahead of a reader seen to go on where it left off. */
+	pthread_mutex_t ra_lock;
+	int advised;      /* the program said SEQUENTIAL or RANDOM: its word stands */
+	uint64_t next;    /* where the last read ended */
+	uint64_t ra_end;  /* what is asked for, [?, ra_end) */
+	uint64_t ra_size; /* the next window's size */
 };
 
 /* shim_any says whether any descriptor is, or was, filemap's: one load,
