@@ -71,17 +71,19 @@ int fm_conn_mine(const struct fm_conn *c)
 }
 
 /* dead says whether the handler has closed c: it sends nothing but
- * answers, so between calls any sign of life on the socket is its end. */
+ * answers, so between calls any sign of life on the socket is its end. A
+ * call in flight is a sign of life: its answer may be waiting there. */
 static int dead(struct fm_conn *c)
 {
 	if (atomic_load(&c->lost))
 		return 1;
+	if (pthread_mutex_trylock(&c->call) != 0)
+		return 0;
 	struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
-	if (poll(&p, 1, 0) > 0 && p.revents) {
+	if (poll(&p, 1, 0) > 0 && p.revents)
 		atomic_store(&c->lost, ENOTCONN);
-		return 1;
-	}
-	return 0;
+	pthread_mutex_unlock(&c->call);
+	return atomic_load(&c->lost) != 0;
 }
 
 static int dial(const char *path)
@@ -139,6 +141,15 @@ static int hello(struct fm_conn *c)
 	return rc;
 }
 
+static void free_conn(struct fm_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	pthread_mutex_destroy(&c->call);
+	free(c->socket);
+	free(c);
+}
+
 static struct fm_conn *connect_to(const char *path, int private)
 {
 	struct fm_conn *c = calloc(1, sizeof *c);
@@ -155,15 +166,13 @@ static struct fm_conn *connect_to(const char *path, int private)
 		snprintf(why, sizeof why, "%s", filemap_errmsg());
 		fm_fail(ENOTCONN, -1, "connect to the filemap handler at %s: %s%s", path, why,
 			private ? "" : " (is `filemap serve` running?)");
-		free(c->socket);
-		free(c);
+		free_conn(c);
 		return NULL;
 	}
 	if (hello(c) < 0) {
 		fm_prefix("hello to the filemap handler at %s: ", path);
-		close(c->fd);
-		free(c->socket);
-		free(c);
+		free_conn(c);
+		errno = filemap_errno();
 		return NULL;
 	}
 	return c;
@@ -222,9 +231,11 @@ void fm_conn_put(struct fm_conn *c)
 	fm_unlock();
 	if (!last)
 		return;
+	if (fm_conn_mine(c)) {
+		free_conn(c);
+		return;
+	}
 	close(c->fd);
-	if (fm_conn_mine(c))
-		pthread_mutex_destroy(&c->call);
 	free(c->socket);
 	free(c);
 }
@@ -262,7 +273,8 @@ static int reply(const struct fm_call *call, struct fm_frame *f)
 		return fm_fail(EPROTO, -1, "the handler sent %d descriptors, want %d", f->nfds, call->rnfds);
 	if (fm_json_decode(f->payload, f->len, call->reply, call->nreply) < 0)
 		return -1;
-	memcpy(call->rfds, f->fds, (size_t)f->nfds * sizeof(int));
+	if (f->nfds > 0)
+		memcpy(call->rfds, f->fds, (size_t)f->nfds * sizeof(int));
 	f->nfds = 0; /* the caller's now */
 	return 0;
 }

@@ -63,6 +63,23 @@ static int open_handle(struct filemap *m, const char *version)
 	return rc;
 }
 
+/* connect_open opens m on this process's connection to its handler. A
+ * connection the handler closed just before, as it died or handed over,
+ * is only found out by using it: then once more, on a new one. */
+static int connect_open(struct filemap *m, const char *version)
+{
+	for (int try = 0;; try++) {
+		if ((m->conn = fm_conn_get(m->socket)) == NULL)
+			return -1;
+		if (open_handle(m, version) == 0)
+			return 0;
+		if (try > 0 || errno != ENOTCONN)
+			return -1;
+		fm_conn_put(m->conn);
+		m->conn = NULL;
+	}
+}
+
 static void close_handle(struct filemap *m)
 {
 	struct fm_json req;
@@ -143,8 +160,7 @@ filemap_t *filemap_open(const char *uri, const struct filemap_options *opts)
 		release(m);
 		return NULL;
 	}
-	if (check_options(&o) < 0 || (m->uri.path != NULL && open_local(m) < 0) ||
-	    (m->conn = fm_conn_get(m->socket)) == NULL || open_handle(m, o.version) < 0)
+	if (check_options(&o) < 0 || (m->uri.path != NULL && open_local(m) < 0) || connect_open(m, o.version) < 0)
 		goto fail;
 	if (map_whole(m) < 0) {
 		close_handle(m);
@@ -180,7 +196,7 @@ static struct filemap *reopen(struct filemap *m)
 	}
 	/* The name sent, not the one written: a relative path is absolute there. */
 	if ((m->file >= 0 && again->file < 0) || fm_uri_parse(m->uri.wire, &again->uri) < 0 ||
-	    (again->conn = fm_conn_get(again->socket)) == NULL || open_handle(again, m->version) < 0) {
+	    connect_open(again, m->version) < 0) {
 		release(again);
 		return NULL;
 	}

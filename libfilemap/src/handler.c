@@ -218,8 +218,13 @@ static int await_ready(int ours, pid_t pid, const char *exe)
 			return 0;
 		int status = 0;
 		waitpid(pid, &status, 0);
-		return fm_fail(ENOEXEC, -1, "private handler %s exited (status %#x) before it was ready (see its message above)",
-			       exe, status);
+		char how[64];
+		if (WIFSIGNALED(status))
+			snprintf(how, sizeof how, "was killed by signal %d", WTERMSIG(status));
+		else
+			snprintf(how, sizeof how, "exited with status %d", WEXITSTATUS(status));
+		return fm_fail(ENOEXEC, -1, "private handler %s %s before it was ready (see its message above)", exe,
+			       how);
 	}
 }
 
@@ -291,12 +296,18 @@ static void bury(void)
 	close(handler.lifeline);
 	handler.lifeline = -1;
 	remove_socket();
-	if (handler.parent == getpid())
+	if (handler.pid > 0 && handler.parent == getpid())
 		waitpid(handler.pid, NULL, WNOHANG);
+	handler.pid = 0;
 }
 
 int fm_private_socket(char *path, size_t cap)
 {
+	/* A handler that died while its keeper lives is replaced by the
+	 * keeper, on the same socket; the dead one is still this process's
+	 * child, a zombie until reaped. */
+	if (handler.pid > 0 && handler.parent == getpid() && waitpid(handler.pid, NULL, WNOHANG) == handler.pid)
+		handler.pid = 0;
 	if (handler.lifeline >= 0 && gone())
 		bury();
 	if (handler.lifeline < 0 && start() < 0)

@@ -410,7 +410,7 @@ static int field(struct parser *ps, const struct fm_json_field *f)
 	case FM_JSON_UINT:
 		if (integer(ps, &mag, &neg) < 0)
 			return -1;
-		if (neg && mag != 0)
+		if (neg) /* even -0, which Go's decoder refuses too */
 			return bad(ps, "negative value for an unsigned field");
 		*(uint64_t *)f->dst = mag;
 		return 0;

@@ -87,6 +87,25 @@ static void release(char *addr, size_t len, int uffd)
 	munmap(addr, len);
 }
 
+/*
+ * register_attach registers the range and attaches it, under the process
+ * lock, which pthread_atfork takes: a fork(2) of this process waits until
+ * the handler has read the fork event of every registered userfaultfd
+ * with EVENT_FORK, and the child's copy of the descriptor keeps it open
+ * meanwhile. A fork between registering and a failed Attach would raise an
+ * event nobody ever reads: the fork would never return. fm_unmap
+ * unregisters under the lock for the same reason.
+ */
+static int register_attach(filemap_range_t *r, const struct fm_map_req *q, const struct fm_uffd *u)
+{
+	fm_lock();
+	int rc = fm_uffd_register(u->fd, r->addr, r->len);
+	if (rc == 0 && (rc = attach(r, q, u)) < 0)
+		fm_uffd_unregister(u->fd, r->addr, r->len);
+	fm_unlock();
+	return rc;
+}
+
 /* populate does MAP_POPULATE's work once the range is served: populating
  * it before would read the cache's holes as zeros. Best effort, as the
  * kernel's is. */
@@ -138,7 +157,7 @@ filemap_range_t *fm_map(const struct fm_map_req *q)
 		goto fail;
 	}
 	r->dontfork = !u.fork;
-	if (fm_uffd_register(u.fd, addr, len) < 0 || attach(r, q, &u) < 0)
+	if (register_attach(r, q, &u) < 0)
 		goto fail;
 	r->uffd = u.fd;
 	fm_conn_ref(q->conn);
@@ -184,8 +203,10 @@ int fm_unmap(filemap_range_t *r)
 {
 	int rc = 0;
 	if (r->pid == getpid()) {
+		fm_lock(); /* no fork in between: register_attach */
 		mprotect(r->addr, r->len, PROT_NONE);
 		fm_uffd_unregister(r->uffd, r->addr, r->len);
+		fm_unlock();
 		rc = detach(r);
 		close(r->uffd);
 		munmap(r->addr, r->len);

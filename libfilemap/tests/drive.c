@@ -13,30 +13,41 @@
  *	write ID OFF BYTE			ok (a byte into a copy-on-write mapping)
  *	advise ID normal|random|sequential|willneed|dontneed OFF LEN	ok
  *	stat ID					ok SIZE FLAGS VERSION NAME
- *	map ID OFF LEN r|rw [fixed=ADDR]	ok RID ADDR (filemap_map, MAP_PRIVATE)
+ *	map ID OFF LEN r|rw [fixed=ADDR] [shared]	ok RID ADDR (filemap_map, MAP_PRIVATE or MAP_SHARED)
  *	rsum RID				ok SUM (the range's bytes up to the object's end, touched)
  *	unmap RID				ok
  *	close ID				ok
  *	cost					ok THREADS FDS SOCKETS SIGCGT CHILDREN
- *	threads ID N				ok (N threads read ID with filemap_read_at until stop)
- *	stop					ok READS ERRORS
- *	fork ID [URI]				ok MEMSUM READSUM FLAGS SOCKETS_BEFORE SOCKETS_AFTER URISUM
+ *	drop-ptrace				ok (CAP_SYS_PTRACE dropped, as a process without it runs)
+ *	threads ID N [URI [socket=PATH]]	ok (N threads read ID with filemap_read_at, and
+ *						open, read and close URI, until stop)
+ *	stop					ok READS ERRORS URI_ERRORS
+ *	fork ID [URI] [n=K]			ok MEMSUM READSUM FLAGS SOCKETS_BEFORE SOCKETS_AFTER URISUM RANGESUM
  *	quit
  *
  * fork makes a child with fork(2), no exec, that sums ID's mapping by
  * touching it and with filemap_read_at, opens URI (if given) and sums it,
- * closes what it inherited and exits; the answer is the child's.
+ * maps ID's bytes [4096, 69632) with filemap_map and sums them, closes
+ * what it inherited and exits; the answer is the child's (with
+ * n=K, K children one after another, and the first failure or the last
+ * answer). A child whose mapping was not inherited (MADV_DONTFORK)
+ * answers "dontfork mapped|unmapped ERRNO": whether the mapping's address
+ * is mapped in it, and filemap_read_at's errno.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -133,9 +144,13 @@ static void cmd_map(filemap_t *m, char **arg, int n)
 {
 	int prot = strcmp(arg[3], "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ, flags = MAP_PRIVATE;
 	void *addr = NULL;
-	if (n > 4 && strncmp(arg[4], "fixed=", 6) == 0) {
-		addr = (void *)(uintptr_t)strtoull(arg[4] + 6, NULL, 0);
-		flags |= MAP_FIXED;
+	for (int i = 4; i < n; i++) {
+		if (strncmp(arg[i], "fixed=", 6) == 0) {
+			addr = (void *)(uintptr_t)strtoull(arg[i] + 6, NULL, 0);
+			flags |= MAP_FIXED;
+		} else if (strcmp(arg[i], "shared") == 0) {
+			flags = (flags & ~MAP_PRIVATE) | MAP_SHARED;
+		}
 	}
 	int id = 0;
 	while (id < MAX_RANGES && ranges[id] != NULL)
@@ -181,6 +196,27 @@ static int sockets(void)
 	return count_dir("/proc/self/fd", "socket:");
 }
 
+/* drop_ptrace drops CAP_SYS_PTRACE, without which the kernel refuses
+ * UFFD_FEATURE_EVENT_FORK. */
+static void cmd_drop_ptrace(void)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2];
+	if (syscall(SYS_capget, &h, d) < 0) {
+		printf("err %d -1 capget: %s\n", errno, strerror(errno));
+		return;
+	}
+	unsigned bit = 1u << (CAP_SYS_PTRACE % 32);
+	d[CAP_SYS_PTRACE / 32].effective &= ~bit;
+	d[CAP_SYS_PTRACE / 32].permitted &= ~bit;
+	d[CAP_SYS_PTRACE / 32].inheritable &= ~bit;
+	if (syscall(SYS_capset, &h, d) < 0) {
+		printf("err %d -1 capset: %s\n", errno, strerror(errno));
+		return;
+	}
+	printf("ok\n");
+}
+
 static void cmd_cost(void)
 {
 	char line[256], sigcgt[32] = "?";
@@ -209,9 +245,23 @@ static struct {
 	pthread_t t[MAX_THREADS];
 	int n;
 	filemap_t *m;
+	const char *uri; /* opened, read and closed in turn, if not NULL */
+	struct filemap_options o;
 	atomic_int stop;
-	atomic_long reads, errors;
+	atomic_long reads, errors, uri_errors;
 } readers;
+
+/* read_other opens, reads and closes readers.uri: the library's lock is
+ * taken and its connections made and closed while the main thread forks. */
+static int read_other(unsigned char *buf, size_t n)
+{
+	filemap_t *o = filemap_open(readers.uri, &readers.o);
+	if (o == NULL)
+		return -1;
+	int rc = filemap_read_at(o, buf, n, 0) < 0 ? -1 : 0;
+	filemap_close(o);
+	return rc;
+}
 
 static void *reader(void *arg)
 {
@@ -222,14 +272,27 @@ static void *reader(void *arg)
 		uint64_t off = (uint64_t)rand_r(&seed) * 4096 % size;
 		if (filemap_read_at(readers.m, buf, sizeof buf, off) < 0)
 			atomic_fetch_add(&readers.errors, 1);
+		if (readers.uri != NULL && read_other(buf, sizeof buf) < 0)
+			atomic_fetch_add(&readers.uri_errors, 1);
 		atomic_fetch_add(&readers.reads, 1);
 	}
 	return NULL;
 }
 
-static void cmd_threads(filemap_t *m, int n)
+static void cmd_threads(filemap_t *m, int n, char **arg, int nargs)
 {
+	static char uri[4096], socket[4096];
 	readers.m = m;
+	readers.uri = NULL;
+	readers.o = (struct filemap_options){0};
+	if (nargs > 0) {
+		snprintf(uri, sizeof uri, "%s", arg[0]);
+		readers.uri = uri;
+	}
+	if (nargs > 1 && strncmp(arg[1], "socket=", 7) == 0) {
+		snprintf(socket, sizeof socket, "%s", arg[1] + 7);
+		readers.o.socket = socket;
+	}
 	atomic_store(&readers.stop, 0);
 	for (readers.n = 0; readers.n < n && readers.n < MAX_THREADS; readers.n++)
 		pthread_create(&readers.t[readers.n], NULL, reader, (void *)(uintptr_t)(readers.n + 1));
@@ -244,7 +307,8 @@ static void cmd_stop(void)
 	for (int i = 0; i < readers.n; i++)
 		pthread_join(readers.t[i], NULL);
 	readers.n = 0;
-	printf("ok %ld %ld\n", atomic_load(&readers.reads), atomic_load(&readers.errors));
+	printf("ok %ld %ld %ld\n", atomic_load(&readers.reads), atomic_load(&readers.errors),
+	       atomic_load(&readers.uri_errors));
 }
 
 /* child is the fork's child: it answers on fd out and exits. */
@@ -253,8 +317,15 @@ static void child(filemap_t *m, const char *uri, FILE *out)
 	uint64_t mem = 0, read = 0, other = 0;
 	struct filemap_stat st;
 	filemap_stat(m, &st);
-	if (!(st.flags & FILEMAP_DONTFORK))
-		mem = sum_mem(m);
+	if (st.flags & FILEMAP_DONTFORK) {
+		int mapped = msync(filemap_addr(m), 4096, MS_ASYNC) == 0;
+		unsigned char b;
+		int err = filemap_read_at(m, &b, 1, 0) < 0 ? filemap_errno() : 0;
+		fprintf(out, "dontfork %s %d\n", mapped ? "mapped" : "unmapped", err);
+		filemap_close(m);
+		return;
+	}
+	mem = sum_mem(m);
 	if (sum_read(m, &read) < 0) {
 		fprintf(out, "err %d %" PRId64 " child: %s\n", filemap_errno(), filemap_error_offset(), filemap_errmsg());
 		return;
@@ -273,24 +344,37 @@ static void child(filemap_t *m, const char *uri, FILE *out)
 		}
 		filemap_close(o);
 	}
-	if (filemap_close(m) < 0) {
+	filemap_range_t *r = filemap_map(m, NULL, 65536, PROT_READ, MAP_PRIVATE, 4096);
+	if (r == NULL) {
+		fprintf(out, "err %d %" PRId64 " child: map: %s\n", filemap_errno(), filemap_error_offset(), filemap_errmsg());
+		return;
+	}
+	uint64_t size = filemap_size(m), end = size < 4096 + 65536 ? size : 4096 + 65536;
+	uint64_t range = fnv(fnv_init, filemap_range_addr(r), end > 4096 ? end - 4096 : 0);
+	if (filemap_unmap(r) < 0 || filemap_close(m) < 0) {
 		fprintf(out, "err %d %" PRId64 " child: close: %s\n", filemap_errno(), filemap_error_offset(), filemap_errmsg());
 		return;
 	}
-	fprintf(out, "ok %016" PRIx64 " %016" PRIx64 " %#x %d %d %016" PRIx64 "\n", mem, read, st.flags, before, after,
-		other);
+	fprintf(out, "ok %016" PRIx64 " %016" PRIx64 " %#x %d %d %016" PRIx64 " %016" PRIx64 "\n", mem, read, st.flags,
+		before, after, other, range);
 }
 
-static void cmd_fork(int id, const char *uri)
+/* fork_one forks one child and writes its answer into line. */
+static void fork_one(int id, const char *uri, char *line, size_t cap)
 {
 	int p[2];
 	if (pipe(p) < 0) {
-		printf("err %d -1 pipe: %s\n", errno, strerror(errno));
+		snprintf(line, cap, "err %d -1 pipe: %s\n", errno, strerror(errno));
 		return;
 	}
 	fflush(stdout);
 	pid_t pid = fork();
 	if (pid == 0) {
+		/* A child stuck (a test failing) must not hold the test's pipes
+		 * open, nor outlive the driver. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(0);
+		close(1);
 		close(p[0]);
 		FILE *out = fdopen(p[1], "w");
 		child(objects[id], uri, out);
@@ -298,17 +382,33 @@ static void cmd_fork(int id, const char *uri)
 		_exit(0);
 	}
 	close(p[1]);
-	char line[4096] = "";
 	FILE *in = fdopen(p[0], "r");
-	if (fgets(line, sizeof line, in) == NULL)
+	if (fgets(line, (int)cap, in) == NULL)
 		line[0] = '\0';
 	fclose(in);
 	int status;
 	waitpid(pid, &status, 0);
 	if (line[0] == '\0')
-		printf("err %d -1 child ended (status %#x) without an answer\n", EIO, status);
-	else
-		fputs(line, stdout);
+		snprintf(line, cap, "err %d -1 child ended (status %#x) without an answer\n", EIO, status);
+}
+
+static void cmd_fork(int id, char **arg, int n)
+{
+	const char *uri = NULL;
+	int times = 1;
+	for (int i = 0; i < n; i++) {
+		if (strncmp(arg[i], "n=", 2) == 0)
+			times = atoi(arg[i] + 2);
+		else
+			uri = arg[i];
+	}
+	char line[4096] = "";
+	for (int i = 0; i < times; i++) {
+		fork_one(id, uri, line, sizeof line);
+		if (strncmp(line, "ok", 2) != 0)
+			break;
+	}
+	fputs(line, stdout);
 }
 
 static void cmd(char **arg, int n)
@@ -320,6 +420,8 @@ static void cmd(char **arg, int n)
 		cmd_open(arg + 1, n - 1);
 	else if (strcmp(c, "cost") == 0)
 		cmd_cost();
+	else if (strcmp(c, "drop-ptrace") == 0)
+		cmd_drop_ptrace();
 	else if (strcmp(c, "stop") == 0)
 		cmd_stop();
 	else if (strcmp(c, "unmap") == 0 && n == 2) {
@@ -354,10 +456,10 @@ static void cmd(char **arg, int n)
 	else if (strcmp(c, "close") == 0) {
 		objects[atoi(arg[1])] = NULL;
 		filemap_close(m) < 0 ? fail() : (void)printf("ok\n");
-	} else if (strcmp(c, "threads") == 0 && n == 3)
-		cmd_threads(m, atoi(arg[2]));
+	} else if (strcmp(c, "threads") == 0 && n >= 3)
+		cmd_threads(m, atoi(arg[2]), arg + 3, n - 3);
 	else if (strcmp(c, "fork") == 0)
-		cmd_fork(atoi(arg[1]), n > 2 ? arg[2] : NULL);
+		cmd_fork(atoi(arg[1]), arg + 2, n - 2);
 	else
 		printf("err %d -1 bad command: %s\n", EINVAL, c);
 }
