@@ -189,6 +189,8 @@ for p in sys.argv[1:]:
         "fstat": attempt(lambda: fstat(p)),
         "access_r": os.access(p, os.R_OK), "access_w": os.access(p, os.W_OK), "access_x": os.access(p, os.X_OK),
         "open_rdwr_creat": attempt(lambda: os.close(os.open(p, os.O_RDWR | os.O_CREAT, 0o644))),
+        "readlink": attempt(lambda: os.readlink(p)),
+        "xattrs": attempt(lambda: os.listxattr(p)),
     }
 print(json.dumps(out))
 `
@@ -209,6 +211,8 @@ type statAnswer struct {
 	AccessW            bool            `json:"access_w"`
 	AccessX            bool            `json:"access_x"`
 	OpenRdwrCreat      json.RawMessage `json:"open_rdwr_creat"`
+	Readlink           json.RawMessage `json:"readlink"`
+	Xattrs             json.RawMessage `json:"xattrs"`
 }
 
 // statPaths runs statScript on paths, in dir.
@@ -244,7 +248,10 @@ func statOf(t *testing.T, what string, raw json.RawMessage) statFields {
 // another version; access says readable, not writable or executable; an
 // open to write or create is EROFS. What names no object is ENOENT: the
 // prefix alone, a host, an unknown scheme, a missing object, and the
-// -journal and -wal files SQLite probes. coreutils' stat (statx) agrees.
+// -journal and -wal files SQLite probes. coreutils' stat (statx) agrees;
+// ls -l (which reads extended attributes) lists the object without a
+// complaint; realpath -e (which walks the path with readlink) finds it,
+// and not a missing one.
 // With a local "http:" directory, the normalised form is a local path.
 func TestPreloadStat(t *testing.T) {
 	_, data := testFile(t, objectSize)
@@ -254,7 +261,7 @@ func TestPreloadStat(t *testing.T) {
 	env := onSocket(t, d)
 	forms := []string{"/filemap/http/" + host + "/object.bin", "http://" + host + "/object.bin", "http:/" + host + "/object.bin"}
 	missing := []string{"/filemap", "/filemap/", "/filemap/http", "/filemap/http/" + host, "/filemap/gs/bucket/key",
-		"/filemap/http/" + host + "/missing.bin", forms[0] + "-journal", forms[0] + "-wal"}
+		"/filemap/http/" + host + "/missing.bin", forms[0] + "-journal", forms[0] + "-wal", "/filemap/http/" + host + "/"}
 	cwd := t.TempDir()
 	first := statPaths(t, env, cwd, append(append([]string{"/filemap/http/" + host + "/other.bin"}, forms...), missing...)...)
 	again := statPaths(t, env, cwd, forms[0])
@@ -276,6 +283,9 @@ func TestPreloadStat(t *testing.T) {
 		if string(a.OpenRdwrCreat) != `"EROFS"` {
 			t.Errorf("open %s O_RDWR|O_CREAT: %s, want EROFS", p, a.OpenRdwrCreat)
 		}
+		if string(a.Readlink) != `"EINVAL"` || string(a.Xattrs) != `[]` {
+			t.Errorf("%s: readlink %s, listxattr %s; want EINVAL (no symbolic link) and no attributes", p, a.Readlink, a.Xattrs)
+		}
 	}
 	if got := statOf(t, "stat in another process", again[forms[0]].Stat); got != want {
 		t.Errorf("stat %s in another process: %+v, want %+v", forms[0], got, want)
@@ -290,11 +300,22 @@ func TestPreloadStat(t *testing.T) {
 		}
 	}
 
-	if stat, err := exec.LookPath("stat"); err == nil {
-		got := strings.TrimSpace(string(mustRun(t, env, stat, "-c", "%s %F %a %i", forms[0])))
-		if w := fmt.Sprintf("%d regular file 444 %d", len(data), want.Ino); got != w {
-			t.Errorf("coreutils stat %s: %q, want %q", forms[0], got, w)
-		}
+	for _, tool := range []string{"stat", "ls", "realpath"} {
+		needTool(t, tool)
+	}
+	got := strings.TrimSpace(string(mustRun(t, env, "stat", "-c", "%s %F %a %i", forms[0])))
+	if w := fmt.Sprintf("%d regular file 444 %d", len(data), want.Ino); got != w {
+		t.Errorf("coreutils stat %s: %q, want %q", forms[0], got, w)
+	}
+	// ls -l reads extended attributes, realpath walks the path with readlink.
+	if r := runIn(t, env, "", "ls", "-l", forms[0]); r.err != nil || len(r.stderr) > 0 || !strings.HasPrefix(string(r.out), "-r--r--r-- ") {
+		t.Errorf("ls -l %s: %q, stderr %q (%v); want a read-only file and no complaint", forms[0], r.out, r.stderr, r.err)
+	}
+	if got := string(mustRun(t, env, "realpath", "-e", forms[0])); got != forms[0]+"\n" {
+		t.Errorf("realpath -e %s: %q, want the path itself", forms[0], got)
+	}
+	if r := runIn(t, env, "", "realpath", "-e", missing[5]); r.err == nil {
+		t.Errorf("realpath -e %s, a missing object: %q, want a failure", missing[5], r.out)
 	}
 
 	// A local "http:" directory makes http:/HOST/object.bin its file.

@@ -91,10 +91,14 @@ static const char *scheme_at(const char *s, char sep, size_t *n)
 	return NULL;
 }
 
-/* write_uri writes SCHEME://REST; "" if it does not fit or REST is empty. */
+/* write_uri writes SCHEME://REST; "" if it does not fit, or if REST
+ * names no object: a host or a bucket alone, with no path or key after
+ * it, is what stat takes for a directory above objects. */
 static void write_uri(char *uri, const char *scheme, const char *rest)
 {
-	if (*rest == '\0' || (size_t)snprintf(uri, SHIM_URI_MAX, "%s://%s", scheme, rest) >= SHIM_URI_MAX)
+	const char *slash = strchr(rest, '/');
+	if (slash == NULL || slash == rest || slash[1] == '\0' ||
+	    (size_t)snprintf(uri, SHIM_URI_MAX, "%s://%s", scheme, rest) >= SHIM_URI_MAX)
 		uri[0] = '\0';
 }
 
