@@ -1,19 +1,26 @@
 /*
- * What tools ask of a path besides stat: readlink, readlinkat, and the
- * extended attributes (getxattr, lgetxattr, fgetxattr, listxattr,
- * llistxattr, flistxattr), which ls -l reads for SELinux labels and
- * ACLs, and realpath walks with readlink. A remote object, and every
- * path under /filemap, is no symbolic link (EINVAL, as for a file or a
- * directory) and has no extended attributes (an empty list; a get is
- * ENOTSUP, which tools take as "none"). The kernel would say ENOENT of
- * all of them, which tools report as a missing file.
+ * What programs ask of a path besides stat: realpath and
+ * canonicalize_file_name (whose own lstat and readlink are inside libc),
+ * readlink and readlinkat (which coreutils' realpath walks a path with),
+ * and the extended attributes (getxattr, lgetxattr, fgetxattr,
+ * listxattr, llistxattr, flistxattr), which ls -l reads for SELinux
+ * labels and ACLs. A remote object, and every path under /filemap, is
+ * no symbolic link (EINVAL, as for a file or a directory), its own
+ * canonical name, and has no extended attributes (an empty list; a get
+ * is ENOTSUP, which tools take as "none"). The kernel would say ENOENT
+ * of all of them, which programs report as a missing file.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include "shim.h"
+
+void __chk_fail(void) __attribute__((noreturn));
 
 static int fail(int err)
 {
@@ -93,4 +100,44 @@ ssize_t llistxattr(const char *path, char *list, size_t size)
 ssize_t flistxattr(int fd, char *list, size_t size)
 {
 	return remote_fd(fd) ? 0 : REAL(flistxattr)(fd, list, size);
+}
+
+/* canonical is realpath(3) of a remote object's path: the path itself,
+ * once the object is found, into resolved or, if NULL, a malloc'd copy. */
+static int canonical(const char *path, char *resolved, char **rc)
+{
+	char uri[SHIM_URI_MAX];
+	if (shim_inlib || path == NULL || shim_classify(AT_FDCWD, path, uri) != SHIM_REMOTE)
+		return 0;
+	struct stat st;
+	*rc = NULL;
+	if (shim_stat_uri(uri, &st) < 0)
+		return 1;
+	if (strlen(path) >= PATH_MAX) {
+		errno = ENAMETOOLONG;
+		return 1;
+	}
+	*rc = resolved != NULL ? strcpy(resolved, path) : strdup(path);
+	return 1;
+}
+
+char *realpath(const char *path, char *resolved)
+{
+	char *rc;
+	return canonical(path, resolved, &rc) ? rc : REAL(realpath)(path, resolved);
+}
+
+char *canonicalize_file_name(const char *path)
+{
+	char *rc;
+	return canonical(path, NULL, &rc) ? rc : REAL(canonicalize_file_name)(path);
+}
+
+char *__realpath_chk(const char *path, char *resolved, size_t resolvedlen);
+
+char *__realpath_chk(const char *path, char *resolved, size_t resolvedlen)
+{
+	if (resolvedlen < PATH_MAX)
+		__chk_fail();
+	return realpath(path, resolved);
 }

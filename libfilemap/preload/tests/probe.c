@@ -228,6 +228,9 @@ static int cmd_fds(char **arg)
 	result("close", close(d));
 	result("read_closed", read(d, a, sizeof a));
 	result("close_again", close(d));
+	char *canon = realpath(path, NULL);
+	printf("realpath_same %d\n", canon != NULL && strcmp(canon, path) == 0);
+	free(canon);
 	result("access_r", access(path, R_OK));
 	result("access_w", access(path, W_OK));
 	close(d2);
