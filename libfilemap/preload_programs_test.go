@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -195,5 +196,34 @@ func TestPreloadLocalDirs(t *testing.T) {
 	}
 	if !bytes.Contains(r.stderr, []byte("filemap-preload: ")) {
 		t.Errorf("cat %s with no handler says nothing of it on stderr: %q", abs, r.stderr)
+	}
+}
+
+const subprocessScript = `
+import os, subprocess, sys
+f = open(sys.argv[1], "rb")
+head = f.read(8)
+subprocess.run(["true"], stdin=f, close_fds=True)  # vfork; the child dup2s f onto 0 and closes the rest
+print(os.read(0, 5).decode(), head == f.read(0) + head, len(f.read()))
+`
+
+// TestPreloadSubprocess runs a child with Python's subprocess, whose
+// _posixsubprocess vforks and, in the child, dup2s an object's descriptor
+// onto descriptor 0 and closes the others: the parent's own descriptor 0
+// still reads what it did (its stdin), and its object descriptor still
+// reads the object.
+func TestPreloadSubprocess(t *testing.T) {
+	py := debianPython(t)
+	_, data := testFile(t, objectSize)
+	path, env, _ := remoteObject(t, data)
+	cmd := exec.Command(py, "-c", subprocessScript, path)
+	cmd.Env = env
+	cmd.Stdin = strings.NewReader("hello")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got, want := strings.TrimSpace(string(out)), fmt.Sprintf("hello True %d", len(data)-8); got != want {
+		t.Errorf("after a subprocess given the object as its stdin: %q, want %q (the parent's stdin, and the rest of the object)", got, want)
 	}
 }
