@@ -6,13 +6,19 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/filemap/filemap/internal/child"
 )
 
 // TestPreloadCoreutils runs coreutils under the shim on a local file, an
@@ -487,4 +493,74 @@ func TestPreloadReadahead(t *testing.T) {
 	if n := faultsOf(t, d).minus(cold); n != (faultCounts{}) {
 		t.Errorf("a warm sequential read: %+v, want no fault and no store read", n)
 	}
+}
+
+// TestPreloadForkWithoutPtrace forks a child of a program without
+// CAP_SYS_PTRACE, whose mappings the kernel does not let a child inherit
+// served (no UFFD_FEATURE_EVENT_FORK: they are MADV_DONTFORK): the child
+// still reads the descriptor it inherited, from the offset its parent
+// left, every byte, as a child reads an inherited file; the shim opens
+// the object again for it.
+func TestPreloadForkWithoutPtrace(t *testing.T) {
+	setpriv := needTool(t, "setpriv")
+	_, data := testFile(t, objectSize)
+	path, env, _ := remoteObject(t, data)
+	dir, _ := built(t)
+	out := mustRun(t, env, setpriv, "--bounding-set", "-sys_ptrace", filepath.Join(dir, "tests", "preload-probe"), "forkread", path)
+	wantLines(t, "forkread without CAP_SYS_PTRACE", probeLines(out), map[string]string{
+		"child_read": "8 1", "child_pread": fmt.Sprint(len(data)) + " " + fnvSum(data), "child_status": "0",
+		"parent_read": "64",
+	})
+}
+
+// TestPreloadForkDuringRead forks while another thread of the program is
+// inside read(2) of an object's descriptor, waiting for a page the server
+// holds back: the child's own read(2) of the descriptor does not wait for
+// that thread, which the child does not have, and reads once the page
+// comes, as the parent's thread does.
+func TestPreloadForkDuringRead(t *testing.T) {
+	_, data := testFile(t, objectSize)
+	const held = 5 << 20
+	arrived, release := make(chan struct{}, 16), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if coversByte(r.Header.Get("Range"), held) {
+			arrived <- struct{}{}
+			<-release
+		}
+		w.Header().Set("ETag", `"v1"`)
+		http.ServeContent(w, r, "object.bin", time.Now(), bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open)
+	d := serve(t, nil, "--remote-chunk", "64K", "--remote-max-request", "64K")
+	dir, _ := built(t)
+	cmd := exec.Command(filepath.Join(dir, "tests", "preload-probe"), "forklock",
+		"/filemap/http/"+strings.TrimPrefix(srv.URL, "http://")+"/object.bin", fmt.Sprint(held))
+	cmd.Env = onSocket(t, d)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c := child.StartT(t, cmd, "probe forklock")
+	// A child stuck on a lock holds the output pipe open: kill the group.
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	select {
+	case <-arrived: // the thread is in read(2), waiting for the page
+	case <-time.After(child.Timeout):
+		t.Fatal("the reading thread's page was never asked for")
+	}
+	c.Send("fork")
+	if l, ok := c.Reply(child.Timeout); !ok || l != "forked" {
+		t.Fatalf("fork: %q", l)
+	}
+	open()
+	got := map[string]string{}
+	for len(got) < 3 {
+		l, ok := c.Reply(child.Timeout)
+		if !ok {
+			t.Fatalf("the child or the thread did not finish reading (a lock held by a thread the child does not have?); so far %q", got)
+		}
+		k, v, _ := strings.Cut(l, " ")
+		got[k] = v
+	}
+	wantLines(t, "forklock", got, map[string]string{"child_read": "4096", "child_status": "0", "thread_read": "4096"})
 }

@@ -24,6 +24,7 @@ static struct {
 	pthread_mutex_t mu;
 	atomic_int used; /* a file was ever installed */
 	struct shim_file *_Atomic *_Atomic chunk[CHUNKS];
+	struct shim_file *files; /* every file: in the table, mapped, or in a call */
 } table = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 void shim_fdtable_lock(void)
@@ -60,18 +61,53 @@ void shim_ref(struct shim_file *f)
 	atomic_fetch_add(&f->refs, 1);
 }
 
+void shim_track(struct shim_file *f)
+{
+	pthread_mutex_lock(&table.mu);
+	f->all_next = table.files;
+	if (f->all_next != NULL)
+		f->all_next->all_prev = f;
+	table.files = f;
+	pthread_mutex_unlock(&table.mu);
+}
+
+static void untrack(struct shim_file *f)
+{
+	pthread_mutex_lock(&table.mu);
+	if (f->all_prev != NULL)
+		f->all_prev->all_next = f->all_next;
+	else if (table.files == f)
+		table.files = f->all_next;
+	if (f->all_next != NULL)
+		f->all_next->all_prev = f->all_prev;
+	pthread_mutex_unlock(&table.mu);
+}
+
+void shim_files_forked(void)
+{
+	for (struct shim_file *f = table.files; f != NULL; f = f->all_next) {
+		pthread_mutex_init(&f->pos_lock, NULL);
+		pthread_mutex_init(&f->ra_lock, NULL);
+		pthread_mutex_init(&f->own_lock, NULL);
+	}
+}
+
 void shim_put(struct shim_file *f)
 {
 	if (f == NULL || atomic_fetch_sub(&f->refs, 1) != 1)
 		return;
 	int saved = errno;
-	if (f->m != NULL) {
-		shim_enter();
+	untrack(f);
+	shim_enter();
+	if (f->own != NULL && f->own_pid == shim_pid)
+		filemap_close(f->own);
+	if (f->m != NULL)
 		filemap_close(f->m);
-		shim_leave();
-	}
+	shim_leave();
 	pthread_mutex_destroy(&f->pos_lock);
 	pthread_mutex_destroy(&f->ra_lock);
+	pthread_mutex_destroy(&f->own_lock);
+	free(f->uri);
 	free(f);
 	errno = saved;
 }

@@ -92,10 +92,11 @@ static int open_errno(int err)
 	return err;
 }
 
-static filemap_t *open_map(const char *uri)
+static filemap_t *open_map(const char *uri, const char *version)
 {
+	struct filemap_options o = {.version = version};
 	shim_enter();
-	filemap_t *m = filemap_open(uri, NULL);
+	filemap_t *m = filemap_open(uri, &o);
 	shim_leave();
 	if (m == NULL)
 		errno = filemap_errno();
@@ -109,21 +110,22 @@ struct shim_file *shim_open_object(enum shim_kind kind, const char *uri, int fla
 		return NULL;
 	}
 	struct shim_file *f = calloc(1, sizeof *f);
-	if (f == NULL) {
+	if (f == NULL || (f->uri = strdup(uri)) == NULL) {
+		free(f);
 		errno = ENOMEM;
 		return NULL;
 	}
 	shim_started();
-	if ((f->m = open_map(uri)) == NULL) {
+	if ((f->m = open_map(uri, NULL)) == NULL) {
 		int err = errno;
 		shim_report(err);
+		free(f->uri);
 		free(f);
 		errno = kind == SHIM_REMOTE ? open_errno(err) : err;
 		return NULL;
 	}
 	struct filemap_stat fs;
 	filemap_stat(f->m, &fs);
-	f->base = filemap_addr(f->m);
 	f->size = fs.size;
 	f->dontfork = (fs.flags & FILEMAP_DONTFORK) != 0;
 	f->pid = shim_pid;
@@ -132,8 +134,10 @@ struct shim_file *shim_open_object(enum shim_kind kind, const char *uri, int fla
 	f->status = flags & (O_NONBLOCK | O_NOATIME | O_DIRECT | O_NDELAY);
 	pthread_mutex_init(&f->pos_lock, NULL);
 	pthread_mutex_init(&f->ra_lock, NULL);
+	pthread_mutex_init(&f->own_lock, NULL);
 	f->ra_size = RA_MIN;
 	atomic_init(&f->refs, 1);
+	shim_track(f);
 	return f;
 }
 
@@ -248,7 +252,7 @@ int shim_stat_uri(const char *uri, struct stat *st)
 		return -1;
 	}
 	shim_started();
-	filemap_t *m = open_map(uri);
+	filemap_t *m = open_map(uri, NULL);
 	if (m == NULL) {
 		int err = errno;
 		shim_report(err);
@@ -272,10 +276,10 @@ int shim_fstat(struct shim_file *f, int fd, struct stat *st)
 
 /* slow_read is filemap_read_at, with read(2)'s answer for a bad page: the
  * bytes before it, else EIO. */
-static ssize_t slow_read(struct shim_file *f, void *buf, size_t n, uint64_t off)
+static ssize_t slow_read(filemap_t *m, void *buf, size_t n, uint64_t off)
 {
 	shim_enter();
-	ssize_t got = filemap_read_at(f->m, buf, n, off);
+	ssize_t got = filemap_read_at(m, buf, n, off);
 	shim_leave();
 	if (got >= 0)
 		return got;
@@ -288,10 +292,42 @@ static ssize_t slow_read(struct shim_file *f, void *buf, size_t n, uint64_t off)
 	return -1;
 }
 
+/*
+ * mine returns the object as this process may read it: f's own, or, in a
+ * fork child that has no copy of its mapping (MADV_DONTFORK: the kernel
+ * grants UFFD_FEATURE_EVENT_FORK only with CAP_SYS_PTRACE), the object
+ * opened again, at the same version, on first use: the child reads the
+ * descriptor it inherited as the kernel's child reads an inherited file.
+ * NULL, and errno, if that open fails.
+ */
+static filemap_t *mine(struct shim_file *f)
+{
+	if (!f->dontfork || f->pid == shim_pid)
+		return f->m;
+	pthread_mutex_lock(&f->own_lock);
+	if (f->own_pid != shim_pid) {
+		filemap_t *m = open_map(f->uri, filemap_version(f->m));
+		if (m != NULL) {
+			f->own = m;
+			f->own_pid = shim_pid;
+		} else {
+			shim_report(errno);
+		}
+	}
+	filemap_t *m = f->own_pid == shim_pid ? f->own : NULL;
+	int err = errno;
+	pthread_mutex_unlock(&f->own_lock);
+	errno = err;
+	return m;
+}
+
 static int advise(struct shim_file *f, int advice, uint64_t off, uint64_t len)
 {
+	filemap_t *m = mine(f);
+	if (m == NULL)
+		return errno;
 	shim_enter();
-	int rc = filemap_advise(f->m, advice, off, len);
+	int rc = filemap_advise(m, advice, off, len);
 	shim_leave();
 	if (rc == 0)
 		return 0;
@@ -301,14 +337,15 @@ static int advise(struct shim_file *f, int advice, uint64_t off, uint64_t len)
 }
 
 /* resident says whether the cache holds the pages of [off, off+len) of
- * f's mapping: its first and last, as mincore(2) sees the cache file. */
-static int resident(struct shim_file *f, uint64_t off, uint64_t len)
+ * m's mapping: its first and last, as mincore(2) sees the cache file. */
+static int resident(filemap_t *m, uint64_t off, uint64_t len)
 {
 	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	const char *base = filemap_addr(m);
 	uint64_t pages[2] = {off / ps * ps, (off + len - 1) / ps * ps};
 	for (int i = 0; i < 2; i++) {
 		unsigned char in = 0;
-		if (mincore((void *)(f->base + pages[i]), ps, &in) < 0 || !(in & 1))
+		if (mincore((void *)(base + pages[i]), ps, &in) < 0 || !(in & 1))
 			return 0;
 	}
 	return 1;
@@ -324,7 +361,7 @@ static int resident(struct shim_file *f, uint64_t off, uint64_t len)
  * stream several times slower. A window whose pages the cache holds is
  * not asked for: a warm reader sends no message.
  */
-static void follow(struct shim_file *f, uint64_t off, size_t n)
+static void follow(struct shim_file *f, filemap_t *m, uint64_t off, size_t n)
 {
 	uint64_t ask = 0, len = 0;
 	pthread_mutex_lock(&f->ra_lock);
@@ -343,7 +380,7 @@ static void follow(struct shim_file *f, uint64_t off, size_t n)
 	pthread_mutex_unlock(&f->ra_lock);
 	if (len > 0 && ask < f->size) {
 		len = len < f->size - ask ? len : f->size - ask;
-		if (!resident(f, ask, len))
+		if (!resident(m, ask, len))
 			advise(f, FILEMAP_WILLNEED, ask, len);
 	}
 }
@@ -359,11 +396,13 @@ ssize_t shim_pread(struct shim_file *f, void *buf, size_t len, uint64_t off)
 	size_t n = len < MAX_RW ? len : MAX_RW;
 	if (n > f->size - off)
 		n = (size_t)(f->size - off);
-	follow(f, off, n);
-	/* A fork child without the mapping (MADV_DONTFORK) gets the library's EBADF. */
-	if (!(f->dontfork && f->pid != shim_pid) && shim_guarded_copy(buf, f->base + off, n) == 0)
+	filemap_t *m = mine(f);
+	if (m == NULL)
+		return -1;
+	follow(f, m, off, n);
+	if (shim_guarded_copy(buf, (const char *)filemap_addr(m) + off, n) == 0)
 		return (ssize_t)n;
-	return slow_read(f, buf, n, off);
+	return slow_read(m, buf, n, off);
 }
 
 int shim_advise(struct shim_file *f, int advice, uint64_t off, uint64_t len)

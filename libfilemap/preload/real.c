@@ -69,6 +69,7 @@ void shim_report(int err)
 static void forked(void)
 {
 	shim_pid = getpid();
+	shim_files_forked();
 	shim_maptable_unlock();
 	shim_fdtable_unlock();
 }

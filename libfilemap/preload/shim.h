@@ -101,11 +101,11 @@ enum shim_kind shim_classify(int dirfd, const char *path, char uri[SHIM_URI_MAX]
 struct shim_file {
 	atomic_int refs;  /* descriptors, mappings and calls in progress */
 	filemap_t *m;     /* NULL for an O_PATH open */
-	const char *base; /* the object's mapping */
 	uint64_t size;
 	int local;        /* a local file: the kernel answers fstat of its descriptor */
 	int dontfork;     /* the mapping is MADV_DONTFORK: a fork child has none */
 	pid_t pid;        /* the process that opened it */
+	char *uri;        /* what filemap_open was given, to open it again in such a child */
 	struct stat st;   /* what fstat says of a remote object */
 	int status;       /* the F_GETFL bits a program may set: O_NONBLOCK, O_NOATIME... */
 	pthread_mutex_t pos_lock; /* read(2) and lseek(2) move pos one at a time, as the kernel's f_pos_lock */
@@ -118,6 +118,14 @@ struct shim_file {
 	uint64_t next;    /* where the last read ended */
 	uint64_t ra_end;  /* what is asked for, [?, ra_end) */
 	uint64_t ra_size; /* the next window's size */
+
+	/* In a fork child that has no copy of the mapping, the object opened
+	 * again (object.c, mine). */
+	pthread_mutex_t own_lock;
+	filemap_t *own;
+	pid_t own_pid;
+
+	struct shim_file *all_prev, *all_next; /* every file, for a fork child's locks (fdtable.c) */
 };
 
 /* shim_any says whether any descriptor is, or was, filemap's: one load,
@@ -129,6 +137,12 @@ struct shim_file *shim_get(int fd) SHIM_HIDDEN;
 void shim_ref(struct shim_file *f) SHIM_HIDDEN;
 /* shim_put drops a reference; the last closes the object. */
 void shim_put(struct shim_file *f) SHIM_HIDDEN;
+
+/* shim_track adds a new file to the list of every file. */
+void shim_track(struct shim_file *f) SHIM_HIDDEN;
+/* shim_files_forked makes every file's locks new in a fork child, with
+ * the table locked: a thread the child does not have may have held one. */
+void shim_files_forked(void) SHIM_HIDDEN;
 
 /* shim_install makes fd (a stand-in descriptor the program gets) f's;
  * -1 (EMFILE) if the table cannot hold fd. It takes a reference. */

@@ -13,6 +13,8 @@
  *	stdio PATH		fopen, fread, fileno, fseek, fdopen, freopen
  *	threads PATH N		N threads read(2) one descriptor: bytes N, misplaced K, duplicates K
  *	fork PATH		a fork(2) child reads a descriptor and a mapping its parent made
+ *	forkread PATH		a fork(2) child reads a descriptor its parent opened and read from
+ *	forklock PATH OFF	a thread read(2)s at OFF; on "fork" from stdin, a fork(2) child read(2)s too
  *	exec PATH		a descriptor without O_CLOEXEC, through execve(2) of a program without the shim
  *	execread FD		(what exec runs) read(2) and fstat(2) of FD
  *	cost [PATH]		threads, SIGBUS handler, children, descriptors; before and after opening PATH
@@ -411,6 +413,73 @@ static int cmd_fork(char **arg)
 	return 0;
 }
 
+static int cmd_forkread(char **arg)
+{
+	int fd = open_or_die(arg[0], O_RDONLY);
+	struct stat st;
+	fstat(fd, &st);
+	size_t size = (size_t)st.st_size;
+	char first[64];
+	ssize_t n = read(fd, first, sizeof first);
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		uint64_t word;
+		ssize_t w = read(fd, &word, 8); /* at the offset the parent left */
+		printf("child_read %zd %d\n", w, w == 8 && word == pattern_word(64));
+		char *buf = malloc(size);
+		ssize_t got = pread(fd, buf, size, 0);
+		printf("child_pread %zd %016" PRIx64 "\n", got, fnv(fnv_init, buf, got > 0 ? (size_t)got : 0));
+		fflush(stdout);
+		_exit(0);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	printf("child_status %d\nparent_read %zd\n", status, n);
+	return 0;
+}
+
+struct blocked {
+	int fd;
+	ssize_t n;
+};
+
+static void *read_page(void *arg)
+{
+	struct blocked *b = arg;
+	char buf[4096];
+	b->n = read(b->fd, buf, sizeof buf);
+	return NULL;
+}
+
+/* forklock forks while another thread is inside read(2) of the same
+ * descriptor (its page held back by the test's server): the child's own
+ * read(2) must not wait for that thread, which it does not have. */
+static int cmd_forklock(char **arg)
+{
+	struct blocked b = {.fd = open_or_die(arg[0], O_RDONLY)};
+	lseek(b.fd, atol(arg[1]), SEEK_SET);
+	pthread_t t;
+	pthread_create(&t, NULL, read_page, &b);
+	char line[64];
+	if (fgets(line, sizeof line, stdin) == NULL)
+		return 1;
+	pid_t pid = fork();
+	if (pid == 0) {
+		char buf[4096];
+		ssize_t n = read(b.fd, buf, sizeof buf);
+		printf("child_read %zd\n", n);
+		fflush(stdout);
+		_exit(0);
+	}
+	printf("forked\n");
+	int status;
+	waitpid(pid, &status, 0);
+	pthread_join(t, NULL);
+	printf("child_status %d\nthread_read %zd\n", status, b.n);
+	return 0;
+}
+
 static int cmd_exec(char **arg, char *self)
 {
 	int fd = open_or_die(arg[0], O_RDONLY);
@@ -502,6 +571,7 @@ int main(int argc, char **argv)
 		{"readall", 2, cmd_readall}, {"pread", 3, cmd_pread}, {"touch", 2, cmd_touch},
 		{"nozeros", 1, cmd_nozeros}, {"fds", 1, cmd_fds},     {"maps", 1, cmd_maps},
 		{"stdio", 1, cmd_stdio},     {"threads", 2, cmd_threads}, {"fork", 1, cmd_fork},
+		{"forkread", 1, cmd_forkread}, {"forklock", 2, cmd_forklock},
 		{"execread", 1, cmd_execread},
 	};
 	for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
