@@ -36,8 +36,7 @@ int close(int fd)
 	return shim_close(fd);
 }
 
-/* forget_range closes [first, last]'s files once the kernel has closed
- * their descriptors. */
+/* put_all drops the files of descriptors the kernel has closed. */
 static void put_all(struct shim_file **files, size_t n)
 {
 	for (size_t i = 0; i < n; i++)

@@ -117,7 +117,9 @@ static ssize_t vec_pread(struct shim_file *f, const struct iovec *iov, int iovcn
 	return done;
 }
 
-static ssize_t do_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags, int pos_ok,
+/* do_preadv is the vector reads: at off, or, if off is -1, at the
+ * description's offset, which it moves. */
+static ssize_t do_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
 			 ssize_t (*realfn)(int, const struct iovec *, int, off_t, int))
 {
 	struct shim_file *f = ours(fd);
@@ -127,9 +129,6 @@ static ssize_t do_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off,
 	/* RWF_NOWAIT and the rest are hints a read of a mapping may ignore. */
 	if (flags & ~(RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT | RWF_APPEND)) {
 		errno = EOPNOTSUPP;
-		n = -1;
-	} else if (off == -1 && !pos_ok) {
-		errno = EINVAL;
 		n = -1;
 	} else {
 		n = vec_pread(f, iov, iovcnt, off);
@@ -171,31 +170,31 @@ static ssize_t real_preadv64v2(int fd, const struct iovec *iov, int iovcnt, off_
 
 ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
 {
-	return do_preadv(fd, iov, iovcnt, -1, 0, 1, real_readv);
+	return do_preadv(fd, iov, iovcnt, -1, 0, real_readv);
 }
 
 ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t off)
 {
 	if (off == -1)
 		off = -2; /* preadv's -1 is a bad offset, not "the current one" */
-	return do_preadv(fd, iov, iovcnt, off, 0, 0, real_preadv);
+	return do_preadv(fd, iov, iovcnt, off, 0, real_preadv);
 }
 
 ssize_t preadv64(int fd, const struct iovec *iov, int iovcnt, off64_t off)
 {
 	if (off == -1)
 		off = -2;
-	return do_preadv(fd, iov, iovcnt, off, 0, 0, real_preadv64);
+	return do_preadv(fd, iov, iovcnt, off, 0, real_preadv64);
 }
 
 ssize_t preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
-	return do_preadv(fd, iov, iovcnt, off, flags, 1, real_preadv2);
+	return do_preadv(fd, iov, iovcnt, off, flags, real_preadv2);
 }
 
 ssize_t preadv64v2(int fd, const struct iovec *iov, int iovcnt, off64_t off, int flags)
 {
-	return do_preadv(fd, iov, iovcnt, off, flags, 1, real_preadv64v2);
+	return do_preadv(fd, iov, iovcnt, off, flags, real_preadv64v2);
 }
 
 /* The fortified reads: the buffer's known size is checked as libc would. */
