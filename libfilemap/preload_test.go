@@ -82,7 +82,7 @@ func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daem
 // read-only regular file of the object's size, the same inode as stat's;
 // dup, dup2 and F_DUPFD_CLOEXEC share the offset, and outlive a close;
 // F_GETFL O_RDONLY; read locks granted, write locks EBADF; FIONREAD;
-// TCGETS ENOTTY (isatty); lseek's SEEK_END, SEEK_DATA, SEEK_HOLE;
+// FIONCLEX; TCGETS ENOTTY (isatty); lseek's SEEK_END, SEEK_DATA, SEEK_HOLE;
 // preadv and readv; fadvise and readahead; read after close EBADF;
 // realpath(3) is the path itself. The
 // program is built plain and with _FORTIFY_SOURCE (__open_2, __read_chk).
@@ -99,7 +99,7 @@ func TestPreloadDescriptors(t *testing.T) {
 		"f_dupfd_cloexec": "1 1", "dup_outlives_close": "ok",
 		"f_getfl_accmode": "0", "f_setlk_read": "0 0", "f_setlk_write": errnoLine(syscall.EBADF),
 		"f_getlk": "0 0", "f_getlk_type_unlck": "1",
-		"fionread": "10", "tcgets": errnoLine(syscall.ENOTTY), "isatty": fmt.Sprintf("0 %d", syscall.ENOTTY),
+		"fionread": "10", "tcgets": errnoLine(syscall.ENOTTY), "fionclex": "0 0", "fionclex_cleared": "1", "isatty": fmt.Sprintf("0 %d", syscall.ENOTTY),
 		"seek_end": size, "seek_negative": errnoLine(syscall.EINVAL), "seek_data_past_end": errnoLine(syscall.ENXIO),
 		"seek_hole": size, "read_at_end": "0 0",
 		"preadv": "4104 1", "readv": "4104 1", "readv_moves_offset": "ok",

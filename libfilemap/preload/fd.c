@@ -194,9 +194,11 @@ int fcntl64(int fd, int cmd, ...)
 	return do_fcntl(fd, cmd, arg, REAL(fcntl64));
 }
 
-/* ioctl: FIONREAD says what is left to read; a terminal's TCGETS, as every
- * other request of a regular file that is not the file system's, is
- * ENOTTY, which is what isatty(3) expects of a file. */
+/* ioctl: FIONREAD says what is left to read; FIOCLEX, FIONCLEX and
+ * FIONBIO, which the kernel answers for any descriptor, set what fcntl
+ * sets; a terminal's TCGETS, as every other request of a regular file
+ * that is not the file system's, is ENOTTY, which is what isatty(3)
+ * expects of a file. */
 int ioctl(int fd, unsigned long request, ...)
 {
 	va_list ap;
@@ -214,6 +216,11 @@ int ioctl(int fd, unsigned long request, ...)
 		uint64_t left = f->pos < f->size ? f->size - f->pos : 0;
 		pthread_mutex_unlock(&f->pos_lock);
 		*(int *)arg = left > INT_MAX ? INT_MAX : (int)left;
+		rc = 0;
+	} else if (request == FIOCLEX || request == FIONCLEX) {
+		rc = REAL(fcntl)(fd, F_SETFD, request == FIOCLEX ? FD_CLOEXEC : 0);
+	} else if (request == FIONBIO) {
+		f->status = *(int *)arg ? f->status | O_NONBLOCK : f->status & ~O_NONBLOCK;
 		rc = 0;
 	} else {
 		errno = ENOTTY;

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -18,15 +19,20 @@ SHIM_TLS __thread int shim_inlib;
 pid_t shim_pid;
 
 /*
- * dlsym may allocate (its error string), which is why this is done on
- * first use and never from a signal handler; two threads resolving the
- * same name at once store the same pointer.
+ * dlsym may allocate (for an error), which is why this is done on first
+ * use and never from a signal handler; two threads resolving the same
+ * name at once store the same pointer. A libc without the function (the
+ * program's call came from somewhere that expected one) is a message and
+ * an abort, not a call through NULL.
  */
 void *shim_real(void *_Atomic *slot, const char *name)
 {
 	void *fn = atomic_load_explicit(slot, memory_order_acquire);
 	if (fn == NULL) {
-		fn = dlsym(RTLD_NEXT, name);
+		if ((fn = dlsym(RTLD_NEXT, name)) == NULL) {
+			shim_warn("the C library has no %s, which the program called", name);
+			abort();
+		}
 		atomic_store_explicit(slot, fn, memory_order_release);
 	}
 	return fn;

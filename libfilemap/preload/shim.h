@@ -29,7 +29,6 @@
  * real.c: libc's own functions, found with dlsym(RTLD_NEXT) on first use.
  *
  * shim_real returns the function named, resolving it into *slot once.
- * NULL if this libc has none (the caller fails with ENOSYS).
  */
 void *shim_real(void *_Atomic *slot, const char *name) SHIM_HIDDEN;
 

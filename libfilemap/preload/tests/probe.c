@@ -208,6 +208,8 @@ static int cmd_fds(char **arg)
 	printf("fionread %d\n", avail);
 	struct termios tio;
 	result("tcgets", ioctl(d, TCGETS, &tio));
+	result("fionclex", ioctl(d3, FIONCLEX));
+	printf("fionclex_cleared %d\n", (fcntl(d3, F_GETFD) & FD_CLOEXEC) == 0);
 	printf("isatty %d %d\n", isatty(d), errno);
 
 	printf("seek_end %lld\n", (long long)lseek(d, 0, SEEK_END));
