@@ -118,7 +118,8 @@ func TestPreloadDescriptors(t *testing.T) {
 // shared writable mapping is EACCES, and so is mprotect(PROT_WRITE) of a
 // shared one; a shared read-only one reads the object; a private writable
 // one is copy-on-write (the object reads unchanged) and MADV_DONTNEED
-// drops its write; MADV_DOFORK is refused; an unaligned offset is EINVAL;
+// drops its write; MADV_DOFORK is taken (fork children have the mapping:
+// the tests run with CAP_SYS_PTRACE); an unaligned offset is EINVAL;
 // munmap of a page in the middle leaves the pages around it; mremap
 // shrinks in place, and refuses to grow (ENOMEM); memory mapped after it
 // all is the program's; a mapping past the end is made.
@@ -129,7 +130,7 @@ func TestPreloadMappings(t *testing.T) {
 		"shared_write": errnoLine(syscall.EACCES), "shared_reads": "1",
 		"mprotect_shared_write": errnoLine(syscall.EACCES), "unaligned_offset": errnoLine(syscall.EINVAL),
 		"cow_private": "1 1", "madvise_dontneed": "0 0", "dontneed_drops_write": "1",
-		"madvise_sequential": "0 0", "madvise_dofork": errnoLine(syscall.EINVAL),
+		"madvise_sequential": "0 0", "madvise_dofork": "0 0",
 		"munmap_middle": "0 0", "around_hole": "1 1", "mremap_shrink": "1", "mremap_grow": errnoLine(syscall.ENOMEM),
 		"munmap_rest": "0 0", "munmap_shared": "0 0", "anon_after": "1", "munmap_anon": "0 0", "map_tail": "1",
 	})
@@ -500,7 +501,7 @@ func TestPreloadReadahead(t *testing.T) {
 // served (no UFFD_FEATURE_EVENT_FORK: they are MADV_DONTFORK): the child
 // still reads the descriptor it inherited, from the offset its parent
 // left, every byte, as a child reads an inherited file; the shim opens
-// the object again for it.
+// the object again for it. MADV_DOFORK of such a mapping is refused.
 func TestPreloadForkWithoutPtrace(t *testing.T) {
 	setpriv := needTool(t, "setpriv")
 	_, data := testFile(t, objectSize)
@@ -511,6 +512,9 @@ func TestPreloadForkWithoutPtrace(t *testing.T) {
 		"child_read": "8 1", "child_pread": fmt.Sprint(len(data)) + " " + fnvSum(data), "child_status": "0",
 		"parent_read": "64",
 	})
+	// MADV_DOFORK would give a child a copy of the mapping that no handler serves.
+	out = mustRun(t, env, setpriv, "--bounding-set", "-sys_ptrace", filepath.Join(dir, "tests", "preload-probe"), "maps", path)
+	wantLines(t, "maps without CAP_SYS_PTRACE", probeLines(out), map[string]string{"madvise_dofork": errnoLine(syscall.EINVAL)})
 }
 
 // TestPreloadForkDuringRead forks while another thread of the program is

@@ -340,9 +340,10 @@ static int filemap_advice(int advice)
 }
 
 /* advise_part gives one part its advice: filemap's five to the library,
- * which tells the handler; the rest to the kernel, except those that
- * would let a fork child have an unserved copy (MADV_DOFORK) or that the
- * kernel refuses for a private file mapping anyway. */
+ * which tells the handler; the rest to the kernel, except MADV_DOFORK of
+ * a MADV_DONTFORK range, which would give a fork child a copy no handler
+ * serves, and those the kernel refuses for a private file mapping
+ * anyway. */
 static int advise_part(struct part *p, int advice)
 {
 	int a = filemap_advice(advice);
@@ -357,7 +358,8 @@ static int advise_part(struct part *p, int advice)
 		}
 		return rc;
 	}
-	if (advice == MADV_DOFORK || advice == MADV_FREE || advice == MADV_REMOVE || advice == MADV_WIPEONFORK) {
+	if ((advice == MADV_DOFORK && p->m->f->dontfork) || advice == MADV_FREE || advice == MADV_REMOVE ||
+	    advice == MADV_WIPEONFORK) {
 		errno = EINVAL;
 		return -1;
 	}
