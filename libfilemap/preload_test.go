@@ -339,10 +339,29 @@ func TestPreloadStat(t *testing.T) {
 	}
 }
 
+// faultScript opens an object, then installs Python's SIGBUS handler, and
+// reads to the end: the bytes read, and how it ended.
+const faultScript = `
+import errno, faulthandler, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+faulthandler.enable()
+n = 0
+try:
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            print(n, "EOF")
+            break
+        n += len(b)
+except OSError as e:
+    print(n, errno.errorcode[e.errno])
+`
+
 // TestPreloadFailingPage reads an HTTP object one page of which the
 // server fails, under the shim: read(2) returns the bytes before the page
 // (a short read) and then EIO, and says on stderr which offset failed;
-// pread(2) of the page is EIO; a program touching the page through its
+// pread(2) of the page is EIO, also in a program that installed a SIGBUS
+// handler of its own after opening; a program touching the page through its
 // mmap(2) gets SIGBUS, as for a file's page that cannot be read, while a
 // page 128 KiB away reads; once the server serves it again, the whole
 // object reads: the failure is not sticky.
@@ -381,6 +400,15 @@ func TestPreloadFailingPage(t *testing.T) {
 	wantLines(t, "touching a page 128 KiB away", probe(t, env, "touch", path, fmt.Sprint(neighbour)), map[string]string{
 		"byte": fmt.Sprint(data[neighbour]),
 	})
+
+	// A program that puts in a SIGBUS handler of its own after opening (Python's
+	// faulthandler) gets EIO too: the shim's copy then does without its handler.
+	if py, err := exec.LookPath("python3"); err == nil {
+		r := runIn(t, env, "", py, "-c", faultScript, path)
+		if got, want := strings.TrimSpace(string(r.out)), fmt.Sprintf("%d EIO", badOff); r.err != nil || got != want {
+			t.Errorf("reading after faulthandler.enable(): %q (%v), want %q; stderr:\n%s", got, r.err, want, r.stderr)
+		}
+	}
 
 	bad.Store(-1)
 	wantLines(t, "readall once the server serves the page", probe(t, env, "readall", path, "100000"), map[string]string{
