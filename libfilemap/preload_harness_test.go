@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -263,4 +264,26 @@ func wantCached(t *testing.T, d *daemon, suffix string) {
 		}
 	}
 	t.Errorf("the handler holds no cache of an object ending in %s (it has %q): the program did not read through filemap", suffix, names)
+}
+
+// canPtrace says whether this process has CAP_SYS_PTRACE, without which
+// the kernel refuses UFFD_FEATURE_EVENT_FORK: then a fork child has no
+// copy of a filemap mapping (MADV_DONTFORK).
+func canPtrace(t *testing.T) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return caps&(1<<19) != 0
+		}
+	}
+	t.Fatal("no CapEff in /proc/self/status")
+	return false
 }

@@ -88,6 +88,7 @@ if __name__ == "__main__":
 // every byte of each quarter is checked, from a local file, an HTTP
 // object and an S3 object.
 func TestPreloadForkMemmap(t *testing.T) {
+	needPtrace(t)
 	py := debianPython(t)
 	_, data := testFile(t, objectSize)
 	var want []string
