@@ -159,7 +159,9 @@ func TestPreloadStdio(t *testing.T) {
 // to the calls the shim does not stand in for, as a static program or a
 // raw system call would: sendfile, copy_file_range, splice, and raw read,
 // pread64, readv and mmap. Each fails with EBADF, none reads a byte (of
-// the cache's holes, zeros); the shim's own read reads.
+// the cache's holes, zeros); so does opening it again by /proc/self/fd
+// (ENXIO), as /dev/stdin and freopen(NULL, ...) do; the shim's own read
+// reads.
 func TestPreloadNeverZeros(t *testing.T) {
 	_, data := testFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
@@ -167,6 +169,7 @@ func TestPreloadNeverZeros(t *testing.T) {
 	wantLines(t, "nozeros", probe(t, env, "nozeros", path), map[string]string{
 		"sendfile": ebadf, "copy_file_range": ebadf, "splice": ebadf, "sys_read": ebadf,
 		"sys_pread64": ebadf, "sys_readv": ebadf, "sys_mmap": ebadf, "read": "4096 0",
+		"reopen": errnoLine(syscall.ENXIO),
 	})
 }
 
@@ -425,8 +428,8 @@ func TestPreloadFailingPage(t *testing.T) {
 // threads reading one descriptor read every byte once, each where it
 // belongs, as they would a file's; a fork child without exec reads the
 // descriptor and the mapping its parent made; a program exec'd without the
-// shim gets EBADF from read(2) of the inherited descriptor, never bytes,
-// while fstat(2) says a regular file of the object's size.
+// shim gets EBADF from read(2) of the inherited descriptor, and ENXIO
+// from opening it again by /proc/self/fd, never bytes; fstat(2) answers.
 func TestPreloadThreadsForkExec(t *testing.T) {
 	_, data := testFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
@@ -441,7 +444,7 @@ func TestPreloadThreadsForkExec(t *testing.T) {
 		})
 	})
 	wantLines(t, "exec", probe(t, env, "exec", path), map[string]string{
-		"read": errnoLine(syscall.EBADF), "fstat": "0 0", "fstat_size": size,
+		"read": errnoLine(syscall.EBADF), "reopen": errnoLine(syscall.ENXIO), "fstat": "0 0",
 	})
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -143,32 +144,30 @@ struct shim_file *shim_open_object(enum shim_kind kind, const char *uri, int fla
 
 /*
  * stand_in makes the descriptor a program holds for a remote object: an
- * O_PATH descriptor of a memory file of the object's size and mode. The
- * kernel answers fstat(2) of it, made without the shim (a static
- * program's, a raw system call), with a regular file of the right size;
- * read(2), mmap(2), sendfile(2), splice(2), copy_file_range(2) and
- * io_uring fail with EBADF: never the memory file's zeros.
+ * O_PATH descriptor of a socket (of a socket pair closed at once). The
+ * kernel refuses it everything a program could try without the shim (a
+ * static program, a raw system call, io_uring, a program exec'd with it):
+ * read, mmap, sendfile, splice, copy_file_range fail with EBADF, openat
+ * and fchdir with ENOTDIR, and opening it again by /proc/self/fd (as
+ * /dev/stdin, freopen(NULL, ...)) with ENXIO. Nothing reads as the
+ * object's bytes that is not; an O_PATH descriptor of a memory file of
+ * the object's size would be opened again there, and read as zeros.
+ * Without /proc, where no one can open it again, /dev/null's serves.
  */
-static int stand_in(const struct shim_file *f, int flags)
+static int stand_in(int flags)
 {
-	struct filemap_stat fs;
-	filemap_stat(f->m, &fs);
-	char name[200];
-	snprintf(name, sizeof name, "filemap:%s", fs.name);
-	int mem = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (mem < 0)
-		return REAL(open)("/", O_PATH | (flags & O_CLOEXEC)); /* no memfd: still a descriptor that reads nothing */
-	if (ftruncate(mem, (off_t)f->size) == 0)
-		fchmod(mem, 0444);
-	fcntl(mem, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE);
+	int cloexec = flags & O_CLOEXEC, sp[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
+		return -1;
 	char self[64];
-	snprintf(self, sizeof self, "/proc/self/fd/%d", mem);
-	int fd = REAL(open)(self, O_PATH | (flags & O_CLOEXEC));
-	if (fd < 0)
-		fd = REAL(open)("/", O_PATH | (flags & O_CLOEXEC));
+	snprintf(self, sizeof self, "/proc/self/fd/%d", sp[0]);
+	int fd = REAL(open)(self, O_PATH | cloexec);
 	int saved = errno;
-	REAL(close)(mem);
+	REAL(close)(sp[0]);
+	REAL(close)(sp[1]);
 	errno = saved;
+	if (fd < 0 && errno == ENOENT)
+		fd = REAL(open)("/dev/null", O_PATH | cloexec);
 	return fd;
 }
 
@@ -222,7 +221,7 @@ int shim_openat(enum shim_kind kind, const char *uri, int dirfd, const char *pat
 		errno = ENOTDIR;
 		return -1;
 	}
-	if (fd < 0 && (fd = stand_in(f, flags)) < 0) {
+	if (fd < 0 && (fd = stand_in(flags)) < 0) {
 		int err = errno;
 		shim_put(f);
 		errno = err;

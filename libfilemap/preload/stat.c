@@ -24,14 +24,15 @@ _Static_assert(sizeof(struct stat) == sizeof(struct stat64), "struct stat64 diff
 
 /*
  * stat_at is fstatat(2) for the shim: 1 if it answered (*rc set), 0 if
- * the call is libc's. An empty path with AT_EMPTY_PATH is the descriptor
- * itself, which is how glibc's fstat asks.
+ * the call is libc's. An empty path (or, as Linux 6.11 takes it, NULL)
+ * with AT_EMPTY_PATH is the descriptor itself, which is how glibc's
+ * fstat asks.
  */
 static int stat_at(int dirfd, const char *path, struct stat *st, int flags, int *rc)
 {
 	if (shim_inlib)
 		return 0;
-	if (path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
+	if ((path == NULL || path[0] == '\0') && (flags & AT_EMPTY_PATH)) {
 		struct shim_file *f = shim_get(dirfd);
 		if (f == NULL)
 			return 0;
@@ -199,7 +200,7 @@ static void to_statx(const struct stat *st, struct statx *sx)
 
 int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *sx)
 {
-	if (!shim_inlib && path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH)) {
+	if (!shim_inlib && (path == NULL || path[0] == '\0') && (flags & AT_EMPTY_PATH)) {
 		struct shim_file *f = shim_get(dirfd);
 		if (f != NULL) {
 			int local = f->local;
