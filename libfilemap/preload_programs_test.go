@@ -228,3 +228,22 @@ func TestPreloadSubprocess(t *testing.T) {
 		t.Errorf("after a subprocess given the object as its stdin: %q, want %q (the parent's stdin, and the rest of the object)", got, want)
 	}
 }
+
+const copyScript = `
+import shutil, sys
+shutil.copyfile(sys.argv[1], sys.argv[2])  # sendfile(2) first, then read(2) and write(2)
+`
+
+// TestPreloadCopyfile copies an object with Python's shutil.copyfile under
+// the shim, which tries sendfile(2), which the stand-in descriptor refuses
+// (EBADF), and falls back to reading: the copy is the object's bytes.
+func TestPreloadCopyfile(t *testing.T) {
+	py := needTool(t, "python3")
+	_, data := testFile(t, objectSize)
+	path, env, _ := remoteObject(t, data)
+	out := filepath.Join(t.TempDir(), "copy.bin")
+	mustRun(t, env, py, "-c", copyScript, path, out)
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("shutil.copyfile: %d bytes (%v), want the object's %d", len(got), err, len(data))
+	}
+}

@@ -25,10 +25,11 @@ import (
 // HTTP object and an S3 object, and checks every byte each prints:
 // sha256sum (stdio: fopen, fread), cat into a file (it tries
 // copy_file_range first, which the stand-in descriptor refuses, and must
-// fall back to read) and into a pipe, dd with bs=1M skip=3 (dup2 onto
+// fall back to read) and into a pipe, cp (which tries copy_file_range
+// too), dd with bs=1M skip=3 (dup2 onto
 // stdin, lseek, read), tail -c (fstat, lseek), and cmp against a copy.
 func TestPreloadCoreutils(t *testing.T) {
-	for _, tool := range []string{"sha256sum", "cat", "dd", "tail", "cmp", "sh"} {
+	for _, tool := range []string{"sha256sum", "cat", "cp", "dd", "tail", "cmp", "sh"} {
 		needTool(t, tool)
 	}
 	_, data := testFile(t, objectSize)
@@ -48,6 +49,11 @@ func TestPreloadCoreutils(t *testing.T) {
 		}
 		if got := mustRun(t, env, "cat", o.path); !bytes.Equal(got, data) {
 			t.Errorf("cat into a pipe: %d bytes, want the object's %d", len(got), len(data))
+		}
+		copied := filepath.Join(t.TempDir(), "cp.out")
+		mustRun(t, env, "cp", o.path, copied)
+		if got, err := os.ReadFile(copied); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("cp: %d bytes (%v), want the object's %d", len(got), err, len(data))
 		}
 		if got := mustRun(t, env, "dd", "if="+o.path, "bs=1M", "skip=3", "status=none"); !bytes.Equal(got, data[3<<20:]) {
 			t.Errorf("dd bs=1M skip=3: %d bytes, want the object's last %d", len(got), len(data)-3<<20)
