@@ -64,9 +64,11 @@ func TestGoAndCShareCache(t *testing.T) {
 
 // TestHandlerErrors checks that a handler's error reaches a C program as
 // its message, verbatim, after "filemap: open NAME: ", with the errno a
-// program acts on: a missing S3 key is ENOENT, and the handler's
-// per-client limits EMFILE (objects) and ENOMEM (regions).
+// program acts on: a missing S3 key is ENOENT, a version the object no
+// longer has ESTALE, and the handler's per-client limits EMFILE (objects)
+// and ENOMEM (regions).
 func TestHandlerErrors(t *testing.T) {
+	built(t) // before starting an S3 server for nothing
 	path, _ := testFile(t, 1<<20)
 	t.Run("missing", func(t *testing.T) {
 		srv := gw.Server(t)
@@ -84,6 +86,17 @@ func TestHandlerErrors(t *testing.T) {
 		got, _, _ = strings.Cut(got, "RequestID:")
 		if want, _, _ = strings.Cut(want, "RequestID:"); got != want || !strings.Contains(got, "no such key") {
 			t.Errorf("open of a missing key:\n%s\nwant\n%s", got, want)
+		}
+	})
+	t.Run("version", func(t *testing.T) {
+		c := driveOn(t, serve(t, nil))
+		version := fields(t, c.OK("open %s", path), 3)[2]
+		c.OK("open %s version=%s", path, version)
+		got := c.Do("open %s version=1@2", path)
+		want := fmt.Sprintf("err %d -1 filemap: open %s: %s: object changed since it was opened: pinned version 1@2, now %s",
+			syscall.ESTALE, path, path, version)
+		if got != want {
+			t.Errorf("open at a version the file no longer has:\n%s\nwant\n%s", got, want)
 		}
 	})
 	t.Run("objects", func(t *testing.T) {

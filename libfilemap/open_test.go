@@ -95,6 +95,7 @@ func checkSums(t *testing.T, c interface {
 // touching the mapping; and the same for a client linked with
 // libfilemap.a.
 func TestObjectBytes(t *testing.T) {
+	built(t) // before starting an S3 server for nothing
 	path, data := testFile(t, objectSize)
 	t.Run("file", func(t *testing.T) {
 		d := serve(t, nil)

@@ -48,21 +48,25 @@
  * child, an inherited object may be read (in memory or with
  * filemap_read_at), advised (only DONTNEED does anything there), mapped
  * again with filemap_map, and closed, which only unmaps it: its regions
- * belong to the parent's session with the handler. What the child opens
- * goes on a connection of its own. fork(2) waits while another thread is
- * inside a call of this library that holds its lock.
+ * belong to the parent's session with the handler, which lasts while any
+ * process holds its connection: a child must not close descriptors it did
+ * not open (closefrom(3)) while it maps what it inherited. What the child
+ * opens goes on a connection of its own. fork(2) returns once the handler
+ * has heard of the child (while no handler runs, it waits), and waits while
+ * another thread is inside a call of this library that holds its lock.
  *
  * Errors. A function that fails returns NULL or -1 and sets errno;
  * filemap_errmsg() is a message for people naming the object (its
  * credentials, a URL's password or a presigned URL's signature, shown as
  * ***) and, where there is one, the offset; filemap_errno() and
  * filemap_error_offset() keep the rest. They are this thread's, until its
- * next failing call. errno is EIO for a page that cannot be read; ENOENT,
- * EACCES, EISDIR, EINVAL for an object that is missing, forbidden, a
- * directory, not a regular file or a bad URI; EMFILE or ENOMEM for the
- * handler's per-client limits; ENOTCONN when the handler is gone (its
- * faults wait for the next one: they never read zeros); ENOEXEC when no
- * handler can be started.
+ * next failing call. errno is EIO for a page that cannot be read (or any
+ * other failure of the handler's); ENOENT, EACCES, EISDIR, EINVAL for an
+ * object that is missing, forbidden, a directory, not a regular file or a
+ * bad URI; ESTALE for a version the object no longer has; EMFILE or ENOMEM
+ * for the handler's per-client limits; ENOTCONN when the handler is gone
+ * (its faults wait for the next one: they never read zeros); ENOEXEC when
+ * no handler can be started.
  */
 #ifndef FILEMAP_H
 #define FILEMAP_H

@@ -1,9 +1,10 @@
 /*
  * Connections to the handler, and the process lock.
  *
- * A process has one connection per handler socket, made on its first open
- * and shared by its objects, whose calls take turns on it: the handler
- * answers a connection's requests one at a time anyway. A connection
+ * A process has one connection per handler socket, made on its first open,
+ * shared by its objects, whose calls take turns on it (the handler answers
+ * a connection's requests one at a time anyway), and closed when none is
+ * left. A connection
  * belongs to the process that made it. A fork(2) child inherits the
  * descriptor but never writes on it (two processes' frames would
  * interleave): it makes connections of its own, and keeps the inherited one
@@ -11,8 +12,9 @@
  * parent's session, which the inherited one is, owns the regions the
  * handler serves for the child's copies of the parent's mappings.
  *
- * The process lock guards the list of connections and the private handler
- * (handler.c). pthread_atfork takes it around fork(2), so that a child of a
+ * The process lock guards the list of connections, the private handler
+ * (handler.c), and the registering of ranges (map.c, register_attach).
+ * pthread_atfork takes it around fork(2), so that a child of a
  * multithreaded process never inherits it locked. Nothing here runs before
  * the first filemap_open: the lock is static, the fork handlers are
  * registered then.

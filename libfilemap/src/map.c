@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -294,6 +295,7 @@ ssize_t fm_read(filemap_range_t *r, void *buf, size_t len, uint64_t off)
 	if (off >= r->size || len == 0)
 		return 0;
 	size_t n = r->size - off < len ? (size_t)(r->size - off) : len, done = 0, ps = page_size();
+	n = n < SSIZE_MAX ? n : SSIZE_MAX;
 	const char *src = r->addr + (off - r->off);
 	int fallback = 0, retried = 0;
 	while (done < n) {
