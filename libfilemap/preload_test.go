@@ -87,7 +87,8 @@ func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daem
 // does: writes and creation EROFS (SQLite falls back on it); fstat a
 // read-only regular file of the object's size, the same inode as stat's;
 // dup, dup2 and F_DUPFD_CLOEXEC share the offset, and outlive a close;
-// F_GETFL O_RDONLY; read locks granted, write locks EBADF; FIONREAD;
+// F_GETFL O_RDONLY; read locks granted, write locks EBADF; flock and
+// fsync succeed; FIONREAD;
 // FIONCLEX; TCGETS ENOTTY (isatty); lseek's SEEK_END, SEEK_DATA, SEEK_HOLE;
 // preadv and readv; fadvise and readahead; read after close EBADF;
 // realpath(3) is the path itself. The
@@ -104,7 +105,7 @@ func TestPreloadDescriptors(t *testing.T) {
 		"dup_shares_offset": "ok", "dup_moves_offset": "ok", "dup_reads_on": "1", "dup2_shares_offset": "ok",
 		"f_dupfd_cloexec": "1 1", "dup_outlives_close": "ok",
 		"f_getfl_accmode": "0", "f_setlk_read": "0 0", "f_setlk_write": errnoLine(syscall.EBADF),
-		"f_getlk": "0 0", "f_getlk_type_unlck": "1",
+		"f_getlk": "0 0", "f_getlk_type_unlck": "1", "flock": "0 0", "fsync": "0 0",
 		"fionread": "10", "tcgets": errnoLine(syscall.ENOTTY), "fionclex": "0 0", "fionclex_cleared": "1", "isatty": fmt.Sprintf("0 %d", syscall.ENOTTY),
 		"seek_end": size, "seek_negative": errnoLine(syscall.EINVAL), "seek_data_past_end": errnoLine(syscall.ENXIO),
 		"seek_hole": size, "read_at_end": "0 0",

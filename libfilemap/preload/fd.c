@@ -1,14 +1,15 @@
 /*
  * Calls on descriptors: close, close_range, closefrom, dup, dup2, dup3,
- * fcntl, fcntl64, ioctl, posix_fadvise, posix_fadvise64, readahead. On a
- * stand-in descriptor they answer as the kernel does for a file opened
- * read-only; on any other they are libc's.
+ * fcntl, fcntl64, ioctl, flock, fsync, fdatasync, posix_fadvise,
+ * posix_fadvise64, readahead. On a stand-in descriptor they answer as the
+ * kernel does for a file opened read-only; on any other they are libc's.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
@@ -262,4 +263,47 @@ ssize_t readahead(int fd, off64_t off, size_t count)
 		return -1;
 	}
 	return 0;
+}
+
+/* flock: as fcntl's read locks, a lock on a read-only object holds
+ * nothing back, and the kernel grants one, shared or exclusive, on a file
+ * opened read-only. */
+int flock(int fd, int op)
+{
+	struct shim_file *f = ours(fd);
+	if (f == NULL)
+		return REAL(flock)(fd, op);
+	int rc = 0;
+	if (f->m == NULL) {
+		errno = EBADF;
+		rc = -1;
+	} else if ((op & ~LOCK_NB) != LOCK_SH && (op & ~LOCK_NB) != LOCK_EX && (op & ~LOCK_NB) != LOCK_UN) {
+		errno = EINVAL;
+		rc = -1;
+	}
+	return done(f, rc);
+}
+
+/* fsync and fdatasync of a read-only object have nothing to write. */
+static int sync_fd(int fd, int (*realfn)(int))
+{
+	struct shim_file *f = ours(fd);
+	if (f == NULL)
+		return realfn(fd);
+	int rc = 0;
+	if (f->m == NULL) {
+		errno = EBADF;
+		rc = -1;
+	}
+	return done(f, rc);
+}
+
+int fsync(int fd)
+{
+	return sync_fd(fd, REAL(fsync));
+}
+
+int fdatasync(int fd)
+{
+	return sync_fd(fd, REAL(fdatasync));
 }

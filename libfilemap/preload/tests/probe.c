@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
@@ -205,6 +206,8 @@ static int cmd_fds(char **arg)
 	struct flock gl = wl;
 	result("f_getlk", fcntl(d, F_GETLK, &gl));
 	printf("f_getlk_type_unlck %d\n", gl.l_type == F_UNLCK);
+	result("flock", flock(d, LOCK_SH | LOCK_NB));
+	result("fsync", fsync(d));
 
 	int avail = -1;
 	lseek(d, st.st_size - 10, SEEK_SET);
