@@ -129,7 +129,9 @@ func TestPreloadDescriptors(t *testing.T) {
 // mapping (with CAP_SYS_PTRACE); an unaligned offset is EINVAL;
 // munmap of a page in the middle leaves the pages around it; mremap
 // shrinks in place, and refuses to grow (ENOMEM); memory mapped after it
-// all is the program's; a mapping past the end is made.
+// all is the program's; memory the program maps with MAP_FIXED inside a
+// mapping survives the unmapping of the rest; a mapping past the end is
+// made.
 func TestPreloadMappings(t *testing.T) {
 	_, data := testFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
@@ -144,6 +146,7 @@ func TestPreloadMappings(t *testing.T) {
 		"madvise_sequential": "0 0", "madvise_dofork": dofork,
 		"munmap_middle": "0 0", "around_hole": "1 1", "mremap_shrink": "1", "mremap_grow": errnoLine(syscall.ENOMEM),
 		"munmap_rest": "0 0", "munmap_shared": "0 0", "anon_after": "1", "munmap_anon": "0 0", "map_tail": "1",
+		"fixed_survives": "1",
 	})
 }
 

@@ -162,7 +162,7 @@ void shim_fdtable_unlock(void) SHIM_HIDDEN;
 
 /* object.c: objects opened, read and described. */
 
-/* shim_open opens the object kind/uri names for a descriptor: the file,
+/* shim_open_object opens the object kind/uri names for a descriptor: the file,
  * with one reference, or NULL and errno. flags are open(2)'s, checked. */
 struct shim_file *shim_open_object(enum shim_kind kind, const char *uri, int flags) SHIM_HIDDEN;
 

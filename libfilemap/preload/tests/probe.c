@@ -285,6 +285,15 @@ static int cmd_maps(char **arg)
 	printf("anon_after %d\n", anon[0] == 7 && anon[64 * ps - 1] == 7);
 	result("munmap_anon", munmap(anon, 64 * (size_t)ps));
 
+	/* Memory of the program's put with MAP_FIXED inside a filemap mapping
+	 * outlives the unmapping of the rest of it. */
+	char *q = mmap(NULL, 4 * (size_t)ps, PROT_READ, MAP_PRIVATE, fd, 0);
+	char *mine = mmap(q + ps, (size_t)ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	memset(mine, 9, (size_t)ps);
+	munmap(q, (size_t)ps);
+	munmap(q + 2 * ps, 2 * (size_t)ps);
+	printf("fixed_survives %d\n", mine == q + ps && mine[0] == 9 && mine[ps - 1] == 9);
+
 	/* Past the end of the object, as for a file: the mapping is made. */
 	struct stat st;
 	fstat(fd, &st);
