@@ -127,7 +127,9 @@ func TestPreloadDescriptors(t *testing.T) {
 // one is copy-on-write (the object reads unchanged) and MADV_DONTNEED
 // drops its write; MADV_DOFORK is taken where fork children have the
 // mapping (with CAP_SYS_PTRACE); an unaligned offset is EINVAL;
-// munmap of a page in the middle leaves the pages around it; mremap
+// munmap of a page in the middle leaves the pages around it, and memory
+// mapped later with the hole's address as a hint survives the unmapping
+// of the rest; mremap
 // shrinks in place, and refuses to grow (ENOMEM); memory mapped after it
 // all is the program's; memory the program maps with MAP_FIXED inside a
 // mapping survives the unmapping of the rest; a mapping past the end is
@@ -146,7 +148,7 @@ func TestPreloadMappings(t *testing.T) {
 		"madvise_sequential": "0 0", "madvise_dofork": dofork,
 		"munmap_middle": "0 0", "around_hole": "1 1", "mremap_shrink": "1", "mremap_grow": errnoLine(syscall.ENOMEM),
 		"munmap_rest": "0 0", "munmap_shared": "0 0", "anon_after": "1", "munmap_anon": "0 0", "map_tail": "1",
-		"fixed_survives": "1",
+		"fixed_survives": "1", "hinted_survives": "1",
 	})
 }
 

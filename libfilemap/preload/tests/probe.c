@@ -274,10 +274,15 @@ static int cmd_maps(char **arg)
 	result("munmap_middle", munmap(c + 2 * ps, (size_t)ps));
 	printf("around_hole %d %d\n", *(uint64_t *)(c + ps) == pattern_word((uint64_t)ps),
 	       *(uint64_t *)(c + 3 * ps) == pattern_word(3 * (uint64_t)ps));
+	/* Memory asked for at the hole's address (a hint, not MAP_FIXED) is put
+	 * elsewhere, or it would go with the rest of the mapping. */
+	char *hinted = mmap(c + 2 * ps, (size_t)ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	memset(hinted, 5, (size_t)ps);
 	void *r = mremap(c, 4 * (size_t)ps, 2 * (size_t)ps, 0);
 	printf("mremap_shrink %d\n", r == c);
 	result("mremap_grow", mremap(s, len, 2 * len, MREMAP_MAYMOVE) == MAP_FAILED ? -1 : 0);
 	result("munmap_rest", munmap(c, len));
+	printf("hinted_survives %d\n", hinted[0] == 5 && hinted[ps - 1] == 5);
 	result("munmap_shared", munmap(s, len));
 	/* Anonymous memory the kernel may place where the ranges were. */
 	char *anon = mmap(NULL, 64 * (size_t)ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
