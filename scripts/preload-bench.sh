@@ -3,7 +3,7 @@
 # stands in for. Builds the C library and filemap, starts a `filemap serve` of its own on a
 # generated file under $FILEMAP_PRELOAD_DIRS, and prints medians and ratios of:
 #
-#   start     /bin/true with the shim preloaded, and without (median of 50 runs each)
+#   start     /bin/true with the shim preloaded, and without (medians of 50 samples of 20 runs)
 #   sha256    sha256sum of the object through the shim, cold (the daemon's cache and the
 #             kernel's cache of the file dropped), against `filemap cat FILE | sha256sum`
 #   read      dd bs=1M (read(2) of 1 MiB) of the object through the shim, the daemon's cache
@@ -69,17 +69,24 @@ pairs() {
 	local ma mb
 	ma=$(printf '%s\n' "${ta[@]}" | median)
 	mb=$(printf '%s\n' "${tb[@]}" | median)
-	printf '%-8s shim %10.3f ms   baseline %10.3f ms   baseline/shim %.2f\n' "$name" \
-		"$(echo "$ma / 1000" | bc -l)" "$(echo "$mb / 1000" | bc -l)" "$(echo "$mb / $ma" | bc -l)"
+	awk -v n="$name" -v a="$ma" -v b="$mb" \
+		'BEGIN {printf "%-8s shim %10.3f ms   baseline %10.3f ms   baseline/shim %.2f\n", n, a / 1000, b / 1000, b / a}'
 }
 
 nothing() { :; }
 
-# Start-up: the shim's cost is the difference, not the ratio.
+# Start-up: the shim's cost is the difference, not the ratio. Each sample is 20 runs, so that
+# the clock's and the shell's noise spread over them.
+batch() {
+	local s=$EPOCHREALTIME
+	for _ in $(seq 20); do LD_PRELOAD=$1 /bin/true; done
+	local e=$EPOCHREALTIME
+	echo $(((${e/./} - ${s/./}) / 20))
+}
 ta=() tb=()
 for _ in $(seq 50); do
-	ta+=("$(usecs env LD_PRELOAD="$shim" /bin/true)")
-	tb+=("$(usecs env LD_PRELOAD= /bin/true)")
+	ta+=("$(batch "$shim")")
+	tb+=("$(batch "")")
 done
 ma=$(printf '%s\n' "${ta[@]}" | median)
 mb=$(printf '%s\n' "${tb[@]}" | median)
