@@ -83,41 +83,11 @@ type Server struct {
 // Binary finds versitygw: $FILEMAP_VERSITYGW, else PATH, else GOBIN or
 // GOPATH/bin, where scripts/versitygw.sh install puts it.
 func Binary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
-		}
-		return p, nil
+	p, err := tied.Binary(EnvBinary, "versitygw")
+	if err == nil && p == "" {
+		err = ErrNoBinary
 	}
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p, nil
-	}
-	for _, dir := range goBinDirs() {
-		p := filepath.Join(dir, "versitygw")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	return "", ErrNoBinary
-}
-
-func goBinDirs() []string {
-	var dirs []string
-	if out, err := exec.Command("go", "env", "GOBIN", "GOPATH").Output(); err == nil {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		if len(lines) == 2 {
-			if gobin := strings.TrimSpace(lines[0]); gobin != "" {
-				dirs = append(dirs, gobin)
-			}
-			for _, p := range filepath.SplitList(strings.TrimSpace(lines[1])) {
-				dirs = append(dirs, filepath.Join(p, "bin"))
-			}
-		}
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		dirs = append(dirs, filepath.Join(home, "go", "bin"))
-	}
-	return dirs
+	return p, err
 }
 
 // Start starts a gateway for one test and stops it when the test ends. A
