@@ -8,11 +8,17 @@ import (
 // tolerance is how far a measured figure may stray from its profile's.
 const tolerance = 0.25
 
-// TestProfiles: each profile's network, measured once on enough bytes to
-// be stable, adds the latency it asks to a GET, within ±25%, and gives one
+// TestProfiles: each profile's network, measured on enough bytes to be
+// stable, adds the latency it asks to a GET, within ±25%, and gives one
 // connection the rate it asks, within ±25%; 16 connections together get no
 // more than the link's cap (+25%). This tests the simulator, which the
 // remote benchmarks rely on to mean what their profiles say.
+//
+// A profile that strays is measured once more before the test fails: on a
+// machine loaded far beyond its CPUs (a load average of 13 on 2 has been
+// seen), every hop of a response through toxiproxy waits for a CPU, and
+// region's 10 ms came out at 12.7 ms once in a dozen measurements. A
+// simulator that does not apply a profile strays every time.
 func TestProfiles(t *testing.T) {
 	profiles := Profiles()
 	s := StartTest(t, profiles[0])
@@ -20,12 +26,21 @@ func TestProfiles(t *testing.T) {
 		if err := s.Set(context.Background(), p); err != nil {
 			t.Fatal(err)
 		}
-		f, err := s.Measure(context.Background())
-		if err != nil {
-			t.Fatal(err)
+		var errs []error
+		for try := 1; try <= 2; try++ {
+			f, err := s.Measure(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s\nmeasured (try %d): %s", p, try, f)
+			err = f.Check(p, tolerance)
+			if err == nil {
+				errs = nil
+				break
+			}
+			errs = append(errs, err)
 		}
-		t.Logf("%s\nmeasured: %s", p, f)
-		if err := f.Check(p, tolerance); err != nil {
+		for _, err := range errs {
 			t.Error(err)
 		}
 	}
