@@ -117,15 +117,16 @@ func writeCheckpoint(tb testing.TB, path string, size int64) (total int64) {
 	return total
 }
 
-// parseCheckpointHeader reads the tensors of a safetensors header, in the
-// order the header lists them, and the offset of the data in the file.
-func parseCheckpointHeader(mem []byte) (ts []tensor, dataStart int64, err error) {
+// parseCheckpointHeader reads the tensors of the safetensors header at the
+// start of mem, in the order the header lists them, and the offset of the
+// data in the file, which has size bytes.
+func parseCheckpointHeader(mem []byte, size int64) (ts []tensor, dataStart int64, err error) {
 	if len(mem) < 8 {
 		return nil, 0, fmt.Errorf("%d bytes: too short for a safetensors header", len(mem))
 	}
 	n := int64(binary.LittleEndian.Uint64(mem))
 	if n > int64(len(mem))-8 {
-		return nil, 0, fmt.Errorf("header of %d bytes in a file of %d", n, len(mem))
+		return nil, 0, fmt.Errorf("header of %d bytes in %d", n, len(mem))
 	}
 	// A json.Decoder walks the object's keys in their order, as a
 	// loader iterating over the header does; a map would lose it.
@@ -149,7 +150,7 @@ func parseCheckpointHeader(mem []byte) (ts []tensor, dataStart int64, err error)
 		if key == "__metadata__" {
 			continue
 		}
-		if len(e.Offsets) != 2 || e.Offsets[0] > e.Offsets[1] || 8+n+e.Offsets[1] > int64(len(mem)) {
+		if len(e.Offsets) != 2 || e.Offsets[0] > e.Offsets[1] || 8+n+e.Offsets[1] > size {
 			return nil, 0, fmt.Errorf("tensor %v: data_offsets %v outside the file", key, e.Offsets)
 		}
 		ts = append(ts, tensor{Name: key.(string), DType: e.DType, Shape: e.Shape, Begin: e.Offsets[0], End: e.Offsets[1]})
@@ -167,7 +168,7 @@ func loadCheckpoint(m *Mapping, start time.Time, threads int) (time.Duration, in
 	var ts []tensor
 	var dataStart int64
 	var perr error
-	if err := m.Guard(func() { ts, dataStart, perr = parseCheckpointHeader(mem) }); err != nil {
+	if err := m.Guard(func() { ts, dataStart, perr = parseCheckpointHeader(mem, int64(len(mem))) }); err != nil {
 		return 0, 0, err
 	}
 	if perr != nil {
@@ -241,8 +242,7 @@ func TestCheckpointLayout(t *testing.T) {
 		t.Errorf("the tensors take %d bytes, want about 1 GiB", total)
 	}
 	hdr := checkpointHeader(ts)
-	mem := append(hdr, make([]byte, ts[len(ts)-1].End)...)
-	got, dataStart, err := parseCheckpointHeader(mem)
+	got, dataStart, err := parseCheckpointHeader(hdr, int64(len(hdr))+ts[len(ts)-1].End)
 	if err != nil {
 		t.Fatal(err)
 	}
