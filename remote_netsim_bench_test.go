@@ -25,8 +25,8 @@ import (
 
 // What the remote benchmark does beside its 1 GiB objects.
 const (
-	// remoteSweep are the parts in flight the parallel download is timed
-	// with; the best is the baseline.
+	// The parallel download is timed with remoteSweepMin to
+	// remoteSweepMax parts in flight, doubling; the best is the baseline.
 	remoteSweepMin, remoteSweepMax = 4, 64
 	// remoteTTFBTries is how many times a first page is timed.
 	remoteTTFBTries = 5
@@ -414,7 +414,7 @@ func (r *remoteBench) modelCase() time.Duration {
 	return elapsed
 }
 
-// remoteRatio is one of the ratios the targets are written in, and
+// remoteRatio is one of the ratios the remote targets are written in, and
 // the cases whose daemons say what bounds it.
 type remoteRatio struct {
 	unit  string // its metric
