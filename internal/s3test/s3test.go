@@ -29,19 +29,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/filemap/filemap/internal/syncbuf"
+	"github.com/filemap/filemap/internal/tied"
 )
 
 // The test credentials and region. versitygw runs in single-account mode
@@ -73,9 +74,7 @@ type Server struct {
 	Dir       string     // the posix backend's root: one directory per bucket
 
 	tmp     string
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed when the process has been waited for
-	waitErr error         // set before exited is closed
+	proc    *tied.Proc
 	log     *lockedBuffer
 	buckets atomic.Int64
 	closed  sync.Once
@@ -84,41 +83,11 @@ type Server struct {
 // Binary finds versitygw: $FILEMAP_VERSITYGW, else PATH, else GOBIN or
 // GOPATH/bin, where scripts/versitygw.sh install puts it.
 func Binary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", EnvBinary, p, err)
-		}
-		return p, nil
+	p, err := tied.Binary(EnvBinary, "versitygw")
+	if err == nil && p == "" {
+		err = ErrNoBinary
 	}
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p, nil
-	}
-	for _, dir := range goBinDirs() {
-		p := filepath.Join(dir, "versitygw")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	return "", ErrNoBinary
-}
-
-func goBinDirs() []string {
-	var dirs []string
-	if out, err := exec.Command("go", "env", "GOBIN", "GOPATH").Output(); err == nil {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		if len(lines) == 2 {
-			if gobin := strings.TrimSpace(lines[0]); gobin != "" {
-				dirs = append(dirs, gobin)
-			}
-			for _, p := range filepath.SplitList(strings.TrimSpace(lines[1])) {
-				dirs = append(dirs, filepath.Join(p, "bin"))
-			}
-		}
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		dirs = append(dirs, filepath.Join(home, "go", "bin"))
-	}
-	return dirs
+	return p, err
 }
 
 // Start starts a gateway for one test and stops it when the test ends. A
@@ -153,30 +122,41 @@ func New() (*Server, error) {
 	// may take it before versitygw binds: then versitygw exits at once, and
 	// trying another port cures it.
 	for attempt := 0; ; attempt++ {
-		s, err := start(bin)
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		s, err := start(bin, nil, port, "http://"+port)
 		if err == nil || attempt == 2 {
 			return s, err
 		}
 	}
 }
 
-func start(bin string) (*Server, error) {
-	port, err := freePort()
+// NewAt starts a gateway as New does, but run by the command wrap (its
+// arguments then versitygw's; e.g. ip netns exec NAME, to run it in a
+// network namespace), listening on listen (host:port), and reached by
+// clients at endpoint (http://host:port).
+func NewAt(wrap []string, listen, endpoint string) (*Server, error) {
+	bin, err := Binary()
 	if err != nil {
 		return nil, err
 	}
+	return start(bin, wrap, listen, endpoint)
+}
+
+func start(bin string, wrap []string, listen, endpoint string) (*Server, error) {
 	tmp, err := os.MkdirTemp("", "filemap-versitygw-")
 	if err != nil {
 		return nil, err
 	}
 	s := &Server{
-		Endpoint:  "http://" + port,
+		Endpoint:  endpoint,
 		AccessKey: AccessKey,
 		SecretKey: SecretKey,
 		Region:    Region,
 		Dir:       filepath.Join(tmp, "root"),
 		tmp:       tmp,
-		exited:    make(chan struct{}),
 		log:       &lockedBuffer{},
 	}
 	versions := filepath.Join(tmp, "versions")
@@ -186,8 +166,8 @@ func start(bin string) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.cmd = exec.Command(bin,
-		"--port", port,
+	args := append(slices.Clone(wrap), bin,
+		"--port", listen,
 		"--access", AccessKey,
 		"--secret", SecretKey,
 		"--region", Region,
@@ -197,20 +177,20 @@ func start(bin string) (*Server, error) {
 		"--versioning-dir", versions, // lets buckets turn versioning on
 		s.Dir,
 	)
-	s.cmd.Env = gatewayEnv()
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = gatewayEnv()
+	cmd.Stdout, cmd.Stderr = s.log, s.log
 	// The gateway must not outlive a test binary that is killed (a test
-	// timeout, ^C): the kernel kills it when the thread that forked it ends.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.spawn(); err != nil {
+	// timeout, ^C).
+	if s.proc, err = tied.Start(cmd); err != nil {
 		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	if err := s.waitReady(); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("%s on %s: %w\n%s", bin, port, err, s.log.String())
+		return nil, fmt.Errorf("%s on %s: %w\n%s", bin, listen, err, s.log.String())
 	}
-	s.Client = s.newClient()
+	s.Client = s.ClientFor(s.Endpoint, 0)
 	return s, nil
 }
 
@@ -224,24 +204,6 @@ func gatewayEnv() []string {
 		}
 	}
 	return env
-}
-
-// spawn starts the process from a goroutine locked to its OS thread that
-// lives until the process is waited for: Pdeathsig follows the forking
-// thread, not the process, and the Go runtime may end an idle thread.
-func (s *Server) spawn() error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := s.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		s.waitErr = s.cmd.Wait()
-		close(s.exited)
-	}()
-	return <-started
 }
 
 func freePort() (string, error) {
@@ -265,8 +227,8 @@ func (s *Server) waitReady() error {
 			return nil
 		}
 		select {
-		case <-s.exited:
-			return fmt.Errorf("exited before answering: %v", s.waitErr)
+		case <-s.proc.Exited():
+			return fmt.Errorf("exited before answering: %v", s.proc.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -275,9 +237,22 @@ func (s *Server) waitReady() error {
 	}
 }
 
-func (s *Server) newClient() *s3.Client {
+// ClientFor is a client with this server's credentials for endpoint: the
+// server's own, or a proxy's in front of it. It keeps up to conns idle
+// connections (0: the SDK's default), so that a caller with conns requests
+// in flight reuses its connections, as a real client of a distant store
+// must.
+func (s *Server) ClientFor(endpoint string, conns int) *s3.Client {
+	hc := awshttp.NewBuildableClient()
+	if conns > 0 {
+		hc = hc.WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConns = max(t.MaxIdleConns, conns)
+			t.MaxIdleConnsPerHost = conns
+		})
+	}
 	return s3.New(s3.Options{
-		BaseEndpoint: aws.String(s.Endpoint),
+		BaseEndpoint: aws.String(endpoint),
+		HTTPClient:   hc,
 		Region:       s.Region,
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
@@ -289,12 +264,14 @@ func (s *Server) newClient() *s3.Client {
 // Close kills the gateway, waits for it, and removes its directory.
 func (s *Server) Close() error {
 	s.closed.Do(func() {
-		s.cmd.Process.Kill()
-		<-s.exited
+		s.proc.Kill()
 		os.RemoveAll(s.tmp)
 	})
 	return nil
 }
+
+// Exited is closed once the gateway has exited.
+func (s *Server) Exited() <-chan struct{} { return s.proc.Exited() }
 
 // Log is what the gateway has printed so far.
 func (s *Server) Log() string { return s.log.String() }

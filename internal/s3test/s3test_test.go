@@ -53,7 +53,7 @@ func TestClose(t *testing.T) {
 	}
 	s.Close()
 	s.Close() // idempotent
-	if s.cmd.ProcessState == nil {
+	if s.proc.Cmd.ProcessState == nil {
 		t.Error("Close returned before the gateway was waited for")
 	}
 	if _, err := os.Stat(s.tmp); !os.IsNotExist(err) {
