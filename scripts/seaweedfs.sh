@@ -118,7 +118,7 @@ serve() {
 	pids+=($!)
 	for i in "${!volume_ports[@]}"; do
 		mkdir -p "$dir/volume$i"
-		"$bin" -logtostderr volume -ip=127.0.0.1 -port="${volume_ports[$i]}" -dir="$dir/volume$i" -max=16 \
+		"$bin" -logtostderr volume -ip=127.0.0.1 -port="${volume_ports[$i]}" -dir="$dir/volume$i" -max=16 -preStopSeconds=1 \
 			-master=127.0.0.1:$master_port >"$dir/volume$i.log" 2>&1 &
 		pids+=($!)
 	done
