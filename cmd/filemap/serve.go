@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -45,6 +46,7 @@ func serve(args []string) error {
 	maxIdle := fs.Int("max-idle-caches", server.DefaultMaxIdleCaches, "caches no client has open kept for a later open of the same bytes, the least recently released dropped first (0: none kept)")
 	takeover := fs.Bool("takeover", false, "take the socket and every client over from the daemon running on it, which then exits (a graceful upgrade)")
 	keep := fs.Bool("keep", true, "keep every region in a keeper process, so that the next daemon on this socket serves this one's clients if it dies")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon, from start to exit, to this file (for go tool pprof)")
 	remoteConfig := remoteFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -62,6 +64,17 @@ func serve(args []string) error {
 		return err
 	}
 	log := h.log
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer func() {
+			if err := stop(); err != nil {
+				log.Error("filemap serve: --cpuprofile", "err", err)
+			}
+		}()
+	}
 	timeout, guardAll, err := faultTimeoutFlags(fs, *faultTimeout, *storeTimeout)
 	if err != nil {
 		return err
@@ -237,6 +250,26 @@ func faultTimeoutFlags(fs *flag.FlagSet, fault time.Duration, store string) (tim
 		return 0, false, fmt.Errorf("--store-timeout %q: want auto, a duration such as 30s, or 0", store)
 	}
 	return d, d > 0, nil
+}
+
+// startCPUProfile starts profiling this process's CPU into a new file at
+// path; stop ends it and closes the file.
+func startCPUProfile(path string) (stop func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("profile into %s: %w", path, err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		return nil
+	}, nil
 }
 
 // noLimit maps a flag's "0: no limit" to server.Config's negative.

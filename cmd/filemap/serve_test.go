@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -700,4 +702,35 @@ func TestDropCachesSaysWhatItDropped(t *testing.T) {
 		t.Errorf("drop-caches of empty caches printed %q, want %q", r.stdout, want)
 	}
 	d.stop(t)
+}
+
+// TestServeCPUProfile: --cpuprofile writes the daemon's CPU profile when
+// it exits, a gzipped profile that go tool pprof reads; a file that cannot
+// be made is an error at start, naming the flag.
+func TestServeCPUProfile(t *testing.T) {
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	d := startDaemon(t, "--cpuprofile", prof)
+	path, data := randomFile(t, t.TempDir(), 8<<20, 5)
+	r := filemapCLI(t, "cat", "--socket", d.socket, path)
+	r.wantCode(t, 0)
+	if !bytes.Equal(r.stdout, data) {
+		t.Fatalf("cat through the daemon: wrote %d bytes that differ from the file's %d", len(r.stdout), len(data))
+	}
+	d.stop(t)
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatalf("no profile after the daemon exited: %v", err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("the profile is not gzipped, as pprof's are: %v", err)
+	}
+	if b, err := io.ReadAll(z); err != nil || len(b) == 0 {
+		t.Fatalf("the profile: %d bytes, %v; want a whole, non-empty profile", len(b), err)
+	}
+
+	bad := filemapCLI(t, "serve", "--socket", filepath.Join(t.TempDir(), "s.sock"), "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir", "cpu.prof"))
+	bad.wantCode(t, 1)
+	bad.wantStderr(t, "--cpuprofile", "no such file or directory")
 }

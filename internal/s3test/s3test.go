@@ -270,6 +270,9 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// Exited is closed once the gateway has exited.
+func (s *Server) Exited() <-chan struct{} { return s.proc.Exited() }
+
 // Log is what the gateway has printed so far.
 func (s *Server) Log() string { return s.log.String() }
 
