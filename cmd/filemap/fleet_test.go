@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/filemap/filemap/internal/netsim"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/seaweedtest"
 	"github.com/filemap/filemap/internal/syncbuf"
@@ -36,17 +39,28 @@ const (
 
 // A fleet on a distributed store, as in production: three daemons as three
 // hosts, each behind its own network to the S3 gateway of a SeaweedFS
-// cluster (three volume servers, replication 001), map the same 1 GiB
-// object, pinned to its first version while the key has moved on. Each
-// host scans it with `filemap cat`, all at once, and while they scan, the
-// volume server with the most volumes is killed. Every scan completes, no
+// cluster (three volume servers, replication 001) with the region profile
+// (internal/netsim: 10 ms added to each response, 50 MB/s a connection,
+// 300 MB/s its link), map the same 1 GiB object, pinned to its first
+// version while the key has moved on. Each host scans it with `filemap
+// cat`, all at once, and while they scan, the volume server with the most
+// volumes is killed. Every scan completes, no
 // page gets SIGBUS, every byte on every host is the version's, and each
 // host fetched each chunk of it once. The aggregate throughput is logged.
 //
 // It is a scale test, not in CI: it skips unless $FILEMAP_SEAWEEDFS names
-// a weed binary (scripts/seaweedfs.sh install).
+// a weed binary (scripts/seaweedfs.sh install), and when not root (the
+// simulated networks are network namespaces).
 func TestFleetSeaweedFS(t *testing.T) {
 	sw := seaweedtest.Start(t)
+	region, err := netsim.ProfileNamed("region")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := make([]*netsim.Route, fleetHosts)
+	for i := range routes {
+		routes[i] = netsim.StartRouteTest(t, region, sw.Port)
+	}
 	const bucket, key = "fleet", "models/weights.bin"
 	sw.CreateBucket(t, bucket)
 	version := putPattern(t, sw.Client, bucket, key, fleetObject)
@@ -55,8 +69,9 @@ func TestFleetSeaweedFS(t *testing.T) {
 
 	hosts := make([]*fleetHost, fleetHosts)
 	for i := range hosts {
-		hosts[i] = startFleetHost(t, sw, hostNetwork(t, sw.Endpoint))
+		hosts[i] = startFleetHost(t, sw, routes[i].Endpoint)
 	}
+	cpu := newCPUMeter(t, hosts, sw)
 	start := time.Now()
 	for _, h := range hosts {
 		h.scan(t, uri, version, start)
@@ -71,15 +86,10 @@ func TestFleetSeaweedFS(t *testing.T) {
 		killed, progress, strings.Count(sw.Filer.Log(), "read http://"+victim.Addr+"/"))
 	t.Logf("aggregate throughput: %d hosts × %d MiB in %v: %.0f MB/s",
 		fleetHosts, fleetObject>>20, slowest.Round(time.Millisecond), float64(fleetHosts*fleetObject)/slowest.Seconds()/1e6)
+	t.Logf("CPU during the scans: %s", cpu.report(hosts))
 	for i, h := range hosts {
 		h.checkFetchedOnce(t, i)
 	}
-}
-
-// hostNetwork is the endpoint through which a host reaches the store at
-// upstream.
-func hostNetwork(t *testing.T, upstream string) string {
-	return upstream
 }
 
 // fleetHost is one host: its daemon, and its scan of the object.
@@ -317,4 +327,101 @@ func putBody(t *testing.T, c *s3.Client, bucket, key string, body io.ReadSeeker,
 		t.Fatalf("put s3://%s/%s: VersionId %q; want the versioned bucket's own", bucket, key, v)
 	}
 	return v
+}
+
+// cpuMeter measures the CPU time the machine and the fleet's processes use
+// from its start: what bounds a throughput on a machine whose few CPUs
+// serve the store, the networks, the daemons and the clients, and other
+// people's work.
+type cpuMeter struct {
+	t       *testing.T
+	start   time.Time
+	busy    time.Duration // the machine's, all CPUs, at the start
+	daemons []int
+	weed    []int
+	self    time.Duration
+	before  map[int]time.Duration
+}
+
+// userHZ is the unit of /proc's CPU times, 100 a second on Linux.
+const userHZ = 100
+
+func newCPUMeter(t *testing.T, hosts []*fleetHost, sw *seaweedtest.Cluster) *cpuMeter {
+	m := &cpuMeter{t: t, start: time.Now(), busy: machineBusy(t), before: make(map[int]time.Duration)}
+	for _, h := range hosts {
+		m.daemons = append(m.daemons, h.d.cmd.Process.Pid)
+	}
+	for _, s := range sw.Servers() {
+		m.weed = append(m.weed, s.Pid())
+	}
+	for _, pid := range append(append([]int{os.Getpid()}, m.daemons...), m.weed...) {
+		m.before[pid], _ = procCPU(pid)
+	}
+	return m
+}
+
+// used is the CPU time the processes of pids that are still running have
+// used since the start.
+func (m *cpuMeter) used(pids ...int) time.Duration {
+	var d time.Duration
+	for _, pid := range pids {
+		if now, ok := procCPU(pid); ok {
+			d += now - m.before[pid]
+		}
+	}
+	return d
+}
+
+func (m *cpuMeter) report(hosts []*fleetHost) string {
+	wall := time.Since(m.start)
+	busy := machineBusy(m.t) - m.busy
+	var cats time.Duration
+	for _, h := range hosts {
+		if ps := h.cat.ProcessState; ps != nil {
+			cats += ps.UserTime() + ps.SystemTime()
+		}
+	}
+	sec := func(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
+	return fmt.Sprintf("%v of %d CPUs: busy %s (%.0f%%); of it the daemons %s, SeaweedFS %s (the servers that lived), "+
+		"the cats %s, this test (checking the bytes) %s, the rest (toxiproxy, the kernel's network, other work) %s",
+		wall.Round(time.Millisecond), runtime.NumCPU(), sec(busy), 100*busy.Seconds()/wall.Seconds()/float64(runtime.NumCPU()),
+		sec(m.used(m.daemons...)), sec(m.used(m.weed...)), sec(cats), sec(m.used(os.Getpid())),
+		sec(busy-m.used(m.daemons...)-m.used(m.weed...)-cats-m.used(os.Getpid())))
+}
+
+// procCPU is the user and system time process pid has used, and whether
+// it is still there to say.
+func procCPU(pid int) (time.Duration, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// After the command's closing parenthesis: state, then utime and stime
+	// as the 12th and 13th fields.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / userHZ, true
+}
+
+// machineBusy is the CPU time all CPUs have spent on anything but idling
+// since boot.
+func machineBusy(t *testing.T) time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var busy int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i != 3 && i != 4 && i < 8 { // not idle, not iowait; guest time is in user already
+			busy += n
+		}
+	}
+	return time.Duration(busy) * time.Second / userHZ
 }

@@ -51,7 +51,8 @@ const startTimeout = 60 * time.Second
 
 // Cluster is a running SeaweedFS.
 type Cluster struct {
-	Endpoint  string // the S3 gateway: http://127.0.0.1:PORT
+	Endpoint  string // the S3 gateway: http://127.0.0.1:PORT, on every address of the namespace
+	Port      int    // the S3 gateway's port
 	AccessKey string
 	SecretKey string
 	Region    string
@@ -143,6 +144,7 @@ func (c *Cluster) start(bin string) error {
 	if err != nil {
 		return err
 	}
+	c.Port = s3port
 	c.Endpoint = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s3port))
 	filerArgs := func(dir string, port int) []string { return c.filerArgs(dir, port, s3port) }
 	if c.Filer, err = c.spawn(bin, "filer", filerArgs); err != nil {
@@ -162,13 +164,16 @@ func (c *Cluster) volumeArgs(dir string, port int) []string {
 	return []string{"volume", "-ip=127.0.0.1", "-port=" + strconv.Itoa(port), "-dir=" + dir, "-max=16", "-master=" + c.Master.Addr}
 }
 
-// filerArgs: the gateway's other listeners (Iceberg, Lance) are off, and
-// its sockets are in the cluster's directory, not shared /tmp paths.
+// filerArgs: the gateway listens on every address, so that simulated
+// hosts in network namespaces of their own (internal/netsim's routes)
+// reach it at their links' near addresses; its other listeners (Iceberg,
+// Lance) are off; its sockets are in the cluster's directory, not shared
+// /tmp paths.
 func (c *Cluster) filerArgs(dir string, port, s3port int) []string {
 	config := filepath.Join(dir, "s3.json")
 	return []string{"filer", "-ip=127.0.0.1", "-port=" + strconv.Itoa(port), "-master=" + c.Master.Addr,
 		"-defaultStoreDir=" + dir, "-localSocket=" + filepath.Join(dir, "filer.sock"),
-		"-s3", "-s3.port=" + strconv.Itoa(s3port), "-s3.config=" + config,
+		"-s3", "-s3.port=" + strconv.Itoa(s3port), "-s3.ip.bind=0.0.0.0", "-s3.config=" + config,
 		"-s3.localSocket=" + filepath.Join(dir, "s3.sock"), "-s3.port.iceberg=0", "-s3.port.lance=0"}
 }
 
@@ -216,6 +221,9 @@ func (c *Cluster) spawn(bin, name string, args func(dir string, port int) []stri
 	c.servers = append(c.servers, s)
 	return s, nil
 }
+
+// Pid is the server's process id.
+func (s *Server) Pid() int { return s.proc.Cmd.Process.Pid }
 
 // Log is what the server has printed so far.
 func (s *Server) Log() string { return s.log.String() }
@@ -411,6 +419,9 @@ func (c *Cluster) Logs() string {
 	}
 	return b.String()
 }
+
+// Servers is every server of the cluster, the master first.
+func (c *Cluster) Servers() []*Server { return c.servers }
 
 // Close kills every server, waits for them, and removes their directory.
 func (c *Cluster) Close() error {
