@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,9 +229,19 @@ func (s *Server) Pid() int { return s.proc.Cmd.Process.Pid }
 // Log is what the server has printed so far.
 func (s *Server) Log() string { return s.log.String() }
 
-// Kill kills the server with SIGKILL, as a host that fails, and waits for
-// it to be gone.
+// Kill kills the server with SIGKILL, as a host that crashes, and waits
+// for it to be gone: its connections are reset, and new ones refused.
 func (s *Server) Kill() { s.proc.Kill() }
+
+// Stop stops the server with SIGSTOP, as a host that hangs: its
+// connections stay open, and new ones are accepted by the kernel, but
+// nothing answers. Close kills it.
+func (s *Server) Stop() error {
+	if err := s.proc.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("stop weed %s: %w", s.Name, err)
+	}
+	return nil
+}
 
 // freePorts finds a port that is free on 127.0.0.1 with the port 10000
 // above it: a weed server's gRPC port is its HTTP port + 10000, which one
