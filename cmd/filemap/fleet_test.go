@@ -116,6 +116,7 @@ func testFleet(t *testing.T, fail func(*seaweedtest.Server) error, flags []strin
 	t.Logf("CPU during the scans: %s", cpu.report(hosts))
 	for i, h := range hosts {
 		h.checkFetchedOnce(t, i)
+		h.d.stop(t)
 	}
 }
 
