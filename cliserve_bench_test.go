@@ -131,16 +131,17 @@ func (d *cliDaemon) stop(tb testing.TB) []metricSample {
 // metricSample is what the daemon's metrics said at one moment: the sums
 // over every label of the metrics the remote cases watch.
 type metricSample struct {
-	at                 time.Duration // since sampling started
-	requests           float64       // filemap_remote_request_seconds_count: requests ended
-	requestSeconds     float64       // filemap_remote_request_seconds_sum: their time
-	requestBytes       float64       // filemap_remote_request_bytes_total
-	fills              float64       // filemap_fills_in_flight
-	bufferBytes        float64       // filemap_fill_buffer_bytes
-	bufferLimit        float64       // filemap_fill_buffer_limit_bytes
-	bufferWaits        float64       // filemap_fill_buffer_waits_total
-	readaheadWindows   float64       // filemap_readahead_windows_total
-	majorFaults, hedge float64       // filemap_major_faults_total, filemap_remote_hedges_total
+	at                   time.Duration // since sampling started
+	requests             float64       // filemap_remote_request_seconds_count: requests ended
+	requestSeconds       float64       // filemap_remote_request_seconds_sum: their time
+	requestBytes         float64       // filemap_remote_request_bytes_total
+	fills                float64       // filemap_fills_in_flight
+	bufferBytes          float64       // filemap_fill_buffer_bytes
+	bufferLimit          float64       // filemap_fill_buffer_limit_bytes
+	bufferWaits          float64       // filemap_fill_buffer_waits_total
+	readaheadWindows     float64       // filemap_readahead_windows_total
+	majorFaults, hedge   float64       // filemap_major_faults_total, filemap_remote_hedges_total
+	faults, faultSeconds float64       // filemap_fault_service_seconds_count and _sum: from message to wake
 }
 
 // metricSampler scrapes a daemon's metrics every so often until stopped.
@@ -198,6 +199,8 @@ func sampleOf(m map[string]float64, at time.Duration) metricSample {
 		readaheadWindows: m["filemap_readahead_windows_total"],
 		majorFaults:      m["filemap_major_faults_total"],
 		hedge:            m["filemap_remote_hedges_total"],
+		faults:           m["filemap_fault_service_seconds_count"],
+		faultSeconds:     m["filemap_fault_service_seconds_sum"],
 	}
 }
 
@@ -239,8 +242,11 @@ func scrapeMetrics(hc *http.Client, url string) (map[string]float64, error) {
 // inflightSummary says what the samples of one case show: the requests,
 // their mean size and time; the mean requests in flight over the case
 // (by Little's law: their time, summed, over the case's); the same in
-// slices of its time, as a timeline; and the peaks of the fills in flight
-// and the read buffers, with the waits for those.
+// slices of its time, as a timeline; the peaks of the fills in flight
+// and the read buffers, with the waits for those; and the faults' mean
+// service time in the daemon, from its reading the fault to its waking the
+// faulter (beside a faulter's own time, it says whether a fault waited in
+// the daemon or before it).
 func inflightSummary(samples []metricSample) string {
 	if len(samples) < 2 {
 		return "no metrics sampled"
@@ -256,34 +262,51 @@ func inflightSummary(samples []metricSample) string {
 		peakFills, peakBuf = max(peakFills, s.fills), max(peakBuf, s.bufferBytes)
 	}
 	return fmt.Sprintf("%.0f requests of %.2f MiB mean, %.1f ms mean; in flight %.1f mean over %.1f s, by %v: %s; "+
-		"fills in flight up to %.0f; read buffers up to %.0f of %.0f MiB, waited for %.0f times; %.0f readahead windows, %.0f hedges",
+		"fills in flight up to %.0f; read buffers up to %.0f of %.0f MiB, waited for %.0f times; %.0f readahead windows, %.0f hedges; "+
+		"%.0f faults served in %.1f ms mean",
 		reqs, (last.requestBytes-first.requestBytes)/reqs/(1<<20), (last.requestSeconds-first.requestSeconds)/reqs*1e3,
 		(last.requestSeconds-first.requestSeconds)/span, span, timelineStep(samples), inflightTimeline(samples),
 		peakFills, peakBuf/(1<<20), last.bufferLimit/(1<<20), last.bufferWaits-first.bufferWaits,
-		last.readaheadWindows-first.readaheadWindows, last.hedge-first.hedge)
+		last.readaheadWindows-first.readaheadWindows, last.hedge-first.hedge,
+		last.faults-first.faults, (last.faultSeconds-first.faultSeconds)/max(last.faults-first.faults, 1)*1e3)
 }
 
-// timelineStep is the slice of time of a timeline of at most 40 entries,
-// a multiple of the sampling interval.
+// timelineStep is the slice of time of a timeline: a multiple of the
+// sampling interval, as long as a request's mean time at least (since a
+// request's time is counted when it ends, shorter slices alternate between
+// none and many), and long enough that there are at most 40.
 func timelineStep(samples []metricSample) time.Duration {
-	every := samples[1].at - samples[0].at
-	span := samples[len(samples)-1].at - samples[0].at
-	n := max(int64(span/every+39)/40, 1)
+	first, last := samples[0], samples[len(samples)-1]
+	every := samples[1].at - first.at
+	meanRequest := time.Duration((last.requestSeconds - first.requestSeconds) / max(last.requests-first.requests, 1) * 1e9)
+	n := max(int64((last.at-first.at)/every+39)/40, int64((meanRequest+every-1)/every), 1)
 	return (time.Duration(n) * every).Round(10 * time.Millisecond)
 }
 
 // inflightTimeline is the mean requests in flight in each slice of
 // timelineStep: the time of the requests that ended in it over its own
 // (a request's time is counted when it ends, so a slice may hold some of
-// the one before's).
+// the one before's). A last slice shorter than half a step joins the one
+// before, whose requests it mostly ends.
 func inflightTimeline(samples []metricSample) string {
 	step := timelineStep(samples)
-	var out []string
+	var ends []metricSample // each slice's last sample
 	from := samples[0]
 	for _, s := range samples[1:] {
-		if s.at-from.at < step && s != samples[len(samples)-1] {
-			continue
+		if s.at-from.at >= step {
+			ends = append(ends, s)
+			from = s
 		}
+	}
+	if last := samples[len(samples)-1]; last != from {
+		if len(ends) > 0 && last.at-from.at < step/2 {
+			ends = ends[:len(ends)-1]
+		}
+		ends = append(ends, last)
+	}
+	var out []string
+	from = samples[0]
+	for _, s := range ends {
 		out = append(out, fmt.Sprintf("%.1f", (s.requestSeconds-from.requestSeconds)/(s.at-from.at).Seconds()))
 		from = s
 	}

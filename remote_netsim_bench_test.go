@@ -232,13 +232,19 @@ func (r *remoteBench) round() {
 	t.ttfb = append(t.ttfb, ttfb...)
 	get4K := smallGets(b, r.client, o.bucket, o.key, o.size, 4*remoteTTFBTries)
 	t.get4K = append(t.get4K, get4K...)
+	var faults []string
 	for _, threads := range []int{1, 8} {
-		t.faults[threads] = append(t.faults[threads], r.faultsCase(threads)...)
+		f := r.faultsCase(threads)
+		var g []time.Duration
 		if threads == 1 {
-			t.gets[1] = append(t.gets[1], smallGets(b, r.client, o.bucket, o.key, o.size, remoteFaults)...)
+			g = smallGets(b, r.client, o.bucket, o.key, o.size, remoteFaults)
 		} else {
-			t.gets[threads] = append(t.gets[threads], parallelSmallGets(b, r.client, o.bucket, o.key, o.size, threads, remoteFaults/threads)...)
+			g = parallelSmallGets(b, r.client, o.bucket, o.key, o.size, threads, remoteFaults/threads)
 		}
+		t.faults[threads], t.gets[threads] = append(t.faults[threads], f...), append(t.gets[threads], g...)
+		faults = append(faults, fmt.Sprintf("%d thread(s) fault p50/p99 %v/%v (GET %v/%v)", threads,
+			median(f).Round(10*time.Microsecond), percentile(f, 99).Round(10*time.Microsecond),
+			median(g).Round(10*time.Microsecond), percentile(g, 99).Round(10*time.Microsecond)))
 	}
 	modelDownload := timeGet(b, r.client, o.bucket, o.modelKey, o.modelSize, bestN)
 	t.modelDownload += modelDownload
@@ -251,6 +257,7 @@ func (r *remoteBench) round() {
 		r.p.Name, r.rounds, mb(o.size, single), mb(o.size, best), bestN, mb(o.size, cat), best.Seconds()/cat.Seconds(),
 		mb(o.size, scan), best.Seconds()/scan.Seconds(), median(ttfb).Round(10*time.Microsecond), median(get4K).Round(10*time.Microsecond),
 		mb(o.modelSize, model), modelDownload.Seconds()/model.Seconds(), mb(o.modelSize, modelDownload))
+	b.Logf("%s round %d: random faults: %s", r.p.Name, r.rounds, strings.Join(faults, "; "))
 }
 
 // daemon starts a cold daemon for case name, pointed at the simulated
