@@ -122,10 +122,8 @@ func testFleet(t *testing.T, fail func(*seaweedtest.Server) error, flags []strin
 
 // fleetHost is one host: its daemon, and its scan of the object.
 type fleetHost struct {
-	d        *daemon
-	endpoint string
-	diskDir  string
-	metrics  string // the daemon's --metrics address
+	d       *daemon
+	metrics string // the daemon's --metrics address
 
 	cat    *exec.Cmd
 	check  *patternCheck
@@ -140,9 +138,9 @@ type fleetHost struct {
 func startFleetHost(t *testing.T, sw *seaweedtest.Cluster, endpoint string, flags []string) *fleetHost {
 	t.Helper()
 	dir := shortTempDir(t)
-	h := &fleetHost{endpoint: endpoint, diskDir: filepath.Join(dir, "disk-cache"), metrics: freeAddr(t)}
+	h := &fleetHost{metrics: freeAddr(t)}
 	h.d = startDaemonFor(t, fleetTimeout, filepath.Join(dir, "s.sock"), sw.Env(endpoint),
-		append([]string{"--disk-cache", h.diskDir, "--disk-cache-size", "2G", "--metrics", h.metrics}, flags...)...)
+		append([]string{"--disk-cache", filepath.Join(dir, "disk-cache"), "--disk-cache-size", "2G", "--metrics", h.metrics}, flags...)...)
 	return h
 }
 
@@ -200,9 +198,13 @@ func (h *fleetHost) checkFetchedOnce(t *testing.T, i int) {
 	if st.SIGBUS != 0 || st.ObjectChanged != 0 {
 		t.Errorf("host %d: %d pages got SIGBUS, %d fills found the object changed; want none", i, st.SIGBUS, st.ObjectChanged)
 	}
-	if dc := st.DiskCache; dc == nil || dc.Misses != chunks || dc.BytesWritten != fleetObject {
+	dc := st.DiskCache
+	if dc == nil {
+		t.Fatalf("host %d: filemap stat shows no disk cache", i)
+	}
+	if dc.Misses != chunks || dc.BytesWritten != fleetObject {
 		t.Errorf("host %d: disk cache %+v; want each of the %d chunks fetched once (%d misses) and written once (%d bytes)",
-			i, dc, chunks, chunks, fleetObject)
+			i, *dc, chunks, chunks, fleetObject)
 	}
 	failed, outcomes := requestOutcomes(t, h.metrics)
 	extra := int64(st.RemoteRequestBytes) - fleetObject
@@ -211,7 +213,7 @@ func (h *fleetHost) checkFetchedOnce(t *testing.T, i int) {
 			i, st.RemoteRequestBytes, fleetObject, extra, failed, outcomes)
 	}
 	t.Logf("host %d: scan %v, %d ranged requests of %d MiB %v, %d retries, %d hedges, disk cache %d misses",
-		i, h.took.Round(time.Millisecond), st.RemoteRequests, st.RemoteRequestBytes>>20, outcomes, st.RemoteRetries, st.RemoteHedges, st.DiskCache.Misses)
+		i, h.took.Round(time.Millisecond), st.RemoteRequests, st.RemoteRequestBytes>>20, outcomes, st.RemoteRetries, st.RemoteHedges, dc.Misses)
 }
 
 // requestOutcomes reads a daemon's /metrics: its ranged requests by
