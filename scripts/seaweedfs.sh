@@ -134,6 +134,7 @@ serve() {
 		  export AWS_ACCESS_KEY_ID=$access AWS_SECRET_ACCESS_KEY=$secret
 	EOF
 	wait -n "${pids[@]}" || true
+	keep=1 # for its log
 	echo "seaweedfs.sh: a server exited; see the logs in $dir" >&2
 	exit 1
 }

@@ -1,7 +1,8 @@
 // Package seaweedtest runs a SeaweedFS cluster for tests, on 127.0.0.1: a
 // master, three volume servers that keep every volume on two of them
 // (replication 001), and a filer with its S3 gateway, each a process of
-// its own, so that a test can kill a volume server as a host fails.
+// its own, so that a test can make a volume server crash or hang, as a host
+// does.
 //
 // It is a scale test's store, not in CI: a test that wants it skips unless
 // $FILEMAP_SEAWEEDFS names a weed binary (scripts/seaweedfs.sh install
@@ -47,7 +48,7 @@ const (
 const Volumes = 3
 
 // startTimeout bounds each step of the start: a server answering, the
-// volume servers joining the master, the gateway creating a bucket.
+// volume servers joining the master, the gateway listing buckets.
 const startTimeout = 60 * time.Second
 
 // Cluster is a running SeaweedFS.
@@ -155,10 +156,14 @@ func (c *Cluster) start(bin string) error {
 	return c.waitGateway()
 }
 
-// The servers' settings. The master makes every new volume's replication
-// 001 (a copy on another server of the rack), and sends no telemetry.
+// The servers' settings (scripts/seaweedfs.sh serve has the same). The
+// master makes every new volume's replication 001 (a copy on another server
+// of the rack), fills volumes to 256 MB only, so that a large object
+// spreads over several and every server holds some of it, and sends no
+// telemetry.
 func masterArgs(dir string, port int) []string {
-	return []string{"master", "-ip=127.0.0.1", "-port=" + strconv.Itoa(port), "-mdir=" + dir, "-defaultReplication=001", "-volumeSizeLimitMB=256", "-telemetry=false"}
+	return []string{"master", "-ip=127.0.0.1", "-port=" + strconv.Itoa(port), "-mdir=" + dir,
+		"-defaultReplication=001", "-volumeSizeLimitMB=256", "-telemetry=false"}
 }
 
 func (c *Cluster) volumeArgs(dir string, port int) []string {
