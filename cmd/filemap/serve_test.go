@@ -58,8 +58,15 @@ func startDaemonAt(t *testing.T, socket string, args ...string) *daemon {
 // environment.
 func startDaemonEnv(t *testing.T, socket string, env []string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonFor(t, childTimeout, socket, env, args...)
+}
+
+// startDaemonFor is startDaemonEnv for a daemon that the test may need for
+// longer than childTimeout: it is killed after timeout.
+func startDaemonFor(t *testing.T, timeout time.Duration, socket string, env []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{socket: socket, done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	d.cancel = cancel
 	d.cmd = exec.CommandContext(ctx, cliBinary(t), append([]string{"serve", "--socket", d.socket}, args...)...)
 	d.cmd.Env = cliEnv(env...)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -40,6 +41,12 @@ func NewLink(rate int64) (*Link, error) {
 	}
 	for i := range maxLinks {
 		l := newLink(i)
+		if l.veth() {
+			// Another link's: the kernel tears a deleted namespace's veth
+			// down after `ip netns delete` returns, and not while a
+			// process is still in the namespace.
+			continue
+		}
 		out, err := exec.Command("ip", "netns", "add", l.Netns).CombinedOutput()
 		if err != nil {
 			if _, serr := os.Stat(netnsPath(l.Netns)); serr == nil {
@@ -67,6 +74,12 @@ func newLink(i int) *Link {
 }
 
 func netnsPath(name string) string { return filepath.Join("/run/netns", name) }
+
+// veth says whether this namespace has an interface of l's name.
+func (l *Link) veth() bool {
+	_, err := net.InterfaceByName(l.host)
+	return err == nil
+}
 
 // setUp makes the veth pair, gives its ends their addresses, and sets the
 // rate.

@@ -108,6 +108,16 @@ func StartTest(tb testing.TB, p Profile) *Sim {
 // Set gives the sim the network of p: its toxics change for the
 // connections already open too, and the link's cap at once.
 func (s *Sim) Set(ctx context.Context, p Profile) error {
+	if err := applyProfile(ctx, s.proxy, s.Link, p); err != nil {
+		return err
+	}
+	s.profile = p
+	return nil
+}
+
+// applyProfile gives the proxy in front of a store, and the link it is
+// reached over, the network of p.
+func applyProfile(ctx context.Context, proxy *Toxiproxy, link *Link, p Profile) error {
 	toxics := []Toxic{
 		{Name: "latency", Type: "latency", Stream: "downstream", Toxicity: 1,
 			Attributes: map[string]int64{"latency": p.Latency.Milliseconds(), "jitter": 0}},
@@ -116,14 +126,13 @@ func (s *Sim) Set(ctx context.Context, p Profile) error {
 			Attributes: map[string]int64{"rate": p.ConnRate / 1000}},
 	}
 	for _, x := range toxics {
-		if err := s.proxy.SetToxic(ctx, proxyName, x); err != nil {
+		if err := proxy.SetToxic(ctx, proxyName, x); err != nil {
 			return fmt.Errorf("profile %s: %w", p.Name, err)
 		}
 	}
-	if err := s.Link.SetRate(p.LinkRate); err != nil {
+	if err := link.SetRate(p.LinkRate); err != nil {
 		return fmt.Errorf("profile %s: %w", p.Name, err)
 	}
-	s.profile = p
 	return nil
 }
 

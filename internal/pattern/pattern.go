@@ -16,6 +16,18 @@ func Word(off int64) uint64 {
 	return x ^ x>>29 | 1
 }
 
+// Fill fills p with the pattern's bytes from byte offset off on, which
+// need not be a multiple of 8: a stream of it can be made, or checked, a
+// piece at a time.
+func Fill(p []byte, off int64) {
+	var w [8]byte
+	for i := 0; i < len(p); {
+		o := off + int64(i)
+		binary.LittleEndian.PutUint64(w[:], Word(o&^7))
+		i += copy(p[i:], w[o&7:])
+	}
+}
+
 // WriteFile makes path a file of size bytes of the pattern.
 func WriteFile(t testing.TB, path string, size int64) {
 	t.Helper()

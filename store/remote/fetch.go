@@ -50,7 +50,7 @@ type fetch struct {
 	err        error    // every page failed
 	ended      bool     // buf, bad and err are set
 	refs       int      // reads using buf, and Holds keeping it
-	pins       int      // Holds keeping it: it joins the lru only when none does
+	pins       int      // Holds and readahead windows keeping it: it joins the lru only when none does
 	listed     bool     // in Store.chunks: findable by reads
 	cached     bool     // in Store.lru
 	prev, next *fetch

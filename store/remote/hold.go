@@ -102,18 +102,37 @@ func (h *Held) Release() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, f := range h.fetches {
-			f.pins--
 			f.refs--
-			if f.pins == 0 && f.listed && f.ended && !f.cached {
-				if s.closed || s.wholeBesidesLocked(f) {
-					s.unlistLocked(f) // as dropPartials would have, had f been cached
-				} else {
-					s.cacheLocked(f)
-				}
-			}
+			s.unpinLocked(f)
 			s.maybeFreeLocked(f)
 		}
 	})
+}
+
+// pinLocked keeps f, found listed, out of the cache's reach until unpin: a
+// cached f leaves the lru. Called with s.mu held.
+func (s *Store) pinLocked(f *fetch) {
+	if f.cached {
+		s.lru.remove(f)
+		f.cached = false
+		s.cached -= int64(f.n)
+	}
+	f.pins++
+}
+
+// unpinLocked lets go of one pin of f. Once none is left, a fetched f joins the
+// cache of recent chunks, as a read's fetch would have, or leaves if
+// another fetch has its whole chunk, as dropPartials would have had it
+// been cached. Called with s.mu held.
+func (s *Store) unpinLocked(f *fetch) {
+	f.pins--
+	if f.pins == 0 && f.listed && f.ended && !f.cached {
+		if s.closed || s.wholeBesidesLocked(f) {
+			s.unlistLocked(f)
+		} else {
+			s.cacheLocked(f)
+		}
+	}
 }
 
 // wholeBesidesLocked says whether a fetch of f's whole chunk, other than f, has
@@ -138,22 +157,17 @@ func (s *Store) hold(lo, hi int64) (*fetch, error) {
 		return nil, ErrClosed
 	}
 	f := s.lookupLocked(ci, lo, hi)
-	switch {
-	case f == nil:
+	if f == nil {
 		f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), listed: true, held: true, retries: s.cfg.Retries}
 		f.bind(s.ctx, context.Background()) // the Hold's: until it is released or the Store closes
 		f.turn = s.slots.enqueue(&f.demand)
 		s.chunks[ci] = append(s.chunks[ci], f)
 		s.wg.Add(1)
 		go s.run(f)
-	case f.cached:
-		// Held bytes are the holder's to bound, not the cache's to evict.
-		s.lru.remove(f)
-		f.cached = false
-		s.cached -= int64(f.n)
 	}
+	// Held bytes are the holder's to bound, not the cache's to evict.
+	s.pinLocked(f)
 	f.refs++
-	f.pins++
 	return f, nil
 }
 

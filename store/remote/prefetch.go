@@ -28,6 +28,13 @@ type group struct {
 // waits for the whole request, as a fault on a page under readahead waits
 // for the kernel's readahead I/O. They end, retries and all, when ctx is
 // done: the window's reads are over.
+//
+// The chunks it fetches, and those it finds fetched, are kept until then,
+// out of CacheChunks, as a Hold keeps its bytes; then they join the cache
+// of recent chunks. The window's fills may start long after its requests
+// end, each waiting for a read buffer, while other windows' chunks arrive:
+// were the window's chunks only cached, those would evict them, and the
+// fills would fetch them again. The window bounds what it keeps.
 func (s *Store) Prefetch(ctx context.Context, ranges [][2]int64) {
 	per := s.cfg.MaxRequest / s.cfg.ChunkSize
 	if per < 2 {
@@ -39,7 +46,13 @@ func (s *Store) Prefetch(ctx context.Context, ranges [][2]int64) {
 	if s.closed {
 		return
 	}
-	var run []*fetch
+	var run, kept []*fetch
+	start := func() {
+		if s.startGroupLocked(ctx, run) {
+			kept = append(kept, run...)
+		}
+		run = nil
+	}
 	last := int64(-1) // the last chunk looked at
 	for _, r := range ranges {
 		lo, hi := max(r[0], 0), min(r[1], s.size)
@@ -50,31 +63,45 @@ func (s *Store) Prefetch(ctx context.Context, ranges [][2]int64) {
 			last = ci
 			a, b := ci*cs, s.chunkEnd(ci*cs)
 			if len(run) > 0 && (run[len(run)-1].off+cs != a || len(run) == per) {
-				s.startGroupLocked(ctx, run)
-				run = nil
+				start()
 			}
-			if s.lookupLocked(ci, a, b) != nil || s.gaveUpLocked(ci) { // the latter's reads ask for what they need
-				s.startGroupLocked(ctx, run)
-				run = nil
+			if f := s.lookupLocked(ci, a, b); f != nil {
+				start()
+				s.pinLocked(f)
+				kept = append(kept, f)
+				continue
+			}
+			if s.gaveUpLocked(ci) { // its reads ask for what they need
+				start()
 				continue
 			}
 			run = append(run, &fetch{off: a, n: int(b - a)})
 		}
 	}
-	s.startGroupLocked(ctx, run)
+	start()
+	if len(kept) > 0 {
+		context.AfterFunc(ctx, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for _, f := range kept {
+				s.unpinLocked(f)
+			}
+		})
+	}
 }
 
-// startGroupLocked lists the fetches of run, one request's chunks, and starts
-// their request, which ends when ctx is done; a run of one is left to
-// reads. Called with s.mu held.
-func (s *Store) startGroupLocked(ctx context.Context, run []*fetch) {
+// startGroupLocked lists the fetches of run, one request's chunks, pinned (see
+// Prefetch), and starts their request, which ends when ctx is done; a run
+// of one is left to reads. It says whether it started one. Called with
+// s.mu held.
+func (s *Store) startGroupLocked(ctx context.Context, run []*fetch) bool {
 	if len(run) < 2 {
-		return
+		return false
 	}
 	g := &group{fetches: run}
 	for _, f := range run {
 		g.n += f.n
-		f.group, f.done, f.listed = g, make(chan struct{}), true
+		f.group, f.done, f.listed, f.pins = g, make(chan struct{}), true, 1
 		ci := f.off / int64(s.cfg.ChunkSize)
 		s.chunks[ci] = append(s.chunks[ci], f)
 	}
@@ -84,6 +111,7 @@ func (s *Store) startGroupLocked(ctx context.Context, run []*fetch) {
 	lead.turn = s.slots.enqueue(&lead.demand)
 	s.wg.Add(1)
 	go s.run(lead)
+	return true
 }
 
 // finishGroup records the outcome of g's request for each of its fetches,

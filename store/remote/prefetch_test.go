@@ -159,11 +159,49 @@ func TestPrefetchPromoted(t *testing.T) {
 	}
 }
 
-// The group's buffer goes back when the last of its chunks lets go of it.
+// The chunks a window's Prefetch brings stay until the window is over
+// (its ctx is done), whatever arrives meanwhile: reads that come after
+// more chunks than CacheChunks have arrived, as the fills of a window that
+// waited for read buffers do, find theirs, and no chunk is fetched twice.
+// Then they are cached chunks like any, within CacheChunks.
+func TestPrefetchKeepsChunksForTheWindow(t *testing.T) {
+	o := newFake(t, testSize)
+	cfg := groupConfig()
+	cfg.CacheChunks = 2
+	s := newStore(t, o, cfg)
+	window, over := context.WithCancel(context.Background())
+	defer over()
+	s.Prefetch(window, [][2]int64{{0, 12 * testChunk}})
+	s.mu.Lock()
+	var fs []*fetch
+	for ci := range int64(12) {
+		fs = append(fs, s.chunks[ci]...)
+	}
+	s.mu.Unlock()
+	for _, f := range fs {
+		recv(t, f.done)
+	}
+	readAndCheck(t, s, o.data, 0, 12*testChunk)
+	want := [][2]int{{0, 4 * testChunk}, {4 * testChunk, 4 * testChunk}, {8 * testChunk, 4 * testChunk}}
+	if got := sortedCalls(o); !sameRanges(got, want) {
+		t.Fatalf("requests %v; want the window's three and none again: %v", got, want)
+	}
+	over()
+	waitFor(t, "the window's chunks to join the cache, within its bound", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.chunks) == cfg.CacheChunks && s.cached == int64(cfg.CacheChunks)*testChunk
+	})
+}
+
+// The group's buffer goes back when the last of its chunks lets go of it:
+// once its window is over, and they leave the cache.
 func TestPrefetchBufferReleased(t *testing.T) {
 	o := newFake(t, testSize)
 	s := newStore(t, o, groupConfig())
-	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
+	window, over := context.WithCancel(context.Background())
+	defer over()
+	s.Prefetch(window, [][2]int64{{0, 4 * testChunk}})
 	s.mu.Lock()
 	g := s.chunks[0][0].group
 	s.mu.Unlock()
@@ -175,8 +213,14 @@ func TestPrefetchBufferReleased(t *testing.T) {
 	live, held := g.live, g.buf != nil
 	s.mu.Unlock()
 	if live != 4 || !held {
-		t.Fatalf("after the reads: %d chunks use the buffer (held %v); want all 4 cached", live, held)
+		t.Fatalf("after the reads: %d chunks use the buffer (held %v); want all 4 kept", live, held)
 	}
+	over()
+	waitFor(t, "the window's chunks to join the cache", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.cached == 4*testChunk
+	})
 	s.Idle()
 	s.mu.Lock()
 	live, held = g.live, g.buf != nil
