@@ -187,7 +187,7 @@ func TestPrefetchKeepsChunksForTheWindow(t *testing.T) {
 		t.Fatalf("requests %v; want the window's three and none again: %v", got, want)
 	}
 	over()
-	waitFor(t, "the window's chunks to join the cache, within its bound", func() bool {
+	testutil.WaitFor(t, "the window's chunks to join the cache, within its bound", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return len(s.chunks) == cfg.CacheChunks && s.cached == int64(cfg.CacheChunks)*testChunk
@@ -216,7 +216,7 @@ func TestPrefetchBufferReleased(t *testing.T) {
 		t.Fatalf("after the reads: %d chunks use the buffer (held %v); want all 4 kept", live, held)
 	}
 	over()
-	waitFor(t, "the window's chunks to join the cache", func() bool {
+	testutil.WaitFor(t, "the window's chunks to join the cache", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.cached == 4*testChunk
