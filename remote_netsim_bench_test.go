@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"maps"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +60,11 @@ const (
 // is kept; where a target is missed, both are shown. The profiles stay in
 // FILEMAP_BENCH_REMOTE_OUT (default: a new temporary directory, named in
 // the log). FILEMAP_BENCH_REMOTE_SIZE sets the objects' size (default 1G);
-// -benchtime Nx runs N rounds; -bench Remote/far runs one profile.
+// -benchtime Nx runs N rounds; -bench Remote/far runs one profile. While
+// iterating, FILEMAP_BENCH_REMOTE_FLAGS adds flags to every daemon (split
+// at spaces: "--remote-parallel 16") and FILEMAP_BENCH_REMOTE_CASES runs
+// only the filemap cases it names (comma-separated: cat, scan, first-byte,
+// faults, checkpoint), with the baselines they are compared to.
 func BenchmarkRemote(b *testing.B) {
 	profiles := netsim.Profiles()
 	sim := netsim.StartTest(b, profiles[0])
@@ -206,65 +211,91 @@ func loadAverage() string {
 	return strings.TrimSpace(string(b))
 }
 
-// round runs every case once.
+// round runs every case once (those FILEMAP_BENCH_REMOTE_CASES names).
 func (r *remoteBench) round() {
 	b, o, t := r.b, r.o, &r.timings
 	r.rounds++
 	b.Logf("%s round %d: load %s", r.p.Name, r.rounds, loadAverage())
-
-	single := timeGet(b, r.client, o.bucket, o.key, o.size, 1)
-	t.single += single
-	best, bestN := time.Duration(0), 0
-	for n := remoteSweepMin; n <= remoteSweepMax; n *= 2 {
-		d := timeGet(b, r.client, o.bucket, o.key, o.size, n)
-		t.parallel[n] += d
-		if bestN == 0 || d < best {
-			best, bestN = d, n
-		}
-	}
-	t.toMemory += timeGetInto(b, r.client, o.bucket, o.key, o.size, bestN, false)
-
-	cat := r.catCase()
-	scan := r.scanCase()
-	t.cat += cat
-	t.scan += scan
-	ttfb := r.ttfbCase()
-	t.ttfb = append(t.ttfb, ttfb...)
-	get4K := smallGets(b, r.client, o.bucket, o.key, o.size, 4*remoteTTFBTries)
-	t.get4K = append(t.get4K, get4K...)
-	var faults []string
-	for _, threads := range []int{1, 8} {
-		f := r.faultsCase(threads)
-		var g []time.Duration
-		if threads == 1 {
-			g = smallGets(b, r.client, o.bucket, o.key, o.size, remoteFaults)
-		} else {
-			g = parallelSmallGets(b, r.client, o.bucket, o.key, o.size, threads, remoteFaults/threads)
-		}
-		t.faults[threads], t.gets[threads] = append(t.faults[threads], f...), append(t.gets[threads], g...)
-		faults = append(faults, fmt.Sprintf("%d thread(s) fault p50/p99 %v/%v (GET %v/%v)", threads,
-			median(f).Round(10*time.Microsecond), percentile(f, 99).Round(10*time.Microsecond),
-			median(g).Round(10*time.Microsecond), percentile(g, 99).Round(10*time.Microsecond)))
-	}
-	modelDownload := timeGet(b, r.client, o.bucket, o.modelKey, o.modelSize, bestN)
-	t.modelDownload += modelDownload
-	model := r.modelCase()
-	t.model += model
-
 	mb := func(n int64, d time.Duration) string { return fmt.Sprintf("%.0f MB/s", float64(n)/1e6/d.Seconds()) }
-	b.Logf("%s round %d: single GET %s; best parallel %s (%d in flight); cat %s (%.2f× best); scan %s (%.2f× best); "+
-		"first byte %v (GET 4K %v); checkpoint %s (%.2f× its best download, %s)",
-		r.p.Name, r.rounds, mb(o.size, single), mb(o.size, best), bestN, mb(o.size, cat), best.Seconds()/cat.Seconds(),
-		mb(o.size, scan), best.Seconds()/scan.Seconds(), median(ttfb).Round(10*time.Microsecond), median(get4K).Round(10*time.Microsecond),
-		mb(o.modelSize, model), modelDownload.Seconds()/model.Seconds(), mb(o.modelSize, modelDownload))
-	b.Logf("%s round %d: random faults: %s", r.p.Name, r.rounds, strings.Join(faults, "; "))
+
+	scans := runs("cat") || runs("scan")
+	var single time.Duration
+	if scans {
+		single = timeGet(b, r.client, o.bucket, o.key, o.size, 1)
+		t.single += single
+	}
+	best, bestN := time.Duration(0), 0
+	if scans || runs("checkpoint") {
+		for n := remoteSweepMin; n <= remoteSweepMax; n *= 2 {
+			d := timeGet(b, r.client, o.bucket, o.key, o.size, n)
+			t.parallel[n] += d
+			if bestN == 0 || d < best {
+				best, bestN = d, n
+			}
+		}
+		b.Logf("%s round %d: best parallel %s (%d in flight)", r.p.Name, r.rounds, mb(o.size, best), bestN)
+	}
+	if scans {
+		t.toMemory += timeGetInto(b, r.client, o.bucket, o.key, o.size, bestN, false)
+		var cat, scan time.Duration
+		if runs("cat") {
+			cat = r.catCase()
+			t.cat += cat
+		}
+		if runs("scan") {
+			scan = r.scanCase()
+			t.scan += scan
+		}
+		b.Logf("%s round %d: single GET %s; cat %s (%.2f× best); scan %s (%.2f× best)", r.p.Name, r.rounds,
+			mb(o.size, single), mb(o.size, cat), best.Seconds()/cat.Seconds(), mb(o.size, scan), best.Seconds()/scan.Seconds())
+	}
+	if runs("first-byte") {
+		ttfb := r.ttfbCase()
+		t.ttfb = append(t.ttfb, ttfb...)
+		get4K := smallGets(b, r.client, o.bucket, o.key, o.size, 4*remoteTTFBTries)
+		t.get4K = append(t.get4K, get4K...)
+		b.Logf("%s round %d: first byte %v (GET 4K %v)", r.p.Name, r.rounds,
+			median(ttfb).Round(10*time.Microsecond), median(get4K).Round(10*time.Microsecond))
+	}
+	if runs("faults") {
+		var faults []string
+		for _, threads := range []int{1, 8} {
+			f := r.faultsCase(threads)
+			var g []time.Duration
+			if threads == 1 {
+				g = smallGets(b, r.client, o.bucket, o.key, o.size, remoteFaults)
+			} else {
+				g = parallelSmallGets(b, r.client, o.bucket, o.key, o.size, threads, remoteFaults/threads)
+			}
+			t.faults[threads], t.gets[threads] = append(t.faults[threads], f...), append(t.gets[threads], g...)
+			faults = append(faults, fmt.Sprintf("%d thread(s) fault p50/p99 %v/%v (GET %v/%v)", threads,
+				median(f).Round(10*time.Microsecond), percentile(f, 99).Round(10*time.Microsecond),
+				median(g).Round(10*time.Microsecond), percentile(g, 99).Round(10*time.Microsecond)))
+		}
+		b.Logf("%s round %d: random faults: %s", r.p.Name, r.rounds, strings.Join(faults, "; "))
+	}
+	if runs("checkpoint") {
+		modelDownload := timeGet(b, r.client, o.bucket, o.modelKey, o.modelSize, bestN)
+		t.modelDownload += modelDownload
+		model := r.modelCase()
+		t.model += model
+		b.Logf("%s round %d: checkpoint %s (%.2f× its best download, %s)", r.p.Name, r.rounds,
+			mb(o.modelSize, model), modelDownload.Seconds()/model.Seconds(), mb(o.modelSize, modelDownload))
+	}
 }
 
 // daemon starts a cold daemon for case name, pointed at the simulated
 // store, its profile named after the profile, case and round.
 func (r *remoteBench) daemon(name string) *cliDaemon {
 	prof := filepath.Join(r.out, fmt.Sprintf("%s-%s-%d.prof", r.p.Name, name, r.rounds))
-	return startCLIDaemon(r.b, r.bin, r.sim.Env(), prof)
+	return startCLIDaemon(r.b, r.bin, r.sim.Env(), prof, strings.Fields(os.Getenv("FILEMAP_BENCH_REMOTE_FLAGS"))...)
+}
+
+// runs says whether case name is to run: FILEMAP_BENCH_REMOTE_CASES names
+// it, or is unset.
+func runs(name string) bool {
+	cases := os.Getenv("FILEMAP_BENCH_REMOTE_CASES")
+	return cases == "" || slices.Contains(strings.Split(cases, ","), name)
 }
 
 // done stops the daemon of case name and keeps its record.
@@ -486,19 +517,23 @@ func (r *remoteBench) report() {
 	b.ReportMetric(rate(o.modelSize, t.model), "checkpoint-MB/s")
 	b.ReportMetric(rate(o.modelSize, t.modelDownload), "checkpoint-download-MB/s")
 	ms := func(d time.Duration) float64 { return d.Seconds() * 1e3 }
-	ttfb, get4K := median(t.ttfb), median(t.get4K)
-	b.ReportMetric(ms(ttfb), "first-byte-ms")
-	b.ReportMetric(ms(get4K), "GET-4K-ms")
-
 	ratios := []remoteRatio{
 		{"cat/best-parallel", "cold scan, filemap cat / best parallel download", best.Seconds() / t.cat.Seconds(), []string{"cat"}},
 		{"scan/best-parallel", "cold scan, mapped loop / best parallel download", best.Seconds() / t.scan.Seconds(), []string{"scan"}},
 		{"cat/single-GET", "cold scan, filemap cat / single GET", t.single.Seconds() / t.cat.Seconds(), []string{"cat"}},
 		{"scan/single-GET", "cold scan, mapped loop / single GET", t.single.Seconds() / t.scan.Seconds(), []string{"scan"}},
-		{"first-byte/GET-4K", "time to first byte / 4 KiB GET", ttfb.Seconds() / get4K.Seconds(), []string{"first-byte"}},
+	}
+	if len(t.ttfb) > 0 {
+		ttfb, get4K := median(t.ttfb), median(t.get4K)
+		b.ReportMetric(ms(ttfb), "first-byte-ms")
+		b.ReportMetric(ms(get4K), "GET-4K-ms")
+		ratios = append(ratios, remoteRatio{"first-byte/GET-4K", "time to first byte / 4 KiB GET", ttfb.Seconds() / get4K.Seconds(), []string{"first-byte"}})
 	}
 	for _, threads := range []int{1, 8} {
 		f, g := t.faults[threads], t.gets[threads]
+		if len(f) == 0 {
+			continue
+		}
 		b.ReportMetric(ms(median(f)), fmt.Sprintf("fault-p50-ms-%dt", threads))
 		b.ReportMetric(ms(percentile(f, 99)), fmt.Sprintf("fault-p99-ms-%dt", threads))
 		b.ReportMetric(ms(median(g)), fmt.Sprintf("GET-4K-p50-ms-%dt", threads))
@@ -512,6 +547,7 @@ func (r *remoteBench) report() {
 	}
 	ratios = append(ratios, remoteRatio{"checkpoint/best-parallel", "checkpoint load / its best parallel download",
 		t.modelDownload.Seconds() / t.model.Seconds(), []string{"checkpoint"}})
+	ratios = slices.DeleteFunc(ratios, func(x remoteRatio) bool { return math.IsNaN(x.ratio) || math.IsInf(x.ratio, 0) || x.ratio == 0 })
 	for _, x := range ratios {
 		b.ReportMetric(x.ratio, x.unit)
 	}
