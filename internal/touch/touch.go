@@ -21,7 +21,17 @@ var sink byte
 // each load's time, in pages' order. Pages returns the time from the start
 // until the last share is done. A page that cannot be read (SIGBUS) stops
 // its share and is an error naming its offset.
+//
+// A thread blocked in a page fault keeps its P: the Go scheduler cannot
+// tell a fault from computation, and takes the P back only when it
+// preempts the thread, every 10 ms or so. With fewer Ps than threads, the
+// threads would take turns at faulting rather than fault at once, as the
+// threads of a C program do; so Pages raises GOMAXPROCS to threads while
+// it runs.
 func Pages(mem []byte, pages []int64, pageSize int64, threads int, lat []time.Duration) (time.Duration, error) {
+	if threads > runtime.GOMAXPROCS(0) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(threads))
+	}
 	sums := make([]byte, threads)
 	errs := make([]error, threads)
 	var ready, done sync.WaitGroup
