@@ -21,7 +21,9 @@
 // they are most of the daemon's heap. A fill reads its pages a bounded
 // piece at a time; readahead waits for buffers first, a fault's own read
 // never waits for buffers that readahead holds, and a readahead fill that a
-// fault waits for is moved ahead. Readahead reads of local files in flight
+// fault waits for is moved ahead. A fill of a store that lends its own
+// bytes (a remote store's fetched chunks) takes no buffer: that store
+// bounds what it holds. Readahead reads of local files in flight
 // are bounded too (queue.go): a fault's own read goes to the disk at once,
 // and finds at most that much of a scan's readahead queued ahead of it.
 //
@@ -163,7 +165,9 @@ type Config struct {
 	// idle ones kept for reuse included: the bulk of the daemon's heap (the
 	// cache's pages live in memfds, outside it). DefaultReadBuffers of the
 	// budget if 0 or less; at least two pages. A quarter of it is kept for
-	// faults' own reads: readahead waits for buffers before they do.
+	// faults' own reads: readahead waits for buffers before they do. Fills
+	// of a store that lends its bytes (store.Viewer) take a buffer only
+	// when it declines to.
 	ReadBuffers int64
 
 	// ReadaheadInflight bounds the bytes of readahead reads in flight to
@@ -443,7 +447,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.c.Major.Add(1)
 			refault := h.cfg.Budget.Refault(cache, page)
 			h.c.FillsInFlight.Add(1)
-			h.fill(ctx, r.File, f, h.mem.wait(f, h.piecePages(f), true), w.Marker, refault)
+			h.fill(ctx, r.File, f, h.buffer(r.File, f), w.Marker, refault)
 			if f.Uptodate(page) {
 				h.wake(r, f.Start, f.End)
 			} else {
@@ -501,7 +505,8 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 // it has its buffer: a fill waiting for one costs no goroutine, however
 // large a window MADV_WILLNEED asks for. (A fault that finds a fill claimed
 // here before it waits for a buffer cannot promote it, and waits for its
-// turn: a buffer always comes, as every buffer lent is given back.)
+// turn: a buffer always comes, as every buffer lent is given back.) A fill
+// of a store that lends its own bytes starts at once (see buffer).
 //
 // Each fill's reads end Timeout after it starts; what the store started
 // for the window (see prefetch) ends when the last of its fills does.
@@ -521,14 +526,66 @@ func (h *Handler) readAhead(o *File, w readahead.Window) {
 	h.prefetch(window, o, fills)
 	for _, f := range fills {
 		h.c.FillsInFlight.Add(1)
-		h.mem.get(f, h.piecePages(f), false, func(b *[]byte) {
+		start := func(b *fillBuf) {
 			go func() {
 				ctx, cancel := h.deadline(time.Now())
 				h.fill(ctx, o, f, b, w.Marker, false)
 				cancel()
 				filled()
 			}()
-		})
+		}
+		if lends(o) {
+			start(h.buffer(o, f))
+			continue
+		}
+		h.mem.get(f, h.piecePages(f), false, func(b *[]byte) { start(&fillBuf{h: h, f: f, b: b}) })
+	}
+}
+
+// lends says whether o's store lends its own bytes to a fill
+// (store.Viewer): a remote store, whose fetched chunk a fill writes into
+// the cache with no copy.
+func lends(o *File) bool {
+	_, ok := o.Store.(store.Viewer)
+	return ok
+}
+
+// fillBuf is the read buffer of fill f: lent by the bound on read buffers
+// at the start, or, for a store that lends its own bytes, only if the store
+// declines to (a chunk some of whose pages failed), for the pieces read
+// after that. The bytes a remote store holds for its fetches are bounded
+// by the store; counting them against the read buffers too would stall a
+// remote stream's readahead at a fraction of the requests it keeps in
+// flight.
+type fillBuf struct {
+	h *Handler
+	f *pagecache.Fill
+	b *[]byte // nil until needed
+}
+
+// buffer is fill f's buffer: lent now, a fault's own read going before
+// readahead, unless o's store lends its bytes.
+func (h *Handler) buffer(o *File, f *pagecache.Fill) *fillBuf {
+	b := &fillBuf{h: h, f: f}
+	if !lends(o) {
+		b.b = h.mem.wait(f, h.piecePages(f), f.Page >= 0)
+	}
+	return b
+}
+
+// bytes is the buffer, waited for now if the fill has none yet.
+func (b *fillBuf) bytes() []byte {
+	if b.b == nil {
+		b.b = b.h.mem.wait(b.f, b.h.piecePages(b.f), b.f.Page >= 0 || b.f.Waited())
+	}
+	return *b.b
+}
+
+// put gives the buffer back, if the fill had one.
+func (b *fillBuf) put() {
+	if b.b != nil {
+		b.h.mem.put(b.b)
+		b.b = nil
 	}
 }
 
@@ -574,7 +631,7 @@ func (h *Handler) piecePages(f *pagecache.Fill) int64 {
 // alone the rest. A failure in another piece keeps what was written. A
 // readahead fill keeps what it read. refault says the fault missed a page
 // evicted recently.
-func (h *Handler) fill(ctx context.Context, o *File, f *pagecache.Fill, b *[]byte, marker int64, refault bool) {
+func (h *Handler) fill(ctx context.Context, o *File, f *pagecache.Fill, b *fillBuf, marker int64, refault bool) {
 	defer h.c.FillsInFlight.Add(-1)
 	x := &filling{h: h, o: o, f: f, marker: marker, refault: refault}
 	pcs := pieces(f, h.piecePages(f))
@@ -582,9 +639,9 @@ func (h *Handler) fill(ctx context.Context, o *File, f *pagecache.Fill, b *[]byt
 	if d, ok := ctx.Deadline(); ok && f.Page >= 0 && f.End-f.Start > 1 {
 		wctx, cancel = context.WithTimeout(ctx, time.Until(d)/2)
 	}
-	err := x.readPieces(wctx, pcs, *b)
+	err := x.readPieces(wctx, pcs, b)
 	defer cancel()
-	h.mem.put(b)
+	b.put()
 	writeFailed := errors.As(err, new(writeError)) // logged already
 	switch {
 	case err == nil:
@@ -648,17 +705,17 @@ func pieces(f *pagecache.Fill, piece int64) [][2]int64 {
 // readPieces reads the pieces pcs into buf and writes each into the cache
 // as it arrives, until one fails. Of a piece whose read failed, the pages
 // read before the failure are written if they extend the run.
-func (x *filling) readPieces(ctx context.Context, pcs [][2]int64, buf []byte) error {
+func (x *filling) readPieces(ctx context.Context, pcs [][2]int64, buf *fillBuf) error {
 	disk := x.h.diskOf(x.o)
 	for _, p := range pcs {
 		lo, hi := p[0], p[1]
-		b := buf[:(hi-lo)*ps]
+		n := (hi - lo) * ps
 		if disk != nil {
-			disk.start(x.f, int64(len(b)))
+			disk.start(x.f, n)
 		}
-		data, got, release, err := x.h.readView(ctx, x.o, b, lo)
+		data, got, release, err := x.h.readView(ctx, x.o, func() []byte { return buf.bytes()[:n] }, n, lo)
 		if disk != nil {
-			disk.done(int64(len(b)))
+			disk.done(n)
 		}
 		k := hi - lo
 		if err != nil {
@@ -819,26 +876,27 @@ func (h *Handler) read(ctx context.Context, o *File, buf []byte, page int64) (in
 	return len(buf), nil
 }
 
-// readView is read, but when the store can lend its own bytes of the pages
-// (store.Viewer: a remote store's fetched chunk), data is those, valid
-// until release, and the copy into buf is saved; else data is buf. Either
-// way release must be called, once. On an error, n is the bytes read
-// before the failure.
-func (h *Handler) readView(ctx context.Context, o *File, buf []byte, page int64) (data []byte, n int, release func(), err error) {
+// readView reads n bytes of whole pages from page on. When the store can
+// lend its own bytes of the pages (store.Viewer: a remote store's fetched
+// chunk), data is those, valid until release, and the copy is saved; else
+// data is buf(), which is called only then. Either way release must be
+// called, once. On an error, got is the bytes read before the failure.
+func (h *Handler) readView(ctx context.Context, o *File, buf func() []byte, n int64, page int64) (data []byte, got int, release func(), err error) {
 	if v, ok := o.Store.(store.Viewer); ok {
 		start := time.Now()
-		b, rel, lent, err := v.View(ctx, page*ps, len(buf))
+		b, rel, lent, err := v.View(ctx, page*ps, int(n))
 		if lent {
 			h.counted(start, len(b), err)
 			return b, len(b), rel, err
 		}
 		if err != nil {
 			h.counted(start, 0, err)
-			return buf, 0, func() {}, err
+			return nil, 0, func() {}, err
 		}
 	}
-	n, err = h.read(ctx, o, buf, page)
-	return buf, n, func() {}, err
+	data = buf()
+	got, err = h.read(ctx, o, data, page)
+	return data, got, func() {}, err
 }
 
 // counted counts a store read that began at start and read n bytes.

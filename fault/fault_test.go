@@ -447,6 +447,10 @@ type viewStore struct {
 const viewChunk = 64 * ps
 
 func (s *viewStore) View(_ context.Context, off int64, n int) ([]byte, func(), bool, error) {
+	if page := off / ps; s.gateLo <= page && page < s.gateHi {
+		s.arrived <- page
+		<-s.gate
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	end := off + int64(n)
@@ -505,6 +509,31 @@ func TestViewedFills(t *testing.T) {
 	}
 	if s := g.states(200, 600); strings.ContainsAny(s, ".e") {
 		t.Errorf("WillNeed of [200, 600) left %s", s)
+	}
+}
+
+// The fills of a store that lends its bytes take no read buffer: the
+// store bounds what it holds itself. Every fill of a readahead window is
+// at the store at once, although the read buffers hold one fill's piece.
+func TestViewedFillsTakeNoBuffers(t *testing.T) {
+	const npages, fills = 1024, 1024 / chunkPages
+	g := newRig(t, npages, Config{ReadBuffers: 32 * ps, RetryBackoff: 1})
+	vs := &viewStore{testStore: g.st}
+	g.obj.Store = vs
+	g.st.gateLo, g.st.gateHi = 0, npages
+	g.h.WillNeed(g.obj, 0, npages)
+	for range fills {
+		select {
+		case <-g.st.arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("fewer than %d fills reached the store at once: %+v", fills, g.h.FillMemory())
+		}
+	}
+	close(g.st.gate)
+	g.settle()
+	g.check(t)
+	if m := g.h.FillMemory(); m.Waits != 0 || g.st.peak != 0 {
+		t.Errorf("fills of a lending store waited for read buffers %d times, read %d bytes into them; want none", m.Waits, g.st.peak)
 	}
 }
 
