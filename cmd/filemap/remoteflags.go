@@ -19,7 +19,9 @@ func remoteFlags(fs *flag.FlagSet) func() (server.RemoteConfig, error) {
 	fs.Var(&chunk, "remote-chunk", "unit of remote fetches: one ranged request, 1M to 4M suit object stores")
 	maxReq := byteSize(remote.DefaultMaxRequest)
 	fs.Var(&maxReq, "remote-max-request", "largest ranged request for a run of chunks that a sequential reader's readahead wants; at most --remote-chunk turns grouping off")
-	parallel := fs.Int("remote-parallel", remote.DefaultParallel, "ranged requests in flight per remote object")
+	parallel := fs.Int("remote-parallel", remote.DefaultParallel, "most ranged requests in flight per remote object; within it, as many as the network rewards (16 to start)")
+	inflight := byteSize(remote.DefaultMaxInflight)
+	fs.Var(&inflight, "remote-inflight", "bound on the bytes of the ranged requests in flight per remote object")
 	timeout := fs.Duration("remote-timeout", remote.DefaultTimeout, "bound on one ranged request (all of a fault's end at --fault-timeout)")
 	retries := fs.Int("remote-retries", remote.DefaultRetries, "retries of a failed ranged request, with exponential backoff and jitter; a chunk that keeps failing\n"+
 		"is then narrowed down to the pages that fail, which alone get SIGBUS")
@@ -49,13 +51,17 @@ func remoteFlags(fs *flag.FlagSet) func() (server.RemoteConfig, error) {
 		if *parallel < 1 || *parallel > 256 {
 			return c, fmt.Errorf("--remote-parallel %d: want 1 to 256", *parallel)
 		}
+		if inflight < max(maxReq, chunk)+chunk {
+			return c, fmt.Errorf("--remote-inflight %d: want at least --remote-max-request and --remote-chunk (%d)", inflight, max(maxReq, chunk)+chunk)
+		}
 		if *timeout <= 0 {
 			return c, fmt.Errorf("--remote-timeout %v: must be positive", *timeout)
 		}
 		if *retries < 0 {
 			return c, fmt.Errorf("--remote-retries %d: must be 0 or more", *retries)
 		}
-		c.Fetch = remote.Config{ChunkSize: int(chunk), MaxRequest: max(int(maxReq), int(chunk)), Parallel: *parallel, Timeout: *timeout, Retries: *retries, HedgeAfter: *hedge}
+		c.Fetch = remote.Config{ChunkSize: int(chunk), MaxRequest: max(int(maxReq), int(chunk)), Parallel: *parallel, MaxInflight: int64(inflight),
+			Timeout: *timeout, Retries: *retries, HedgeAfter: *hedge}
 		if *retries == 0 {
 			c.Fetch.Retries = -1
 		}

@@ -29,10 +29,9 @@ const (
 
 	// maxChunkSize keeps a chunk's length within the record's 32 bits.
 	maxChunkSize = 1 << 30
-	// readParallel bounds the chunks one ReadAt loads at once, as
-	// remote.DefaultParallel bounds its requests: a readahead window of
-	// several chunks that all miss should wait for one round trip, not one
-	// per chunk.
+	// readParallel bounds the chunks one ReadAt loads at once: a
+	// readahead window of several chunks that all miss should wait for
+	// one round trip, not one per chunk.
 	readParallel = 8
 
 	// partMax is the largest read that reads only the blocks it needs of

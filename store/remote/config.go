@@ -11,7 +11,9 @@ import (
 // Defaults of Config.
 const (
 	DefaultChunkSize   = 2 << 20
-	DefaultParallel    = 8
+	DefaultParallel    = 64
+	DefaultMaxInflight = 256 << 20
+	DefaultCacheChunks = 16
 	DefaultTimeout     = 10 * time.Second
 	DefaultRetries     = 4
 	DefaultBackoffBase = 50 * time.Millisecond
@@ -42,8 +44,17 @@ type Config struct {
 	ChunkSize int
 
 	// Parallel bounds the ranged requests in flight, hedges included.
-	// From 2 on, one of them is kept for demand reads. Default 8.
+	// From 2 on, one of them is kept for demand reads. Within it the
+	// Store finds how many its network needs: it starts with 16 and
+	// doubles them while each round of requests brings 20 % more bytes a
+	// second than the best before (see depth). Default 64.
 	Parallel int
+
+	// MaxInflight bounds the bytes of the requests in flight, hedges
+	// included: the buffers they fill. Readahead leaves a chunk's worth
+	// of it to demand reads. Default 256 MiB; at least MaxRequest and a
+	// chunk.
+	MaxInflight int64
 
 	// Timeout bounds one request. Default 10 s.
 	Timeout time.Duration
@@ -105,7 +116,7 @@ type Config struct {
 	// CacheChunks is how many chunks' worth of recently fetched bytes are
 	// kept, so that a fault followed by its neighbours does not fetch one
 	// chunk twice. It is deliberately small: the page cache is filemap's
-	// memfd. Default 2*Parallel.
+	// memfd. Default 16, or 2*Parallel if that is less.
 	CacheChunks int
 
 	// Observer is told about every request; nil for none.
@@ -140,7 +151,9 @@ func (c Config) withDefaults() Config {
 	c.HoldGap = roundUp(max(c.HoldGap, 0), pageSize)
 	orDefault(&c.MaxRequest, DefaultMaxRequest)
 	c.MaxRequest = max(c.MaxRequest/c.ChunkSize, 1) * c.ChunkSize
-	orDefault(&c.CacheChunks, 2*c.Parallel)
+	orDefault(&c.MaxInflight, DefaultMaxInflight)
+	c.MaxInflight = max(c.MaxInflight, int64(c.MaxRequest+c.ChunkSize))
+	orDefault(&c.CacheChunks, min(DefaultCacheChunks, 2*c.Parallel))
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -148,7 +161,7 @@ func (c Config) withDefaults() Config {
 }
 
 // orDefault sets *v to def unless it is positive.
-func orDefault[T int | time.Duration](v *T, def T) {
+func orDefault[T int | int64 | time.Duration](v *T, def T) {
 	if *v <= 0 {
 		*v = def
 	}

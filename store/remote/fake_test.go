@@ -15,17 +15,18 @@ import (
 )
 
 // fakeObject serves reference bytes, counts requests and in-flight
-// requests, and lets a test fail or hold any request through hook.
+// requests and bytes, and lets a test fail or hold any request through
+// hook.
 type fakeObject struct {
 	t    *testing.T
 	data []byte
 	hook func(ctx context.Context, c call) error // may block; honours ctx
 
-	mu          sync.Mutex
-	calls       []call
-	inflight    int
-	maxInflight int
-	closed      bool
+	mu                        sync.Mutex
+	calls                     []call
+	inflight, maxInflight     int
+	inflightBytes, maxInBytes int
+	closed                    bool
 }
 
 // call is one GetRange: its sequence number and range.
@@ -62,10 +63,13 @@ func (o *fakeObject) GetRange(ctx context.Context, p []byte, off int64) error {
 	o.calls = append(o.calls, c)
 	o.inflight++
 	o.maxInflight = max(o.maxInflight, o.inflight)
+	o.inflightBytes += len(p)
+	o.maxInBytes = max(o.maxInBytes, o.inflightBytes)
 	o.mu.Unlock()
 	defer func() {
 		o.mu.Lock()
 		o.inflight--
+		o.inflightBytes -= len(p)
 		o.mu.Unlock()
 	}()
 	if o.hook != nil {

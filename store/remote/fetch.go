@@ -198,7 +198,7 @@ func (s *Store) ended(f *fetch) error {
 func (s *Store) request(f *fetch, lo, hi int64) (bp *[]byte, got int, err error) {
 	turn := f.turn
 	if turn == nil {
-		turn = s.slots.enqueue(&f.demand)
+		turn = s.slots.enqueue(&f.demand, int(hi-lo))
 	}
 	f.turn = nil
 	if err := s.slots.wait(f.ctx, turn); err != nil {
@@ -234,11 +234,11 @@ func (s *Store) attempt(f *fetch, lo, hi int64) (*[]byte, int, error) {
 // spare. Hedges never wait for a slot: a straggler is worth a spare slot,
 // not another fetch's turn.
 func (s *Store) hedge(ctx context.Context, f *fetch, lo int64, n int, r *race) {
-	if !s.slots.tryAcquire(f.demand.Load()) {
+	if !s.slots.tryAcquire(f.demand.Load(), n) {
 		return
 	}
 	if !r.join() {
-		s.slots.release()
+		s.slots.giveBack(n)
 		return
 	}
 	s.cfg.Observer.Hedge()
@@ -280,19 +280,19 @@ func (s *Store) sizeClass(n int) int {
 // doRequest runs one ranged request for n bytes at off into a buffer of
 // its own, holding a slot until the Object returns, and reports to r.
 func (s *Store) doRequest(ctx context.Context, off int64, n int, r *race, hedged bool) {
-	defer s.slots.release()
 	bp := s.bufs.get(n)
 	start := time.Now()
 	err := s.getRange(ctx, *bp, off)
-	lat := time.Since(start)
+	end := time.Now()
+	lat := end.Sub(start)
 	s.cfg.Observer.Request(RequestStats{Bytes: n, Latency: lat, Hedge: hedged, Err: Kind(err)})
+	got := n
 	if err == nil {
 		s.lat[s.sizeClass(n)].add(lat)
-	}
-	got := 0
-	if err != nil {
+	} else {
 		got = min(arrived(err), n) / pageSize * pageSize // whole pages, which the fault path fills
 	}
+	s.slots.release(n, got, end)
 	s.bufs.put(r.end(bp, got, err))
 }
 

@@ -160,7 +160,7 @@ func (s *Store) hold(lo, hi int64) (*fetch, error) {
 	if f == nil {
 		f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), listed: true, held: true, retries: s.cfg.Retries}
 		f.bind(s.ctx, context.Background()) // the Hold's: until it is released or the Store closes
-		f.turn = s.slots.enqueue(&f.demand)
+		f.turn = s.slots.enqueue(&f.demand, f.n)
 		s.chunks[ci] = append(s.chunks[ci], f)
 		s.wg.Add(1)
 		go s.run(f)

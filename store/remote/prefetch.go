@@ -108,7 +108,7 @@ func (s *Store) startGroupLocked(ctx context.Context, run []*fetch) bool {
 	lead := run[0]
 	lead.bind(s.ctx, ctx)
 	lead.retries = s.cfg.Retries
-	lead.turn = s.slots.enqueue(&lead.demand)
+	lead.turn = s.slots.enqueue(&lead.demand, g.n)
 	s.wg.Add(1)
 	go s.run(lead)
 	return true

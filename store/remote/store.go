@@ -51,7 +51,7 @@ func New(obj Object, cfg Config) *Store {
 		size:   obj.Size(),
 		ctx:    ctx,
 		cancel: cancel,
-		slots:  newSlots(cfg.Parallel),
+		slots:  newSlots(cfg),
 		bufs:   newBufPool(cfg.ChunkSize, cfg.MaxRequest),
 		chunks: make(map[int64][]*fetch),
 	}
@@ -61,10 +61,13 @@ func (s *Store) Size() int64     { return s.size }
 func (s *Store) Key() string     { return s.obj.Key() }
 func (s *Store) Version() string { return s.obj.Version() }
 
-// ReadaheadBytes asks a sequential reader to keep two rounds of chunks in
-// flight: while one round's requests finish, the next is queued, so the
-// Parallel slots never go idle between readahead windows.
-func (s *Store) ReadaheadBytes() int64 { return 2 * int64(s.cfg.Parallel) * int64(s.cfg.ChunkSize) }
+// ReadaheadBytes asks a sequential reader to keep two rounds of requests
+// in flight: while one round's requests finish, the next is queued, so the
+// slots never go idle between readahead windows, and the depth sees that
+// it bounds the requests (see depth) when the network does.
+func (s *Store) ReadaheadBytes() int64 {
+	return min(2*int64(s.slots.limit())*int64(s.cfg.MaxRequest), 2*s.cfg.MaxInflight)
+}
 
 // ReadAt reads like an io.ReaderAt: all of p, or the bytes up to Size and
 // io.EOF, or an error that names the object, offset and length and wraps
@@ -177,7 +180,8 @@ type segment struct {
 }
 
 // read fills p from off, which lies within the object. The chunks of a
-// large read are fetched in a sliding window of at most Parallel chunks, so
+// large read are fetched in a sliding window of as many chunks as requests
+// may be in flight, so
 // that one huge read neither queues hundreds of fetches ahead of everyone
 // else nor holds hundreds of chunk buffers while it copies the first. A
 // chunk some of whose pages a fetch gave up on is read in segments: the
@@ -204,7 +208,7 @@ func (s *Store) read(ctx context.Context, p []byte, off int64, demand bool) (n i
 	}()
 	lone := demand && s.lone(off, end)
 	for n < len(p) {
-		for len(window) < s.cfg.Parallel && next < end {
+		for depth := s.slots.limit(); len(window) < depth && next < end; {
 			b := min(end, s.chunkEnd(next))
 			f, b, started, err := s.get(ctx, next, b, demand, lone, demand)
 			if err != nil {
@@ -346,7 +350,7 @@ func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f 
 	f = &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), refs: 1, listed: true, retries: retries}
 	f.bind(s.ctx, ctx)
 	f.demand.Store(demand)
-	f.turn = s.slots.enqueue(&f.demand)
+	f.turn = s.slots.enqueue(&f.demand, f.n)
 	s.chunks[ci] = append(s.chunks[ci], f)
 	s.wg.Add(1)
 	s.mu.Unlock()

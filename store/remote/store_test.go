@@ -638,7 +638,7 @@ func FuzzReadAt(f *testing.F) {
 
 func TestConfigDefaults(t *testing.T) {
 	c := Config{ChunkSize: 1<<20 + 1, SubRange: 1000}.withDefaults()
-	if c.ChunkSize != 1<<20+4096 || c.SubRange != 4096 || c.Parallel != 8 || c.CacheChunks != 16 ||
+	if c.ChunkSize != 1<<20+4096 || c.SubRange != 4096 || c.Parallel != 64 || c.CacheChunks != 16 || c.MaxInflight != DefaultMaxInflight ||
 		c.Retries != 4 || c.Timeout != DefaultTimeout || c.SmallRead != DefaultSmallRead || c.Observer == nil {
 		t.Fatalf("defaults %+v", c)
 	}
