@@ -38,31 +38,33 @@ func sameRanges(got []call, want [][2]int) bool {
 	return true
 }
 
-// A window of ten chunks costs three requests of at most MaxRequest, every
-// byte read afterwards is right, and no read asks again.
+// A window of twelve chunks costs four requests that grow along it, from
+// one chunk to MaxRequest; every byte read afterwards is right, and no read
+// asks again.
 func TestPrefetchGroupsChunks(t *testing.T) {
 	o := newFake(t, testSize)
 	s := newStore(t, o, groupConfig())
-	s.Prefetch(context.Background(), [][2]int64{{0, 3 * testChunk}, {3 * testChunk, 10 * testChunk}})
-	readAndCheck(t, s, o.data, 0, 10*testChunk)
-	want := [][2]int{{0, 4 * testChunk}, {4 * testChunk, 4 * testChunk}, {8 * testChunk, 2 * testChunk}}
+	s.Prefetch(context.Background(), [][2]int64{{0, 3 * testChunk}, {3 * testChunk, 12 * testChunk}})
+	readAndCheck(t, s, o.data, 0, 12*testChunk)
+	want := [][2]int{{0, testChunk}, {testChunk, 2 * testChunk}, {3 * testChunk, 4 * testChunk}, {7 * testChunk, 4 * testChunk}, {11 * testChunk, testChunk}}
 	if got := sortedCalls(o); !sameRanges(got, want) {
-		t.Fatalf("requests %v; want three of at most 4 chunks: %v", got, want)
+		t.Fatalf("requests %v; want requests of 1, 2, 4, 4 and the last chunk: %v", got, want)
 	}
 }
 
 // Chunks a fetch covers already break a run and are not asked for again;
-// a chunk with no neighbour to go with is left to the read; the object's
-// short last chunk ends the last group.
+// a chunk with no neighbour to go with has a request of its own; the
+// object's short last chunk ends the last group.
 func TestPrefetchSkipsCovered(t *testing.T) {
 	o := newFake(t, testSize)
 	s := newStore(t, o, groupConfig())
 	readAndCheck(t, s, o.data, 2*testChunk, testChunk)
 	s.Prefetch(context.Background(), [][2]int64{{0, 7 * testChunk}, {9 * testChunk, 10 * testChunk}, {14 * testChunk, testSize + testChunk}})
 	readAndCheck(t, s, o.data, 0, 7*testChunk)
+	readAndCheck(t, s, o.data, 9*testChunk, testChunk)
 	readAndCheck(t, s, o.data, 14*testChunk, testSize-14*testChunk)
-	want := [][2]int{{0, 2 * testChunk}, {2 * testChunk, testChunk}, {3 * testChunk, 4 * testChunk},
-		{14 * testChunk, testSize - 14*testChunk}}
+	want := [][2]int{{0, testChunk}, {testChunk, testChunk}, {2 * testChunk, testChunk}, {3 * testChunk, 4 * testChunk},
+		{9 * testChunk, testChunk}, {14 * testChunk, testSize - 14*testChunk}}
 	if got := sortedCalls(o); !sameRanges(got, want) {
 		t.Fatalf("requests %v; want %v", got, want)
 	}
@@ -82,7 +84,8 @@ func TestPrefetchOff(t *testing.T) {
 
 // A group's failure reaches the reads waiting for any of its chunks, naming
 // the bytes of the request, and is forgotten: the next reads fetch the
-// chunks again, each on its own.
+// chunks again, each on its own. (The window's first chunk and its last
+// have requests of their own, which succeed.)
 func TestPrefetchGroupFails(t *testing.T) {
 	o := newFake(t, testSize)
 	gate := make(chan struct{})
@@ -99,7 +102,7 @@ func TestPrefetchGroupFails(t *testing.T) {
 	}
 	s := newStore(t, o, groupConfig())
 	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
-	testutil.WaitFor(t, "the group's request", func() bool { return len(o.requests()) == 1 })
+	testutil.WaitFor(t, "the window's requests", func() bool { return len(o.requests()) == 3 })
 	done := readAsync(t, s, o.data, testChunk+100, 1000)
 	testutil.WaitFor(t, "the read to wait for the group", func() bool {
 		s.mu.Lock()
@@ -109,12 +112,12 @@ func TestPrefetchGroupFails(t *testing.T) {
 	})
 	close(gate)
 	err := <-done
-	if err == nil || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), "fetching bytes 0-262143") {
-		t.Fatalf("read of a failed group's chunk: %v; want the group's error naming bytes 0-262143", err)
+	if err == nil || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), "fetching bytes 65536-196607") {
+		t.Fatalf("read of a failed group's chunk: %v; want the group's error naming bytes 65536-196607", err)
 	}
 	readAndCheck(t, s, o.data, 0, 4*testChunk)
 	if got := o.requests(); len(got) != 5 {
-		t.Fatalf("requests %v; want the group's and one a chunk after it failed", got)
+		t.Fatalf("requests %v; want the window's three and one a chunk of the group after it failed", got)
 	}
 }
 
@@ -150,7 +153,7 @@ func TestPrefetchPromoted(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("a demand read of a queued group's chunk still waits behind the scan: the group was not promoted")
 	}
-	if got := sortedCalls(o); !sameRanges(got, [][2]int{{0, 4 * testChunk}, {12 * testChunk, testChunk}}) {
+	if got := sortedCalls(o); !sameRanges(got, [][2]int{{testChunk, 2 * testChunk}, {12 * testChunk, testChunk}}) {
 		t.Fatalf("requests %v; want the group's beside the scan's", got)
 	}
 	gate <- struct{}{}
@@ -182,9 +185,9 @@ func TestPrefetchKeepsChunksForTheWindow(t *testing.T) {
 		recv(t, f.done)
 	}
 	readAndCheck(t, s, o.data, 0, 12*testChunk)
-	want := [][2]int{{0, 4 * testChunk}, {4 * testChunk, 4 * testChunk}, {8 * testChunk, 4 * testChunk}}
+	want := [][2]int{{0, testChunk}, {testChunk, 2 * testChunk}, {3 * testChunk, 4 * testChunk}, {7 * testChunk, 4 * testChunk}, {11 * testChunk, testChunk}}
 	if got := sortedCalls(o); !sameRanges(got, want) {
-		t.Fatalf("requests %v; want the window's three and none again: %v", got, want)
+		t.Fatalf("requests %v; want the window's five and none again: %v", got, want)
 	}
 	over()
 	testutil.WaitFor(t, "the window's chunks to join the cache, within its bound", func() bool {
@@ -203,17 +206,17 @@ func TestPrefetchBufferReleased(t *testing.T) {
 	defer over()
 	s.Prefetch(window, [][2]int64{{0, 4 * testChunk}})
 	s.mu.Lock()
-	g := s.chunks[0][0].group
+	g := s.chunks[1][0].group
 	s.mu.Unlock()
 	if g == nil {
-		t.Fatal("no group for chunk 0")
+		t.Fatal("no group for chunks 1 and 2")
 	}
 	readAndCheck(t, s, o.data, 0, 4*testChunk)
 	s.mu.Lock()
 	live, held := g.live, g.buf != nil
 	s.mu.Unlock()
-	if live != 4 || !held {
-		t.Fatalf("after the reads: %d chunks use the buffer (held %v); want all 4 kept", live, held)
+	if live != 2 || !held {
+		t.Fatalf("after the reads: %d chunks use the buffer (held %v); want both kept", live, held)
 	}
 	over()
 	testutil.WaitFor(t, "the window's chunks to join the cache", func() bool {
