@@ -140,6 +140,29 @@ func (s *spyStore) Prefetch(ctx context.Context, ranges [][2]int64) {
 	}
 }
 
+// Idle passes on to a store that gives back memory when its object is
+// idle (store.Idler).
+func (s *spyStore) Idle() {
+	if i, ok := s.Store.(store.Idler); ok {
+		i.Idle()
+	}
+}
+
+// TakePrimed and Prime pass on to a store whose Open brought bytes
+// (store.Primed).
+func (s *spyStore) TakePrimed() (int64, []byte) {
+	if p, ok := s.Store.(store.Primed); ok {
+		return p.TakePrimed()
+	}
+	return 0, nil
+}
+
+func (s *spyStore) Prime(off int64, b []byte) {
+	if p, ok := s.Store.(store.Primed); ok {
+		p.Prime(off, b)
+	}
+}
+
 // enter records a read of [off, off+n), tells began of it, waits for hold
 // and sleeps for delay; it returns the offset where the read is to fail,
 // or -1.

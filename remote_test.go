@@ -247,6 +247,43 @@ func s3Config(gw *s3test.Server) server.Config {
 	}}}
 }
 
+// The request that pins an S3 object's version at Open brings its first
+// bytes too, and the first page comes with no ranged request of its own: at
+// the first Open, and at one after the object went idle (its store gave
+// back its chunks) and its cache dropped its pages, whose store the daemon
+// keeps rather than the new one. A page past those bytes is fetched.
+func TestS3FirstPageComesWithOpen(t *testing.T) {
+	gw := s3test.Start(t)
+	bucket := gw.NewBucket(t, false)
+	const key = "models/first.bin"
+	v1, _, d1, _ := versions(t, 4<<20+11)
+	gw.Put(t, bucket, key, d1)
+	d := startDaemon(t, s3Config(gw))
+	uri := "s3://" + bucket + "/" + key
+	for i := range 2 {
+		c := startDriver(t, d.sock)
+		c.open(uri, "ref="+v1)
+		c.OK("read 0 %d", ps)
+		if n := remoteRequests(t, d); n != 0 {
+			t.Fatalf("open %d: the first page took %d ranged requests; want none, its bytes came with Open", i+1, n)
+		}
+		c.Cmd.Process.Kill() // the object goes idle: its store gives back its chunks
+		testutil.WaitFor(t, "the object to go idle", func() bool {
+			objs := d.s.Objects(0)
+			return len(objs) == 1 && objs[0].Users == 0
+		})
+		if _, err := d.s.DropCaches(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := startDriver(t, d.sock)
+	c.open(uri, "ref="+v1)
+	c.OK("read %d %d", 1<<20, ps)
+	if n := remoteRequests(t, d); n == 0 {
+		t.Fatal("a page past the first bytes took no ranged request: the metric does not count them")
+	}
+}
+
 // WithVersion, as the hosts of a fleet use it: by VersionId, a version the
 // key has moved past maps whole, beside a mapping of the current one; a
 // version the bucket does not have, or an ETag that is no longer current,
@@ -344,10 +381,12 @@ func TestRestartS3VersionDeleted(t *testing.T) {
 }
 
 // A VersionId names bytes that never change: a second Open of one the
-// daemon has a cache of, open or idle, asks the store nothing (a HEAD is
+// daemon has a cache of, open or idle, asks the store nothing (a request is
 // tens of milliseconds on S3, for every process of a fleet that maps a
 // pinned model). The current version, and a version named by its ETag,
-// are asked for at every Open: a write may have replaced them.
+// are asked for at every Open: a write may have replaced them. Open's
+// request goes through the SDK, signed in its Authorization header; the
+// ranged reads go to a presigned URL.
 func TestS3PinnedVersionOpensWithoutHead(t *testing.T) {
 	gw := s3test.Start(t)
 	target, err := url.Parse(gw.Endpoint)
@@ -357,7 +396,7 @@ func TestS3PinnedVersionOpensWithoutHead(t *testing.T) {
 	var heads atomic.Int64
 	rp := httputil.NewSingleHostReverseProxy(target)
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead {
+		if r.Method == http.MethodHead || r.Header.Get("Authorization") != "" {
 			heads.Add(1)
 		}
 		rp.ServeHTTP(w, r)
@@ -385,15 +424,15 @@ func TestS3PinnedVersionOpensWithoutHead(t *testing.T) {
 	}
 	for i, want := range []int64{1, 0, 0} {
 		if n := open(uri, "version="+id1+" ref="+v1, d1); n != want {
-			t.Errorf("open %d of VersionId %s: %d HEADs, want %d", i+1, id1, n, want)
+			t.Errorf("open %d of VersionId %s: %d requests of Open's, want %d", i+1, id1, n, want)
 		}
 	}
 	for i := range 2 {
 		if n := open(uri, "ref="+v2, d2); n != 1 {
-			t.Errorf("open %d of the current version: %d HEADs, want 1", i+1, n)
+			t.Errorf("open %d of the current version: %d requests of Open's, want 1", i+1, n)
 		}
 		if n := open(plainURI, "version="+etag+" ref="+v1, d1); n != 1 {
-			t.Errorf("open %d by ETag: %d HEADs, want 1", i+1, n)
+			t.Errorf("open %d by ETag: %d requests of Open's, want 1", i+1, n)
 		}
 	}
 }

@@ -73,6 +73,10 @@ func NewRemotes(cfg RemoteConfig, log *slog.Logger) (*Remotes, error) {
 	if cfg.S3.Log == nil {
 		cfg.S3.Log = log // the SDK's own lines, at debug level
 	}
+	if cfg.S3.Prime == 0 {
+		// Open's request brings what the first fault would fetch.
+		cfg.S3.Prime = cfg.Fetch.PrimeBytes()
+	}
 	r := &Remotes{cfg: cfg}
 	if cfg.DiskCache != "" {
 		// One disk chunk is one remote request: the same size.

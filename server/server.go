@@ -372,7 +372,10 @@ func (s *Server) acquire(uid uint32, name string, st store.Store, mayHang bool) 
 	s.mu.Lock()
 	defer s.unlock() // and closes the stale caches it frees
 	if o, ok := s.objects[k]; ok {
-		st.Close() // the cache has a store of these very bytes already
+		// The cache has a store of these very bytes already; the bytes
+		// this one's Open brought may be the ones its next reads want.
+		store.PassPrimed(st, o.file.Store)
+		st.Close()
 		s.refLocked(o)
 		return o, nil
 	}

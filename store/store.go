@@ -80,6 +80,33 @@ type Idler interface {
 	Idle()
 }
 
+// Primed is a Store whose Open brought some of its object's bytes: a
+// remote object's first bytes, which the request that pinned its version
+// asked for. A daemon that has a store of that version already keeps that
+// one, and passes it these bytes (PassPrimed): the page cache it serves
+// may have lost them since, and they are the bytes most programs read
+// first.
+type Primed interface {
+	// TakePrimed returns the bytes at off that came with the Open, if
+	// the store still holds them; b is empty if not.
+	TakePrimed() (off int64, b []byte)
+	// Prime keeps b, the object's bytes at off, as if it had read them.
+	Prime(off int64, b []byte)
+}
+
+// PassPrimed gives to, a store of the same version of the same object, the
+// bytes that came with from's Open, if both are Primed.
+func PassPrimed(from, to Store) {
+	f, ok := from.(Primed)
+	t, ok2 := to.(Primed)
+	if !ok || !ok2 {
+		return
+	}
+	if off, b := f.TakePrimed(); len(b) > 0 {
+		t.Prime(off, b)
+	}
+}
+
 // Viewer is a Store that can lend its own copy of a range instead of
 // copying it into the caller's buffer: a remote store's fetched chunk, which
 // the fault path then writes into the page cache with no copy between.

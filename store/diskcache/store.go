@@ -129,6 +129,21 @@ func (s *cachedStore) ReadaheadBytes() int64 {
 }
 func (s *cachedStore) Version() string { return s.o.version }
 
+// TakePrimed passes on to the store below (store.Primed).
+func (s *cachedStore) TakePrimed() (int64, []byte) {
+	if p, ok := s.st.(store.Primed); ok {
+		return p.TakePrimed()
+	}
+	return 0, nil
+}
+
+// Prime passes on to the store below (store.Primed).
+func (s *cachedStore) Prime(off int64, b []byte) {
+	if p, ok := s.st.(store.Primed); ok {
+		p.Prime(off, b)
+	}
+}
+
 // Idle passes on to the store below: its memory, not the disk cache's
 // files, is what an idle object gives back.
 func (s *cachedStore) Idle() {

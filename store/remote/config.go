@@ -160,6 +160,16 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// PrimeBytes is how many of an object's first bytes its Open should bring
+// (see Primer): what a first fault there fetches, the SubRange around it.
+func (c Config) PrimeBytes() int {
+	c = c.withDefaults()
+	if c.SubRange > 0 {
+		return c.SubRange
+	}
+	return c.ChunkSize
+}
+
 // orDefault sets *v to def unless it is positive.
 func orDefault[T int | int64 | time.Duration](v *T, def T) {
 	if *v <= 0 {

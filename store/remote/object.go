@@ -35,6 +35,17 @@ type Object interface {
 	Close() error
 }
 
+// A Primer is an Object that brought some of its bytes when it was
+// opened: the request that pinned its version asked for its first bytes,
+// which most programs read first, rather than for nothing but its
+// attributes. New keeps them as a fetched span of the first chunk, so the
+// first read there costs no request of its own.
+type Primer interface {
+	// Primed returns the bytes at off that came with the Object, once; b
+	// is empty if none did.
+	Primed() (off int64, b []byte)
+}
+
 type shortError struct {
 	n   int
 	err error

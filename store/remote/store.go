@@ -37,15 +37,19 @@ type Store struct {
 	chunks map[int64][]*fetch // by chunk index: fetches in flight or cached
 	lru    lruList            // cached fetches, most recently used first
 	cached int64              // bytes in lru
+	primed *fetch             // of the bytes that came with the Object, if any
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store  = (*Store)(nil)
+	_ store.Primed = (*Store)(nil)
+)
 
 // New makes a Store of obj. The Store owns obj: Close closes it.
 func New(obj Object, cfg Config) *Store {
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg = cfg.withDefaults()
-	return &Store{
+	s := &Store{
 		obj:    obj,
 		cfg:    cfg,
 		size:   obj.Size(),
@@ -55,6 +59,53 @@ func New(obj Object, cfg Config) *Store {
 		bufs:   newBufPool(cfg.ChunkSize, cfg.MaxRequest),
 		chunks: make(map[int64][]*fetch),
 	}
+	if p, ok := obj.(Primer); ok {
+		s.Prime(p.Primed())
+	}
+	return s
+}
+
+// Prime keeps b, the object's bytes at off (those that came with it, see
+// Primer), as a fetch of whole pages (or up to the object's end) within
+// one chunk, cached as any recent fetch, unless a fetch has those bytes
+// already (store.Primed).
+func (s *Store) Prime(off int64, b []byte) {
+	if off < 0 || off%pageSize != 0 || off >= s.size {
+		return
+	}
+	end := min(off+int64(len(b)), s.chunkEnd(off))
+	if end < s.size {
+		end = off + (end-off)/pageSize*pageSize
+	}
+	if end <= off {
+		return
+	}
+	ci := off / int64(s.cfg.ChunkSize)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.lookupLocked(ci, off, end) != nil {
+		return
+	}
+	bp := s.bufs.get(int(end - off))
+	copy(*bp, b)
+	f := &fetch{off: off, n: int(end - off), done: make(chan struct{}), listed: true}
+	close(f.done)
+	f.buf, f.ended = bp, true
+	s.chunks[ci] = append(s.chunks[ci], f)
+	s.cacheLocked(f)
+	s.primed = f
+}
+
+// TakePrimed returns a copy of the bytes that came with the Object, if the
+// Store still has them (store.Primed).
+func (s *Store) TakePrimed() (int64, []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.primed
+	if f == nil || !f.listed || f.buf == nil {
+		return 0, nil
+	}
+	return f.off, slices.Clone((*f.buf)[:f.n])
 }
 
 func (s *Store) Size() int64     { return s.size }

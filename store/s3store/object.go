@@ -26,12 +26,17 @@ type Object struct {
 	size      int64
 	etag      string
 	versionID string
+	primed    []byte // the first bytes, from Open's GetObject, until Primed
 }
 
-var _ remote.Object = (*Object)(nil)
+var (
+	_ remote.Object = (*Object)(nil)
+	_ remote.Primer = (*Object)(nil)
+)
 
 // Open sends a HeadObject for uri (s3://bucket/key) and pins the size, ETag
-// and VersionId it answers. Errors name the URI and the endpoint, and say in
+// and VersionId it answers; with Options.Prime, a ranged GetObject of the
+// object's first bytes instead. Errors name the URI and the endpoint, and say in
 // words whether the bucket or key does not exist (wrapping fs.ErrNotExist),
 // access was denied (fs.ErrPermission), or the endpoint could not be
 // reached; the first two are marked store.Permanent. The HeadObject keeps
@@ -55,38 +60,35 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 	if version != "" && !IsETag(version) {
 		versionID = version
 	}
-	in := &s3.HeadObjectInput{Bucket: &loc.Bucket, Key: &loc.Key}
-	if versionID != "" {
-		in.VersionId = &versionID
-	}
-	head, err := c.api.HeadObject(ctx, in)
+	head, err := c.stat(ctx, loc, versionID)
 	if err != nil {
-		return nil, c.openError(ctx, loc, versionID, err)
+		return nil, err
 	}
-	if got := aws.ToString(head.VersionId); versionID != "" && got != versionID {
+	if versionID != "" && head.versionID != versionID {
 		return nil, store.Permanent(fmt.Errorf("open %s at %s: asked for version %q, the answer is of version %q: the server ignored the VersionId",
-			loc, c.where(), versionID, got))
+			loc, c.where(), versionID, head.versionID))
 	}
-	if got := aws.ToString(head.ETag); IsETag(version) && got != version {
+	if IsETag(version) && head.etag != version {
 		return nil, store.Permanent(fmt.Errorf("open %s at %s: %w: asked for ETag %s, the object now has ETag %s",
-			loc, c.where(), store.ErrChanged, version, got))
+			loc, c.where(), store.ErrChanged, version, head.etag))
 	}
 	o := &Object{
 		api:       c.api,
 		raw:       c.raw,
 		loc:       loc,
 		where:     c.where(),
-		size:      aws.ToInt64(head.ContentLength),
-		etag:      aws.ToString(head.ETag),
-		versionID: aws.ToString(head.VersionId),
+		size:      head.size,
+		etag:      head.etag,
+		versionID: head.versionID,
+		primed:    head.first,
 	}
-	if head.ContentLength == nil || o.size < 0 {
-		return nil, store.Permanent(fmt.Errorf("open %s at %s: HeadObject gave no object size", loc, o.where))
+	if o.size < 0 {
+		return nil, store.Permanent(fmt.Errorf("open %s at %s: %s gave no object size", loc, o.where, head.op))
 	}
 	if o.etag == "" && o.versionID == "" {
 		// Without either there is nothing to pin, and a replaced object
 		// would go unnoticed.
-		return nil, store.Permanent(fmt.Errorf("open %s at %s: HeadObject gave neither an ETag nor a VersionId to pin the version with", loc, o.where))
+		return nil, store.Permanent(fmt.Errorf("open %s at %s: %s gave neither an ETag nor a VersionId to pin the version with", loc, o.where, head.op))
 	}
 	get := s3.GetObjectInput{Bucket: &o.loc.Bucket, Key: &o.loc.Key}
 	if o.versionID != "" {
@@ -94,6 +96,85 @@ func (c *Client) OpenVersion(ctx context.Context, uri, version string) (*Object,
 	}
 	o.pre = &presigner{client: s3.NewPresignClient(c.api), in: get}
 	return o, nil
+}
+
+// attrs are what Open learns of an object's version.
+type attrs struct {
+	op        string // the request that told: HeadObject or GetObject
+	size      int64  // -1 if it did not say
+	etag      string
+	versionID string
+	first     []byte // the object's first bytes, if the request brought them
+}
+
+// stat asks for the attributes of the object at loc (at versionID, if
+// set): with a ranged GetObject of its first bytes when the client primes,
+// else, and for an empty object, which has no first byte, with a
+// HeadObject.
+func (c *Client) stat(ctx context.Context, loc Location, versionID string) (attrs, error) {
+	if c.prime > 0 {
+		a, err := c.getFirst(ctx, loc, versionID)
+		if codeOf(err) != "InvalidRange" {
+			return a, err
+		}
+	}
+	in := &s3.HeadObjectInput{Bucket: &loc.Bucket, Key: &loc.Key}
+	if versionID != "" {
+		in.VersionId = &versionID
+	}
+	head, err := c.api.HeadObject(ctx, in)
+	if err != nil {
+		return attrs{}, c.openError(ctx, loc, versionID, err)
+	}
+	a := attrs{op: "HeadObject", size: -1, etag: aws.ToString(head.ETag), versionID: aws.ToString(head.VersionId)}
+	if head.ContentLength != nil {
+		a.size = *head.ContentLength
+	}
+	return a, nil
+}
+
+// getFirst is stat by a GetObject of the first c.prime bytes. Its size is
+// the total of the answer's Content-Range. A body that breaks off costs
+// only the bytes: the headers pinned the version. An error with the code
+// InvalidRange is returned as it is: the object is empty.
+func (c *Client) getFirst(ctx context.Context, loc Location, versionID string) (attrs, error) {
+	in := &s3.GetObjectInput{Bucket: &loc.Bucket, Key: &loc.Key, Range: aws.String(rangeSpec(0, int64(c.prime)))}
+	if versionID != "" {
+		in.VersionId = &versionID
+	}
+	out, err := c.api.GetObject(ctx, in)
+	if codeOf(err) == "InvalidRange" {
+		return attrs{}, err
+	}
+	if err != nil {
+		return attrs{}, c.openError(ctx, loc, versionID, err)
+	}
+	defer out.Body.Close()
+	a := attrs{op: "GetObject", size: -1, etag: aws.ToString(out.ETag), versionID: aws.ToString(out.VersionId)}
+	first, last, total, err := parseContentRange(aws.ToString(out.ContentRange))
+	switch {
+	case out.ContentRange == nil && out.ContentLength != nil:
+		a.size = *out.ContentLength // the whole object: the server ignored the Range
+		last = min(int64(c.prime), a.size) - 1
+	case err != nil || first != 0 || total < 0 || last != min(int64(c.prime), total)-1:
+		return attrs{}, store.Permanent(fmt.Errorf("open %s at %s: GetObject of its first %d bytes answered Content-Range %q",
+			loc, c.where(), c.prime, aws.ToString(out.ContentRange)))
+	default:
+		a.size = total
+	}
+	b := make([]byte, last+1)
+	if _, err := io.ReadFull(out.Body, b); err == nil {
+		a.first = b
+	}
+	return a, nil
+}
+
+// Primed returns the object's first bytes, which Open's GetObject brought,
+// once (remote.Primer); none if Open sent a HeadObject.
+func (o *Object) Primed() (int64, []byte) {
+	b := o.primed
+	o.primed = nil
+	return 0, b
 }
 
 // IsETag tells an ETag, which S3 writes quoted, from a VersionId, which

@@ -87,6 +87,12 @@ type Options struct {
 
 	// Log gets the AWS SDK's own log lines, at debug level; nil drops them.
 	Log *slog.Logger
+
+	// Prime is how many of an object's first bytes Open asks for with a
+	// ranged GetObject in place of the HeadObject: its answer pins the
+	// version as the HEAD's would, and the bytes, which most programs
+	// read first, come with it (Object.Primed). 0 sends a HeadObject.
+	Prime int
 }
 
 // Client opens S3 objects through one SDK client: a daemon makes one Client
@@ -97,6 +103,7 @@ type Client struct {
 	raw      aws.HTTPClient // sends ranged GETs to presigned URLs (presign.go); nil: through the SDK
 	endpoint string         // the endpoint URL the client resolved; "" on AWS
 	region   string
+	prime    int // Options.Prime
 }
 
 // NewClient makes a Client from the standard AWS configuration and opts.
@@ -111,6 +118,7 @@ func NewClient(ctx context.Context, opts Options) (*Client, error) {
 	}
 	api := s3.NewFromConfig(cfg, func(o *s3.Options) { applyOptions(o, opts) })
 	c := FromS3(api)
+	c.prime = max(opts.Prime, 0)
 	if c.region == "" {
 		return nil, fmt.Errorf("s3store: no AWS region: set AWS_REGION, a region in the shared config, or an endpoint")
 	}
