@@ -163,6 +163,14 @@ func (s *spyStore) Prime(off int64, b []byte) {
 	}
 }
 
+// Promote passes on to a store whose reads can be moved ahead
+// (store.Promoter).
+func (s *spyStore) Promote(off int64, n int) {
+	if p, ok := s.Store.(store.Promoter); ok {
+		p.Promote(off, n)
+	}
+}
+
 // enter records a read of [off, off+n), tells began of it, waits for hold
 // and sleeps for delay; it returns the offset where the read is to fail,
 // or -1.

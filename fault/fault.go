@@ -320,18 +320,23 @@ func (h *Handler) FillMemory() FillMemStats {
 	return FillMemStats{Lent: lent, Idle: idle, Limit: h.mem.limit, Waits: waits}
 }
 
-// WaitFill waits for fill f to end, promoting it first, if it is a
-// readahead fill still waiting for a buffer or for the cache file, to the
-// precedence of a fault's own read: whoever waits for f is a faulter.
-func (h *Handler) WaitFill(f *pagecache.Fill) { h.waitFill(context.Background(), f) }
+// WaitFill waits for fill f of o's cache to end, promoting it first, if
+// it is a readahead fill still waiting for a buffer, for the cache file or
+// for its store, to the precedence of a fault's own read: whoever waits
+// for f is a faulter.
+func (h *Handler) WaitFill(o *File, f *pagecache.Fill) { h.waitFill(context.Background(), o, f) }
 
 // waitFill is WaitFill, giving up when ctx, the faulter's, is done; it
 // says whether f ended.
-func (h *Handler) waitFill(ctx context.Context, f *pagecache.Fill) bool {
+func (h *Handler) waitFill(ctx context.Context, o *File, f *pagecache.Fill) bool {
 	done := f.Wait() // and its reads and writes go before readahead's
 	h.mem.promote(f)
 	if h.disk != nil {
 		h.disk.promote(f)
+	}
+	if p, ok := o.Store.(store.Promoter); ok && f.Page < 0 {
+		// Its bytes may be in a request of a whole readahead window's.
+		p.Promote(f.Start*ps, int((f.End-f.Start)*ps))
 	}
 	select {
 	case <-done:
@@ -415,7 +420,7 @@ func (h *Handler) resolve(r *Region, page int64, start time.Time) {
 			h.wake(r, page, page+1)
 			return
 		case pagecache.InFlight:
-			if !h.waitFill(ctx, f) {
+			if !h.waitFill(ctx, r.File, f) {
 				h.poison(r, page, fmt.Errorf("%s page %d (offset %d): still being read, by a fill of pages [%d, %d), at the fault timeout (%v)",
 					cache.Name(), page, page*ps, f.Start, f.End, h.cfg.Timeout))
 				return

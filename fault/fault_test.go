@@ -149,13 +149,17 @@ func (g *rig) fault(page int64) {
 	g.h.Fault(g.r, g.addr(page), func(f func()) { g.wg.Go(f) })
 }
 
-// settle waits for every fill of the object to end.
+// settle waits for every fill of the object to end, its goroutine's
+// bookkeeping too, which follows the end of its pages.
 func (g *rig) settle() {
 	for p := int64(0); p < g.obj.Cache.NPages(); p++ {
 		if s, f := g.obj.Cache.Lookup(p); s == pagecache.InFlight {
 			<-f.Done()
 			p--
 		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); g.c.FillsInFlight.Load() != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 }
 

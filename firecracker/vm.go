@@ -571,7 +571,7 @@ func (v *vm) fillHuge(r *vmRegion, idx int64) bool {
 				break
 			}
 			if s == pagecache.InFlight {
-				v.s.faults.WaitFill(f) // a guest waits: ahead of the readahead it started
+				v.s.faults.WaitFill(&v.obj.file, f) // a guest waits: ahead of the readahead it started
 				continue
 			}
 			v.s.faults.Fault(r.fr, r.Base+uintptr(p*PageSize-r.Offset), func(resolve func()) { resolve() })

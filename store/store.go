@@ -107,6 +107,13 @@ func PassPrimed(from, to Store) {
 	}
 }
 
+// Promoter is a Store whose reads in progress can be moved ahead of its
+// readahead: a faulter waits for bytes [off, off+n) that a readahead read
+// has asked for. Promote must not block.
+type Promoter interface {
+	Promote(off int64, n int)
+}
+
 // Viewer is a Store that can lend its own copy of a range instead of
 // copying it into the caller's buffer: a remote store's fetched chunk, which
 // the fault path then writes into the page cache with no copy between.

@@ -19,8 +19,9 @@ import (
 type fetch struct {
 	off    int64
 	n      int
-	demand atomic.Bool // a demand read waits for it: see slots
-	turn   *waiter     // its place in the queue for its next request
+	demand atomic.Bool  // a demand read waits for it: see slots
+	began  atomic.Int64 // when its latest request began, in Unix nanoseconds; 0 while queued
+	turn   *waiter      // its place in the queue for its next request
 	done   chan struct{}
 
 	// ctx bounds f's requests, retries and backoffs: it ends when the
@@ -45,14 +46,15 @@ type fetch struct {
 	held bool
 
 	// Protected by Store.mu; buf, bad and err are set before done is closed.
-	buf        *[]byte  // the bytes; nil on error or once recycled
-	bad        []badRun // pages given up while the others arrived, in offset order
-	err        error    // every page failed
-	ended      bool     // buf, bad and err are set
-	refs       int      // reads using buf, and Holds keeping it
-	pins       int      // Holds and readahead windows keeping it: it joins the lru only when none does
-	listed     bool     // in Store.chunks: findable by reads
-	cached     bool     // in Store.lru
+	buf        *[]byte       // the bytes; nil on error or once recycled
+	bad        []badRun      // pages given up while the others arrived, in offset order
+	err        error         // every page failed
+	ended      bool          // buf, bad and err are set
+	refs       int           // reads using buf, and Holds keeping it
+	pins       int           // Holds and readahead windows keeping it: it joins the lru only when none does
+	listed     bool          // in Store.chunks: findable by reads
+	cached     bool          // in Store.lru
+	moved      chan struct{} // closed when a faster fetch of some of f's bytes is listed (see Promote); nil until waited on
 	prev, next *fetch
 }
 
@@ -204,6 +206,7 @@ func (s *Store) request(f *fetch, lo, hi int64) (bp *[]byte, got int, err error)
 	if err := s.slots.wait(f.ctx, turn); err != nil {
 		return nil, 0, s.ended(f)
 	}
+	f.began.Store(time.Now().UnixNano())
 	return s.attempt(f, lo, hi)
 }
 

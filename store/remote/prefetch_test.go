@@ -1,8 +1,10 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -103,7 +105,7 @@ func TestPrefetchGroupFails(t *testing.T) {
 	s := newStore(t, o, groupConfig())
 	s.Prefetch(context.Background(), [][2]int64{{0, 4 * testChunk}})
 	testutil.WaitFor(t, "the window's requests", func() bool { return len(o.requests()) == 3 })
-	done := readAsync(t, s, o.data, testChunk+100, 1000)
+	done := readAsync(t, s, o.data, testChunk+100, testSub+1000) // not a fault's: it waits for the group
 	testutil.WaitFor(t, "the read to wait for the group", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -122,7 +124,8 @@ func TestPrefetchGroupFails(t *testing.T) {
 }
 
 // A demand read of a chunk whose group waits for a slot behind a scan's
-// request promotes the group, which takes the slot kept for demand reads.
+// request asks for its own pages on the slot kept for demand reads, rather
+// than for the whole group.
 func TestPrefetchPromoted(t *testing.T) {
 	o := newFake(t, testSize)
 	gate := make(chan struct{})
@@ -151,10 +154,10 @@ func TestPrefetchPromoted(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("a demand read of a queued group's chunk still waits behind the scan: the group was not promoted")
+		t.Fatal("a demand read of a queued group's chunk still waits behind the scan")
 	}
-	if got := sortedCalls(o); !sameRanges(got, [][2]int{{testChunk, 2 * testChunk}, {12 * testChunk, testChunk}}) {
-		t.Fatalf("requests %v; want the group's beside the scan's", got)
+	if got := sortedCalls(o); !sameRanges(got, [][2]int{{2*testChunk + 4096, 4096}, {12 * testChunk, testChunk}}) {
+		t.Fatalf("requests %v; want the read's page beside the scan's", got)
 	}
 	gate <- struct{}{}
 	if err := <-scan; err != nil {
@@ -252,4 +255,79 @@ func FuzzPrefetch(f *testing.F) {
 		checkReadAt(t, s, o.data, off, int(m))
 		checkReadAt(t, s, o.data, max(lo, 0), int(min(max(n, 1), 8*testChunk)))
 	})
+}
+
+// A read of a readahead window's chunk that a faulter comes to wait for
+// (Promote) gets its bytes from a demand request of their own, while the
+// window's request that holds them is still running; the other reads of
+// that request wait for it as before, and nothing is read twice but those
+// bytes.
+func TestPromoteMovesWaitingRead(t *testing.T) {
+	o := newFake(t, testSize)
+	h := newHolder()
+	o.hook = h.hook
+	s := newStore(t, o, groupConfig())
+	window, over := context.WithCancel(context.Background())
+	defer over()
+	s.Prefetch(window, [][2]int64{{0, 7 * testChunk}}) // requests of chunks 0, 1-2, 3-6
+	held := map[int64]*heldCall{}
+	for range 3 {
+		c := h.next(t)
+		held[c.off] = c
+	}
+	if c := held[3*testChunk]; c == nil || c.n != 4*testChunk {
+		t.Fatalf("requests %v; want one of chunks 3-6", held)
+	}
+	view := func(off int64) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			b, release, ok, err := s.View(context.Background(), off, testChunk) // a readahead fill's, not a fault's
+			switch {
+			case err != nil || !ok:
+				done <- fmt.Errorf("View(%d) = ok %v, %v", off, ok, err)
+			case !bytes.Equal(b, o.data[off:off+testChunk]):
+				done <- fmt.Errorf("View(%d): wrong bytes", off)
+			default:
+				release()
+				done <- nil
+			}
+		}()
+		return done
+	}
+	faulted, other := view(4*testChunk), view(5*testChunk)
+	testutil.WaitFor(t, "the views to wait for the window's request", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.chunks[4]) == 1 && s.chunks[4][0].refs == 1 && len(s.chunks[5]) == 1 && s.chunks[5][0].refs == 1
+	})
+
+	// Recent requests say a window's request of 4 chunks takes far longer
+	// than one of a chunk: the fault's bytes come sooner on their own.
+	for range hedgeMinSamples {
+		s.lat[s.sizeClass(4*testChunk)].add(time.Second)
+		s.lat[s.sizeClass(testChunk)].add(10 * time.Millisecond)
+	}
+	s.Promote(4*testChunk, testChunk)
+	own := h.next(t)
+	if own.off != 4*testChunk || own.n != testChunk {
+		t.Fatalf("request %v after Promote; want chunk 4 alone", own)
+	}
+	own.release <- nil
+	if err := recv(t, faulted); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-other:
+		t.Fatalf("the view of chunk 5 ended (%v) before the window's request did", err)
+	default:
+	}
+	for _, c := range held {
+		c.release <- nil
+	}
+	if err := recv(t, other); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(o.requests()); n != 4 {
+		t.Fatalf("%d requests; want the window's 3 and chunk 4's own", n)
+	}
 }

@@ -41,8 +41,9 @@ type Store struct {
 }
 
 var (
-	_ store.Store  = (*Store)(nil)
-	_ store.Primed = (*Store)(nil)
+	_ store.Store    = (*Store)(nil)
+	_ store.Primed   = (*Store)(nil)
+	_ store.Promoter = (*Store)(nil)
 )
 
 // New makes a Store of obj. The Store owns obj: Close closes it.
@@ -204,10 +205,10 @@ func (s *Store) View(ctx context.Context, off int64, n int) (b []byte, release f
 			s.release(f)
 			return nil, nil, false, nil
 		}
-		if err := s.wait(ctx, f); err != nil {
+		if err := s.waitOrMoved(ctx, f); err != nil {
 			s.release(f)
-			if s.again(ctx, err) {
-				continue
+			if err == errMoved || s.again(ctx, err) {
+				continue // a faster fetch of these bytes is listed
 			}
 			return nil, nil, false, s.readError(n, off, err)
 		}
@@ -311,9 +312,37 @@ func (s *Store) copyOut(ctx context.Context, sg segment, p []byte, off int64) (i
 
 // wait waits for f to end, or for ctx or the Store to be done.
 func (s *Store) wait(ctx context.Context, f *fetch) error {
+	return s.waitMoved(ctx, f, nil)
+}
+
+// errMoved says that a read waiting for a fetch should look again: a
+// fetch of its bytes that comes sooner is listed (see Promote).
+var errMoved = errors.New("a faster fetch of the bytes is listed")
+
+// waitOrMoved is wait, which also returns errMoved once a faster fetch of
+// some of f's bytes is listed.
+func (s *Store) waitOrMoved(ctx context.Context, f *fetch) error {
+	s.mu.Lock()
+	if f.moved == nil && !f.ended {
+		f.moved = make(chan struct{})
+	}
+	moved := f.moved
+	s.mu.Unlock()
+	return s.waitMoved(ctx, f, moved)
+}
+
+// waitMoved is wait, which returns errMoved if moved closes first.
+func (s *Store) waitMoved(ctx context.Context, f *fetch, moved <-chan struct{}) error {
 	select {
 	case <-f.done:
 		return f.err
+	case <-moved:
+		select {
+		case <-f.done:
+			return f.err
+		default:
+			return errMoved
+		}
 	case <-s.ctx.Done():
 	case <-ctx.Done():
 	}
@@ -371,6 +400,17 @@ func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f 
 	if f == nil && (refetch || s.gaveUpLocked(ci)) {
 		f = s.coverAtLocked(ci, a) // the pages given up on split the chunk
 	}
+	if f != nil && demand && s.slowLocked(f, b-a) {
+		// A fault's bytes in a readahead request not yet done: they come
+		// sooner in a request of their own than at the end of that one.
+		f = s.urgentLocked(ctx, ci, a, b)
+		s.mu.Unlock()
+		if own {
+			return f, b, true, nil
+		}
+		go s.run(f)
+		return f, b, false, nil
+	}
 	if f != nil {
 		end = min(b, f.off+int64(f.n))
 		if r, bad := f.badIn(a, end); bad && f.ended && !s.passOverLocked(ci, r) {
@@ -413,6 +453,87 @@ func (s *Store) get(ctx context.Context, a, b int64, demand, lone, own bool) (f 
 }
 
 func roundUp64(n, to int64) int64 { return (n + to - 1) / to * to }
+
+// slowLocked says whether a fault waiting for f, a fetch not yet done, for n
+// bytes would wait for a bulk request much larger than its own (a readahead
+// group of chunks, or a scan's chunk) that has not begun, or is not about
+// to end: by the median times of recent requests of both sizes, it has
+// more than a request of n bytes left to run, so that a fault waits at
+// most about twice its own request. A sequential reader that has caught
+// up with its readahead waits for the oldest of its requests, which is
+// about to end; a fault elsewhere would wait for a whole one. A held fetch is never slow: a Hold plans its chunks from a
+// record of the pages wanted, so a fault there promotes it, for the pages
+// that follow. Called with s.mu held.
+func (s *Store) slowLocked(f *fetch, n int64) bool {
+	lead := f.lead()
+	if f.ended || f.held || lead.demand.Load() || s.cfg.SubRange <= 0 || lead.want() <= 2*s.cfg.SubRange {
+		return false
+	}
+	began := lead.began.Load()
+	if began == 0 {
+		return true
+	}
+	whole, ok := s.lat[s.sizeClass(lead.want())].median()
+	own, ok2 := s.lat[s.sizeClass(int(n))].median()
+	return ok && ok2 && whole-time.Since(time.Unix(0, began)) > own
+}
+
+// urgentLocked lists and queues a demand fetch of the whole pages of [a, b), which
+// lie in chunk ci, ahead of the chunk's other fetches, so that the reads
+// that come for those bytes find it first; its requests end with ctx. The
+// caller runs it. Called with s.mu held.
+func (s *Store) urgentLocked(ctx context.Context, ci, a, b int64) *fetch {
+	lo, hi := a&^(pageSize-1), min(roundUp64(b, pageSize), s.chunkEnd(a))
+	f := &fetch{off: lo, n: int(hi - lo), done: make(chan struct{}), refs: 1, listed: true, retries: s.cfg.Retries}
+	f.bind(s.ctx, ctx)
+	f.demand.Store(true)
+	f.turn = s.slots.enqueue(&f.demand, f.n)
+	s.chunks[ci] = append([]*fetch{f}, s.chunks[ci]...)
+	s.wg.Add(1)
+	return f
+}
+
+// Promote moves a read of bytes [off, off+n) ahead of readahead: a faulter
+// waits for it (store.Promoter). When those bytes are in a readahead
+// request much larger than themselves and not yet done, they get a demand
+// request of their own, and the reads waiting for that request look again,
+// finding the new one first; else the request that brings them is
+// promoted, as a fault's own read of them would.
+func (s *Store) Promote(off int64, n int) {
+	cs := int64(s.cfg.ChunkSize)
+	end := min(off+int64(n), s.size)
+	for a := max(off, 0); a < end; a = (a/cs + 1) * cs {
+		b := min(end, s.chunkEnd(a))
+		s.promoteChunk(a/cs, a, b)
+	}
+}
+
+// promoteChunk is Promote of [a, b), which lies in chunk ci.
+func (s *Store) promoteChunk(ci, a, b int64) {
+	s.mu.Lock()
+	f := s.lookupLocked(ci, a, b)
+	switch {
+	case s.closed || f == nil || f.ended:
+		s.mu.Unlock()
+	case s.slowLocked(f, b-a):
+		u := s.urgentLocked(s.ctx, ci, a, b)
+		u.refs-- // nobody's yet: the reads that wait for f will find it
+		if f.moved != nil {
+			close(f.moved)
+			f.moved = nil
+		}
+		s.mu.Unlock()
+		go s.run(u)
+	default:
+		lead := f.lead()
+		promote := !lead.demand.Load()
+		lead.demand.Store(true)
+		s.mu.Unlock()
+		if promote {
+			s.slots.kick()
+		}
+	}
+}
 
 // lookupLocked finds a listed fetch of chunk ci that covers [a, b) and has not
 // given up on the page at a. Called with s.mu held.

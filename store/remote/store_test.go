@@ -243,7 +243,8 @@ func TestParallelBound(t *testing.T) {
 
 // A fault is never stuck behind a scan: the scan cannot take the last
 // slot, a fault that arrives after the scan's queued fetch is served first,
-// and a fault wanting a chunk the scan has queued promotes that fetch.
+// and a fault wanting a chunk the scan has queued asks for its own page on
+// the reserved slot, rather than for the scan's whole chunk.
 func TestSmallReadNotStarvedByScan(t *testing.T) {
 	o := newFake(t, testSize)
 	h := newHolder()
@@ -279,11 +280,11 @@ func TestSmallReadNotStarvedByScan(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A fault on chunk 2, which the scan has queued, promotes that fetch.
+	// A fault on chunk 2, which the scan has queued, asks for its page.
 	fault3 := readAsync(t, s, o.data, 2*testChunk+4096, 4096)
 	f3 := h.next(t)
-	if f3.off != 2*testChunk || f3.n != testChunk {
-		t.Fatalf("request %v; want the scan's queued chunk 2", f3)
+	if f3.off != 2*testChunk+4096 || f3.n != 4096 {
+		t.Fatalf("request %v; want the fault's own page of the scan's queued chunk 2", f3)
 	}
 	f3.release <- nil
 	if err := recv(t, fault3); err != nil {
@@ -295,7 +296,7 @@ func TestSmallReadNotStarvedByScan(t *testing.T) {
 	}
 
 	scan0.release <- nil
-	for range 12 - 3 {
+	for range 12 - 2 {
 		h.next(t).release <- nil
 	}
 	if err := recv(t, scan); err != nil {
