@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,11 +18,16 @@ import (
 // bytes of the bound free, so a sequential scan can never fill every slot:
 // a fault arriving during the scan starts its request at once on a
 // reserved slot instead of waiting a whole transfer. A freed slot goes to
-// the oldest waiting demand fetch before any bulk one, so a burst of faults
-// jumps the scan's queue too. Classes are read when a slot is handed out,
-// so a bulk fetch that a fault starts waiting for while it is still queued
-// is promoted by setting its flag (and calling kick). With a single slot
-// there is nothing to reserve, and demand fetches only go first.
+// the oldest waiting demand fetch of at most a chunk, then to the oldest
+// larger one, before any bulk one, so a burst of faults jumps the scan's
+// queue too. Classes are read when a slot is handed out, so a bulk fetch
+// that a fault starts waiting for while it is still queued is promoted by
+// setting its flag (and calling kick). A promoted fetch larger than a
+// chunk (a readahead group a sequential reader has caught up with) goes
+// before bulk ones but stays within the bulk bounds: the reserve is for
+// faults' own requests, which would otherwise queue behind a scan's
+// promoted groups for a whole transfer. With a single slot there is
+// nothing to reserve, and demand fetches only go first.
 //
 // How many slots there are follows the network (see depth): from a few,
 // doubled for as long as each round of requests brings more bytes a second
@@ -91,7 +97,11 @@ func (s *slots) wait(ctx context.Context, w *waiter) error {
 func (s *slots) tryAcquire(demand bool, n int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.fitsLocked(demand, int64(n)) || s.firstWaiter(demand) >= 0 {
+	ahead := int64(math.MaxInt64) // the waiters a slot would go to first
+	if demand && int64(n) <= s.spare {
+		ahead = s.spare
+	}
+	if !s.fitsLocked(demand, int64(n)) || s.firstWaiter(demand, ahead) >= 0 {
 		return false
 	}
 	s.busy++
@@ -139,7 +149,7 @@ func (s *slots) limit() int {
 // A request larger than the bound goes alone. Called with s.mu held.
 func (s *slots) fitsLocked(demand bool, n int64) bool {
 	limit, bytes := s.depth.limit, s.bytes
-	if !demand {
+	if !demand || n > s.spare {
 		limit, bytes = limit-s.reserve, bytes-s.spare
 	}
 	return s.busy < limit && (s.inBytes+n <= bytes || s.busy == 0)
@@ -148,14 +158,18 @@ func (s *slots) fitsLocked(demand bool, n int64) bool {
 // backlogLocked says whether fetches wait for a slot. Called with s.mu held.
 func (s *slots) backlogLocked() bool { return len(s.waiting) > 0 }
 
-// dispatchLocked hands free slots to waiters: demand ones first, oldest
-// first. Called with s.mu held.
+// dispatchLocked hands free slots to waiters: demand ones of at most a
+// chunk first, then larger demand ones, then bulk ones, oldest first
+// within each. Called with s.mu held.
 func (s *slots) dispatchLocked() {
 	for {
-		i := s.firstWaiter(true)
+		i := s.firstWaiter(true, s.spare)
+		if i < 0 {
+			i = s.firstWaiter(true, math.MaxInt64)
+		}
 		demand := i >= 0
 		if !demand {
-			i = s.firstWaiter(false)
+			i = s.firstWaiter(false, 0)
 		}
 		if i < 0 || !s.fitsLocked(demand, s.waiting[i].n) {
 			return
@@ -169,11 +183,12 @@ func (s *slots) dispatchLocked() {
 	}
 }
 
-// firstWaiter is the index of the oldest demand waiter, or with demand
-// false of the oldest waiter of any class; -1 if none.
-func (s *slots) firstWaiter(demand bool) int {
+// firstWaiter is the index of the oldest demand waiter for at most most
+// bytes, or with demand false of the oldest waiter of any class; -1 if
+// none.
+func (s *slots) firstWaiter(demand bool, most int64) int {
 	for i, w := range s.waiting {
-		if !demand || w.demand.Load() {
+		if !demand || w.demand.Load() && w.n <= most {
 			return i
 		}
 	}
