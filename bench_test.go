@@ -247,7 +247,7 @@ func benchPages(size int64) []int64 {
 // goroutines each locked to an OS thread of its own, and returns the time
 // from the start until all are done. If lat is not nil, it gets the time of
 // each load, in pages' order.
-func touchPages(b *testing.B, mem []byte, pages []int64, threads int, lat []time.Duration) time.Duration {
+func touchPages(b testing.TB, mem []byte, pages []int64, threads int, lat []time.Duration) time.Duration {
 	runtime.GC()
 	elapsed, err := touch.Pages(mem, pages, ps, threads, lat)
 	if err != nil {

@@ -134,7 +134,7 @@ func fileCRC(b *testing.B, path string) uint32 {
 }
 
 // putFile puts the file at path as bucket/key, streamed from the file.
-func putFile(b *testing.B, c *s3.Client, bucket, key, path string) {
+func putFile(b testing.TB, c *s3.Client, bucket, key, path string) {
 	f, err := os.Open(path)
 	if err != nil {
 		b.Fatal(err)
