@@ -17,7 +17,6 @@ import (
 
 	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/s3test"
-	"github.com/filemap/filemap/internal/syncbuf"
 )
 
 // The tests build the C library and its test programs (tests/*.c) with its
@@ -94,7 +93,7 @@ func makeC(dir string, args ...string) error {
 // daemon is a `filemap serve` process.
 type daemon struct {
 	sock string
-	log  *syncbuf.Buffer
+	log  *os.File // a file, not a pipe: a keeper the daemon starts inherits it and outlives it
 	cmd  *exec.Cmd
 	done chan error // its exit status, once it has exited
 }
@@ -111,7 +110,11 @@ func serve(t *testing.T, env []string, args ...string) *daemon {
 func serveAt(t *testing.T, sock string, env []string, args ...string) *daemon {
 	t.Helper()
 	_, bin := built(t)
-	d := &daemon{sock: sock, log: new(syncbuf.Buffer), done: make(chan error, 1)}
+	log, err := os.CreateTemp(t.TempDir(), "serve-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{sock: sock, log: log, done: make(chan error, 1)}
 	d.cmd = exec.Command(bin, append([]string{"serve", "--socket", d.sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
 	d.cmd.Env = append(cleanEnv(), env...)
 	d.cmd.Stderr = d.log
@@ -122,7 +125,7 @@ func serveAt(t *testing.T, sock string, env []string, args ...string) *daemon {
 	t.Cleanup(func() {
 		d.stop(t)
 		if t.Failed() {
-			t.Logf("filemap serve log:\n%s", d.log.String())
+			t.Logf("filemap serve log:\n%s", d.logText())
 		}
 	})
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -131,9 +134,14 @@ func serveAt(t *testing.T, sock string, env []string, args ...string) *daemon {
 			return d
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", d.sock, d.log.String())
+			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", d.sock, d.logText())
 		}
 	}
+}
+
+func (d *daemon) logText() string {
+	b, _ := os.ReadFile(d.log.Name())
+	return string(b)
 }
 
 // stop stops the daemon as an operator does, with SIGTERM, and waits for

@@ -116,8 +116,9 @@ type Server struct {
 	objects    map[objectKey]*cachedObject
 	idleCaches idleCaches // objects no client has open (idle.go)
 	sessions   map[*session]struct{}
-	orphans    map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
-	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
+	orphans    map[int32]*session    // regions taken over from a previous daemon, by client pid (keep.go)
+	forks      map[*session]struct{} // fork(2) children's regions, a session each (fork.go)
+	keeper     *fdstore.Store        // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
 	retired    bool            // handed over to a successor (takeover.go)
@@ -197,6 +198,7 @@ func New(cfg Config) (*Server, error) {
 		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
+		forks:      make(map[*session]struct{}),
 		clients:    clientTable{lim: newLimits(cfg)},
 		hangs:      newHangGuard(cmp.Or(cfg.FaultTimeout, DefaultFaultTimeout), cfg.GuardAllStores, cfg.Log),
 	}
@@ -305,12 +307,15 @@ func (s *Server) Close() error {
 	for ss := range s.sessions {
 		ss.conn.Close()
 	}
-	orphans := s.orphans
-	s.orphans = map[int32]*session{}
+	orphans, forks := s.orphans, s.forks
+	s.orphans, s.forks = map[int32]*session{}, map[*session]struct{}{}
 	s.mu.Unlock()
 	s.conns.Wait()
 	for _, ss := range orphans {
 		ss.close()
+	}
+	for ss := range forks {
+		ss.close() // kept for the next daemon, or poisoned
 	}
 	s.waitFills()
 	s.readers.closePool()
@@ -612,6 +617,9 @@ func (s *Server) countersNow() proto.Stats {
 		st.Regions += ss.regionCount()
 	}
 	for _, ss := range s.orphans {
+		st.Regions += ss.regionCount()
+	}
+	for ss := range s.forks {
 		st.Regions += ss.regionCount()
 	}
 	return st
