@@ -2,6 +2,7 @@ package libfilemap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -211,8 +212,8 @@ func stats(t *testing.T, sock string) filemap.Stats {
 // leave hands c over to a fork child of it (drive's leave: the parent closes
 // id and exits, the child keeps the mapping and none of the parent's
 // descriptors), which is killed when the test ends, and waits for the
-// daemon to see the parent's connection end.
-func leave(t *testing.T, c *child.T, d *daemon, id string) {
+// daemon to see the parent's connection end. It returns the child's pid.
+func leave(t *testing.T, c *child.T, d *daemon, id string) int {
 	t.Helper()
 	pid, err := strconv.Atoi(c.OK("leave %s", id))
 	if err != nil {
@@ -221,6 +222,7 @@ func leave(t *testing.T, c *child.T, d *daemon, id string) {
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	testutil.WaitForState(t, func() string { return fmt.Sprintf("the parent's session to end: stats %+v", stats(t, d.sock)) },
 		func() bool { return stats(t, d.sock).Clients == 0 })
+	return pid
 }
 
 // readAll opens path in a new client of d and checks that it reads as data.
@@ -312,4 +314,30 @@ func TestForkChildReaped(t *testing.T) {
 	if got := c.OK("memsum %s", id); got != fnvSum(data) {
 		t.Errorf("the parent read sum %s, want %s", got, fnvSum(data))
 	}
+}
+
+// TestKeeperForgetsExitedForkChild: the keeper of a killed daemon forgets
+// a fork child's region once the child has exited, as it forgets a
+// client's once its process has: left with nothing to keep, it exits
+// (and unlinks its socket) instead of holding the uffd of a process that
+// is gone until a daemon comes.
+func TestKeeperForgetsExitedForkChild(t *testing.T) {
+	needPtrace(t)
+	path, _ := testFile(t, 1<<20)
+	d := serve(t, nil, "--keep")
+	c := driveOn(t, d)
+	id := fields(t, c.OK("open %s", path), 3)[0]
+	pid := leave(t, c, d, id)
+	d.kill(t)
+	keeper := d.sock + ".keeper"
+	if _, err := os.Stat(keeper); err != nil {
+		t.Fatalf("no keeper after the daemon was killed: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the keeper to forget the exited child and exit", func() bool {
+		_, err := os.Stat(keeper)
+		return errors.Is(err, os.ErrNotExist)
+	})
 }
