@@ -121,6 +121,7 @@ type Server struct {
 	keeper     *fdstore.Store        // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
+	closeDone  chan struct{}   // closed once Close has closed everything
 	retired    bool            // handed over to a successor (takeover.go)
 	freed      []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
 }
@@ -199,6 +200,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
 		forks:      make(map[*session]struct{}),
+		closeDone:  make(chan struct{}),
 		clients:    clientTable{lim: newLimits(cfg)},
 		hangs:      newHangGuard(cmp.Or(cfg.FaultTimeout, DefaultFaultTimeout), cfg.GuardAllStores, cfg.Log),
 	}
@@ -293,14 +295,19 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 	s.mu.Unlock()
 }
 
-// Close stops accepting, ends every session and drops every cache.
+// Close stops accepting, ends every session and drops every cache. A
+// second call returns once the first has done so: a daemon that exits
+// after it must not cut short the first, whose last work (a fork child's
+// pages poisoned, the keeper told) no process would finish.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		<-s.closeDone
 		return nil
 	}
 	s.closed = true
+	defer close(s.closeDone)
 	for _, l := range s.listeners {
 		l.Close()
 	}
