@@ -341,3 +341,28 @@ func TestKeeperForgetsExitedForkChild(t *testing.T) {
 		return errors.Is(err, os.ErrNotExist)
 	})
 }
+
+// TestForkChildOutlivesParentPrivateHandler: a fork child that closed every
+// descriptor it inherited, its parent's lifeline to the private handler
+// among them, keeps its mapping served after the parent has exited: the
+// handler serves it until the child no longer maps it, then exits.
+func TestForkChildOutlivesParentPrivateHandler(t *testing.T) {
+	needPtrace(t)
+	path, data := testFile(t, objectSize)
+	_, bin := built(t)
+	dir, _ := built(t)
+	c := drive(t, "drive", dir, "FILEMAP_EXECUTABLE="+bin)
+	id := fields(t, c.OK("open %s", path), 3)[0]
+	handler := children(t, c.Cmd.Process.Pid)
+	if len(handler) != 1 {
+		t.Fatalf("children %v, want the private handler alone", handler)
+	}
+	pid, err := strconv.Atoi(c.OK("leave %s", id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	checkPages(t, c.OK("pages %s", id), data, nil)
+	c.Send("quit")
+	waitGone(t, handler[0])
+}
