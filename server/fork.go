@@ -80,12 +80,12 @@ func (a *attachment) fork(fd int) {
 	// Kept before it is served: a daemon closing meanwhile leaves it to
 	// the next one rather than dropping it.
 	child.keep()
+	child.watch()
 	if !s.addFork(ss) {
 		ss.close() // the daemon is closing: kept, or poisoned
 		return
 	}
 	child.serve()
-	child.watch()
 }
 
 // forkSession is the session of a fork child's attachment: no connection,
@@ -122,7 +122,9 @@ func (s *Server) endFork(ss *session) {
 
 // watch ends a fork child's session once the child no longer maps any of
 // it or its address space is gone. It runs in a's ops, so that its probe
-// never lands on a closed descriptor, and leaves when a closes.
+// never lands on a closed descriptor, and leaves when a closes; it is
+// started before a can be closed, for ops must not grow while close waits
+// for them.
 func (a *attachment) watch() {
 	a.ops.Go(func() {
 		t := time.NewTicker(forkProbeInterval)
@@ -134,8 +136,9 @@ func (a *attachment) watch() {
 			case <-t.C:
 			}
 			if addr, ok := a.firstAddr(); !ok || !a.u.Alive(addr) {
-				go a.ss.s.endFork(a.ss) // it closes a, which waits for this
-				return
+				// endFork closes a, which waits for this to return. Until
+				// a's session is registered it does nothing: try again.
+				go a.ss.s.endFork(a.ss)
 			}
 		}
 	})
@@ -262,12 +265,12 @@ func (s *Server) restoreFork(e fdstore.Entry, d keptRegion) (*attachment, error)
 		poisonKept(e.Files[0], d.Ranges)
 		return nil, err
 	}
+	a.watch()
 	if !s.addFork(a.ss) {
 		a.ss.close() // poisons it: it is in no keeper
 		return nil, fmt.Errorf("%s: the daemon is closing", d.Name)
 	}
 	a.serve()
-	a.watch()
 	a.wakeKept(d.Ranges)
 	return a, nil
 }
