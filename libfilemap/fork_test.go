@@ -276,10 +276,11 @@ func TestForkChildOutlivesDaemon(t *testing.T) {
 }
 
 // TestForkChildSIGBUSWhenNotKept: a daemon without a keeper stops while a
-// fork child, whose parent has left, maps an object: the child's pages
-// that it had not read raise SIGBUS, as a page that cannot be read does,
-// never read as zeros, and those it had read still read right. A client of
-// a daemon started afterwards reads every byte.
+// fork child, whose parent has left, maps an object, in three vmas (the
+// child advised a part of it): the child's pages that it had not read
+// raise SIGBUS, as a page that cannot be read does, never read as zeros,
+// and those it had read still read right. A client of a daemon started
+// afterwards reads every byte.
 func TestForkChildSIGBUSWhenNotKept(t *testing.T) {
 	needPtrace(t)
 	path, data := testFile(t, objectSize)
@@ -291,6 +292,7 @@ func TestForkChildSIGBUSWhenNotKept(t *testing.T) {
 	leave(t, c, d, id)
 	const read = 16
 	c.OK("pages %s 0 %d", id, read*4096)
+	c.OK("split %s %d %d", id, 1<<20, 1<<20)
 	d.stop(t)
 	checkPages(t, c.OK("pages %s", id), data, func(page int) bool { return page >= read })
 	readAll(t, serveAt(t, d.sock, nil), path, data)

@@ -212,16 +212,26 @@ func (a *attachment) poisonPass() (pages int64, err error) {
 }
 
 // poisonRange poisons the pages of [start, end) that u's mm has not
-// mapped, and returns how many it poisoned.
+// mapped, and returns how many it poisoned. One UFFDIO_POISON covers one
+// vma: a range the child has split (mprotect, madvise) fails with ENOENT
+// as a whole, and is poisoned in halves until the pieces fit.
 func poisonRange(u *uffd.UFFD, start, end uintptr) (pages int64, err error) {
-	for addr := start; addr < end; {
-		n, err := u.Poison(addr, end-addr, uffd.PoisonModeDontWake)
-		addr += n
-		pages += int64(n / ps)
+	for addr, n := start, end-start; addr < end; {
+		n = min(n, end-addr)
+		done, err := u.Poison(addr, n, uffd.PoisonModeDontWake)
+		addr += done
+		pages += int64(done / ps)
 		switch {
 		case err == nil:
-		case errors.Is(err, unix.EEXIST):
-			addr += ps // mapped, or poisoned already: the child keeps it
+			n = end - addr
+		case errors.Is(err, unix.ENOENT) && n > ps:
+			n = n / 2 &^ (ps - 1)
+		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOENT), errors.Is(err, unix.EFAULT):
+			// Mapped or poisoned already (the child keeps it), not
+			// registered or not mapped at all, or past the end of the
+			// cache file, where the kernel raises SIGBUS itself.
+			addr += ps
+			n = end - addr
 		default:
 			return pages, err
 		}

@@ -26,6 +26,8 @@
  *	forkexit ID				ok MEMSUM (the child's)
  *	leave ID				ok PID (the child's, which answers from then on)
  *	pages ID [OFF LEN]			ok SUM|sigbus ... (each page's, touched)
+ *	split ID OFF LEN			ok (madvise(MADV_RANDOM) of the mapping's [OFF, OFF+LEN):
+ *						its vma splits there)
  *	quit
  *
  * fork makes a child with fork(2), no exec, that sums ID's mapping by
@@ -586,6 +588,10 @@ static void cmd(char **arg, int n)
 		cmd_leave(atoi(arg[1]));
 	else if (strcmp(c, "pages") == 0)
 		cmd_pages(m, arg, n);
+	else if (strcmp(c, "split") == 0 && n == 4)
+		madvise((char *)filemap_addr(m) + strtoull(arg[2], NULL, 0), strtoull(arg[3], NULL, 0), MADV_RANDOM) < 0
+			? (void)printf("err %d -1 madvise: %s\n", errno, strerror(errno))
+			: (void)printf("ok\n");
 	else
 		printf("err %d -1 bad command: %s\n", EINVAL, c);
 }
