@@ -17,7 +17,6 @@ import (
 
 	"github.com/filemap/filemap/internal/child"
 	"github.com/filemap/filemap/internal/s3test"
-	"github.com/filemap/filemap/internal/syncbuf"
 )
 
 // The tests build the C library and its test programs (tests/*.c) with its
@@ -94,7 +93,9 @@ func makeC(dir string, args ...string) error {
 // daemon is a `filemap serve` process.
 type daemon struct {
 	sock string
-	log  *syncbuf.Buffer
+	log  *os.File // a file, not a pipe: a keeper the daemon starts inherits it and outlives it
+	cmd  *exec.Cmd
+	done chan error // its exit status, once it has exited
 }
 
 // serve starts `filemap serve` on a socket of its own, with env added to
@@ -102,26 +103,29 @@ type daemon struct {
 // the test ends.
 func serve(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
+	return serveAt(t, filepath.Join(t.TempDir(), "filemap.sock"), env, args...)
+}
+
+// serveAt is serve on sock, where a daemon may have run before.
+func serveAt(t *testing.T, sock string, env []string, args ...string) *daemon {
+	t.Helper()
 	_, bin := built(t)
-	d := &daemon{sock: filepath.Join(t.TempDir(), "filemap.sock"), log: new(syncbuf.Buffer)}
-	cmd := exec.Command(bin, append([]string{"serve", "--socket", d.sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
-	cmd.Env = append(cleanEnv(), env...)
-	cmd.Stderr = d.log
-	if err := cmd.Start(); err != nil {
+	log, err := os.CreateTemp(t.TempDir(), "serve-*.log")
+	if err != nil {
 		t.Fatal(err)
 	}
+	d := &daemon{sock: sock, log: log, done: make(chan error, 1)}
+	d.cmd = exec.Command(bin, append([]string{"serve", "--socket", d.sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
+	d.cmd.Env = append(cleanEnv(), env...)
+	d.cmd.Stderr = d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		d.stop(t)
 		if t.Failed() {
-			t.Logf("filemap serve log:\n%s", d.log.String())
+			t.Logf("filemap serve log:\n%s", d.logText())
 		}
 	})
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -130,9 +134,40 @@ func serve(t *testing.T, env []string, args ...string) *daemon {
 			return d
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", d.sock, d.log.String())
+			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", d.sock, d.logText())
 		}
 	}
+}
+
+func (d *daemon) logText() string {
+	b, _ := os.ReadFile(d.log.Name())
+	return string(b)
+}
+
+// stop stops the daemon as an operator does, with SIGTERM, and waits for
+// it to exit; it kills it if it has not within 30 seconds.
+func (d *daemon) stop(t *testing.T) {
+	d.signal(t, syscall.SIGTERM)
+}
+
+// kill kills the daemon with SIGKILL, as a crash would, and waits for it.
+func (d *daemon) kill(t *testing.T) {
+	d.signal(t, syscall.SIGKILL)
+}
+
+func (d *daemon) signal(t *testing.T, sig syscall.Signal) {
+	if d.done == nil {
+		return // stopped already
+	}
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("filemap serve did not exit within 30s of %v", sig)
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+	d.done = nil
 }
 
 // cleanEnv is the test's environment without the variables that choose a

@@ -116,10 +116,12 @@ type Server struct {
 	objects    map[objectKey]*cachedObject
 	idleCaches idleCaches // objects no client has open (idle.go)
 	sessions   map[*session]struct{}
-	orphans    map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
-	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
+	orphans    map[int32]*session    // regions taken over from a previous daemon, by client pid (keep.go)
+	forks      map[*session]struct{} // fork(2) children's regions, a session each (fork.go)
+	keeper     *fdstore.Store        // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
+	closeDone  chan struct{}   // closed once Close has closed everything
 	retired    bool            // handed over to a successor (takeover.go)
 	freed      []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
 }
@@ -197,6 +199,8 @@ func New(cfg Config) (*Server, error) {
 		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
+		forks:      make(map[*session]struct{}),
+		closeDone:  make(chan struct{}),
 		clients:    clientTable{lim: newLimits(cfg)},
 		hangs:      newHangGuard(cmp.Or(cfg.FaultTimeout, DefaultFaultTimeout), cfg.GuardAllStores, cfg.Log),
 	}
@@ -291,26 +295,34 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 	s.mu.Unlock()
 }
 
-// Close stops accepting, ends every session and drops every cache.
+// Close stops accepting, ends every session and drops every cache. A
+// second call returns once the first has done so: a daemon that exits
+// after it must not cut short the first, whose last work (a fork child's
+// pages poisoned, the keeper told) no process would finish.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		<-s.closeDone
 		return nil
 	}
 	s.closed = true
+	defer close(s.closeDone)
 	for _, l := range s.listeners {
 		l.Close()
 	}
 	for ss := range s.sessions {
 		ss.conn.Close()
 	}
-	orphans := s.orphans
-	s.orphans = map[int32]*session{}
+	orphans, forks := s.orphans, s.forks
+	s.orphans, s.forks = map[int32]*session{}, map[*session]struct{}{}
 	s.mu.Unlock()
 	s.conns.Wait()
 	for _, ss := range orphans {
 		ss.close()
+	}
+	for ss := range forks {
+		ss.close() // kept for the next daemon, or poisoned
 	}
 	s.waitFills()
 	s.readers.closePool()
@@ -612,6 +624,9 @@ func (s *Server) countersNow() proto.Stats {
 		st.Regions += ss.regionCount()
 	}
 	for _, ss := range s.orphans {
+		st.Regions += ss.regionCount()
+	}
+	for ss := range s.forks {
 		st.Regions += ss.regionCount()
 	}
 	return st

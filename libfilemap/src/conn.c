@@ -7,10 +7,9 @@
  * left. A connection
  * belongs to the process that made it. A fork(2) child inherits the
  * descriptor but never writes on it (two processes' frames would
- * interleave): it makes connections of its own, and keeps the inherited one
- * open, unused, until it has closed what it inherited, because the
- * parent's session, which the inherited one is, owns the regions the
- * handler serves for the child's copies of the parent's mappings.
+ * interleave): it makes connections of its own, and closes the inherited
+ * one once it has closed what it inherited. The handler serves the child's
+ * copies of the parent's mappings apart from any connection.
  *
  * The process lock guards the list of connections, the private handler
  * (handler.c), and the registering of ranges (map.c, register_attach).

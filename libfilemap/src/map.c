@@ -196,9 +196,9 @@ static int detach(filemap_range_t *r)
 /*
  * fm_unmap ends a range. Its own process detaches it: PROT_NONE first, so
  * that a stray access cannot read the cache's holes once unregistered. A
- * fork child's copy belongs to the parent's session: the child only
- * unmaps it (the handler hears of that by the UNMAP event) and closes its
- * copy of the parent's userfaultfd.
+ * fork child's copy the handler serves through a userfaultfd of its own:
+ * the child only unmaps it (the handler hears of that by the UNMAP event)
+ * and closes its copy of the parent's userfaultfd.
  */
 int fm_unmap(filemap_range_t *r)
 {
