@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/internal/delayed"
 	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/metrics"
 	"github.com/filemap/filemap/pagecache"
@@ -121,9 +122,9 @@ type Server struct {
 	keeper     *fdstore.Store        // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
-	closeDone  chan struct{}   // closed once Close has closed everything
-	retired    bool            // handed over to a successor (takeover.go)
-	freed      []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
+	closeDone  chan struct{}               // closed once Close has closed everything
+	retired    bool                        // handed over to a successor (takeover.go)
+	freed      delayed.List[*cachedObject] // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -352,17 +353,12 @@ func (s *Server) Close() error {
 func (s *Server) freeLocked(o *cachedObject) {
 	s.unidleLocked(o)
 	delete(s.objects, o.key)
-	s.freed = append(s.freed, o)
+	s.freed.Add(o)
 }
 
 // unlock releases s.mu and closes the objects freed under it.
 func (s *Server) unlock() {
-	freed := s.freed
-	s.freed = nil
-	s.mu.Unlock()
-	for _, o := range freed {
-		o.close(s.budget)
-	}
+	s.freed.Unlock(&s.mu, func(o *cachedObject) { o.close(s.budget) })
 }
 
 // close releases the cache and store of an object that has been freed.
