@@ -13,6 +13,7 @@ import (
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/pattern"
 )
 
 // TestGoAndCShareCache opens one file in a C client and in the Go library,
@@ -21,7 +22,7 @@ import (
 // client's reads cost the handler no store I/O, and the handler lists the
 // object once.
 func TestGoAndCShareCache(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil)
 	ctx := context.Background()
 	c := driveOn(t, d)
@@ -69,7 +70,7 @@ func TestGoAndCShareCache(t *testing.T) {
 // and ENOMEM (regions).
 func TestHandlerErrors(t *testing.T) {
 	built(t) // before starting an S3 server for nothing
-	path, _ := testFile(t, 1<<20)
+	path, _ := pattern.TempFile(t, 1<<20)
 	t.Run("missing", func(t *testing.T) {
 		srv := gw.Server(t)
 		bucket := srv.NewBucket(t, false)
@@ -126,7 +127,7 @@ func TestHandlerErrors(t *testing.T) {
 // its byte, another client of the same cache reads the object's, and
 // DONTNEED drops the written page, which reads the object's byte again.
 func TestCopyOnWrite(t *testing.T) {
-	path, data := testFile(t, 1<<20)
+	path, data := pattern.TempFile(t, 1<<20)
 	d := serve(t, nil)
 	w, r := driveOn(t, d), driveOn(t, d)
 	wid := fields(t, w.OK("open %s cow", path), 3)[0]
@@ -155,7 +156,7 @@ func TestCopyOnWrite(t *testing.T) {
 // read-only; a range outlives its object's close, as a mapping outlives
 // close(2); and what mmap refuses for a read-only file is refused.
 func TestMapRanges(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s advice=random", path), 3)[0]
@@ -211,7 +212,7 @@ func TestSanitizers(t *testing.T) {
 	if err := makeC(dir, "SANITIZE=address,undefined", "tests"); err != nil {
 		t.Fatal(err)
 	}
-	path, data := testFile(t, 2<<20+77)
+	path, data := pattern.TempFile(t, 2<<20+77)
 	var bad atomic.Int64
 	bad.Store(1 << 20)
 	uri := serveHTTP(t, data, &bad)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,13 +54,8 @@ func checkChild(t *testing.T, answer string, data []byte, other []byte) {
 // served: the child's close of what it inherited only unmapped it.
 func TestFork(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, objectSize)
-	otherPath := filepath.Join(t.TempDir(), "other.bin")
-	pattern.WriteFile(t, otherPath, 3<<20+17)
-	other, err := os.ReadFile(otherPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, data := pattern.TempFile(t, objectSize)
+	otherPath, other := pattern.TempFile(t, 3<<20+17)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s advice=random", path), 3)[0]
@@ -97,13 +91,8 @@ func TestFork(t *testing.T) {
 // handler to read the fork event of a userfaultfd it never got.
 func TestForkWhileOpening(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, 1<<20)
-	otherPath := filepath.Join(t.TempDir(), "other.bin")
-	pattern.WriteFile(t, otherPath, 64<<10)
-	other, err := os.ReadFile(otherPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, data := pattern.TempFile(t, 1<<20)
+	otherPath, other := pattern.TempFile(t, 64<<10)
 	d, busy := serve(t, nil), serve(t, nil, "--max-regions-per-client", "1")
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
@@ -144,7 +133,7 @@ func needPtrace(t *testing.T) {
 // so a fork child has no copy that would read the cache's holes as zeros
 // (and put them into the cache), and filemap_read_at of it says so.
 func TestForkWithoutEventFork(t *testing.T) {
-	path, data := testFile(t, 1<<20)
+	path, data := pattern.TempFile(t, 1<<20)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	c.OK("drop-ptrace")
@@ -244,7 +233,7 @@ func readAll(t *testing.T, d *daemon, path string, data []byte) {
 // cache.
 func TestForkChildOutlivesParent(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
@@ -263,7 +252,7 @@ func TestForkChildOutlivesParent(t *testing.T) {
 // child reads every byte, and so does a client of the new daemon.
 func TestForkChildOutlivesDaemon(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil, "--keep")
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
@@ -283,7 +272,7 @@ func TestForkChildOutlivesDaemon(t *testing.T) {
 // afterwards reads every byte.
 func TestForkChildSIGBUSWhenNotKept(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	// Random advice: the cache holds no page but those read, so the child
@@ -303,7 +292,7 @@ func TestForkChildSIGBUSWhenNotKept(t *testing.T) {
 // the daemon's regions are the parent's alone again.
 func TestForkChildReaped(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, 1<<20)
+	path, data := pattern.TempFile(t, 1<<20)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
@@ -325,7 +314,7 @@ func TestForkChildReaped(t *testing.T) {
 // is gone until a daemon comes.
 func TestKeeperForgetsExitedForkChild(t *testing.T) {
 	needPtrace(t)
-	path, _ := testFile(t, 1<<20)
+	path, _ := pattern.TempFile(t, 1<<20)
 	d := serve(t, nil, "--keep")
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
@@ -350,7 +339,7 @@ func TestKeeperForgetsExitedForkChild(t *testing.T) {
 // handler serves it until the child no longer maps it, then exits.
 func TestForkChildOutlivesParentPrivateHandler(t *testing.T) {
 	needPtrace(t)
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	_, bin := built(t)
 	dir, _ := built(t)
 	c := drive(t, "drive", dir, "FILEMAP_EXECUTABLE="+bin)

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -20,18 +18,6 @@ import (
 // objectSize ends in a partial page, which must read as the object's bytes
 // and end there.
 const objectSize = 8<<20 + 123
-
-// testFile writes a file of size bytes whose every word says where it is.
-func testFile(t *testing.T, size int64) (string, []byte) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "object.bin")
-	pattern.WriteFile(t, path, size)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, b
-}
 
 // serveHTTP serves data at /object.bin with ranges and an ETag, as a real
 // server does; while fail is set, a request for a range that holds the
@@ -96,7 +82,7 @@ func checkSums(t *testing.T, c interface {
 // libfilemap.a.
 func TestObjectBytes(t *testing.T) {
 	built(t) // before starting an S3 server for nothing
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("file", func(t *testing.T) {
 		d := serve(t, nil)
 		checkSums(t, driveOn(t, d), path, data)
@@ -122,7 +108,7 @@ func TestObjectBytes(t *testing.T) {
 // raise SIGBUS; the process lives, its neighbours read, and once the server
 // serves it again the page reads too: the failure is not sticky.
 func TestReadAtFailingPage(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	var bad atomic.Int64
 	// The handler fetches 64 KiB chunks, and fails the whole chunk that
 	// holds badOff, whose first page it is.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/pattern"
 )
 
 // TestPreloadCoreutils runs coreutils under the shim on a local file, an
@@ -32,7 +33,7 @@ func TestPreloadCoreutils(t *testing.T) {
 	for _, tool := range []string{"sha256sum", "cat", "cp", "dd", "tail", "cmp", "sh"} {
 		needTool(t, tool)
 	}
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	eachObject(t, "object.bin", data, func(t *testing.T, o shimObject, env []string) {
 		sum := sha256.Sum256(data)
 		if n := cachedNames(t, o.d); len(n) != 0 {
@@ -94,7 +95,7 @@ func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daem
 // realpath(3) is the path itself. The
 // program is built plain and with _FORTIFY_SOURCE (__open_2, __read_chk).
 func TestPreloadDescriptors(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	size := fmt.Sprint(len(data))
 	want := map[string]string{
@@ -135,7 +136,7 @@ func TestPreloadDescriptors(t *testing.T) {
 // mapping survives the unmapping of the rest; a mapping past the end is
 // made.
 func TestPreloadMappings(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	dofork := "0 0"
 	if !canPtrace(t) {
@@ -157,7 +158,7 @@ func TestPreloadMappings(t *testing.T) {
 // fstat answers for; fseeko and ftello move; fdopen of the shim's
 // descriptor reads; freopen onto stdin reads every byte.
 func TestPreloadStdio(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	size, sum := fmt.Sprint(len(data)), fnvSum(data)
 	wantLines(t, "stdio", probe(t, env, "stdio", path), map[string]string{
@@ -175,7 +176,7 @@ func TestPreloadStdio(t *testing.T) {
 // (ENXIO), as /dev/stdin and freopen(NULL, ...) do; the shim's own read
 // reads.
 func TestPreloadNeverZeros(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	ebadf := errnoLine(syscall.EBADF)
 	wantLines(t, "nozeros", probe(t, env, "nozeros", path), map[string]string{
@@ -281,7 +282,7 @@ func statOf(t *testing.T, what string, raw json.RawMessage) statFields {
 // and not a missing one.
 // With a local "http:" directory, the normalised form is a local path.
 func TestPreloadStat(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	other := bytes.Repeat([]byte("x"), 5000)
 	host := httpServer(t, map[string][]byte{"object.bin": data, "other.bin": other}, nil)
 	d := serve(t, nil)
@@ -385,7 +386,7 @@ except OSError as e:
 // page 128 KiB away reads; once the server serves it again, the whole
 // object reads: the failure is not sticky.
 func TestPreloadFailingPage(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	var bad atomic.Int64
 	// The handler fetches 64 KiB chunks; the chunk holding badOff fails.
 	const badOff = 3<<20 + 64<<10
@@ -443,7 +444,7 @@ func TestPreloadFailingPage(t *testing.T) {
 // shim gets EBADF from read(2) of the inherited descriptor, and ENXIO
 // from opening it again by /proc/self/fd, never bytes; fstat(2) answers.
 func TestPreloadThreadsForkExec(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	size, sum := fmt.Sprint(len(data)), fnvSum(data)
 	wantLines(t, "threads", probe(t, env, "threads", path, "4"), map[string]string{
@@ -479,7 +480,7 @@ func TestPreloadCost(t *testing.T) {
 		t.Errorf("cat of an ordinary file under the shim, with no handler to be had: %q", got)
 	}
 
-	_, data := testFile(t, 1<<20)
+	_, data := pattern.TempFile(t, 1<<20)
 	path, env, _ := remoteObject(t, data)
 	if got := probe(t, env, "cost", path)["after"]; !strings.HasPrefix(got, "threads 1 sigbus_default 0 children 0 ") {
 		t.Errorf("after opening %s: %q; want one thread, the shim's SIGBUS handler, no child", path, got)
@@ -528,7 +529,7 @@ func (a faultCounts) minus(b faultCounts) faultCounts {
 // random faults, takes about a thousand); read again, with the cache
 // warm, it takes no fault and no store read.
 func TestPreloadReadahead(t *testing.T) {
-	_, data := testFile(t, 64<<20)
+	_, data := pattern.TempFile(t, 64<<20)
 	dir, path := preloadFile(t, "stream.bin", data)
 	d := serve(t, nil)
 	env := onSocket(t, d, "FILEMAP_PRELOAD_DIRS="+dir)
@@ -554,7 +555,7 @@ func TestPreloadReadahead(t *testing.T) {
 // the object again for it. MADV_DOFORK of such a mapping is refused.
 func TestPreloadForkWithoutPtrace(t *testing.T) {
 	setpriv := needTool(t, "setpriv")
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	dir, _ := built(t)
 	out := mustRun(t, env, setpriv, "--bounding-set", "-sys_ptrace", filepath.Join(dir, "tests", "preload-probe"), "forkread", path)
@@ -573,7 +574,7 @@ func TestPreloadForkWithoutPtrace(t *testing.T) {
 // that thread, which the child does not have, and reads once the page
 // comes, as the parent's thread does.
 func TestPreloadForkDuringRead(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	const held = 5 << 20
 	arrived, release := make(chan struct{}, 16), make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -219,18 +219,6 @@ func privateHandler(t *testing.T) []string {
 	return []string{"FILEMAP_EXECUTABLE=" + bin}
 }
 
-// testFile writes a file of size bytes whose every word says where it is.
-func testFile(t *testing.T, size int64) (string, []byte) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "object.bin")
-	pattern.WriteFile(t, path, size)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, b
-}
-
 // httpObject serves data at /object.bin with ranges and an ETag, as a real
 // server does, with failures and waits a test controls by offset: a request
 // for a range that holds the byte at fail gets 500 until /heal is fetched,
@@ -336,7 +324,7 @@ func serve(t *testing.T, args ...string) string {
 // writes no other mapping sees (tests/test_bytes.py); and an empty file
 // maps as no bytes.
 func TestBytes(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("file", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path), "test_bytes")
 	})
@@ -364,7 +352,7 @@ func TestBytes(t *testing.T) {
 // its neighbours read, and once the server serves it again it reads; and a
 // URL's password shows in no error.
 func TestErrors(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("open", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_DATA="+path), "test_errors.Open")
 	})
@@ -392,7 +380,7 @@ func TestErrors(t *testing.T) {
 // close while another thread's read waits for the store leaves the mapping
 // to that read, which returns the object's bytes.
 func TestClose(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("close", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path), "test_close.Close")
 	})
@@ -421,7 +409,7 @@ func TestFork(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root: the kernel serves a fork child's faults only with CAP_SYS_PTRACE, and the test drops it with setpriv")
 	}
-	path, _ := testFile(t, objectSize)
+	path, _ := pattern.TempFile(t, objectSize)
 	env := append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path)
 	t.Run("inherited", func(t *testing.T) {
 		unittest(t, env, "test_fork.Fork")
@@ -441,7 +429,7 @@ func TestFork(t *testing.T) {
 // executable in the installed package's directory is found and serves.
 func TestExecutable(t *testing.T) {
 	python, bin := installed(t)
-	path, _ := testFile(t, 1<<20+1)
+	path, _ := pattern.TempFile(t, 1<<20+1)
 	env := []string{"PATH=" + t.TempDir(), "FILEMAP_TEST_DATA=" + path} // a PATH with no filemap
 	t.Run("missing", func(t *testing.T) {
 		unittest(t, env, "test_executable.Executable.test_missing")
