@@ -7,12 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 )
 
@@ -213,9 +213,9 @@ func TestSanitizers(t *testing.T) {
 		t.Fatal(err)
 	}
 	path, data := pattern.TempFile(t, 2<<20+77)
-	var bad atomic.Int64
-	bad.Store(1 << 20)
-	uri := serveHTTP(t, data, &bad)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(1<<20, faultyhttp.Status500)
+	uri := srv.URL
 	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	cmd := exec.Command(filepath.Join(dir, "tests", "drive"))
 	cmd.Env = append(cleanEnv(), "LD_LIBRARY_PATH="+dir, "FILEMAP_SOCKET="+d.sock,

@@ -145,7 +145,7 @@ func TestPreloadSQLite(t *testing.T) {
 func TestPreloadPrivateHandler(t *testing.T) {
 	_, bin := built(t)
 	_, data := pattern.TempFile(t, objectSize)
-	host := httpServer(t, map[string][]byte{"object.bin": data}, nil)
+	host := httpServer(t, map[string][]byte{"object.bin": data})
 	env := shimEnv(t, "FILEMAP_EXECUTABLE="+bin)
 	sum := sha256.Sum256(data)
 	path := "http://" + host + "/object.bin"

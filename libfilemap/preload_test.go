@@ -6,20 +6,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 )
 
 // TestPreloadCoreutils runs coreutils under the shim on a local file, an
@@ -78,7 +75,7 @@ func TestPreloadCoreutils(t *testing.T) {
 // the programs, and returns the path they open it by.
 func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daemon) {
 	t.Helper()
-	host := httpServer(t, map[string][]byte{"object.bin": data}, nil)
+	host := httpServer(t, map[string][]byte{"object.bin": data})
 	d = serve(t, nil)
 	return "/filemap/http/" + host + "/object.bin", onSocket(t, d), d
 }
@@ -284,7 +281,7 @@ func statOf(t *testing.T, what string, raw json.RawMessage) statFields {
 func TestPreloadStat(t *testing.T) {
 	_, data := pattern.TempFile(t, objectSize)
 	other := bytes.Repeat([]byte("x"), 5000)
-	host := httpServer(t, map[string][]byte{"object.bin": data, "other.bin": other}, nil)
+	host := httpServer(t, map[string][]byte{"object.bin": data, "other.bin": other})
 	d := serve(t, nil)
 	env := onSocket(t, d)
 	forms := []string{"/filemap/http/" + host + "/object.bin", "http://" + host + "/object.bin", "http:/" + host + "/object.bin"}
@@ -387,11 +384,11 @@ except OSError as e:
 // object reads: the failure is not sticky.
 func TestPreloadFailingPage(t *testing.T) {
 	_, data := pattern.TempFile(t, objectSize)
-	var bad atomic.Int64
 	// The handler fetches 64 KiB chunks; the chunk holding badOff fails.
 	const badOff = 3<<20 + 64<<10
-	bad.Store(badOff)
-	host := httpServer(t, map[string][]byte{"object.bin": data}, &bad)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(badOff, faultyhttp.Status500)
+	host := srv.Host
 	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	env := onSocket(t, d)
 	path := "/filemap/http/" + host + "/object.bin"
@@ -430,7 +427,7 @@ func TestPreloadFailingPage(t *testing.T) {
 		}
 	}
 
-	bad.Store(-1)
+	srv.Fail(-1, faultyhttp.Status500)
 	wantLines(t, "readall once the server serves the page", probe(t, env, "readall", path, "100000"), map[string]string{
 		"bytes": fmt.Sprint(len(data)), "errno": "0", "sum": fnvSum(data),
 	})
@@ -576,38 +573,24 @@ func TestPreloadForkWithoutPtrace(t *testing.T) {
 func TestPreloadForkDuringRead(t *testing.T) {
 	_, data := pattern.TempFile(t, objectSize)
 	const held = 5 << 20
-	arrived, release := make(chan struct{}, 16), make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if coversByte(r.Header.Get("Range"), held) {
-			arrived <- struct{}{}
-			<-release
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "object.bin", time.Now(), bytes.NewReader(data))
-	}))
-	t.Cleanup(srv.Close)
-	var once sync.Once
-	open := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(open)
+	srv := faultyhttp.Start(t, data)
+	srv.Hold(held)
 	d := serve(t, nil, "--remote-chunk", "64K", "--remote-max-request", "64K")
 	dir, _ := built(t)
 	cmd := exec.Command(filepath.Join(dir, "tests", "preload-probe"), "forklock",
-		"/filemap/http/"+strings.TrimPrefix(srv.URL, "http://")+"/object.bin", fmt.Sprint(held))
+		"/filemap/http/"+srv.Host+"/object.bin", fmt.Sprint(held))
 	cmd.Env = onSocket(t, d)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	c := child.StartT(t, cmd, "probe forklock")
 	// A child stuck on a lock holds the output pipe open: kill the group.
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	select {
-	case <-arrived: // the thread is in read(2), waiting for the page
-	case <-time.After(child.Timeout):
-		t.Fatal("the reading thread's page was never asked for")
-	}
+	// Then the thread is in read(2), waiting for the page.
+	testutil.WaitFor(t, "the reading thread's page to be asked for", func() bool { return srv.Held() > 0 })
 	c.Send("fork")
 	if l, ok := c.Reply(child.Timeout); !ok || l != "forked" {
 		t.Fatalf("fork: %q", l)
 	}
-	open()
+	srv.Release()
 	got := map[string]string{}
 	for len(got) < 3 {
 		l, ok := c.Reply(child.Timeout)

@@ -2,7 +2,6 @@ package python
 
 import (
 	"archive/zip"
-	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
@@ -19,11 +18,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
 	"github.com/filemap/filemap/internal/syncbuf"
@@ -220,62 +219,27 @@ func privateHandler(t *testing.T) []string {
 }
 
 // httpObject serves data at /object.bin with ranges and an ETag, as a real
-// server does, with failures and waits a test controls by offset: a request
-// for a range that holds the byte at fail gets 500 until /heal is fetched,
-// and one for a range that holds the byte at gate waits until /open is
+// server does, with failures and waits the Python tests control over HTTP:
+// once the test has called srv.Fail, a request for a range that holds the
+// failing byte gets 500 until /heal is fetched, and once it has called
+// srv.Hold, one for a range that holds the held byte waits until /open is
 // fetched (/waiting answers how many do).
 type httpObject struct {
-	url     string // of the server
-	fail    atomic.Int64
-	gate    atomic.Int64
-	opened  chan struct{}
-	open    sync.Once
-	waiting atomic.Int64
+	srv     *faultyhttp.Server
+	control string // the URL of the server of /heal, /open and /waiting, which has no object
 }
 
 func serveHTTP(t *testing.T, data []byte) *httpObject {
 	t.Helper()
-	o := &httpObject{opened: make(chan struct{})}
-	o.fail.Store(-1)
-	o.gate.Store(-1)
-	mod := time.Now()
+	o := &httpObject{srv: faultyhttp.Start(t, data)}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/object.bin", func(w http.ResponseWriter, r *http.Request) {
-		rng := r.Header.Get("Range")
-		if off := o.fail.Load(); off >= 0 && coversByte(rng, off) {
-			http.Error(w, "injected failure", http.StatusInternalServerError)
-			return
-		}
-		if off := o.gate.Load(); off >= 0 && coversByte(rng, off) {
-			o.waiting.Add(1)
-			<-o.opened
-			o.waiting.Add(-1)
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "object.bin", mod, bytes.NewReader(data))
-	})
-	mux.HandleFunc("/heal", func(w http.ResponseWriter, r *http.Request) { o.fail.Store(-1) })
-	mux.HandleFunc("/open", func(w http.ResponseWriter, r *http.Request) { o.open.Do(func() { close(o.opened) }) })
-	mux.HandleFunc("/waiting", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, o.waiting.Load())
-	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	// First, so that Close waits for no request held at the gate.
-	t.Cleanup(func() { o.open.Do(func() { close(o.opened) }) })
-	o.url = srv.URL
+	mux.HandleFunc("/heal", func(w http.ResponseWriter, r *http.Request) { o.srv.Fail(-1, faultyhttp.Status500) })
+	mux.HandleFunc("/open", func(w http.ResponseWriter, r *http.Request) { o.srv.Release() })
+	mux.HandleFunc("/waiting", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, o.srv.Held()) })
+	control := httptest.NewServer(mux)
+	t.Cleanup(control.Close)
+	o.control = control.URL
 	return o
-}
-
-// coversByte says whether a "bytes=A-B" range holds byte off.
-func coversByte(rng string, off int64) bool {
-	a, b, ok := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
-	if !ok {
-		return false
-	}
-	first, err1 := strconv.ParseInt(a, 10, 64)
-	last, err2 := strconv.ParseInt(b, 10, 64)
-	return err1 == nil && err2 == nil && first <= off && off <= last
 }
 
 // serve starts `filemap serve` on a socket of its own, with args after its
@@ -333,7 +297,7 @@ func TestBytes(t *testing.T) {
 	})
 	t.Run("http", func(t *testing.T) {
 		o := serveHTTP(t, data)
-		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+o.url+"/object.bin", "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
+		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+o.srv.URL, "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
 	})
 	t.Run("s3", func(t *testing.T) {
 		srv := gw.Server(t)
@@ -361,13 +325,13 @@ func TestErrors(t *testing.T) {
 		// The handler fetches 64 KiB chunks, and fails the whole chunk that
 		// holds bad, whose first page it is; with no retries, at once.
 		const bad = 3<<20 + 64<<10
-		o.fail.Store(bad)
+		o.srv.Fail(bad, faultyhttp.Status500)
 		sock := serve(t, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 		const password = "hunter2-python-secret"
-		secret := strings.Replace(o.url, "http://", "http://user:"+password+"@", 1) + "/missing.bin"
+		secret := strings.Replace(o.control, "http://", "http://user:"+password+"@", 1) + "/missing.bin"
 		unittest(t, []string{
-			"FILEMAP_TEST_URI=" + o.url + "/object.bin", "FILEMAP_TEST_DATA=" + path, "FILEMAP_TEST_SOCKET=" + sock,
-			"FILEMAP_TEST_BAD_OFFSET=" + strconv.Itoa(bad), "FILEMAP_TEST_HEAL=" + o.url + "/heal",
+			"FILEMAP_TEST_URI=" + o.srv.URL, "FILEMAP_TEST_DATA=" + path, "FILEMAP_TEST_SOCKET=" + sock,
+			"FILEMAP_TEST_BAD_OFFSET=" + strconv.Itoa(bad), "FILEMAP_TEST_HEAL=" + o.control + "/heal",
 			"FILEMAP_TEST_SECRET_URI=" + secret, "FILEMAP_TEST_PASSWORD=" + password,
 		}, "test_errors.FailingPage")
 	})
@@ -387,11 +351,11 @@ func TestClose(t *testing.T) {
 	t.Run("during-read", func(t *testing.T) {
 		o := serveHTTP(t, data)
 		const gate = 5<<20 + 8192
-		o.gate.Store(gate)
+		o.srv.Hold(gate)
 		unittest(t, append(privateHandler(t),
-			"FILEMAP_TEST_URI="+o.url+"/object.bin", "FILEMAP_TEST_DATA="+path,
-			"FILEMAP_TEST_GATE_OFFSET="+strconv.Itoa(gate), "FILEMAP_TEST_GATE_OPEN="+o.url+"/open",
-			"FILEMAP_TEST_GATE_WAITING="+o.url+"/waiting",
+			"FILEMAP_TEST_URI="+o.srv.URL, "FILEMAP_TEST_DATA="+path,
+			"FILEMAP_TEST_GATE_OFFSET="+strconv.Itoa(gate), "FILEMAP_TEST_GATE_OPEN="+o.control+"/open",
+			"FILEMAP_TEST_GATE_WAITING="+o.control+"/waiting",
 		), "test_close.CloseDuringRead")
 	})
 }
