@@ -30,11 +30,11 @@ func TestGoAndCShareCache(t *testing.T) {
 	if got := c.OK("sum %s", f[0]); got != fnvSum(data) {
 		t.Fatalf("the C client read sum %s, want %s", got, fnvSum(data))
 	}
-	before, err := filemap.Stat(ctx, filemap.WithSocket(d.sock))
+	before, err := filemap.Stat(ctx, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := filemap.Open(ctx, path, filemap.WithSocket(d.sock))
+	m, err := filemap.Open(ctx, path, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestGoAndCShareCache(t *testing.T) {
 	if n, err := m.ReadAt(buf, 0); n != len(data) || fnvSum(buf) != fnvSum(data) {
 		t.Errorf("the Go client read %d bytes (%v), sum %s; want %d, sum %s", n, err, fnvSum(buf[:n]), len(data), fnvSum(data))
 	}
-	after, err := filemap.Stat(ctx, filemap.WithSocket(d.sock))
+	after, err := filemap.Stat(ctx, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestGoAndCShareCache(t *testing.T) {
 		t.Errorf("the Go client's reads of what the C client read cost %d store bytes and %d major faults; want none: one cache",
 			after.StoreBytes-before.StoreBytes, after.MajorFaults-before.MajorFaults)
 	}
-	objs, err := filemap.CachedObjects(ctx, filemap.WithSocket(d.sock))
+	objs, err := filemap.CachedObjects(ctx, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestHandlerErrors(t *testing.T) {
 		bucket := srv.NewBucket(t, false)
 		d := serve(t, srv.Env())
 		uri := "s3://" + bucket + "/no/such/key"
-		_, goErr := filemap.Open(context.Background(), uri, filemap.WithSocket(d.sock))
+		_, goErr := filemap.Open(context.Background(), uri, filemap.WithSocket(d.Sock))
 		if goErr == nil {
 			t.Fatalf("the Go library opened %s", uri)
 		}
@@ -218,7 +218,7 @@ func TestSanitizers(t *testing.T) {
 	uri := srv.URL
 	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	cmd := exec.Command(filepath.Join(dir, "tests", "drive"))
-	cmd.Env = append(cleanEnv(), "LD_LIBRARY_PATH="+dir, "FILEMAP_SOCKET="+d.sock,
+	cmd.Env = append(cleanEnv(), "LD_LIBRARY_PATH="+dir, "FILEMAP_SOCKET="+d.Sock,
 		"ASAN_OPTIONS=detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1")
 	c := child.StartT(t, cmd, "drive (sanitized)")
 	checkSums(t, c, path, data)

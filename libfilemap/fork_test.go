@@ -13,6 +13,7 @@ import (
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/testutil"
 )
@@ -70,7 +71,7 @@ func TestFork(t *testing.T) {
 
 	// Every page must now come from the handler again: the parent's region
 	// must still be attached, and the next child served as the first.
-	if err := filemap.DropCaches(context.Background(), filemap.WithSocket(d.sock)); err != nil {
+	if err := filemap.DropCaches(context.Background(), filemap.WithSocket(d.Sock)); err != nil {
 		t.Fatal(err)
 	}
 	c.OK("advise %s dontneed 0 0", id)
@@ -96,7 +97,7 @@ func TestForkWhileOpening(t *testing.T) {
 	d, busy := serve(t, nil), serve(t, nil, "--max-regions-per-client", "1")
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
-	c.OK("threads %s 4 %s socket=%s", id, otherPath, busy.sock)
+	c.OK("threads %s 4 %s socket=%s", id, otherPath, busy.Sock)
 	checkChild(t, c.OK("fork %s %s n=30", id, otherPath), data, other)
 	if got := fields(t, c.OK("stop"), 3); got[1] != "0" || got[2] == got[0] {
 		t.Errorf("the parent's threads during the forks: %s reads, %s errors, %s failed opens; want no errors, and some opens to work",
@@ -202,20 +203,20 @@ func stats(t *testing.T, sock string) filemap.Stats {
 // id and exits, the child keeps the mapping and none of the parent's
 // descriptors), which is killed when the test ends, and waits for the
 // daemon to see the parent's connection end. It returns the child's pid.
-func leave(t *testing.T, c *child.T, d *daemon, id string) int {
+func leave(t *testing.T, c *child.T, d *clitest.Daemon, id string) int {
 	t.Helper()
 	pid, err := strconv.Atoi(c.OK("leave %s", id))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	testutil.WaitForState(t, func() string { return fmt.Sprintf("the parent's session to end: stats %+v", stats(t, d.sock)) },
-		func() bool { return stats(t, d.sock).Clients == 0 })
+	testutil.WaitForState(t, func() string { return fmt.Sprintf("the parent's session to end: stats %+v", stats(t, d.Sock)) },
+		func() bool { return stats(t, d.Sock).Clients == 0 })
 	return pid
 }
 
 // readAll opens path in a new client of d and checks that it reads as data.
-func readAll(t *testing.T, d *daemon, path string, data []byte) {
+func readAll(t *testing.T, d *clitest.Daemon, path string, data []byte) {
 	t.Helper()
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
@@ -239,7 +240,7 @@ func TestForkChildOutlivesParent(t *testing.T) {
 	id := fields(t, c.OK("open %s", path), 3)[0]
 	c.OK("read %s 0 4096", id)
 	leave(t, c, d, id)
-	if st := stats(t, d.sock); st.Regions != 1 {
+	if st := stats(t, d.Sock); st.Regions != 1 {
 		t.Errorf("the daemon serves %d regions after the parent left; want 1, the child's", st.Regions)
 	}
 	checkPages(t, c.OK("pages %s", id), data, nil)
@@ -258,8 +259,8 @@ func TestForkChildOutlivesDaemon(t *testing.T) {
 	id := fields(t, c.OK("open %s", path), 3)[0]
 	leave(t, c, d, id)
 	c.OK("pages %s 0 65536", id)
-	d.kill(t)
-	d2 := serveAt(t, d.sock, nil, "--keep")
+	d.Kill(t)
+	d2 := serveAt(t, d.Sock, nil, "--keep")
 	checkPages(t, c.OK("pages %s", id), data, nil)
 	readAll(t, d2, path, data)
 }
@@ -282,9 +283,9 @@ func TestForkChildSIGBUSWhenNotKept(t *testing.T) {
 	const read = 16
 	c.OK("pages %s 0 %d", id, read*4096)
 	c.OK("split %s %d %d", id, 1<<20, 1<<20)
-	d.stop(t)
+	d.Stop(t)
 	checkPages(t, c.OK("pages %s", id), data, func(page int) bool { return page >= read })
-	readAll(t, serveAt(t, d.sock, nil), path, data)
+	readAll(t, serveAt(t, d.Sock, nil), path, data)
 }
 
 // TestForkChildReaped: a fork child that exits without unmapping anything,
@@ -296,12 +297,12 @@ func TestForkChildReaped(t *testing.T) {
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
-	base := stats(t, d.sock).Regions
+	base := stats(t, d.Sock).Regions
 	if got := c.OK("forkexit %s", id); got != fnvSum(data) {
 		t.Errorf("the child read sum %s, want %s", got, fnvSum(data))
 	}
-	testutil.WaitForState(t, func() string { return fmt.Sprintf("%d regions, want %d", stats(t, d.sock).Regions, base) },
-		func() bool { return stats(t, d.sock).Regions == base })
+	testutil.WaitForState(t, func() string { return fmt.Sprintf("%d regions, want %d", stats(t, d.Sock).Regions, base) },
+		func() bool { return stats(t, d.Sock).Regions == base })
 	if got := c.OK("memsum %s", id); got != fnvSum(data) {
 		t.Errorf("the parent read sum %s, want %s", got, fnvSum(data))
 	}
@@ -319,8 +320,8 @@ func TestKeeperForgetsExitedForkChild(t *testing.T) {
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s", path), 3)[0]
 	pid := leave(t, c, d, id)
-	d.kill(t)
-	keeper := d.sock + ".keeper"
+	d.Kill(t)
+	keeper := d.Sock + ".keeper"
 	if _, err := os.Stat(keeper); err != nil {
 		t.Fatalf("no keeper after the daemon was killed: %v", err)
 	}

@@ -4,18 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/s3test"
 )
 
@@ -74,11 +71,7 @@ func buildAll() (dir, bin string, err error) {
 		return dir, "", err
 	}
 	bin = filepath.Join(dir, "bin", "filemap")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "../cmd/filemap").CombinedOutput(); err != nil {
-		return dir, "", fmt.Errorf("go build ../cmd/filemap: %v\n%s", err, out)
-	}
-	return dir, bin, nil
+	return dir, bin, clitest.Build(bin)
 }
 
 // makeC runs the README's command, make -C libfilemap, with output in dir.
@@ -90,84 +83,19 @@ func makeC(dir string, args ...string) error {
 	return nil
 }
 
-// daemon is a `filemap serve` process.
-type daemon struct {
-	sock string
-	log  *os.File // a file, not a pipe: a keeper the daemon starts inherits it and outlives it
-	cmd  *exec.Cmd
-	done chan error // its exit status, once it has exited
-}
-
 // serve starts `filemap serve` on a socket of its own, with env added to
 // the test's environment and args after its own flags, and stops it when
 // the test ends.
-func serve(t *testing.T, env []string, args ...string) *daemon {
+func serve(t *testing.T, env []string, args ...string) *clitest.Daemon {
 	t.Helper()
 	return serveAt(t, filepath.Join(t.TempDir(), "filemap.sock"), env, args...)
 }
 
 // serveAt is serve on sock, where a daemon may have run before.
-func serveAt(t *testing.T, sock string, env []string, args ...string) *daemon {
+func serveAt(t *testing.T, sock string, env []string, args ...string) *clitest.Daemon {
 	t.Helper()
 	_, bin := built(t)
-	log, err := os.CreateTemp(t.TempDir(), "serve-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{sock: sock, log: log, done: make(chan error, 1)}
-	d.cmd = exec.Command(bin, append([]string{"serve", "--socket", d.sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
-	d.cmd.Env = append(cleanEnv(), env...)
-	d.cmd.Stderr = d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		d.stop(t)
-		if t.Failed() {
-			t.Logf("filemap serve log:\n%s", d.logText())
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", d.sock); err == nil {
-			c.Close()
-			return d
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", d.sock, d.logText())
-		}
-	}
-}
-
-func (d *daemon) logText() string {
-	b, _ := os.ReadFile(d.log.Name())
-	return string(b)
-}
-
-// stop stops the daemon as an operator does, with SIGTERM, and waits for
-// it to exit; it kills it if it has not within 30 seconds.
-func (d *daemon) stop(t *testing.T) {
-	d.signal(t, syscall.SIGTERM)
-}
-
-// kill kills the daemon with SIGKILL, as a crash would, and waits for it.
-func (d *daemon) kill(t *testing.T) {
-	d.signal(t, syscall.SIGKILL)
-}
-
-func (d *daemon) signal(t *testing.T, sig syscall.Signal) {
-	if d.done == nil {
-		return // stopped already
-	}
-	d.cmd.Process.Signal(sig)
-	select {
-	case <-d.done:
-	case <-time.After(30 * time.Second):
-		t.Errorf("filemap serve did not exit within 30s of %v", sig)
-		d.cmd.Process.Kill()
-		<-d.done
-	}
-	d.done = nil
+	return clitest.Serve(t, bin, sock, append(cleanEnv(), env...), args...)
 }
 
 // cleanEnv is the test's environment without the variables that choose a
@@ -195,9 +123,9 @@ func drive(t *testing.T, prog, libDir string, env ...string) *child.T {
 }
 
 // driveOn is drive of tests/drive with FILEMAP_SOCKET naming d.
-func driveOn(t *testing.T, d *daemon) *child.T {
+func driveOn(t *testing.T, d *clitest.Daemon) *child.T {
 	dir, _ := built(t)
-	return drive(t, "drive", dir, "FILEMAP_SOCKET="+d.sock)
+	return drive(t, "drive", dir, "FILEMAP_SOCKET="+d.Sock)
 }
 
 // fnvSum is drive's sum of b: FNV-1a 64, in hex.

@@ -55,7 +55,7 @@ func TestObjectBytes(t *testing.T) {
 		checkSums(t, driveOn(t, d), path, data)
 		checkSums(t, driveOn(t, d), "file://"+path, data)
 		dir, _ := built(t)
-		checkSums(t, drive(t, "static", dir, "FILEMAP_SOCKET="+d.sock), path, data)
+		checkSums(t, drive(t, "static", dir, "FILEMAP_SOCKET="+d.Sock), path, data)
 	})
 	t.Run("http", func(t *testing.T) {
 		d := serve(t, nil)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap/internal/clitest"
 )
 
 // The shim's tests run real programs (coreutils, Debian's python3 with
@@ -33,7 +35,7 @@ type shimObject struct {
 	kind string // file, http, s3
 	path string
 	data []byte
-	d    *daemon // the handler the programs use
+	d    *clitest.Daemon // the handler the programs use
 }
 
 // shimEnv is the environment of a program under the shim: the test's,
@@ -51,8 +53,8 @@ func shimEnv(t *testing.T, env ...string) []string {
 }
 
 // onSocket is shimEnv with the programs' handler the daemon d.
-func onSocket(t *testing.T, d *daemon, env ...string) []string {
-	return shimEnv(t, append([]string{"FILEMAP_SOCKET=" + d.sock}, env...)...)
+func onSocket(t *testing.T, d *clitest.Daemon, env ...string) []string {
+	return shimEnv(t, append([]string{"FILEMAP_SOCKET=" + d.Sock}, env...)...)
 }
 
 // shimResult is a finished program.
@@ -227,10 +229,10 @@ func eachRemoteObject(t *testing.T, name string, data []byte, f func(t *testing.
 
 // cachedNames is what `filemap stat --objects` says d holds caches of:
 // the proof that a program's reads went through filemap.
-func cachedNames(t *testing.T, d *daemon) []string {
+func cachedNames(t *testing.T, d *clitest.Daemon) []string {
 	t.Helper()
 	_, bin := built(t)
-	out, err := exec.Command(bin, "stat", "--objects", "--json", "--socket", d.sock).Output()
+	out, err := exec.Command(bin, "stat", "--objects", "--json", "--socket", d.Sock).Output()
 	if err != nil {
 		t.Fatalf("filemap stat --objects: %v", err)
 	}
@@ -250,7 +252,7 @@ func cachedNames(t *testing.T, d *daemon) []string {
 }
 
 // wantCached checks that d holds a cache of the object whose name ends in suffix.
-func wantCached(t *testing.T, d *daemon, suffix string) {
+func wantCached(t *testing.T, d *clitest.Daemon, suffix string) {
 	t.Helper()
 	names := cachedNames(t, d)
 	for _, n := range names {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/testutil"
@@ -73,7 +74,7 @@ func TestPreloadCoreutils(t *testing.T) {
 
 // remoteObject serves data as an HTTP object, with a `filemap serve` for
 // the programs, and returns the path they open it by.
-func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daemon) {
+func remoteObject(t *testing.T, data []byte) (path string, env []string, d *clitest.Daemon) {
 	t.Helper()
 	host := httpServer(t, map[string][]byte{"object.bin": data})
 	d = serve(t, nil)
@@ -492,10 +493,10 @@ func TestPreloadCost(t *testing.T) {
 // store reads.
 type faultCounts struct{ major, minor, marker, storeReads int64 }
 
-func faultsOf(t *testing.T, d *daemon) faultCounts {
+func faultsOf(t *testing.T, d *clitest.Daemon) faultCounts {
 	t.Helper()
 	_, bin := built(t)
-	out, err := exec.Command(bin, "stat", "--json", "--socket", d.sock).Output()
+	out, err := exec.Command(bin, "stat", "--json", "--socket", d.Sock).Output()
 	if err != nil {
 		t.Fatalf("filemap stat: %v", err)
 	}

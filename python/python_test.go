@@ -6,26 +6,23 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
-	"github.com/filemap/filemap/internal/syncbuf"
 )
 
 // The tests install the module as its README says, `pip install ./python`,
@@ -98,8 +95,7 @@ func installAll() (dir, python, bin string, err error) {
 		return dir, "", "", err
 	}
 	bin = filepath.Join(dir, "bin", "filemap")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if err := run(exec.Command(goTool, "build", "-o", bin, "../cmd/filemap")); err != nil {
+	if err := clitest.Build(bin); err != nil {
 		return dir, "", "", err
 	}
 	return dir, python, bin, nil
@@ -247,37 +243,7 @@ func serveHTTP(t *testing.T, data []byte) *httpObject {
 func serve(t *testing.T, args ...string) string {
 	t.Helper()
 	_, bin := installed(t)
-	sock := filepath.Join(t.TempDir(), "filemap.sock")
-	log := new(syncbuf.Buffer)
-	cmd := exec.Command(bin, append([]string{"serve", "--socket", sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
-	cmd.Env = cleanEnv()
-	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("filemap serve log:\n%s", log.String())
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return sock
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", sock, log.String())
-		}
-	}
+	return clitest.Serve(t, bin, filepath.Join(t.TempDir(), "filemap.sock"), cleanEnv(), args...).Sock
 }
 
 // TestBytes maps a local file (as a path and as a file:// URI), an HTTP
