@@ -2,7 +2,7 @@
 // (byte ranges, an ETag), but fails the ranged GETs that ask for a chosen
 // byte the ways servers fail: a 500 before any byte, a body that breaks off
 // at that page, or one that stalls there with the connection held open
-// until the client gives up. It can also hold the GETs that ask for a
+// until the client gives up. It can ask for a password, and hold the GETs that ask for a
 // chosen byte, before any byte of their answer, until the test lets them
 // go. It records every GET, for tests that count what a client asked for
 // and when.
@@ -51,6 +51,8 @@ type Server struct {
 	hold     int64         // -1: none
 	released chan struct{} // closed by Release
 	held     int           // GETs held until Release
+	user     string        // with password, the only one served, if set
+	password string
 }
 
 // Start serves data until the test ends.
@@ -70,6 +72,20 @@ func (s *Server) Fail(bad int64, mode Mode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.bad, s.mode = bad, mode
+}
+
+// RequireAuth makes the server answer 401 to every request that does not
+// authenticate as user with password (HTTP basic authentication), as a
+// server of a private object does.
+func (s *Server) RequireAuth(user, password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.user, s.password = user, password
+}
+
+// URLAs is the object's URL with user and password in it.
+func (s *Server) URLAs(user, password string) string {
+	return strings.Replace(s.URL, "http://", "http://"+user+":"+password+"@", 1)
 }
 
 // Hold makes every GET that asks for byte off wait, before any byte of its
@@ -127,6 +143,10 @@ func (s *Server) Stalled() int {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		http.Error(w, "who are you", http.StatusUnauthorized)
+		return
+	}
 	w.Header().Set("ETag", `"v1"`)
 	off, end, ranged := parseRange(r.Header.Get("Range"), int64(len(s.data)))
 	if r.Method != http.MethodGet || !ranged {
@@ -164,6 +184,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.stalled--
 	s.mu.Unlock()
+}
+
+// authorized says whether r may have the object.
+func (s *Server) authorized(r *http.Request) bool {
+	s.mu.Lock()
+	wantUser, wantPassword := s.user, s.password
+	s.mu.Unlock()
+	user, password, _ := r.BasicAuth()
+	return wantUser == "" || user == wantUser && password == wantPassword
 }
 
 // wait holds r until Release, or until its client gives up.
