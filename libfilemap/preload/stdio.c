@@ -136,7 +136,7 @@ FILE *fopen64(const char *path, const char *mode)
 
 FILE *fdopen(int fd, const char *mode)
 {
-	struct shim_file *f = shim_inlib ? NULL : shim_get(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return REAL(fdopen)(fd, mode);
 	shim_put(f);
