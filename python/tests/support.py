@@ -9,6 +9,8 @@ import os
 import traceback
 import unittest
 
+import filemap
+
 
 def env(name):
     value = os.environ.get(name)
@@ -21,6 +23,11 @@ def env(name):
 def socket():
     """The handler's socket, or None for a private handler."""
     return os.environ.get("FILEMAP_TEST_SOCKET") or None
+
+
+def open_object(**options):
+    """Opens the object the test maps ($FILEMAP_TEST_URI) on the test's handler."""
+    return filemap.open(env("FILEMAP_TEST_URI"), socket=socket(), **options)
 
 
 def data():

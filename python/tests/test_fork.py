@@ -37,12 +37,9 @@ def check_part(part):
 class Fork(support.TestCase):
     """Run with CAP_SYS_PTRACE, which the kernel wants for UFFD_FEATURE_EVENT_FORK."""
 
-    def open(self):
-        return filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
-
     def test_os_fork(self):
         data = support.data()
-        m = self.open()
+        m = support.open_object()
         self.assertFalse(m.dontfork, "the mapping is MADV_DONTFORK: the tests need CAP_SYS_PTRACE (root)")
 
         def child():
@@ -72,7 +69,7 @@ class Fork(support.TestCase):
     def test_pool(self):
         global inherited
         size = len(support.data())
-        inherited = self.open()
+        inherited = support.open_object()
         try:
             parts = 16
             step = -(-size // parts) // 4096 * 4096 + 4096
@@ -96,7 +93,7 @@ class DontFork(support.TestCase):
 
     def test_child_without_mapping(self):
         data = support.data()
-        m = filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
+        m = support.open_object()
         self.assertTrue(m.dontfork, "the mapping is inherited: run this test without CAP_SYS_PTRACE")
 
         def child():
