@@ -160,7 +160,7 @@ func whyNoDaemon(path string, fromEnv bool, err error) string {
 	case errors.Is(err, unix.ECONNREFUSED):
 		// connect(2) refuses a path that is not a socket the same way.
 		if fi, serr := os.Stat(path); serr == nil && fi.Mode().Type() != fs.ModeSocket {
-			return fmt.Sprintf("%s is %s, not a filemap daemon's socket %s: %s", path, fileKind(fi.Mode()), errno, checkPath)
+			return fmt.Sprintf("%s is %s, not a filemap daemon's socket %s: %s", path, proto.FileKind(fi.Mode()), errno, checkPath)
 		}
 		return fmt.Sprintf("no filemap daemon is running on %s %s: the socket is stale, left by a daemon that did not remove it; %s, which replaces it",
 			path, errno, start)
@@ -189,19 +189,4 @@ func errnoText(err error) string {
 		return errno.Error()
 	}
 	return err.Error()
-}
-
-// fileKind names the kind of file mode is, for a person.
-func fileKind(mode fs.FileMode) string {
-	switch mode.Type() {
-	case 0:
-		return "a regular file"
-	case fs.ModeDir:
-		return "a directory"
-	case fs.ModeNamedPipe:
-		return "a named pipe"
-	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
-		return "a device"
-	}
-	return "a " + mode.Type().String() + " file"
 }

@@ -7,6 +7,7 @@ package filemap
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/syncbuf"
 	"github.com/filemap/filemap/internal/tied"
 )
@@ -28,14 +30,11 @@ import (
 // command's build cache makes this quick after the first time.
 func buildFilemapCLI(tb testing.TB) string {
 	tb.Helper()
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		tb.Skipf("skipping: no go command in PATH to build cmd/filemap: %v", err)
-	}
 	bin := filepath.Join(tb.TempDir(), "filemap")
-	out, err := exec.Command(goCmd, "build", "-o", bin, "github.com/filemap/filemap/cmd/filemap").CombinedOutput()
-	if err != nil {
-		tb.Fatalf("go build ./cmd/filemap: %v\n%s", err, out)
+	if err := clitest.Build(bin); errors.Is(err, exec.ErrNotFound) {
+		tb.Skipf("skipping: %v", err)
+	} else if err != nil {
+		tb.Fatal(err)
 	}
 	return bin
 }

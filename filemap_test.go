@@ -121,7 +121,7 @@ func TestClientKilledDuringFault(t *testing.T) {
 	other.OK("read %d %d", 1000*ps, 64*ps)
 	testutil.WaitFor(t, "the victim's session to end", func() bool { return d.s.Stats().Clients == 1 })
 	testutil.WaitFor(t, "descriptors and goroutines to return to their count", func() bool {
-		return openFds(t) == fds && goroutines() <= gs
+		return newFds(fds, openFds(t)) == 0 && goroutines() <= gs
 	})
 	other.OK("read %d %d", 2000*ps, ps)
 }

@@ -17,12 +17,17 @@ import (
 )
 
 // The private handler is this executable run again with these variables
-// set. Its lifeline is fd 3: the other end is held by the parent only, so
-// EOF there means the parent is gone and the handler exits.
+// set. Its lifeline is fd 3: the other end is held by the parent only (and
+// its fork children), so EOF there means the parent is gone, and the
+// handler exits once it serves no region.
 const (
 	envHandler      = "FILEMAP_PRIVATE_HANDLER" // the socket path to serve
 	envFaultTimeout = "FILEMAP_FAULT_TIMEOUT"   // its fault timeout (WithFaultTimeout), if not the default
 	lifelineFd      = 3
+
+	// lingerPoll is how often a handler whose lifeline has closed looks
+	// for regions it still serves.
+	lingerPoll = 100 * time.Millisecond
 )
 
 // handlerSettings are what a private handler is started with, from the
@@ -60,7 +65,8 @@ func init() {
 	}
 }
 
-// runPrivateHandler serves this process's parent, and exits when it does.
+// runPrivateHandler serves this process's parent, and exits when it and
+// every fork child of it that maps what it mapped have.
 func runPrivateHandler(path string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("handler", "private", "parent", os.Getppid())
@@ -92,7 +98,12 @@ func runPrivateHandler(path string) int {
 	lifeline.Write([]byte{1}) // ready
 	go s.Serve(l)
 	io.Copy(io.Discard, lifeline) // returns when the parent has exited
-	s.Forget()                    // its regions too: nobody is left to serve
+	// A fork child that closed what it inherited, the lifeline among it,
+	// may still map what its parent did: served until it no longer does.
+	for s.Stats().Regions > 0 {
+		time.Sleep(lingerPoll)
+	}
+	s.Forget() // its regions too: nobody is left to serve
 	os.RemoveAll(filepath.Dir(path))
 	return 0
 }

@@ -306,13 +306,33 @@ func (d *driver) open(path string, opts string) uintptr {
 	return base
 }
 
-func openFds(t *testing.T) int {
+// openFds is this process's open descriptors and what each is.
+func openFds(t *testing.T) map[string]string {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(ents)
+	fds := make(map[string]string, len(ents))
+	for _, e := range ents {
+		if link, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil {
+			fds[e.Name()] = link
+		}
+	}
+	return fds
+}
+
+// newFds counts the descriptors open now that were not before: leaked
+// ones. Some of before may have closed meanwhile (an earlier test's keeper
+// lets go of its pidfds in its own time): that is no leak.
+func newFds(before, now map[string]string) int {
+	n := 0
+	for fd, link := range now {
+		if before[fd] != link {
+			n++
+		}
+	}
+	return n
 }
 
 func goroutines() int {

@@ -307,10 +307,11 @@ func TestKill100ClientsMidFault(t *testing.T) {
 	}
 	took := time.Since(start)
 	testutil.WaitFor(t, "every session, region, client account and fill to end", idle)
-	var nowFds, nowGs int
+	var nowFds map[string]string
+	var nowGs int
 	testutil.WaitFor(t, "descriptors and goroutines to return to their count", func() bool {
 		nowFds, nowGs = openFds(t), goroutines()
-		return nowFds == fds && nowGs <= gs
+		return newFds(fds, nowFds) == 0 && nowGs <= gs
 	})
 	st := d.s.Stats()
 	alloc, err := d.s.AllocatedBytes()
@@ -319,7 +320,7 @@ func TestKill100ClientsMidFault(t *testing.T) {
 	}
 	t.Logf("%d clients killed mid-fault in %v; descriptors %d → %d, goroutines %d → %d, cache files %d → %d, objects %d → %d; "+
 		"%d major faults; cache %d KiB accounted, %d KiB allocated (budget %d KiB)",
-		kills, took.Round(time.Millisecond), fds, nowFds, gs, nowGs, caches, cacheFds(t), objects, st.Objects,
+		kills, took.Round(time.Millisecond), len(fds), len(nowFds), gs, nowGs, caches, cacheFds(t), objects, st.Objects,
 		st.MajorFaults, st.CacheBytes>>10, alloc>>10, budget>>10)
 	if n := cacheFds(t); n != caches {
 		t.Errorf("%d cache files open, %d before", n, caches)

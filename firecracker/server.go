@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/internal/delayed"
 	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/metrics"
 	"github.com/filemap/filemap/pagecache"
@@ -161,7 +162,7 @@ type Server struct {
 	keeper    *fdstore.Store // where VMs outlive the handler (keep.go); nil unless Keep was called
 	recorded  bool           // Config.Record was given to a VM
 	closed    bool
-	freed     []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
+	freed     delayed.List[*cachedObject] // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // counts are the server's own counters, beside the fault path's.
@@ -567,17 +568,12 @@ func (s *Server) release(o *cachedObject) {
 // its requests to end, and no restore or stat must wait with it.
 func (s *Server) freeLocked(o *cachedObject) {
 	delete(s.objects, o.key)
-	s.freed = append(s.freed, o)
+	s.freed.Add(o)
 }
 
 // unlock releases s.mu and closes the caches freed under it.
 func (s *Server) unlock() {
-	freed := s.freed
-	s.freed = nil
-	s.mu.Unlock()
-	for _, o := range freed {
-		o.close(s.budget)
-	}
+	s.freed.Unlock(&s.mu, func(o *cachedObject) { o.close(s.budget) })
 }
 
 // close releases the view, cache and store of an object that has been

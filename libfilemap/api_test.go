@@ -7,12 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 
 	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/faultyhttp"
+	"github.com/filemap/filemap/internal/pattern"
 )
 
 // TestGoAndCShareCache opens one file in a C client and in the Go library,
@@ -21,7 +22,7 @@ import (
 // client's reads cost the handler no store I/O, and the handler lists the
 // object once.
 func TestGoAndCShareCache(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil)
 	ctx := context.Background()
 	c := driveOn(t, d)
@@ -29,11 +30,11 @@ func TestGoAndCShareCache(t *testing.T) {
 	if got := c.OK("sum %s", f[0]); got != fnvSum(data) {
 		t.Fatalf("the C client read sum %s, want %s", got, fnvSum(data))
 	}
-	before, err := filemap.Stat(ctx, filemap.WithSocket(d.sock))
+	before, err := filemap.Stat(ctx, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := filemap.Open(ctx, path, filemap.WithSocket(d.sock))
+	m, err := filemap.Open(ctx, path, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func TestGoAndCShareCache(t *testing.T) {
 	if n, err := m.ReadAt(buf, 0); n != len(data) || fnvSum(buf) != fnvSum(data) {
 		t.Errorf("the Go client read %d bytes (%v), sum %s; want %d, sum %s", n, err, fnvSum(buf[:n]), len(data), fnvSum(data))
 	}
-	after, err := filemap.Stat(ctx, filemap.WithSocket(d.sock))
+	after, err := filemap.Stat(ctx, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func TestGoAndCShareCache(t *testing.T) {
 		t.Errorf("the Go client's reads of what the C client read cost %d store bytes and %d major faults; want none: one cache",
 			after.StoreBytes-before.StoreBytes, after.MajorFaults-before.MajorFaults)
 	}
-	objs, err := filemap.CachedObjects(ctx, filemap.WithSocket(d.sock))
+	objs, err := filemap.CachedObjects(ctx, filemap.WithSocket(d.Sock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,13 +70,13 @@ func TestGoAndCShareCache(t *testing.T) {
 // and ENOMEM (regions).
 func TestHandlerErrors(t *testing.T) {
 	built(t) // before starting an S3 server for nothing
-	path, _ := testFile(t, 1<<20)
+	path, _ := pattern.TempFile(t, 1<<20)
 	t.Run("missing", func(t *testing.T) {
 		srv := gw.Server(t)
 		bucket := srv.NewBucket(t, false)
 		d := serve(t, srv.Env())
 		uri := "s3://" + bucket + "/no/such/key"
-		_, goErr := filemap.Open(context.Background(), uri, filemap.WithSocket(d.sock))
+		_, goErr := filemap.Open(context.Background(), uri, filemap.WithSocket(d.Sock))
 		if goErr == nil {
 			t.Fatalf("the Go library opened %s", uri)
 		}
@@ -126,7 +127,7 @@ func TestHandlerErrors(t *testing.T) {
 // its byte, another client of the same cache reads the object's, and
 // DONTNEED drops the written page, which reads the object's byte again.
 func TestCopyOnWrite(t *testing.T) {
-	path, data := testFile(t, 1<<20)
+	path, data := pattern.TempFile(t, 1<<20)
 	d := serve(t, nil)
 	w, r := driveOn(t, d), driveOn(t, d)
 	wid := fields(t, w.OK("open %s cow", path), 3)[0]
@@ -155,7 +156,7 @@ func TestCopyOnWrite(t *testing.T) {
 // read-only; a range outlives its object's close, as a mapping outlives
 // close(2); and what mmap refuses for a read-only file is refused.
 func TestMapRanges(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	d := serve(t, nil)
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s advice=random", path), 3)[0]
@@ -211,13 +212,13 @@ func TestSanitizers(t *testing.T) {
 	if err := makeC(dir, "SANITIZE=address,undefined", "tests"); err != nil {
 		t.Fatal(err)
 	}
-	path, data := testFile(t, 2<<20+77)
-	var bad atomic.Int64
-	bad.Store(1 << 20)
-	uri := serveHTTP(t, data, &bad)
+	path, data := pattern.TempFile(t, 2<<20+77)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(1<<20, faultyhttp.Status500)
+	uri := srv.URL
 	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	cmd := exec.Command(filepath.Join(dir, "tests", "drive"))
-	cmd.Env = append(cleanEnv(), "LD_LIBRARY_PATH="+dir, "FILEMAP_SOCKET="+d.sock,
+	cmd.Env = append(cleanEnv(), "LD_LIBRARY_PATH="+dir, "FILEMAP_SOCKET="+d.Sock,
 		"ASAN_OPTIONS=detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1")
 	c := child.StartT(t, cmd, "drive (sanitized)")
 	checkSums(t, c, path, data)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/pattern"
 )
 
 // fakeFilemap writes an executable named filemap into dir that exits at
@@ -77,7 +78,7 @@ func checkPrivate(t *testing.T, c *child.T, path string, data []byte) {
 // the one it must use, a filemap that fails, and in the places after, one
 // too: only the right one works. With none, the error names all three.
 func TestPrivateHandlerDiscovery(t *testing.T) {
-	path, data := testFile(t, 1<<20+5)
+	path, data := pattern.TempFile(t, 1<<20+5)
 	dir, bin := built(t)
 	fake := t.TempDir()
 	fakeFilemap(t, fake)
@@ -153,7 +154,7 @@ func command(prog string, env ...string) *exec.Cmd {
 // handler. The handler serves the process's fork children too, and exits
 // with the last holder of its lifeline.
 func TestNoCostBeforeFirstOpen(t *testing.T) {
-	path, data := testFile(t, 1<<20)
+	path, data := pattern.TempFile(t, 1<<20)
 	_, bin := built(t)
 	for _, prog := range []string{"drive", "static"} {
 		t.Run(prog, func(t *testing.T) {
@@ -201,7 +202,7 @@ func waitGone(t *testing.T, pid int) {
 // new handler, and reaps the dead one; the old mapping closes without an
 // error.
 func TestPrivateHandlerKilled(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	_, bin := built(t)
 	dir, _ := built(t)
 	c := drive(t, "drive", dir, "FILEMAP_EXECUTABLE="+bin)

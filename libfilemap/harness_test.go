@@ -4,20 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/s3test"
-	"github.com/filemap/filemap/internal/syncbuf"
 )
 
 // The tests build the C library and its test programs (tests/*.c) with its
@@ -75,11 +71,7 @@ func buildAll() (dir, bin string, err error) {
 		return dir, "", err
 	}
 	bin = filepath.Join(dir, "bin", "filemap")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "../cmd/filemap").CombinedOutput(); err != nil {
-		return dir, "", fmt.Errorf("go build ../cmd/filemap: %v\n%s", err, out)
-	}
-	return dir, bin, nil
+	return dir, bin, clitest.Build(bin)
 }
 
 // makeC runs the README's command, make -C libfilemap, with output in dir.
@@ -91,48 +83,19 @@ func makeC(dir string, args ...string) error {
 	return nil
 }
 
-// daemon is a `filemap serve` process.
-type daemon struct {
-	sock string
-	log  *syncbuf.Buffer
-}
-
 // serve starts `filemap serve` on a socket of its own, with env added to
 // the test's environment and args after its own flags, and stops it when
 // the test ends.
-func serve(t *testing.T, env []string, args ...string) *daemon {
+func serve(t *testing.T, env []string, args ...string) *clitest.Daemon {
+	t.Helper()
+	return serveAt(t, filepath.Join(t.TempDir(), "filemap.sock"), env, args...)
+}
+
+// serveAt is serve on sock, where a daemon may have run before.
+func serveAt(t *testing.T, sock string, env []string, args ...string) *clitest.Daemon {
 	t.Helper()
 	_, bin := built(t)
-	d := &daemon{sock: filepath.Join(t.TempDir(), "filemap.sock"), log: new(syncbuf.Buffer)}
-	cmd := exec.Command(bin, append([]string{"serve", "--socket", d.sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
-	cmd.Env = append(cleanEnv(), env...)
-	cmd.Stderr = d.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("filemap serve log:\n%s", d.log.String())
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", d.sock); err == nil {
-			c.Close()
-			return d
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", d.sock, d.log.String())
-		}
-	}
+	return clitest.Serve(t, bin, sock, append(cleanEnv(), env...), args...)
 }
 
 // cleanEnv is the test's environment without the variables that choose a
@@ -160,9 +123,9 @@ func drive(t *testing.T, prog, libDir string, env ...string) *child.T {
 }
 
 // driveOn is drive of tests/drive with FILEMAP_SOCKET naming d.
-func driveOn(t *testing.T, d *daemon) *child.T {
+func driveOn(t *testing.T, d *clitest.Daemon) *child.T {
 	dir, _ := built(t)
-	return drive(t, "drive", dir, "FILEMAP_SOCKET="+d.sock)
+	return drive(t, "drive", dir, "FILEMAP_SOCKET="+d.Sock)
 }
 
 // fnvSum is drive's sum of b: FNV-1a 64, in hex.

@@ -1,66 +1,19 @@
 package libfilemap
 
 import (
-	"bytes"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 )
 
 // objectSize ends in a partial page, which must read as the object's bytes
 // and end there.
 const objectSize = 8<<20 + 123
-
-// testFile writes a file of size bytes whose every word says where it is.
-func testFile(t *testing.T, size int64) (string, []byte) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "object.bin")
-	pattern.WriteFile(t, path, size)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, b
-}
-
-// serveHTTP serves data at /object.bin with ranges and an ETag, as a real
-// server does; while fail is set, a request for a range that holds the
-// byte at *bad gets 500.
-func serveHTTP(t *testing.T, data []byte, bad *atomic.Int64) string {
-	t.Helper()
-	mod := time.Now()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if bad != nil && bad.Load() >= 0 && coversByte(r.Header.Get("Range"), bad.Load()) {
-			http.Error(w, "injected failure", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "object.bin", mod, bytes.NewReader(data))
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL + "/object.bin"
-}
-
-// coversByte says whether a "bytes=A-B" range holds byte off.
-func coversByte(rng string, off int64) bool {
-	a, b, ok := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
-	if !ok {
-		return false
-	}
-	first, err1 := strconv.ParseInt(a, 10, 64)
-	last, err2 := strconv.ParseInt(b, 10, 64)
-	return err1 == nil && err2 == nil && first <= off && off <= last
-}
 
 // checkSums opens uri in a C client and checks that what it reads, through
 // filemap_read_at and by touching the mapping, is data.
@@ -96,17 +49,17 @@ func checkSums(t *testing.T, c interface {
 // libfilemap.a.
 func TestObjectBytes(t *testing.T) {
 	built(t) // before starting an S3 server for nothing
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("file", func(t *testing.T) {
 		d := serve(t, nil)
 		checkSums(t, driveOn(t, d), path, data)
 		checkSums(t, driveOn(t, d), "file://"+path, data)
 		dir, _ := built(t)
-		checkSums(t, drive(t, "static", dir, "FILEMAP_SOCKET="+d.sock), path, data)
+		checkSums(t, drive(t, "static", dir, "FILEMAP_SOCKET="+d.Sock), path, data)
 	})
 	t.Run("http", func(t *testing.T) {
 		d := serve(t, nil)
-		checkSums(t, driveOn(t, d), serveHTTP(t, data, nil), data)
+		checkSums(t, driveOn(t, d), faultyhttp.Start(t, data).URL, data)
 	})
 	t.Run("s3", func(t *testing.T) {
 		srv := gw.Server(t)
@@ -122,13 +75,13 @@ func TestObjectBytes(t *testing.T) {
 // raise SIGBUS; the process lives, its neighbours read, and once the server
 // serves it again the page reads too: the failure is not sticky.
 func TestReadAtFailingPage(t *testing.T) {
-	_, data := testFile(t, objectSize)
-	var bad atomic.Int64
+	_, data := pattern.TempFile(t, objectSize)
 	// The handler fetches 64 KiB chunks, and fails the whole chunk that
 	// holds badOff, whose first page it is.
 	const badOff = 3<<20 + 64<<10
-	bad.Store(badOff)
-	uri := serveHTTP(t, data, &bad)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(badOff, faultyhttp.Status500)
+	uri := srv.URL
 	// No retries: the failure comes at once.
 	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	c := driveOn(t, d)
@@ -147,7 +100,7 @@ func TestReadAtFailingPage(t *testing.T) {
 	if got, want := c.OK("read %s %d 4096", id, neighbour), "4096 "+fnvSum(data[neighbour:neighbour+4096]); got != want {
 		t.Errorf("read of a page 128 KiB away: %q, want %q", got, want)
 	}
-	bad.Store(-1)
+	srv.Fail(-1, faultyhttp.Status500)
 	if got, want := c.OK("read %s %d 8192", id, badOff-100), "8192 "+fnvSum(data[badOff-100:badOff-100+8192]); got != want {
 		t.Errorf("read across the page once the server serves it: %q, want %q", got, want)
 	}

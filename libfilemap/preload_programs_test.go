@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/filemap/filemap/internal/pattern"
 )
 
 // npyFile is a .npy file of n little-endian uint64 words of the test
@@ -19,7 +21,7 @@ import (
 // uint64: modulo 2^64) and the SHA-256 of its data.
 func npyFile(t *testing.T, n int) (file []byte, sum uint64, sha string) {
 	t.Helper()
-	_, words := testFile(t, int64(8*n))
+	_, words := pattern.TempFile(t, int64(8*n))
 	header := fmt.Sprintf("{'descr': '<u8', 'fortran_order': False, 'shape': (%d,), }", n)
 	pad := 64 - (10+len(header)+1)%64
 	header += strings.Repeat(" ", pad%64) + "\n"
@@ -90,7 +92,7 @@ if __name__ == "__main__":
 func TestPreloadForkMemmap(t *testing.T) {
 	needPtrace(t)
 	py := debianPython(t)
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	var want []string
 	for i := 0; i < 4; i++ {
 		h := sha256.Sum256(data[len(data)*i/4 : len(data)*(i+1)/4])
@@ -142,8 +144,8 @@ func TestPreloadSQLite(t *testing.T) {
 // executable $FILEMAP_EXECUTABLE names), which serves the program's reads.
 func TestPreloadPrivateHandler(t *testing.T) {
 	_, bin := built(t)
-	_, data := testFile(t, objectSize)
-	host := httpServer(t, map[string][]byte{"object.bin": data}, nil)
+	_, data := pattern.TempFile(t, objectSize)
+	host := httpServer(t, map[string][]byte{"object.bin": data})
 	env := shimEnv(t, "FILEMAP_EXECUTABLE="+bin)
 	sum := sha256.Sum256(data)
 	path := "http://" + host + "/object.bin"
@@ -160,7 +162,7 @@ func TestPreloadPrivateHandler(t *testing.T) {
 // the directory and read it back, and list the directory. With no handler
 // to be had, a file there still reads, from the kernel.
 func TestPreloadLocalDirs(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	dir, abs := preloadFile(t, "abs.bin", data)
 	if err := os.WriteFile(filepath.Join(dir, "rel.bin"), data[:5000], 0o644); err != nil {
 		t.Fatal(err)
@@ -215,7 +217,7 @@ print(os.read(0, 5).decode(), head == f.read(0) + head, len(f.read()))
 // reads the object.
 func TestPreloadSubprocess(t *testing.T) {
 	py := debianPython(t)
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	cmd := exec.Command(py, "-c", subprocessScript, path)
 	cmd.Env = env
@@ -239,7 +241,7 @@ shutil.copyfile(sys.argv[1], sys.argv[2])  # sendfile(2) first, then read(2) and
 // (EBADF), and falls back to reading: the copy is the object's bytes.
 func TestPreloadCopyfile(t *testing.T) {
 	py := needTool(t, "python3")
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	out := filepath.Join(t.TempDir(), "copy.bin")
 	mustRun(t, env, py, "-c", copyScript, path, out)

@@ -6,19 +6,18 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/filemap/filemap/internal/child"
+	"github.com/filemap/filemap/internal/clitest"
+	"github.com/filemap/filemap/internal/faultyhttp"
+	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 )
 
 // TestPreloadCoreutils runs coreutils under the shim on a local file, an
@@ -32,7 +31,7 @@ func TestPreloadCoreutils(t *testing.T) {
 	for _, tool := range []string{"sha256sum", "cat", "cp", "dd", "tail", "cmp", "sh"} {
 		needTool(t, tool)
 	}
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	eachObject(t, "object.bin", data, func(t *testing.T, o shimObject, env []string) {
 		sum := sha256.Sum256(data)
 		if n := cachedNames(t, o.d); len(n) != 0 {
@@ -75,9 +74,9 @@ func TestPreloadCoreutils(t *testing.T) {
 
 // remoteObject serves data as an HTTP object, with a `filemap serve` for
 // the programs, and returns the path they open it by.
-func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daemon) {
+func remoteObject(t *testing.T, data []byte) (path string, env []string, d *clitest.Daemon) {
 	t.Helper()
-	host := httpServer(t, map[string][]byte{"object.bin": data}, nil)
+	host := httpServer(t, map[string][]byte{"object.bin": data})
 	d = serve(t, nil)
 	return "/filemap/http/" + host + "/object.bin", onSocket(t, d), d
 }
@@ -94,7 +93,7 @@ func remoteObject(t *testing.T, data []byte) (path string, env []string, d *daem
 // realpath(3) is the path itself. The
 // program is built plain and with _FORTIFY_SOURCE (__open_2, __read_chk).
 func TestPreloadDescriptors(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	size := fmt.Sprint(len(data))
 	want := map[string]string{
@@ -135,7 +134,7 @@ func TestPreloadDescriptors(t *testing.T) {
 // mapping survives the unmapping of the rest; a mapping past the end is
 // made.
 func TestPreloadMappings(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	dofork := "0 0"
 	if !canPtrace(t) {
@@ -157,7 +156,7 @@ func TestPreloadMappings(t *testing.T) {
 // fstat answers for; fseeko and ftello move; fdopen of the shim's
 // descriptor reads; freopen onto stdin reads every byte.
 func TestPreloadStdio(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	size, sum := fmt.Sprint(len(data)), fnvSum(data)
 	wantLines(t, "stdio", probe(t, env, "stdio", path), map[string]string{
@@ -175,7 +174,7 @@ func TestPreloadStdio(t *testing.T) {
 // (ENXIO), as /dev/stdin and freopen(NULL, ...) do; the shim's own read
 // reads.
 func TestPreloadNeverZeros(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	ebadf := errnoLine(syscall.EBADF)
 	wantLines(t, "nozeros", probe(t, env, "nozeros", path), map[string]string{
@@ -281,9 +280,9 @@ func statOf(t *testing.T, what string, raw json.RawMessage) statFields {
 // and not a missing one.
 // With a local "http:" directory, the normalised form is a local path.
 func TestPreloadStat(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	other := bytes.Repeat([]byte("x"), 5000)
-	host := httpServer(t, map[string][]byte{"object.bin": data, "other.bin": other}, nil)
+	host := httpServer(t, map[string][]byte{"object.bin": data, "other.bin": other})
 	d := serve(t, nil)
 	env := onSocket(t, d)
 	forms := []string{"/filemap/http/" + host + "/object.bin", "http://" + host + "/object.bin", "http:/" + host + "/object.bin"}
@@ -385,12 +384,12 @@ except OSError as e:
 // page 128 KiB away reads; once the server serves it again, the whole
 // object reads: the failure is not sticky.
 func TestPreloadFailingPage(t *testing.T) {
-	_, data := testFile(t, objectSize)
-	var bad atomic.Int64
+	_, data := pattern.TempFile(t, objectSize)
 	// The handler fetches 64 KiB chunks; the chunk holding badOff fails.
 	const badOff = 3<<20 + 64<<10
-	bad.Store(badOff)
-	host := httpServer(t, map[string][]byte{"object.bin": data}, &bad)
+	srv := faultyhttp.Start(t, data)
+	srv.Fail(badOff, faultyhttp.Status500)
+	host := srv.Host
 	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	env := onSocket(t, d)
 	path := "/filemap/http/" + host + "/object.bin"
@@ -429,7 +428,7 @@ func TestPreloadFailingPage(t *testing.T) {
 		}
 	}
 
-	bad.Store(-1)
+	srv.Fail(-1, faultyhttp.Status500)
 	wantLines(t, "readall once the server serves the page", probe(t, env, "readall", path, "100000"), map[string]string{
 		"bytes": fmt.Sprint(len(data)), "errno": "0", "sum": fnvSum(data),
 	})
@@ -443,7 +442,7 @@ func TestPreloadFailingPage(t *testing.T) {
 // shim gets EBADF from read(2) of the inherited descriptor, and ENXIO
 // from opening it again by /proc/self/fd, never bytes; fstat(2) answers.
 func TestPreloadThreadsForkExec(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	size, sum := fmt.Sprint(len(data)), fnvSum(data)
 	wantLines(t, "threads", probe(t, env, "threads", path, "4"), map[string]string{
@@ -479,7 +478,7 @@ func TestPreloadCost(t *testing.T) {
 		t.Errorf("cat of an ordinary file under the shim, with no handler to be had: %q", got)
 	}
 
-	_, data := testFile(t, 1<<20)
+	_, data := pattern.TempFile(t, 1<<20)
 	path, env, _ := remoteObject(t, data)
 	if got := probe(t, env, "cost", path)["after"]; !strings.HasPrefix(got, "threads 1 sigbus_default 0 children 0 ") {
 		t.Errorf("after opening %s: %q; want one thread, the shim's SIGBUS handler, no child", path, got)
@@ -494,10 +493,10 @@ func TestPreloadCost(t *testing.T) {
 // store reads.
 type faultCounts struct{ major, minor, marker, storeReads int64 }
 
-func faultsOf(t *testing.T, d *daemon) faultCounts {
+func faultsOf(t *testing.T, d *clitest.Daemon) faultCounts {
 	t.Helper()
 	_, bin := built(t)
-	out, err := exec.Command(bin, "stat", "--json", "--socket", d.sock).Output()
+	out, err := exec.Command(bin, "stat", "--json", "--socket", d.Sock).Output()
 	if err != nil {
 		t.Fatalf("filemap stat: %v", err)
 	}
@@ -528,7 +527,7 @@ func (a faultCounts) minus(b faultCounts) faultCounts {
 // random faults, takes about a thousand); read again, with the cache
 // warm, it takes no fault and no store read.
 func TestPreloadReadahead(t *testing.T) {
-	_, data := testFile(t, 64<<20)
+	_, data := pattern.TempFile(t, 64<<20)
 	dir, path := preloadFile(t, "stream.bin", data)
 	d := serve(t, nil)
 	env := onSocket(t, d, "FILEMAP_PRELOAD_DIRS="+dir)
@@ -554,7 +553,7 @@ func TestPreloadReadahead(t *testing.T) {
 // the object again for it. MADV_DOFORK of such a mapping is refused.
 func TestPreloadForkWithoutPtrace(t *testing.T) {
 	setpriv := needTool(t, "setpriv")
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	path, env, _ := remoteObject(t, data)
 	dir, _ := built(t)
 	out := mustRun(t, env, setpriv, "--bounding-set", "-sys_ptrace", filepath.Join(dir, "tests", "preload-probe"), "forkread", path)
@@ -573,40 +572,26 @@ func TestPreloadForkWithoutPtrace(t *testing.T) {
 // that thread, which the child does not have, and reads once the page
 // comes, as the parent's thread does.
 func TestPreloadForkDuringRead(t *testing.T) {
-	_, data := testFile(t, objectSize)
+	_, data := pattern.TempFile(t, objectSize)
 	const held = 5 << 20
-	arrived, release := make(chan struct{}, 16), make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if coversByte(r.Header.Get("Range"), held) {
-			arrived <- struct{}{}
-			<-release
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "object.bin", time.Now(), bytes.NewReader(data))
-	}))
-	t.Cleanup(srv.Close)
-	var once sync.Once
-	open := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(open)
+	srv := faultyhttp.Start(t, data)
+	srv.Hold(held)
 	d := serve(t, nil, "--remote-chunk", "64K", "--remote-max-request", "64K")
 	dir, _ := built(t)
 	cmd := exec.Command(filepath.Join(dir, "tests", "preload-probe"), "forklock",
-		"/filemap/http/"+strings.TrimPrefix(srv.URL, "http://")+"/object.bin", fmt.Sprint(held))
+		"/filemap/http/"+srv.Host+"/object.bin", fmt.Sprint(held))
 	cmd.Env = onSocket(t, d)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	c := child.StartT(t, cmd, "probe forklock")
 	// A child stuck on a lock holds the output pipe open: kill the group.
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	select {
-	case <-arrived: // the thread is in read(2), waiting for the page
-	case <-time.After(child.Timeout):
-		t.Fatal("the reading thread's page was never asked for")
-	}
+	// Then the thread is in read(2), waiting for the page.
+	testutil.WaitFor(t, "the reading thread's page to be asked for", func() bool { return srv.Held() > 0 })
 	c.Send("fork")
 	if l, ok := c.Reply(child.Timeout); !ok || l != "forked" {
 		t.Fatalf("fork: %q", l)
 	}
-	open()
+	srv.Release()
 	got := map[string]string{}
 	for len(got) < 3 {
 		l, ok := c.Reply(child.Timeout)

@@ -99,7 +99,7 @@ func removeStale(path string) error {
 		return err
 	}
 	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("the path is %s, not a socket; refusing to replace it: remove it yourself, or choose another socket path", fileKind(fi.Mode()))
+		return fmt.Errorf("the path is %s, not a socket; refusing to replace it: remove it yourself, or choose another socket path", FileKind(fi.Mode()))
 	}
 	c, err := net.Dial("unix", path)
 	switch {
@@ -117,8 +117,9 @@ func removeStale(path string) error {
 	return nil
 }
 
-// fileKind names the kind of file of mode m, for an error message.
-func fileKind(m fs.FileMode) string {
+// FileKind names the kind of file of mode m, for an error message about
+// a socket's path: a regular file, a directory, ...
+func FileKind(m fs.FileMode) string {
 	switch m.Type() {
 	case 0:
 		return "a regular file"

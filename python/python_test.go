@@ -2,31 +2,27 @@ package python
 
 import (
 	"archive/zip"
-	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/clitest"
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/s3test"
-	"github.com/filemap/filemap/internal/syncbuf"
 )
 
 // The tests install the module as its README says, `pip install ./python`,
@@ -99,8 +95,7 @@ func installAll() (dir, python, bin string, err error) {
 		return dir, "", "", err
 	}
 	bin = filepath.Join(dir, "bin", "filemap")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if err := run(exec.Command(goTool, "build", "-o", bin, "../cmd/filemap")); err != nil {
+	if err := clitest.Build(bin); err != nil {
 		return dir, "", "", err
 	}
 	return dir, python, bin, nil
@@ -219,75 +214,28 @@ func privateHandler(t *testing.T) []string {
 	return []string{"FILEMAP_EXECUTABLE=" + bin}
 }
 
-// testFile writes a file of size bytes whose every word says where it is.
-func testFile(t *testing.T, size int64) (string, []byte) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "object.bin")
-	pattern.WriteFile(t, path, size)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, b
-}
-
 // httpObject serves data at /object.bin with ranges and an ETag, as a real
-// server does, with failures and waits a test controls by offset: a request
-// for a range that holds the byte at fail gets 500 until /heal is fetched,
-// and one for a range that holds the byte at gate waits until /open is
+// server does, with failures and waits the Python tests control over HTTP:
+// once the test has called srv.Fail, a request for a range that holds the
+// failing byte gets 500 until /heal is fetched, and once it has called
+// srv.Hold, one for a range that holds the held byte waits until /open is
 // fetched (/waiting answers how many do).
 type httpObject struct {
-	url     string // of the server
-	fail    atomic.Int64
-	gate    atomic.Int64
-	opened  chan struct{}
-	open    sync.Once
-	waiting atomic.Int64
+	srv     *faultyhttp.Server
+	control string // the URL of the server of /heal, /open and /waiting, which has no object
 }
 
 func serveHTTP(t *testing.T, data []byte) *httpObject {
 	t.Helper()
-	o := &httpObject{opened: make(chan struct{})}
-	o.fail.Store(-1)
-	o.gate.Store(-1)
-	mod := time.Now()
+	o := &httpObject{srv: faultyhttp.Start(t, data)}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/object.bin", func(w http.ResponseWriter, r *http.Request) {
-		rng := r.Header.Get("Range")
-		if off := o.fail.Load(); off >= 0 && coversByte(rng, off) {
-			http.Error(w, "injected failure", http.StatusInternalServerError)
-			return
-		}
-		if off := o.gate.Load(); off >= 0 && coversByte(rng, off) {
-			o.waiting.Add(1)
-			<-o.opened
-			o.waiting.Add(-1)
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "object.bin", mod, bytes.NewReader(data))
-	})
-	mux.HandleFunc("/heal", func(w http.ResponseWriter, r *http.Request) { o.fail.Store(-1) })
-	mux.HandleFunc("/open", func(w http.ResponseWriter, r *http.Request) { o.open.Do(func() { close(o.opened) }) })
-	mux.HandleFunc("/waiting", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, o.waiting.Load())
-	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	// First, so that Close waits for no request held at the gate.
-	t.Cleanup(func() { o.open.Do(func() { close(o.opened) }) })
-	o.url = srv.URL
+	mux.HandleFunc("/heal", func(w http.ResponseWriter, r *http.Request) { o.srv.Fail(-1, faultyhttp.Status500) })
+	mux.HandleFunc("/open", func(w http.ResponseWriter, r *http.Request) { o.srv.Release() })
+	mux.HandleFunc("/waiting", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, o.srv.Held()) })
+	control := httptest.NewServer(mux)
+	t.Cleanup(control.Close)
+	o.control = control.URL
 	return o
-}
-
-// coversByte says whether a "bytes=A-B" range holds byte off.
-func coversByte(rng string, off int64) bool {
-	a, b, ok := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
-	if !ok {
-		return false
-	}
-	first, err1 := strconv.ParseInt(a, 10, 64)
-	last, err2 := strconv.ParseInt(b, 10, 64)
-	return err1 == nil && err2 == nil && first <= off && off <= last
 }
 
 // serve starts `filemap serve` on a socket of its own, with args after its
@@ -295,37 +243,7 @@ func coversByte(rng string, off int64) bool {
 func serve(t *testing.T, args ...string) string {
 	t.Helper()
 	_, bin := installed(t)
-	sock := filepath.Join(t.TempDir(), "filemap.sock")
-	log := new(syncbuf.Buffer)
-	cmd := exec.Command(bin, append([]string{"serve", "--socket", sock, "--keep=false", "--retry-backoff", "1ms"}, args...)...)
-	cmd.Env = cleanEnv()
-	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("filemap serve log:\n%s", log.String())
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return sock
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("filemap serve did not listen on %s within 30s:\n%s", sock, log.String())
-		}
-	}
+	return clitest.Serve(t, bin, filepath.Join(t.TempDir(), "filemap.sock"), cleanEnv(), args...).Sock
 }
 
 // TestBytes maps a local file (as a path and as a file:// URI), an HTTP
@@ -336,7 +254,7 @@ func serve(t *testing.T, args ...string) string {
 // writes no other mapping sees (tests/test_bytes.py); and an empty file
 // maps as no bytes.
 func TestBytes(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("file", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path), "test_bytes")
 	})
@@ -345,7 +263,7 @@ func TestBytes(t *testing.T) {
 	})
 	t.Run("http", func(t *testing.T) {
 		o := serveHTTP(t, data)
-		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+o.url+"/object.bin", "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
+		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+o.srv.URL, "FILEMAP_TEST_DATA="+path), "test_bytes.Bytes")
 	})
 	t.Run("s3", func(t *testing.T) {
 		srv := gw.Server(t)
@@ -364,7 +282,7 @@ func TestBytes(t *testing.T) {
 // its neighbours read, and once the server serves it again it reads; and a
 // URL's password shows in no error.
 func TestErrors(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("open", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_DATA="+path), "test_errors.Open")
 	})
@@ -373,13 +291,13 @@ func TestErrors(t *testing.T) {
 		// The handler fetches 64 KiB chunks, and fails the whole chunk that
 		// holds bad, whose first page it is; with no retries, at once.
 		const bad = 3<<20 + 64<<10
-		o.fail.Store(bad)
+		o.srv.Fail(bad, faultyhttp.Status500)
 		sock := serve(t, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 		const password = "hunter2-python-secret"
-		secret := strings.Replace(o.url, "http://", "http://user:"+password+"@", 1) + "/missing.bin"
+		secret := strings.Replace(o.control, "http://", "http://user:"+password+"@", 1) + "/missing.bin"
 		unittest(t, []string{
-			"FILEMAP_TEST_URI=" + o.url + "/object.bin", "FILEMAP_TEST_DATA=" + path, "FILEMAP_TEST_SOCKET=" + sock,
-			"FILEMAP_TEST_BAD_OFFSET=" + strconv.Itoa(bad), "FILEMAP_TEST_HEAL=" + o.url + "/heal",
+			"FILEMAP_TEST_URI=" + o.srv.URL, "FILEMAP_TEST_DATA=" + path, "FILEMAP_TEST_SOCKET=" + sock,
+			"FILEMAP_TEST_BAD_OFFSET=" + strconv.Itoa(bad), "FILEMAP_TEST_HEAL=" + o.control + "/heal",
 			"FILEMAP_TEST_SECRET_URI=" + secret, "FILEMAP_TEST_PASSWORD=" + password,
 		}, "test_errors.FailingPage")
 	})
@@ -392,18 +310,18 @@ func TestErrors(t *testing.T) {
 // close while another thread's read waits for the store leaves the mapping
 // to that read, which returns the object's bytes.
 func TestClose(t *testing.T) {
-	path, data := testFile(t, objectSize)
+	path, data := pattern.TempFile(t, objectSize)
 	t.Run("close", func(t *testing.T) {
 		unittest(t, append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path), "test_close.Close")
 	})
 	t.Run("during-read", func(t *testing.T) {
 		o := serveHTTP(t, data)
 		const gate = 5<<20 + 8192
-		o.gate.Store(gate)
+		o.srv.Hold(gate)
 		unittest(t, append(privateHandler(t),
-			"FILEMAP_TEST_URI="+o.url+"/object.bin", "FILEMAP_TEST_DATA="+path,
-			"FILEMAP_TEST_GATE_OFFSET="+strconv.Itoa(gate), "FILEMAP_TEST_GATE_OPEN="+o.url+"/open",
-			"FILEMAP_TEST_GATE_WAITING="+o.url+"/waiting",
+			"FILEMAP_TEST_URI="+o.srv.URL, "FILEMAP_TEST_DATA="+path,
+			"FILEMAP_TEST_GATE_OFFSET="+strconv.Itoa(gate), "FILEMAP_TEST_GATE_OPEN="+o.control+"/open",
+			"FILEMAP_TEST_GATE_WAITING="+o.control+"/waiting",
 		), "test_close.CloseDuringRead")
 	})
 }
@@ -421,7 +339,7 @@ func TestFork(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root: the kernel serves a fork child's faults only with CAP_SYS_PTRACE, and the test drops it with setpriv")
 	}
-	path, _ := testFile(t, objectSize)
+	path, _ := pattern.TempFile(t, objectSize)
 	env := append(privateHandler(t), "FILEMAP_TEST_URI="+path, "FILEMAP_TEST_DATA="+path)
 	t.Run("inherited", func(t *testing.T) {
 		unittest(t, env, "test_fork.Fork")
@@ -441,7 +359,7 @@ func TestFork(t *testing.T) {
 // executable in the installed package's directory is found and serves.
 func TestExecutable(t *testing.T) {
 	python, bin := installed(t)
-	path, _ := testFile(t, 1<<20+1)
+	path, _ := pattern.TempFile(t, 1<<20+1)
 	env := []string{"PATH=" + t.TempDir(), "FILEMAP_TEST_DATA=" + path} // a PATH with no filemap
 	t.Run("missing", func(t *testing.T) {
 		unittest(t, env, "test_executable.Executable.test_missing")

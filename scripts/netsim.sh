@@ -24,47 +24,15 @@
 # TOXIPROXY_VERSION overrides the version. up needs versitygw too
 # (scripts/versitygw.sh install).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/goinstall.sh"
 
 module=github.com/Shopify/toxiproxy/v2
 version=${TOXIPROXY_VERSION:-v2.5.0}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${XDG_RUNTIME_DIR:-/tmp}/filemap-netsim
 
-bindir() {
-	local gobin
-	gobin=$(go env GOBIN)
-	if [ -n "$gobin" ]; then
-		echo "$gobin"
-	else
-		echo "$(go env GOPATH | cut -d: -f1)/bin"
-	fi
-}
-
-# installed_version prints the module version a binary was built from.
-installed_version() {
-	go version -m "$1" 2>/dev/null | awk -v m="$module" '$1 == "mod" && $2 == m { print $3 }'
-}
-
 install() {
-	local bin tmp
-	bin="$(bindir)/toxiproxy-server"
-	if [ -x "$bin" ] && [ "$(installed_version "$bin")" = "$version" ]; then
-		echo "$bin"
-		return
-	fi
-	echo "building $module/cmd/server@$version (half a minute)..." >&2
-	tmp=$(mktemp -d)
-	trap 'rm -rf "$tmp"' RETURN
-	# Outside any module, so that this repository's go.mod plays no part;
-	# into a directory of its own, since go install calls it "server".
-	(cd / && GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "$module/cmd/server@$version")
-	mkdir -p "$(dirname "$bin")"
-	mv "$tmp/server" "$bin"
-	if [ "$(installed_version "$bin")" != "$version" ]; then
-		echo "netsim.sh: $bin is not $module@$version after go install" >&2
-		exit 1
-	fi
-	echo "$bin"
+	install_command "$module" "$module/cmd/server" "$version" "$(gobin)/toxiproxy-server" "half a minute"
 }
 
 need_root() {

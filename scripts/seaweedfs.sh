@@ -22,6 +22,7 @@
 # minutes on a 2-core machine; a build of the right version is kept (weed
 # version shows it). SEAWEEDFS_VERSION overrides the version.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/goinstall.sh"
 
 module=github.com/seaweedfs/seaweedfs
 version=${SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}
@@ -39,16 +40,6 @@ volume_ports=(8081 8082 8083)
 filer_port=8888
 s3_port=8333
 
-bindir() {
-	local gobin
-	gobin=$(go env GOBIN)
-	if [ -n "$gobin" ]; then
-		echo "$gobin"
-	else
-		echo "$(go env GOPATH | cut -d: -f1)/bin"
-	fi
-}
-
 # is_version says whether a weed binary was stamped with the version at
 # install: `weed version` shows it among other words.
 is_version() {
@@ -57,7 +48,7 @@ is_version() {
 
 install() {
 	local bin dir
-	bin="$(bindir)/weed"
+	bin="$(gobin)/weed"
 	if [ -x "$bin" ] && is_version "$bin"; then
 		echo "$bin"
 		return
@@ -69,7 +60,7 @@ install() {
 		echo "seaweedfs.sh: go mod download $module@$version gave no directory" >&2
 		exit 1
 	fi
-	mkdir -p "$(bindir)"
+	mkdir -p "$(gobin)"
 	(cd "$dir" && GOFLAGS=-buildvcs=false go build \
 		-ldflags "-X $module/weed/util/version.COMMIT=$version" -o "$bin.tmp" ./weed)
 	mv "$bin.tmp" "$bin"
@@ -81,13 +72,7 @@ install() {
 }
 
 path() {
-	local bin
-	bin="$(bindir)/weed"
-	if [ ! -x "$bin" ]; then
-		echo "seaweedfs.sh: $bin not found: run $0 install" >&2
-		exit 1
-	fi
-	echo "$bin"
+	installed_path "$(gobin)/weed"
 }
 
 # s3_config writes the gateway's identities: one, with every right.

@@ -15,6 +15,7 @@
 # it. Building takes a minute or two on a 2-core machine; an install at the
 # right version is kept. VERSITYGW_VERSION overrides the version.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/goinstall.sh"
 
 module=github.com/versity/versitygw
 version=${VERSITYGW_VERSION:-v1.8.0}
@@ -24,48 +25,12 @@ access=filemap-test-access
 secret=filemap-test-secret-key
 region=us-east-1
 
-bindir() {
-	local gobin
-	gobin=$(go env GOBIN)
-	if [ -n "$gobin" ]; then
-		echo "$gobin"
-	else
-		echo "$(go env GOPATH | cut -d: -f1)/bin"
-	fi
-}
-
-# installed_version prints the module version a binary was built from: a
-# binary from go install reports "git" to --version, but carries its
-# module's version in its build information.
-installed_version() {
-	go version -m "$1" 2>/dev/null | awk -v m="$module" '$1 == "mod" && $2 == m { print $3 }'
-}
-
 install() {
-	local bin
-	bin="$(bindir)/versitygw"
-	if [ -x "$bin" ] && [ "$(installed_version "$bin")" = "$version" ]; then
-		echo "$bin"
-		return
-	fi
-	echo "building $module/cmd/versitygw@$version (a minute or two)..." >&2
-	# Outside any module, so that this repository's go.mod plays no part.
-	(cd / && GOFLAGS=-buildvcs=false go install "$module/cmd/versitygw@$version")
-	if [ "$(installed_version "$bin")" != "$version" ]; then
-		echo "versitygw.sh: $bin is not $module@$version after go install" >&2
-		exit 1
-	fi
-	echo "$bin"
+	install_command "$module" "$module/cmd/versitygw" "$version" "$(gobin)/versitygw" "a minute or two"
 }
 
 path() {
-	local bin
-	bin="$(bindir)/versitygw"
-	if [ ! -x "$bin" ]; then
-		echo "versitygw.sh: $bin not found: run $0 install" >&2
-		exit 1
-	fi
-	echo "$bin"
+	installed_path "$(gobin)/versitygw"
 }
 
 serve() {

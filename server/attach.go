@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/filemap/filemap/fault"
 	"github.com/filemap/filemap/pagecache"
@@ -21,11 +22,13 @@ const ps = pagecache.PageSize
 type attachment struct {
 	id       uint64
 	ss       *session
-	obj      *cachedObject   // the object its regions map; nil for a FORK child's
+	obj      *cachedObject   // the object its regions map
 	held     []*cachedObject // the objects its regions map, kept from going idle until it closes
 	file     *os.File        // owns the fd; waits for it to be readable
 	u        *uffd.UFFD
 	features uint64
+	forked   bool        // a fork(2) child's: the daemon holds the only descriptor of its uffd (fork.go)
+	kept     atomic.Bool // in the keeper (keep.go)
 
 	mu      sync.Mutex
 	regions []*fault.Region // protected by mu
@@ -195,35 +198,6 @@ func (a *attachment) dispatch(m *uffd.Msg) {
 	}
 }
 
-// fork serves a child made by fork(2): the same regions, through the uffd
-// the kernel installed in our fd table for the child's mm.
-func (a *attachment) fork(fd int) {
-	child, err := adopt(a.ss, fd, a.features)
-	if err != nil {
-		a.ss.log.Error("cannot serve a forked child", "region", a.id, "err", err)
-		return
-	}
-	a.mu.Lock()
-	for _, r := range a.regions {
-		c := &fault.Region{File: r.File, Addr: r.Addr, PgOff: r.PgOff, NPages: r.NPages, Target: child.u}
-		c.SetAdvice(r.Advice())
-		child.regions = append(child.regions, c)
-	}
-	a.mu.Unlock()
-	a.ss.client.addRegion() // counted, never refused: the child's faults must be served
-	if !a.ss.addAttachment(child) {
-		a.ss.client.releaseRegion()
-		child.file.Close()
-		return
-	}
-	// a cannot close before this message is handled (reader.go): its
-	// objects are held still.
-	for _, o := range a.held {
-		child.hold(o)
-	}
-	child.serve()
-}
-
 // remap follows mremap(2): the part of any region inside [from, from+n)
 // now lives at to.
 func (a *attachment) remap(from, to, n uintptr) {
@@ -236,7 +210,9 @@ func (a *attachment) remap(from, to, n uintptr) {
 // unmap follows munmap(2): the part of any region inside [start, end) is gone.
 func (a *attachment) unmap(start, end uintptr) {
 	a.edit(start, end, func(*fault.Region) *fault.Region { return nil })
-	a.keep()
+	if !a.unmapped() {
+		a.keep()
+	}
 }
 
 // edit splits every region at start and end and replaces each piece inside
@@ -274,13 +250,17 @@ func (a *attachment) clone(r *fault.Region, addr uintptr, pgoff, npages int64) *
 // close stops serving: the readers stop, the faults in progress finish (so
 // no ioctl can land on a recycled fd number), then the fd is closed. The
 // client keeps its own copy of the uffd, so a fault still pending stalls
-// instead of reading zeros.
+// instead of reading zeros. A fork child has no copy: its pages are
+// poisoned first, unless the keeper keeps its uffd for the next daemon.
 func (a *attachment) close() {
 	a.once.Do(func() {
 		close(a.stop)
 		a.unkeep()
 		a.ss.s.readers.remove(a, false)
 		a.ops.Wait()
+		if a.forked && !a.keptForSuccessor() {
+			a.poison()
+		}
 		a.file.Close()
 		a.ss.client.releaseRegion()
 		for _, o := range a.held {

@@ -44,7 +44,7 @@
 // by mu"); a function that must be called with a lock held ends in Locked.
 //
 //	attachment.readMu          a uffd's next message, from its read until an event in it is applied (reader.go)
-//	  Server.mu                the objects, idle caches, sessions, orphans, keeper and listeners
+//	  Server.mu                the objects, idle caches, sessions, orphans, fork children, keeper and listeners
 //	    session.mu             a session's handles and attachments
 //	      attachment.mu        an attachment's regions
 //	    clientTable.mu         the table of client accounts (limits.go)

@@ -2,7 +2,8 @@ package server
 
 // Surviving the daemon's death. Every attached region is kept in a keeper
 // process (internal/fdstore): its userfaultfd, the cache file it maps, the
-// object's file, and what the daemon knows of it. A daemon started on the
+// object's file, and what the daemon knows of it; a fork child's too
+// (fork.go). A daemon started on the
 // same socket after a crash, or taking over from a running one, takes them
 // all, adopts the cache files (pagecache.Adopt), serves the regions as
 // orphans, and wakes them: the faults that waited through the outage run
@@ -10,6 +11,7 @@ package server
 // client whose threads wait in faults cannot: its garbage collector waits
 // for them. When a client reconnects it resumes its regions (TResume), and
 // they are its session's again; an orphan whose process exits is dropped.
+// A fork child's region is served in a session of its own, as before.
 
 import (
 	"context"
@@ -38,6 +40,11 @@ type keptRegion struct {
 	Private  bool        `json:"private,omitempty"` // a cache a client handed back: it stays private (adopt)
 	Features uint64      `json:"features"`
 	Ranges   []keptRange `json:"ranges"`
+	// Fork marks a fork(2) child's region, whose process the daemon cannot
+	// name: Parent is the client it forked from, whose account it counts
+	// in (fork.go).
+	Fork   bool  `json:"fork,omitempty"`
+	Parent int32 `json:"parent,omitempty"`
 }
 
 type keptRange struct {
@@ -99,13 +106,11 @@ func (s *Server) Forget() {
 }
 
 // keep puts the attachment in the keeper: from now on it outlives the
-// daemon. A FORK child's attachment is not kept (it has no object of its
-// own here, and no client that could resume it).
+// daemon. An entry's process is the client's; a fork child's the daemon
+// cannot name, so the keeper asks the child's uffd instead whether the
+// child's memory is still there (fdstore.Entry.Probe).
 func (a *attachment) keep() {
 	s, o := a.ss.s, a.obj
-	if o == nil {
-		return
-	}
 	s.mu.Lock() // o.uri and o.localFile are set under it, by the session that opens o
 	k, uri, file := s.keeper, o.uri, o.localFile
 	s.mu.Unlock()
@@ -119,14 +124,24 @@ func (a *attachment) keep() {
 		d.Ranges = append(d.Ranges, keptRange{Addr: uint64(r.Addr), PgOff: r.PgOff, NPages: r.NPages, Advice: r.Advice().String()})
 	}
 	a.mu.Unlock()
-	files := []*os.File{a.file, o.file.Cache.File()}
+	e := fdstore.Entry{ID: a.id, Pid: int(a.ss.cred.Pid)}
+	if a.forked {
+		if len(d.Ranges) == 0 {
+			return // the child unmapped it all: it is ending
+		}
+		d.Fork, d.Parent = true, a.ss.cred.Pid
+		e.Pid, e.Probe = 0, d.Ranges[0].Addr
+	}
+	e.Files = []*os.File{a.file, o.file.Cache.File()}
 	if file != nil {
-		files = append(files, file)
+		e.Files = append(e.Files, file)
 	}
-	desc, _ := json.Marshal(d)
-	if err := k.Put(fdstore.Entry{ID: a.id, Pid: int(a.ss.cred.Pid), Desc: desc, Files: files}); err != nil {
+	e.Desc, _ = json.Marshal(d)
+	if err := k.Put(e); err != nil {
 		s.log.Error("the keeper lost a region: it will not survive a crash of this daemon", "region", a.id, "err", err)
+		return
 	}
+	a.kept.Store(true)
 }
 
 // unkeep drops the attachment from the keeper, unless the daemon is
@@ -136,13 +151,24 @@ func (a *attachment) unkeep() {
 	s.mu.Lock()
 	k, closing := s.keeper, s.closed
 	s.mu.Unlock()
-	if k != nil && a.obj != nil && !closing {
+	if k != nil && a.kept.Load() && !closing {
 		k.Delete(a.id)
+		a.kept.Store(false)
 	}
 }
 
-// restore serves a region the previous daemon left, as an orphan of its
-// client process until that process resumes it.
+// keptForSuccessor reports whether the keeper holds a for the next daemon:
+// this one is closing, a is in its keeper, and the keeper runs.
+func (a *attachment) keptForSuccessor() bool {
+	s := a.ss.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed && s.keeper != nil && a.kept.Load()
+}
+
+// restore serves a region the previous daemon left: a client's as an
+// orphan of its process until that process resumes it, a fork child's as
+// fork does (fork.go).
 func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	defer closeAll(e.Files)
 	var d keptRegion
@@ -161,40 +187,33 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	if len(e.Files) != want {
 		return nil, fmt.Errorf("%s: %d descriptors kept, want %d", d.Name, len(e.Files), want)
 	}
+	if d.Fork {
+		return s.restoreFork(e, d)
+	}
 	st, hangs, err := s.reopenStore(d, e.Files)
 	if err != nil {
 		return nil, err
 	}
 	ss := s.orphanSession(int32(e.Pid), d.UID)
-	if err := ss.client.reserveObject(d.Name, st.Size()); err != nil {
+	size := st.Size()
+	if err := ss.client.reserveObject(d.Name, size); err != nil {
 		st.Close()
 		return nil, err
 	}
-	o, err := s.adopt(d.UID, d.Name, st, hangs, dupFile(e.Files[1]), d.Private)
+	o, err := s.adoptKept(d, st, hangs, e.Files)
 	if err != nil {
-		ss.client.releaseObject(st.Size())
+		ss.client.releaseObject(size)
 		return nil, err
 	}
-	s.mu.Lock()
-	if d.Local {
-		o.keepFileLocked(dupFile(e.Files[2]))
-	}
-	if o.uri == "" {
-		o.uri = d.URI
-	}
-	s.mu.Unlock()
 	a, err := newAttachment(ss, dupFile(e.Files[0]), d.Features)
 	if err != nil {
 		s.release(o)
-		ss.client.releaseObject(st.Size())
+		ss.client.releaseObject(size)
 		return nil, err
 	}
 	a.id, a.obj = e.ID, o
 	a.hold(o)
-	for _, r := range d.Ranges {
-		adv, _ := readahead.ParseAdvice(r.Advice)
-		a.add(&o.file, uintptr(r.Addr), r.PgOff, r.NPages, adv)
-	}
+	a.addKept(d.Ranges)
 	ss.client.addRegion()
 	h := s.nextID.Add(1)
 	ss.mu.Lock()
@@ -202,10 +221,42 @@ func (s *Server) restore(e fdstore.Entry) (*attachment, error) {
 	ss.attachments[a.id] = a
 	ss.mu.Unlock()
 	a.serve()
-	for _, r := range d.Ranges {
+	a.wakeKept(d.Ranges)
+	return a, nil
+}
+
+// adoptKept makes the cache of a kept region's object, from its store st
+// and its kept cache file, with a reference for the caller.
+func (s *Server) adoptKept(d keptRegion, st store.Store, hangs bool, files []*os.File) (*cachedObject, error) {
+	o, err := s.adopt(d.UID, d.Name, st, hangs, dupFile(files[1]), d.Private)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if d.Local {
+		o.keepFileLocked(dupFile(files[2]))
+	}
+	if o.uri == "" {
+		o.uri = d.URI
+	}
+	s.mu.Unlock()
+	return o, nil
+}
+
+// addKept gives a the regions of a kept region's ranges, of its object.
+func (a *attachment) addKept(ranges []keptRange) {
+	for _, r := range ranges {
+		adv, _ := readahead.ParseAdvice(r.Advice)
+		a.add(&a.obj.file, uintptr(r.Addr), r.PgOff, r.NPages, adv)
+	}
+}
+
+// wakeKept wakes the faults that waited through the outage in a's kept
+// ranges: the kernel will not send them again, and woken they fault again.
+func (a *attachment) wakeKept(ranges []keptRange) {
+	for _, r := range ranges {
 		a.u.Wake(uintptr(r.Addr), uintptr(r.NPages)*ps)
 	}
-	return a, nil
 }
 
 // reopenStore opens the kept region's object again, at the version the

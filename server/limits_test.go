@@ -319,7 +319,11 @@ func TestStoreTimeout(t *testing.T) {
 	for i := range big {
 		big[i] = 1
 	}
-	if n, err := st.ReadAt(big, 12*ps); n != len(big) || err != nil {
+	// With a deadline of its own: the guard's 50 ms, which ReadAt would
+	// give it, is less than a loaded machine may take to copy 3 MiB.
+	long, cancelLong := context.WithTimeout(context.Background(), testWait)
+	defer cancelLong()
+	if n, err := st.(store.ContextReader).ReadAtContext(long, big, 12*ps); n != len(big) || err != nil {
 		t.Fatalf("a read of %d bytes: %d, %v", len(big), n, err)
 	}
 	for i, b := range big {

@@ -87,10 +87,16 @@ func epollCtl(ep, op, fd int, events uint32, data uint64) error {
 // until its reader arms it again.
 const oneShot = unix.EPOLLIN | unix.EPOLLONESHOT
 
-// add starts reading a's uffd.
+// add starts reading a's uffd, unless a is closing: its close removes it
+// from the pool after it closes a.stop, so one added before is removed.
 func (p *readerPool) add(a *attachment) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	select {
+	case <-a.stop:
+		return
+	default:
+	}
 	if p.close {
 		return
 	}

@@ -3,13 +3,11 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/pagecache"
 	"github.com/filemap/filemap/uffd"
@@ -22,16 +20,9 @@ import (
 func TestRestoreRedactsAKeptName(t *testing.T) {
 	const secret = "s3cr3tpw"
 	data := bytes.Repeat([]byte("kept"), 4096)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if user, pass, _ := r.BasicAuth(); user != "alice" || pass != secret {
-			http.Error(w, "who are you", http.StatusUnauthorized)
-			return
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "obj", time.Unix(1700000000, 0), bytes.NewReader(data))
-	}))
-	t.Cleanup(srv.Close)
-	raw := strings.Replace(srv.URL, "http://", "http://alice:"+secret+"@", 1) + "/obj"
+	srv := faultyhttp.Start(t, data)
+	srv.RequireAuth("alice", secret)
+	raw := srv.URLAs("alice", secret)
 
 	ts := newTestServer(t)
 	u, err := uffd.New(unix.O_CLOEXEC | unix.O_NONBLOCK)

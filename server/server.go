@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/fault"
+	"github.com/filemap/filemap/internal/delayed"
 	"github.com/filemap/filemap/internal/fdstore"
 	"github.com/filemap/filemap/metrics"
 	"github.com/filemap/filemap/pagecache"
@@ -116,12 +117,14 @@ type Server struct {
 	objects    map[objectKey]*cachedObject
 	idleCaches idleCaches // objects no client has open (idle.go)
 	sessions   map[*session]struct{}
-	orphans    map[int32]*session // regions taken over from a previous daemon, by client pid (keep.go)
-	keeper     *fdstore.Store     // where regions outlive the daemon; nil unless Keep was called
+	orphans    map[int32]*session    // regions taken over from a previous daemon, by client pid (keep.go)
+	forks      map[*session]struct{} // fork(2) children's regions, a session each (fork.go)
+	keeper     *fdstore.Store        // where regions outlive the daemon; nil unless Keep was called
 	listeners  []net.Listener
 	closed     bool
-	retired    bool            // handed over to a successor (takeover.go)
-	freed      []*cachedObject // dropped from objects, to be closed once mu is released (unlock)
+	closeDone  chan struct{}               // closed once Close has closed everything
+	retired    bool                        // handed over to a successor (takeover.go)
+	freed      delayed.List[*cachedObject] // dropped from objects, to be closed once mu is released (unlock)
 }
 
 // objectKey names a cache: an object's bytes for one trust domain (uid).
@@ -197,6 +200,8 @@ func New(cfg Config) (*Server, error) {
 		idleCaches: idleCaches{max: cmp.Or(cfg.MaxIdleCaches, DefaultMaxIdleCaches)},
 		sessions:   make(map[*session]struct{}),
 		orphans:    make(map[int32]*session),
+		forks:      make(map[*session]struct{}),
+		closeDone:  make(chan struct{}),
 		clients:    clientTable{lim: newLimits(cfg)},
 		hangs:      newHangGuard(cmp.Or(cfg.FaultTimeout, DefaultFaultTimeout), cfg.GuardAllStores, cfg.Log),
 	}
@@ -291,26 +296,34 @@ func (s *Server) ServeConn(c *net.UnixConn) {
 	s.mu.Unlock()
 }
 
-// Close stops accepting, ends every session and drops every cache.
+// Close stops accepting, ends every session and drops every cache. A
+// second call returns once the first has done so: a daemon that exits
+// after it must not cut short the first, whose last work (a fork child's
+// pages poisoned, the keeper told) no process would finish.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		<-s.closeDone
 		return nil
 	}
 	s.closed = true
+	defer close(s.closeDone)
 	for _, l := range s.listeners {
 		l.Close()
 	}
 	for ss := range s.sessions {
 		ss.conn.Close()
 	}
-	orphans := s.orphans
-	s.orphans = map[int32]*session{}
+	orphans, forks := s.orphans, s.forks
+	s.orphans, s.forks = map[int32]*session{}, map[*session]struct{}{}
 	s.mu.Unlock()
 	s.conns.Wait()
 	for _, ss := range orphans {
 		ss.close()
+	}
+	for ss := range forks {
+		ss.close() // kept for the next daemon, or poisoned
 	}
 	s.waitFills()
 	s.readers.closePool()
@@ -340,17 +353,12 @@ func (s *Server) Close() error {
 func (s *Server) freeLocked(o *cachedObject) {
 	s.unidleLocked(o)
 	delete(s.objects, o.key)
-	s.freed = append(s.freed, o)
+	s.freed.Add(o)
 }
 
 // unlock releases s.mu and closes the objects freed under it.
 func (s *Server) unlock() {
-	freed := s.freed
-	s.freed = nil
-	s.mu.Unlock()
-	for _, o := range freed {
-		o.close(s.budget)
-	}
+	s.freed.Unlock(&s.mu, func(o *cachedObject) { o.close(s.budget) })
 }
 
 // close releases the cache and store of an object that has been freed.
@@ -615,6 +623,9 @@ func (s *Server) countersNow() proto.Stats {
 		st.Regions += ss.regionCount()
 	}
 	for _, ss := range s.orphans {
+		st.Regions += ss.regionCount()
+	}
+	for ss := range s.forks {
 		st.Regions += ss.regionCount()
 	}
 	return st

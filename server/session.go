@@ -427,8 +427,8 @@ func (ss *session) regionCount() int {
 }
 
 // close tears the session down: every region stops being served (its
-// faulters, if any are left, stall on the client's own uffd copy) and every
-// handle is released.
+// faulters, if any are left, stall on the client's own uffd copy; a fork
+// child's get SIGBUS, see attachment.close) and every handle is released.
 func (ss *session) close() {
 	if ss.conn != nil { // an orphan has none (keep.go)
 		ss.conn.Close()
@@ -446,17 +446,6 @@ func (ss *session) close() {
 		ss.client.releaseObject(o.file.Cache.Size())
 	}
 	ss.s.clients.leave(ss.client)
-}
-
-// addAttachment registers an attachment made by a FORK event.
-func (ss *session) addAttachment(a *attachment) bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.closed {
-		return false
-	}
-	ss.attachments[a.id] = a
-	return true
 }
 
 func closeFile(f *os.File) {

@@ -242,5 +242,22 @@ func (u *UFFD) WriteProtect(start, length uintptr, mode uint64) error {
 	return nil
 }
 
+// Alive reports whether the address space the descriptor serves still
+// exists: the process that made it (or, for the descriptor of a FORK
+// event, the child) has not exited or exec'd. The kernel sends no event
+// when it goes; the ioctls that act on it fail with ESRCH from then on
+// (mmget_not_zero), whatever their range. Alive asks with UFFDIO_CONTINUE
+// of the page at addr, mode DONTWAKE, the one such ioctl that changes no
+// byte of any memory: for a page in the page cache of a shmem or
+// hugetlbfs mapping registered with some userfaultfd it maps that page, as
+// the process's own next access to it would; in any other case it fails
+// (a hole, anonymous memory, an unregistered range, no mapping at all).
+// Only ESRCH means gone.
+func (u *UFFD) Alive(addr uintptr) bool {
+	pg := pageSize()
+	_, err := u.Continue(addr&^(pg-1), pg, ContinueModeDontWake)
+	return !errors.Is(err, unix.ESRCH)
+}
+
 // pageSize is the base page size, the unit of every range.
 func pageSize() uintptr { return uintptr(os.Getpagesize()) }

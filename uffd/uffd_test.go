@@ -1107,6 +1107,40 @@ func TestEvents(t *testing.T) {
 	}
 }
 
+// TestAlive: Alive tells a process's memory from one that is gone, and
+// fills nothing: the child's probed page is still a hole that a Copy
+// fills. The descriptor of its fork child, which exits at once (and is
+// waited for), is gone.
+func TestAlive(t *testing.T) {
+	c := startChild(t, "events")
+	pg := pageSize()
+	if !c.u.Alive(c.addr) {
+		t.Fatal("Alive of a running child's userfaultfd: false")
+	}
+	if n, err := copyFrom(c.u, c.addr, pattern.Random(int(pg), 0), CopyModeDontWake); err != nil || n != pg {
+		t.Errorf("Copy into the probed page = %#x, %v, want %#x, nil: the probe filled it", n, err, pg)
+	}
+	var forked []*UFFD
+	c.send("fork")
+	if rec := c.serve(func(m Msg) {
+		if m.Event == EventFork {
+			forked = append(forked, FromFd(m.UFD))
+		}
+	}); !strings.HasPrefix(rec, "ok pid=") {
+		t.Fatalf("child said %q", rec)
+	}
+	if len(forked) != 1 {
+		t.Fatalf("%d fork events, want 1", len(forked))
+	}
+	defer forked[0].Close()
+	if forked[0].Alive(c.addr) {
+		t.Error("Alive of an exited fork child's userfaultfd: true")
+	}
+	if !c.u.Alive(c.addr) {
+		t.Error("Alive of the running child's userfaultfd after its fork: false")
+	}
+}
+
 // --- the child side ---
 
 // childConn is the child's end of the socket, fd 3.

@@ -32,19 +32,7 @@ type benchRow struct {
 	// SpeedVsPread is this row's throughput over the pread loop's: the
 	// sequential cold case's kernel and filemap rows.
 	SpeedVsPread float64 `json:"speed_vs_pread,omitempty"`
-	// MajorFaults and MinorFaults are getrusage(RUSAGE_SELF) deltas on
-	// kernel and pread rows, and the handler's counters' deltas on filemap
-	// rows (faults that reached the handler: pages already in its cache
-	// are mapped by the kernel with no message).
-	MajorFaults uint64 `json:"major_faults"`
-	MinorFaults uint64 `json:"minor_faults"`
-	// StoreReads and StoreBytes are the handler's store I/O; filemap rows only.
-	StoreReads *uint64 `json:"store_reads,omitempty"`
-	StoreBytes *uint64 `json:"store_bytes,omitempty"`
-	// RusageMajor and RusageMinor are this process's getrusage deltas, on
-	// every row.
-	RusageMajor uint64 `json:"rusage_major_faults"`
-	RusageMinor uint64 `json:"rusage_minor_faults"`
+	faultCounts
 	// Latency is the time of each single load, on the random rows.
 	Latency *benchLatency `json:"latency,omitempty"`
 	// Checked is how many bytes read through the mapping were compared

@@ -56,12 +56,7 @@ func runBench(ctx context.Context, fl benchFlags, p *progress.Reporter) (*benchR
 	}
 	defer restore()
 	b.report.HaltPollNs = haltPollNs()
-	b.report.Handler = "private"
-	if s := fl.socket; s != "" {
-		b.report.Handler = "daemon at " + s
-	} else if s := os.Getenv("FILEMAP_SOCKET"); s != "" {
-		b.report.Handler = "daemon at " + s
-	}
+	b.report.Handler = handlerName(fl.socket)
 
 	if b.report.Handler != "private" {
 		b.note("%s: its counters include every client's faults, and DropCaches empties the caches of every client of this user", b.report.Handler)
@@ -166,17 +161,8 @@ func withThreads(name string, threads int) string {
 // generateBenchFile writes a file of generated content in dir (else in a
 // new temporary directory). cleanup removes what it made unless keep.
 func generateBenchFile(dir string, size int64, keep bool, p *progress.Reporter) (path string, cleanup func(), err error) {
-	cleanup = func() {}
-	if dir == "" {
-		tmp, err := os.MkdirTemp("", "filemap-bench-")
-		if err != nil {
-			return "", nil, err
-		}
-		dir = tmp
-		if !keep {
-			cleanup = func() { os.RemoveAll(tmp) }
-		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, cleanup, err = workDir(dir, "filemap-bench-", keep)
+	if err != nil {
 		return "", nil, err
 	}
 	f, err := os.CreateTemp(dir, "filemap-bench-*.bin")
@@ -321,19 +307,6 @@ func (b *benchRun) coldFilemap() error {
 	return b.coldKernel()
 }
 
-// kernelMap maps f with the kernel's mmap (MAP_SHARED, PROT_READ) and advice.
-func kernelMap(f *os.File, size int64, advice int) ([]byte, error) {
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("mmap %s: %w", f.Name(), err)
-	}
-	if err := unix.Madvise(mem, advice); err != nil {
-		unix.Munmap(mem)
-		return nil, fmt.Errorf("madvise %s: %w", f.Name(), err)
-	}
-	return mem, nil
-}
-
 // kernelRow times first touches of a new kernel mapping of f: every page
 // in sequence if order is nil, else the pages of order split among threads.
 func (b *benchRun) kernelRow(name string, f *os.File, size int64, order []int64, threads int) error {
@@ -354,8 +327,7 @@ func (b *benchRun) kernelRow(name string, f *os.File, size int64, order []int64,
 	if err != nil {
 		return fmt.Errorf("%s, %s: %w", name, mapKernel, err)
 	}
-	row.MajorFaults, row.MinorFaults = uint64(ru1.Majflt-ru0.Majflt), uint64(ru1.Minflt-ru0.Minflt)
-	row.RusageMajor, row.RusageMinor = row.MajorFaults, row.MinorFaults
+	row.faultCounts = kernelCounts(ru0, ru1)
 	b.addRow(row, size, order, elapsed, lat)
 	return nil
 }
@@ -389,16 +361,9 @@ func (b *benchRun) filemapRow(name string, f *os.File, size int64, advice filema
 	if err != nil {
 		return err
 	}
-	row := benchRow{Case: name, Method: mapFilemap, Threads: threads}
-	reads, nbytes := st1.StoreReads-st0.StoreReads, st1.StoreBytes-st0.StoreBytes
-	row.MajorFaults, row.MinorFaults = st1.MajorFaults-st0.MajorFaults, st1.MinorFaults-st0.MinorFaults
-	row.StoreReads, row.StoreBytes = &reads, &nbytes
-	row.RusageMajor, row.RusageMinor = uint64(ru1.Majflt-ru0.Majflt), uint64(ru1.Minflt-ru0.Minflt)
-	if !cold && reads != 0 {
-		b.note("%s: filemap read the store %d times (%d bytes) with its cache warm", name, reads, nbytes)
-	}
-	if cold && reads == 0 {
-		b.note("%s, %d threads: filemap did no store I/O with its cache supposedly cold", name, threads)
+	row := benchRow{Case: name, Method: mapFilemap, Threads: threads, faultCounts: filemapCounts(st0, st1, ru0, ru1)}
+	if msg := row.storeSurprise(cold); msg != "" {
+		b.note("%s: %s", withThreads(name, threads), msg)
 	}
 	// The check, after the timing: every touched page, whole.
 	if order == nil {
@@ -609,10 +574,7 @@ func (b *benchRun) sequentialCold() error {
 	if err != nil {
 		return err
 	}
-	row := benchRow{Case: caseSeq, Method: methodPread, Threads: 1}
-	row.MajorFaults, row.MinorFaults = uint64(ru1.Majflt-ru0.Majflt), uint64(ru1.Minflt-ru0.Minflt)
-	row.RusageMajor, row.RusageMinor = row.MajorFaults, row.MinorFaults
-	b.addRow(row, b.size, nil, elapsed, nil)
+	b.addRow(benchRow{Case: caseSeq, Method: methodPread, Threads: 1, faultCounts: kernelCounts(ru0, ru1)}, b.size, nil, elapsed, nil)
 
 	if err := b.coldKernel(); err != nil {
 		return err

@@ -30,19 +30,7 @@ type demoRow struct {
 	// Ratio is filemap's throughput over the kernel's in the same case; on
 	// filemap rows only.
 	Ratio float64 `json:"ratio,omitempty"`
-	// MajorFaults and MinorFaults are getrusage(RUSAGE_SELF) deltas on
-	// kernel rows and the handler's counters' deltas on filemap rows (which
-	// count only faults that reached the handler: pages already in its
-	// cache are mapped by the kernel without a message).
-	MajorFaults uint64 `json:"major_faults"`
-	MinorFaults uint64 `json:"minor_faults"`
-	// StoreReads and StoreBytes are the handler's store I/O; filemap rows only.
-	StoreReads *uint64 `json:"store_reads,omitempty"`
-	StoreBytes *uint64 `json:"store_bytes,omitempty"`
-	// RusageMajor and RusageMinor are this process's own getrusage deltas,
-	// on every row.
-	RusageMajor uint64 `json:"rusage_major_faults"`
-	RusageMinor uint64 `json:"rusage_minor_faults"`
+	faultCounts
 	// Checked is how many bytes of the mapping were compared with the
 	// generator after the timed touches.
 	Checked int64 `json:"checked_bytes"`
@@ -108,27 +96,13 @@ func demo(args []string) error {
 
 	d.report.Size = d.size
 	d.report.Advice = *seqAdvice
-	d.report.Handler = "private"
-	if s := *socket; s != "" {
-		d.report.Handler = "daemon at " + s
-	} else if s := os.Getenv("FILEMAP_SOCKET"); s != "" {
-		d.report.Handler = "daemon at " + s
-	}
+	d.report.Handler = handlerName(*socket)
 
-	// Where the files go, and how they are cleaned up.
-	where := *dir
-	if where == "" {
-		tmp, err := os.MkdirTemp("", "filemap-demo-")
-		if err != nil {
-			return err
-		}
-		where = tmp
-		if !*keep {
-			defer os.RemoveAll(tmp)
-		}
-	} else if err := os.MkdirAll(where, 0o755); err != nil {
+	where, cleanup, err := workDir(*dir, "filemap-demo-", *keep)
+	if err != nil {
 		return err
 	}
+	defer cleanup()
 	for i, name := range []string{"random", "sequential"} {
 		f, err := os.CreateTemp(where, "filemap-demo-"+name+"-*.bin")
 		if err != nil {
@@ -282,18 +256,15 @@ func (d *demoRun) kernelRow(name string, f *demoFile, order []int64, cold bool) 
 	} else if err := d.warmPageCache(f); err != nil {
 		return err
 	}
-	mem, err := unix.Mmap(int(f.f.Fd()), 0, int(d.size), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("mmap %s: %w", f.path, err)
-	}
-	defer unix.Munmap(mem)
 	advice := d.kernelSeq
 	if order != nil {
 		advice = unix.MADV_RANDOM
 	}
-	if err := unix.Madvise(mem, advice); err != nil {
-		return fmt.Errorf("madvise %s: %w", f.path, err)
+	mem, err := kernelMap(f.f, d.size, advice)
+	if err != nil {
+		return err
 	}
+	defer unix.Munmap(mem)
 	row := demoRow{Case: name, Mapping: mapKernel}
 	d.stage(mapKernel)
 	ru0 := rusage()
@@ -302,8 +273,7 @@ func (d *demoRun) kernelRow(name string, f *demoFile, order []int64, cold bool) 
 	if err != nil {
 		return fmt.Errorf("%s, %s: %w", name, mapKernel, err)
 	}
-	row.MajorFaults, row.MinorFaults = uint64(ru1.Majflt-ru0.Majflt), uint64(ru1.Minflt-ru0.Minflt)
-	row.RusageMajor, row.RusageMinor = row.MajorFaults, row.MinorFaults
+	row.faultCounts = kernelCounts(ru0, ru1)
 	return d.finishRow(row, mem, f, order, elapsed)
 }
 
@@ -348,15 +318,9 @@ func (d *demoRun) filemapRow(name string, f *demoFile, order []int64, cold bool)
 	if err != nil {
 		return err
 	}
-	reads, bytes := st1.StoreReads-st0.StoreReads, st1.StoreBytes-st0.StoreBytes
-	row.MajorFaults, row.MinorFaults = st1.MajorFaults-st0.MajorFaults, st1.MinorFaults-st0.MinorFaults
-	row.StoreReads, row.StoreBytes = &reads, &bytes
-	row.RusageMajor, row.RusageMinor = uint64(ru1.Majflt-ru0.Majflt), uint64(ru1.Minflt-ru0.Minflt)
-	if !cold && reads != 0 {
-		d.warn("%s: filemap read the store %d times (%d bytes) with its cache warm", name, reads, bytes)
-	}
-	if cold && reads == 0 {
-		d.warn("%s: filemap did no store I/O with its cache supposedly cold", name)
+	row.faultCounts = filemapCounts(st0, st1, ru0, ru1)
+	if msg := row.storeSurprise(cold); msg != "" {
+		d.warn("%s: %s", name, msg)
 	}
 	return d.finishRow(row, mem, f, order, elapsed)
 }

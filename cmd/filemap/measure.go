@@ -11,6 +11,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap"
 	"github.com/filemap/filemap/internal/progress"
 	"github.com/filemap/filemap/internal/sigbus"
 	"github.com/filemap/filemap/pagecache"
@@ -54,6 +55,96 @@ func residentPages(f *os.File, size int64) (int64, error) {
 		n += int64(v & 1)
 	}
 	return n, nil
+}
+
+// faultCounts are a row's faults and store I/O over its timed touches.
+type faultCounts struct {
+	// MajorFaults and MinorFaults are getrusage(RUSAGE_SELF) deltas on the
+	// rows of the kernel's mappings and of reads, and the handler's
+	// counters' deltas on filemap rows (faults that reached the handler:
+	// pages already in its cache are mapped by the kernel with no message).
+	MajorFaults uint64 `json:"major_faults"`
+	MinorFaults uint64 `json:"minor_faults"`
+	// StoreReads and StoreBytes are the handler's store I/O; filemap rows only.
+	StoreReads *uint64 `json:"store_reads,omitempty"`
+	StoreBytes *uint64 `json:"store_bytes,omitempty"`
+	// RusageMajor and RusageMinor are this process's getrusage deltas, on
+	// every row.
+	RusageMajor uint64 `json:"rusage_major_faults"`
+	RusageMinor uint64 `json:"rusage_minor_faults"`
+}
+
+// kernelCounts are the counts of a row of the kernel's, from this
+// process's getrusage before and after its touches.
+func kernelCounts(ru0, ru1 unix.Rusage) faultCounts {
+	major, minor := uint64(ru1.Majflt-ru0.Majflt), uint64(ru1.Minflt-ru0.Minflt)
+	return faultCounts{MajorFaults: major, MinorFaults: minor, RusageMajor: major, RusageMinor: minor}
+}
+
+// filemapCounts are the counts of a filemap row, from the handler's
+// counters and this process's getrusage before and after its touches.
+func filemapCounts(st0, st1 filemap.Stats, ru0, ru1 unix.Rusage) faultCounts {
+	reads, bytes := st1.StoreReads-st0.StoreReads, st1.StoreBytes-st0.StoreBytes
+	return faultCounts{
+		MajorFaults: st1.MajorFaults - st0.MajorFaults, MinorFaults: st1.MinorFaults - st0.MinorFaults,
+		StoreReads: &reads, StoreBytes: &bytes,
+		RusageMajor: uint64(ru1.Majflt - ru0.Majflt), RusageMinor: uint64(ru1.Minflt - ru0.Minflt),
+	}
+}
+
+// storeSurprise says what is wrong with a filemap row's store I/O, if
+// anything: reads with its cache warm, or none with it cold.
+func (c faultCounts) storeSurprise(cold bool) string {
+	switch {
+	case !cold && *c.StoreReads != 0:
+		return fmt.Sprintf("filemap read the store %d times (%d bytes) with its cache warm", *c.StoreReads, *c.StoreBytes)
+	case cold && *c.StoreReads == 0:
+		return "filemap did no store I/O with its cache supposedly cold"
+	}
+	return ""
+}
+
+// handlerName says which handler the options of a command's --socket
+// reach: a daemon's socket, else $FILEMAP_SOCKET's, else a private
+// handler.
+func handlerName(socket string) string {
+	if socket == "" {
+		socket = os.Getenv("FILEMAP_SOCKET")
+	}
+	if socket == "" {
+		return "private"
+	}
+	return "daemon at " + socket
+}
+
+// workDir is where a command writes its generated files: dir, made if
+// need be, else a new temporary directory, which cleanup removes unless
+// keep. A dir the user named is never removed.
+func workDir(dir, prefix string, keep bool) (string, func(), error) {
+	if dir != "" {
+		return dir, func() {}, os.MkdirAll(dir, 0o755)
+	}
+	tmp, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	if keep {
+		return tmp, func() {}, nil
+	}
+	return tmp, func() { os.RemoveAll(tmp) }, nil
+}
+
+// kernelMap maps f with the kernel's mmap (MAP_SHARED, PROT_READ) and advice.
+func kernelMap(f *os.File, size int64, advice int) ([]byte, error) {
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %s: %w", f.Name(), err)
+	}
+	if err := unix.Madvise(mem, advice); err != nil {
+		unix.Munmap(mem)
+		return nil, fmt.Errorf("madvise %s: %w", f.Name(), err)
+	}
+	return mem, nil
 }
 
 func rusage() unix.Rusage {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/syncbuf"
 )
@@ -27,21 +26,10 @@ func TestCatHTTPPasswordNeverShown(t *testing.T) {
 		bad    = 6<<20 + 3*4096 // ranges covering this byte get a 500
 	)
 	data := pattern.Random(size, 7)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if user, pass, _ := r.BasicAuth(); user != "alice" || pass != secret {
-			http.Error(w, "who are you", http.StatusUnauthorized)
-			return
-		}
-		var first, last int64
-		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil && first <= bad && bad <= last {
-			http.Error(w, "injected failure", http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "file", time.Unix(1700000000, 0), bytes.NewReader(data))
-	}))
-	t.Cleanup(srv.Close)
-	uri := strings.Replace(srv.URL, "http://", "http://alice:"+secret+"@", 1) + "/file"
+	srv := faultyhttp.Start(t, data)
+	srv.RequireAuth("alice", secret)
+	srv.Fail(bad, faultyhttp.Status500)
+	uri := srv.URLAs("alice", secret)
 	name := strings.Replace(uri, secret, "***", 1)
 	shown := func(what string, text []byte) {
 		t.Helper()
@@ -95,19 +83,9 @@ func TestCatHTTPPasswordNeverShown(t *testing.T) {
 // hidden.
 func TestFirecrackerMemPasswordNeverShown(t *testing.T) {
 	const secret = "s3cr3tpw"
-	data := pattern.Random(1<<20, 8)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if user, pass, _ := r.BasicAuth(); user != "alice" || pass != secret {
-			http.Error(w, "who are you", http.StatusUnauthorized)
-			return
-		}
-		w.Header().Set("ETag", `"v1"`)
-		http.ServeContent(w, r, "mem", time.Unix(1700000000, 0), bytes.NewReader(data))
-	}))
-	t.Cleanup(srv.Close)
-	mem := func(password string) string {
-		return strings.Replace(srv.URL, "http://", "http://alice:"+password+"@", 1) + "/mem"
-	}
+	srv := faultyhttp.Start(t, pattern.Random(1<<20, 8))
+	srv.RequireAuth("alice", secret)
+	mem := func(password string) string { return srv.URLAs("alice", password) }
 	name := mem("***")
 	shown := func(what string, text []byte) {
 		t.Helper()

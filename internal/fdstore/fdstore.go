@@ -51,10 +51,15 @@ const (
 
 // Entry is one thing the daemon keeps: Desc is the daemon's own, and Pid
 // the client process it is for (the keeper forgets an entry whose process
-// has exited).
+// has exited). An entry for a process the daemon cannot name, a fork(2)
+// child, which the kernel gives a handler only as a userfaultfd, has Pid 0
+// and Probe, an address in the child's memory: its Files[0] is that
+// userfaultfd, and the keeper forgets it once the child's memory is gone
+// (uffd.UFFD.Alive).
 type Entry struct {
 	ID    uint64          `json:"id"`
 	Pid   int             `json:"pid"`
+	Probe uint64          `json:"probe,omitempty"`
 	Desc  json.RawMessage `json:"desc,omitempty"`
 	Files []*os.File      `json:"-"`
 }

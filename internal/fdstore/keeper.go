@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/filemap/filemap/proto"
+	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
 
@@ -168,11 +169,30 @@ func (k *keeper) pruneOnce() {
 // k.mu held.
 func (k *keeper) forgetExitedLocked() {
 	for id, e := range k.m {
-		if err := unix.Kill(e.Pid, 0); errors.Is(err, unix.ESRCH) {
+		if e.exited() {
 			closeEntries([]Entry{e})
 			delete(k.m, id)
 		}
 	}
+}
+
+// exited reports whether e's process has exited: by its pid, or, for a
+// process the daemon could not name, by its memory (Entry.Probe).
+func (e Entry) exited() bool {
+	if e.Pid != 0 {
+		return errors.Is(unix.Kill(e.Pid, 0), unix.ESRCH)
+	}
+	if e.Probe == 0 || len(e.Files) == 0 {
+		return false // kept until a successor takes it
+	}
+	rc, err := e.Files[0].SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := true
+	// Not Files[0].Fd(), which would make the uffd blocking for every holder.
+	rc.Control(func(fd uintptr) { alive = uffd.FromFd(int(fd)).Alive(uintptr(e.Probe)) })
+	return !alive
 }
 
 // handOver gives every entry to the first successor of this uid (or root)

@@ -18,6 +18,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/uffd"
 	"golang.org/x/sys/unix"
 )
@@ -166,15 +167,12 @@ func startFilemapFirecracker(t *testing.T, socket, memPath string) *handlerProc 
 // command's build cache makes this quick after the first time.
 func buildFilemap(t *testing.T) string {
 	t.Helper()
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go command in PATH to build cmd/filemap: %v", err)
-	}
 	bin := filepath.Join(t.TempDir(), "filemap")
 	start := time.Now()
-	out, err := exec.Command(goCmd, "build", "-o", bin, "github.com/filemap/filemap/cmd/filemap").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build ./cmd/filemap: %v\n%s", err, out)
+	if err := clitest.Build(bin); errors.Is(err, exec.ErrNotFound) {
+		t.Skipf("skipping: %v", err)
+	} else if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("built cmd/filemap in %v", time.Since(start).Round(time.Millisecond))
 	return bin

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"testing"
 )
 
@@ -31,19 +29,7 @@ type Route struct {
 // listens on port on every address of this namespace (it is reached at the
 // link's near address, Link.HostAddr).
 func StartRoute(ctx context.Context, p Profile, port int) (r *Route, err error) {
-	if os.Geteuid() != 0 {
-		return nil, ErrNotRoot
-	}
-	for _, tool := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("the simulated network needs %s (iproute2): %w", tool, err)
-		}
-	}
-	bin, err := ToxiproxyBinary()
-	if err != nil {
-		return nil, err
-	}
-	link, err := NewLink(p.LinkRate)
+	bin, link, err := prepareLink(p)
 	if err != nil {
 		return nil, err
 	}
@@ -53,14 +39,9 @@ func StartRoute(ctx context.Context, p Profile, port int) (r *Route, err error) 
 			err = errors.Join(err, r.Close())
 		}
 	}()
-	if r.proxy, err = StartToxiproxy(bin, link, apiPort); err != nil {
+	if r.proxy, r.Endpoint, err = startProxy(ctx, bin, link, fmt.Sprintf("%s:%d", link.HostAddr, port)); err != nil {
 		return r, err
 	}
-	listen := fmt.Sprintf("%s:%d", link.PeerAddr, proxyPort)
-	if err := r.proxy.CreateProxy(ctx, proxyName, listen, fmt.Sprintf("%s:%d", link.HostAddr, port)); err != nil {
-		return r, err
-	}
-	r.Endpoint = "http://" + listen
 	return r, applyProfile(ctx, r.proxy, link, p)
 }
 
@@ -70,19 +51,7 @@ func StartRoute(ctx context.Context, p Profile, port int) (r *Route, err error) 
 func StartRouteTest(tb testing.TB, p Profile, port int) *Route {
 	tb.Helper()
 	r, err := StartRoute(context.Background(), p, port)
-	switch {
-	case errors.Is(err, ErrNotRoot):
-		tb.Skipf("skipping: %v", err)
-	case errors.Is(err, ErrNoToxiproxy) && os.Getenv("CI") != "true":
-		tb.Skipf("skipping: %v", err)
-	case err != nil:
-		tb.Fatalf("netsim: route to port %d: %v", port, err)
-	}
-	tb.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			tb.Errorf("netsim: %v", err)
-		}
-	})
+	forTest(tb, r, err, fmt.Sprintf("route to port %d", port))
 	return r
 }
 

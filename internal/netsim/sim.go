@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -44,19 +45,7 @@ type Sim struct {
 
 // Start starts a simulated store with the network of p.
 func Start(ctx context.Context, p Profile) (s *Sim, err error) {
-	if os.Geteuid() != 0 {
-		return nil, ErrNotRoot
-	}
-	for _, tool := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("the simulated network needs %s (iproute2): %w", tool, err)
-		}
-	}
-	bin, err := ToxiproxyBinary()
-	if err != nil {
-		return nil, err
-	}
-	link, err := NewLink(p.LinkRate)
+	bin, link, err := prepareLink(p)
 	if err != nil {
 		return nil, err
 	}
@@ -71,14 +60,9 @@ func Start(ctx context.Context, p Profile) (s *Sim, err error) {
 	if err != nil {
 		return s, err
 	}
-	if s.proxy, err = StartToxiproxy(bin, link, apiPort); err != nil {
+	if s.proxy, s.Endpoint, err = startProxy(ctx, bin, link, fmt.Sprintf("127.0.0.1:%d", storePort)); err != nil {
 		return s, err
 	}
-	listen := fmt.Sprintf("%s:%d", peer, proxyPort)
-	if err := s.proxy.CreateProxy(ctx, proxyName, listen, fmt.Sprintf("127.0.0.1:%d", storePort)); err != nil {
-		return s, err
-	}
-	s.Endpoint = "http://" + listen
 	return s, s.Set(ctx, p)
 }
 
@@ -89,20 +73,69 @@ func Start(ctx context.Context, p Profile) (s *Sim, err error) {
 func StartTest(tb testing.TB, p Profile) *Sim {
 	tb.Helper()
 	s, err := Start(context.Background(), p)
+	forTest(tb, s, err, "simulated store")
+	return s
+}
+
+// prepareLink checks that this process may make the simulated network and has
+// its tools, and makes a link with p's link rate. It returns the link and
+// toxiproxy's server binary, for the proxy at the link's far end.
+func prepareLink(p Profile) (toxiproxy string, link *Link, err error) {
+	if os.Geteuid() != 0 {
+		return "", nil, ErrNotRoot
+	}
+	for _, tool := range []string{"ip", "tc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", nil, fmt.Errorf("the simulated network needs %s (iproute2): %w", tool, err)
+		}
+	}
+	if toxiproxy, err = ToxiproxyBinary(); err != nil {
+		return "", nil, err
+	}
+	if link, err = NewLink(p.LinkRate); err != nil {
+		return "", nil, err
+	}
+	return toxiproxy, link, nil
+}
+
+// startProxy runs toxiproxy's server bin at the far end of link, with a
+// proxy to upstream (an address reached from the link's namespace) that
+// listens on the link's far address. It returns the server and the
+// proxy's endpoint, http://host:port, where the store is reached through
+// the toxics.
+func startProxy(ctx context.Context, bin string, link *Link, upstream string) (*Toxiproxy, string, error) {
+	proxy, err := StartToxiproxy(bin, link, apiPort)
+	if err != nil {
+		return nil, "", err
+	}
+	listen := fmt.Sprintf("%s:%d", link.PeerAddr, proxyPort)
+	if err := proxy.CreateProxy(ctx, proxyName, listen, upstream); err != nil {
+		proxy.Close()
+		return nil, "", err
+	}
+	return proxy, "http://" + listen, nil
+}
+
+// forTest ends tb's test as err, the error of a start of c, says: a skip
+// where this process is not root, saying so, and where a server binary is
+// missing, except in CI (CI=true), where a test that did not run must not
+// pass; any other error fails it. A started c is closed when the test
+// ends.
+func forTest(tb testing.TB, c io.Closer, err error, what string) {
+	tb.Helper()
 	switch {
 	case errors.Is(err, ErrNotRoot):
 		tb.Skipf("skipping: %v", err)
 	case (errors.Is(err, ErrNoToxiproxy) || errors.Is(err, s3test.ErrNoBinary)) && os.Getenv("CI") != "true":
 		tb.Skipf("skipping: %v", err)
 	case err != nil:
-		tb.Fatalf("netsim: %v", err)
+		tb.Fatalf("netsim: %s: %v", what, err)
 	}
 	tb.Cleanup(func() {
-		if err := s.Close(); err != nil {
+		if err := c.Close(); err != nil {
 			tb.Errorf("netsim: %v", err)
 		}
 	})
-	return s
 }
 
 // Set gives the sim the network of p: its toxics change for the

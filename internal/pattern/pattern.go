@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -48,6 +49,19 @@ func WriteFile(t testing.TB, path string, size int64) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TempFile makes a file of size bytes of the pattern in a new temporary
+// directory of t, and returns its path and its bytes.
+func TempFile(t testing.TB, size int64) (string, []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "object.bin")
+	WriteFile(t, path, size)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, b
 }
 
 // Random is n bytes that seed determines and nothing else: data for a

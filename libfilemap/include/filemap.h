@@ -47,13 +47,14 @@
  * FILEMAP_DONTFORK; in the child filemap_read_at fails with EBADF). In the
  * child, an inherited object may be read (in memory or with
  * filemap_read_at), advised (only DONTNEED does anything there), mapped
- * again with filemap_map, and closed, which only unmaps it: its regions
- * belong to the parent's session with the handler, which lasts while any
- * process holds its connection: a child must not close descriptors it did
- * not open (closefrom(3)) while it maps what it inherited. What the child
- * opens goes on a connection of its own. fork(2) returns once the handler
- * has heard of the child (while no handler runs, it waits), and waits while
- * another thread is inside a call of this library that holds its lock.
+ * again with filemap_map, and closed, which only unmaps it. The handler
+ * serves the child's copies for as long as the child maps them, whatever
+ * its parent does (closes them, exits) and whatever descriptors the child
+ * closes (closefrom(3)); a handler restarted in the meantime serves them
+ * too. What the child opens goes on a connection of its own. fork(2)
+ * returns once the handler has heard of the child (while no handler runs,
+ * it waits), and waits while another thread is inside a call of this
+ * library that holds its lock.
  *
  * Errors. A function that fails returns NULL or -1 and sets errno;
  * filemap_errmsg() is a message for people naming the object (its

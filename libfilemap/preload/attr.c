@@ -33,7 +33,7 @@ static int fail(int err)
 static int remote(int dirfd, const char *path)
 {
 	char uri[SHIM_URI_MAX];
-	return !shim_inlib && shim_classify(dirfd, path, uri) == SHIM_REMOTE;
+	return shim_remote(dirfd, path, uri);
 }
 
 /* link_at is readlink(2) of a remote name: EINVAL for an object, and for
@@ -42,7 +42,7 @@ static int remote(int dirfd, const char *path)
 static int link_at(int dirfd, const char *path, ssize_t *rc)
 {
 	char uri[SHIM_URI_MAX];
-	if (shim_inlib || shim_classify(dirfd, path, uri) != SHIM_REMOTE)
+	if (!shim_remote(dirfd, path, uri))
 		return 0;
 	struct stat st;
 	*rc = uri[0] == '\0' || shim_stat_uri(uri, &st) == 0 ? fail(EINVAL) : -1;
@@ -52,9 +52,7 @@ static int link_at(int dirfd, const char *path, ssize_t *rc)
 /* remote_fd says whether fd is a remote object's stand-in. */
 static int remote_fd(int fd)
 {
-	if (shim_inlib)
-		return 0;
-	struct shim_file *f = shim_get(fd);
+	struct shim_file *f = shim_ours(fd);
 	int r = f != NULL && !f->local;
 	shim_put(f);
 	return r;
@@ -107,7 +105,7 @@ ssize_t flistxattr(int fd, char *list, size_t size)
 static int canonical(const char *path, char *resolved, char **rc)
 {
 	char uri[SHIM_URI_MAX];
-	if (shim_inlib || path == NULL || shim_classify(AT_FDCWD, path, uri) != SHIM_REMOTE)
+	if (path == NULL || !shim_remote(AT_FDCWD, path, uri))
 		return 0;
 	struct stat st;
 	*rc = NULL;

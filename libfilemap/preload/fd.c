@@ -16,17 +16,10 @@
 
 #include "shim.h"
 
-static struct shim_file *ours(int fd)
-{
-	return shim_inlib ? NULL : shim_get(fd);
-}
-
-/* done drops the call's reference, keeping errno. */
+/* done drops the call's reference, keeping errno, and returns rc. */
 static int done(struct shim_file *f, int rc)
 {
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return rc;
 }
 
@@ -169,7 +162,7 @@ static int file_fcntl(struct shim_file *f, int fd, int cmd, void *arg, int (*rea
 
 static int do_fcntl(int fd, int cmd, void *arg, int (*realfn)(int, int, ...))
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return realfn(fd, cmd, arg);
 	return done(f, file_fcntl(f, fd, cmd, arg, realfn));
@@ -206,7 +199,7 @@ int ioctl(int fd, unsigned long request, ...)
 	va_start(ap, request);
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return REAL(ioctl)(fd, request, arg);
 	int rc = -1;
@@ -232,7 +225,7 @@ int ioctl(int fd, unsigned long request, ...)
 /* posix_fadvise returns its error, as libc's does, not -1. */
 static int fadvise(int fd, off_t off, off_t len, int advice, int (*realfn)(int, off_t, off_t, int))
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return realfn(fd, off, len, advice);
 	int err = off < 0 || len < 0 ? EINVAL : shim_advise(f, advice, (uint64_t)off, (uint64_t)len);
@@ -253,7 +246,7 @@ int posix_fadvise64(int fd, off64_t off, off64_t len, int advice)
 /* readahead(2) is WILLNEED: filemap reads the range in the background. */
 ssize_t readahead(int fd, off64_t off, size_t count)
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return REAL(readahead)(fd, off, count);
 	int err = off < 0 ? EINVAL : shim_advise(f, POSIX_FADV_WILLNEED, (uint64_t)off, count);
@@ -270,7 +263,7 @@ ssize_t readahead(int fd, off64_t off, size_t count)
  * opened read-only. */
 int flock(int fd, int op)
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return REAL(flock)(fd, op);
 	int rc = 0;
@@ -287,7 +280,7 @@ int flock(int fd, int op)
 /* fsync and fdatasync of a read-only object have nothing to write. */
 static int sync_fd(int fd, int (*realfn)(int))
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return realfn(fd);
 	int rc = 0;

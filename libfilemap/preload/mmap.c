@@ -30,9 +30,7 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 	} else {
 		p = shim_mmap(f, addr, len, prot, flags, (uint64_t)off);
 	}
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return p;
 }
 

@@ -222,9 +222,7 @@ int shim_openat(enum shim_kind kind, const char *uri, int dirfd, const char *pat
 		return -1;
 	}
 	if (fd < 0 && (fd = stand_in(flags)) < 0) {
-		int err = errno;
 		shim_put(f);
-		errno = err;
 		return -1;
 	}
 	if (flags & O_PATH) { /* a descriptor for fstat and *at(2): it reads nothing, as the kernel's */

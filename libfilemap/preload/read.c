@@ -14,12 +14,6 @@
 
 #include "shim.h"
 
-/* ours returns fd's file if the call is the shim's to answer. */
-static struct shim_file *ours(int fd)
-{
-	return shim_inlib ? NULL : shim_get(fd);
-}
-
 /* read_pos reads at the description's offset and moves it. */
 static ssize_t read_pos(struct shim_file *f, void *buf, size_t len)
 {
@@ -42,25 +36,21 @@ static ssize_t pread_checked(struct shim_file *f, void *buf, size_t len, off_t o
 
 ssize_t read(int fd, void *buf, size_t len)
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return REAL(read)(fd, buf, len);
 	ssize_t n = read_pos(f, buf, len);
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return n;
 }
 
 static ssize_t do_pread(int fd, void *buf, size_t len, off_t off, ssize_t (*realfn)(int, void *, size_t, off_t))
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return realfn(fd, buf, len, off);
 	ssize_t n = pread_checked(f, buf, len, off);
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return n;
 }
 
@@ -122,7 +112,7 @@ static ssize_t vec_pread(struct shim_file *f, const struct iovec *iov, int iovcn
 static ssize_t do_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
 			 ssize_t (*realfn)(int, const struct iovec *, int, off_t, int))
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return realfn(fd, iov, iovcnt, off, flags);
 	ssize_t n;
@@ -133,9 +123,7 @@ static ssize_t do_preadv(int fd, const struct iovec *iov, int iovcnt, off_t off,
 	} else {
 		n = vec_pread(f, iov, iovcnt, off);
 	}
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return n;
 }
 
@@ -269,7 +257,7 @@ static off_t seek(struct shim_file *f, off_t off, int whence)
 
 static off_t do_lseek(int fd, off_t off, int whence, off_t (*realfn)(int, off_t, int))
 {
-	struct shim_file *f = ours(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return realfn(fd, off, whence);
 	off_t at;
@@ -279,9 +267,7 @@ static off_t do_lseek(int fd, off_t off, int whence, off_t (*realfn)(int, off_t,
 	} else {
 		at = seek(f, off, whence);
 	}
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
 	return at;
 }
 

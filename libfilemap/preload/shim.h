@@ -94,6 +94,14 @@ enum { SHIM_URI_MAX = PATH_MAX + 64 };
  * bucket, an unknown scheme) is SHIM_REMOTE with uri "". */
 enum shim_kind shim_classify(int dirfd, const char *path, char uri[SHIM_URI_MAX]) SHIM_HIDDEN;
 
+/* shim_remote says whether a call on path (relative to dirfd) is the
+ * shim's to answer as a remote name, and writes its uri as shim_classify
+ * does. */
+static inline int shim_remote(int dirfd, const char *path, char uri[SHIM_URI_MAX])
+{
+	return !shim_inlib && shim_classify(dirfd, path, uri) == SHIM_REMOTE;
+}
+
 /* fdtable.c: the program's descriptors that are filemap objects. */
 
 /* An open file description: what open(2) made, shared by its dups. */
@@ -134,8 +142,16 @@ int shim_any(void) SHIM_HIDDEN;
 /* shim_get returns fd's file, referenced, or NULL if fd is not filemap's. */
 struct shim_file *shim_get(int fd) SHIM_HIDDEN;
 void shim_ref(struct shim_file *f) SHIM_HIDDEN;
-/* shim_put drops a reference; the last closes the object. */
+/* shim_put drops a reference; the last closes the object. It keeps errno,
+ * so that a call can return its own errno after dropping its reference. */
 void shim_put(struct shim_file *f) SHIM_HIDDEN;
+
+/* shim_ours returns fd's file, referenced, if a call on fd is the shim's to
+ * answer; NULL sends the call to libc. */
+static inline struct shim_file *shim_ours(int fd)
+{
+	return shim_inlib ? NULL : shim_get(fd);
+}
 
 /* shim_track adds a new file to the list of every file. */
 void shim_track(struct shim_file *f) SHIM_HIDDEN;

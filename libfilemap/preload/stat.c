@@ -22,44 +22,31 @@
 /* The x86_64 kernel's struct stat is glibc's stat and stat64 alike. */
 _Static_assert(sizeof(struct stat) == sizeof(struct stat64), "struct stat64 differs from struct stat");
 
-/*
- * stat_at is fstatat(2) for the shim: 1 if it answered (*rc set), 0 if
- * the call is libc's. An empty path (or, as Linux 6.11 takes it, NULL)
- * with AT_EMPTY_PATH is the descriptor itself, which is how glibc's
- * fstat asks.
- */
-static int stat_at(int dirfd, const char *path, struct stat *st, int flags, int *rc)
-{
-	if (shim_inlib)
-		return 0;
-	if ((path == NULL || path[0] == '\0') && (flags & AT_EMPTY_PATH)) {
-		struct shim_file *f = shim_get(dirfd);
-		if (f == NULL)
-			return 0;
-		*rc = shim_fstat(f, dirfd, st);
-		int saved = errno;
-		shim_put(f);
-		errno = saved;
-		return 1;
-	}
-	char uri[SHIM_URI_MAX];
-	if (shim_classify(dirfd, path, uri) != SHIM_REMOTE)
-		return 0;
-	*rc = shim_stat_uri(uri, st);
-	return 1;
-}
-
+/* fd_stat is fstat(2) for the shim: 1 if it answered (*rc set), 0 if the
+ * call is libc's. */
 static int fd_stat(int fd, struct stat *st, int *rc)
 {
-	if (shim_inlib)
-		return 0;
-	struct shim_file *f = shim_get(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return 0;
 	*rc = shim_fstat(f, fd, st);
-	int saved = errno;
 	shim_put(f);
-	errno = saved;
+	return 1;
+}
+
+/*
+ * stat_at is fstatat(2) for the shim, as fd_stat is fstat(2). An empty
+ * path (or, as Linux 6.11 takes it, NULL) with AT_EMPTY_PATH is the
+ * descriptor itself, which is how glibc's fstat asks.
+ */
+static int stat_at(int dirfd, const char *path, struct stat *st, int flags, int *rc)
+{
+	if ((path == NULL || path[0] == '\0') && (flags & AT_EMPTY_PATH))
+		return fd_stat(dirfd, st, rc);
+	char uri[SHIM_URI_MAX];
+	if (!shim_remote(dirfd, path, uri))
+		return 0;
+	*rc = shim_stat_uri(uri, st);
 	return 1;
 }
 
@@ -200,8 +187,8 @@ static void to_statx(const struct stat *st, struct statx *sx)
 
 int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *sx)
 {
-	if (!shim_inlib && (path == NULL || path[0] == '\0') && (flags & AT_EMPTY_PATH)) {
-		struct shim_file *f = shim_get(dirfd);
+	if ((path == NULL || path[0] == '\0') && (flags & AT_EMPTY_PATH)) {
+		struct shim_file *f = shim_ours(dirfd);
 		if (f != NULL) {
 			int local = f->local;
 			struct stat st = f->st;
@@ -214,7 +201,7 @@ int statx(int dirfd, const char *path, int flags, unsigned int mask, struct stat
 		return REAL(statx)(dirfd, path, flags, mask, sx);
 	}
 	char uri[SHIM_URI_MAX];
-	if (shim_inlib || shim_classify(dirfd, path, uri) != SHIM_REMOTE)
+	if (!shim_remote(dirfd, path, uri))
 		return REAL(statx)(dirfd, path, flags, mask, sx);
 	struct stat st;
 	if (shim_stat_uri(uri, &st) < 0)
@@ -229,7 +216,7 @@ int statx(int dirfd, const char *path, int flags, unsigned int mask, struct stat
 static int access_at(int dirfd, const char *path, int mode, int *rc)
 {
 	char uri[SHIM_URI_MAX];
-	if (shim_inlib || shim_classify(dirfd, path, uri) != SHIM_REMOTE)
+	if (!shim_remote(dirfd, path, uri))
 		return 0;
 	struct stat st;
 	*rc = shim_stat_uri(uri, &st);

@@ -114,29 +114,30 @@ static enum shim_kind classify_mode(const char *path, const char *mode, char *ur
 	return kind;
 }
 
-FILE *fopen(const char *path, const char *mode)
+/* do_fopen is fopen and fopen64, realfn the one libc has. */
+static FILE *do_fopen(const char *path, const char *mode, FILE *(*realfn)(const char *, const char *))
 {
 	char uri[SHIM_URI_MAX];
 	int flags;
 	enum shim_kind kind = classify_mode(path, mode, uri, &flags);
 	if (kind == SHIM_NONE)
-		return REAL(fopen)(path, mode);
+		return realfn(path, mode);
 	return fopen_at(kind, uri, path, mode, flags);
+}
+
+FILE *fopen(const char *path, const char *mode)
+{
+	return do_fopen(path, mode, REAL(fopen));
 }
 
 FILE *fopen64(const char *path, const char *mode)
 {
-	char uri[SHIM_URI_MAX];
-	int flags;
-	enum shim_kind kind = classify_mode(path, mode, uri, &flags);
-	if (kind == SHIM_NONE)
-		return REAL(fopen64)(path, mode);
-	return fopen_at(kind, uri, path, mode, flags);
+	return do_fopen(path, mode, REAL(fopen64));
 }
 
 FILE *fdopen(int fd, const char *mode)
 {
-	struct shim_file *f = shim_inlib ? NULL : shim_get(fd);
+	struct shim_file *f = shim_ours(fd);
 	if (f == NULL)
 		return REAL(fdopen)(fd, mode);
 	shim_put(f);
@@ -196,22 +197,24 @@ static FILE *reopen(const char *uri, const char *path, const char *mode, int fla
 	return fp;
 }
 
-FILE *freopen(const char *path, const char *mode, FILE *stream)
+/* do_freopen is freopen and freopen64, realfn the one libc has. */
+static FILE *do_freopen(const char *path, const char *mode, FILE *stream,
+			FILE *(*realfn)(const char *, const char *, FILE *))
 {
 	char uri[SHIM_URI_MAX];
 	int flags;
 	enum shim_kind kind = path != NULL ? classify_mode(path, mode, uri, &flags) : SHIM_NONE;
 	if (kind != SHIM_REMOTE) /* a local file libc reads itself */
-		return REAL(freopen)(path, mode, stream);
-	return reopen(uri, path, mode, flags, stream, REAL(freopen));
+		return realfn(path, mode, stream);
+	return reopen(uri, path, mode, flags, stream, realfn);
+}
+
+FILE *freopen(const char *path, const char *mode, FILE *stream)
+{
+	return do_freopen(path, mode, stream, REAL(freopen));
 }
 
 FILE *freopen64(const char *path, const char *mode, FILE *stream)
 {
-	char uri[SHIM_URI_MAX];
-	int flags;
-	enum shim_kind kind = path != NULL ? classify_mode(path, mode, uri, &flags) : SHIM_NONE;
-	if (kind != SHIM_REMOTE)
-		return REAL(freopen64)(path, mode, stream);
-	return reopen(uri, path, mode, flags, stream, REAL(freopen64));
+	return do_freopen(path, mode, stream, REAL(freopen64));
 }

@@ -7,10 +7,9 @@
  * left. A connection
  * belongs to the process that made it. A fork(2) child inherits the
  * descriptor but never writes on it (two processes' frames would
- * interleave): it makes connections of its own, and keeps the inherited one
- * open, unused, until it has closed what it inherited, because the
- * parent's session, which the inherited one is, owns the regions the
- * handler serves for the child's copies of the parent's mappings.
+ * interleave): it makes connections of its own, and closes the inherited
+ * one once it has closed what it inherited. The handler serves the child's
+ * copies of the parent's mappings apart from any connection.
  *
  * The process lock guards the list of connections, the private handler
  * (handler.c), and the registering of ranges (map.c, register_attach).
@@ -134,8 +133,7 @@ static int hello(struct fm_conn *c)
 		{"page_size", FM_JSON_INT, &page_size},
 	};
 	struct fm_call call = {.type = FM_HELLO, .req = &req, .reply = reply, .nreply = 2};
-	int rc = fm_json_end(&req) < 0 ? -1 : fm_call(c, &call);
-	fm_json_free(&req);
+	int rc = fm_call(c, &call);
 	free(daemon);
 	if (rc == 0 && page_size != sysconf(_SC_PAGESIZE))
 		return fm_fail(EPROTO, -1, "the handler uses %lld-byte pages, this process %ld", (long long)page_size,
@@ -296,7 +294,8 @@ static int exchange(struct fm_conn *c, const struct fm_call *call, struct fm_fra
 	return 0;
 }
 
-int fm_call(struct fm_conn *c, const struct fm_call *call)
+/* request is fm_call of an ended request. */
+static int request(struct fm_conn *c, const struct fm_call *call)
 {
 	if (!fm_conn_mine(c))
 		return fm_fail(EBADF, -1, "the connection to the handler belongs to process %d, not this one",
@@ -316,5 +315,12 @@ int fm_call(struct fm_conn *c, const struct fm_call *call)
 	pthread_mutex_unlock(&c->call);
 	if (rc < 0)
 		errno = filemap_errno();
+	return rc;
+}
+
+int fm_call(struct fm_conn *c, const struct fm_call *call)
+{
+	int rc = fm_json_end(call->req) < 0 ? -1 : request(c, call);
+	fm_json_free(call->req);
 	return rc;
 }

@@ -55,8 +55,7 @@ static int open_handle(struct filemap *m, const char *version)
 	};
 	struct fm_call call = {.type = FM_OPEN, .req = &req, .fds = &m->file, .nfds = m->file >= 0,
 			       .reply = reply, .nreply = 3, .rfds = &m->cache, .rnfds = 1};
-	int rc = fm_json_end(&req) < 0 ? -1 : fm_call(m->conn, &call);
-	fm_json_free(&req);
+	int rc = fm_call(m->conn, &call);
 	if (rc == 0 && (size < 0 || m->handle == 0 || m->version == NULL))
 		return fm_fail(EPROTO, -1, "the handler's open reply lacks a handle, size or version");
 	m->size = (uint64_t)size;
@@ -86,9 +85,7 @@ static void close_handle(struct filemap *m)
 	fm_json_begin(&req);
 	fm_json_uint(&req, "handle", m->handle);
 	struct fm_call call = {.type = FM_CLOSE, .req = &req};
-	if (fm_json_end(&req) == 0)
-		fm_call(m->conn, &call);
-	fm_json_free(&req);
+	fm_call(m->conn, &call);
 }
 
 static int check_options(const struct filemap_options *o)

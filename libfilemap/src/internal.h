@@ -109,7 +109,7 @@ int fm_conn_mine(const struct fm_conn *c);
 
 struct fm_call {
 	uint8_t type;
-	const struct fm_json *req;
+	struct fm_json *req; /* begun and filled in: fm_call ends and frees it */
 	const int *fds; /* sent with the request; the caller keeps them */
 	int nfds;
 	const struct fm_json_field *reply;
@@ -118,7 +118,8 @@ struct fm_call {
 	int rnfds;
 };
 
-/* fm_call makes one request on c and decodes its reply. A daemon's error
+/* fm_call ends call->req, makes that request on c and decodes its reply,
+ * and frees call->req, whatever becomes of the call. A daemon's error
  * frame becomes the error "MESSAGE" verbatim. */
 int fm_call(struct fm_conn *c, const struct fm_call *call);
 

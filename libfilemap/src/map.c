@@ -72,8 +72,7 @@ static int attach(filemap_range_t *r, const struct fm_map_req *q, const struct f
 	fm_json_str(&req, "advice", fm_advice_name(q->advice));
 	struct fm_json_field reply[] = {{"region", FM_JSON_UINT, &r->region}};
 	struct fm_call call = {.type = FM_ATTACH, .req = &req, .fds = &dup, .nfds = 1, .reply = reply, .nreply = 1};
-	int rc = fm_json_end(&req) < 0 ? -1 : fm_call(q->conn, &call);
-	fm_json_free(&req);
+	int rc = fm_call(q->conn, &call);
 	close(dup);
 	return rc;
 }
@@ -187,8 +186,7 @@ static int detach(filemap_range_t *r)
 	fm_json_begin(&req);
 	fm_json_uint(&req, "region", r->region);
 	struct fm_call call = {.type = FM_DETACH, .req = &req};
-	int rc = fm_json_end(&req) < 0 ? -1 : fm_call(r->conn, &call);
-	fm_json_free(&req);
+	int rc = fm_call(r->conn, &call);
 	/* A handler gone has let go of the region already. */
 	return rc < 0 && errno != ENOTCONN ? -1 : 0;
 }
@@ -196,9 +194,9 @@ static int detach(filemap_range_t *r)
 /*
  * fm_unmap ends a range. Its own process detaches it: PROT_NONE first, so
  * that a stray access cannot read the cache's holes once unregistered. A
- * fork child's copy belongs to the parent's session: the child only
- * unmaps it (the handler hears of that by the UNMAP event) and closes its
- * copy of the parent's userfaultfd.
+ * fork child's copy the handler serves through a userfaultfd of its own:
+ * the child only unmaps it (the handler hears of that by the UNMAP event)
+ * and closes its copy of the parent's userfaultfd.
  */
 int fm_unmap(filemap_range_t *r)
 {
@@ -339,8 +337,7 @@ int fm_advise(filemap_range_t *r, int advice, uint64_t off, uint64_t len)
 	fm_json_uint(&req, "offset", off);
 	fm_json_uint(&req, "length", len);
 	struct fm_call call = {.type = FM_ADVISE, .req = &req};
-	int rc = fm_json_end(&req) < 0 ? -1 : fm_call(r->conn, &call);
-	fm_json_free(&req);
+	int rc = fm_call(r->conn, &call);
 	/* Advice is a hint: with the handler gone there is nobody to take it. */
 	return rc < 0 && errno != ENOTCONN ? -1 : 0;
 }

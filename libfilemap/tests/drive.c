@@ -23,6 +23,11 @@
  *						open, read and close URI, until stop)
  *	stop					ok READS ERRORS URI_ERRORS
  *	fork ID [URI] [n=K]			ok MEMSUM READSUM FLAGS SOCKETS_BEFORE SOCKETS_AFTER URISUM RANGESUM
+ *	forkexit ID				ok MEMSUM (the child's)
+ *	leave ID				ok PID (the child's, which answers from then on)
+ *	pages ID [OFF LEN]			ok SUM|sigbus ... (each page's, touched)
+ *	split ID OFF LEN			ok (madvise(MADV_RANDOM) of the mapping's [OFF, OFF+LEN):
+ *						its vma splits there)
  *	quit
  *
  * fork makes a child with fork(2), no exec, that sums ID's mapping by
@@ -33,6 +38,21 @@
  * answer). A child whose mapping was not inherited (MADV_DONTFORK)
  * answers "dontfork mapped|unmapped ERRNO": whether the mapping's address
  * is mapped in it, and filemap_read_at's errno.
+ *
+ * forkexit makes a child that sums ID's mapping by touching it and exits
+ * with _exit(2), unmapping and closing nothing, as the workers of Python's
+ * multiprocessing do (os._exit).
+ *
+ * leave hands the driver over to a fork child, which keeps the parent's
+ * mapping of ID and none of its descriptors: it closes all but stdin,
+ * stdout and stderr, the parent's connection to the handler among them, as
+ * a program that closes what it inherited does. The parent closes ID and
+ * exits; once it has, the child answers with its pid (or with the parent's
+ * error) and takes the commands that follow.
+ *
+ * pages sums each page of ID's mapping in [OFF, OFF+LEN) (all of it by
+ * default) by touching it, and says "sigbus" for a page whose read raised
+ * SIGBUS.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -43,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -411,6 +432,107 @@ static void cmd_fork(int id, char **arg, int n)
 	fputs(line, stdout);
 }
 
+/* forkexit: see the top of the file. */
+static void cmd_forkexit(filemap_t *m)
+{
+	int p[2];
+	if (pipe(p) < 0) {
+		printf("err %d -1 pipe: %s\n", errno, strerror(errno));
+		return;
+	}
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		uint64_t sum = sum_mem(m);
+		if (write(p[1], &sum, sizeof sum) != sizeof sum)
+			_exit(1);
+		_exit(0);
+	}
+	close(p[1]);
+	uint64_t sum;
+	ssize_t n = pid < 0 ? -1 : read(p[0], &sum, sizeof sum);
+	close(p[0]);
+	int status = 0;
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	if (n != sizeof sum)
+		printf("err %d -1 the child ended (status %#x) without an answer\n", EIO, status);
+	else
+		printf("ok %016" PRIx64 "\n", sum);
+}
+
+/* leave: see the top of the file. */
+static void cmd_leave(int id)
+{
+	int p[2];
+	if (pipe(p) < 0) {
+		printf("err %d -1 pipe: %s\n", errno, strerror(errno));
+		return;
+	}
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0) {
+		printf("err %d -1 fork: %s\n", errno, strerror(errno));
+		return;
+	}
+	if (pid > 0) {
+		if (filemap_close(objects[id]) < 0)
+			dprintf(p[1], "err %d %" PRId64 " the parent's close: %s\n", filemap_errno(), filemap_error_offset(),
+				filemap_errmsg());
+		_exit(0);
+	}
+	close(p[1]);
+	char why[4096];
+	size_t got = 0;
+	ssize_t n;
+	while ((n = read(p[0], why + got, sizeof why - 1 - got)) > 0) /* to end of file: the parent has exited */
+		got += (size_t)n;
+	why[got] = '\0';
+	close_range(3, ~0U, 0);
+	if (got > 0)
+		fputs(why, stdout);
+	else
+		printf("ok %d\n", getpid());
+}
+
+static sigjmp_buf bus_jump;
+
+static void on_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(bus_jump, 1);
+}
+
+/* touch_sum sums the k bytes at p by reading them: -1 if that raised SIGBUS. */
+static int touch_sum(const unsigned char *p, size_t k, uint64_t *sum)
+{
+	if (sigsetjmp(bus_jump, 1) != 0)
+		return -1;
+	*sum = fnv(fnv_init, p, k);
+	return 0;
+}
+
+/* pages: see the top of the file. */
+static void cmd_pages(filemap_t *m, char **arg, int n)
+{
+	uint64_t size = filemap_size(m), off = n > 2 ? strtoull(arg[2], NULL, 0) : 0;
+	uint64_t end = n > 3 ? off + strtoull(arg[3], NULL, 0) : size;
+	const unsigned char *base = filemap_addr(m);
+	struct sigaction bus = {.sa_handler = on_sigbus}, old;
+	sigemptyset(&bus.sa_mask);
+	sigaction(SIGBUS, &bus, &old);
+	printf("ok");
+	for (uint64_t p = off; p < end && p < size; p += 4096) {
+		uint64_t sum;
+		if (touch_sum(base + p, size - p < 4096 ? (size_t)(size - p) : 4096, &sum) < 0)
+			printf(" sigbus");
+		else
+			printf(" %016" PRIx64, sum);
+	}
+	printf("\n");
+	sigaction(SIGBUS, &old, NULL);
+}
+
 static void cmd(char **arg, int n)
 {
 	const char *c = arg[0];
@@ -460,6 +582,16 @@ static void cmd(char **arg, int n)
 		cmd_threads(m, atoi(arg[2]), arg + 3, n - 3);
 	else if (strcmp(c, "fork") == 0)
 		cmd_fork(atoi(arg[1]), arg + 2, n - 2);
+	else if (strcmp(c, "forkexit") == 0)
+		cmd_forkexit(m);
+	else if (strcmp(c, "leave") == 0)
+		cmd_leave(atoi(arg[1]));
+	else if (strcmp(c, "pages") == 0)
+		cmd_pages(m, arg, n);
+	else if (strcmp(c, "split") == 0 && n == 4)
+		madvise((char *)filemap_addr(m) + strtoull(arg[2], NULL, 0), strtoull(arg[3], NULL, 0), MADV_RANDOM) < 0
+			? (void)printf("err %d -1 madvise: %s\n", errno, strerror(errno))
+			: (void)printf("ok\n");
 	else
 		printf("err %d -1 bad command: %s\n", EINVAL, c);
 }

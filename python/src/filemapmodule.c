@@ -129,15 +129,30 @@ static int check_offset(long long off, const char *what)
 	return 0;
 }
 
+/* is_closed says whether close() has come: a close left to the last call
+ * running without the GIL (closing) counts. */
+static int is_closed(Mapping *self)
+{
+	return self->m == NULL || self->closing;
+}
+
+/* check_open returns 0, or -1 with ValueError if the mapping is closed. */
+static int check_open(Mapping *self)
+{
+	if (is_closed(self)) {
+		PyErr_SetString(PyExc_ValueError, "I/O operation on a closed filemap mapping");
+		return -1;
+	}
+	return 0;
+}
+
 /* enter starts a call that will run without the GIL: it returns the
  * object, which stays open until leave, or NULL with ValueError if the
  * mapping is closed. */
 static filemap_t *enter(Mapping *self)
 {
-	if (self->m == NULL || self->closing) {
-		PyErr_SetString(PyExc_ValueError, "I/O operation on a closed filemap mapping");
+	if (check_open(self) < 0)
 		return NULL;
-	}
 	self->busy++;
 	return self->m;
 }
@@ -298,7 +313,7 @@ static PyObject *Mapping_advise(Mapping *self, PyObject *args, PyObject *kwargs)
 
 static PyObject *Mapping_close(Mapping *self, PyObject *unused)
 {
-	if (self->m == NULL || self->closing)
+	if (is_closed(self))
 		Py_RETURN_NONE;
 	if (self->exports > 0) {
 		struct filemap_stat st;
@@ -319,11 +334,7 @@ static PyObject *Mapping_close(Mapping *self, PyObject *unused)
 
 static PyObject *Mapping_enter(Mapping *self, PyObject *unused)
 {
-	if (self->m == NULL || self->closing) {
-		PyErr_SetString(PyExc_ValueError, "I/O operation on a closed filemap mapping");
-		return NULL;
-	}
-	return Py_NewRef(self);
+	return check_open(self) < 0 ? NULL : Py_NewRef(self);
 }
 
 static PyObject *Mapping_exit(Mapping *self, PyObject *args)
@@ -334,11 +345,7 @@ static PyObject *Mapping_exit(Mapping *self, PyObject *args)
 /* open_stat fills st, or raises ValueError if the mapping is closed. */
 static int open_stat(Mapping *self, struct filemap_stat *st)
 {
-	if (self->m == NULL || self->closing) {
-		PyErr_SetString(PyExc_ValueError, "I/O operation on a closed filemap mapping");
-		return -1;
-	}
-	return filemap_stat(self->m, st);
+	return check_open(self) < 0 ? -1 : filemap_stat(self->m, st);
 }
 
 static PyObject *Mapping_get_size(Mapping *self, void *unused)
@@ -373,7 +380,7 @@ static PyObject *Mapping_get_flag(Mapping *self, void *flag)
 
 static PyObject *Mapping_get_closed(Mapping *self, void *unused)
 {
-	return PyBool_FromLong(self->m == NULL || self->closing);
+	return PyBool_FromLong(is_closed(self));
 }
 
 static Py_ssize_t Mapping_length(Mapping *self)
@@ -411,7 +418,7 @@ static void Mapping_releasebuffer(Mapping *self, Py_buffer *view)
 static PyObject *Mapping_repr(Mapping *self)
 {
 	struct filemap_stat st;
-	if (self->m == NULL || self->closing)
+	if (is_closed(self))
 		return PyUnicode_FromString("<filemap.Mapping closed>");
 	filemap_stat(self->m, &st);
 	PyObject *name = PyUnicode_DecodeFSDefault(st.name);

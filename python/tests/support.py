@@ -6,7 +6,10 @@ instead of a private handler, where a test needs its flags.
 """
 
 import os
+import traceback
 import unittest
+
+import filemap
 
 
 def env(name):
@@ -20,6 +23,11 @@ def env(name):
 def socket():
     """The handler's socket, or None for a private handler."""
     return os.environ.get("FILEMAP_TEST_SOCKET") or None
+
+
+def open_object(**options):
+    """Opens the object the test maps ($FILEMAP_TEST_URI) on the test's handler."""
+    return filemap.open(env("FILEMAP_TEST_URI"), socket=socket(), **options)
 
 
 def data():
@@ -46,3 +54,19 @@ class TestCase(unittest.TestCase):
     def assertBytes(self, got, want, what):
         if got != want:
             self.fail("%s: %s" % (what, first_difference(got, want)))
+
+    def assertInChild(self, child):
+        """Runs child() in a fork child and fails unless it returns True. The
+        child says on stderr what went wrong; an exception in it is printed
+        there. It leaves with os._exit, running none of the parent's cleanup."""
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                ok = child()
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child failed (its stderr says why)")

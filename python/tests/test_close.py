@@ -13,9 +13,6 @@ import support
 
 
 class Close(support.TestCase):
-    def open(self):
-        return filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
-
     def assertClosed(self, m):
         self.assertTrue(m.closed)
         self.assertEqual(repr(m), "<filemap.Mapping closed>")
@@ -27,19 +24,19 @@ class Close(support.TestCase):
         m.close()  # again: nothing
 
     def test_with_closes(self):
-        with self.open() as m:
+        with support.open_object() as m:
             self.assertFalse(m.closed)
             self.assertEqual(m.read_at(0, 4096), support.data_at(0, 4096))
         self.assertClosed(m)
 
     def test_with_closes_on_exception(self):
         with self.assertRaises(KeyError):
-            with self.open() as m:
+            with support.open_object() as m:
                 raise KeyError("in the block")
         self.assertClosed(m)
 
     def test_close_while_memoryview_exported(self):
-        m = self.open()
+        m = support.open_object()
         mv = memoryview(m)
         with self.assertRaises(BufferError) as cm:
             m.close()
@@ -56,7 +53,7 @@ class Close(support.TestCase):
         self.assertClosed(m)
 
     def test_close_while_array_alive(self):
-        m = self.open()
+        m = support.open_object()
         a = np.frombuffer(m, dtype=np.uint8)
         view = a[100:200]
         del a
@@ -70,7 +67,7 @@ class Close(support.TestCase):
 
     def test_with_exit_while_exported(self):
         with self.assertRaises(BufferError):
-            with self.open() as m:
+            with support.open_object() as m:
                 mv = memoryview(m)
         self.assertFalse(m.closed)
         mv.release()
@@ -81,7 +78,7 @@ class Close(support.TestCase):
         # A mapping nobody holds is closed and unmapped by its deallocation,
         # which reports nothing.
         for _ in range(50):
-            m = self.open()
+            m = support.open_object()
             self.assertEqual(m.read_at(0, 16), support.data_at(0, 16))
             del m
 

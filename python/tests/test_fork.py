@@ -5,7 +5,6 @@ import errno
 import multiprocessing
 import os
 import sys
-import traceback
 import unittest
 
 import numpy as np
@@ -38,35 +37,28 @@ def check_part(part):
 class Fork(support.TestCase):
     """Run with CAP_SYS_PTRACE, which the kernel wants for UFFD_FEATURE_EVENT_FORK."""
 
-    def open(self):
-        return filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
-
     def test_os_fork(self):
         data = support.data()
-        m = self.open()
+        m = support.open_object()
         self.assertFalse(m.dontfork, "the mapping is MADV_DONTFORK: the tests need CAP_SYS_PTRACE (root)")
+
+        def child():
+            if not m.inherited:
+                print("child: the mapping is not inherited", file=sys.stderr)
+                return False
+            if bytes(memoryview(m)) != data:
+                print("child: through the buffer: " + support.first_difference(bytes(memoryview(m)), data),
+                      file=sys.stderr)
+                return False
+            if m.read_at(0, len(data)) != data:
+                print("child: with read_at: " + support.first_difference(m.read_at(0, len(data)), data),
+                      file=sys.stderr)
+                return False
+            m.close()  # only unmaps: the parent's handle stays open
+            return m.closed
+
         # The parent touches no page first: the child's faults are its own.
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                if not m.inherited:
-                    print("child: the mapping is not inherited", file=sys.stderr)
-                elif bytes(memoryview(m)) != data:
-                    print("child: through the buffer: " + support.first_difference(bytes(memoryview(m)), data),
-                          file=sys.stderr)
-                elif m.read_at(0, len(data)) != data:
-                    print("child: with read_at: " + support.first_difference(m.read_at(0, len(data)), data),
-                          file=sys.stderr)
-                else:
-                    m.close()  # only unmaps: the parent's handle stays open
-                    code = 0 if m.closed else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child failed (its stderr says why)")
+        self.assertInChild(child)
         # After the child's close, the parent's mapping is served: its pages,
         # dropped, fault again.
         self.assertFalse(m.inherited)
@@ -77,7 +69,7 @@ class Fork(support.TestCase):
     def test_pool(self):
         global inherited
         size = len(support.data())
-        inherited = self.open()
+        inherited = support.open_object()
         try:
             parts = 16
             step = -(-size // parts) // 4096 * 4096 + 4096
@@ -101,36 +93,31 @@ class DontFork(support.TestCase):
 
     def test_child_without_mapping(self):
         data = support.data()
-        m = filemap.open(support.env("FILEMAP_TEST_URI"), socket=support.socket())
+        m = support.open_object()
         self.assertTrue(m.dontfork, "the mapping is inherited: run this test without CAP_SYS_PTRACE")
-        pid = os.fork()
-        if pid == 0:
-            code = 1
+
+        def child():
+            # An error, not a buffer at an address this process has nothing mapped at.
             try:
-                # An error, not a buffer at an address this process has nothing mapped at.
-                try:
-                    memoryview(m)
-                    print("child: memoryview(m) of a mapping it does not have", file=sys.stderr)
-                    os._exit(1)
-                except BufferError as e:
-                    if m.name not in str(e) or "MADV_DONTFORK" not in str(e):
-                        print("child: BufferError names neither the object nor why: %s" % e, file=sys.stderr)
-                        os._exit(1)
-                try:
-                    m.read_at(0, 10)
-                    print("child: read_at of a mapping it does not have", file=sys.stderr)
-                except OSError as e:
-                    if e.errno == errno.EBADF and m.inherited:
-                        m.close()
-                        code = 0
-                    else:
-                        print("child: read_at: %r, want EBADF" % e, file=sys.stderr)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0, "the child failed (its stderr says why)")
+                memoryview(m)
+                print("child: memoryview(m) of a mapping it does not have", file=sys.stderr)
+                return False
+            except BufferError as e:
+                if m.name not in str(e) or "MADV_DONTFORK" not in str(e):
+                    print("child: BufferError names neither the object nor why: %s" % e, file=sys.stderr)
+                    return False
+            try:
+                m.read_at(0, 10)
+                print("child: read_at of a mapping it does not have", file=sys.stderr)
+                return False
+            except OSError as e:
+                if e.errno == errno.EBADF and m.inherited:
+                    m.close()
+                    return True
+                print("child: read_at: %r, want EBADF" % e, file=sys.stderr)
+                return False
+
+        self.assertInChild(child)
         self.assertBytes(bytes(memoryview(m)), data, "the parent, after its child closed")
         m.close()
 
