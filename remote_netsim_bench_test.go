@@ -80,6 +80,8 @@ func BenchmarkRemote(b *testing.B) {
 		if out, err = os.MkdirTemp("", "filemap-bench-remote-"); err != nil {
 			b.Fatal(err)
 		}
+	} else if err := os.MkdirAll(out, 0o755); err != nil {
+		b.Fatalf("FILEMAP_BENCH_REMOTE_OUT: %v", err)
 	}
 	b.Logf("objects of %d MiB; daemons' CPU profiles in %s", size>>20, out)
 	for _, p := range profiles {
