@@ -384,7 +384,9 @@ func (h *Handler) raOf(o *File) readahead.Config {
 	ra := h.ra
 	if s, ok := o.Store.(store.Readaheader); ok {
 		if n := s.ReadaheadBytes() / ps; n > ra.ReadaheadMaxPages {
-			ra.ReadaheadMaxPages = n
+			// A network store: its windows are far larger, and each
+			// step up to them waits a round trip.
+			ra.ReadaheadMaxPages, ra.Ramp = n, storeRamp
 		}
 	}
 	if h.raLimit > 0 {
@@ -392,6 +394,11 @@ func (h *Handler) raOf(o *File) readahead.Config {
 	}
 	return ra
 }
+
+// storeRamp is how many times each window of a sequential stream is the
+// one before it, for a store that asks for a larger readahead than the
+// daemon's (store.Readaheader): from 128 KiB to 256 MiB in four windows.
+const storeRamp = 8
 
 // resolve is the slow part of a fault: wait for or start the read. A fault
 // is counted before its faulter is woken, so counters never lag behind

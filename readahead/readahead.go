@@ -73,6 +73,13 @@ func (w Window) String() string {
 type Config struct {
 	ReadaheadPages    int64 // read-around window of a miss (ra_pages)
 	ReadaheadMaxPages int64 // largest async window of a sequential stream
+
+	// Ramp, if more than the kernel's 2 and 4, is how many times each
+	// window of a sequential stream is the one before it. Each step of the
+	// ramp waits for a request's round trip: where that is tens of ms and
+	// the largest window hundreds of MiB (an object store's), the kernel's
+	// ramp spends a second below the depth that keeps the link full.
+	Ramp int64
 }
 
 func (c Config) norm() Config {
@@ -148,12 +155,12 @@ func (s *State) MarkerHit(cfg Config, index, npages int64) (w Window, ok bool) {
 	cfg = cfg.norm()
 	if index == s.Start+s.Size-s.AsyncSize {
 		s.Start += s.Size
-		s.Size = nextSize(s.Size, cfg.ReadaheadMaxPages)
+		s.Size = nextSize(s.Size, cfg)
 	} else {
 		// A marker of a window this state no longer describes (another
 		// stream moved it): read ahead from the marker on.
 		s.Start = index + 1
-		s.Size = nextSize(cfg.ReadaheadPages, cfg.ReadaheadMaxPages)
+		s.Size = nextSize(cfg.ReadaheadPages, cfg)
 	}
 	s.AsyncSize = s.Size
 	w = clip(s.window(), npages)
@@ -165,16 +172,13 @@ func (s *State) window() Window {
 }
 
 // nextSize is get_next_ra_size: quadruple small windows, double middling
-// ones, and stop at max.
-func nextSize(cur, maxPages int64) int64 {
-	switch {
-	case cur < maxPages/16:
-		return 4 * cur
-	case cur <= maxPages/2:
-		return 2 * cur
-	default:
-		return maxPages
+// ones, and stop at max; or grow by cfg.Ramp, if that is more.
+func nextSize(cur int64, cfg Config) int64 {
+	grow := int64(2)
+	if cur < cfg.ReadaheadMaxPages/16 {
+		grow = 4
 	}
+	return min(max(grow, cfg.Ramp)*cur, cfg.ReadaheadMaxPages)
 }
 
 // clip bounds a window to the object; a marker outside it is dropped.

@@ -1,6 +1,9 @@
 package readahead
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 const npages = 1 << 20
 
@@ -67,6 +70,34 @@ func TestMarkerRampUp(t *testing.T) {
 	for i := range want {
 		if sizes[i] != want[i] {
 			t.Fatalf("window sizes %v, want %v", sizes, want)
+		}
+	}
+}
+
+// A store whose round trips are long ramps a stream up by its own factor:
+// from 128 KiB to 256 MiB in four windows, where the kernel's ramp takes
+// seven.
+func TestMarkerRampFast(t *testing.T) {
+	for _, tc := range []struct {
+		ramp int64
+		want []int64
+	}{
+		{0, []int64{128, 512, 2048, 8192, 16384, 32768, 65536, 65536}},
+		{8, []int64{256, 2048, 16384, 65536, 65536, 65536, 65536, 65536}},
+	} {
+		cfg := Config{ReadaheadPages: 32, ReadaheadMaxPages: 65536, Ramp: tc.ramp}
+		var s State
+		w := s.Miss(cfg, 0, 1<<20, Normal)
+		var sizes []int64
+		for range len(tc.want) {
+			var ok bool
+			if w, ok = s.MarkerHit(cfg, w.Marker, 1<<20); !ok {
+				t.Fatalf("ramp %d: no window after %v", tc.ramp, sizes)
+			}
+			sizes = append(sizes, w.Len())
+		}
+		if !slices.Equal(sizes, tc.want) {
+			t.Errorf("ramp %d: window sizes %v, want %v", tc.ramp, sizes, tc.want)
 		}
 	}
 }
