@@ -260,6 +260,11 @@ func (s *Store) hedgeDelay(n int) time.Duration {
 		return 0
 	case s.cfg.HedgeAfter > 0:
 		return s.cfg.HedgeAfter
+	case s.sizeClass(n) == 2:
+		// A readahead group's: it runs long because the link is full,
+		// which a second request makes worse, and its bytes move ahead
+		// of it when a fault waits for them (see Promote).
+		return 0
 	}
 	m, ok := s.lat[s.sizeClass(n)].median()
 	if !ok {

@@ -486,6 +486,12 @@ func TestAdaptiveHedge(t *testing.T) {
 	if d := s.hedgeDelay(testChunk); d != hedgeFloor {
 		t.Fatalf("hedge delay %v after quick requests; want the floor %v", d, hedgeFloor)
 	}
+	for range hedgeMinSamples {
+		s.lat[s.sizeClass(4*testChunk)].add(time.Millisecond)
+	}
+	if d := s.hedgeDelay(4 * testChunk); d != 0 {
+		t.Fatalf("hedge delay %v for a group of chunks; want none: it is slow because the link is full", d)
+	}
 	hold.Lock()
 	holding = true
 	hold.Unlock()
