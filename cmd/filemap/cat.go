@@ -1,12 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"runtime"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/filemap/filemap"
@@ -53,44 +55,85 @@ func cat(args []string) error {
 	if length > 0 {
 		end = min(end, start+int64(length))
 	}
-	w := bufio.NewWriterSize(os.Stdout, 1<<20)
 	var copied atomic.Int64
 	defer showCopy(&copied, end-start)()
-	if err := copyThrough(m, w, start, end, &copied); err != nil {
-		w.Flush()
-		return err
-	}
-	return w.Flush()
+	return copyThrough(m, os.Stdout, start, end, &copied)
 }
 
-// copyThrough writes the mapping's bytes [start, end) to w by user-mode
-// loads, so that a page which cannot be read raises SIGBUS here, where it
-// becomes an error that names its offset; the bytes before that page are
-// written first. It adds what it wrote to copied.
-func copyThrough(m *filemap.Mapping, w *bufio.Writer, start, end int64, copied *atomic.Int64) error {
+// catStep is how much of the mapping one write passes to stdout.
+const catStep = 1 << 20
+
+// copyThrough writes the mapping's bytes [start, end) to w, a step at a
+// time. Each step's pages are first touched by user-mode loads, so that a
+// page which cannot be read raises SIGBUS here, where it becomes an error
+// that names its offset, after the bytes before that page are written.
+// The step is then written straight from the mapping, with no copy of our
+// own: a cat of a remote object through a pipe shares a small machine's
+// CPUs with the handler and the network, and a copy of every byte is a
+// share of them. Should that write fail with EFAULT (a page dropped since
+// and not readable again, or a handler that serves only user-mode
+// faults), the rest of the step is copied through a buffer instead. It
+// adds what it wrote to copied.
+func copyThrough(m *filemap.Mapping, w io.Writer, start, end int64, copied *atomic.Int64) error {
 	b := m.Bytes()
-	buf := make([]byte, 1<<20)
 	for off := start; off < end; {
-		var n int
-		if err := m.Guard(func() { n = copy(buf, b[off:end]) }); err != nil {
-			var fe *filemap.FaultError
-			if errors.As(err, &fe) && fe.Offset > off {
-				// The copy stopped somewhere in the faulting page; the
-				// pages before it are mapped now, and copy again cleanly.
-				good := fe.Offset &^ (pageSize - 1)
-				if m.Guard(func() { n = copy(buf, b[off:max(off, good)]) }) == nil {
-					w.Write(buf[:n])
-				}
-			}
-			return err
+		step := b[off:min(end, off+catStep)]
+		if err := m.Guard(func() { touchPages(step) }); err != nil {
+			return writeBefore(m, w, off, err)
 		}
-		if _, err := w.Write(buf[:n]); err != nil {
-			return err
+		n, err := w.Write(step)
+		if errors.Is(err, syscall.EFAULT) {
+			var k int
+			k, err = copyOut(m, w, off+int64(n), off+int64(len(step)))
+			n += k
 		}
 		copied.Add(int64(n))
 		off += int64(n)
+		if err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// touchPages loads a byte of each page of p.
+func touchPages(p []byte) {
+	var sum byte
+	for i := 0; i < len(p); i += pageSize {
+		sum += p[i]
+	}
+	if len(p) > 0 {
+		sum += p[len(p)-1]
+	}
+	runtime.KeepAlive(sum)
+}
+
+// copyOut writes the mapping's bytes [off, end) to w through a buffer,
+// loading them in user mode, and returns how many it wrote.
+func copyOut(m *filemap.Mapping, w io.Writer, off, end int64) (int, error) {
+	b := m.Bytes()
+	buf := make([]byte, end-off)
+	if err := m.Guard(func() { copy(buf, b[off:end]) }); err != nil {
+		return 0, writeBefore(m, w, off, err)
+	}
+	return w.Write(buf)
+}
+
+// writeBefore writes, after err, the fault of a load at or after off, the
+// bytes from off up to the faulting page, which are mapped now, and
+// returns err.
+func writeBefore(m *filemap.Mapping, w io.Writer, off int64, err error) error {
+	var fe *filemap.FaultError
+	if errors.As(err, &fe) && fe.Offset > off {
+		good := fe.Offset &^ (pageSize - 1)
+		if good > off {
+			buf := make([]byte, good-off)
+			if m.Guard(func() { copy(buf, m.Bytes()[off:good]) }) == nil {
+				w.Write(buf)
+			}
+		}
+	}
+	return err
 }
 
 // showCopy shows how far a cat has got, every second, on a terminal: a

@@ -9,8 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/filemap/filemap"
 )
 
 // randomFile writes size bytes of seeded random content to a new file.
@@ -171,4 +175,43 @@ func TestCatSizeZero(t *testing.T) {
 		}
 	}
 	d.stop(t)
+}
+
+// efaultOnce is a writer whose first write takes n bytes and then fails
+// with EFAULT, as a write from a mapping does when a page cannot be read
+// in the kernel's copy; later writes take everything.
+type efaultOnce struct {
+	bytes.Buffer
+	n      int
+	failed bool
+}
+
+func (w *efaultOnce) Write(p []byte) (int, error) {
+	if w.failed {
+		return w.Buffer.Write(p)
+	}
+	w.failed = true
+	k, _ := w.Buffer.Write(p[:min(w.n, len(p))])
+	return k, syscall.EFAULT
+}
+
+// A write straight from the mapping that fails with EFAULT part way is
+// finished through a buffer: every byte arrives once, in order.
+func TestCatWriteEFAULTFallsBack(t *testing.T) {
+	path, data := randomFile(t, t.TempDir(), 3*catStep+5000, 9)
+	m, err := filemap.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, n := range []int{0, 4096, 12345} {
+		w := &efaultOnce{n: n}
+		var copied atomic.Int64
+		if err := copyThrough(m, w, 100, int64(len(data)), &copied); err != nil {
+			t.Fatalf("EFAULT after %d bytes: %v", n, err)
+		}
+		if !bytes.Equal(w.Bytes(), data[100:]) || copied.Load() != int64(len(data)-100) {
+			t.Fatalf("EFAULT after %d bytes: wrote %d bytes (counted %d), want the %d from offset 100", n, w.Len(), copied.Load(), len(data)-100)
+		}
+	}
 }
