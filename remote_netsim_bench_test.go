@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/filemap/filemap/internal/netsim"
 	"github.com/filemap/filemap/internal/pattern"
+	"github.com/filemap/filemap/internal/testutil"
 )
 
 // What the remote benchmark does beside its 1 GiB objects.
@@ -242,8 +243,9 @@ func (r *remoteBench) round() {
 	if scans {
 		t.toMemory += timeGetInto(b, r.client, o.bucket, o.key, o.size, bestN, false)
 		var cat, catWarm, scan time.Duration
+		var catBusy float64
 		if runs("cat") {
-			cat, catWarm = r.catCase()
+			cat, catWarm, catBusy = r.catCase()
 			t.cat += cat
 			t.catWarm += catWarm
 		}
@@ -251,8 +253,8 @@ func (r *remoteBench) round() {
 			scan = r.scanCase()
 			t.scan += scan
 		}
-		b.Logf("%s round %d: single GET %s; cat %s (%.2f× best; warm %s); scan %s (%.2f× best)", r.p.Name, r.rounds,
-			mb(o.size, single), mb(o.size, cat), best.Seconds()/cat.Seconds(), mb(o.size, catWarm), mb(o.size, scan), best.Seconds()/scan.Seconds())
+		b.Logf("%s round %d: single GET %s; cat %s (%.2f× best; warm %s; the CPUs %.0f%% busy cold); scan %s (%.2f× best)", r.p.Name, r.rounds,
+			mb(o.size, single), mb(o.size, cat), best.Seconds()/cat.Seconds(), mb(o.size, catWarm), 100*catBusy, mb(o.size, scan), best.Seconds()/scan.Seconds())
 	}
 	if runs("first-byte") {
 		ttfb := r.ttfbCase()
@@ -280,13 +282,15 @@ func (r *remoteBench) round() {
 		b.Logf("%s round %d: random faults: %s", r.p.Name, r.rounds, strings.Join(faults, "; "))
 	}
 	if runs("checkpoint") {
-		modelDownload := timeGet(b, r.client, o.bucket, o.modelKey, o.modelSize, bestN)
+		var modelDownload time.Duration
+		downloadBusy := cpuBusy(b, func() { modelDownload = timeGet(b, r.client, o.bucket, o.modelKey, o.modelSize, bestN) })
 		t.modelDownload += modelDownload
-		model, warm := r.modelCase()
+		model, warm, modelBusy := r.modelCase()
 		t.model += model
 		t.modelWarm += warm
-		b.Logf("%s round %d: checkpoint %s (%.2f× its best download, %s); warm %s", r.p.Name, r.rounds,
-			mb(o.modelSize, model), modelDownload.Seconds()/model.Seconds(), mb(o.modelSize, modelDownload), mb(o.modelSize, warm))
+		b.Logf("%s round %d: checkpoint %s (%.2f× its best download, %s); warm %s; the CPUs %.0f%% busy during the cold load, %.0f%% during the download",
+			r.p.Name, r.rounds, mb(o.modelSize, model), modelDownload.Seconds()/model.Seconds(), mb(o.modelSize, modelDownload), mb(o.modelSize, warm),
+			100*modelBusy, 100*downloadBusy)
 	}
 }
 
@@ -317,10 +321,11 @@ func (r *remoteBench) done(name string, d *cliDaemon) {
 
 // catCase times `filemap cat` of the object, from its start to its exit,
 // and checks what it wrote.
-func (r *remoteBench) catCase() (cold, warm time.Duration) {
+func (r *remoteBench) catCase() (cold, warm time.Duration, busy float64) {
 	d := r.daemon("cat")
 	defer r.done("cat", d)
-	return r.cat(d), r.cat(d)
+	busy = cpuBusy(r.b, func() { cold = r.cat(d) })
+	return cold, r.cat(d), busy
 }
 
 // cat times one `filemap cat` of the object through d, its output piped
@@ -437,21 +442,25 @@ func (r *remoteBench) faultsCase(threads int) []time.Duration {
 
 // modelCase times Open of the checkpoint and the load of every tensor,
 // and then the same load again with every page cached: what the loader's
-// copies into new buffers cost, which the cold load cannot beat.
-func (r *remoteBench) modelCase() (cold, warm time.Duration) {
+// copies into new buffers cost, which the cold load cannot beat. busy is
+// how busy the machine's CPUs were during the cold load.
+func (r *remoteBench) modelCase() (cold, warm time.Duration, busy float64) {
 	b := r.b
 	d := r.daemon("checkpoint")
 	defer r.done("checkpoint", d)
-	start := time.Now()
-	m, err := Open(context.Background(), r.o.modelURI(), WithSocket(d.socket))
-	if err != nil {
-		b.Fatal(err)
-	}
+	var m *Mapping
+	busy = cpuBusy(b, func() {
+		start := time.Now()
+		var err error
+		if m, err = Open(context.Background(), r.o.modelURI(), WithSocket(d.socket)); err != nil {
+			b.Fatal(err)
+		}
+		if cold, _, err = loadCheckpoint(m, start, remoteLoaderThreads); err != nil {
+			m.Close()
+			b.Fatal(err)
+		}
+	})
 	defer m.Close()
-	cold, _, err = loadCheckpoint(m, start, remoteLoaderThreads)
-	if err != nil {
-		b.Fatal(err)
-	}
 	// The tensors' buffers are garbage now: give their memory back
 	// before the next load, and the next case.
 	freeMemory := func() {
@@ -459,11 +468,21 @@ func (r *remoteBench) modelCase() (cold, warm time.Duration) {
 		debug.FreeOSMemory()
 	}
 	freeMemory()
+	var err error
 	if warm, _, err = loadCheckpoint(m, time.Now(), remoteLoaderThreads); err != nil {
 		b.Fatal(err)
 	}
 	freeMemory()
-	return cold, warm
+	return cold, warm, busy
+}
+
+// cpuBusy runs f and returns how busy the machine's CPUs were meanwhile,
+// from 0 to 1: all of them, whoever used them.
+func cpuBusy(b *testing.B, f func()) float64 {
+	before, start := testutil.MachineBusy(b), time.Now()
+	f()
+	busy, elapsed := testutil.MachineBusy(b)-before, time.Since(start)
+	return busy.Seconds() / (elapsed.Seconds() * float64(runtime.NumCPU()))
 }
 
 // remoteRatio is one of the ratios the remote targets are written in, and

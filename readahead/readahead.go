@@ -151,14 +151,27 @@ func (s *State) Miss(cfg Config, index, npages int64, advice Advice) Window {
 // MarkerHit is page_cache_async_ra: the touch of the marker at index
 // starts the next window. The caller reads it without making the toucher
 // wait. ok is false when there is nothing left to read.
-func (s *State) MarkerHit(cfg Config, index, npages int64) (w Window, ok bool) {
+//
+// ahead, if not nil, counts the pages after index that are cached or being
+// read, up to the largest window: the kernel's page_cache_next_miss. It is
+// called only for a marker of a window this state no longer describes
+// (another stream, or another thread's misses, moved it), whose size the
+// pages after it tell.
+func (s *State) MarkerHit(cfg Config, index, npages int64, ahead func() int64) (w Window, ok bool) {
 	cfg = cfg.norm()
-	if index == s.Start+s.Size-s.AsyncSize {
+	switch {
+	case index == s.Start+s.Size-s.AsyncSize:
 		s.Start += s.Size
 		s.Size = nextSize(s.Size, cfg)
-	} else {
-		// A marker of a window this state no longer describes (another
-		// stream moved it): read ahead from the marker on.
+	case ahead != nil:
+		// Continue after that window's pages, growing from its size, as
+		// the stream would have: a window of the ramp's first size would
+		// fall within them, claim nothing and leave no marker.
+		n := ahead()
+		s.Start = index + 1 + n
+		s.Size = nextSize(max(n+1, cfg.ReadaheadPages), cfg)
+	default:
+		// Read ahead from the marker on.
 		s.Start = index + 1
 		s.Size = nextSize(cfg.ReadaheadPages, cfg)
 	}
@@ -229,7 +242,7 @@ func (s *Streams) Miss(cfg Config, index, npages int64, advice Advice) Window {
 
 // MarkerHit is State.MarkerHit on the stream whose marker index is, or
 // else on the stream the index is near.
-func (s *Streams) MarkerHit(cfg Config, index, npages int64) (Window, bool) {
+func (s *Streams) MarkerHit(cfg Config, index, npages int64, ahead func() int64) (Window, bool) {
 	i := -1
 	for j := range s.st {
 		if st := &s.st[j]; s.used[j] != 0 && index == st.Start+st.Size-st.AsyncSize {
@@ -245,7 +258,7 @@ func (s *Streams) MarkerHit(cfg Config, index, npages int64) (Window, bool) {
 	}
 	s.touch(i)
 	s.hits[i]++
-	return s.st[i].MarkerHit(cfg, index, npages)
+	return s.st[i].MarkerHit(cfg, index, npages, ahead)
 }
 
 // Hit is State.Hit for the mapping.

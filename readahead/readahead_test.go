@@ -44,7 +44,7 @@ func TestMarkerChainKernelDefault(t *testing.T) {
 	w := s.Miss(kernel, 1000, npages, Normal)
 	want := []Window{{1016, 1048, 1016}, {1048, 1080, 1048}, {1080, 1112, 1080}}
 	for i, next := range want {
-		got, ok := s.MarkerHit(kernel, w.Marker, npages)
+		got, ok := s.MarkerHit(kernel, w.Marker, npages, nil)
 		if !ok || got != next {
 			t.Fatalf("marker hit %d at %d: %v, want %v", i, w.Marker, got, next)
 		}
@@ -60,7 +60,7 @@ func TestMarkerRampUp(t *testing.T) {
 	var sizes []int64
 	for range 8 {
 		var ok bool
-		w, ok = s.MarkerHit(cfg, w.Marker, npages)
+		w, ok = s.MarkerHit(cfg, w.Marker, npages, nil)
 		if !ok || w.Marker != w.Start {
 			t.Fatalf("async window %v: marker not on its first page", w)
 		}
@@ -91,7 +91,7 @@ func TestMarkerRampFast(t *testing.T) {
 		var sizes []int64
 		for range len(tc.want) {
 			var ok bool
-			if w, ok = s.MarkerHit(cfg, w.Marker, 1<<20); !ok {
+			if w, ok = s.MarkerHit(cfg, w.Marker, 1<<20, nil); !ok {
 				t.Fatalf("ramp %d: no window after %v", tc.ramp, sizes)
 			}
 			sizes = append(sizes, w.Len())
@@ -118,12 +118,27 @@ func TestSequentialScan16MiB(t *testing.T) {
 	}
 }
 
+// A marker hit the state does not expect, of a window whose pages after
+// the marker are in the cache or being read, continues after those pages,
+// growing from their count, as the stream would have: a window of the
+// ramp's first size from the marker on would fall within them and claim
+// nothing.
+func TestMarkerHitInterleavedAhead(t *testing.T) {
+	cfg := Config{ReadaheadPages: 32, ReadaheadMaxPages: 65536, Ramp: 8}
+	var s State
+	s.Miss(cfg, 5000, npages, Normal)
+	w, ok := s.MarkerHit(cfg, 1000, npages, func() int64 { return 2047 })
+	if want := (Window{3048, 3048 + 16384, 3048}); !ok || w != want {
+		t.Fatalf("window %v after a marker with 2047 pages ahead; want %v", w, want)
+	}
+}
+
 // A marker hit the state does not expect (another stream moved the
 // window) reads ahead from that marker.
 func TestMarkerHitInterleaved(t *testing.T) {
 	var s State
 	s.Miss(kernel, 5000, npages, Normal)
-	w, ok := s.MarkerHit(kernel, 1008, npages)
+	w, ok := s.MarkerHit(kernel, 1008, npages, nil)
 	if !ok || w.Start != 1009 || w.Marker != 1009 {
 		t.Fatalf("unexpected marker: %v", w)
 	}
@@ -135,7 +150,7 @@ func TestMarkerHitAtEOF(t *testing.T) {
 	if w.Marker != 48 {
 		t.Fatalf("window %v", w)
 	}
-	if w, ok := s.MarkerHit(kernel, 48, 50); ok {
+	if w, ok := s.MarkerHit(kernel, 48, 50, nil); ok {
 		t.Fatalf("marker hit at the end read %v", w)
 	}
 }
@@ -211,7 +226,7 @@ func simulate(cfg Config, pages int64, order []int64) int {
 		switch {
 		case isMarker[p]:
 			isMarker[p], present[p] = false, true
-			if w, ok := s.MarkerHit(cfg, p, pages); ok {
+			if w, ok := s.MarkerHit(cfg, p, pages, nil); ok {
 				read(w)
 			}
 		case !present[p]:
@@ -256,13 +271,13 @@ func TestStreamsInterleaved(t *testing.T) {
 func TestStreamsKeepTheOneBeingRead(t *testing.T) {
 	var s Streams
 	s.Miss(kernel, 0, npages, Normal) // [0, 32), marker 24
-	if w, _ := s.MarkerHit(kernel, 24, npages); w != (Window{32, 64, 32}) {
+	if w, _ := s.MarkerHit(kernel, 24, npages, nil); w != (Window{32, 64, 32}) {
 		t.Fatalf("first async window %v", w)
 	}
 	for i := int64(1); i <= 2*MaxStreams; i++ {
 		s.Miss(kernel, i*100000, npages, Normal)
 	}
-	if w, _ := s.MarkerHit(kernel, 32, npages); w != (Window{64, 96, 64}) {
+	if w, _ := s.MarkerHit(kernel, 32, npages, nil); w != (Window{64, 96, 64}) {
 		t.Fatalf("after lone misses, the stream's next window is %v, want [64, 96) marker 64", w)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/filemap/filemap/internal/pattern"
 	"github.com/filemap/filemap/internal/seaweedtest"
 	"github.com/filemap/filemap/internal/syncbuf"
+	"github.com/filemap/filemap/internal/testutil"
 	"github.com/filemap/filemap/store/remote"
 )
 
@@ -375,11 +376,8 @@ type cpuMeter struct {
 	before  map[int]time.Duration
 }
 
-// userHZ is the unit of /proc's CPU times, 100 a second on Linux.
-const userHZ = 100
-
 func newCPUMeter(t *testing.T, hosts []*fleetHost, sw *seaweedtest.Cluster) *cpuMeter {
-	m := &cpuMeter{t: t, start: time.Now(), busy: machineBusy(t), before: make(map[int]time.Duration)}
+	m := &cpuMeter{t: t, start: time.Now(), busy: testutil.MachineBusy(t), before: make(map[int]time.Duration)}
 	for _, h := range hosts {
 		m.daemons = append(m.daemons, h.d.cmd.Process.Pid)
 	}
@@ -406,7 +404,7 @@ func (m *cpuMeter) used(pids ...int) time.Duration {
 
 func (m *cpuMeter) report(hosts []*fleetHost) string {
 	wall := time.Since(m.start)
-	busy := machineBusy(m.t) - m.busy
+	busy := testutil.MachineBusy(m.t) - m.busy
 	var cats time.Duration
 	for _, h := range hosts {
 		if ps := h.cat.ProcessState; ps != nil {
@@ -436,24 +434,5 @@ func procCPU(pid int) (time.Duration, bool) {
 	}
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / userHZ, true
-}
-
-// machineBusy is the CPU time all CPUs have spent on anything but idling
-// since boot.
-func machineBusy(t *testing.T) time.Duration {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
-	var busy int64
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		if i != 3 && i != 4 && i < 8 { // not idle, not iowait; guest time is in user already
-			busy += n
-		}
-	}
-	return time.Duration(busy) * time.Second / userHZ
+	return time.Duration(ut+st) * time.Second / testutil.UserHZ, true
 }
