@@ -374,7 +374,7 @@ func (r *remoteBench) scanCase() time.Duration {
 
 // checkPages checks the first word of each of pages of m (nil: all)
 // against the pattern.
-func checkPages(b *testing.B, m *Mapping, pages []int64) {
+func checkPages(b testing.TB, m *Mapping, pages []int64) {
 	mem := m.Bytes()
 	check := func(p int64) {
 		if got, want := binary.LittleEndian.Uint64(mem[p*ps:]), pattern.Word(p*ps); got != want {

@@ -458,8 +458,8 @@ func roundUp64(n, to int64) int64 { return (n + to - 1) / to * to }
 // bytes would wait for a bulk request much larger than its own (a readahead
 // group of chunks, or a scan's chunk) that has not begun, or is not about
 // to end: by the median times of recent requests of both sizes, it has
-// more than a request of n bytes left to run, so that a fault waits at
-// most about twice its own request. A sequential reader that has caught
+// more than a request of n bytes left to run (and more than hedgeFloor),
+// so that a fault waits at most about twice its own request. A sequential reader that has caught
 // up with its readahead waits for the oldest of its requests, which is
 // about to end; a fault elsewhere would wait for a whole one. A held fetch is never slow: a Hold plans its chunks from a
 // record of the pages wanted, so a fault there promotes it, for the pages
@@ -475,7 +475,8 @@ func (s *Store) slowLocked(f *fetch, n int64) bool {
 	}
 	whole, ok := s.lat[s.sizeClass(lead.want())].median()
 	own, ok2 := s.lat[s.sizeClass(int(n))].median()
-	return ok && ok2 && whole-time.Since(time.Unix(0, began)) > own
+	// On a fast store a wait of a few ms costs less than the bytes twice.
+	return ok && ok2 && whole-time.Since(time.Unix(0, began)) > max(own, hedgeFloor)
 }
 
 // urgentLocked lists and queues a demand fetch of the whole pages of [a, b), which
