@@ -485,8 +485,9 @@ func (h *Handler) deadline(start time.Time) (context.Context, context.CancelFunc
 func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 	cache := r.File.Cache
 	ra := h.raOf(r.File)
-	// Counted before r.raMu is taken, which the cache's lock goes before.
-	ahead := cachedAhead(cache, f.Page, ra.ReadaheadMaxPages)
+	// How far the marker's window reaches: counted before r.raMu is
+	// taken, which the cache's lock goes before.
+	ahead := cache.NextMiss(f.Page+1, f.Page+1+ra.ReadaheadMaxPages) - f.Page - 1
 	r.raMu.Lock()
 	r.ra.Hit()
 	w, ok := r.ra.MarkerHit(ra, f.Page, cache.NPages(), func() int64 { return ahead })
@@ -513,25 +514,6 @@ func (h *Handler) markerHit(r *Region, f *pagecache.Fill) {
 	cache.End(f, f.Page, f.Page+1, nil)
 	h.cfg.Budget.Commit(cache, f.Page, f.Page+1, 1, 1, false)
 	h.wake(r, f.Page, f.Page+1)
-}
-
-// cachedAhead counts the pages after page, up to most, that are cached,
-// held as markers or being read: how far the window of a marker at page
-// reaches (the kernel's page_cache_next_miss).
-func cachedAhead(c *pagecache.Cache, page, most int64) int64 {
-	end := min(page+1+most, c.NPages())
-	p := page + 1
-	for p < end {
-		switch s, f := c.Lookup(p); {
-		case s == pagecache.InFlight && f != nil:
-			p = max(f.End, p+1)
-		case s == pagecache.InFlight || s == pagecache.Uptodate || s == pagecache.Marker:
-			p++
-		default:
-			return p - page - 1
-		}
-	}
-	return end - page - 1
 }
 
 // readAhead claims the absent pages of w at once and reads them in the

@@ -274,6 +274,27 @@ func (o *Cache) CountUptodate(lo, hi int64) int64 {
 	return n
 }
 
+// NextMiss is the kernel's page_cache_next_miss: the first page of [lo,
+// hi) that is neither uptodate, nor being read, nor a marker held back;
+// hi if there is none.
+func (o *Cache) NextMiss(lo, hi int64) int64 {
+	lo, hi = max(lo, 0), min(hi, o.npages)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for p := lo; p < hi; p++ {
+		switch o.states.get(p) {
+		case Uptodate, InFlight:
+			continue
+		case Absent:
+			if _, ok := o.markers[p]; ok {
+				continue
+			}
+		}
+		return p
+	}
+	return max(hi, lo)
+}
+
 // Begin is the lookup of the fault path. For an uptodate page it returns
 // (Uptodate, nil). For a page some fill is reading it returns (InFlight, that
 // fill): wait for it. For a marker it returns (Marker, a one-page fill

@@ -262,3 +262,30 @@ func mustNew(t *testing.T, size int64) *Cache {
 	t.Cleanup(func() { o.Close() })
 	return o
 }
+
+// NextMiss passes over uptodate pages, pages being read and held markers,
+// and stops at the first page that is none of these, or at the end.
+func TestNextMiss(t *testing.T) {
+	o := mustNew(t, 64*PageSize)
+	_, f := o.Begin(0, win(0, 16))
+	if !o.Hold(f, 8, bytes.Repeat([]byte{7}, PageSize)) {
+		t.Fatal("Hold refused the marker")
+	}
+	o.End(f, 0, 16, nil)       // 0-15 uptodate, but the marker at 8
+	reading := o.Claim(16, 24) // 16-23 being read
+	for _, c := range []struct{ lo, hi, want int64 }{
+		{1, 64, 24},  // over the marker and the fill
+		{0, 20, 20},  // nothing missing before hi
+		{24, 64, 24}, // a miss at once
+		{60, 99, 60}, // hi past the end
+		{64, 99, 64}, // nothing left
+	} {
+		if got := o.NextMiss(c.lo, c.hi); got != c.want {
+			t.Errorf("NextMiss(%d, %d) = %d; want %d", c.lo, c.hi, got, c.want)
+		}
+	}
+	o.End(reading[0], 16, 20, errors.New("pages 20-23 failed"))
+	if got := o.NextMiss(1, 64); got != 20 {
+		t.Errorf("NextMiss(1, 64) after pages 20-23 failed = %d; want 20", got)
+	}
+}
