@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/filemap/filemap/internal/clitest"
 	"github.com/filemap/filemap/internal/faultyhttp"
 	"github.com/filemap/filemap/internal/pattern"
 )
@@ -70,20 +71,30 @@ func TestObjectBytes(t *testing.T) {
 	})
 }
 
+// badOff is the page of failingPageObject's object whose reads fail: the
+// first of a 64 KiB chunk.
+const badOff = 3<<20 + 64<<10
+
+// failingPageObject serves an HTTP object of objectSize bytes whose chunk
+// at badOff fails with a 500 (srv.Fail(-1, …) ends that), and a daemon that
+// fetches it in 64 KiB chunks with no retries, so that the failure comes at
+// once and costs that chunk alone.
+func failingPageObject(t *testing.T) (data []byte, srv *faultyhttp.Server, d *clitest.Daemon) {
+	t.Helper()
+	_, data = pattern.TempFile(t, objectSize)
+	srv = faultyhttp.Start(t, data)
+	srv.Fail(badOff, faultyhttp.Status500)
+	d = serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
+	return data, srv, d
+}
+
 // TestReadAtFailingPage reads a page whose HTTP range fails: filemap_read_at
 // returns -1 with errno EIO and the page's offset, where touching it would
 // raise SIGBUS; the process lives, its neighbours read, and once the server
 // serves it again the page reads too: the failure is not sticky.
 func TestReadAtFailingPage(t *testing.T) {
-	_, data := pattern.TempFile(t, objectSize)
-	// The handler fetches 64 KiB chunks, and fails the whole chunk that
-	// holds badOff, whose first page it is.
-	const badOff = 3<<20 + 64<<10
-	srv := faultyhttp.Start(t, data)
-	srv.Fail(badOff, faultyhttp.Status500)
+	data, srv, d := failingPageObject(t)
 	uri := srv.URL
-	// No retries: the failure comes at once.
-	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
 	c := driveOn(t, d)
 	id := fields(t, c.OK("open %s advice=random", uri), 3)[0]
 

@@ -384,15 +384,9 @@ except OSError as e:
 // page 128 KiB away reads; once the server serves it again, the whole
 // object reads: the failure is not sticky.
 func TestPreloadFailingPage(t *testing.T) {
-	_, data := pattern.TempFile(t, objectSize)
-	// The handler fetches 64 KiB chunks; the chunk holding badOff fails.
-	const badOff = 3<<20 + 64<<10
-	srv := faultyhttp.Start(t, data)
-	srv.Fail(badOff, faultyhttp.Status500)
-	host := srv.Host
-	d := serve(t, nil, "--retries", "0", "--remote-retries", "0", "--remote-chunk", "64K", "--remote-max-request", "64K")
+	data, srv, d := failingPageObject(t)
 	env := onSocket(t, d)
-	path := "/filemap/http/" + host + "/object.bin"
+	path := "/filemap/http/" + srv.Host + "/object.bin"
 
 	// 100000-byte reads: the one across the page comes back short.
 	dir, _ := built(t)
